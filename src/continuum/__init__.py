@@ -1,0 +1,34 @@
+"""trio-continuum: a high-performance LLM API router on trio.
+
+Embed it in a trio program::
+
+    async with trio.open_nursery() as nursery:
+        router = await nursery.start(continuum.serve, continuum.load_config("configs/demo.yaml"))
+        ...
+        router.shutdown()
+"""
+
+from ._config import BackendConfig as BackendConfig
+from ._config import Config as Config
+from ._config import ConfigError as ConfigError
+from ._config import config_from_dict as config_from_dict
+from ._config import load_config as load_config
+from ._config import parse_config as parse_config
+from ._errors import RouterError as RouterError
+from .actors.supervisor import RouterHandle as RouterHandle
+from .actors.supervisor import serve as serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "RouterError",
+    "RouterHandle",
+    "__version__",
+    "config_from_dict",
+    "load_config",
+    "parse_config",
+    "serve",
+]

@@ -1,0 +1,127 @@
+"""The ``trio-continuum`` command: run, check, generate-config, mock."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from ._config import Config, ConfigError, dump_effective_config, generate_config, load_config
+from ._logging import configure_logging
+from .actors.supervisor import RouterHandle, serve
+
+log = logging.getLogger("continuum")
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"trio-continuum: invalid config: {exc}", file=sys.stderr)
+        return None
+
+
+async def _run(config: Config) -> None:
+    """Serve; the first SIGINT/SIGTERM drains gracefully, a second one stops at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop(
+                task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve(config, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            handle: RouterHandle = await nursery.start(serve_then_stop)
+            drained = False
+            async for signum in signals:
+                if drained:
+                    log.warning("second signal: stopping now")
+                    nursery.cancel_scope.cancel()
+                    return
+                log.info("received %s: draining (send again to stop at once)",
+                         signal.Signals(signum).name)
+                handle.shutdown()
+                drained = True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    if config.server.workers > 1:
+        print("trio-continuum: server.workers > 1 (multi-process mode) is not available in "
+              "this version; set server.workers: 1", file=sys.stderr)
+        return 2
+    configure_logging(config.logging)
+    try:
+        trio.run(_run, config)
+    except OSError as exc:
+        print(f"trio-continuum: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    sys.stdout.write(dump_effective_config(config))
+    print(f"# {args.config}: OK ({len(config.backends)} backend(s))", file=sys.stderr)
+    return 0
+
+
+def cmd_generate_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(generate_config())
+    return 0
+
+
+def cmd_mock(args: argparse.Namespace) -> int:
+    from .mock import run_mock_from_args
+
+    return run_mock_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-continuum",
+        description="A high-performance LLM API router: one OpenAI-compatible endpoint in "
+        "front of many backends.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="serve with a config file",
+                         description="Run the router until SIGINT/SIGTERM (graceful drain).")
+    run.add_argument("config", help="path to the YAML config, e.g. configs/demo.yaml")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a config and print it (secrets masked)",
+                           description="Validate CONFIG; print the effective config with "
+                           "secrets masked; exit non-zero if it is invalid.")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+    gen = sub.add_parser("generate-config", help="print a complete, commented config",
+                         description="Print a complete config with every key, its default "
+                         "and what it means.")
+    gen.set_defaults(func=cmd_generate_config)
+    mock = sub.add_parser("mock", help="run the OpenAI-compatible mock upstream",
+                          description="Run the mock upstream (for demos, tests, benchmarks).")
+    from .mock import add_mock_arguments
+
+    add_mock_arguments(mock)
+    mock.set_defaults(func=cmd_mock)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+# ruff: noqa: E501  (the template is YAML text; its comments are aligned, not wrapped)
+"""The annotated sample configuration printed by ``generate_config()``.
+
+Every key is listed with its default.  It loads as is (with no environment set): the two
+backends use ``${VAR:-default}`` so they resolve without any variable.
+"""
+
+TEMPLATE = """\
+# trio-continuum configuration (every key with its default).
+# Durations: a number of seconds or a string like "30s", "500ms", "5m", "1h", "250us", "1m30s".
+# Sizes: a number of bytes or a string like "512KB" (1000-based) or "10MiB" (1024-based).
+# Any string may use ${VAR} or ${VAR:-default} to read the environment ($${ is a literal ${).
+
+server:
+  bind_address: "0.0.0.0:8080"      # "host:port", "[::1]:port" or "unix:/path"; a string or a list
+  socket_mode: null                 # file mode for unix sockets, e.g. 0660 or "0o660"; null = umask
+  workers: 1                        # worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU
+  connection_pool_size: 100         # max upstream connections per backend
+  keepalive_timeout: 75s            # close an idle client keep-alive connection after this
+  max_request_body_size: 10MiB      # larger request bodies get 413
+  max_header_size: 64KiB            # larger request heads get 431
+  request_read_timeout: 30s         # a client must deliver a whole request within this (else 408)
+  shutdown_timeout: 30s             # graceful drain deadline on shutdown
+
+request:
+  timeout: 60s                      # upstream deadline for a non-streaming request (504 after it)
+  streaming_timeout: 300s           # upstream deadline for a streaming request
+  max_retries: 2                    # retries on another backend for failures before the first byte
+
+routing:
+  strategy: RoundRobin              # RoundRobin | WeightedRoundRobin | LeastLatency | Random | ConsistentHash | LeastConnections
+  fallback_strategy: RoundRobin     # used when the strategy cannot decide (e.g. no latency data yet)
+  weights: {}                       # WeightedRoundRobin weights keyed by backend name or URL; overrides backends[].weight
+
+health_checks:
+  enabled: true                     # probe backends and route only to healthy ones
+  interval: 30s                     # time between probes of a backend
+  timeout: 10s                      # deadline for one probe
+  unhealthy_threshold: 3            # consecutive failures before a backend is marked unhealthy
+  healthy_threshold: 2              # consecutive successes before it is healthy again
+  endpoint: /v1/models              # path probed on each backend
+  warmup_check_interval: 1s         # faster probing while a backend answers 503 (model loading)
+  max_warmup_duration: 300s         # a backend warming up longer than this is marked unhealthy
+
+cache:
+  model_cache_ttl: 300s             # how long the aggregated /v1/models list is cached
+  deduplication:                    # (also accepted: top-level deduplication:, or cache.enable_deduplication / cache.deduplication_ttl)
+    enabled: false                  # fold identical concurrent requests into one upstream call
+    ttl: 60s                        # how long a deduplication result is kept
+
+http_client:
+  pool_idle_timeout: 90s            # close an idle upstream connection after this
+  pool_max_idle_per_host: 100       # idle upstream connections kept per backend
+  connect_timeout: 10s              # deadline for connecting (and the TLS handshake) to a backend
+
+logging:
+  level: info                       # trace | debug | info | warn | warning | error | critical
+  format: text                      # text | json
+
+metrics:
+  enabled: true                     # serve Prometheus metrics
+  endpoint: /metrics                # path of the metrics endpoint
+  auth:
+    enabled: false                  # require HTTP basic auth on the metrics endpoint
+    username: ""                    # basic auth user name
+    password: ""                    # basic auth password (use ${VAR}; shown as *** by `check`)
+
+api_keys:
+  mode: permissive                  # permissive: keys optional (a listed but invalid key is rejected); blocking: a valid key is required
+  api_keys: []                      # client keys; an entry looks like this:
+  # - key: "${CONTINUUM_API_KEY}"   # the secret clients send as "Authorization: Bearer <key>"
+  #   id: key-1                     # identifier used in logs and metrics
+  #   name: "Production key"        # human-readable label
+  #   enabled: true                 # false rejects the key
+  #   user_id: ""                   # owner (kept for logs and admin output)
+  #   organization_id: ""           # owning organization
+  #   scopes: []                    # e.g. [read, write, admin]
+  #   rate_limit: null              # requests per minute for this key; null = unlimited
+  #   expires_at: null              # ISO 8601 time after which the key is rejected
+
+backends:                           # at least one; names must be unique
+  - name: local                     # unique name (used in logs, metrics and routing.weights)
+    type: vllm                      # openai | vllm | ollama | llamacpp | lmstudio | localai | mock
+    url: "${VLLM_URL:-http://127.0.0.1:8000}"   # base URL, http:// or https:// (not used by mock)
+    api_key: "${VLLM_API_KEY:-}"    # sent as "Authorization: Bearer <key>"; empty = none
+    weight: 1                       # share of traffic under WeightedRoundRobin (>= 1)
+    models: []                      # models served here; empty = discover from the backend's /v1/models
+    headers: {}                     # extra headers sent upstream, e.g. {X-Team: llm}
+    ca_file: null                   # extra CA bundle (PEM) to trust for an https url
+    tls_verify: true                # verify the backend's TLS certificate
+  - name: mock                      # an in-process fake backend: no network, no keys
+    type: mock
+    models: [demo-chat]
+    mock:
+      latency: 0s                   # delay before the response head
+      tokens_per_second: 0          # pace of streamed chunks; 0 = as fast as possible
+      stream_chunks: 8              # content chunks per streamed answer
+      failures: []                  # injected faults; an entry looks like this:
+      # - kind: status              # status | reset | hang | drip | malformed
+      #   status: 500               # HTTP status for kind: status
+      #   rate: 1.0                 # probability (0..1) that a request gets this fault
+"""

@@ -1,0 +1,88 @@
+"""Every error the router answers with, and its OpenAI-shaped JSON body, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+Headers = list[tuple[bytes, bytes]]
+
+#: status → (OpenAI ``type``, default ``code``)
+_KINDS: Final[dict[int, tuple[str, str | None]]] = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    408: ("invalid_request_error", "request_timeout"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    431: ("invalid_request_error", "headers_too_large"),
+    500: ("server_error", "internal_error"),
+    502: ("upstream_error", "bad_gateway"),
+    503: ("service_unavailable", "no_healthy_backend"),
+    504: ("timeout_error", "upstream_timeout"),
+}
+
+
+def _kind(status: int) -> tuple[str, str | None]:
+    default = "server_error" if status >= 500 else "invalid_request_error"
+    return _KINDS.get(status, (default, None))
+
+
+class _ErrorDetail(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class RouterError(Exception):
+    """An error that becomes an HTTP response; raise it anywhere on the request path."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type, default_code = _kind(status)
+        self.code = code if code is not None else default_code
+        self.param = param
+        self.headers: Headers = list(headers or [])
+        if retry_after is not None:
+            self.headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+
+    def body(self) -> bytes:
+        return openai_error_body(self.status, self.message, code=self.code, param=self.param)
+
+
+def openai_error_body(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> bytes:
+    kind, default_code = _kind(status)
+    detail = _ErrorDetail(message, kind, param, code if code is not None else default_code)
+    return _encode(_ErrorBody(detail))
+
+
+JSON_HEADERS: Final[Headers] = [(b"content-type", b"application/json")]
+
+
+def render_error(status: int, message: str) -> tuple[Headers, bytes]:
+    """For the HTTP layer's own refusals (400 malformed, 408, 413, 431)."""
+    return JSON_HEADERS, openai_error_body(status, message)

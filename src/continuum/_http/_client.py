@@ -1,0 +1,207 @@
+"""Upstream HTTP/1.1 exchanges on pooled trio streams, parsed with httptools.
+
+The pool's interface (:class:`Exchange`: status, headers, ``receive_some``, ``close``) does
+not mention HTTP/1.1, so an HTTP/2 pool can stand behind the same calls.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Protocol, final
+
+import httptools
+import trio
+
+if TYPE_CHECKING:
+    from ._pool import HTTP1Pool
+
+Headers = list[tuple[bytes, bytes]]
+
+_RECEIVE_SIZE = 65536
+
+
+class UpstreamError(Exception):
+    """The upstream exchange failed (connect, reset, protocol error, early close)."""
+
+    def __init__(self, message: str, *, sent_nothing: bool = False) -> None:
+        super().__init__(message)
+        #: True when the failure certainly happened before the upstream acted on the request
+        #: (so another attempt cannot duplicate work).
+        self.sent_nothing = sent_nothing
+
+
+class ConnectError(UpstreamError):
+    """No connection could be made (refused, unreachable, TLS handshake, connect timeout)."""
+
+
+class Exchange(Protocol):
+    """One request/response on some upstream connection, protocol-neutral."""
+
+    status: int
+    headers: Headers
+
+    async def receive_some(self) -> bytes:
+        """The next piece of the (de-framed) body; b"" once the body is complete."""
+        ...
+
+    async def read_all(self, limit: int) -> bytes: ...
+
+    def close(self) -> None:
+        """Finish: a fully read keep-alive response returns the connection to the pool."""
+        ...
+
+
+@final
+class HTTP1Connection:
+    """One keep-alive HTTP/1.1 connection to an upstream; owned by an :class:`HTTP1Pool`."""
+
+    __slots__ = (
+        "_body",
+        "_chunked",
+        "_content_length",
+        "_headers",
+        "_parser",
+        "_status",
+        "complete",
+        "headers_done",
+        "last_used",
+        "raw",
+        "received_any",
+        "reused",
+        "stream",
+    )
+
+    def __init__(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
+        self.stream = stream
+        self.raw = raw
+        self.reused = False
+        self.last_used = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: Headers = []
+        self._body: deque[bytes] = deque()
+        self._status = 0
+        self._content_length = False
+        self._chunked = False
+        self.headers_done = False
+        self.complete = False
+        self.received_any = False
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length":
+            self._content_length = True
+        elif name == b"transfer-encoding":
+            self._chunked = b"chunked" in value.lower()
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # interim response: ignore it and wait for the real one
+            self._headers = []
+            return
+        self._status = status
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.headers_done:
+            self.complete = True
+
+    # lifecycle
+    def reset_for_request(self) -> None:
+        self._headers = []
+        self._body.clear()
+        self._status = 0
+        self._content_length = False
+        self._chunked = False
+        self.headers_done = False
+        self.complete = False
+        self.received_any = False
+
+    @property
+    def keep_alive(self) -> bool:
+        return self.complete and bool(self._parser.should_keep_alive())
+
+    def close(self) -> None:
+        """Close at once, without TLS close_notify: used for dirty or abandoned exchanges."""
+        self.raw.socket.close()
+
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamError(
+                f"upstream connection failed: {exc or type(exc).__name__}",
+                sent_nothing=False,
+            ) from exc
+        if not data:
+            if self.headers_done and not self._content_length and not self._chunked:
+                self.complete = True  # close-delimited body
+                self._parser = httptools.HttpResponseParser(self)  # unusable for reuse
+                return
+            raise UpstreamError(
+                "upstream closed the connection before the response was complete"
+                if self.received_any
+                else "upstream closed the connection without a response"
+            )
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"malformed response from upstream: {exc}") from exc
+
+    async def receive_head(self) -> tuple[int, Headers]:
+        while not self.headers_done:
+            await self._receive()
+        return self._status, self._headers
+
+    async def receive_some(self) -> bytes:
+        body = self._body
+        while not body:
+            if self.complete:
+                return b""
+            await self._receive()
+        if len(body) == 1:
+            return body.popleft()
+        data = b"".join(body)
+        body.clear()
+        return data
+
+
+@final
+class HTTP1Exchange:
+    """A response being read from an :class:`HTTP1Connection` checked out of a pool."""
+
+    __slots__ = ("_conn", "_pool", "headers", "status")
+
+    def __init__(self, pool: HTTP1Pool, conn: HTTP1Connection, status: int, headers: Headers):
+        self._pool = pool
+        self._conn: HTTP1Connection | None = conn
+        self.status = status
+        self.headers = headers
+
+    async def receive_some(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            return b""
+        return await conn.receive_some()
+
+    async def read_all(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            data = await self.receive_some()
+            if not data:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            size += len(data)
+            if size > limit:
+                raise UpstreamError(f"upstream response larger than {limit} bytes")
+            parts.append(data)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)

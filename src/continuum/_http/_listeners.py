@@ -1,0 +1,178 @@
+"""Listening sockets (TCP v4/v6, Unix) and the accept loop with graceful drain."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from typing import final
+
+import trio
+
+from ._server import DateCache, ErrorRenderer, Handler, HTTPLimits, ServerConnection, _plain_error
+
+log = logging.getLogger("continuum.http")
+
+
+def split_bind_address(address: str) -> tuple[str, int] | str:
+    """``"host:port"``/``"[::1]:port"`` → (host, port); ``"unix:/p"`` → "/p"."""
+    if address.startswith("unix:"):
+        return address[len("unix:") :]
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"bind address {address!r} is not host:port, [v6]:port or unix:/path")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def format_address(sockname: object, family: int) -> str:
+    if family == socket.AF_UNIX:
+        return f"unix:{sockname}"
+    assert isinstance(sockname, tuple)
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+
+async def _open_unix_listener(path: str, mode: int | None) -> trio.SocketListener:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket from a previous run
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        if mode is not None:
+            os.chmod(path, mode)
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def _open_tcp_listener(host: str, port: int, reuse_port: bool) -> trio.SocketListener:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        await sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def open_listeners(
+    addresses: Sequence[str], *, socket_mode: int | None = None, reuse_port: bool = False
+) -> list[trio.SocketListener]:
+    """Bind every address or none: a failure closes what was opened and raises OSError."""
+    listeners: list[trio.SocketListener] = []
+    try:
+        for address in addresses:
+            target = split_bind_address(address)
+            try:
+                if isinstance(target, str):
+                    listeners.append(await _open_unix_listener(target, socket_mode))
+                else:
+                    listeners.append(await _open_tcp_listener(*target, reuse_port))
+            except OSError as exc:
+                why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise OSError(exc.errno, f"cannot bind {address}: {why}") from None
+    except BaseException:
+        for listener in listeners:
+            await listener.aclose()
+        raise
+    return listeners
+
+
+def listener_address(listener: trio.SocketListener) -> str:
+    sock = listener.socket
+    return format_address(sock.getsockname(), sock.family)
+
+
+@final
+class HTTPServer:
+    """Accepts connections on its listeners and serves each with ``handler``.
+
+    ``drain()`` stops accepting and lets in-flight requests finish; ``run`` returns when the
+    last connection has closed or ``shutdown_timeout`` after draining began.
+    """
+
+    def __init__(
+        self,
+        listeners: list[trio.SocketListener],
+        handler: Handler,
+        limits: HTTPLimits,
+        *,
+        shutdown_timeout: float = 30.0,
+        render_error: ErrorRenderer = _plain_error,
+    ) -> None:
+        self.listeners = listeners
+        self.addresses = [listener_address(listener) for listener in listeners]
+        self.connections: set[ServerConnection] = set()
+        self._handler = handler
+        self._limits = limits
+        self._shutdown_timeout = shutdown_timeout
+        self._render_error = render_error
+        self._dates = DateCache()
+        self._accept_scope = trio.CancelScope()
+        self._draining = trio.Event()
+        self._unix_paths = [
+            a[len("unix:") :] for a in self.addresses if a.startswith("unix:")
+        ]
+
+    def drain(self) -> None:
+        self._draining.set()
+        self._accept_scope.cancel()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as conns:
+                with self._accept_scope:
+                    async with trio.open_nursery() as accepters:
+                        for listener in self.listeners:
+                            accepters.start_soon(self._accept_loop, listener, conns)
+                for listener in self.listeners:
+                    await listener.aclose()
+                for path in self._unix_paths:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                # Draining: connections finish their current request, then close.
+                conns.cancel_scope.deadline = trio.current_time() + self._shutdown_timeout
+        finally:
+            for listener in self.listeners:
+                with contextlib.suppress(Exception):
+                    await listener.aclose()
+
+    async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed (%s); pausing accepts for 100 ms", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            conns.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        conn = ServerConnection(stream, self._limits, self._dates, self._render_error)
+        if self._draining.is_set():
+            conn.closing = True
+        self.connections.add(conn)
+        try:
+            await conn.serve(self._handler)
+        finally:
+            self.connections.discard(conn)

@@ -1,0 +1,389 @@
+"""HTTP/1.1 server connections on trio streams, parsed with httptools (llhttp).
+
+Why not h11 or hypercorn: DESIGN.md measured a bare trio+httptools server at ~4x h11 and
+~16x hypercorn-trio. This module is the thin shell that the Ingress actor and the mock
+upstream share: it parses requests (pipelined ones answered in order), enforces the size
+and time limits, and gives the handler a :class:`ServerConnection` to answer on with one
+``send_all`` per response where possible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Final, final
+
+import httptools
+import trio
+
+log = logging.getLogger("continuum.http")
+
+Headers = list[tuple[bytes, bytes]]
+
+_RECEIVE_SIZE: Final = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPLimits:
+    """Limits applied to every client connection (see ``server.*`` in the config)."""
+
+    max_header_size: int = 65536
+    max_body_size: int = 10 * 1024 * 1024
+    request_read_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+
+
+@final
+class Request:
+    """One parsed request. Header names are lower-cased; the body is complete."""
+
+    __slots__ = ("body", "headers", "http_version", "keep_alive", "method", "path", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        body: bytes,
+        keep_alive: bool,
+        http_version: str,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http_version = http_version
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of header ``name`` (lower-case bytes), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class ProtocolError(Exception):
+    """A request we must refuse with ``status`` before it reaches a handler."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+
+
+_STATUS_LINES: Final[dict[int, bytes]] = {s.value: _status_line(s.value) for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else _status_line(status)
+
+
+@final
+class DateCache:
+    """The ``date`` header, formatted at most once a second (formatdate costs ~5 µs)."""
+
+    __slots__ = ("_header", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._header = b""
+
+    def header(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._header
+
+
+class _Parser:
+    """httptools callbacks; completed requests queue up in ``ready`` (pipelining)."""
+
+    def __init__(self, limits: HTTPLimits) -> None:
+        self.limits = limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: deque[Request] = deque()
+        self.in_message = False
+        self.headers_done = False
+        self.expect_continue = False
+        self.content_length: int | None = None
+        self._url = b""
+        self._headers: Headers = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self.error: ProtocolError | None = None
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.headers_done = False
+        self.expect_continue = False
+        self.content_length = None
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.limits.max_header_size:
+            self.error = ProtocolError(431, "Request header fields too large")
+            raise self.error
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        for name, value in self._headers:
+            if name == b"content-length":
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    self.content_length = None
+            elif name == b"expect" and value.lower() == b"100-continue":
+                self.expect_continue = True
+        if self.content_length is not None and self.content_length > self.limits.max_body_size:
+            self.error = ProtocolError(413, "Request body too large")
+            raise self.error
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body_size:
+            self.error = ProtocolError(413, "Request body too large")
+            raise self.error
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        url = self._url
+        path, sep, query = url.partition(b"?")
+        parser = self.parser
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self.ready.append(
+            Request(
+                parser.get_method().decode("latin-1"),
+                path.decode("latin-1"),
+                query.decode("latin-1") if sep else "",
+                self._headers,
+                body,
+                parser.should_keep_alive(),
+                parser.get_http_version(),
+            )
+        )
+
+    def feed(self, data: bytes | bytearray) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError(400, "Protocol upgrades are not supported") from None
+        except httptools.HttpParserError as exc:
+            if self.error is not None:
+                raise self.error from None
+            raise ProtocolError(400, f"Malformed HTTP request: {exc}") from None
+
+
+Handler = Callable[["Request", "ServerConnection"], Awaitable[None]]
+ErrorRenderer = Callable[[int, str], tuple[Headers, bytes]]
+
+
+def _plain_error(status: int, message: str) -> tuple[Headers, bytes]:
+    return [(b"content-type", b"text/plain; charset=utf-8")], message.encode() + b"\n"
+
+
+@final
+class ServerConnection:
+    """One client connection. Handlers answer through the ``send_*`` methods.
+
+    ``closing`` set by anyone (handler, shutdown) makes the current response the last one.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        limits: HTTPLimits,
+        dates: DateCache,
+        render_error: ErrorRenderer = _plain_error,
+    ) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.closing = False
+        self.idle = True
+        self._dates = dates
+        self._render_error = render_error
+        self._parser = _Parser(limits)
+        self._pending: list[bytes | bytearray] = []
+        self._request_deadline: float | None = None
+        self._eof = False
+        self._idle_scope: trio.CancelScope | None = None
+        self._responded = False
+        self._keep_alive = True
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _head(self, status: int, headers: Headers | bytes, extra: bytes) -> bytearray:
+        head = bytearray(status_line(status))
+        head += self._dates.header()
+        if isinstance(headers, bytes):
+            head += headers
+        else:
+            for name, value in headers:
+                head += name + b": " + value + b"\r\n"
+        head += extra
+        if not self._keep_alive or self.closing:
+            head += b"connection: close\r\n"
+        head += b"\r\n"
+        return head
+
+    async def send_response(self, status: int, headers: Headers | bytes, body: bytes) -> None:
+        """Head and body in one ``send_all``. ``headers`` may be pre-encoded lines."""
+        self._responded = True
+        data = self._head(status, headers, b"content-length: %d\r\n" % len(body))
+        data += body
+        await self.stream.send_all(data)
+
+    async def send_error(self, status: int, message: str) -> None:
+        headers, body = self._render_error(status, message)
+        await self.send_response(status, headers, body)
+
+    async def start_chunked(self, status: int, headers: Headers | bytes) -> None:
+        """Begin a streamed response (chunked transfer encoding)."""
+        self._responded = True
+        await self.stream.send_all(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
+
+    async def send_chunk(self, data: bytes) -> None:
+        if data:
+            await self.stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
+
+    async def end_chunked(self, last: bytes = b"") -> None:
+        if last:
+            await self.stream.send_all(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last))
+        else:
+            await self.stream.send_all(b"0\r\n\r\n")
+
+    @property
+    def responded(self) -> bool:
+        return self._responded
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def watch_disconnect(self) -> None:
+        """Return when the client closes its side (or the socket fails).
+
+        Runs beside a streamed response, so a client that goes away cancels the upstream
+        exchange at once instead of at the next chunk. Bytes that arrive meanwhile (a
+        pipelined request) are kept for the parser.
+        """
+        while True:
+            try:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._eof = True
+                return
+            self._pending.append(data)
+
+    def close_if_idle(self) -> None:
+        """Graceful shutdown: close now if between requests, else after this response."""
+        self.closing = True
+        if self.idle and self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def _next_request(self) -> Request | None:
+        parser = self._parser
+        data: bytes | bytearray
+        while not parser.ready:
+            if self._pending:
+                data = b"".join(self._pending)
+                self._pending.clear()
+            elif self._eof:
+                if parser.in_message:
+                    raise ProtocolError(400, "Client closed the connection mid-request")
+                return None
+            else:
+                in_message = parser.in_message
+                if in_message:
+                    if parser.expect_continue and parser.headers_done:
+                        parser.expect_continue = False
+                        await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    self.idle = False
+                    deadline = self._request_deadline or trio.current_time()
+                else:
+                    if self.closing:
+                        return None
+                    self.idle = True
+                    deadline = trio.current_time() + self.limits.keepalive_timeout
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._idle_scope = scope if not in_message else None
+                    try:
+                        data = await self.stream.receive_some(_RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                self._idle_scope = None
+                if scope.cancelled_caught:
+                    if in_message:
+                        raise ProtocolError(408, "Client took too long to send the request")
+                    return None
+                if not data:
+                    self._eof = True
+                    continue
+                self.idle = False
+            parser.feed(data)
+            if parser.in_message and self._request_deadline is None:
+                # The whole request must arrive within request_read_timeout of its first byte.
+                self._request_deadline = trio.current_time() + self.limits.request_read_timeout
+        self.idle = False
+        self._request_deadline = (
+            trio.current_time() + self.limits.request_read_timeout if parser.in_message else None
+        )
+        return parser.ready.popleft()
+
+    async def serve(self, handler: Handler) -> None:
+        """Answer requests until the client leaves, errs, or the server drains."""
+        try:
+            while not self._eof or self._pending or self._parser.ready:
+                try:
+                    request = await self._next_request()
+                except ProtocolError as exc:
+                    self._keep_alive = False
+                    await self.send_error(exc.status, exc.message)
+                    return
+                if request is None:
+                    return
+                self._keep_alive = request.keep_alive
+                self._responded = False
+                await handler(request, self)
+                if not self._responded:
+                    self._keep_alive = False
+                    await self.send_error(500, "The handler sent no response")
+                if not self._keep_alive or self.closing:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+

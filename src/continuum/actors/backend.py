@@ -1,0 +1,170 @@
+"""BackendActor: one upstream's connection pool, health, in-flight count and latency.
+
+The request path calls :meth:`BackendActor.start` directly (no channel hop); the actor's
+own task only does upkeep — pre-warming at start and closing idle connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final, final
+
+import trio
+
+from .._config import BackendConfig, Config
+from .._health import HealthState
+from .._http._client import Exchange, Headers
+from .._http._pool import HTTP1Pool, Origin, PoolLimits, PoolStats, make_ssl_context
+
+log = logging.getLogger("continuum.backend")
+
+#: Client headers never forwarded upstream: hop-by-hop, framing, and the client's own
+#: credentials (the backend's api_key replaces them).
+DROPPED_REQUEST_HEADERS: Final = frozenset(
+    {
+        b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+        b"te", b"trailer", b"upgrade", b"content-length", b"expect", b"authorization",
+        b"x-api-key", b"proxy-authorization", b"accept-encoding", b"cookie",
+    }
+)
+
+_EWMA_ALPHA: Final = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSnapshot:
+    """What ``/admin/health`` shows for one backend."""
+
+    name: str
+    url: str
+    type: str
+    healthy: bool
+    reason: str
+    in_flight: int
+    latency_ms: float | None
+    models: tuple[str, ...]
+    pool: PoolStats
+    requests: int
+    failures: int
+
+
+@final
+class BackendActor:
+    def __init__(self, config: BackendConfig, url: str, root: Config) -> None:
+        self.config = config
+        self.name = config.name
+        self.url = url
+        self.type = config.type
+        http_client = root.http_client
+        limits = PoolLimits(
+            max_connections=root.server.connection_pool_size,
+            max_idle=min(http_client.pool_max_idle_per_host, root.server.connection_pool_size),
+            idle_timeout=http_client.pool_idle_timeout,
+            connect_timeout=http_client.connect_timeout,
+        )
+        origin = Origin.from_url(url)
+        ssl_context = None
+        if origin.scheme == "https":
+            ssl_context = make_ssl_context(config.ca_file, config.tls_verify)
+        self.pool = HTTP1Pool(origin, limits, ssl_context)
+        hc = root.health_checks
+        self.health = HealthState(hc.unhealthy_threshold, hc.healthy_threshold)
+        self.static_models: frozenset[str] = frozenset(config.models)
+        self.discovered_models: frozenset[str] = frozenset()
+        self.in_flight = 0
+        self.latency_ewma: float | None = None
+        self.requests = 0
+        self.failures = 0
+        auth: Headers = []
+        if config.api_key:
+            auth.append((b"authorization", b"Bearer " + config.api_key.encode("latin-1")))
+        for name, value in config.headers.items():
+            auth.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        #: Added to every upstream request (credentials, configured extra headers).
+        self.upstream_headers: Headers = auth
+        self._overridden = frozenset(name for name, _ in auth)
+
+    # -- routing view --------------------------------------------------------------------
+
+    @property
+    def models(self) -> frozenset[str]:
+        """Static ``models`` win; otherwise what the backend's ``/v1/models`` listed."""
+        return self.static_models or self.discovered_models
+
+    @property
+    def healthy(self) -> bool:
+        return self.health.healthy
+
+    # -- request path --------------------------------------------------------------------
+
+    def upstream_request_headers(self, client_headers: Headers) -> Headers:
+        overridden = self._overridden
+        headers = [
+            (name, value)
+            for name, value in client_headers
+            if name not in DROPPED_REQUEST_HEADERS and name not in overridden
+        ]
+        headers.extend(self.upstream_headers)
+        return headers
+
+    async def start(
+        self, method: bytes, target: bytes, headers: Headers, body: bytes
+    ) -> Exchange:
+        """Send a request; return with the response head. Caller must ``finish`` it."""
+        self.in_flight += 1
+        self.requests += 1
+        try:
+            return await self.pool.start(method, target, headers, body)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+
+    def finish(self, exchange: Exchange | None, ok: bool, latency: float | None) -> None:
+        """Release the exchange (connection back to the pool if clean) and record outcome."""
+        if exchange is not None:
+            exchange.close()
+        self.in_flight -= 1
+        if not ok:
+            self.failures += 1
+        if latency is not None:
+            ewma = self.latency_ewma
+            self.latency_ewma = latency if ewma is None else ewma + _EWMA_ALPHA * (latency - ewma)
+
+    def fail_before_start(self) -> None:
+        """An attempt that never got an exchange (connect error, timeout before the head)."""
+        self.failures += 1
+
+    def snapshot(self) -> BackendSnapshot:
+        return BackendSnapshot(
+            name=self.name,
+            url=self.url,
+            type=self.type,
+            healthy=self.healthy,
+            reason=self.health.last_reason,
+            in_flight=self.in_flight,
+            latency_ms=None if self.latency_ewma is None else self.latency_ewma * 1000.0,
+            models=tuple(sorted(self.models)),
+            pool=self.pool.stats,
+            requests=self.requests,
+            failures=self.failures,
+        )
+
+    # -- actor task ----------------------------------------------------------------------
+
+    async def prewarm(self, count: int) -> None:
+        try:
+            opened = await self.pool.prewarm(count)
+            log.debug("backend %s: pre-warmed %d connection(s)", self.name, opened)
+        except Exception as exc:  # a down backend at start is the prober's business
+            log.info("backend %s: pre-warming failed: %s", self.name, exc)
+
+    async def run(self) -> None:
+        """Upkeep: close connections idle past ``pool_idle_timeout``."""
+        period = max(0.05, min(self.pool.limits.idle_timeout / 2, 5.0))
+        while True:
+            await trio.sleep(period)
+            self.pool.reap_idle()
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,169 @@
+"""CacheKeeper: backends' model lists (refreshed every ``model_cache_ttl``) and the merged
+``/v1/models`` answer, rebuilt only when the Router's table changed or the TTL ran out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import final
+
+import msgspec
+import trio
+
+from .._http._client import UpstreamError
+from .._messages import ControlMessage, DiscoveryFailed, ModelsDiscovered
+from .backend import BackendActor
+from .router import Router
+
+log = logging.getLogger("continuum.cache")
+
+_LIST_LIMIT = 16 * 1024 * 1024
+_RETRY_FAILED = 5.0
+
+
+class _ModelEntry(msgspec.Struct):
+    id: str
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_ModelEntry]
+
+
+class ModelObject(msgspec.Struct):
+    id: str
+    created: int
+    owned_by: str
+    object: str = "model"
+
+
+class ModelListObject(msgspec.Struct):
+    data: list[ModelObject]
+    object: str = "list"
+
+
+_decode_list = msgspec.json.Decoder(_ModelList).decode
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    hits: int
+    misses: int
+    evictions: int
+
+
+async def fetch_models(backend: BackendActor, timeout: float) -> tuple[str, ...]:
+    exchange = None
+    try:
+        with trio.fail_after(timeout):
+            exchange = await backend.pool.start(
+                b"GET", b"/v1/models", list(backend.upstream_headers), b""
+            )
+            body = await exchange.read_all(_LIST_LIMIT)
+    finally:
+        if exchange is not None:
+            exchange.close()
+    if exchange.status != 200:
+        raise UpstreamError(f"GET /v1/models answered {exchange.status}")
+    try:
+        listing = _decode_list(body)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"GET /v1/models returned an unreadable list: {exc}") from None
+    return tuple(dict.fromkeys(entry.id for entry in listing.data))
+
+
+@final
+class CacheKeeper:
+    def __init__(
+        self,
+        router: Router,
+        backends: Sequence[BackendActor],
+        model_cache_ttl: float,
+        timeout: float,
+        router_inbox: trio.MemorySendChannel[ControlMessage],
+    ) -> None:
+        self.router = router
+        self.ttl = model_cache_ttl
+        self.timeout = timeout
+        #: Only backends without a static ``models`` list need discovery.
+        self.discovering = [b for b in backends if not b.static_models]
+        self._router = router_inbox
+        self._created = int(time.time())
+        self._cached: bytes | None = None
+        self._cached_version = -1
+        self._cached_at = 0.0
+        self._discovered_ok: dict[str, bool] = {}
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    @property
+    def stats(self) -> CacheStats:
+        return CacheStats(self.hits, self.misses, self.evictions)
+
+    def models_response(self) -> bytes:
+        """The merged ``/v1/models`` body: one entry per id, healthy backends only."""
+        now = trio.current_time()
+        cached = self._cached
+        if cached is not None:
+            if self._cached_version == self.router.version and now - self._cached_at < self.ttl:
+                self.hits += 1
+                return cached
+            self.evictions += 1
+        self.misses += 1
+        data = [
+            ModelObject(id=model, created=self._created, owned_by=backends[0].name)
+            for model, backends in sorted(self.router.models().items())
+        ]
+        body = _encode(ModelListObject(data))
+        self._cached, self._cached_version, self._cached_at = body, self.router.version, now
+        return body
+
+    def model_response(self, model: str) -> bytes | None:
+        backends = self.router.models().get(model)
+        if not backends:
+            return None
+        return _encode(ModelObject(id=model, created=self._created, owned_by=backends[0].name))
+
+    async def _fetch(self, backend: BackendActor) -> ModelsDiscovered | DiscoveryFailed:
+        try:
+            models = await fetch_models(backend, self.timeout)
+        except (UpstreamError, trio.TooSlowError) as exc:
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            self._discovered_ok[backend.name] = False
+            return DiscoveryFailed(backend.name, reason)
+        self._discovered_ok[backend.name] = True
+        return ModelsDiscovered(backend.name, models)
+
+    async def _discover(self, backend: BackendActor) -> bool:
+        message = await self._fetch(backend)
+        await self._router.send(message)
+        return isinstance(message, ModelsDiscovered)
+
+    async def _refresh_loop(self, backend: BackendActor) -> None:
+        ok = self._discovered_ok.get(backend.name, False)
+        while True:
+            # A failed discovery is retried soon; a good list lives for the TTL.
+            await trio.sleep(max(self.ttl, 1.0) if ok else min(max(self.ttl, 1.0), _RETRY_FAILED))
+            ok = await self._discover(backend)
+
+    async def discover_all(self) -> list[ModelsDiscovered | DiscoveryFailed]:
+        """One round over every discovering backend (made before ``serve`` reports ready)."""
+        results: list[ModelsDiscovered | DiscoveryFailed] = []
+
+        async def one(backend: BackendActor) -> None:
+            results.append(await self._fetch(backend))
+
+        async with trio.open_nursery() as nursery:
+            for backend in self.discovering:
+                nursery.start_soon(one, backend)
+        return results
+
+    async def run(self) -> None:
+        if not self.discovering:
+            await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            for backend in self.discovering:
+                nursery.start_soon(self._refresh_loop, backend)

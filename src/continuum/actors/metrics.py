@@ -1,0 +1,81 @@
+"""MetricsSink: owns the Prometheus registry; the request path only ``send_nowait``s to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, final
+
+import trio
+from prometheus_client import generate_latest
+
+from .._messages import RequestObserved
+from .._metrics import OTHER, Metrics
+from .backend import BackendActor
+from .cache import CacheKeeper
+
+
+@final
+class MetricsSink:
+    def __init__(
+        self,
+        metrics: Metrics,
+        backends: Sequence[BackendActor],
+        known_model: Callable[[str], bool],
+        cache: CacheKeeper,
+        active_connections: Callable[[], int],
+    ) -> None:
+        self.metrics = metrics
+        self.backends = backends
+        self._known_model = known_model
+        self._cache = cache
+        self._active_connections = active_connections
+        # Label children cached per label tuple: .labels() costs ~10x an observe.
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._backend_children: dict[tuple[str, str], Any] = {}
+        self._cache_reported = (0, 0, 0)
+
+    def observe(self, obs: RequestObserved) -> None:
+        key = (obs.method, obs.endpoint, str(obs.status))
+        children = self._request_children.get(key)
+        if children is None:
+            m = self.metrics
+            children = (
+                m.requests.labels(*key),
+                m.request_duration.labels(obs.method, obs.endpoint),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(obs.duration)
+        if obs.backend:
+            model = obs.model if self._known_model(obs.model) else OTHER
+            bkey = (obs.backend, model)
+            child = self._backend_children.get(bkey)
+            if child is None:
+                child = self.metrics.backend_duration.labels(*bkey)
+                self._backend_children[bkey] = child
+            child.observe(obs.backend_duration)
+
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        for backend in self.backends:
+            m.backend_health.labels(backend.name).set(1 if backend.healthy else 0)
+            m.backend_in_flight.labels(backend.name).set(backend.in_flight)
+        m.active_connections.set(self._active_connections())
+        stats = self._cache.stats
+        last = self._cache_reported
+        for event, now, before in zip(
+            ("hit", "miss", "eviction"), (stats.hits, stats.misses, stats.evictions), last,
+            strict=True,
+        ):
+            if now > before:
+                m.model_cache.labels(event).inc(now - before)
+        self._cache_reported = (stats.hits, stats.misses, stats.evictions)
+
+    async def render(self) -> bytes:
+        """Prometheus text, rendered in a worker thread: ~800 series blocked the loop 88 ms."""
+        self.refresh_gauges()
+        return await trio.to_thread.run_sync(generate_latest, self.metrics.registry)
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[RequestObserved]) -> None:
+        async for obs in inbox:
+            self.observe(obs)

@@ -1,0 +1,723 @@
+"""Tests for the config schema and loader (continuum._config)."""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+
+from continuum._config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_effective_config,
+    generate_config,
+    load_config,
+    parse_bind_address,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "performance-guide.txt"
+BACKENDS = "\nbackends:\n  - name: b1\n    url: http://127.0.0.1:9001\n"
+SECTIONS = {
+    "server",
+    "request",
+    "routing",
+    "cache",
+    "health_checks",
+    "http_client",
+    "logging",
+    "metrics",
+    "deduplication",
+}
+
+
+def load(text: str, env: dict[str, str] | None = None) -> Config:
+    return parse_config(textwrap.dedent(text), source="test.yaml", env=env or {})
+
+
+def load_with_backend(text: str, env: dict[str, str] | None = None) -> Config:
+    return load(textwrap.dedent(text) + BACKENDS, env)
+
+
+def error_of(text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(text, env)
+    return str(info.value)
+
+
+def get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------------------
+# The performance guide's YAML blocks
+# --------------------------------------------------------------------------------------
+
+_SECTION_LINE = re.compile(r"^(\s*)(" + "|".join(sorted(SECTIONS)) + r"):\s*(#.*)?$")
+
+
+def _as_block(run: list[str]) -> str | None:
+    while run and not run[-1].strip():
+        run = run[:-1]
+    if not run:
+        return None
+    block = textwrap.dedent("\n".join(run)) + "\n"
+    try:
+        data = yaml.safe_load(block)
+    except yaml.YAMLError:
+        return None
+    if isinstance(data, dict) and data and set(data) <= SECTIONS:
+        return block
+    return None
+
+
+def extract_yaml_blocks(text: str) -> list[str]:
+    """Maximal runs of lines that form a YAML mapping of config sections.
+
+    A run starts at a line ``<section>:`` and takes every following line that is blank,
+    indented deeper than the run's first line, or another ``<section>:`` line at the same
+    indentation. Of that run, the longest prefix that parses as a mapping whose keys are
+    all config sections is kept (trailing blank lines dropped).
+    """
+    lines = text.splitlines()
+    blocks: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _SECTION_LINE.match(lines[i])
+        if m is None:
+            i += 1
+            continue
+        base = len(m.group(1))
+        j = i + 1
+        while j < len(lines):
+            line = lines[j]
+            indent = len(line) - len(line.lstrip())
+            if not line.strip() or indent > base:
+                j += 1
+                continue
+            sm = _SECTION_LINE.match(line)
+            if sm is not None and len(sm.group(1)) == base:
+                j += 1
+                continue
+            break
+        # The longest prefix of the run that is a mapping of config sections wins (prose
+        # indented like YAML, e.g. a numbered list item, can follow a block directly).
+        for end in range(j, i, -1):
+            block = _as_block(lines[i:end])
+            if block is not None:
+                blocks.append(block)
+                i = end
+                break
+        else:
+            i += 1
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def guide_blocks() -> list[str]:
+    if not GUIDE.is_file():
+        pytest.skip(f"performance guide not found at {GUIDE} (the shared folder is ../shared)")
+    return extract_yaml_blocks(GUIDE.read_text(encoding="utf-8"))
+
+
+# Counted by hand: high-throughput, low-latency, low-memory, deduplication, connection pool
+# (500), timeouts, model cache (300), routing + weights, health checks, cache + dedup,
+# server + http_client, metrics, cache (60), server (1000).
+GUIDE_EXPECTATIONS: list[dict[str, Any]] = [
+    {  # High-Throughput Configuration
+        "server.bind_address": ("0.0.0.0:8080",),
+        "server.connection_pool_size": 1000,
+        "server.keepalive_timeout": 75.0,
+        "request.timeout": 30.0,
+        "request.max_retries": 1,
+        "cache.model_cache_ttl": 900.0,
+        "http_client.pool_idle_timeout": 90.0,
+        "http_client.pool_max_idle_per_host": 100,
+    },
+    {  # Low-Latency Configuration
+        "routing.strategy": "LeastLatency",
+        "routing.fallback_strategy": "RoundRobin",
+        "request.timeout": 10.0,
+        "request.max_retries": 0,
+        "cache.model_cache_ttl": 3600.0,
+        "health_checks.interval": 10.0,
+    },
+    {  # Memory-Constrained Configuration
+        "server.connection_pool_size": 10,
+        "cache.model_cache_ttl": 60.0,
+        "request.timeout": 30.0,
+        "logging.level": "error",
+    },
+    {"cache.deduplication.enabled": True, "cache.deduplication.ttl": 60.0},
+    {"server.connection_pool_size": 500},
+    {"request.timeout": 30.0, "request.streaming_timeout": 300.0},
+    {"cache.model_cache_ttl": 300.0},
+    {
+        "routing.strategy": "LeastLatency",
+        "routing.fallback_strategy": "RoundRobin",
+        "routing.weights": {"http://backend1:11434": 3, "http://backend2:11434": 1},
+    },
+    {
+        "health_checks.enabled": True,
+        "health_checks.interval": 30.0,
+        "health_checks.timeout": 5.0,
+        "health_checks.unhealthy_threshold": 3,
+        "health_checks.healthy_threshold": 2,
+    },
+    {
+        "cache.model_cache_ttl": 300.0,
+        "cache.deduplication.enabled": True,
+        "cache.deduplication.ttl": 60.0,
+    },
+    {
+        "server.connection_pool_size": 500,
+        "http_client.pool_idle_timeout": 90.0,
+        "http_client.pool_max_idle_per_host": 100,
+    },
+    {
+        "metrics.enabled": True,
+        "metrics.endpoint": "/metrics",
+        "metrics.auth.enabled": True,
+        "metrics.auth.username": "metrics",
+        "metrics.auth.password": "secure_password",
+    },
+    {"cache.model_cache_ttl": 60.0},
+    {"server.connection_pool_size": 1000},
+]
+
+
+def test_guide_block_count(guide_blocks: list[str]) -> None:
+    assert len(guide_blocks) == 14 == len(GUIDE_EXPECTATIONS)
+
+
+def test_guide_blocks_load_and_mean_what_the_guide_says(guide_blocks: list[str]) -> None:
+    for block, expected in zip(guide_blocks, GUIDE_EXPECTATIONS, strict=True):
+        cfg = load(block + BACKENDS)
+        for dotted, value in expected.items():
+            assert get(cfg, dotted) == value, (dotted, block)
+
+
+def test_extractor_handles_indented_blocks() -> None:
+    text = "  1. Dedup\n\n    deduplication:\n      enabled: true\n\n  2. Next\nserver:\n  x: 1\n"
+    blocks = extract_yaml_blocks(text)
+    assert blocks == ["deduplication:\n  enabled: true\n", "server:\n  x: 1\n"]
+    text = "routing:\n  a: 1\n\n  1. Health\n    health_checks:\n      b: 2\n    \nProse\n"
+    assert extract_yaml_blocks(text) == ["routing:\n  a: 1\n", "health_checks:\n  b: 2\n"]
+
+
+# --------------------------------------------------------------------------------------
+# configs/ and the generated template
+# --------------------------------------------------------------------------------------
+
+PROD_ENV = {"OPENAI_API_KEY": "sk-test-openai", "CONTINUUM_API_KEY": "ck-test-client"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path, env=PROD_ENV)
+    assert cfg.backends
+    assert cfg.source == os.fspath(path)
+
+
+def test_shipped_configs_exist() -> None:
+    names = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    assert {
+        "prod.yaml",
+        "demo.yaml",
+        "high-throughput.yaml",
+        "low-latency.yaml",
+        "low-memory.yaml",
+    } <= names
+
+
+def test_demo_config_needs_no_network_or_keys() -> None:
+    cfg = load_config(REPO / "configs" / "demo.yaml", env={})
+    assert cfg.server.bind_address == ("127.0.0.1:8080",)
+    assert all(b.type == "mock" and b.url == "" for b in cfg.backends)
+    assert len(cfg.backends) == 2
+    models = [set(b.models) for b in cfg.backends]
+    assert set.intersection(*models) and set.union(*models) != set.intersection(*models)
+    assert cfg.health_checks.enabled
+
+
+def test_prod_config_uses_env_and_needs_it() -> None:
+    cfg = load_config(REPO / "configs" / "prod.yaml", env=PROD_ENV)
+    assert cfg.api_keys.mode == "blocking"
+    assert cfg.api_keys.api_keys[0].key == "ck-test-client"
+    openai = next(b for b in cfg.backends if b.type == "openai")
+    assert openai.api_key == "sk-test-openai"
+    assert {b.type for b in cfg.backends} >= {"openai", "vllm", "ollama"}
+    with pytest.raises(ConfigError, match=r"OPENAI_API_KEY|CONTINUUM_API_KEY"):
+        load_config(REPO / "configs" / "prod.yaml", env={})
+
+
+def test_tuning_configs_load_without_env() -> None:
+    for name in ("high-throughput.yaml", "low-latency.yaml", "low-memory.yaml"):
+        load_config(REPO / "configs" / name, env={})
+    assert (
+        load_config(REPO / "configs" / "high-throughput.yaml", env={}).server.connection_pool_size
+        == 1000
+    )
+
+
+def test_generate_config_round_trip() -> None:
+    text = generate_config()
+    cfg = parse_config(text, env={})
+    defaults = Config()
+    for section in (
+        "server",
+        "request",
+        "routing",
+        "health_checks",
+        "cache",
+        "http_client",
+        "logging",
+        "metrics",
+        "api_keys",
+    ):
+        assert getattr(cfg, section) == getattr(defaults, section), section
+
+
+def _all_field_names(tp: Any, seen: set[str]) -> None:
+    info = msgspec.inspect.type_info(tp)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        seen.add(f.name)
+        t = f.type
+        while isinstance(t, msgspec.inspect.Metadata | msgspec.inspect.VarTupleType):
+            t = t.type if isinstance(t, msgspec.inspect.Metadata) else t.item_type
+        if isinstance(t, msgspec.inspect.StructType):
+            _all_field_names(t.cls, seen)
+
+
+def test_generate_config_mentions_every_key() -> None:
+    names: set[str] = set()
+    _all_field_names(Config, names)
+    names.discard("source")
+    text = generate_config()
+    missing = [n for n in sorted(names) if not re.search(rf"^\s*(# *)?(- )?{n}:", text, re.M)]
+    assert missing == []
+
+
+# --------------------------------------------------------------------------------------
+# Durations and sizes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        ("30s", 30.0),
+        ("500ms", 0.5),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        ("250us", 0.00025),
+        ("1m30s", 90.0),
+        (0, 0.0),
+    ],
+)
+def test_durations(text: Any, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["30", "abc", "5 minutes", "-1s", "1d", "", True, -3, "s"])
+def test_bad_durations(text: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_duration_in_yaml() -> None:
+    cfg = load_with_backend("request:\n  timeout: 500ms\n  streaming_timeout: 5m\n")
+    assert cfg.request.timeout == 0.5
+    assert cfg.request.streaming_timeout == 300.0
+    err = error_of("request:\n  timeout: 30 sec\n" + BACKENDS)
+    assert err.startswith("test.yaml: request.timeout: expected a duration")
+    assert "'30 sec'" in err
+    assert "request.timeout: expected a duration" in error_of("request:\n  timeout: 0\n" + BACKENDS)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        (1024, 1024),
+        ("10MiB", 10 * 1024 * 1024),
+        ("512KB", 512_000),
+        ("1MB", 1_000_000),
+        ("64KiB", 65536),
+        ("100B", 100),
+        ("1.5MiB", 1572864),
+        ("2gb", 2_000_000_000),
+    ],
+)
+def test_sizes(text: Any, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["10XB", "MiB", "-1", "1.5B", 1.5, True, "ten"])
+def test_bad_sizes(text: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_sizes_in_yaml() -> None:
+    cfg = load_with_backend("server:\n  max_request_body_size: 1MB\n  max_header_size: 8KiB\n")
+    assert cfg.server.max_request_body_size == 1_000_000
+    assert cfg.server.max_header_size == 8192
+    assert "server.max_header_size: expected a size" in error_of(
+        "server:\n  max_header_size: lots\n" + BACKENDS
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Environment substitution
+# --------------------------------------------------------------------------------------
+
+
+def test_env_substitution() -> None:
+    cfg = load(
+        """\
+        server:
+          bind_address: "${HOST:-127.0.0.1}:${PORT}"
+          workers: ${WORKERS:-3}
+        request:
+          timeout: ${TIMEOUT:-45}
+        backends:
+          - name: b
+            url: "http://${BACKEND_HOST}:8000/v1"
+            api_key: "${KEY}"
+            tls_verify: ${VERIFY:-false}
+        """,
+        env={"PORT": "9000", "BACKEND_HOST": "gpu1", "KEY": "sk-1", "TIMEOUT": ""},
+    )
+    assert cfg.server.bind_address == ("127.0.0.1:9000",)
+    assert cfg.server.workers == 3
+    assert cfg.request.timeout == 45.0  # empty var falls back to the default
+    assert cfg.backends[0].url == "http://gpu1:8000/v1"
+    assert cfg.backends[0].api_key == "sk-1"
+    assert cfg.backends[0].tls_verify is False
+
+
+def test_env_substitution_escape_and_empty_optional() -> None:
+    cfg = load(
+        """\
+        backends:
+          - name: b
+            url: http://h:1
+            api_key: "${NOPE:-}"
+            headers: {X-Literal: "$${NOT_A_VAR} costs $5"}
+        """
+    )
+    assert cfg.backends[0].api_key is None
+    assert cfg.backends[0].headers == {"X-Literal": "${NOT_A_VAR} costs $5"}
+
+
+def test_env_substitution_uses_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTINUUM_TEST_URL", "http://example.test:1234")
+    cfg = parse_config("backends:\n  - name: b\n    url: ${CONTINUUM_TEST_URL}\n")
+    assert cfg.backends[0].url == "http://example.test:1234"
+
+
+def test_missing_env_var() -> None:
+    err = error_of("backends:\n  - name: b\n    url: http://h:1\n    api_key: ${OPENAI_KEY}\n")
+    assert err.startswith("test.yaml: backends[0].api_key: environment variable OPENAI_KEY")
+    assert "not set" in err
+    assert "malformed" in error_of("backends:\n  - name: b\n    url: ${1X}\n")
+    assert "unterminated" in error_of("backends:\n  - name: b\n    url: ${X\n")
+
+
+# --------------------------------------------------------------------------------------
+# Server addresses
+# --------------------------------------------------------------------------------------
+
+
+def test_bind_address_string_or_list() -> None:
+    assert load_with_backend("server:\n  bind_address: 0.0.0.0:80\n").server.bind_address == (
+        "0.0.0.0:80",
+    )
+    cfg = load_with_backend(
+        "server:\n  bind_address: ['127.0.0.1:8080', '[::1]:8080', 'unix:/tmp/c.sock']\n"
+        "  socket_mode: 0660\n"
+    )
+    assert cfg.server.bind_address == ("127.0.0.1:8080", "[::1]:8080", "unix:/tmp/c.sock")
+    assert cfg.server.socket_mode == 0o660
+    assert load_with_backend("server:\n  socket_mode: '0o600'\n").server.socket_mode == 0o600
+
+
+def test_parse_bind_address() -> None:
+    assert parse_bind_address("[::1]:8080") == ("tcp", "::1", 8080, "")
+    assert parse_bind_address("localhost:0").port == 0
+    assert parse_bind_address("unix:/run/x.sock").path == "/run/x.sock"
+    assert str(parse_bind_address("[::]:80")) == "[::]:80"
+
+
+@pytest.mark.parametrize(
+    ("addr", "fragment"),
+    [
+        ("0.0.0.0:70000", "port must be"),
+        ("0.0.0.0", "expected 'host:port'"),
+        ("::1:8080", "brackets"),
+        ("[::zz]:80", "not an IPv6 address"),
+        ("unix:", "needs a path"),
+        ("host:port", "port must be"),
+    ],
+)
+def test_bad_bind_address(addr: str, fragment: str) -> None:
+    err = error_of(f"server:\n  bind_address: {addr!r}\n" + BACKENDS)
+    assert err.startswith("test.yaml: server.bind_address: ")
+    assert fragment in err
+
+
+def test_bad_bind_address_in_list_names_index() -> None:
+    err = error_of("server:\n  bind_address: ['127.0.0.1:1', 'nope']\n" + BACKENDS)
+    assert err.startswith("test.yaml: server.bind_address[1]: ")
+    assert "duplicate" in error_of("server:\n  bind_address: ['a:1', 'a:1']\n" + BACKENDS)
+
+
+# --------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------
+
+
+def test_error_names_file_path_and_expectation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  connection_pool_size: abc\n" + BACKENDS)
+    with pytest.raises(ConfigError) as info:
+        load_config(bad, env={})
+    assert str(info.value) == (
+        f"{bad}: server.connection_pool_size: expected an integer >= 1, got 'abc'"
+    )
+    assert info.value.path == "server.connection_pool_size"
+    assert info.value.source == str(bad)
+
+
+def test_unknown_key_suggestion() -> None:
+    err = error_of("server:\n  conection_pool_size: 5\n" + BACKENDS)
+    assert err == (
+        "test.yaml: server.conection_pool_size: unknown key 'conection_pool_size' "
+        "(did you mean 'connection_pool_size'?)"
+    )
+    assert "valid keys here" in error_of("zzqq: 1\n" + BACKENDS)
+    assert "backends[0].modles" in error_of(
+        "backends:\n  - name: b\n    url: http://h:1\n    modles: [x]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server:\n  workers: true\n", "server.workers: expected an integer >= 0, got true"),
+        ("routing:\n  strategy: Fastest\n", "routing.strategy: expected one of"),
+        ("routing:\n  strategy: leastlatency\n", "did you mean 'LeastLatency'?"),
+        ("routing:\n  weights: {a: 0}\n", "routing.weights.a: expected an integer >= 1, got 0"),
+        ("health_checks:\n  enabled: maybe\n", "health_checks.enabled: expected true or false"),
+        ("logging: info\n", "logging: expected a mapping, got 'info'"),
+        ("metrics:\n  endpoint: metrics\n", "metrics.endpoint: expected a path starting"),
+        ("metrics:\n  auth: {enabled: true}\n", "metrics.auth: enabled auth needs"),
+        ("api_keys:\n  mode: blocking\n", "blocking mode needs at least one enabled key"),
+        ("server:\n  socket_mode: 660\n", "server.socket_mode: expected a file mode"),
+    ],
+)
+def test_wrong_types_and_values(text: str, expected: str) -> None:
+    assert expected in error_of(text + BACKENDS)
+
+
+def test_backend_errors() -> None:
+    assert error_of("backends: []\n") == "test.yaml: backends: at least one backend is required"
+    assert error_of("server: {}\n").endswith("backends: at least one backend is required")
+    assert "backends[1].name: duplicate backend name 'a' (also used by backends[0])" in error_of(
+        "backends:\n  - {name: a, url: 'http://x:1'}\n  - {name: a, url: 'http://y:1'}\n"
+    )
+    assert "backends[0]: missing required key 'name'" in error_of("backends:\n  - url: http://x\n")
+    for url in ("ftp://h", "http://", "localhost:8000", "http://h:99999", "http://a b"):
+        err = error_of(f"backends:\n  - {{name: a, url: '{url}'}}\n")
+        assert "backends[0].url: expected an http:// or https:// URL" in err, url
+    assert "a url is required" in error_of("backends:\n  - name: a\n")
+    assert "backends[0].url: mock backends take no url" in error_of(
+        "backends:\n  - {name: a, type: mock, url: 'http://x'}\n"
+    )
+    assert "backends[0].mock: only valid for type 'mock'" in error_of(
+        "backends:\n  - {name: a, url: 'http://x', mock: {latency: 1s}}\n"
+    )
+    assert "backends[0].type: expected one of" in error_of(
+        "backends:\n  - {name: a, url: 'http://x', type: bogus}\n"
+    )
+    assert "not a valid HTTP header name" in error_of(
+        "backends:\n  - {name: a, url: 'http://x', headers: {'a b': c}}\n"
+    )
+    assert "backends[0].ca_file: file not found" in error_of(
+        "backends:\n  - {name: a, url: 'https://x', ca_file: /nonexistent/ca.pem}\n"
+    )
+    assert "backends[0].mock.failures[0].rate: expected a number between 0 and 1" in error_of(
+        "backends:\n  - {name: a, type: mock, mock: {failures: [{kind: status, rate: 2}]}}\n"
+    )
+
+
+def test_yaml_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("server:\n  workers: 1\n  bind_address: [unclosed\nrequest:\n  timeout: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad, env={})
+    assert str(info.value).startswith(f"{bad}: line ")
+    assert "invalid YAML" in str(info.value)
+    dup = error_of("server:\n  workers: 1\n  workers: 2\n" + BACKENDS)
+    assert dup.startswith("test.yaml: line 3, column 3: ") and "duplicate key 'workers'" in dup
+
+
+def test_empty_and_non_mapping_documents(tmp_path: Path) -> None:
+    assert "empty" in error_of("")
+    assert "empty" in error_of("# only a comment\n")
+    assert "top level, got a list" in error_of("- a\n- b\n")
+    assert "top level, got a string" in error_of("hello\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------------------
+# Aliases from the Rust router's documents
+# --------------------------------------------------------------------------------------
+
+
+def test_dedup_aliases() -> None:
+    cfg = load_with_backend("deduplication:\n  enabled: true\n  ttl: 2m\n")
+    assert cfg.cache.deduplication.enabled is True
+    assert cfg.cache.deduplication.ttl == 120.0
+    cfg = load_with_backend("cache:\n  enable_deduplication: true\n  deduplication_ttl: 30s\n")
+    assert (cfg.cache.deduplication.enabled, cfg.cache.deduplication.ttl) == (True, 30.0)
+    err = error_of("deduplication: {ttl: 5}\ncache:\n  deduplication_ttl: 6\n" + BACKENDS)
+    assert "conflicts with cache.deduplication.ttl" in err
+
+
+def test_selection_strategy_alias() -> None:
+    cfg = load_with_backend("selection_strategy: WeightedRoundRobin\n")
+    assert cfg.routing.strategy == "WeightedRoundRobin"
+    err = error_of("selection_strategy: Random\nrouting: {strategy: Random}\n" + BACKENDS)
+    assert err.startswith("test.yaml: selection_strategy: conflicts with routing.strategy")
+
+
+def test_backend_weight_prefers_routing_weights() -> None:
+    cfg = load(
+        """\
+        routing:
+          weights: {"http://h1:1": 5, b2: 7}
+        backends:
+          - {name: b1, url: "http://h1:1", weight: 2}
+          - {name: b2, url: "http://h2:1"}
+          - {name: b3, url: "http://h3:1", weight: 4}
+        """
+    )
+    assert [cfg.backend_weight(b) for b in cfg.backends] == [5, 7, 4]
+
+
+def test_api_key_entries_keep_extra_fields() -> None:
+    cfg = load_with_backend(
+        """\
+        api_keys:
+          mode: blocking
+          api_keys:
+            - key: k1
+              id: key-1
+              user_id: u
+              organization_id: o
+              scopes: [read, write]
+              rate_limit: 1000
+              expires_at: 2025-12-31T23:59:59Z
+        """
+    )
+    entry = cfg.api_keys.api_keys[0]
+    assert entry.scopes == ("read", "write") and entry.rate_limit == 1000
+    assert entry.expires_at is not None and entry.expires_at.startswith("2025-12-31")
+
+
+def test_config_from_dict() -> None:
+    cfg = config_from_dict({"backends": [{"name": "m", "type": "mock", "models": ["x"]}]})
+    assert cfg.source == "<dict>" and cfg.backends[0].type == "mock"
+    with pytest.raises(ConfigError, match=r"^<dict>: server\.workers: "):
+        config_from_dict({"server": {"workers": "x"}, "backends": []})
+
+
+# --------------------------------------------------------------------------------------
+# Secrets
+# --------------------------------------------------------------------------------------
+
+SECRET = "sk-SUPER-SECRET-value"
+
+
+def test_dump_masks_secrets() -> None:
+    cfg = load(
+        f"""\
+        metrics:
+          auth: {{enabled: true, username: metrics, password: "${{MPW}}"}}
+        api_keys:
+          mode: blocking
+          api_keys:
+            - key: "${{CK}}"
+        backends:
+          - name: a
+            url: "https://user:{SECRET}@h.example"
+            api_key: "${{OK}}"
+            headers:
+              Authorization: "Bearer {SECRET}"
+              X-Api-Key: "{SECRET}"
+              X-Session-Token: "{SECRET}"
+              X-Team: visible-team
+          - name: b
+            url: http://h2:1
+        """,
+        env={"MPW": SECRET, "CK": SECRET + "2", "OK": SECRET + "3"},
+    )
+    dumped = dump_effective_config(cfg)
+    assert SECRET not in dumped
+    assert "visible-team" in dumped
+    data = yaml.safe_load(dumped)
+    assert data["backends"][0]["api_key"] == "***"
+    assert data["backends"][1]["api_key"] is None
+    assert data["api_keys"]["api_keys"][0]["key"] == "***"
+    assert data["metrics"]["auth"]["password"] == "***"
+    assert data["metrics"]["auth"]["username"] == "metrics"
+    assert data["backends"][0]["headers"]["Authorization"] == "***"
+    # the dump is itself a loadable config
+    assert parse_config(dumped, env={}).server == cfg.server
+
+
+def test_dump_shows_empty_secret_as_empty() -> None:
+    data = yaml.safe_load(dump_effective_config(load_with_backend("metrics: {enabled: true}\n")))
+    assert data["metrics"]["auth"]["password"] == ""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "backends:\n  - {name: a, url: 'http://h', api_key: 123456789}\n",
+        "backends:\n  - {name: a, url: 'http://h', api_key: [x]}\n",
+        "backends:\n  - {name: a, url: 'http://h', headers: {Authorization: 123456789}}\n",
+        "backends:\n  - {name: a, url: '${S}'}\n",
+        "backends:\n  - {name: a, url: 'http://h', weight: '${S}'}\n",
+        "server:\n  workers: '${S}'\n" + BACKENDS,
+        "metrics:\n  auth: {password: 123456789}\n" + BACKENDS,
+        "api_keys:\n  api_keys: [{key: 123456789}]\n" + BACKENDS,
+    ],
+)
+def test_secrets_absent_from_errors(text: str) -> None:
+    err = error_of(text, env={"S": SECRET})
+    assert SECRET not in err and "123456789" not in err
+    assert "hidden" in err or "expected" in err
+
+
+def test_secret_not_in_duplicate_key_error() -> None:
+    err = error_of(f"api_keys:\n  api_keys: [{{key: {SECRET}}}, {{key: {SECRET}}}]\n" + BACKENDS)
+    assert "api_keys.api_keys[1].key: duplicate key" in err and SECRET not in err
