@@ -60,12 +60,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.logging)
     try:
         trio.run(_run, config)
-    except OSError as exc:
-        print(f"trio-continuum: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:
+        leaf = _sole_leaf(exc)
+        if isinstance(leaf, OSError):  # e.g. the port is taken: say so, no traceback
+            print(f"trio-continuum: {leaf.strerror or leaf}", file=sys.stderr)
+            return 1
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+        raise
     return 0
+
+
+def _sole_leaf(exc: BaseException) -> BaseException:
+    """Unwrap nursery exception groups that hold exactly one exception."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ class HTTP1Connection:
         "_headers",
         "_parser",
         "_status",
+        "can_reuse",
         "complete",
         "headers_done",
         "last_used",
@@ -84,6 +85,7 @@ class HTTP1Connection:
         self._chunked = False
         self.headers_done = False
         self.complete = False
+        self.can_reuse = False
         self.received_any = False
 
     # httptools callbacks
@@ -109,6 +111,8 @@ class HTTP1Connection:
     def on_message_complete(self) -> None:
         if self.headers_done:
             self.complete = True
+            # llhttp resets its flags after this callback: read keep-alive now.
+            self.can_reuse = bool(self._parser.should_keep_alive())
 
     # lifecycle
     def reset_for_request(self) -> None:
@@ -119,11 +123,12 @@ class HTTP1Connection:
         self._chunked = False
         self.headers_done = False
         self.complete = False
+        self.can_reuse = False
         self.received_any = False
 
     @property
     def keep_alive(self) -> bool:
-        return self.complete and bool(self._parser.should_keep_alive())
+        return self.complete and self.can_reuse
 
     def close(self) -> None:
         """Close at once, without TLS close_notify: used for dirty or abandoned exchanges."""

@@ -65,6 +65,20 @@ def make_ssl_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSL
     return ctx
 
 
+def _connect_failure_reason(exc: BaseException) -> str:
+    """The root cause, e.g. "Connection refused", not trio's "all attempts ... failed"."""
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        return f"TLS handshake failed: {exc.__cause__}"
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError):
+        exc = cause
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 @final
 class HTTP1Pool:
     """Connections to one origin. ``start`` sends a request and returns once the head is in."""
@@ -77,6 +91,8 @@ class HTTP1Pool:
         self._ssl_context = ssl_context
         if origin.scheme == "https" and ssl_context is None:
             self._ssl_context = make_ssl_context()
+        self._target_prefix = origin.base_path.encode()
+        self._host_line = b" HTTP/1.1\r\nhost: " + origin.host_header + b"\r\n"
         self._idle: deque[HTTP1Connection] = deque()
         self._slots = trio.Semaphore(limits.max_connections)
         self._in_use = 0
@@ -110,9 +126,7 @@ class HTTP1Pool:
                 f"connect to {origin.host}:{origin.port} timed out", sent_nothing=True
             ) from None
         except (OSError, trio.BrokenResourceError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-                reason = f"TLS handshake failed: {exc.__cause__}"
+            reason = _connect_failure_reason(exc)
             raise ConnectError(
                 f"cannot connect to {origin.host}:{origin.port}: {reason}", sent_nothing=True
             ) from exc
@@ -139,17 +153,17 @@ class HTTP1Pool:
             opened += 1
         return opened
 
-    def _encode_head(self, method: bytes, target: bytes, headers: Headers, body: bytes) -> bytes:
-        path = self.origin.base_path.encode() + target
-        out = bytearray(method + b" " + path + b" HTTP/1.1\r\nhost: ")
-        out += self.origin.host_header
-        out += b"\r\n"
+    def _encode(self, method: bytes, target: bytes, headers: Headers, body: bytes) -> bytes:
+        """Head and body as one buffer, for one ``send_all``."""
+        parts = [method, b" ", self._target_prefix, target, self._host_line]
         for name, value in headers:
-            out += name + b": " + value + b"\r\n"
+            parts += (name, b": ", value, b"\r\n")
         if body or method in (b"POST", b"PUT", b"PATCH"):
-            out += b"content-length: %d\r\n" % len(body)
-        out += b"\r\n"
-        return bytes(out)
+            parts.append(b"content-length: %d\r\n\r\n" % len(body))
+        else:
+            parts.append(b"\r\n")
+        parts.append(body)
+        return b"".join(parts)
 
     async def start(
         self, method: bytes, target: bytes, headers: Headers, body: bytes
@@ -161,8 +175,11 @@ class HTTP1Pool:
         """
         if self._closed:
             raise ConnectError("backend is shut down", sent_nothing=True)
-        request = self._encode_head(method, target, headers, body) + body
-        await self._slots.acquire()
+        request = self._encode(method, target, headers, body)
+        try:
+            self._slots.acquire_nowait()  # the common case, without a scheduler round trip
+        except trio.WouldBlock:
+            await self._slots.acquire()  # FIFO among waiters
         self._in_use += 1
         conn: HTTP1Connection | None = None
         try:

@@ -10,6 +10,7 @@ and time limits, and gives the handler a :class:`ServerConnection` to answer on 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -238,7 +239,7 @@ class ServerConnection:
         self._pending: list[bytes | bytearray] = []
         self._request_deadline: float | None = None
         self._eof = False
-        self._idle_scope: trio.CancelScope | None = None
+        self._scope = trio.CancelScope()
         self._responded = False
         self._keep_alive = True
 
@@ -310,11 +311,23 @@ class ServerConnection:
     def close_if_idle(self) -> None:
         """Graceful shutdown: close now if between requests, else after this response."""
         self.closing = True
-        if self.idle and self._idle_scope is not None:
-            self._idle_scope.cancel()
+        if self.idle:
+            self._scope.cancel()
+
+    def abort(self) -> None:
+        """Drop the connection without a response (for deliberate resets and hangs)."""
+        self._responded = True
+        self.closing = True
+        self._keep_alive = False
 
     async def _next_request(self) -> Request | None:
+        """The next complete request, or None when the client is done.
+
+        Timeouts move the deadline of the one connection-wide cancel scope (entered in
+        :meth:`serve`) instead of opening a scope per receive.
+        """
         parser = self._parser
+        scope = self._scope
         data: bytes | bytearray
         while not parser.ready:
             if self._pending:
@@ -325,29 +338,21 @@ class ServerConnection:
                     raise ProtocolError(400, "Client closed the connection mid-request")
                 return None
             else:
-                in_message = parser.in_message
-                if in_message:
+                if parser.in_message:
                     if parser.expect_continue and parser.headers_done:
                         parser.expect_continue = False
                         await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self.idle = False
-                    deadline = self._request_deadline or trio.current_time()
+                    scope.deadline = self._request_deadline or trio.current_time()
                 else:
                     if self.closing:
                         return None
                     self.idle = True
-                    deadline = trio.current_time() + self.limits.keepalive_timeout
-                with trio.CancelScope(deadline=deadline) as scope:
-                    self._idle_scope = scope if not in_message else None
-                    try:
-                        data = await self.stream.receive_some(_RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                self._idle_scope = None
-                if scope.cancelled_caught:
-                    if in_message:
-                        raise ProtocolError(408, "Client took too long to send the request")
-                    return None
+                    scope.deadline = trio.current_time() + self.limits.keepalive_timeout
+                try:
+                    data = await self.stream.receive_some(_RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
                 if not data:
                     self._eof = True
                     continue
@@ -357,6 +362,7 @@ class ServerConnection:
                 # The whole request must arrive within request_read_timeout of its first byte.
                 self._request_deadline = trio.current_time() + self.limits.request_read_timeout
         self.idle = False
+        scope.deadline = math.inf
         self._request_deadline = (
             trio.current_time() + self.limits.request_read_timeout if parser.in_message else None
         )
@@ -365,23 +371,30 @@ class ServerConnection:
     async def serve(self, handler: Handler) -> None:
         """Answer requests until the client leaves, errs, or the server drains."""
         try:
-            while not self._eof or self._pending or self._parser.ready:
-                try:
-                    request = await self._next_request()
-                except ProtocolError as exc:
-                    self._keep_alive = False
-                    await self.send_error(exc.status, exc.message)
-                    return
-                if request is None:
-                    return
-                self._keep_alive = request.keep_alive
-                self._responded = False
-                await handler(request, self)
-                if not self._responded:
-                    self._keep_alive = False
-                    await self.send_error(500, "The handler sent no response")
-                if not self._keep_alive or self.closing:
-                    return
+            error: ProtocolError | None = None
+            with self._scope:
+                while True:
+                    try:
+                        request = await self._next_request()
+                    except ProtocolError as exc:
+                        error = exc
+                        break
+                    if request is None:
+                        return
+                    self._keep_alive = request.keep_alive
+                    self._responded = False
+                    await handler(request, self)
+                    if not self._responded:
+                        self._keep_alive = False
+                        await self.send_error(500, "The handler sent no response")
+                    if not self._keep_alive or self.closing:
+                        return
+            if error is None and self._scope.cancelled_caught and self._parser.in_message:
+                error = ProtocolError(408, "Client took too long to send the request")
+            if error is not None:
+                self._keep_alive = False
+                with trio.move_on_after(1.0):
+                    await self.send_error(error.status, error.message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgspec
 import trio
@@ -242,7 +243,7 @@ class Ingress:
         await conn.send_response(200, JSON_HEADERS, self.cache.models_response())
 
     async def _model(self, request: Request, conn: ServerConnection) -> None:
-        model = request.path[len("/v1/models/"):]
+        model = unquote(request.path[len("/v1/models/"):])  # SDKs send org%2Fname
         body = self.cache.model_response(model)
         if body is None:
             raise RouterError(404, f"The model '{model}' does not exist", code="model_not_found",
@@ -281,120 +282,117 @@ class Ingress:
         target = request.path.encode()
         if request.query:
             target += b"?" + request.query.encode()
+        stream = peek.stream is True
         deadline = trio.current_time() + self._timeout
         tried: list[BackendActor] = []
-        last_error: str = ""
-        timed_out = False
-        for attempt in range(self._max_retries + 1):
+        last_error = ""
+        for attempt in range(1, self._max_retries + 2):
             backend = router.choose(model, tried)
             if backend is None:
                 break
             tried.append(backend)
-            headers = backend.upstream_request_headers(request.headers)
             started = trio.current_time()
-            exchange: Exchange | None = None
-            with trio.move_on_at(deadline):
+            # One cancel scope per attempt: the request deadline covers connect, the head
+            # and (for plain responses) the body.
+            with trio.CancelScope(deadline=deadline) as scope:
                 try:
-                    exchange = await backend.start(b"POST", target, headers, request.body)
+                    exchange = await backend.start(
+                        b"POST", target, backend.upstream_request_headers(request.headers),
+                        request.body,
+                    )
                 except UpstreamError as exc:
                     backend.fail_before_start()
                     last_error = f"backend '{backend.name}' failed: {exc}"
-                    log.info("attempt %d for model %s: %s", attempt + 1, model, last_error)
+                    log.info("attempt %d for model %s: %s", attempt, model, last_error)
                     continue
-            if exchange is None:
-                backend.fail_before_start()
-                timed_out = True
-                last_error = f"backend '{backend.name}' did not answer within {self._timeout:g}s"
-                break
-            status = exchange.status
-            if (
-                status in RETRYABLE_STATUSES
-                and attempt < self._max_retries
-                and router.choose(model, [*tried]) is not None
-            ):
-                backend.finish(exchange, False, None)
-                last_error = f"backend '{backend.name}' answered {status}"
-                log.info("attempt %d for model %s: %s; trying another backend",
-                         attempt + 1, model, last_error)
-                continue
-            return await self._answer(conn, backend, exchange, model, peek.stream is True,
-                                      started, deadline, attempt + 1)
-        if timed_out:
-            raise RouterError(504, f"Upstream timeout: {last_error}")
+                status = exchange.status
+                if (
+                    status in RETRYABLE_STATUSES
+                    and attempt <= self._max_retries
+                    and router.choose(model, tried) is not None
+                ):
+                    backend.finish(exchange, False, None)
+                    last_error = f"backend '{backend.name}' answered {status}"
+                    log.info("attempt %d for model %s: %s; trying another backend",
+                             attempt, model, last_error)
+                    continue
+                headers = _response_headers(exchange.headers, backend)
+                if stream and status == 200:
+                    scope.deadline = math.inf  # streams have streaming_timeout instead
+                    await self._stream(conn, backend, exchange, headers)
+                    return Served(status, backend.name, model,
+                                  trio.current_time() - started, attempt)
+                try:
+                    body = await exchange.read_all(self._response_limit)
+                except UpstreamError as exc:
+                    # Nothing reached the client yet: another backend may still answer.
+                    backend.finish(exchange, False, None)
+                    last_error = f"backend '{backend.name}' failed mid-response: {exc}"
+                    log.info("attempt %d for model %s: %s", attempt, model, last_error)
+                    continue
+                except BaseException:
+                    backend.finish(exchange, False, None)
+                    raise
+                latency = trio.current_time() - started
+                backend.finish(exchange, status < 500, latency)
+                scope.deadline = math.inf
+                await conn.send_response(status, headers, body)
+                return Served(status, backend.name, model, latency, attempt)
+            # Only a deadline gets here.
+            backend.fail_before_start()
+            raise RouterError(
+                504, f"Upstream timeout: backend '{backend.name}' did not answer within "
+                f"{self._timeout:g}s (request.timeout)"
+            )
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
         raise RouterError(503, f"No healthy backend is available for model '{model}'",
                           retry_after=self.config.health_checks.interval)
 
-    async def _answer(
-        self,
-        conn: ServerConnection,
-        backend: BackendActor,
-        exchange: Exchange,
-        model: str,
-        stream: bool,
-        started: float,
-        deadline: float,
-        attempts: int,
-    ) -> Served:
-        status = exchange.status
-        headers = _response_headers(exchange.headers, backend)
-        ok = status < 500
-        finished = False
-        try:
-            if stream and status == 200:
-                ok = await self._stream(conn, exchange, headers)
-            else:
-                body: bytes | None = None
-                with trio.move_on_at(deadline):
-                    body = await exchange.read_all(self._response_limit)
-                if body is None:
-                    finished = True
-                    backend.finish(exchange, False, None)
-                    raise RouterError(504, f"Upstream timeout: backend '{backend.name}' did "
-                                      f"not finish its answer within {self._timeout:g}s")
-                await conn.send_response(status, headers, body)
-        except UpstreamError as exc:
-            finished = True
-            backend.finish(exchange, False, None)
-            raise RouterError(502, f"Upstream failed: backend '{backend.name}': {exc}") from None
-        finally:
-            if not finished:
-                latency = trio.current_time() - started
-                backend.finish(exchange, ok, latency)
-        return Served(status, backend.name, model, latency, attempts)
+    async def _stream(
+        self, conn: ServerConnection, backend: BackendActor, exchange: Exchange, headers: Headers
+    ) -> bool:
+        """Forward SSE bytes as they arrive; end with an error event on failure.
 
-    async def _stream(self, conn: ServerConnection, exchange: Exchange, headers: Headers) -> bool:
-        """Forward SSE bytes as they arrive; end with an error event on failure."""
-        await conn.start_chunked(200, headers)
+        A client that goes away cancels the upstream read at once (the watcher), and the
+        half-read upstream connection is closed rather than returned to the pool.
+        """
+        started = trio.current_time()
         failure: bytes | None = None
         client_gone = False
-        async with trio.open_nursery() as nursery:
+        try:
+            await conn.start_chunked(200, headers)
+            async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                nonlocal client_gone
-                await conn.watch_disconnect()
-                client_gone = True
+                async def watch() -> None:
+                    nonlocal client_gone
+                    await conn.watch_disconnect()
+                    client_gone = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                try:
+                    with trio.move_on_after(self._streaming_timeout) as timeout:
+                        receive, send = exchange.receive_some, conn.send_chunk
+                        while data := await receive():
+                            await send(data)
+                    if timeout.cancelled_caught:
+                        failure = sse_error_event(
+                            f"Stream exceeded streaming_timeout ({self._streaming_timeout:g}s)",
+                            "upstream_timeout",
+                        )
+                except UpstreamError as exc:
+                    failure = sse_error_event(f"Upstream stream failed: {exc}", "bad_gateway")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    client_gone = True
                 nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            try:
-                with trio.move_on_after(self._streaming_timeout) as scope:
-                    receive, send = exchange.receive_some, conn.send_chunk
-                    while data := await receive():
-                        await send(data)
-                if scope.cancelled_caught:
-                    failure = sse_error_event(
-                        f"Stream exceeded streaming_timeout ({self._streaming_timeout:g}s)",
-                        "upstream_timeout",
-                    )
-            except UpstreamError as exc:
-                failure = sse_error_event(f"Upstream stream failed: {exc}", "bad_gateway")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                client_gone = True
-            nursery.cancel_scope.cancel()
+        except BaseException:
+            backend.finish(exchange, False, None)
+            raise
+        ok = failure is None and not client_gone
+        backend.finish(exchange, ok, trio.current_time() - started if ok else None)
         if client_gone:
             conn.closing = True
             return False
         await conn.end_chunked(failure or b"")
-        return failure is None
+        return ok

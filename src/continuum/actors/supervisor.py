@@ -127,6 +127,25 @@ async def serve(
     With ``nursery.start`` it returns a :class:`RouterHandle` once every address is bound
     and the first health and discovery round is in.
     """
+    server_cfg = config.server
+    # Bind first: a taken port is a plain OSError before anything else has started.
+    listeners = await open_listeners(
+        server_cfg.bind_address, socket_mode=server_cfg.socket_mode,
+        reuse_port=server_cfg.workers > 1,
+    )
+    try:
+        await _serve(config, listeners, task_status)
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+async def _serve(
+    config: Config,
+    listeners: list[trio.SocketListener],
+    task_status: trio.TaskStatus[RouterHandle],
+) -> None:
+    server_cfg = config.server
     async with trio.open_nursery() as root:
         mocks, mock_urls = await _start_mocks(config, root)
         backends = [BackendActor(b, mock_urls.get(b.name, b.url), config) for b in config.backends]
@@ -138,7 +157,6 @@ async def serve(
         cache = CacheKeeper(router, backends, config.cache.model_cache_ttl,
                             config.health_checks.timeout, control_send)
         prober = HealthProber(backends, config.health_checks, control_send)
-        server_cfg = config.server
         limits = HTTPLimits(
             max_header_size=server_cfg.max_header_size,
             max_body_size=server_cfg.max_request_body_size,
@@ -149,10 +167,6 @@ async def serve(
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), cache,
                            lambda: len(connections[0].connections) if connections else 0)
         ingress = Ingress(config, router, cache, sink, observe_send)
-        listeners = await open_listeners(
-            server_cfg.bind_address, socket_mode=server_cfg.socket_mode,
-            reuse_port=server_cfg.workers > 1,
-        )
         server = HTTPServer(listeners, ingress.handle, limits,
                             shutdown_timeout=server_cfg.shutdown_timeout,
                             render_error=render_error)

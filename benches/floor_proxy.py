@@ -1,0 +1,272 @@
+"""The floor: the simplest fast, correct HTTP/1.1 reverse proxy on bare trio + httptools.
+
+This is the baseline the router's throughput is compared against (DESIGN.md measured this shape
+at 5,768 req/s). It is a baseline, not a product: no routing, no JSON decode, no limits. Per
+client connection it parses requests with ``httptools.HttpRequestParser``, rebuilds the request
+head (dropping hop-by-hop headers, body bytes forwarded untouched), sends it on a keep-alive
+connection from its own pool to the one upstream, and passes the upstream's response bytes back
+as they arrive, using ``httptools.HttpResponseParser`` only to find where the response ends
+(``Content-Length`` and chunked responses both work; a small response is one ``send_all``).
+
+A reused pooled connection that turns out to be closed by the upstream is retried once on a
+fresh connection; any other upstream failure before the first byte is a 502 JSON error.
+
+Standalone on purpose: it must not import ``continuum``, so the baseline stays fixed.
+
+Usage: ``python benches/floor_proxy.py --port 8002 --upstream 127.0.0.1:8001``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Final
+
+import httptools
+import trio
+
+READ_SIZE: Final = 65536
+MAX_IDLE: Final = 512
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+    }
+)
+
+
+def _error(status: bytes, message: bytes, close: bool = False) -> bytes:
+    body = b'{"error":{"message":"' + message + b'","type":"proxy_error","param":null,"code":null}}'
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: application/json\r\n"
+        + (b"Connection: close\r\n" if close else b"")
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+BAD_GATEWAY: Final = _error(b"502 Bad Gateway", b"upstream failed", close=True)
+BAD_REQUEST: Final = _error(b"400 Bad Request", b"malformed HTTP request", close=True)
+
+
+class UpstreamError(Exception):
+    """The upstream failed before the response was complete."""
+
+
+class _Request:
+    """One parsed client request, ready to forward."""
+
+    __slots__ = ("data", "keep_alive")
+
+    def __init__(self, data: bytes, keep_alive: bool) -> None:
+        self.data = data  # the rebuilt upstream request: head + untouched body
+        self.keep_alive = keep_alive
+
+
+class _RequestReader:
+    """httptools request-parser callbacks; completed requests collect in ``ready``."""
+
+    __slots__ = ("body", "headers", "host_header", "parser", "ready", "url")
+
+    def __init__(self, host_header: bytes) -> None:
+        self.host_header = host_header
+        self.url = b""
+        self.headers: list[bytes] = []
+        self.body: list[bytes] = []
+        self.ready: list[_Request] = []
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() not in HOP_BY_HOP:
+            self.headers += (name, b": ", value, b"\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        body = b"".join(self.body)
+        head = b"".join(
+            (
+                parser.get_method(),
+                b" ",
+                self.url,
+                b" HTTP/1.1\r\n",
+                self.host_header,
+                *self.headers,
+                b"Content-Length: ",
+                str(len(body)).encode(),
+                b"\r\n\r\n",
+            )
+        )
+        self.ready.append(_Request(head + body, parser.should_keep_alive()))
+        self.url = b""
+        self.headers = []
+        self.body = []
+
+
+class _ResponseWatcher:
+    """httptools response-parser callbacks: only notes where a response ends."""
+
+    __slots__ = ("complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.complete = False
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        # llhttp resets its flags once this callback returns: read keep-alive now.
+        self.keep_alive = bool(self.parser.should_keep_alive())
+
+
+class _UpstreamConnection:
+    __slots__ = ("stream", "watcher")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.watcher = _ResponseWatcher()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream, reused most-recent-first."""
+
+    def __init__(self, host: str, port: int, max_idle: int = MAX_IDLE) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self._idle: list[_UpstreamConnection] = []
+
+    async def _connect(self) -> _UpstreamConnection:
+        try:
+            stream = await trio.open_tcp_stream(self.host, self.port)
+        except OSError as exc:
+            raise UpstreamError(f"connect failed: {exc}") from exc
+        return _UpstreamConnection(stream)
+
+    def _release(self, conn: _UpstreamConnection) -> None:
+        if len(self._idle) < self.max_idle:
+            self._idle.append(conn)
+        else:
+            conn.stream.socket.close()
+
+    async def forward(self, request: bytes, client: trio.SocketStream) -> None:
+        """Send ``request`` upstream and stream the response bytes to ``client``.
+
+        Raises ``UpstreamError`` if the upstream fails before any byte reached the client
+        (the caller answers 502); a failure after that is re-raised as
+        ``trio.BrokenResourceError`` so the client connection is dropped, never truncated
+        silently into a keep-alive connection.
+        """
+        for attempt in range(2):
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await self._connect()
+            stream = conn.stream
+            watcher = conn.watcher
+            feed = watcher.parser.feed_data
+            watcher.complete = False
+            forwarded = False
+            try:
+                await stream.send_all(request)
+                while True:
+                    data = await stream.receive_some(READ_SIZE)
+                    if not data:
+                        raise UpstreamError("upstream closed the connection")
+                    feed(data)
+                    await client.send_all(data)
+                    forwarded = True
+                    if watcher.complete:
+                        break
+            except (trio.BrokenResourceError, UpstreamError, httptools.HttpParserError) as exc:
+                await stream.aclose()
+                if forwarded:
+                    raise trio.BrokenResourceError("upstream failed mid-response") from exc
+                if reused and attempt == 0 and not isinstance(exc, httptools.HttpParserError):
+                    continue  # a stale keep-alive connection: retry once on a fresh one
+                raise UpstreamError(str(exc)) from exc
+            if watcher.keep_alive:
+                self._release(conn)
+            else:
+                await stream.aclose()
+            return
+
+
+async def handle_client(client: trio.SocketStream, pool: UpstreamPool) -> None:
+    """Serve one client connection: requests are forwarded in order, one at a time."""
+    host = f"[{pool.host}]" if ":" in pool.host else pool.host
+    reader = _RequestReader(f"Host: {host}:{pool.port}\r\n".encode())
+    feed = reader.parser.feed_data
+    ready = reader.ready
+    try:
+        while True:
+            data = await client.receive_some(READ_SIZE)
+            if not data:
+                return
+            try:
+                feed(data)
+            except httptools.HttpParserError:
+                await client.send_all(BAD_REQUEST)
+                return
+            requests = ready[:]
+            ready.clear()
+            for request in requests:
+                try:
+                    await pool.forward(request.data, client)
+                except UpstreamError:
+                    await client.send_all(BAD_GATEWAY)
+                    return
+                if not request.keep_alive:
+                    return
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await client.aclose()
+
+
+async def serve(host: str, port: int, upstream_host: str, upstream_port: int) -> None:
+    """Listen on ``host:port`` and proxy everything to the upstream, forever."""
+    pool = UpstreamPool(upstream_host, upstream_port)
+
+    async def handler(client: trio.SocketStream) -> None:
+        await handle_client(client, pool)
+
+    await trio.serve_tcp(handler, port, host=host, backlog=4096)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", type=_host_port, required=True, metavar="HOST:PORT")
+    args = parser.parse_args(argv)
+    upstream_host, upstream_port = args.upstream
+    try:
+        trio.run(serve, args.host, args.port, upstream_host, upstream_port)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,587 @@
+"""The client-facing HTTP/1.1 server, driven byte by byte over raw trio sockets.
+
+Every test runs a real router on an ephemeral loopback port in front of the mock upstream,
+so what is asserted is what a client of the router sees on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+import pytest
+import trio
+from tests.helpers import router_config, start_mock, start_router
+
+from continuum import RouterHandle
+from continuum.mock import MockUpstream
+
+MODEL = "mock-model"
+HANG_GUARD = 10
+
+
+# -- a tiny raw HTTP/1.1 client -------------------------------------------------------------------
+
+
+class Response:
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes):
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers!r} {self.body[:200]!r}>"
+
+
+class RawClient:
+    """Writes exact bytes; reads responses one at a time (buffering what follows)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.eof = False
+
+    @classmethod
+    async def tcp(cls, address: str) -> RawClient:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        return cls(await trio.open_tcp_stream(host, int(port)))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def _fill(self) -> bool:
+        if self.eof:
+            return False
+        try:
+            data = await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    async def _read_until(self, marker: bytes) -> bytes:
+        while (index := self.buffer.find(marker)) < 0:
+            if not await self._fill():
+                raise AssertionError(
+                    f"connection closed before {marker!r}; got {bytes(self.buffer)!r}"
+                )
+        out = bytes(self.buffer[:index])
+        del self.buffer[: index + len(marker)]
+        return out
+
+    async def _read_exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            if not await self._fill():
+                raise AssertionError(f"connection closed with {len(self.buffer)}/{n} bytes")
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    async def read_response(self) -> Response:
+        head = (await self._read_until(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")
+        version, status, reason = [*status_line.split(" ", 2), ""][:3]
+        assert version.startswith("HTTP/1."), status_line
+        headers = []
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+        code = int(status)
+        response = Response(code, reason, headers, b"")
+        if 100 <= code < 200 or code in (204, 304):
+            return response
+        length = response.header("content-length")
+        if (response.header("transfer-encoding") or "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self._read_until(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await self._read_until(b"\r\n")
+                    break
+                parts.append(await self._read_exactly(size))
+                await self._read_until(b"\r\n")
+            response.body = b"".join(parts)
+        elif length is not None:
+            response.body = await self._read_exactly(int(length))
+        else:
+            while await self._fill():
+                pass
+            response.body = bytes(self.buffer)
+            self.buffer.clear()
+        return response
+
+    async def at_eof(self) -> bool:
+        """True once the peer has closed (waits for it); False if more bytes arrive."""
+        if self.buffer:
+            return False
+        return not await self._fill()
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+def chat_body(content: str) -> bytes:
+    return json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+    ).encode()
+
+
+def chat_request(content: str, *, extra: bytes = b"") -> bytes:
+    body = chat_body(content)
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+        b"content-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+def reply_text(response: Response) -> str:
+    assert response.status == 200, response
+    text: str = response.json()["choices"][0]["message"]["content"]
+    return text
+
+
+def assert_openai_error(response: Response, status: int) -> None:
+    assert response.status == status, response
+    assert (response.header("content-type") or "").startswith("application/json"), response
+    error = response.json()["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert set(error) >= {"message", "type", "param", "code"}
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n"
+
+
+async def router_with_mock(
+    nursery: trio.Nursery, **server: Any
+) -> tuple[RouterHandle, MockUpstream]:
+    upstream, url = await start_mock(nursery, [MODEL])
+    config = router_config(
+        [{"name": "mock", "url": url, "models": [MODEL]}],
+        **({"server": server} if server else {}),
+    )
+    return await start_router(nursery, config), upstream
+
+
+def first_address(handle: RouterHandle) -> str:
+    return handle.url.removeprefix("http://")
+
+
+async def connect(handle: RouterHandle) -> RawClient:
+    return await RawClient.tcp(first_address(handle))
+
+
+# -- keep-alive and pipelining --------------------------------------------------------------------
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection(
+    nursery: trio.Nursery,
+) -> None:
+    handle, upstream = await router_with_mock(nursery)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        for word in ("alpha", "beta", "gamma"):
+            await client.send(chat_request(word))
+            response = await client.read_response()
+            assert reply_text(response).endswith(word)
+            assert response.header("connection") != "close"
+        await client.send(HEALTH)
+        assert (await client.read_response()).status == 200
+    assert upstream.requests_by_path["/v1/chat/completions"] == 3
+    await client.aclose()
+
+
+async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery) -> None:
+    handle, upstream = await router_with_mock(nursery)
+    # The first answer is slow, so a server answering out of order would show it.
+    upstream.set_latency(0.05)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(chat_request("first") + HEALTH + chat_request("third"))
+        first = await client.read_response()
+        second = await client.read_response()
+        third = await client.read_response()
+    assert reply_text(first).endswith("first")
+    assert second.status == 200 and second.json() == {"status": "ok"}
+    assert reply_text(third).endswith("third")
+    await client.aclose()
+
+
+async def test_chunked_request_body_reaches_upstream_intact(nursery: trio.Nursery) -> None:
+    handle, upstream = await router_with_mock(nursery)
+    body = chat_body("chunked " + "x" * 300)
+    pieces = [body[:7], body[7:100], body[100:]]
+    chunked = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        for index in range(0, len(chunked), 50):  # framing split at arbitrary points
+            await client.send(chunked[index : index + 50])
+            await trio.sleep(0.001)
+        response = await client.read_response()
+    assert reply_text(response).startswith("Mock reply to: chunked xxx")
+    assert upstream.last_request_body == body
+    await client.aclose()
+
+
+# -- Expect: 100-continue -------------------------------------------------------------------------
+
+
+async def test_expect_100_continue_gets_interim_response_before_body(
+    nursery: trio.Nursery,
+) -> None:
+    handle, upstream = await router_with_mock(nursery)
+    body = chat_body("after continue")
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\nexpect: 100-continue\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        interim = await client.read_response()
+        assert interim.status == 100
+        assert upstream.requests == 0  # nothing was forwarded without the body
+        await client.send(body)
+        response = await client.read_response()
+    assert reply_text(response).endswith("after continue")
+    assert upstream.last_request_body == body
+    await client.aclose()
+
+
+async def test_expect_100_continue_over_limit_gets_413_without_sending_body(
+    nursery: trio.Nursery,
+) -> None:
+    handle, upstream = await router_with_mock(nursery, max_request_body_size=1024)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\nexpect: 100-continue\r\n"
+            b"content-length: 1000000\r\n\r\n"
+        )
+        response = await client.read_response()
+        assert_openai_error(response, 413)
+        assert response.header("connection") == "close"
+        assert await client.at_eof()
+    assert upstream.requests == 0
+    await client.aclose()
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+async def test_body_over_limit_by_content_length_is_413(nursery: trio.Nursery) -> None:
+    handle, upstream = await router_with_mock(nursery, max_request_body_size=1024)
+    client = await connect(handle)
+    body = chat_body("y" * 2000)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+        )
+        response = await client.read_response()
+        assert_openai_error(response, 413)
+        assert response.json()["error"]["type"] == "invalid_request_error"
+        assert await client.at_eof()
+    assert upstream.requests == 0
+    await client.aclose()
+
+
+async def test_body_just_under_limit_is_accepted(nursery: trio.Nursery) -> None:
+    handle, upstream = await router_with_mock(nursery, max_request_body_size=1024)
+    body = chat_body("z" * (1024 - len(chat_body(""))))
+    assert len(body) == 1024
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        response = await client.read_response()
+    assert response.status == 200, response
+    assert upstream.last_request_body == body
+    await client.aclose()
+
+
+async def test_chunked_body_over_limit_is_413(nursery: trio.Nursery) -> None:
+    handle, upstream = await router_with_mock(nursery, max_request_body_size=1024)
+    client = await connect(handle)
+    chunk = b"a" * 600
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            + (b"%x\r\n%b\r\n" % (len(chunk), chunk)) * 2
+        )
+        response = await client.read_response()
+        assert_openai_error(response, 413)
+        assert await client.at_eof()
+    assert upstream.requests == 0
+    await client.aclose()
+
+
+async def test_headers_over_limit_are_431(nursery: trio.Nursery) -> None:
+    handle, _ = await router_with_mock(nursery, max_header_size=1024)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"GET /health HTTP/1.1\r\nhost: test\r\nx-big: " + b"h" * 2048 + b"\r\n\r\n"
+        )
+        response = await client.read_response()
+        assert_openai_error(response, 431)
+        assert await client.at_eof()
+    await client.aclose()
+    # Headers within the limit still work.
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(b"GET /health HTTP/1.1\r\nhost: test\r\nx-small: 1\r\n\r\n")
+        assert (await client.read_response()).status == 200
+    await client.aclose()
+
+
+# -- timeouts -------------------------------------------------------------------------------------
+
+
+async def test_stalled_request_body_gets_408_and_close(nursery: trio.Nursery) -> None:
+    handle, upstream = await router_with_mock(nursery, request_read_timeout=0.3)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-length: 100\r\n\r\n{\"model\": "
+        )
+        started = trio.current_time()
+        response = await client.read_response()
+        waited = trio.current_time() - started
+        assert_openai_error(response, 408)
+        assert response.header("connection") == "close"
+        assert await client.at_eof()
+    assert waited >= 0.2  # not before the configured timeout
+    assert upstream.requests == 0
+    await client.aclose()
+
+
+async def test_stalled_request_head_gets_408(nursery: trio.Nursery) -> None:
+    handle, _ = await router_with_mock(nursery, request_read_timeout=0.3)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(b"GET /health HTTP/1.1\r\nhost: te")
+        response = await client.read_response()
+        assert_openai_error(response, 408)
+        assert await client.at_eof()
+    await client.aclose()
+
+
+async def test_trickled_request_still_times_out(nursery: trio.Nursery) -> None:
+    """A slow-loris client sending a byte at a time cannot hold the request open forever."""
+    handle, _ = await router_with_mock(nursery, request_read_timeout=0.3)
+    client = await connect(handle)
+    head = b"GET /health HTTP/1.1\r\nhost: test\r\nx-padding: " + b"p" * 2000
+
+    async def trickle() -> None:
+        for byte in head:
+            try:
+                await client.send(bytes([byte]))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            await trio.sleep(0.01)
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(trickle)
+            response = await client.read_response()
+            inner.cancel_scope.cancel()
+    assert_openai_error(response, 408)
+    await client.aclose()
+
+
+async def test_idle_keep_alive_connection_is_closed_after_keepalive_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    handle, _ = await router_with_mock(nursery, keepalive_timeout=0.3)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(HEALTH)
+        assert (await client.read_response()).status == 200
+        started = trio.current_time()
+        assert await client.at_eof()
+    assert trio.current_time() - started >= 0.2  # kept open for about keepalive_timeout
+    await client.aclose()
+
+
+# -- malformed and connection semantics -----------------------------------------------------------
+
+
+async def test_malformed_request_line_gets_400_and_close(nursery: trio.Nursery) -> None:
+    handle, upstream = await router_with_mock(nursery)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(b"THIS IS NOT HTTP\r\n\r\n")
+        response = await client.read_response()
+        assert_openai_error(response, 400)
+        assert response.header("connection") == "close"
+        assert await client.at_eof()
+    assert upstream.requests == 0
+    await client.aclose()
+
+
+async def test_content_length_with_chunked_is_rejected(nursery: trio.Nursery) -> None:
+    """Both framings at once is the request-smuggling shape: refuse it, never guess."""
+    handle, upstream = await router_with_mock(nursery)
+    body = chat_body("smuggled")
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        )
+        response = await client.read_response()
+        assert_openai_error(response, 400)
+        assert await client.at_eof()
+    assert upstream.requests == 0
+    await client.aclose()
+
+
+async def test_connection_close_from_client_is_honoured(nursery: trio.Nursery) -> None:
+    handle, _ = await router_with_mock(nursery)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(chat_request("bye", extra=b"connection: close\r\n"))
+        response = await client.read_response()
+        assert reply_text(response).endswith("bye")
+        assert response.header("connection") == "close"
+        assert await client.at_eof()
+    await client.aclose()
+
+
+async def test_http_1_0_request_is_answered_and_closed(nursery: trio.Nursery) -> None:
+    handle, _ = await router_with_mock(nursery)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(b"GET /health HTTP/1.0\r\n\r\n")
+        response = await client.read_response()
+        assert response.status == 200
+        assert response.json() == {"status": "ok"}
+        assert await client.at_eof()  # HTTP/1.0 without keep-alive: one request only
+    await client.aclose()
+
+
+# -- listeners ------------------------------------------------------------------------------------
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+async def test_several_bind_addresses_all_answer(nursery: trio.Nursery) -> None:
+    _, url = await start_mock(nursery, [MODEL])
+    config = router_config(
+        [{"name": "mock", "url": url, "models": [MODEL]}],
+        server={"bind_address": ["127.0.0.1:0", "[::1]:0"]},
+    )
+    handle = await start_router(nursery, config)
+    assert len(handle.addresses) == 2
+    v4 = [a for a in handle.addresses if a.startswith("127.0.0.1:")]
+    v6 = [a for a in handle.addresses if a.startswith("[::1]:")]
+    assert v4 and v6, handle.addresses
+    for address in (v4[0], v6[0]):
+        client = await RawClient.tcp(address)
+        with trio.fail_after(HANG_GUARD):
+            await client.send(chat_request(f"via {address}"))
+            assert reply_text(await client.read_response()).endswith(f"via {address}")
+        await client.aclose()
+
+
+async def test_unix_socket_answers_and_is_removed_after_shutdown(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    path = str(tmp_path / "router.sock")
+    _, url = await start_mock(nursery, [MODEL])
+    config = router_config(
+        [{"name": "mock", "url": url, "models": [MODEL]}],
+        server={"bind_address": [f"unix:{path}"]},
+    )
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            handle = await start_router(inner, config)
+            assert handle.addresses == [f"unix:{path}"]
+            assert os.path.exists(path)
+            client = RawClient(await trio.open_unix_socket(path))
+            await client.send(chat_request("over unix"))
+            assert reply_text(await client.read_response()).endswith("over unix")
+            await client.aclose()
+            handle.shutdown()
+    assert not os.path.exists(path)
+
+
+# -- graceful drain -------------------------------------------------------------------------------
+
+
+async def test_shutdown_closes_idle_connections_and_finishes_in_flight_ones(
+    nursery: trio.Nursery,
+) -> None:
+    upstream, url = await start_mock(nursery, [MODEL])
+    config = router_config([{"name": "mock", "url": url, "models": [MODEL]}])
+    in_flight_response: list[Response] = []
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            handle = await start_router(inner, config)
+            address = first_address(handle)
+            idle = await RawClient.tcp(address)
+            await idle.send(HEALTH)
+            assert (await idle.read_response()).status == 200
+            busy = await RawClient.tcp(address)
+
+            async def slow_request() -> None:
+                await busy.send(chat_request("in flight"))
+                in_flight_response.append(await busy.read_response())
+
+            upstream.set_latency(0.3)
+            inner.start_soon(slow_request)
+            while upstream.requests == 0:  # the slow request has reached the upstream
+                await trio.sleep(0.01)
+            handle.shutdown()
+            # The idle keep-alive connection is closed by the server.
+            assert await idle.at_eof()
+        # serve() returned only after the in-flight request was answered.
+        assert in_flight_response, "the in-flight request got no answer"
+        response = in_flight_response[0]
+        assert reply_text(response).endswith("in flight")
+        assert response.header("connection") == "close"
+        assert await busy.at_eof()
+        await idle.aclose()
+        await busy.aclose()
+    # The listener is gone: new connections are refused.
+    with pytest.raises(OSError):
+        await RawClient.tcp(address)
