@@ -275,12 +275,11 @@ class MockUpstream:
             else:
                 await _send_half_then_reset(conn, reply)
         elif kind == "drip":
-            inner = conn.stream
-            conn.stream = _DripStream(inner, self.drip_delay)
+            inner = conn.use_stream(_DripStream(conn.stream, self.drip_delay))
             try:
                 await self._send(conn, reply)
             finally:
-                conn.stream = inner
+                conn.use_stream(inner)
         else:
             await self._send(conn, reply)
 
@@ -342,7 +341,7 @@ class _DripStream(trio.abc.Stream):
 
 async def _reset(conn: ServerConnection) -> None:
     """Abort the connection with a TCP RST (SO_LINGER 0, then close)."""
-    conn.closing = True
+    conn.abort()
     stream = conn.stream
     if isinstance(stream, _DripStream):
         stream = stream.inner
@@ -365,7 +364,7 @@ async def _send_half_then_reset(conn: ServerConnection, reply: oai.Reply) -> Non
 
 async def _hang(conn: ServerConnection) -> None:
     """Never answer: wait until the client leaves (or we are cancelled), then close."""
-    conn.closing = True
+    conn.abort()
     try:
         await conn.watch_disconnect()
     finally:

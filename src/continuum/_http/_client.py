@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Protocol, final
 import httptools
 import trio
 
+from ._fastio import FastStream
+
 if TYPE_CHECKING:
     from ._pool import HTTP1Pool
 
@@ -65,6 +67,7 @@ class HTTP1Connection:
         "can_reuse",
         "complete",
         "headers_done",
+        "io",
         "last_used",
         "raw",
         "received_any",
@@ -74,6 +77,7 @@ class HTTP1Connection:
 
     def __init__(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
         self.stream = stream
+        self.io = FastStream(stream)
         self.raw = raw
         self.reused = False
         self.last_used = 0.0
@@ -136,7 +140,7 @@ class HTTP1Connection:
 
     async def _receive(self) -> None:
         try:
-            data = await self.stream.receive_some(_RECEIVE_SIZE)
+            data = await self.io.receive_some(_RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamError(
                 f"upstream connection failed: {exc or type(exc).__name__}",

@@ -115,6 +115,7 @@ class HTTPServer:
         *,
         shutdown_timeout: float = 30.0,
         render_error: ErrorRenderer = _plain_error,
+        timer_resolution: float | None = None,
     ) -> None:
         self.listeners = listeners
         self.addresses = [listener_address(listener) for listener in listeners]
@@ -124,8 +125,13 @@ class HTTPServer:
         self._shutdown_timeout = shutdown_timeout
         self._render_error = render_error
         self._dates = DateCache()
+        if timer_resolution is None:
+            timer_resolution = min(limits.keepalive_timeout, limits.request_read_timeout) / 10
+        #: How often connection timers are checked: timeouts fire up to this much late.
+        self.timer_resolution = min(max(timer_resolution, 0.005), 0.5)
         self._accept_scope = trio.CancelScope()
         self._draining = trio.Event()
+        self._all_closed = trio.Event()
         self._unix_paths = [
             a[len("unix:") :] for a in self.addresses if a.startswith("unix:")
         ]
@@ -139,6 +145,7 @@ class HTTPServer:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as conns:
+                conns.start_soon(self._sweep_timers)
                 with self._accept_scope:
                     async with trio.open_nursery() as accepters:
                         for listener in self.listeners:
@@ -150,10 +157,22 @@ class HTTPServer:
                         os.unlink(path)
                 # Draining: connections finish their current request, then close.
                 conns.cancel_scope.deadline = trio.current_time() + self._shutdown_timeout
+                if self.connections:
+                    await self._all_closed.wait()
+                conns.cancel_scope.cancel()  # the sweeper
         finally:
             for listener in self.listeners:
                 with contextlib.suppress(Exception):
                     await listener.aclose()
+
+    async def _sweep_timers(self) -> None:
+        """Fire connection timers (idle keep-alive, slow client, request deadlines)."""
+        while True:
+            await trio.sleep(self.timer_resolution)
+            now = trio.current_time()
+            for conn in list(self.connections):
+                if conn.deadline <= now:
+                    conn.expire()
 
     async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
         while True:
@@ -176,3 +195,5 @@ class HTTPServer:
             await conn.serve(self._handler)
         finally:
             self.connections.discard(conn)
+            if not self.connections and self._draining.is_set():
+                self._all_closed.set()

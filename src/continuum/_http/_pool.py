@@ -187,7 +187,7 @@ class HTTP1Pool:
                 conn = await self._checkout() if attempt == 0 else await self._connect()
                 conn.reset_for_request()
                 try:
-                    await conn.stream.send_all(request)
+                    await conn.io.send_all(request)
                     status, resp_headers = await conn.receive_head()
                 except (UpstreamError, trio.BrokenResourceError, OSError) as exc:
                     conn.close()

@@ -22,11 +22,14 @@ from typing import Final, final
 import httptools
 import trio
 
+from ._fastio import FastStream
+
 log = logging.getLogger("continuum.http")
 
 Headers = list[tuple[bytes, bytes]]
 
 _RECEIVE_SIZE: Final = 65536
+_CHECKPOINT_EVERY: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +233,7 @@ class ServerConnection:
         render_error: ErrorRenderer = _plain_error,
     ) -> None:
         self.stream = stream
+        self.io = FastStream(stream)
         self.limits = limits
         self.closing = False
         self.idle = True
@@ -238,6 +242,10 @@ class ServerConnection:
         self._parser = _Parser(limits)
         self._pending: list[bytes | bytearray] = []
         self._request_deadline: float | None = None
+        #: When the sweeper of :class:`HTTPServer` should cancel ``_timer_scope``. A plain
+        #: float write per request instead of a trio deadline (a heap operation per change).
+        self.deadline = math.inf
+        self._timer_scope: trio.CancelScope | None = None
         self._eof = False
         self._scope = trio.CancelScope()
         self._responded = False
@@ -264,7 +272,7 @@ class ServerConnection:
         self._responded = True
         data = self._head(status, headers, b"content-length: %d\r\n" % len(body))
         data += body
-        await self.stream.send_all(data)
+        await self.io.send_all(data)
 
     async def send_error(self, status: int, message: str) -> None:
         headers, body = self._render_error(status, message)
@@ -273,17 +281,17 @@ class ServerConnection:
     async def start_chunked(self, status: int, headers: Headers | bytes) -> None:
         """Begin a streamed response (chunked transfer encoding)."""
         self._responded = True
-        await self.stream.send_all(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
+        await self.io.send_all(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
 
     async def send_chunk(self, data: bytes) -> None:
         if data:
-            await self.stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
+            await self.io.send_all(b"%x\r\n%b\r\n" % (len(data), data))
 
     async def end_chunked(self, last: bytes = b"") -> None:
         if last:
-            await self.stream.send_all(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last))
+            await self.io.send_all(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last))
         else:
-            await self.stream.send_all(b"0\r\n\r\n")
+            await self.io.send_all(b"0\r\n\r\n")
 
     @property
     def responded(self) -> bool:
@@ -300,7 +308,7 @@ class ServerConnection:
         """
         while True:
             try:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                data = await self.io.receive_some(_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
@@ -314,6 +322,26 @@ class ServerConnection:
         if self.idle:
             self._scope.cancel()
 
+    def use_stream(self, stream: trio.abc.Stream) -> trio.abc.Stream:
+        """Write through ``stream`` from now on (e.g. a wrapper); returns the previous one."""
+        previous, self.stream = self.stream, stream
+        self.io = FastStream(stream)
+        return previous
+
+    def arm_timer(self, deadline: float, scope: trio.CancelScope) -> None:
+        """Have the server's sweeper cancel ``scope`` once ``deadline`` has passed."""
+        self._timer_scope = scope
+        self.deadline = deadline
+
+    def disarm_timer(self) -> None:
+        self.deadline = math.inf
+
+    def expire(self) -> None:
+        """Called by the sweeper when ``deadline`` has passed."""
+        self.deadline = math.inf
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+
     def abort(self) -> None:
         """Drop the connection without a response (for deliberate resets and hangs)."""
         self._responded = True
@@ -323,8 +351,8 @@ class ServerConnection:
     async def _next_request(self) -> Request | None:
         """The next complete request, or None when the client is done.
 
-        Timeouts move the deadline of the one connection-wide cancel scope (entered in
-        :meth:`serve`) instead of opening a scope per receive.
+        Timeouts arm the sweeper on the one connection-wide cancel scope (entered in
+        :meth:`serve`) instead of opening a scope, or moving a trio deadline, per receive.
         """
         parser = self._parser
         scope = self._scope
@@ -341,16 +369,16 @@ class ServerConnection:
                 if parser.in_message:
                     if parser.expect_continue and parser.headers_done:
                         parser.expect_continue = False
-                        await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        await self.io.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self.idle = False
-                    scope.deadline = self._request_deadline or trio.current_time()
+                    self.arm_timer(self._request_deadline or trio.current_time(), scope)
                 else:
                     if self.closing:
                         return None
                     self.idle = True
-                    scope.deadline = trio.current_time() + self.limits.keepalive_timeout
+                    self.arm_timer(trio.current_time() + self.limits.keepalive_timeout, scope)
                 try:
-                    data = await self.stream.receive_some(_RECEIVE_SIZE)
+                    data = await self.io.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if not data:
@@ -362,7 +390,7 @@ class ServerConnection:
                 # The whole request must arrive within request_read_timeout of its first byte.
                 self._request_deadline = trio.current_time() + self.limits.request_read_timeout
         self.idle = False
-        scope.deadline = math.inf
+        self.deadline = math.inf
         self._request_deadline = (
             trio.current_time() + self.limits.request_read_timeout if parser.in_message else None
         )
@@ -372,6 +400,7 @@ class ServerConnection:
         """Answer requests until the client leaves, errs, or the server drains."""
         try:
             error: ProtocolError | None = None
+            served = 0
             with self._scope:
                 while True:
                     try:
@@ -383,6 +412,11 @@ class ServerConnection:
                         return
                     self._keep_alive = request.keep_alive
                     self._responded = False
+                    served += 1
+                    if served % _CHECKPOINT_EVERY == 0:
+                        # The fast I/O path does not yield: a busy pipelining client must
+                        # not starve the other connections.
+                        await trio.lowlevel.checkpoint()
                     await handler(request, self)
                     if not self._responded:
                         self._keep_alive = False

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, final
@@ -292,9 +291,10 @@ class Ingress:
                 break
             tried.append(backend)
             started = trio.current_time()
-            # One cancel scope per attempt: the request deadline covers connect, the head
-            # and (for plain responses) the body.
-            with trio.CancelScope(deadline=deadline) as scope:
+            # One cancel scope per attempt, fired by the server's timer sweep (cheaper than a
+            # trio deadline): request.timeout covers connect, the head and a plain body.
+            with trio.CancelScope() as scope:
+                conn.arm_timer(deadline, scope)
                 try:
                     exchange = await backend.start(
                         b"POST", target, backend.upstream_request_headers(request.headers),
@@ -318,7 +318,7 @@ class Ingress:
                     continue
                 headers = _response_headers(exchange.headers, backend)
                 if stream and status == 200:
-                    scope.deadline = math.inf  # streams have streaming_timeout instead
+                    conn.disarm_timer()  # streams have streaming_timeout instead
                     await self._stream(conn, backend, exchange, headers)
                     return Served(status, backend.name, model,
                                   trio.current_time() - started, attempt)
@@ -335,10 +335,11 @@ class Ingress:
                     raise
                 latency = trio.current_time() - started
                 backend.finish(exchange, status < 500, latency)
-                scope.deadline = math.inf
+                conn.disarm_timer()
                 await conn.send_response(status, headers, body)
                 return Served(status, backend.name, model, latency, attempt)
-            # Only a deadline gets here.
+            # Only the timer gets here (every other way out of the block returns or continues).
+            conn.disarm_timer()
             backend.fail_before_start()
             raise RouterError(
                 504, f"Upstream timeout: backend '{backend.name}' did not answer within "

@@ -167,9 +167,11 @@ async def _serve(
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), cache,
                            lambda: len(connections[0].connections) if connections else 0)
         ingress = Ingress(config, router, cache, sink, observe_send)
+        shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
+                       config.request.timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
                             shutdown_timeout=server_cfg.shutdown_timeout,
-                            render_error=render_error)
+                            render_error=render_error, timer_resolution=shortest / 10)
         connections.append(server)
 
         # The first round is applied directly, so the table is complete when we report ready.
