@@ -210,6 +210,8 @@ class _Parser:
             raise ProtocolError(400, f"Malformed HTTP request: {exc}") from None
 
 
+_SLOW_CLIENT: Final = ProtocolError(408, "Client took too long to send the request")
+
 Handler = Callable[["Request", "ServerConnection"], Awaitable[None]]
 ErrorRenderer = Callable[[int, str], tuple[Headers, bytes]]
 
@@ -242,10 +244,12 @@ class ServerConnection:
         self._parser = _Parser(limits)
         self._pending: list[bytes | bytearray] = []
         self._request_deadline: float | None = None
-        #: When the sweeper of :class:`HTTPServer` should cancel ``_timer_scope``. A plain
-        #: float write per request instead of a trio deadline (a heap operation per change).
+        #: When the sweeper of :class:`HTTPServer` should end this connection (see
+        #: ``arm_timer``): a float write per request instead of a trio deadline change.
         self.deadline = math.inf
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer_error: ProtocolError | None = None
+        #: Set when a timer ended the connection (status 0: closed without a response).
+        self.expired: ProtocolError | None = None
         self._eof = False
         self._scope = trio.CancelScope()
         self._responded = False
@@ -328,9 +332,12 @@ class ServerConnection:
         self.io = FastStream(stream)
         return previous
 
-    def arm_timer(self, deadline: float, scope: trio.CancelScope) -> None:
-        """Have the server's sweeper cancel ``scope`` once ``deadline`` has passed."""
-        self._timer_scope = scope
+    def arm_timer(self, deadline: float, error: ProtocolError | None = None) -> None:
+        """At ``deadline`` the server's sweeper ends this connection: everything in flight
+        on it is cancelled, then ``error`` (if given, and if no response has started) is
+        sent and the connection closed. Handlers use it for their own deadlines: a cancel
+        scope per request would cost more than the rest of the handler."""
+        self._timer_error = error
         self.deadline = deadline
 
     def disarm_timer(self) -> None:
@@ -339,8 +346,8 @@ class ServerConnection:
     def expire(self) -> None:
         """Called by the sweeper when ``deadline`` has passed."""
         self.deadline = math.inf
-        if self._timer_scope is not None:
-            self._timer_scope.cancel()
+        self.expired = self._timer_error or ProtocolError(0, "")
+        self._scope.cancel()
 
     def abort(self) -> None:
         """Drop the connection without a response (for deliberate resets and hangs)."""
@@ -355,7 +362,6 @@ class ServerConnection:
         :meth:`serve`) instead of opening a scope, or moving a trio deadline, per receive.
         """
         parser = self._parser
-        scope = self._scope
         data: bytes | bytearray
         while not parser.ready:
             if self._pending:
@@ -371,12 +377,12 @@ class ServerConnection:
                         parser.expect_continue = False
                         await self.io.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self.idle = False
-                    self.arm_timer(self._request_deadline or trio.current_time(), scope)
+                    self.arm_timer(self._request_deadline or trio.current_time(), _SLOW_CLIENT)
                 else:
                     if self.closing:
                         return None
                     self.idle = True
-                    self.arm_timer(trio.current_time() + self.limits.keepalive_timeout, scope)
+                    self.arm_timer(trio.current_time() + self.limits.keepalive_timeout)
                 try:
                     data = await self.io.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -423,8 +429,9 @@ class ServerConnection:
                         await self.send_error(500, "The handler sent no response")
                     if not self._keep_alive or self.closing:
                         return
-            if error is None and self._scope.cancelled_caught and self._parser.in_message:
-                error = ProtocolError(408, "Client took too long to send the request")
+            expired = self.expired
+            if error is None and expired is not None and expired.status and not self._responded:
+                error = expired
             if error is not None:
                 self._keep_alive = False
                 with trio.move_on_after(1.0):

@@ -22,7 +22,7 @@ import trio
 from .._config import Config
 from .._errors import JSON_HEADERS, RouterError, openai_error_body
 from .._http._client import Exchange, Headers, UpstreamError
-from .._http._server import Request, ServerConnection
+from .._http._server import ProtocolError, Request, ServerConnection
 from .._messages import RequestObserved
 from .backend import BackendActor
 from .cache import CacheKeeper
@@ -110,6 +110,9 @@ class Ingress:
         self._timeout = config.request.timeout
         self._streaming_timeout = config.request.streaming_timeout
         self._max_retries = config.request.max_retries
+        self._timeout_error = ProtocolError(
+            504, f"Upstream timeout: no answer within {self._timeout:g}s (request.timeout)"
+        )
         self._response_limit = max(config.server.max_request_body_size, 64 * 1024 * 1024)
         keys = config.api_keys
         self._blocking = keys.mode == "blocking"
@@ -172,6 +175,8 @@ class Ingress:
             conn.closing = True
         finally:
             duration = time.perf_counter() - started
+            if conn.expired is not None and conn.expired.status:
+                status = conn.expired.status  # the server answers it once we unwind
             if served is not None:
                 obs = RequestObserved(request.method, endpoint, status, duration, served.backend,
                                       served.model, served.backend_duration, served.attempts)
@@ -282,7 +287,9 @@ class Ingress:
         if request.query:
             target += b"?" + request.query.encode()
         stream = peek.stream is True
-        deadline = trio.current_time() + self._timeout
+        # request.timeout covers every attempt's connect, head and plain body. When it
+        # passes, the server's timer sweep cancels the connection and answers 504 for us.
+        conn.arm_timer(trio.current_time() + self._timeout, self._timeout_error)
         tried: list[BackendActor] = []
         last_error = ""
         for attempt in range(1, self._max_retries + 2):
@@ -291,60 +298,50 @@ class Ingress:
                 break
             tried.append(backend)
             started = trio.current_time()
-            # One cancel scope per attempt, fired by the server's timer sweep (cheaper than a
-            # trio deadline): request.timeout covers connect, the head and a plain body.
-            with trio.CancelScope() as scope:
-                conn.arm_timer(deadline, scope)
-                try:
-                    exchange = await backend.start(
-                        b"POST", target, backend.upstream_request_headers(request.headers),
-                        request.body,
-                    )
-                except UpstreamError as exc:
-                    backend.fail_before_start()
-                    last_error = f"backend '{backend.name}' failed: {exc}"
-                    log.info("attempt %d for model %s: %s", attempt, model, last_error)
-                    continue
-                status = exchange.status
-                if (
-                    status in RETRYABLE_STATUSES
-                    and attempt <= self._max_retries
-                    and router.choose(model, tried) is not None
-                ):
-                    backend.finish(exchange, False, None)
-                    last_error = f"backend '{backend.name}' answered {status}"
-                    log.info("attempt %d for model %s: %s; trying another backend",
-                             attempt, model, last_error)
-                    continue
-                headers = _response_headers(exchange.headers, backend)
-                if stream and status == 200:
-                    conn.disarm_timer()  # streams have streaming_timeout instead
-                    await self._stream(conn, backend, exchange, headers)
-                    return Served(status, backend.name, model,
-                                  trio.current_time() - started, attempt)
-                try:
-                    body = await exchange.read_all(self._response_limit)
-                except UpstreamError as exc:
-                    # Nothing reached the client yet: another backend may still answer.
-                    backend.finish(exchange, False, None)
-                    last_error = f"backend '{backend.name}' failed mid-response: {exc}"
-                    log.info("attempt %d for model %s: %s", attempt, model, last_error)
-                    continue
-                except BaseException:
-                    backend.finish(exchange, False, None)
-                    raise
-                latency = trio.current_time() - started
-                backend.finish(exchange, status < 500, latency)
-                conn.disarm_timer()
-                await conn.send_response(status, headers, body)
-                return Served(status, backend.name, model, latency, attempt)
-            # Only the timer gets here (every other way out of the block returns or continues).
+            try:
+                exchange = await backend.start(
+                    b"POST", target, backend.upstream_request_headers(request.headers),
+                    request.body,
+                )
+            except UpstreamError as exc:
+                backend.fail_before_start()
+                last_error = f"backend '{backend.name}' failed: {exc}"
+                log.info("attempt %d for model %s: %s", attempt, model, last_error)
+                continue
+            status = exchange.status
+            if (
+                status in RETRYABLE_STATUSES
+                and attempt <= self._max_retries
+                and router.choose(model, tried) is not None
+            ):
+                backend.finish(exchange, False, None)
+                last_error = f"backend '{backend.name}' answered {status}"
+                log.info("attempt %d for model %s: %s; trying another backend",
+                         attempt, model, last_error)
+                continue
+            headers = _response_headers(exchange.headers, backend)
+            if stream and status == 200:
+                conn.disarm_timer()  # streams have streaming_timeout instead
+                await self._stream(conn, backend, exchange, headers)
+                return Served(status, backend.name, model,
+                              trio.current_time() - started, attempt)
+            try:
+                body = await exchange.read_all(self._response_limit)
+            except UpstreamError as exc:
+                # Nothing reached the client yet: another backend may still answer.
+                backend.finish(exchange, False, None)
+                last_error = f"backend '{backend.name}' failed mid-response: {exc}"
+                log.info("attempt %d for model %s: %s", attempt, model, last_error)
+                continue
+            except BaseException:
+                backend.finish(exchange, False, None)
+                raise
+            latency = trio.current_time() - started
+            backend.finish(exchange, status < 500, latency)
             conn.disarm_timer()
-            backend.fail_before_start()
-            raise RouterError(
-                504, f"Upstream timeout: backend '{backend.name}' did not answer within "
-                f"{self._timeout:g}s (request.timeout)"
-            )
+            await conn.send_response(status, headers, body)
+            return Served(status, backend.name, model, latency, attempt)
+        conn.disarm_timer()
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
         raise RouterError(503, f"No healthy backend is available for model '{model}'",
