@@ -208,7 +208,7 @@ class ApiKeysConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 class MockFailure(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    kind: Literal["status", "reset", "hang", "drip", "malformed"]
+    kind: Literal["status", "reset", "reset_mid_stream", "hang", "drip", "malformed"]
     status: HttpStatus = 500
     rate: Probability = 1.0
 

@@ -96,7 +96,7 @@ backends:                           # at least one; names must be unique
       tokens_per_second: 0          # pace of streamed chunks; 0 = as fast as possible
       stream_chunks: 8              # content chunks per streamed answer
       failures: []                  # injected faults; an entry looks like this:
-      # - kind: status              # status | reset | hang | drip | malformed
+      # - kind: status              # status | reset | reset_mid_stream | hang | drip | malformed
       #   status: 500               # HTTP status for kind: status
       #   rate: 1.0                 # probability (0..1) that a request gets this fault
 """
