@@ -25,6 +25,9 @@ class Router:
     def __init__(self, backends: Sequence[BackendActor], routing: RoutingConfig) -> None:
         self.backends: dict[str, BackendActor] = {b.name: b for b in backends}
         self.strategy: Strategy = make_strategy(routing.strategy)
+        if self.strategy.name != routing.strategy:
+            log.warning("routing.strategy %s is not implemented yet; using %s",
+                        routing.strategy, self.strategy.name)
         self._table: dict[str, tuple[BackendActor, ...]] = {}
         #: Bumped on every change that alters what /v1/models shows (the CacheKeeper's key).
         self.version = 0

@@ -199,6 +199,9 @@ async def _serve(
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
 
+        if config.cache.deduplication.enabled:
+            log.warning("cache.deduplication is not implemented yet: requests are not "
+                        "deduplicated")
         handle = RouterHandle(config, server, router, cache, sink, mocks)
         log.info("listening on %s", ", ".join(server.addresses))
         task_status.started(handle)
