@@ -137,13 +137,38 @@ class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
 class RequestConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     timeout: PositiveDuration = 60.0
     streaming_timeout: PositiveDuration = 300.0
+    idle_timeout: PositiveDuration = 60.0
     max_retries: NonNegInt = 2
+
+
+class RetryConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    max_attempts: PosInt | None = None
+    base_delay: Duration = 0.05
+    max_delay: Duration = 5.0
+    exponential_backoff: bool = True
+    jitter: bool = True
+    max_retry_after: Duration = 10.0
+
+
+class ConsistentHashConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    key: Literal["header", "user", "api_key"] = "header"
+    header: str = "x-session-id"
+    load_factor: Annotated[float, msgspec.Meta(ge=1.0)] = 1.25
+    virtual_nodes: PosInt = 160
+
+
+class LeastLatencyConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+    exploration: Probability = 0.05
+    stale_after: PositiveDuration = 30.0
 
 
 class RoutingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     strategy: Strategy = "RoundRobin"
     fallback_strategy: Strategy = "RoundRobin"
     weights: dict[str, PosInt] = {}
+    consistent_hash: ConsistentHashConfig = ConsistentHashConfig()
+    least_latency: LeastLatencyConfig = LeastLatencyConfig()
 
 
 class HealthChecksConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -155,11 +180,23 @@ class HealthChecksConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields
     endpoint: str = "/v1/models"
     warmup_check_interval: PositiveDuration = 1.0
     max_warmup_duration: Duration = 300.0
+    passive_failure_threshold: NonNegInt = 3
+
+
+class CircuitBreakerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    failure_threshold: PosInt = 5
+    failure_rate_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    minimum_requests: PosInt = 20
+    window: PositiveDuration = 30.0
+    timeout: PositiveDuration = 30.0
+    half_open_max_requests: PosInt = 3
 
 
 class DeduplicationConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = False
     ttl: PositiveDuration = 60.0
+    include_nondeterministic: bool = False
 
 
 class CacheConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -171,6 +208,7 @@ class HttpClientConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     pool_idle_timeout: PositiveDuration = 90.0
     pool_max_idle_per_host: NonNegInt = 100
     connect_timeout: PositiveDuration = 10.0
+    prewarm_connections: NonNegInt = 4
 
 
 class LoggingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -220,6 +258,13 @@ class MockConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     failures: tuple[MockFailure, ...] = ()
 
 
+class BackendHealthCheck(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool | None = None
+    endpoint: str | None = None
+    interval: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
+
+
 class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     url: str = ""
@@ -230,21 +275,34 @@ class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     headers: dict[str, str] = {}
     ca_file: str | None = None
     tls_verify: bool = True
+    health_check: BackendHealthCheck | None = None
+    max_in_flight: PosInt | None = None
+    max_queue: NonNegInt = 256
     mock: MockConfig = MockConfig()
 
 
 class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     request: RequestConfig = RequestConfig()
+    retry: RetryConfig = RetryConfig()
     routing: RoutingConfig = RoutingConfig()
     health_checks: HealthChecksConfig = HealthChecksConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     cache: CacheConfig = CacheConfig()
     http_client: HttpClientConfig = HttpClientConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     api_keys: ApiKeysConfig = ApiKeysConfig()
     backends: tuple[BackendConfig, ...] = ()
+    model_aliases: dict[str, str] = {}
+    fallbacks: dict[str, tuple[str, ...]] = {}
     source: str = ""
+
+    @property
+    def max_retries(self) -> int:
+        """Retries after the first attempt: ``retry.max_attempts - 1`` when that is set."""
+        attempts = self.retry.max_attempts
+        return self.request.max_retries if attempts is None else attempts - 1
 
     def backend_weight(self, backend: BackendConfig) -> int:
         """The weight WeightedRoundRobin should use: ``routing.weights`` keyed by the
@@ -931,10 +989,32 @@ def _check_semantics(cfg: Config, ctx: _Ctx) -> Config:
             raise ctx.error(f"{p}.ca_file", f"file not found: {b.ca_file!r}")
         if b.api_key == "":
             b = msgspec.structs.replace(b, api_key=None)
+        hc = b.health_check
+        if hc is not None and hc.endpoint is not None and not hc.endpoint.startswith("/"):
+            hp = f"{p}.health_check.endpoint"
+            raise ctx.error(hp, f"expected a path starting with '/', got {ctx.show(hp, hc.endpoint)}")
         backends.append(b)
     for key in cfg.routing.weights:
         if not key:
             raise ctx.error("routing.weights", "keys must be backend names or URLs")
+    if cfg.routing.consistent_hash.key == "header" and not _HEADER_NAME.fullmatch(
+        cfg.routing.consistent_hash.header
+    ):
+        raise ctx.error("routing.consistent_hash.header", "not a valid HTTP header name")
+    for alias, target in cfg.model_aliases.items():
+        p = _join("model_aliases", alias)
+        if not alias or not target:
+            raise ctx.error(p, "aliases and their targets must be non-empty model names")
+        if target in cfg.model_aliases:
+            raise ctx.error(p, f"{target!r} is itself an alias; point at a served model")
+    for model, chain in cfg.fallbacks.items():
+        p = _join("fallbacks", model)
+        if not chain:
+            raise ctx.error(p, "expected a non-empty list of models to try in order")
+        if model in chain:
+            raise ctx.error(p, f"a model cannot fall back to itself ({model!r})")
+        if len(set(chain)) != len(chain):
+            raise ctx.error(p, "the list names a model twice")
     return msgspec.structs.replace(cfg, backends=tuple(backends))
 
 

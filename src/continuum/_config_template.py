@@ -25,12 +25,30 @@ server:
 request:
   timeout: 60s                      # upstream deadline for a non-streaming request (504 after it)
   streaming_timeout: 300s           # upstream deadline for a streaming request
+  idle_timeout: 60s                 # longest gap between two chunks of a stream (then an SSE error)
   max_retries: 2                    # retries on another backend for failures before the first byte
+
+retry:
+  max_attempts: null                # total attempts; when set it overrides request.max_retries (= max_attempts - 1)
+  base_delay: 50ms                  # backoff before the first retry
+  max_delay: 5s                     # backoff never exceeds this
+  exponential_backoff: true         # double the delay on each retry
+  jitter: true                      # randomise each delay in [delay/2, delay] so clients do not retry in lockstep
+  max_retry_after: 10s              # honour an upstream Retry-After up to this long (longer: try another backend at once)
 
 routing:
   strategy: RoundRobin              # RoundRobin | WeightedRoundRobin | LeastLatency | Random | ConsistentHash | LeastConnections
   fallback_strategy: RoundRobin     # used when the strategy cannot decide (e.g. no latency data yet)
   weights: {}                       # WeightedRoundRobin weights keyed by backend name or URL; overrides backends[].weight
+  consistent_hash:
+    key: header                     # header | user (the request body's "user") | api_key (the client's key)
+    header: x-session-id            # the header read when key is header
+    load_factor: 1.25               # bounded load: no backend takes more than 1.25x the mean in-flight share
+    virtual_nodes: 160              # ring points per backend (times its weight)
+  least_latency:
+    alpha: 0.3                      # EWMA weight of the newest latency sample
+    exploration: 0.05               # share of requests sent to non-best backends so recovered ones are noticed
+    stale_after: 30s                # a latency sample older than this no longer counts
 
 health_checks:
   enabled: true                     # probe backends and route only to healthy ones
@@ -41,17 +59,29 @@ health_checks:
   endpoint: /v1/models              # path probed on each backend
   warmup_check_interval: 1s         # faster probing while a backend answers 503 (model loading)
   max_warmup_duration: 300s         # a backend warming up longer than this is marked unhealthy
+  passive_failure_threshold: 3      # consecutive failed real requests that mark a backend down before the next probe (0: off)
+
+circuit_breaker:
+  enabled: true                     # stop sending to a failing backend for a while
+  failure_threshold: 5              # consecutive failures that open the breaker
+  failure_rate_threshold: 0.5       # ... or this failure rate over the window
+  minimum_requests: 20              # ... once the window holds at least this many requests
+  window: 30s                       # sliding window for the failure rate
+  timeout: 30s                      # time open before trial requests are let through (half-open)
+  half_open_max_requests: 3         # trial requests in half-open; all must succeed to close, one failure reopens
 
 cache:
   model_cache_ttl: 300s             # how long the aggregated /v1/models list is cached
   deduplication:                    # (also accepted: top-level deduplication:, or cache.enable_deduplication / cache.deduplication_ttl)
     enabled: false                  # fold identical concurrent requests into one upstream call
     ttl: 60s                        # how long a deduplication result is kept
+    include_nondeterministic: false # also share answers of sampling requests (temperature > 0 and no seed)
 
 http_client:
   pool_idle_timeout: 90s            # close an idle upstream connection after this
   pool_max_idle_per_host: 100       # idle upstream connections kept per backend
   connect_timeout: 10s              # deadline for connecting (and the TLS handshake) to a backend
+  prewarm_connections: 4            # connections opened (and probed) per backend at start-up
 
 logging:
   level: info                       # trace | debug | info | warn | warning | error | critical
@@ -66,7 +96,7 @@ metrics:
     password: ""                    # basic auth password (use ${VAR}; shown as *** by `check`)
 
 api_keys:
-  mode: permissive                  # permissive: keys optional (a listed but invalid key is rejected); blocking: a valid key is required
+  mode: permissive                  # permissive: any or no key passes; blocking: a listed, enabled key is required (else 401)
   api_keys: []                      # client keys; an entry looks like this:
   # - key: "${CONTINUUM_API_KEY}"   # the secret clients send as "Authorization: Bearer <key>"
   #   id: key-1                     # identifier used in logs and metrics
@@ -88,6 +118,9 @@ backends:                           # at least one; names must be unique
     headers: {}                     # extra headers sent upstream, e.g. {X-Team: llm}
     ca_file: null                   # extra CA bundle (PEM) to trust for an https url
     tls_verify: true                # verify the backend's TLS certificate
+    health_check: null              # per-backend overrides of health_checks, e.g. {endpoint: /health, interval: 10s, timeout: 2s, enabled: true}
+    max_in_flight: null             # requests in flight to this backend; null = server.connection_pool_size
+    max_queue: 256                  # requests waiting for a slot; past it the backend is skipped (429 when all are full)
   - name: mock                      # an in-process fake backend: no network, no keys
     type: mock
     models: [demo-chat]
@@ -99,4 +132,7 @@ backends:                           # at least one; names must be unique
       # - kind: status              # status | reset | reset_mid_stream | hang | drip | malformed
       #   status: 500               # HTTP status for kind: status
       #   rate: 1.0                 # probability (0..1) that a request gets this fault
+
+model_aliases: {}                   # client model name -> served model, e.g. {gpt-4: gpt-4o}
+fallbacks: {}                       # model -> models to try in order when none of its backends can answer, e.g. {gpt-4o: [claude-sonnet, llama3]}
 """
