@@ -307,7 +307,7 @@ async def test_unhealthy_backend_gets_no_traffic_until_it_recovers(
     mock_a, _, router = await two_backends(nursery, health_checks=HEALTH)
     async with http(router) as client:
         assert (await admin_backend(client, "a"))["healthy"] is True
-        mock_a.set_health_status(503)
+        mock_a.set_health_status(500)
         with trio.fail_after(5):
             while (await admin_backend(client, "a"))["healthy"]:
                 await trio.sleep(0.05)
@@ -339,8 +339,8 @@ async def test_unhealthy_backend_gets_no_traffic_until_it_recovers(
 async def test_all_backends_unhealthy_is_503_with_retry_after(nursery: trio.Nursery) -> None:
     mock_a, url_a = await start_mock(nursery, (MODEL,), name="a")
     mock_b, url_b = await start_mock(nursery, (MODEL,), name="b")
-    mock_a.set_health_status(503)
-    mock_b.set_health_status(503)
+    mock_a.set_health_status(500)
+    mock_b.set_health_status(500)
     router = await start_router(
         nursery, router_config(backends(url_a, url_b), health_checks=HEALTH)
     )

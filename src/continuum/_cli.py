@@ -41,6 +41,7 @@ async def _run(config: Config) -> None:
             async for signum in signals:
                 if drained:
                     log.warning("second signal: stopping now")
+                    handle.abort()
                     nursery.cancel_scope.cancel()
                     return
                 log.info("received %s: draining (send again to stop at once)",

@@ -992,7 +992,8 @@ def _check_semantics(cfg: Config, ctx: _Ctx) -> Config:
         hc = b.health_check
         if hc is not None and hc.endpoint is not None and not hc.endpoint.startswith("/"):
             hp = f"{p}.health_check.endpoint"
-            raise ctx.error(hp, f"expected a path starting with '/', got {ctx.show(hp, hc.endpoint)}")
+            shown = ctx.show(hp, hc.endpoint)
+            raise ctx.error(hp, f"expected a path starting with '/', got {shown}")
         backends.append(b)
     for key in cfg.routing.weights:
         if not key:

@@ -145,6 +145,16 @@ class Metrics:
         self.model_cache = Counter(
             "model_cache_events", "Merged /v1/models cache events.", ["event"], registry=r,
         )
+        self.circuit_state = Gauge(
+            "backend_circuit_breaker_state",
+            "Circuit breaker per backend: 0 closed, 1 half-open, 2 open.",
+            ["backend"], registry=r,
+        )
+        self.dedup = Counter(
+            "deduplication_events",
+            "Deduplicated requests: hit (stored answer), shared (joined an in-flight call), "
+            "miss (made the upstream call).", ["event"], registry=r,
+        )
         self.observations_dropped = Counter(
             "continuum_observations_dropped",
             "Observations dropped because the metrics sink lagged.", registry=r,

@@ -57,7 +57,9 @@ class PoolStats:
 
 
 def make_ssl_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx = ssl.create_default_context()  # the system's trust store ...
+    if ca_file is not None:
+        ctx.load_verify_locations(cafile=ca_file)  # ... plus the backend's own CA bundle
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

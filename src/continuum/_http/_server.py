@@ -248,6 +248,7 @@ class ServerConnection:
         #: ``arm_timer``): a float write per request instead of a trio deadline change.
         self.deadline = math.inf
         self._timer_error: ProtocolError | None = None
+        self._timer_scope: trio.CancelScope | None = None
         #: Set when a timer ended the connection (status 0: closed without a response).
         self.expired: ProtocolError | None = None
         self._eof = False
@@ -332,12 +333,19 @@ class ServerConnection:
         self.io = FastStream(stream)
         return previous
 
-    def arm_timer(self, deadline: float, error: ProtocolError | None = None) -> None:
-        """At ``deadline`` the server's sweeper ends this connection: everything in flight
-        on it is cancelled, then ``error`` (if given, and if no response has started) is
-        sent and the connection closed. Handlers use it for their own deadlines: a cancel
-        scope per request would cost more than the rest of the handler."""
+    def arm_timer(
+        self,
+        deadline: float,
+        error: ProtocolError | None = None,
+        scope: trio.CancelScope | None = None,
+    ) -> None:
+        """At ``deadline`` the server's sweeper cancels ``scope`` — or, without one, ends
+        this connection: everything in flight on it is cancelled, then ``error`` (if given
+        and no response has started) is sent and the connection closed. Handlers use it
+        for their own deadlines: a trio deadline per request, or per streamed chunk, costs
+        more than the rest of the handler."""
         self._timer_error = error
+        self._timer_scope = scope
         self.deadline = deadline
 
     def disarm_timer(self) -> None:
@@ -346,6 +354,9 @@ class ServerConnection:
     def expire(self) -> None:
         """Called by the sweeper when ``deadline`` has passed."""
         self.deadline = math.inf
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+            return
         self.expired = self._timer_error or ProtocolError(0, "")
         self._scope.cancel()
 

@@ -12,6 +12,7 @@ from typing import Final, final
 
 import trio
 
+from .._circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
 from .._config import BackendConfig, Config
 from .._health import HealthState
 from .._http._client import Exchange, Headers
@@ -40,7 +41,10 @@ class BackendSnapshot:
     url: str
     type: str
     healthy: bool
+    state: str
     reason: str
+    circuit: BreakerSnapshot
+    cooldown: float
     in_flight: int
     latency_ms: float | None
     models: tuple[str, ...]
@@ -56,10 +60,15 @@ class BackendActor:
         self.name = config.name
         self.url = url
         self.type = config.type
+        self.weight = root.backend_weight(config)
         http_client = root.http_client
+        #: Requests that may be in flight at once (each holds an upstream connection); past
+        #: it they queue for a connection, up to ``max_queue``, and then the backend is full.
+        self.max_in_flight = config.max_in_flight or root.server.connection_pool_size
+        self.capacity = self.max_in_flight + config.max_queue
         limits = PoolLimits(
-            max_connections=root.server.connection_pool_size,
-            max_idle=min(http_client.pool_max_idle_per_host, root.server.connection_pool_size),
+            max_connections=self.max_in_flight,
+            max_idle=min(http_client.pool_max_idle_per_host, self.max_in_flight),
             idle_timeout=http_client.pool_idle_timeout,
             connect_timeout=http_client.connect_timeout,
         )
@@ -69,7 +78,26 @@ class BackendActor:
             ssl_context = make_ssl_context(config.ca_file, config.tls_verify)
         self.pool = HTTP1Pool(origin, limits, ssl_context)
         hc = root.health_checks
-        self.health = HealthState(hc.unhealthy_threshold, hc.healthy_threshold)
+        self.health = HealthState(
+            hc.unhealthy_threshold, hc.healthy_threshold,
+            passive_threshold=hc.passive_failure_threshold,
+            max_warmup_duration=hc.max_warmup_duration,
+        )
+        cb = root.circuit_breaker
+        self.breaker = CircuitBreaker(
+            BreakerSettings(
+                enabled=cb.enabled,
+                failure_threshold=cb.failure_threshold,
+                failure_rate_threshold=cb.failure_rate_threshold,
+                minimum_requests=cb.minimum_requests,
+                window=cb.window,
+                open_timeout=cb.timeout,
+                half_open_max_requests=cb.half_open_max_requests,
+            ),
+            trio.current_time,
+        )
+        #: Until when an upstream's Retry-After asked us to leave it alone.
+        self.cooldown_until = 0.0
         self.static_models: frozenset[str] = frozenset(config.models)
         self.discovered_models: frozenset[str] = frozenset()
         self.in_flight = 0
@@ -95,6 +123,26 @@ class BackendActor:
     @property
     def healthy(self) -> bool:
         return self.health.healthy
+
+    def available(self, now: float) -> bool:
+        """May the Router pick this backend now? Healthy, breaker not open, room left,
+        and not asked to back off by a Retry-After."""
+        return (
+            self.health.healthy
+            and self.in_flight < self.capacity
+            and now >= self.cooldown_until
+            and self.breaker.state is not BreakerState.OPEN
+        )
+
+    def unavailable_reason(self, now: float) -> tuple[str, float]:
+        """Why ``available`` is False, and how long that is likely to last (seconds)."""
+        if not self.health.healthy:
+            return "unhealthy", 0.0
+        if self.breaker.state is BreakerState.OPEN:
+            return "circuit_open", max(0.0, self.breaker.retry_after)
+        if now < self.cooldown_until:
+            return "cooling_down", self.cooldown_until - now
+        return "overloaded", 1.0
 
     # -- request path --------------------------------------------------------------------
 
@@ -141,7 +189,10 @@ class BackendActor:
             url=self.url,
             type=self.type,
             healthy=self.healthy,
+            state=self.health.state.value,
             reason=self.health.last_reason,
+            circuit=self.breaker.snapshot(),
+            cooldown=max(0.0, self.cooldown_until - trio.current_time()),
             in_flight=self.in_flight,
             latency_ms=None if self.latency_ewma is None else self.latency_ewma * 1000.0,
             models=tuple(sorted(self.models)),

@@ -127,7 +127,7 @@ class CacheKeeper:
             return None
         return _encode(ModelObject(id=model, created=self._created, owned_by=backends[0].name))
 
-    async def _fetch(self, backend: BackendActor) -> ModelsDiscovered | DiscoveryFailed:
+    async def fetch(self, backend: BackendActor) -> ModelsDiscovered | DiscoveryFailed:
         try:
             models = await fetch_models(backend, self.timeout)
         except (UpstreamError, trio.TooSlowError) as exc:
@@ -138,7 +138,7 @@ class CacheKeeper:
         return ModelsDiscovered(backend.name, models)
 
     async def _discover(self, backend: BackendActor) -> bool:
-        message = await self._fetch(backend)
+        message = await self.fetch(backend)
         await self._router.send(message)
         return isinstance(message, ModelsDiscovered)
 
@@ -154,7 +154,7 @@ class CacheKeeper:
         results: list[ModelsDiscovered | DiscoveryFailed] = []
 
         async def one(backend: BackendActor) -> None:
-            results.append(await self._fetch(backend))
+            results.append(await self.fetch(backend))
 
         async with trio.open_nursery() as nursery:
             for backend in self.discovering:

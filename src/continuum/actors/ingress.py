@@ -21,44 +21,18 @@ import trio
 
 from .._config import Config
 from .._errors import JSON_HEADERS, RouterError, openai_error_body
-from .._http._client import Exchange, Headers, UpstreamError
-from .._http._server import ProtocolError, Request, ServerConnection
+from .._http._server import Request, ServerConnection
 from .._messages import RequestObserved
-from .backend import BackendActor
+from .._proxy import Proxy, Served
 from .cache import CacheKeeper
 from .metrics import MetricsSink
 from .router import Router
 
 log = logging.getLogger("continuum.ingress")
 
-#: Upstream statuses worth another backend (the request itself was not at fault).
-RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
-
-#: Upstream response headers we never pass back: hop-by-hop and our own framing.
-_DROPPED_RESPONSE_HEADERS: Final = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te",
-     b"trailer", b"upgrade", b"proxy-connection", b"date", b"server"}
-)
-
 _PROXY_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-_SSE_DONE: Final = b"data: [DONE]\n\n"
 
-
-class _Peek(msgspec.Struct):
-    """The only fields the router reads from a request body."""
-
-    model: str | None = None
-    stream: bool | None = None
-
-
-_decode_peek = msgspec.json.Decoder(_Peek).decode
 _encode = msgspec.json.Encoder().encode
-
-
-def _response_headers(upstream: Headers, backend: BackendActor) -> Headers:
-    headers = [(n, v) for n, v in upstream if n not in _DROPPED_RESPONSE_HEADERS]
-    headers.append((b"x-continuum-backend", backend.name.encode()))
-    return headers
 
 
 def public_url(url: str) -> str:
@@ -73,22 +47,6 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def sse_error_event(message: str, code: str) -> bytes:
-    """An error after the first streamed byte: an SSE ``error`` event, then ``[DONE]``."""
-    body = openai_error_body(502 if code != "upstream_timeout" else 504, message, code=code)
-    return b"event: error\ndata: " + body + b"\n\n" + _SSE_DONE
-
-
-class Served(msgspec.Struct, frozen=True):
-    """What a proxied request's handler reports for the access metrics."""
-
-    status: int
-    backend: str
-    model: str
-    backend_duration: float
-    attempts: int
-
-
 Route = Callable[[Request, ServerConnection], Awaitable["Served | None"]]
 
 
@@ -101,19 +59,14 @@ class Ingress:
         cache: CacheKeeper,
         metrics: MetricsSink,
         observations: trio.MemorySendChannel[RequestObserved],
+        proxy: Proxy,
     ) -> None:
         self.config = config
+        self.proxy = proxy
         self.router = router
         self.cache = cache
         self.metrics = metrics
         self._observations = observations
-        self._timeout = config.request.timeout
-        self._streaming_timeout = config.request.streaming_timeout
-        self._max_retries = config.request.max_retries
-        self._timeout_error = ProtocolError(
-            504, f"Upstream timeout: no answer within {self._timeout:g}s (request.timeout)"
-        )
-        self._response_limit = max(config.server.max_request_body_size, 64 * 1024 * 1024)
         keys = config.api_keys
         self._blocking = keys.mode == "blocking"
         self._keys = frozenset(k.key.encode() for k in keys.api_keys if k.enabled and k.key)
@@ -129,7 +82,7 @@ class Ingress:
             "/v1/models": ("GET", self._models),
         }
         for path in _PROXY_ENDPOINTS:
-            self._routes[path] = ("POST", self._proxy)
+            self._routes[path] = ("POST", proxy.handle)
         if config.metrics.enabled:
             self._routes[config.metrics.endpoint] = ("GET", self._metrics)
 
@@ -222,8 +175,17 @@ class Ingress:
                 "url": public_url(snap.url),
                 "type": snap.type,
                 "healthy": snap.healthy,
-                "status": "healthy" if snap.healthy else "unhealthy",
+                "status": snap.state,
                 "reason": snap.reason,
+                "circuit_breaker": {
+                    "state": snap.circuit.state.value,
+                    "consecutive_failures": snap.circuit.consecutive_failures,
+                    "failure_rate": round(snap.circuit.failure_rate, 4),
+                    "requests_in_window": snap.circuit.requests_in_window,
+                    "opened_total": snap.circuit.opened_total,
+                    "retry_after": round(snap.circuit.retry_after, 3),
+                },
+                "cooldown_seconds": round(snap.cooldown, 3),
                 "in_flight": snap.in_flight,
                 "latency_ms": snap.latency_ms,
                 "requests": snap.requests,
@@ -267,130 +229,3 @@ class Ingress:
         )
 
     # -- the proxy -----------------------------------------------------------------------
-
-    async def _proxy(self, request: Request, conn: ServerConnection) -> Served:
-        try:
-            peek = _decode_peek(request.body)
-        except msgspec.ValidationError as exc:
-            raise RouterError(400, f"Invalid request body: {exc}") from None
-        except msgspec.DecodeError:
-            raise RouterError(400, "Request body is not valid JSON") from None
-        model = peek.model
-        if not model:
-            raise RouterError(400, "You must provide a 'model' parameter", param="model",
-                              code="missing_model")
-        router = self.router
-        if not router.candidates(model):
-            raise RouterError(404, f"The model '{model}' does not exist or no backend serves it",
-                              code="model_not_found", param="model")
-        target = request.path.encode()
-        if request.query:
-            target += b"?" + request.query.encode()
-        stream = peek.stream is True
-        # request.timeout covers every attempt's connect, head and plain body. When it
-        # passes, the server's timer sweep cancels the connection and answers 504 for us.
-        conn.arm_timer(trio.current_time() + self._timeout, self._timeout_error)
-        tried: list[BackendActor] = []
-        last_error = ""
-        for attempt in range(1, self._max_retries + 2):
-            backend = router.choose(model, tried)
-            if backend is None:
-                break
-            tried.append(backend)
-            started = trio.current_time()
-            try:
-                exchange = await backend.start(
-                    b"POST", target, backend.upstream_request_headers(request.headers),
-                    request.body,
-                )
-            except UpstreamError as exc:
-                backend.fail_before_start()
-                last_error = f"backend '{backend.name}' failed: {exc}"
-                log.info("attempt %d for model %s: %s", attempt, model, last_error)
-                continue
-            status = exchange.status
-            if (
-                status in RETRYABLE_STATUSES
-                and attempt <= self._max_retries
-                and router.choose(model, tried) is not None
-            ):
-                backend.finish(exchange, False, None)
-                last_error = f"backend '{backend.name}' answered {status}"
-                log.info("attempt %d for model %s: %s; trying another backend",
-                         attempt, model, last_error)
-                continue
-            headers = _response_headers(exchange.headers, backend)
-            if stream and status == 200:
-                conn.disarm_timer()  # streams have streaming_timeout instead
-                await self._stream(conn, backend, exchange, headers)
-                return Served(status, backend.name, model,
-                              trio.current_time() - started, attempt)
-            try:
-                body = await exchange.read_all(self._response_limit)
-            except UpstreamError as exc:
-                # Nothing reached the client yet: another backend may still answer.
-                backend.finish(exchange, False, None)
-                last_error = f"backend '{backend.name}' failed mid-response: {exc}"
-                log.info("attempt %d for model %s: %s", attempt, model, last_error)
-                continue
-            except BaseException:
-                backend.finish(exchange, False, None)
-                raise
-            latency = trio.current_time() - started
-            backend.finish(exchange, status < 500, latency)
-            conn.disarm_timer()
-            await conn.send_response(status, headers, body)
-            return Served(status, backend.name, model, latency, attempt)
-        conn.disarm_timer()
-        if last_error:
-            raise RouterError(502, f"Upstream failed: {last_error}")
-        raise RouterError(503, f"No healthy backend is available for model '{model}'",
-                          retry_after=self.config.health_checks.interval)
-
-    async def _stream(
-        self, conn: ServerConnection, backend: BackendActor, exchange: Exchange, headers: Headers
-    ) -> bool:
-        """Forward SSE bytes as they arrive; end with an error event on failure.
-
-        A client that goes away cancels the upstream read at once (the watcher), and the
-        half-read upstream connection is closed rather than returned to the pool.
-        """
-        started = trio.current_time()
-        failure: bytes | None = None
-        client_gone = False
-        try:
-            await conn.start_chunked(200, headers)
-            async with trio.open_nursery() as nursery:
-
-                async def watch() -> None:
-                    nonlocal client_gone
-                    await conn.watch_disconnect()
-                    client_gone = True
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(watch)
-                try:
-                    with trio.move_on_after(self._streaming_timeout) as timeout:
-                        receive, send = exchange.receive_some, conn.send_chunk
-                        while data := await receive():
-                            await send(data)
-                    if timeout.cancelled_caught:
-                        failure = sse_error_event(
-                            f"Stream exceeded streaming_timeout ({self._streaming_timeout:g}s)",
-                            "upstream_timeout",
-                        )
-                except UpstreamError as exc:
-                    failure = sse_error_event(f"Upstream stream failed: {exc}", "bad_gateway")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    client_gone = True
-                nursery.cancel_scope.cancel()
-        except BaseException:
-            backend.finish(exchange, False, None)
-            raise
-        ok = failure is None and not client_gone
-        backend.finish(exchange, ok, trio.current_time() - started if ok else None)
-        if client_gone:
-            conn.closing = True
-            return False
-        await conn.end_chunked(failure or b"")
-        return ok

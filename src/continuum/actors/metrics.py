@@ -8,10 +8,14 @@ from typing import Any, Final, final
 import trio
 from prometheus_client import generate_latest
 
+from .._circuit import BreakerState
+from .._dedup import Deduplicator
 from .._messages import RequestObserved
 from .._metrics import OTHER, Metrics
 from .backend import BackendActor
 from .cache import CacheKeeper
+
+_BREAKER_LEVEL: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 #: How often observations are applied; /metrics always drains first, so it is never stale.
 DRAIN_PERIOD: Final = 0.1
@@ -26,6 +30,7 @@ class MetricsSink:
         known_model: Callable[[str], bool],
         cache: CacheKeeper,
         active_connections: Callable[[], int],
+        dedup: Deduplicator | None = None,
     ) -> None:
         self.metrics = metrics
         self.backends = backends
@@ -36,6 +41,8 @@ class MetricsSink:
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._backend_children: dict[tuple[str, str], Any] = {}
         self._cache_reported = (0, 0, 0)
+        self._dedup = dedup
+        self._dedup_reported = (0, 0, 0)
         self._inbox: trio.MemoryReceiveChannel[RequestObserved] | None = None
 
     def observe(self, obs: RequestObserved) -> None:
@@ -63,6 +70,7 @@ class MetricsSink:
         m = self.metrics
         for backend in self.backends:
             m.backend_health.labels(backend.name).set(1 if backend.healthy else 0)
+            m.circuit_state.labels(backend.name).set(_BREAKER_LEVEL[backend.breaker.state])
             m.backend_in_flight.labels(backend.name).set(backend.in_flight)
         m.active_connections.set(self._active_connections())
         stats = self._cache.stats
@@ -74,6 +82,15 @@ class MetricsSink:
             if now > before:
                 m.model_cache.labels(event).inc(now - before)
         self._cache_reported = (stats.hits, stats.misses, stats.evictions)
+        dedup = self._dedup
+        if dedup is not None:
+            now_counts = (dedup.hits, dedup.shared, dedup.misses)
+            for event, now_n, before_n in zip(
+                ("hit", "shared", "miss"), now_counts, self._dedup_reported, strict=True
+            ):
+                if now_n > before_n:
+                    m.dedup.labels(event).inc(now_n - before_n)
+            self._dedup_reported = now_counts
 
     def drain(self) -> None:
         """Apply every observation waiting in the inbox."""

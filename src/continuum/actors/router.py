@@ -1,20 +1,23 @@
 """Router: model → eligible backends → one backend, by the configured strategy.
 
 Its table changes only through control messages (health reports, discovered model lists)
-handled by its own task; the request path reads the table synchronously.
+handled by its own task; the request path reads the table and records outcomes
+synchronously (trio is single-threaded, so a method that does not await is atomic).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from typing import final
 
 import trio
 
-from .._config import RoutingConfig
+from .._circuit import BreakerState
+from .._config import Config
 from .._messages import ControlMessage, DiscoveryFailed, HealthReport, ModelsDiscovered
-from .._strategies import Strategy, make_strategy
+from .._strategies import RouteKey, Strategy, StrategyOptions, make_strategy
 from .backend import BackendActor
 
 log = logging.getLogger("continuum.router")
@@ -22,12 +25,24 @@ log = logging.getLogger("continuum.router")
 
 @final
 class Router:
-    def __init__(self, backends: Sequence[BackendActor], routing: RoutingConfig) -> None:
+    def __init__(self, backends: Sequence[BackendActor], config: Config) -> None:
         self.backends: dict[str, BackendActor] = {b.name: b for b in backends}
-        self.strategy: Strategy = make_strategy(routing.strategy)
-        if self.strategy.name != routing.strategy:
-            log.warning("routing.strategy %s is not implemented yet; using %s",
-                        routing.strategy, self.strategy.name)
+        routing = config.routing
+        options = StrategyOptions(
+            ewma_alpha=routing.least_latency.alpha,
+            exploration=routing.least_latency.exploration,
+            stale_after=routing.least_latency.stale_after,
+            hash_load_factor=routing.consistent_hash.load_factor,
+            virtual_nodes=routing.consistent_hash.virtual_nodes,
+        )
+        self.strategy: Strategy = make_strategy(
+            routing.strategy, routing.fallback_strategy, options=options,
+            rng=random.Random(), clock=trio.current_time,
+        )
+        #: Client model name → served model name.
+        self.aliases: dict[str, str] = dict(config.model_aliases)
+        #: Model → models to try, in order, when none of its backends can answer.
+        self.fallbacks: dict[str, tuple[str, ...]] = dict(config.fallbacks)
         self._table: dict[str, tuple[BackendActor, ...]] = {}
         #: Bumped on every change that alters what /v1/models shows (the CacheKeeper's key).
         self.version = 0
@@ -35,23 +50,78 @@ class Router:
 
     # -- request path (synchronous) -------------------------------------------------------
 
+    def resolve(self, model: str) -> str:
+        return self.aliases.get(model, model)
+
     def candidates(self, model: str) -> tuple[BackendActor, ...]:
-        """Every backend that serves ``model``, healthy or not, in configuration order."""
+        """Every backend that serves ``model``, available or not, in configuration order."""
         return self._table.get(model, ())
 
+    def chain(self, model: str) -> tuple[str, ...]:
+        """``model`` and then its fallbacks: the order in which models are tried."""
+        fallbacks = self.fallbacks.get(model)
+        return (model, *fallbacks) if fallbacks else (model,)
+
     def choose(
-        self, model: str, exclude: Iterable[BackendActor] = ()
+        self, model: str, exclude: Iterable[BackendActor] = (), hash_key: str | None = None
     ) -> BackendActor | None:
-        """A healthy backend for ``model`` not in ``exclude``; None if there is none."""
+        """An available backend for ``model`` not in ``exclude``; None if there is none.
+
+        A half-open circuit breaker admits a few trial requests: the breaker is asked only
+        for the backend the strategy picked, and one that refuses is set aside.
+        """
         candidates = self._table.get(model)
         if not candidates:
             return None
-        eligible = [b for b in candidates if b.health.healthy and b not in exclude]
-        if not eligible:
-            return None
-        if len(eligible) == 1:
-            return eligible[0]
-        return self.strategy.choose(model, eligible)
+        now = trio.current_time()
+        eligible = [b for b in candidates if b.available(now) and b not in exclude]
+        key = RouteKey(model, hash_key)
+        while eligible:
+            backend = eligible[0] if len(eligible) == 1 else self.strategy.choose(key, eligible)
+            if backend.breaker.allow():
+                return backend
+            eligible.remove(backend)
+        return None
+
+    def has_alternative(self, model: str, exclude: Iterable[BackendActor]) -> bool:
+        """Is another backend available for ``model``? (No side effects, unlike choose.)"""
+        now = trio.current_time()
+        return any(b.available(now) and b not in exclude for b in self._table.get(model, ()))
+
+    def record(
+        self, backend: BackendActor, model: str, latency: float | None, ok: bool, reason: str = ""
+    ) -> None:
+        """The outcome of one attempt: feeds the strategy, the breaker and passive health.
+
+        ``ok`` is about the backend: a connection failure or a 5xx is not ok; an answer the
+        client caused (a 4xx) is ok for the backend.
+        """
+        self.strategy.record(backend.name, model, latency, ok)
+        changed = backend.breaker.record(ok)
+        if changed is not None:
+            log.warning("backend %s: circuit breaker %s%s", backend.name, changed.value,
+                        f" ({reason})" if reason and changed is BreakerState.OPEN else "")
+            self.version += 1
+        if backend.health.record_traffic(ok, reason):
+            log.warning("backend %s is now %s after failed requests (%s)", backend.name,
+                        backend.health.state.value, reason)
+            self.version += 1
+
+    def release(self, backend: BackendActor) -> None:
+        """An attempt that ended without an outcome (cancelled): give back a trial slot."""
+        backend.breaker.release_trial()
+
+    def why_unavailable(self, model: str) -> tuple[str, float]:
+        """For the error when no backend of ``model`` is available: the most telling reason
+        (``overloaded`` beats ``circuit_open`` beats ``cooling_down`` beats ``unhealthy``)
+        and a Retry-After in seconds."""
+        now = trio.current_time()
+        reasons = [b.unavailable_reason(now) for b in self._table.get(model, ())]
+        for wanted in ("overloaded", "circuit_open", "cooling_down", "unhealthy"):
+            waits = [wait for reason, wait in reasons if reason == wanted]
+            if waits:
+                return wanted, min(waits)
+        return "unhealthy", 0.0
 
     def models(self, healthy_only: bool = True) -> dict[str, tuple[BackendActor, ...]]:
         """model id → backends serving it (only healthy ones, by default)."""
@@ -80,12 +150,19 @@ class Router:
         if backend is None:
             return
         if isinstance(message, HealthReport):
+            health = backend.health
+            before = health.state
             reason = message.reason or f"probe answered {message.status}"
-            record = backend.health.record_first if first else backend.health.record
-            if record(message.ok, reason):
-                level = logging.INFO if message.ok else logging.WARNING
-                log.log(level, "backend %s is now %s%s", backend.name,
-                        backend.health.state.value, "" if message.ok else f" ({reason})")
+            if first and not message.ok and message.status != 503:
+                changed = health.record_first(False, reason)
+            else:
+                changed = health.record_probe(
+                    message.status, message.ok, reason, trio.current_time()
+                )
+            if changed:
+                level = logging.INFO if health.healthy else logging.WARNING
+                log.log(level, "backend %s: %s -> %s%s", backend.name, before.value,
+                        health.state.value, "" if health.healthy else f" ({reason})")
                 self.version += 1
         elif isinstance(message, ModelsDiscovered):
             models = frozenset(message.models)

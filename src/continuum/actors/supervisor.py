@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from .._config import Config
+from .._dedup import Deduplicator
 from .._errors import render_error
 from .._http._listeners import HTTPServer, open_listeners
 from .._http._server import HTTPLimits
 from .._messages import ControlMessage, RequestObserved
 from .._metrics import Metrics
+from .._proxy import Proxy
 from .backend import BackendActor
 from .cache import CacheKeeper
-from .health import HealthProber
+from .health import HealthProber, probe
 from .ingress import Ingress
 from .metrics import MetricsSink
 from .router import Router
@@ -67,8 +69,10 @@ class RouterHandle:
         cache: CacheKeeper,
         metrics: MetricsSink,
         mocks: dict[str, MockUpstream],
+        front: trio.CancelScope,
     ) -> None:
         self.config = config
+        self._front = front
         #: Bound addresses, e.g. ``["127.0.0.1:8080", "[::1]:8080", "unix:/run/c.sock"]``.
         self.addresses: list[str] = list(server.addresses)
         self.router = router
@@ -98,6 +102,12 @@ class RouterHandle:
     def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish (up to ``shutdown_timeout``), exit."""
         self._server.drain()
+
+    def abort(self) -> None:
+        """Stop at once: in-flight requests are cut off (their clients see the connection
+        close). Cancelling the surrounding nursery drains instead; this does not."""
+        self._server.drain()
+        self._front.cancel()
 
 
 async def _start_mocks(
@@ -149,7 +159,7 @@ async def _serve(
     async with trio.open_nursery() as root:
         mocks, mock_urls = await _start_mocks(config, root)
         backends = [BackendActor(b, mock_urls.get(b.name, b.url), config) for b in config.backends]
-        router = Router(backends, config.routing)
+        router = Router(backends, config)
         control_send, control_receive = trio.open_memory_channel[ControlMessage](_CONTROL_BUFFER)
         observe_send, observe_receive = trio.open_memory_channel[RequestObserved](
             _OBSERVATION_BUFFER
@@ -164,33 +174,42 @@ async def _serve(
             keepalive_timeout=server_cfg.keepalive_timeout,
         )
         connections: list[HTTPServer] = []
+        dedup_cfg = config.cache.deduplication
+        dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), cache,
-                           lambda: len(connections[0].connections) if connections else 0)
-        ingress = Ingress(config, router, cache, sink, observe_send)
+                           lambda: len(connections[0].connections) if connections else 0,
+                           dedup)
+        ingress = Ingress(config, router, cache, sink, observe_send,
+                          Proxy(config, router, dedup))
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
-                       config.request.timeout)
+                       config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
                             shutdown_timeout=server_cfg.shutdown_timeout,
                             render_error=render_error, timer_resolution=shortest / 10)
         connections.append(server)
 
-        # The first round is applied directly, so the table is complete when we report ready.
+        # The first round is applied as each answer arrives, so the table is complete when
+        # we report ready; a backend slower than the budget is left to the regular rounds.
         with trio.move_on_after(STARTUP_PROBE_BUDGET):
             async with trio.open_nursery() as first:
 
-                async def first_discovery() -> None:
-                    for message in await cache.discover_all():
-                        router.apply(message, first=True)
+                async def first_discovery(backend: BackendActor) -> None:
+                    router.apply(await cache.fetch(backend), first=True)
 
-                async def first_probes() -> None:
-                    for report in await prober.probe_all():
-                        router.apply(report, first=True)
+                async def first_probe(backend: BackendActor) -> None:
+                    settings = prober.settings(backend)
+                    report = await probe(backend, settings.endpoint, settings.timeout)
+                    router.apply(report, first=True)
 
-                first.start_soon(first_discovery)
-                if config.health_checks.enabled:
-                    first.start_soon(first_probes)
+                prewarm = config.http_client.prewarm_connections
+                probed = prober.probed()
                 for backend in backends:
-                    first.start_soon(backend.prewarm, min(4, backend.pool.limits.max_idle))
+                    if backend in cache.discovering:
+                        first.start_soon(first_discovery, backend)
+                    if backend in probed:
+                        first.start_soon(first_probe, backend)
+                    if prewarm:
+                        first.start_soon(backend.prewarm, prewarm)
 
         root.start_soon(supervise, "router", lambda: router.run(control_receive))
         root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
@@ -199,18 +218,16 @@ async def _serve(
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
 
-        if config.cache.deduplication.enabled:
-            log.warning("cache.deduplication is not implemented yet: requests are not "
-                        "deduplicated")
-        handle = RouterHandle(config, server, router, cache, sink, mocks)
+        front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
+        handle = RouterHandle(config, server, router, cache, sink, mocks, front)
         log.info("listening on %s", ", ".join(server.addresses))
         task_status.started(handle)
         try:
-            async with trio.open_nursery() as front:
-                front.start_soon(_drain_when_cancelled, server)
-                with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(_drain_when_cancelled, server)
+                with front:
                     await server.run()
-                front.cancel_scope.cancel()
+                watcher.cancel_scope.cancel()
         finally:
             for backend in backends:
                 backend.close()
