@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from tests.helpers import router_config, start_mock, start_router
+from helpers import router_config, start_mock, start_router
 
 from continuum import RouterHandle
 from continuum.mock import MockUpstream

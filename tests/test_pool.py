@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from tests.helpers import router_config, start_mock, start_router
+from helpers import router_config, start_mock, start_router
 
 from continuum._http._client import ConnectError, UpstreamError
 from continuum._http._listeners import DateCache

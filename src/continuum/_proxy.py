@@ -220,62 +220,28 @@ class Proxy:
             body = request.body if model == client_model else with_model(request.body, model)
             tried: list[BackendActor] = []
             for attempt in range(self._max_retries + 1):
+                if retries:
+                    if not router.has_alternative(model, tried):
+                        break
+                    await trio.sleep(self._backoff.delay(retries, self._rng))
                 backend = router.choose(model, tried, hash_key)
                 if backend is None:
                     break
                 tried.append(backend)
-                if retries:
-                    await trio.sleep(self._backoff.delay(retries, self._rng))
                 retries += 1
-                started = trio.current_time()
-                try:
-                    exchange = await backend.start(
-                        b"POST", target, backend.upstream_request_headers(request.headers), body
-                    )
-                except UpstreamError as exc:
-                    backend.fail_before_start()
-                    router.record(backend, model, None, False, str(exc))
-                    last_error = f"backend '{backend.name}' failed: {exc}"
+                last = model == chain[-1] and attempt == self._max_retries
+                result = await self._attempt(request, conn, backend, model, target, body,
+                                             stream, retries, last)
+                if isinstance(result, str):
+                    last_error = result
                     log.info("model %s attempt %d: %s", model, retries, last_error)
                     continue
-                except BaseException:
-                    router.release(backend)
-                    raise
-                status = exchange.status
-                headers = self._response_headers(exchange.headers, backend, model)
-                if status in RETRYABLE_STATUSES:
-                    self._cool_down(backend, exchange.headers)
-                    more = attempt < self._max_retries and router.has_alternative(model, tried)
-                    if more or model != chain[-1]:
-                        answer = await self._read(exchange, backend, model, status, headers,
-                                                  started, retries)
-                        if answer is not None:
-                            held = answer
-                        router.record(backend, model, None, False, f"answered {status}")
-                        last_error = f"backend '{backend.name}' answered {status}"
-                        log.info("model %s attempt %d: %s; trying another", model, retries,
-                                 last_error)
-                        continue
-                if stream and status == 200:
-                    conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
-                    ok = await self._stream(conn, backend, exchange, headers)
-                    latency = trio.current_time() - started
-                    if ok is None:
-                        router.release(backend)
-                    else:
-                        router.record(backend, model, latency if ok else None, ok,
-                                      "" if ok else "stream failed")
-                    return Served(status, backend.name, model, latency, retries)
-                answer = await self._read(exchange, backend, model, status, headers,
-                                          started, retries)
-                if answer is None:
-                    router.record(backend, model, None, False, "broken response body")
-                    last_error = f"backend '{backend.name}' broke off its answer"
+                if isinstance(result, tuple):  # a retryable answer: keep it, try another
+                    last_error, held = result
+                    log.info("model %s attempt %d: %s; trying another", model, retries,
+                             last_error)
                     continue
-                ok = status < 500
-                router.record(backend, model, answer.served.backend_duration if ok else None,
-                              ok, "" if ok else f"answered {status}")
-                return answer
+                return result
         if held is not None:
             return held  # every backend failed; the last retryable answer says why
         if last_error:
@@ -290,6 +256,65 @@ class Proxy:
                               retry_after=max(wait, 1.0))
         raise RouterError(503, f"No healthy backend is available for model '{client_model}'",
                           retry_after=max(wait, 1.0))
+
+    async def _attempt(
+        self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,
+        target: bytes, body: bytes, stream: bool, attempt: int, last: bool,
+    ) -> _Answer | Served | str | tuple[str, _Answer]:
+        """One attempt on one backend. Returns the final answer (or what was streamed), an
+        error message to retry after, or a retryable answer with its message.
+
+        Every attempt ends in exactly one ``Router.record`` (an outcome) or
+        ``Router.release`` (none: cancelled, or the client left), so a half-open breaker's
+        trial slot is never lost.
+        """
+        router = self.router
+        recorded = False
+
+        def record(latency: float | None, ok: bool, reason: str = "") -> None:
+            nonlocal recorded
+            recorded = True
+            router.record(backend, model, latency, ok, reason)
+
+        started = trio.current_time()
+        try:
+            try:
+                exchange = await backend.start(
+                    b"POST", target, backend.upstream_request_headers(request.headers), body
+                )
+            except UpstreamError as exc:
+                backend.fail_before_start()
+                record(None, False, str(exc))
+                return f"backend '{backend.name}' failed: {exc}"
+            status = exchange.status
+            headers = self._response_headers(exchange.headers, backend, model)
+            if status in RETRYABLE_STATUSES:
+                self._cool_down(backend, exchange.headers)
+            if status in RETRYABLE_STATUSES and not last:
+                answer = await self._read(exchange, backend, model, status, headers, started,
+                                          attempt)
+                record(None, False, f"answered {status}")
+                message = f"backend '{backend.name}' answered {status}"
+                return message if answer is None else (message, answer)
+            if stream and status == 200:
+                conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
+                ok = await self._stream(conn, backend, exchange, headers)
+                latency = trio.current_time() - started
+                if ok is not None:
+                    record(latency if ok else None, ok, "" if ok else "stream failed")
+                return Served(status, backend.name, model, latency, attempt)
+            answer = await self._read(exchange, backend, model, status, headers, started,
+                                      attempt)
+            if answer is None:
+                record(None, False, "broken response body")
+                return f"backend '{backend.name}' broke off its answer"
+            ok = status < 500
+            record(answer.served.backend_duration if ok else None, ok,
+                   "" if ok else f"answered {status}")
+            return answer
+        finally:
+            if not recorded:
+                router.release(backend)
 
     async def _read(
         self, exchange: Exchange, backend: BackendActor, model: str, status: int,
