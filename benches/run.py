@@ -54,7 +54,15 @@ CHAT_PATH: Final = "/v1/chat/completions"
 READY_PATH: Final = "/v1/models"
 READY_TIMEOUT_S: Final = 10.0
 DEFAULT_ROUTER_CMD: Final = "{python} -m continuum run {config}"
-TARGETS: Final = ("direct", "floor", "router")
+CORE_TARGETS: Final = ("direct", "floor", "router")
+#: The strategy pair: five backends each, RoundRobin vs LeastLatency (issue 3's bench).
+STRATEGY_TARGETS: Final = ("router-rr5", "router-ll5")
+STRATEGY_ROUTING: Final = {
+    "router-rr5": "{strategy: RoundRobin}",
+    "router-ll5": "{strategy: LeastLatency, fallback_strategy: RoundRobin}",
+}
+STRATEGY_BACKENDS: Final = 5
+SCENARIOS: Final = {"core": CORE_TARGETS, "strategies": STRATEGY_TARGETS}
 ROUTER_HINT: Final = (
     "\n(to exercise the bench without the router, stand a second floor proxy in for it: "
     '--router-cmd "python benches/floor_proxy.py --port {port} --upstream {upstream}")'
@@ -66,6 +74,7 @@ ADDED_P50_TARGET_MS: Final = 0.3
 ADDED_P99_TARGET_MS: Final = 0.5
 IDLE_RSS_TARGET_MB: Final = 40.0
 HEADROOM_TARGET: Final = 3.0
+STRATEGY_RATIO_TARGET: Final = 0.9  # issue 3: LeastLatency(5) within 10% of RoundRobin(5)
 
 CONFIG_TEMPLATE: Final = """\
 server:
@@ -80,6 +89,32 @@ backends:
     url: "{upstream_url}"
     models: ["bench-model"]
 """
+
+STRATEGY_CONFIG_HEAD: Final = """\
+server:
+  bind_address: "{bind}"
+  connection_pool_size: 256
+health_checks:
+  enabled: false
+logging:
+  level: error
+routing: {routing}
+backends:
+"""
+STRATEGY_BACKEND: Final = """\
+  - name: b{n}
+    url: "{upstream_url}"
+    models: ["bench-model"]
+"""
+
+
+def strategy_config(bind: str, routing: str, upstream_urls: list[str]) -> str:
+    """A router config with ``STRATEGY_BACKENDS`` backends b1..b5 spread over the upstreams."""
+    backends = "".join(
+        STRATEGY_BACKEND.format(n=i + 1, upstream_url=upstream_urls[i % len(upstream_urls)])
+        for i in range(STRATEGY_BACKENDS)
+    )
+    return STRATEGY_CONFIG_HEAD.format(bind=bind, routing=routing) + backends
 
 
 class BenchError(Exception):

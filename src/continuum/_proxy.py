@@ -45,6 +45,7 @@ _DROPPED_RESPONSE_HEADERS: Final = frozenset(
      b"trailer", b"upgrade", b"proxy-connection", b"date", b"server"}
 )
 _SSE_DONE: Final = b"data: [DONE]\n\n"
+_DONE_MARK: Final = b"[DONE]"
 
 
 class Peek(msgspec.Struct):
@@ -74,6 +75,13 @@ def sse_error_event(message: str, status: int, code: str) -> bytes:
     """An error after the first streamed byte: an SSE ``error`` event, then ``[DONE]``."""
     body = openai_error_body(status, message, code=code)
     return b"event: error\ndata: " + body + b"\n\n" + _SSE_DONE
+
+
+def _is_event_stream(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value[:17].lower() == b"text/event-stream"
+    return False
 
 
 def with_model(body: bytes, model: str) -> bytes:
@@ -224,7 +232,7 @@ class Proxy:
                     if not router.has_alternative(model, tried):
                         break
                     await trio.sleep(self._backoff.delay(retries, self._rng))
-                backend = router.choose(model, tried, hash_key)
+                backend = router.choose(model, tried, hash_key, stream)
                 if backend is None:
                     break
                 tried.append(backend)
@@ -274,7 +282,7 @@ class Proxy:
         def record(latency: float | None, ok: bool, reason: str = "") -> None:
             nonlocal recorded
             recorded = True
-            router.record(backend, model, latency, ok, reason)
+            router.record(backend, model, latency, ok, reason, stream)
 
         started = trio.current_time()
         try:
@@ -287,6 +295,7 @@ class Proxy:
                 record(None, False, str(exc))
                 return f"backend '{backend.name}' failed: {exc}"
             status = exchange.status
+            to_head = trio.current_time() - started
             headers = self._response_headers(exchange.headers, backend, model)
             if status in RETRYABLE_STATUSES:
                 self._cool_down(backend, exchange.headers)
@@ -296,21 +305,20 @@ class Proxy:
                 record(None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
                 return message if answer is None else (message, answer)
-            if stream and status == 200:
+            if stream and status == 200 and _is_event_stream(exchange.headers):
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
                 ok = await self._stream(conn, backend, exchange, headers)
-                latency = trio.current_time() - started
                 if ok is not None:
-                    record(latency if ok else None, ok, "" if ok else "stream failed")
-                return Served(status, backend.name, model, latency, attempt)
+                    record(to_head if ok else None, ok, "" if ok else "stream failed")
+                return Served(status, backend.name, model, trio.current_time() - started,
+                              attempt)
             answer = await self._read(exchange, backend, model, status, headers, started,
                                       attempt)
             if answer is None:
                 record(None, False, "broken response body")
                 return f"backend '{backend.name}' broke off its answer"
             ok = status < 500
-            record(answer.served.backend_duration if ok else None, ok,
-                   "" if ok else f"answered {status}")
+            record(to_head if ok else None, ok, "" if ok else f"answered {status}")
             return answer
         finally:
             if not recorded:
@@ -382,6 +390,7 @@ class Proxy:
                 try:
                     # One scope for the stream; the idle gap between chunks is a connection
                     # timer moved per chunk (a float write), not a trio deadline.
+                    tail = b""
                     with trio.CancelScope(deadline=end) as scope:
                         receive, send = exchange.receive_some, conn.send_chunk
                         while True:
@@ -390,7 +399,13 @@ class Proxy:
                             if not data:
                                 break
                             await send(data)
+                            tail = (tail + data[-32:])[-32:]  # [DONE] may span chunks
                     conn.disarm_timer()
+                    if not scope.cancelled_caught and _DONE_MARK not in tail:
+                        # A clean end without [DONE] is still a truncated answer.
+                        failure = sse_error_event(
+                            "Upstream ended the stream before [DONE]", 502, "bad_gateway"
+                        )
                     if scope.cancelled_caught:
                         if trio.current_time() >= end:
                             message = (f"Stream exceeded request.streaming_timeout "

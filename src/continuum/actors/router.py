@@ -23,6 +23,12 @@ from .backend import BackendActor
 log = logging.getLogger("continuum.router")
 
 
+def _strategy_model(model: str, stream: bool) -> str:
+    """Strategies keep streamed and plain requests of a model apart: time to the head is
+    the whole answer for one and the first token for the other."""
+    return model + "\x00stream" if stream else model
+
+
 @final
 class Router:
     def __init__(self, backends: Sequence[BackendActor], config: Config) -> None:
@@ -63,7 +69,11 @@ class Router:
         return (model, *fallbacks) if fallbacks else (model,)
 
     def choose(
-        self, model: str, exclude: Iterable[BackendActor] = (), hash_key: str | None = None
+        self,
+        model: str,
+        exclude: Iterable[BackendActor] = (),
+        hash_key: str | None = None,
+        stream: bool = False,
     ) -> BackendActor | None:
         """An available backend for ``model`` not in ``exclude``; None if there is none.
 
@@ -75,7 +85,7 @@ class Router:
             return None
         now = trio.current_time()
         eligible = [b for b in candidates if b.available(now) and b not in exclude]
-        key = RouteKey(model, hash_key)
+        key = RouteKey(_strategy_model(model, stream), hash_key)
         while eligible:
             backend = eligible[0] if len(eligible) == 1 else self.strategy.choose(key, eligible)
             if backend.breaker.allow():
@@ -89,14 +99,21 @@ class Router:
         return any(b.available(now) and b not in exclude for b in self._table.get(model, ()))
 
     def record(
-        self, backend: BackendActor, model: str, latency: float | None, ok: bool, reason: str = ""
+        self,
+        backend: BackendActor,
+        model: str,
+        latency: float | None,
+        ok: bool,
+        reason: str = "",
+        stream: bool = False,
     ) -> None:
         """The outcome of one attempt: feeds the strategy, the breaker and passive health.
 
         ``ok`` is about the backend: a connection failure or a 5xx is not ok; an answer the
-        client caused (a 4xx) is ok for the backend.
+        client caused (a 4xx) is ok for the backend. ``latency`` is the time to the
+        response head: the whole answer for a plain request, the first token for a stream.
         """
-        self.strategy.record(backend.name, model, latency, ok)
+        self.strategy.record(backend.name, _strategy_model(model, stream), latency, ok)
         changed = backend.breaker.record(ok)
         if changed is not None:
             log.warning("backend %s: circuit breaker %s%s", backend.name, changed.value,
