@@ -252,6 +252,7 @@ class MockFailure(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class MockConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    api: Literal["openai", "anthropic", "gemini"] = "openai"
     latency: Duration = 0.0
     tokens_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     stream_chunks: PosInt = 8

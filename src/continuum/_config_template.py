@@ -125,6 +125,7 @@ backends:                           # at least one; names must be unique
     type: mock
     models: [demo-chat]
     mock:
+      api: openai                   # which API the mock speaks: openai | anthropic | gemini
       latency: 0s                   # delay before the response head
       tokens_per_second: 0          # pace of streamed chunks; 0 = as fast as possible
       stream_chunks: 8              # content chunks per streamed answer

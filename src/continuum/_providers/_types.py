@@ -1,0 +1,54 @@
+"""Types shared by the provider translators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """An HTTP request to make to a provider (path relative to the backend's base URL)."""
+
+    method: bytes
+    path: bytes
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    """A complete (non-streamed) answer in the client's API: status, content type, body."""
+
+    status: int
+    body: bytes
+    content_type: bytes = b"application/json"
+    headers: Headers = field(default_factory=list)
+
+
+class TranslationError(Exception):
+    """The request cannot be expressed in the target API (answered 400 with ``message``)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class StreamTranslator(Protocol):
+    """Turns a provider's SSE byte stream into the client's SSE byte stream, incrementally.
+
+    ``feed`` takes whatever bytes arrived (events may be split anywhere) and returns the
+    bytes to send to the client now (possibly b""); ``finish`` is called once the upstream
+    stream ended cleanly and returns the closing bytes (e.g. the final usage chunk and
+    ``data: [DONE]``); ``error`` returns the bytes that end the client's stream after an
+    upstream failure (an error event, then the stream's proper terminator).
+    """
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+    def error(self, status: int, message: str) -> bytes: ...
