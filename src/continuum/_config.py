@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -110,7 +110,16 @@ Strategy = Literal[
     "ConsistentHash",
     "LeastConnections",
 ]
-BackendType = Literal["openai", "vllm", "ollama", "llamacpp", "lmstudio", "localai", "mock"]
+BackendType = Literal[
+    "openai", "vllm", "ollama", "llamacpp", "lmstudio", "localai", "anthropic", "gemini", "mock"
+]
+
+
+#: Where a cloud backend lives when its ``url`` is left out.
+DEFAULT_URLS: Final = {
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
 
 
 class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -276,6 +285,10 @@ class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     headers: dict[str, str] = {}
     ca_file: str | None = None
     tls_verify: bool = True
+    http2: Literal["auto", "always", "never"] = "auto"
+    anthropic_version: str = "2023-06-01"
+    gemini_api: Literal["native", "openai"] = "native"
+    default_max_tokens: PosInt = 4096
     health_check: BackendHealthCheck | None = None
     max_in_flight: PosInt | None = None
     max_queue: NonNegInt = 256
@@ -972,6 +985,8 @@ def _check_semantics(cfg: Config, ctx: _Ctx) -> Config:
                     f"{p}.url", "mock backends take no url (the router serves them in-process)"
                 )
         else:
+            if not b.url and b.type in DEFAULT_URLS:
+                b = msgspec.structs.replace(b, url=DEFAULT_URLS[b.type])
             _check_url(b.url, f"{p}.url", ctx)
             if b.mock != MockConfig():
                 raise ctx.error(

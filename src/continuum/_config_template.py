@@ -110,14 +110,18 @@ api_keys:
 
 backends:                           # at least one; names must be unique
   - name: local                     # unique name (used in logs, metrics and routing.weights)
-    type: vllm                      # openai | vllm | ollama | llamacpp | lmstudio | localai | mock
-    url: "${VLLM_URL:-http://127.0.0.1:8000}"   # base URL, http:// or https:// (not used by mock)
+    type: vllm                      # openai | vllm | ollama | llamacpp | lmstudio | localai | anthropic | gemini | mock
+    url: "${VLLM_URL:-http://127.0.0.1:8000}"   # base URL, http:// or https:// (not used by mock; anthropic and gemini have defaults)
     api_key: "${VLLM_API_KEY:-}"    # sent as "Authorization: Bearer <key>"; empty = none
     weight: 1                       # share of traffic under WeightedRoundRobin (>= 1)
     models: []                      # models served here; empty = discover from the backend's /v1/models
     headers: {}                     # extra headers sent upstream, e.g. {X-Team: llm}
     ca_file: null                   # extra CA bundle (PEM) to trust for an https url
     tls_verify: true                # verify the backend's TLS certificate
+    http2: auto                     # auto (ALPN on https) | always | never
+    anthropic_version: "2023-06-01" # anthropic-version header for type: anthropic
+    gemini_api: native              # type: gemini: native (generateContent) | openai (Gemini's OpenAI-compatible endpoint)
+    default_max_tokens: 4096        # max_tokens sent to Anthropic when the client sends none
     health_check: null              # per-backend overrides of health_checks, e.g. {endpoint: /health, interval: 10s, timeout: 2s, enabled: true}
     max_in_flight: null             # requests in flight to this backend; null = server.connection_pool_size
     max_queue: 256                  # requests waiting for a slot; past it the backend is skipped (429 when all are full)
