@@ -33,6 +33,16 @@ DROPPED_REQUEST_HEADERS: Final = frozenset(
 _EWMA_ALPHA: Final = 0.3
 
 
+def backend_api(config: BackendConfig) -> str:
+    if config.type == "anthropic":
+        return "anthropic"
+    if config.type == "gemini":
+        return "gemini" if config.gemini_api == "native" else "openai"
+    if config.type == "mock":
+        return config.mock.api
+    return "openai"
+
+
 @dataclass(frozen=True, slots=True)
 class BackendSnapshot:
     """What ``/admin/health`` shows for one backend."""
@@ -78,9 +88,13 @@ class BackendActor:
             ssl_context = make_ssl_context(config.ca_file, config.tls_verify)
         self.pool = HTTP1Pool(origin, limits, ssl_context)
         hc = root.health_checks
+        override = config.health_check
+        probed = hc.enabled if override is None or override.enabled is None else override.enabled
         self.health = HealthState(
             hc.unhealthy_threshold, hc.healthy_threshold,
-            passive_threshold=hc.passive_failure_threshold,
+            # Only probes bring a backend back, so without them passive marking would
+            # remove it for good: the circuit breaker (which half-opens) covers that case.
+            passive_threshold=hc.passive_failure_threshold if probed else 0,
             max_warmup_duration=hc.max_warmup_duration,
         )
         cb = root.circuit_breaker
@@ -104,14 +118,47 @@ class BackendActor:
         self.latency_ewma: float | None = None
         self.requests = 0
         self.failures = 0
+        #: The API this backend speaks: "openai" (every OpenAI-compatible server, and
+        #: Gemini's OpenAI endpoint), "anthropic" (Messages) or "gemini" (generateContent).
+        self.api = backend_api(config)
         auth: Headers = []
-        if config.api_key:
-            auth.append((b"authorization", b"Bearer " + config.api_key.encode("latin-1")))
+        key = config.api_key.encode("latin-1") if config.api_key else None
+        if self.api == "anthropic":
+            if key:
+                auth.append((b"x-api-key", key))
+            auth.append((b"anthropic-version", config.anthropic_version.encode("latin-1")))
+        elif self.api == "gemini":
+            if key:
+                auth.append((b"x-goog-api-key", key))
+        elif key:
+            auth.append((b"authorization", b"Bearer " + key))
+        #: Paths are rewritten for Gemini's OpenAI-compatible endpoint (/v1beta/openai/...).
+        self.path_prefix = b"/v1beta/openai" if config.type == "gemini" else b""
         for name, value in config.headers.items():
             auth.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         #: Added to every upstream request (credentials, configured extra headers).
         self.upstream_headers: Headers = auth
         self._overridden = frozenset(name for name, _ in auth)
+
+    def target(self, path: bytes) -> bytes:
+        """The upstream path for a client path of the OpenAI API (``/v1/...``)."""
+        if self.path_prefix and path.startswith(b"/v1/"):
+            return self.path_prefix + path[3:]
+        return path
+
+    @property
+    def models_path(self) -> bytes:
+        """Where this backend lists its models."""
+        if self.api == "gemini":
+            return b"/v1beta/models"
+        return self.target(b"/v1/models")
+
+    def probe_path(self, endpoint: str) -> bytes:
+        """The health endpoint: the configured one, or the models list when left at the
+        default (``/v1/models`` means "the model list" whatever the API calls it)."""
+        if endpoint == "/v1/models":
+            return self.models_path
+        return endpoint.encode()
 
     # -- routing view --------------------------------------------------------------------
 

@@ -43,7 +43,28 @@ class ModelListObject(msgspec.Struct):
     object: str = "list"
 
 
+class _GeminiModel(msgspec.Struct):
+    name: str
+    supportedGenerationMethods: list[str] | None = None
+
+
+class _GeminiModelList(msgspec.Struct):
+    models: list[_GeminiModel] = []
+
+
 _decode_list = msgspec.json.Decoder(_ModelList).decode
+_decode_gemini_list = msgspec.json.Decoder(_GeminiModelList).decode
+
+
+def gemini_models(body: bytes) -> tuple[str, ...]:
+    """Ids from Gemini's ``models.list`` ("models/gemini-2.5-flash" → "gemini-2.5-flash"),
+    only those that can ``generateContent`` when the list says."""
+    ids = []
+    for model in _decode_gemini_list(body).models:
+        methods = model.supportedGenerationMethods
+        if methods is None or "generateContent" in methods:
+            ids.append(model.name.removeprefix("models/"))
+    return tuple(dict.fromkeys(ids))
 _encode = msgspec.json.Encoder().encode
 
 
@@ -59,18 +80,21 @@ async def fetch_models(backend: BackendActor, timeout: float) -> tuple[str, ...]
     try:
         with trio.fail_after(timeout):
             exchange = await backend.pool.start(
-                b"GET", b"/v1/models", list(backend.upstream_headers), b""
+                b"GET", backend.models_path, list(backend.upstream_headers), b""
             )
             body = await exchange.read_all(_LIST_LIMIT)
     finally:
         if exchange is not None:
             exchange.close()
+    path = backend.models_path.decode()
     if exchange.status != 200:
-        raise UpstreamError(f"GET /v1/models answered {exchange.status}")
+        raise UpstreamError(f"GET {path} answered {exchange.status}")
     try:
+        if backend.api == "gemini":
+            return gemini_models(body)
         listing = _decode_list(body)
-    except msgspec.DecodeError as exc:
-        raise UpstreamError(f"GET /v1/models returned an unreadable list: {exc}") from None
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise UpstreamError(f"GET {path} returned an unreadable list: {exc}") from None
     return tuple(dict.fromkeys(entry.id for entry in listing.data))
 
 

@@ -72,7 +72,7 @@ async def probe(backend: BackendActor, endpoint: str, timeout: float) -> HealthR
     try:
         with trio.fail_after(timeout):
             exchange = await backend.pool.start(
-                b"GET", endpoint.encode(), list(backend.upstream_headers), b""
+                b"GET", backend.probe_path(endpoint), list(backend.upstream_headers), b""
             )
             await exchange.read_all(_PROBE_BODY_LIMIT)
     except trio.TooSlowError:
