@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING, Final, final
 import msgspec
 import trio
 
+from ._calls import ENDPOINT_APIS, Call, build_call
 from ._config import Config
 from ._dedup import Deduplicator, StoredResponse, dedup_key
 from ._errors import RouterError, openai_error_body
 from ._http._client import Exchange, Headers, UpstreamError
 from ._http._server import ProtocolError, Request, ServerConnection
+from ._providers._types import StreamTranslator, TranslationError
+from ._providers.anthropic import anthropic_error_body
 from ._retry import Backoff, parse_retry_after
 
 if TYPE_CHECKING:
@@ -36,8 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("continuum.proxy")
 
-#: Upstream statuses worth another backend (the request itself was not at fault).
-RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
+#: Upstream statuses worth another backend (the request itself was not at fault; 529 is
+#: Anthropic's "overloaded").
+RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504, 529})
 
 #: Upstream response headers never passed back: hop-by-hop and our own framing.
 _DROPPED_RESPONSE_HEADERS: Final = frozenset(
@@ -75,6 +79,41 @@ def sse_error_event(message: str, status: int, code: str) -> bytes:
     """An error after the first streamed byte: an SSE ``error`` event, then ``[DONE]``."""
     body = openai_error_body(status, message, code=code)
     return b"event: error\ndata: " + body + b"\n\n" + _SSE_DONE
+
+
+def anthropic_sse_error_event(message: str, status: int) -> bytes:
+    """The same for an Anthropic event stream (which has no ``[DONE]``)."""
+    return b"event: error\ndata: " + anthropic_error_body(status, message) + b"\n\n"
+
+
+@final
+class _PassThrough:
+    """Pass-through streams as a StreamTranslator: bytes unchanged, and the end checked
+    for the API's own terminator (a clean end without it is a truncation)."""
+
+    __slots__ = ("_anthropic", "_tail", "truncated")
+
+    def __init__(self, anthropic_events: bool) -> None:
+        self._anthropic = anthropic_events
+        self._tail = b""
+        self.truncated = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._tail = (self._tail + data[-32:])[-32:]  # the terminator may span chunks
+        return data
+
+    def finish(self) -> bytes:
+        mark = b"message_stop" if self._anthropic else _DONE_MARK
+        if mark in self._tail:
+            return b""
+        self.truncated = True
+        return self.error(502, "Upstream ended the stream before its end marker")
+
+    def error(self, status: int, message: str) -> bytes:
+        if self._anthropic:
+            return anthropic_sse_error_event(message, status)
+        code = "upstream_timeout" if status == 504 else "bad_gateway"
+        return sse_error_event(message, status, code)
 
 
 def _is_event_stream(headers: Headers) -> bool:
@@ -218,9 +257,7 @@ class Proxy:
         """Try the chain's models and their backends; return the answer to send, or — when
         it was streamed to the client already — what was served."""
         router = self.router
-        target = request.path.encode()
-        if request.query:
-            target += b"?" + request.query.encode()
+        apis = ENDPOINT_APIS[request.path]
         retries = 0
         last_error = ""
         held: _Answer | None = None  # a retryable answer kept in case nothing better comes
@@ -229,16 +266,16 @@ class Proxy:
             tried: list[BackendActor] = []
             for attempt in range(self._max_retries + 1):
                 if retries:
-                    if not router.has_alternative(model, tried):
+                    if not router.has_alternative(model, tried, apis):
                         break
                     await trio.sleep(self._backoff.delay(retries, self._rng))
-                backend = router.choose(model, tried, hash_key, stream)
+                backend = router.choose(model, tried, hash_key, stream, apis)
                 if backend is None:
                     break
                 tried.append(backend)
                 retries += 1
                 last = model == chain[-1] and attempt == self._max_retries
-                result = await self._attempt(request, conn, backend, model, target, body,
+                result = await self._attempt(request, conn, backend, model, body,
                                              stream, retries, last)
                 if isinstance(result, str):
                     last_error = result
@@ -267,7 +304,7 @@ class Proxy:
 
     async def _attempt(
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,
-        target: bytes, body: bytes, stream: bool, attempt: int, last: bool,
+        body: bytes, stream: bool, attempt: int, last: bool,
     ) -> _Answer | Served | str | tuple[str, _Answer]:
         """One attempt on one backend. Returns the final answer (or what was streamed), an
         error message to retry after, or a retryable answer with its message.
@@ -287,33 +324,39 @@ class Proxy:
         started = trio.current_time()
         try:
             try:
-                exchange = await backend.start(
-                    b"POST", target, backend.upstream_request_headers(request.headers), body
-                )
+                call = build_call(request.path, backend, request, body, model, stream)
+            except TranslationError as exc:
+                record(None, True)  # the request's fault, not the backend's
+                raise RouterError(400, exc.message, param=exc.param) from None
+            try:
+                exchange = await backend.start(call.method, call.target, call.headers,
+                                               call.body)
             except UpstreamError as exc:
                 backend.fail_before_start()
                 record(None, False, str(exc))
                 return f"backend '{backend.name}' failed: {exc}"
             status = exchange.status
             to_head = trio.current_time() - started
-            headers = self._response_headers(exchange.headers, backend, model)
             if status in RETRYABLE_STATUSES:
                 self._cool_down(backend, exchange.headers)
             if status in RETRYABLE_STATUSES and not last:
-                answer = await self._read(exchange, backend, model, status, headers, started,
-                                          attempt)
+                answer = await self._read(exchange, backend, model, call, started, attempt)
                 record(None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
                 return message if answer is None else (message, answer)
             if stream and status == 200 and _is_event_stream(exchange.headers):
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
-                ok = await self._stream(conn, backend, exchange, headers)
+                headers = self._response_headers(exchange.headers, backend, model)
+                translator: StreamTranslator = (
+                    call.stream() if call.stream is not None
+                    else _PassThrough(request.path == "/v1/messages")
+                )
+                ok = await self._stream(conn, backend, exchange, headers, translator)
                 if ok is not None:
                     record(to_head if ok else None, ok, "" if ok else "stream failed")
                 return Served(status, backend.name, model, trio.current_time() - started,
                               attempt)
-            answer = await self._read(exchange, backend, model, status, headers, started,
-                                      attempt)
+            answer = await self._read(exchange, backend, model, call, started, attempt)
             if answer is None:
                 record(None, False, "broken response body")
                 return f"backend '{backend.name}' broke off its answer"
@@ -325,10 +368,12 @@ class Proxy:
                 router.release(backend)
 
     async def _read(
-        self, exchange: Exchange, backend: BackendActor, model: str, status: int,
-        headers: Headers, started: float, attempts: int,
+        self, exchange: Exchange, backend: BackendActor, model: str, call: Call,
+        started: float, attempts: int,
     ) -> _Answer | None:
-        """The whole body; None (connection discarded) if the upstream broke it off."""
+        """The whole body, in the client's API; None (connection discarded) if the upstream
+        broke it off."""
+        status = exchange.status
         try:
             body = await exchange.read_all(self._response_limit)
         except UpstreamError as exc:
@@ -340,6 +385,13 @@ class Proxy:
             raise
         latency = trio.current_time() - started
         backend.finish(exchange, status < 500, latency)
+        headers = self._response_headers(exchange.headers, backend, model)
+        if call.translate is not None:
+            translated = call.translate(status, body)
+            status, body = translated.status, translated.body
+            headers = [(n, v) for n, v in headers if n != b"content-type"]
+            headers.append((b"content-type", translated.content_type))
+            headers.extend(translated.headers)
         return _Answer(status, headers, body, Served(status, backend.name, model, latency,
                                                      attempts))
 
@@ -363,16 +415,19 @@ class Proxy:
     # -- streaming -----------------------------------------------------------------------
 
     async def _stream(
-        self, conn: ServerConnection, backend: BackendActor, exchange: Exchange, headers: Headers
+        self, conn: ServerConnection, backend: BackendActor, exchange: Exchange,
+        headers: Headers, translator: StreamTranslator,
     ) -> bool | None:
-        """Forward SSE bytes as they arrive; end with an error event on failure.
+        """Forward SSE bytes as they arrive (through ``translator``); end with an error
+        event on failure.
 
-        Returns True when the stream completed, False when the upstream failed or timed
-        out (the client got an error event), None when the client went away. A client
-        that goes away cancels the upstream read at once (the watcher), and the half-read
-        upstream connection is closed rather than returned to the pool.
+        Returns True when the stream completed, False when the upstream failed, broke off
+        or timed out (the client got an error event and the stream's end), None when the
+        client went away. A client that goes away cancels the upstream read at once (the
+        watcher), and the half-read upstream connection is closed, never pooled.
         """
-        failure: bytes | None = None
+        ending = b""
+        ok = False
         client_gone = False
         try:
             await conn.start_chunked(200, headers)
@@ -390,22 +445,18 @@ class Proxy:
                 try:
                     # One scope for the stream; the idle gap between chunks is a connection
                     # timer moved per chunk (a float write), not a trio deadline.
-                    tail = b""
                     with trio.CancelScope(deadline=end) as scope:
-                        receive, send = exchange.receive_some, conn.send_chunk
+                        receive, send, feed = (exchange.receive_some, conn.send_chunk,
+                                               translator.feed)
                         while True:
                             conn.arm_timer(trio.current_time() + idle, scope=scope)
                             data = await receive()
                             if not data:
                                 break
-                            await send(data)
-                            tail = (tail + data[-32:])[-32:]  # [DONE] may span chunks
+                            out = feed(data)
+                            if out:
+                                await send(out)
                     conn.disarm_timer()
-                    if not scope.cancelled_caught and _DONE_MARK not in tail:
-                        # A clean end without [DONE] is still a truncated answer.
-                        failure = sse_error_event(
-                            "Upstream ended the stream before [DONE]", 502, "bad_gateway"
-                        )
                     if scope.cancelled_caught:
                         if trio.current_time() >= end:
                             message = (f"Stream exceeded request.streaming_timeout "
@@ -413,11 +464,13 @@ class Proxy:
                         else:
                             message = (f"Upstream sent nothing for {idle:g}s "
                                        "(request.idle_timeout)")
-                        failure = sse_error_event(message, 504, "upstream_timeout")
+                        ending = translator.error(504, message)
+                    else:
+                        ending = translator.finish()
+                        ok = not getattr(translator, "truncated", False)
                 except UpstreamError as exc:
                     conn.disarm_timer()
-                    failure = sse_error_event(f"Upstream stream failed: {exc}", 502,
-                                              "bad_gateway")
+                    ending = translator.error(502, f"Upstream stream failed: {exc}")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     client_gone = True
                 nursery.cancel_scope.cancel()
@@ -425,10 +478,9 @@ class Proxy:
             conn.disarm_timer()
             backend.finish(exchange, False, None)
             raise
-        ok = failure is None and not client_gone
-        backend.finish(exchange, ok, None)
+        backend.finish(exchange, ok and not client_gone, None)
         if client_gone:
             conn.closing = True
             return None
-        await conn.end_chunked(failure or b"")
+        await conn.end_chunked(ending)
         return ok

@@ -14,6 +14,7 @@ import trio
 
 from .._http._client import UpstreamError
 from .._messages import ControlMessage, DiscoveryFailed, ModelsDiscovered
+from .._providers.gemini import gemini_models
 from .backend import BackendActor
 from .router import Router
 
@@ -43,28 +44,7 @@ class ModelListObject(msgspec.Struct):
     object: str = "list"
 
 
-class _GeminiModel(msgspec.Struct):
-    name: str
-    supportedGenerationMethods: list[str] | None = None
-
-
-class _GeminiModelList(msgspec.Struct):
-    models: list[_GeminiModel] = []
-
-
 _decode_list = msgspec.json.Decoder(_ModelList).decode
-_decode_gemini_list = msgspec.json.Decoder(_GeminiModelList).decode
-
-
-def gemini_models(body: bytes) -> tuple[str, ...]:
-    """Ids from Gemini's ``models.list`` ("models/gemini-2.5-flash" → "gemini-2.5-flash"),
-    only those that can ``generateContent`` when the list says."""
-    ids = []
-    for model in _decode_gemini_list(body).models:
-        methods = model.supportedGenerationMethods
-        if methods is None or "generateContent" in methods:
-            ids.append(model.name.removeprefix("models/"))
-    return tuple(dict.fromkeys(ids))
 _encode = msgspec.json.Encoder().encode
 
 

@@ -74,6 +74,7 @@ class Router:
         exclude: Iterable[BackendActor] = (),
         hash_key: str | None = None,
         stream: bool = False,
+        apis: frozenset[str] | None = None,
     ) -> BackendActor | None:
         """An available backend for ``model`` not in ``exclude``; None if there is none.
 
@@ -84,7 +85,10 @@ class Router:
         if not candidates:
             return None
         now = trio.current_time()
-        eligible = [b for b in candidates if b.available(now) and b not in exclude]
+        eligible = [
+            b for b in candidates
+            if b.available(now) and b not in exclude and (apis is None or b.api in apis)
+        ]
         key = RouteKey(_strategy_model(model, stream), hash_key)
         while eligible:
             backend = eligible[0] if len(eligible) == 1 else self.strategy.choose(key, eligible)
@@ -93,10 +97,18 @@ class Router:
             eligible.remove(backend)
         return None
 
-    def has_alternative(self, model: str, exclude: Iterable[BackendActor]) -> bool:
+    def has_alternative(
+        self,
+        model: str,
+        exclude: Iterable[BackendActor],
+        apis: frozenset[str] | None = None,
+    ) -> bool:
         """Is another backend available for ``model``? (No side effects, unlike choose.)"""
         now = trio.current_time()
-        return any(b.available(now) and b not in exclude for b in self._table.get(model, ()))
+        return any(
+            b.available(now) and b not in exclude and (apis is None or b.api in apis)
+            for b in self._table.get(model, ())
+        )
 
     def record(
         self,

@@ -1,0 +1,194 @@
+"""How one attempt's upstream call is built, and how its answer is turned back into the
+client's API — for every pair of client API and backend API.
+
+| client endpoint           | openai backend  | anthropic backend | gemini backend        |
+|---------------------------|-----------------|-------------------|-----------------------|
+| /v1/chat/completions      | pass-through    | chat → Messages   | chat → generateContent|
+| /v1/completions,          | pass-through    | —                 | —                     |
+| /v1/embeddings,           |                 |                   |                       |
+| /v1/responses             |                 |                   |                       |
+| /v1/messages              | Messages → chat | pass-through      | Messages → chat →     |
+|                           |                 |                   | generateContent       |
+| /v1/messages/count_tokens | —               | pass-through      | —                     |
+
+Pass-through forwards the client's body bytes untouched (the model rewritten only for
+aliases and fallbacks) and never decodes an SSE chunk; translation is the sans-IO code of
+``continuum._providers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, final
+
+import msgspec
+
+from ._providers import anthropic, gemini
+from ._providers._types import StreamTranslator, Translated, UpstreamCall
+
+if TYPE_CHECKING:
+    from ._http._server import Request
+    from .actors.backend import BackendActor
+
+Headers = list[tuple[bytes, bytes]]
+
+#: Which backend APIs can serve each client endpoint.
+ENDPOINT_APIS: Final[dict[str, frozenset[str]]] = {
+    "/v1/chat/completions": frozenset({"openai", "anthropic", "gemini"}),
+    "/v1/completions": frozenset({"openai"}),
+    "/v1/embeddings": frozenset({"openai"}),
+    "/v1/responses": frozenset({"openai"}),
+    "/v1/messages": frozenset({"openai", "anthropic", "gemini"}),
+    "/v1/messages/count_tokens": frozenset({"anthropic"}),
+}
+
+#: Client headers worth passing to a backend whose API we translate to (the rest describe
+#: the client's own API and would confuse the other one).
+_TRANSLATED_FORWARD: Final = frozenset({b"x-request-id", b"traceparent", b"tracestate",
+                                        b"user-agent"})
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One attempt's request, plus how to read its answer in the client's API."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    body: bytes
+    #: Complete answer → client's API; None for pass-through.
+    translate: Callable[[int, bytes], Translated] | None = None
+    #: A fresh SSE translator for a streamed answer; None for pass-through.
+    stream: Callable[[], StreamTranslator] | None = None
+
+
+class _Chain:
+    """Two stream translators back to back (Gemini → OpenAI chat → Anthropic events)."""
+
+    def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
+        self._first = first
+        self._second = second
+
+    def feed(self, data: bytes) -> bytes:
+        middle = self._first.feed(data)
+        return self._second.feed(middle) if middle else b""
+
+    def finish(self) -> bytes:
+        return self._second.feed(self._first.finish()) + self._second.finish()
+
+    def error(self, status: int, message: str) -> bytes:
+        return self._second.error(status, message)
+
+
+def _with_forwarded(call: UpstreamCall, backend: BackendActor, request: Request) -> Headers:
+    headers = list(call.headers)
+    have = {name for name, _ in headers}
+    for name, value in request.headers:
+        if name in _TRANSLATED_FORWARD and name not in have:
+            headers.append((name, value))
+    for name, value in backend.upstream_headers:
+        if name not in have:
+            headers.append((name, value))
+    return headers
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class _UsagePeek(msgspec.Struct):
+    stream_options: _StreamOptions | None = None
+
+
+_decode_usage_peek = msgspec.json.Decoder(_UsagePeek).decode
+
+
+def _include_usage(body: bytes) -> bool:
+    """Did an OpenAI client ask for the final usage chunk (``stream_options``)?"""
+    if b"include_usage" not in body:
+        return False
+    try:
+        options = _decode_usage_peek(body).stream_options
+    except msgspec.MsgspecError:
+        return False
+    return options is not None and options.include_usage is True
+
+
+def build_call(
+    endpoint: str, backend: BackendActor, request: Request, body: bytes, model: str,
+    stream: bool,
+) -> Call:
+    """The call for ``endpoint`` on ``backend``; ``body`` is in the client's API with
+    ``model`` already the served model."""
+    api = backend.api
+    target = endpoint.encode()
+    if request.query:
+        target += b"?" + request.query.encode()
+    if endpoint == "/v1/messages":
+        return _messages_call(backend, request, body, model, stream, target)
+    if api == "openai" or endpoint != "/v1/chat/completions":
+        # Pass-through: the client's bytes, the backend's credentials.
+        return Call(b"POST", backend.target(target),
+                    backend.upstream_request_headers(request.headers), body)
+    cfg = backend.config
+    if api == "anthropic":
+        up = anthropic.openai_to_anthropic_request(
+            body, model=model, api_key=cfg.api_key, version=cfg.anthropic_version,
+            default_max_tokens=cfg.default_max_tokens,
+        )
+        usage = stream and _include_usage(body)
+        return Call(
+            up.method, up.path, _with_forwarded(up, backend, request), up.body,
+            translate=lambda status, raw: anthropic.anthropic_to_openai_response(
+                status, raw, model=model),
+            stream=lambda: anthropic.AnthropicToOpenAIStream(model, usage),
+        )
+    up = gemini.openai_to_gemini_request(body, model=model, api_key=cfg.api_key,
+                                         stream=stream)
+    usage = stream and _include_usage(body)
+    return Call(
+        up.method, up.path, _with_forwarded(up, backend, request), up.body,
+        translate=lambda status, raw: gemini.gemini_to_openai_response(status, raw,
+                                                                       model=model),
+        stream=lambda: gemini.GeminiToOpenAIStream(model, usage),
+    )
+
+
+def _messages_call(
+    backend: BackendActor, request: Request, body: bytes, model: str, stream: bool,
+    target: bytes,
+) -> Call:
+    api = backend.api
+    if api == "anthropic":
+        return Call(b"POST", target, backend.upstream_request_headers(request.headers), body)
+    chat_body, _ = anthropic.anthropic_to_openai_request(body, model=model)
+
+    def to_messages(status: int, raw: bytes) -> Translated:
+        return anthropic.openai_to_anthropic_response(status, raw, model=model)
+
+    if api == "openai":
+        return Call(
+            b"POST", backend.target(b"/v1/chat/completions"),
+            _with_forwarded(UpstreamCall(b"POST", b"", [(b"content-type",
+                                                          b"application/json")], b""),
+                            backend, request),
+            chat_body,
+            translate=to_messages,
+            stream=lambda: anthropic.OpenAIToAnthropicStream(model),
+        )
+    cfg = backend.config
+    up = gemini.openai_to_gemini_request(chat_body, model=model, api_key=cfg.api_key,
+                                         stream=stream)
+
+    def gemini_to_messages(status: int, raw: bytes) -> Translated:
+        chat = gemini.gemini_to_openai_response(status, raw, model=model)
+        return anthropic.openai_to_anthropic_response(chat.status, chat.body, model=model)
+
+    return Call(
+        up.method, up.path, _with_forwarded(up, backend, request), up.body,
+        translate=gemini_to_messages,
+        stream=lambda: _Chain(gemini.GeminiToOpenAIStream(model, True),
+                              anthropic.OpenAIToAnthropicStream(model)),
+    )
