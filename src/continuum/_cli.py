@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Print a complete config with every key, its default "
                          "and what it means.")
     gen.set_defaults(func=cmd_generate_config)
-    mock = sub.add_parser("mock", help="run the OpenAI-compatible mock upstream",
+    mock = sub.add_parser("mock", help="run the mock upstream (OpenAI, Anthropic or Gemini API)",
                           description="Run the mock upstream (for demos, tests, benchmarks).")
     from .mock import add_mock_arguments
 

@@ -166,8 +166,10 @@ class Proxy:
                                 retry.jitter)
         self._max_retry_after = retry.max_retry_after
         self._rng = random.Random()
-        self._timeout_error = ProtocolError(
-            504, f"Upstream timeout: no answer within {self._timeout:g}s (request.timeout)"
+        timeout_message = f"Upstream timeout: no answer within {self._timeout:g}s (request.timeout)"
+        self._timeout_error = ProtocolError(504, timeout_message)
+        self._timeout_error_anthropic = ProtocolError(
+            504, timeout_message, anthropic_error_body(504, timeout_message)
         )
         self._response_limit = max(config.server.max_request_body_size, 64 * 1024 * 1024)
         ch = config.routing.consistent_hash
@@ -212,7 +214,11 @@ class Proxy:
         hash_key = self._hash_key(request, peek) if self._hash_key is not None else None
         # request.timeout covers every attempt's connect, head and plain body. When it
         # passes, the server's timer sweep cancels the connection and answers 504 for us.
-        conn.arm_timer(trio.current_time() + self._timeout, self._timeout_error)
+        conn.arm_timer(
+            trio.current_time() + self._timeout,
+            self._timeout_error_anthropic if request.path.startswith("/v1/messages")
+            else self._timeout_error,
+        )
         stream = peek.stream is True
         if not stream and self._dedup is not None:
             target = f"{request.path}?{request.query}" if request.query else request.path

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible mock upstream, with latency, pacing and failure injection.
+"""A mock LLM upstream (OpenAI, Anthropic or Gemini API), with latency, pacing and failures.
 
 Three users:
 
@@ -7,9 +7,11 @@ Three users:
 * the test suite: the upstream behind the failure tests (resets, hangs, drips, bad JSON);
 * the command line: ``trio-continuum mock --bind 127.0.0.1:9000 --fail status:503@0.2``.
 
-It is served by the project's own HTTP/1.1 layer (:mod:`continuum._http`). Answers are
-built by the sans-IO :mod:`continuum._mock_openai`; which failure to act out is decided by
-:mod:`continuum._mock_failures`; this module owns the state and does the I/O.
+It is served by the project's own HTTP/1.1 layer (:mod:`continuum._http`). It speaks one
+API per instance (``api``: ``"openai"``, ``"anthropic"`` or ``"gemini"``). Answers are built by
+the sans-IO :mod:`continuum._mock_openai`, :mod:`continuum._mock_anthropic` and
+:mod:`continuum._mock_gemini`; which failure to act out is decided by
+:mod:`continuum._mock_failures`; this module owns the state, routes and does the I/O.
 
 Usage from a test::
 
@@ -32,18 +34,22 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
-from typing import Final, final
+from dataclasses import dataclass
+from typing import Final, Literal, final
+from urllib.parse import parse_qs
 
 import msgspec
 import msgspec.inspect
 import trio
 
+from . import _mock_anthropic as anth
+from . import _mock_gemini as gem
 from . import _mock_openai as oai
 from ._config import MockConfig, MockFailure
 from ._errors import render_error
 from ._http._listeners import HTTPServer, open_listeners
 from ._http._server import HTTPLimits, Request, ServerConnection, status_line
-from ._mock_failures import Failure, FailurePlan, parse_fail_spec
+from ._mock_failures import INFERENCE_PATHS, Failure, FailurePlan, parse_fail_spec
 
 __all__ = [
     "MockUpstream",
@@ -71,6 +77,33 @@ _ROUTES: Final[dict[str, tuple[str, ...]]] = {
 _MODELS_PREFIX: Final = "/v1/models/"
 _LIMITS: Final = HTTPLimits()
 
+Api = Literal["openai", "anthropic", "gemini"]
+APIS: Final[tuple[Api, ...]] = ("openai", "anthropic", "gemini")
+#: Gemini's OpenAI-compatible endpoint: ``/v1beta/openai/X`` is answered as ``/v1/X``.
+GEMINI_OPENAI_PREFIX: Final = "/v1beta/openai/"
+#: Gemini native prefixes (``/v1beta`` is what the SDKs use; ``/v1`` is the stable one).
+_GEMINI_MODEL_PREFIXES: Final = ("/v1beta/models", "/v1/models")
+_ANTHROPIC_ROUTES: Final[dict[str, tuple[str, ...]]] = {
+    "/v1/messages": _POST,
+    "/v1/messages/count_tokens": _POST,
+    "/v1/models": _GET,
+    "/health": _GET,
+}
+#: A failure-plan key that stands for "an inference request" (see ``_pick_failure``).
+_INFERENCE_KEY: Final = "/v1/chat/completions"
+_GEMINI_METHODS: Final = ("generateContent", "streamGenerateContent", "countTokens")
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a non-OpenAI request goes: what answers it, and in which error shape."""
+
+    kind: str  # e.g. "messages", "models", "generate", "openai"
+    methods: tuple[str, ...]
+    dialect: Api  # the error shape
+    inference: bool = False
+    arg: str = ""  # the model (Gemini) or the OpenAI path (Gemini's OpenAI endpoint)
+
 
 @final
 class MockUpstream:
@@ -89,8 +122,14 @@ class MockUpstream:
         name: str = "mock",
         seed: int | None = None,
         drip_delay: float = DEFAULT_DRIP_DELAY,
+        api: str | None = None,
     ) -> None:
         config = config if config is not None else MockConfig()
+        chosen = api if api is not None else config.api
+        if chosen not in APIS:
+            raise ValueError(f"api must be one of {', '.join(APIS)}, got {chosen!r}")
+        #: The API this upstream speaks (fixed at construction).
+        self.api: Api = chosen
         self.name = name
         self.models: tuple[str, ...] = ()
         self.set_models(models)
@@ -114,7 +153,7 @@ class MockUpstream:
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
-        return f"<MockUpstream {self.name!r} models={list(self.models)!r}>"
+        return f"<MockUpstream {self.name!r} api={self.api} models={list(self.models)!r}>"
 
     # -- test controls ---------------------------------------------------------------------
 
@@ -130,9 +169,12 @@ class MockUpstream:
         response one byte at a time, ``drip_delay`` apart), ``malformed`` (200 whose JSON,
         or first SSE event, does not parse).
 
-        By default they apply to the inference endpoints (chat, completions, embeddings);
-        give ``path`` (e.g. ``"/v1/models"``) to aim at exactly one path instead. Queued
-        failures are used before the configured, probabilistic ones.
+        By default they apply to the inference endpoints (chat, completions, embeddings;
+        Anthropic ``/v1/messages``; Gemini ``:generateContent``, ``:streamGenerateContent``
+        and ``/v1beta/openai/chat/completions`` and ``embeddings``); give ``path`` (e.g.
+        ``"/v1/models"``) to aim at exactly one path instead. Queued failures are used
+        before the configured, probabilistic ones. ``status`` errors use the error shape of
+        the API that path belongs to.
         """
         self._plan.push(kind, count, status, path)
 
@@ -176,6 +218,9 @@ class MockUpstream:
         self.requests_by_path[path] = self.requests_by_path.get(path, 0) + 1
         if request.method == "POST":
             self._record(request)
+        if self.api != "openai":
+            await self._handle_provider(request, conn)
+            return
         allowed = _ROUTES.get(path)
         if allowed is None and path.startswith(_MODELS_PREFIX) and len(path) > len(_MODELS_PREFIX):
             allowed = _GET
@@ -197,6 +242,151 @@ class MockUpstream:
             await _hang(conn)
             return
         await self._deliver(conn, self._answer(path, request.body), failure)
+
+    # -- Anthropic and Gemini ------------------------------------------------------------
+
+    async def _handle_provider(self, request: Request, conn: ServerConnection) -> None:
+        path, method = request.path, request.method
+        route = self._route(path)
+        if route is None:
+            dialect: Api = self.api
+            if self.api == "gemini" and path.startswith(GEMINI_OPENAI_PREFIX):
+                dialect = "openai"
+            await self._send(conn, self._error(dialect, 404, f"Invalid URL ({method} {path})"))
+            return
+        if method not in route.methods:
+            allow = ((b"allow", ", ".join(route.methods).encode()),)
+            message = f"Method {method} is not allowed on {path}"
+            await self._send(conn, self._error(route.dialect, 405, message, allow))
+            return
+        denied = self._check_auth(route, request)
+        if denied is not None:
+            await self._send(conn, denied)
+            return
+        failure = self._pick_failure(path, route.inference)
+        if failure is not None and failure.kind == "hang":
+            await _hang(conn)
+            return
+        answer = self._provider_answer(route, request)
+        await self._deliver(conn, answer, failure, route.dialect)
+
+    def _route(self, path: str) -> _Route | None:
+        if self.api == "anthropic":
+            allowed = _ANTHROPIC_ROUTES.get(path)
+            if allowed is not None:
+                kind = path.rsplit("/", 1)[-1]
+                return _Route(kind, allowed, "anthropic", inference=kind == "messages")
+            if path.startswith(_MODELS_PREFIX) and len(path) > len(_MODELS_PREFIX):
+                return _Route("model", _GET, "anthropic", arg=path[len(_MODELS_PREFIX) :])
+            return None
+        if path == "/health":
+            return _Route("health", _GET, "gemini")
+        if path.startswith(GEMINI_OPENAI_PREFIX):
+            oai_path = "/v1/" + path[len(GEMINI_OPENAI_PREFIX) :]
+            allowed = _ROUTES.get(oai_path)
+            if allowed is None and oai_path.startswith(_MODELS_PREFIX):
+                allowed = _GET if len(oai_path) > len(_MODELS_PREFIX) else None
+            if allowed is None or oai_path == "/health":
+                return None
+            inference = oai_path in INFERENCE_PATHS
+            return _Route("openai", allowed, "openai", inference=inference, arg=oai_path)
+        for prefix in _GEMINI_MODEL_PREFIXES:
+            if path == prefix:
+                return _Route("models", _GET, "gemini")
+            if path.startswith(prefix + "/") and len(path) > len(prefix) + 1:
+                rest = path[len(prefix) + 1 :]
+                model, colon, verb = rest.rpartition(":")
+                if not colon:
+                    return _Route("model", _GET, "gemini", arg=rest)
+                if verb not in _GEMINI_METHODS or not model:
+                    return None
+                return _Route(verb, _POST, "gemini", inference=verb != "countTokens", arg=model)
+        return None
+
+    def _check_auth(self, route: _Route, request: Request) -> oai.Reply | None:
+        if route.kind == "health":
+            return None
+        if self.api == "anthropic":
+            return anth.check_headers(
+                request.header(b"x-api-key"),
+                request.header(b"anthropic-version"),
+                request.header(b"authorization"),
+            )
+        google_key = request.header(b"x-goog-api-key")
+        if route.dialect == "openai":
+            auth = request.header(b"authorization") or b""
+            if google_key or (auth[:7].lower() == b"bearer " and auth[7:].strip()):
+                return None
+            return oai.error_reply(
+                401, "Missing bearer authentication in header", code="invalid_api_key"
+            )
+        keys = parse_qs(request.query, keep_blank_values=True).get("key")
+        return gem.check_auth(google_key, keys[0] if keys else None)
+
+    def _pick_failure(self, path: str, inference: bool) -> Failure | None:
+        """Like ``FailurePlan.pick``, with this API's inference paths counting as inference.
+
+        A failure queued for exactly ``path`` wins; otherwise an inference request is
+        matched as if it were ``_INFERENCE_KEY`` (a path no non-OpenAI mock serves), which
+        picks the queued path-less failures and the configured ones.
+        """
+        failure = self._plan.pick(path)
+        if failure is None and inference and path not in INFERENCE_PATHS:
+            failure = self._plan.pick(_INFERENCE_KEY)
+        return failure
+
+    def _provider_answer(self, route: _Route, request: Request) -> oai.Reply | oai.StreamReply:
+        kind, body = route.kind, request.body
+        if kind == "openai":
+            return self._answer(route.arg, body)
+        if kind == "messages":
+            return anth.messages(body, self._settings())
+        if kind == "count_tokens":
+            return anth.count_tokens_reply(body, self._settings())
+        if kind in ("generateContent", "streamGenerateContent"):
+            sse = "sse" in parse_qs(request.query).get("alt", ())
+            stream = kind == "streamGenerateContent"
+            return gem.generate_content(route.arg, body, self._settings(), stream=stream, sse=sse)
+        if kind == "countTokens":
+            return gem.count_tokens_reply(route.arg, body, self._settings())
+        if not 200 <= self.health_status < 300:
+            return self._unhealthy_as(route.dialect)
+        if kind == "health":
+            return oai.json_reply({"status": "ok"}, self.health_status)
+        if self.api == "anthropic":
+            if kind == "models":
+                return anth.model_list(self.models, request.query)
+            return anth.model_reply(route.arg, self.models)
+        if kind == "models":
+            params = parse_qs(request.query)
+            size, token = params.get("pageSize", [None])[0], params.get("pageToken", [None])[0]
+            return gem.model_list(self.models, size, token)
+        return gem.model_reply(route.arg, self.models)
+
+    def _error(
+        self,
+        dialect: Api,
+        status: int,
+        message: str,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> oai.Reply:
+        if dialect == "anthropic":
+            return anth.error_reply(status, message, headers=headers)
+        if dialect == "gemini":
+            return gem.error_reply(status, message, headers=headers)
+        return oai.error_reply(status, message, headers=headers)
+
+    def _unhealthy_as(self, dialect: Api) -> oai.Reply:
+        if dialect == "openai":
+            return self._unhealthy()
+        status = self.health_status
+        headers = ((b"retry-after", b"1"),) if status in (429, 503, 529) else ()
+        message = (
+            f"Mock upstream {self.name!r} is warming up (loading model)"
+            if status == 503
+            else f"Mock upstream {self.name!r} reports HTTP {status}"
+        )
+        return self._error(dialect, status, message, headers)
 
     def _record(self, request: Request) -> None:
         headers: dict[str, str] = {}
@@ -244,10 +434,15 @@ class MockUpstream:
             )
         return oai.error_reply(status, f"Mock upstream {self.name!r} reports HTTP {status}")
 
-    def _injected(self, status: int) -> oai.Reply:
+    def _injected(self, status: int, dialect: Api = "openai") -> oai.Reply:
         headers: tuple[tuple[bytes, bytes], ...] = ()
-        if status in (429, 503):
+        if status in (429, 503) or (status == 529 and dialect == "anthropic"):
             headers = ((b"retry-after", b"1"),)
+        if dialect != "openai":
+            message = f"Injected failure: HTTP {status} from mock upstream {self.name!r}"
+            if dialect == "anthropic" and status == 529:
+                message = "Overloaded"
+            return self._error(dialect, status, message, headers)
         return oai.error_reply(
             status,
             f"Injected failure: HTTP {status} from mock upstream {self.name!r}",
@@ -258,13 +453,22 @@ class MockUpstream:
     # -- delivery ----------------------------------------------------------------------------
 
     async def _deliver(
-        self, conn: ServerConnection, reply: oai.Reply | oai.StreamReply, failure: Failure | None
+        self,
+        conn: ServerConnection,
+        reply: oai.Reply | oai.StreamReply,
+        failure: Failure | None,
+        dialect: Api = "openai",
     ) -> None:
         kind = failure.kind if failure is not None else None
         if failure is not None and kind == "status":
-            reply = self._injected(failure.status)
+            reply = self._injected(failure.status, dialect)
         elif kind == "malformed":
-            reply = oai.malformed(reply)
+            if dialect == "anthropic":
+                reply = anth.malformed(reply)
+            elif dialect == "gemini":
+                reply = gem.malformed(reply)
+            else:
+                reply = oai.malformed(reply)
         if self.latency > 0:
             await trio.sleep(self.latency)
         if kind == "reset":
@@ -493,10 +697,16 @@ def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=None, help="seed for the failure rates (reproducible runs)"
     )
     parser.add_argument("--name", default="mock", help="owned_by in /v1/models (default: mock)")
+    parser.add_argument(
+        "--api", choices=APIS, default="openai",
+        help="the API to speak: openai, anthropic (/v1/messages) or gemini "
+        "(/v1beta/models/M:generateContent) (default: %(default)s)",
+    )
 
 
 def mock_config_from_args(args: argparse.Namespace) -> MockConfig:
     return MockConfig(
+        api=getattr(args, "api", "openai"),
         latency=args.latency,
         tokens_per_second=args.tokens_per_second,
         stream_chunks=args.stream_chunks,
@@ -531,7 +741,7 @@ async def _run_cli(upstream: MockUpstream, bind: str) -> None:
     server = await _open_server(upstream, bind)
     print(
         f"mock upstream listening on http://{server.addresses[0]} "
-        f"(models: {', '.join(upstream.models)})",
+        f"(api: {upstream.api}, models: {', '.join(upstream.models)})",
         flush=True,
     )
     await server.run()
@@ -540,7 +750,8 @@ async def _run_cli(upstream: MockUpstream, bind: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m continuum.mock``: the same as ``trio-continuum mock``."""
     parser = argparse.ArgumentParser(
-        prog="trio-continuum mock", description="An OpenAI-compatible mock upstream."
+        prog="trio-continuum mock",
+        description="A mock LLM upstream speaking the OpenAI, Anthropic or Gemini API.",
     )
     add_mock_arguments(parser)
     return run_mock_from_args(parser.parse_args(argv))

@@ -75,12 +75,14 @@ class Request:
 
 
 class ProtocolError(Exception):
-    """A request we must refuse with ``status`` before it reaches a handler."""
+    """A request refused with ``status`` by the HTTP layer (or on a handler's behalf, see
+    ``arm_timer``); ``body`` overrides the server's error renderer (JSON content)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: bytes | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.body = body
 
 
 def _status_line(status: int) -> bytes:
@@ -446,7 +448,12 @@ class ServerConnection:
             if error is not None:
                 self._keep_alive = False
                 with trio.move_on_after(1.0):
-                    await self.send_error(error.status, error.message)
+                    if error.body is not None:
+                        await self.send_response(
+                            error.status, [(b"content-type", b"application/json")], error.body
+                        )
+                    else:
+                        await self.send_error(error.status, error.message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -19,10 +19,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import msgspec
 import trio
 
+from .._calls import ENDPOINT_APIS
 from .._config import Config
 from .._errors import JSON_HEADERS, RouterError, openai_error_body
 from .._http._server import Request, ServerConnection
 from .._messages import RequestObserved
+from .._providers.anthropic import anthropic_error_body
 from .._proxy import Proxy, Served
 from .cache import CacheKeeper
 from .metrics import MetricsSink
@@ -30,7 +32,7 @@ from .router import Router
 
 log = logging.getLogger("continuum.ingress")
 
-_PROXY_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+_PROXY_ENDPOINTS: Final = tuple(ENDPOINT_APIS)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -114,7 +116,9 @@ class Ingress:
         except RouterError as exc:
             status = exc.status
             if not conn.responded:
-                await conn.send_response(exc.status, JSON_HEADERS + exc.headers, exc.body())
+                body = (anthropic_error_body(exc.status, exc.message)
+                        if path.startswith("/v1/messages") else exc.body())
+                await conn.send_response(exc.status, JSON_HEADERS + exc.headers, body)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.closing = True
             status = 499
