@@ -5,13 +5,18 @@ Starts, as child processes on free ports of ``--host`` (127.0.0.1 by default):
 * ``upstream`` -- ``benches/upstream.py``, a zero-latency OpenAI-shaped server;
 * ``floor``    -- ``benches/floor_proxy.py``, the bare trio + httptools proxy (the baseline);
 * ``router``   -- ``python -m continuum run CONFIG`` (or ``--router-cmd``), both proxies in front
-  of the same upstream.
+  of the same upstream;
+* ``router-rr5``, ``router-ll5`` -- the ``strategies`` scenario: two more routers with five
+  backends each (all on the same upstream, or spread over ``--strategy-upstreams`` upstreams),
+  RoundRobin and LeastLatency (fallback RoundRobin); their throughput ratio is issue 3's
+  "LeastLatency within 10% of RoundRobin". ``--scenarios core,strategies`` picks what runs.
 
 Then: the router's idle RSS, 10,000 requests, its RSS again; a warm-up of each target; and
 ``--rounds`` rounds in which every target (``direct`` = the upstream itself, ``floor``,
-``router``) gets the same load generator at ``--concurrency`` (throughput) and at concurrency 1
-(latency), target order rotating every round so noise hits all alike. Figures are the median
-over rounds; ratios are computed inside each round, then the median taken.
+``router``, ``router-rr5``, ``router-ll5``) gets the same load generator at ``--concurrency``
+(throughput) and at concurrency 1 (latency), target order rotating every round so noise hits
+all alike. Figures are the median over rounds; ratios are computed inside each round, then the
+median taken.
 
 Prints a Markdown table and the target lines, writes the same to ``bench-results/latest.json``.
 Exit code 0 unless a process failed to start or a request failed (targets are reported as
@@ -75,6 +80,7 @@ ADDED_P99_TARGET_MS: Final = 0.5
 IDLE_RSS_TARGET_MB: Final = 40.0
 HEADROOM_TARGET: Final = 3.0
 STRATEGY_RATIO_TARGET: Final = 0.9  # issue 3: LeastLatency(5) within 10% of RoundRobin(5)
+BUSY_WARN: Final = 0.25  # warn when the CPUs are this busy before the bench starts
 
 CONFIG_TEMPLATE: Final = """\
 server:
@@ -271,6 +277,28 @@ def rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
+def cpu_busy(interval_s: float = 0.5) -> float | None:
+    """Share of all CPUs busy over ``interval_s`` (``/proc/stat``), None where unavailable.
+
+    Sampled before anything starts: a busy machine (a test suite running alongside) makes
+    every figure noisy, the strategy pair's 10% margin first of all.
+    """
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval_s)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return 1.0 - (idle1 - idle0) / total if total > 0 else None
+
+
 def router_argv(template: str, fields: dict[str, str]) -> list[str]:
     argv = [part.format(**fields) for part in shlex.split(template)]
     if argv and argv[0] in ("python", "python3"):
@@ -343,120 +371,145 @@ class Bench:
         return res
 
 
+def selected_targets(scenarios: list[str]) -> tuple[str, ...]:
+    """The measured targets of ``scenarios``, in ``SCENARIOS`` order."""
+    return tuple(t for name, ts in SCENARIOS.items() if name in scenarios for t in ts)
+
+
 def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     host: str = args.host
-    ports = {name: free_port(host) for name in TARGETS}
-    up_port, floor_port, router_port = ports["direct"], ports["floor"], ports["router"]
+    scenarios: list[str] = args.scenarios
+    targets = selected_targets(scenarios)
+    # "direct" is the upstream's port: always started, measured only in the core scenario.
+    ports = {name: free_port(host) for name in ("direct", *targets)}
     host_in_url = f"[{host}]" if ":" in host else host
-    upstream = f"{host_in_url}:{up_port}"
-    config_path = workdir / "router.yaml"
-    config_path.write_text(
-        CONFIG_TEMPLATE.format(
-            bind=f"{host_in_url}:{router_port}", upstream_url=f"http://{upstream}"
-        )
-    )
-    fields = {
-        "python": sys.executable,
-        "host": host,
-        "port": str(router_port),
-        "upstream": upstream,
-        "upstream_url": f"http://{upstream}",
-        "config": str(config_path),
-    }
+    upstream = f"{host_in_url}:{ports['direct']}"
     router_env = dict(os.environ)
     src = str(ROOT / "src")  # run the in-tree router even when it is not installed
     router_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (src, router_env.get("PYTHONPATH", "")) if p
     )
     py = sys.executable
-    services = [
-        Service(
-            "upstream",
-            [py, str(BENCHES / "upstream.py"), "--host", host, "--port", str(up_port)],
-            host,
-            up_port,
-            workdir / "upstream.log",
-        ),
-        Service(
-            "floor",
-            [
-                py,
-                str(BENCHES / "floor_proxy.py"),
-                "--host",
-                host,
-                "--port",
-                str(floor_port),
-                "--upstream",
-                upstream,
-            ],
-            host,
-            floor_port,
-            workdir / "floor.log",
-        ),
-        Service(
-            "router",
+
+    def upstream_service(name: str, port: int) -> Service:
+        argv = [py, str(BENCHES / "upstream.py"), "--host", host, "--port", str(port)]
+        return Service(name, argv, host, port, workdir / f"{name}.log")
+
+    def router_service(name: str, config_text: str) -> Service:
+        port = ports[name]
+        config_path = workdir / f"{name}.yaml"
+        config_path.write_text(config_text.replace("{bind}", f"{host_in_url}:{port}"))
+        fields = {
+            "python": sys.executable,
+            "host": host,
+            "port": str(port),
+            "upstream": upstream,
+            "upstream_url": f"http://{upstream}",
+            "config": str(config_path),
+        }
+        return Service(
+            name,
             router_argv(args.router_cmd, fields),
             host,
-            router_port,
-            workdir / "router.log",
+            port,
+            workdir / f"{name}.log",
             env=router_env,
             hint=ROUTER_HINT if args.router_cmd == DEFAULT_ROUTER_CMD else "",
-        ),
-    ]
+        )
+
+    services = [upstream_service("upstream", ports["direct"])]
+    routers: dict[str, Service] = {}
+    if "core" in scenarios:
+        floor_argv = [py, str(BENCHES / "floor_proxy.py"), "--host", host]
+        floor_argv += ["--port", str(ports["floor"]), "--upstream", upstream]
+        services.append(Service("floor", floor_argv, host, ports["floor"], workdir / "floor.log"))
+        config = CONFIG_TEMPLATE.replace("{upstream_url}", f"http://{upstream}")
+        routers["router"] = router_service("router", config)
+    if "strategies" in scenarios:
+        extra = [free_port(host) for _ in range(args.strategy_upstreams - 1)]
+        services += [upstream_service(f"upstream{i + 2}", p) for i, p in enumerate(extra)]
+        upstream_urls = [f"http://{host_in_url}:{p}" for p in (ports["direct"], *extra)]
+        for name in STRATEGY_TARGETS:
+            config = strategy_config("{bind}", STRATEGY_ROUTING[name], upstream_urls)
+            routers[name] = router_service(name, config)
+    services += routers.values()
     try:
         for svc in services:
             svc.start()
             t0 = time.monotonic()
             svc.wait_ready()
             print(
-                f"{svc.name:9s} ready on {host}:{svc.port} in {time.monotonic() - t0:.2f} s "
+                f"{svc.name:10s} ready on {host}:{svc.port} in {time.monotonic() - t0:.2f} s "
                 f"({shlex.join(svc.argv[:4])}{' ...' if len(svc.argv) > 4 else ''})"
             )
-        return measure(args, ports, services[2])
+        return measure(args, targets, ports, routers)
     finally:
         for svc in reversed(services):
             svc.stop()
 
 
-def measure(args: argparse.Namespace, ports: dict[str, int], router: Service) -> dict[str, Any]:
+def round_order(targets: tuple[str, ...], r: int) -> list[str]:
+    """Round ``r``'s target order: rotated by ``r``, and within the strategy pair RoundRobin
+    goes first in even rounds, LeastLatency in odd ones (whatever the rotation did)."""
+    k = r % len(targets)
+    order = list(targets[k:] + targets[:k])
+    if all(t in order for t in STRATEGY_TARGETS):
+        i, j = sorted(order.index(t) for t in STRATEGY_TARGETS)
+        first, second = STRATEGY_TARGETS if r % 2 == 0 else reversed(STRATEGY_TARGETS)
+        order[i], order[j] = first, second
+    return order
+
+
+def measure(
+    args: argparse.Namespace,
+    targets: tuple[str, ...],
+    ports: dict[str, int],
+    routers: dict[str, Service],
+) -> dict[str, Any]:
     quick: bool = args.quick
     duration: float = args.duration or (2.0 if quick else 5.0)
     rounds: int = args.rounds or (1 if quick else 3)
     conc: int = args.concurrency
     warmup_s = 0.5 if quick else 1.0
     concs = (conc, 1) if conc != 1 else (1,)
-    bench = Bench(args, ports)
+    core = "router" in targets
+    strategies = all(t in targets for t in STRATEGY_TARGETS)
+    bench = Bench(args, {t: ports[t] for t in targets})
     warnings: list[str] = []
-    for name in TARGETS:
+    for name in targets:
         warnings += verify_target(name, args.host, ports[name])
     for w in warnings:
         print(f"warning: {w}")
 
-    # Memory: idle right after start, then after N requests (which also warm the router up).
-    assert router.proc is not None
-    time.sleep(0.2)
-    rss_idle = rss_mb(router.proc.pid)
-    mem_res = bench.load("router", conc, None, total=args.memory_requests)
-    rss_after = rss_mb(router.proc.pid)
-    print(f"router RSS idle {rss_idle:.1f} MB; after {mem_res.ok} requests {rss_after:.1f} MB")
+    results: dict[str, Any] = {"scenarios": args.scenarios, "targets": list(targets)}
+    if core:
+        # Memory: idle right after start, then after N requests (which also warm it up).
+        router = routers["router"]
+        assert router.proc is not None
+        time.sleep(0.2)
+        rss_idle = rss_mb(router.proc.pid)
+        mem_res = bench.load("router", conc, None, total=args.memory_requests)
+        rss_after = rss_mb(router.proc.pid)
+        print(f"router RSS idle {rss_idle:.1f} MB; after {mem_res.ok} requests {rss_after:.1f} MB")
+        results["memory_phase_errors"] = mem_res.errors
 
-    for name in TARGETS:
+    for name in targets:
         bench.load(name, conc, warmup_s)
         bench.load(name, 1, warmup_s / 2)
     for kind in bench.errors.values():
         kind.clear()  # warm-up errors (e.g. a router still connecting) are not the measurement
 
     samples: dict[str, dict[int, list[dict[str, Any]]]] = {
-        t: {c: [] for c in concs} for t in TARGETS
+        t: {c: [] for c in concs} for t in targets
     }
     for r in range(rounds):
-        order = TARGETS[r % 3 :] + TARGETS[: r % 3]
+        order = round_order(targets, r)
         for c in concs:
             for name in order:
                 res = bench.load(name, c, duration)
                 samples[name][c].append(res.summary())
                 print(
-                    f"round {r + 1}/{rounds} c={c:<4d} {name:7s} {res.rps:9.0f} req/s  "
+                    f"round {r + 1}/{rounds} c={c:<4d} {name:10s} {res.rps:9.0f} req/s  "
                     f"p50 {res.percentile_ms(50):7.3f} ms  p99 {res.percentile_ms(99):7.3f} ms"
                     f"  errors {res.error_count}"
                 )
@@ -467,11 +520,15 @@ def measure(args: argparse.Namespace, ports: dict[str, int], router: Service) ->
     def ratio(a: list[float], b: list[float]) -> float:
         return median([x / y if y else float("nan") for x, y in zip(a, b, strict=True)])
 
-    def added(target: str, key: str) -> float:
-        diffs = zip(per_round(target, 1, key), per_round("direct", 1, key), strict=True)
-        return median([x - y for x, y in diffs])
+    def diff(target: str, base: str, key: str) -> float:
+        """Median over rounds of (target - base) at concurrency 1, for a latency ``key``."""
+        pairs = zip(per_round(target, 1, key), per_round(base, 1, key), strict=True)
+        return median([x - y for x, y in pairs])
 
-    table = {
+    def rps_ratio(a: str, b: str) -> float:
+        return ratio(per_round(a, conc, "rps"), per_round(b, conc, "rps"))
+
+    results["table"] = {
         t: {
             str(c): {
                 "rps": median(per_round(t, c, "rps")),
@@ -482,76 +539,136 @@ def measure(args: argparse.Namespace, ports: dict[str, int], router: Service) ->
             }
             for c in concs
         }
-        for t in TARGETS
+        for t in targets
     }
-    router_rps = per_round("router", conc, "rps")
-    floor_rps = per_round("floor", conc, "rps")
-    return {
-        "table": table,
-        "ratio_router_floor": ratio(router_rps, floor_rps),
-        "ratio_floor_direct": ratio(floor_rps, per_round("direct", conc, "rps")),
-        "loadgen_headroom": ratio(per_round("direct", conc, "rps"), router_rps),
-        "added_latency_ms": {
-            t: {"p50": added(t, "p50_ms"), "p99": added(t, "p99_ms")} for t in ("router", "floor")
-        },
-        "rss_mb": {
-            "idle": round(rss_idle, 1),
-            "after_requests": round(rss_after, 1),
-            "requests": mem_res.ok,
-            "after_bench": round(rss_mb(router.proc.pid), 1),
-        },
+    if core:
+        router = routers["router"]
+        assert router.proc is not None
+        results |= {
+            "ratio_router_floor": rps_ratio("router", "floor"),
+            "ratio_floor_direct": rps_ratio("floor", "direct"),
+            "loadgen_headroom": rps_ratio("direct", "router"),
+            "added_latency_ms": {
+                t: {"p50": diff(t, "direct", "p50_ms"), "p99": diff(t, "direct", "p99_ms")}
+                for t in ("router", "floor")
+            },
+            "rss_mb": {
+                "idle": round(rss_idle, 1),
+                "after_requests": round(rss_after, 1),
+                "requests": mem_res.ok,
+                "after_bench": round(rss_mb(router.proc.pid), 1),
+            },
+        }
+    if strategies:
+        rr, ll = STRATEGY_TARGETS
+        results["strategies"] = {
+            "backends": STRATEGY_BACKENDS,
+            "upstreams": args.strategy_upstreams,
+            "routing": dict(STRATEGY_ROUTING),
+            "throughput_ratio_ll_rr": rps_ratio(ll, rr),
+            "c1_diff_ms": (
+                {"p50": diff(ll, rr, "p50_ms"), "p99": diff(ll, rr, "p99_ms")}
+                if 1 in concs
+                else None
+            ),
+            # Against the one-backend router of the core scenario: what five backends cost.
+            "ratio_vs_router": (
+                {t: rps_ratio(t, "router") for t in STRATEGY_TARGETS} if core else None
+            ),
+        }
+    first_router = next(iter(routers.values()))
+    results |= {
         "rounds": samples,
         "errors": {t: e for t, e in bench.errors.items() if e},
-        "memory_phase_errors": mem_res.errors,
         "warnings": warnings,
         "settings": {
             "quick": quick,
+            "scenarios": args.scenarios,
             "duration_s": duration,
             "rounds": rounds,
             "concurrency": conc,
             "workers": args.workers,
             "host": args.host,
-            "router_cmd": router.argv,
+            "strategy_upstreams": args.strategy_upstreams,
+            "router_cmd": first_router.argv,
         },
     }
+    return results
 
 
 def report(results: dict[str, Any], conc: int) -> str:
     t = results["table"]
+    targets: list[str] = results["targets"]
     concs = (conc, 1) if conc != 1 else (1,)
     lines = [
         "| target | concurrency | req/s | p50 ms | p90 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in concs:
-        for name in TARGETS:
+        for name in targets:
             row = t[name][str(c)]
             lines.append(
                 f"| {name} | {c} | {row['rps']:,.0f} | {row['p50_ms']:.3f} | {row['p90_ms']:.3f} "
                 f"| {row['p99_ms']:.3f} | {row['errors']} |"
             )
-    ratio = results["ratio_router_floor"]
-    add_r = results["added_latency_ms"]["router"]
-    add_f = results["added_latency_ms"]["floor"]
-    rss = results["rss_mb"]
-    head = results["loadgen_headroom"]
-    lines += [
-        "",
-        f"ratio router/floor: {ratio:.2f} (target >= {RATIO_TARGET:.2f}) "
-        f"{verdict(ratio >= RATIO_TARGET)}",
-        f"added latency c=1 router vs direct: p50 {add_r['p50']:.3f} ms, p99 {add_r['p99']:.3f} ms"
-        f" (target p99 < {ADDED_P99_TARGET_MS} ms) {verdict(add_r['p99'] < ADDED_P99_TARGET_MS)}"
-        f"; p50 target < {ADDED_P50_TARGET_MS} ms {verdict(add_r['p50'] < ADDED_P50_TARGET_MS)}",
-        f"added latency c=1 floor vs direct: p50 {add_f['p50']:.3f} ms, p99 {add_f['p99']:.3f} ms"
-        " (reference)",
-        f"router RSS idle: {rss['idle']:.0f} MB, after {rss['requests']} requests: "
-        f"{rss['after_requests']:.0f} MB, after the bench: {rss['after_bench']:.0f} MB "
-        f"(idle target < {IDLE_RSS_TARGET_MB:.0f} MB) {verdict(rss['idle'] < IDLE_RSS_TARGET_MB)}",
-        f"loadgen headroom: direct {t['direct'][str(conc)]['rps']:,.0f} req/s = {head:.1f}x the "
-        f"router (goal >= {HEADROOM_TARGET:.0f}x) {verdict(head >= HEADROOM_TARGET)}",
-        f"floor/direct throughput: {results['ratio_floor_direct']:.2f}",
-    ]
+    lines.append("")
+    if "ratio_router_floor" in results:
+        ratio = results["ratio_router_floor"]
+        add_r = results["added_latency_ms"]["router"]
+        add_f = results["added_latency_ms"]["floor"]
+        rss = results["rss_mb"]
+        head = results["loadgen_headroom"]
+        p50_ok = verdict(add_r["p50"] < ADDED_P50_TARGET_MS)
+        lines += [
+            f"ratio router/floor: {ratio:.2f} (target >= {RATIO_TARGET:.2f}) "
+            f"{verdict(ratio >= RATIO_TARGET)}",
+            f"added latency c=1 router vs direct: p50 {add_r['p50']:.3f} ms, "
+            f"p99 {add_r['p99']:.3f} ms (target p99 < {ADDED_P99_TARGET_MS} ms) "
+            f"{verdict(add_r['p99'] < ADDED_P99_TARGET_MS)}"
+            f"; p50 target < {ADDED_P50_TARGET_MS} ms {p50_ok}",
+            f"added latency c=1 floor vs direct: p50 {add_f['p50']:.3f} ms, "
+            f"p99 {add_f['p99']:.3f} ms (reference)",
+            f"router RSS idle: {rss['idle']:.0f} MB, after {rss['requests']} requests: "
+            f"{rss['after_requests']:.0f} MB, after the bench: {rss['after_bench']:.0f} MB "
+            f"(idle target < {IDLE_RSS_TARGET_MB:.0f} MB) "
+            f"{verdict(rss['idle'] < IDLE_RSS_TARGET_MB)}",
+            f"loadgen headroom: direct {t['direct'][str(conc)]['rps']:,.0f} req/s = {head:.1f}x "
+            f"the router (goal >= {HEADROOM_TARGET:.0f}x) {verdict(head >= HEADROOM_TARGET)}",
+            f"floor/direct throughput: {results['ratio_floor_direct']:.2f}",
+        ]
+    strat = results.get("strategies")
+    if strat:
+        n = strat["backends"]
+        s_ratio = strat["throughput_ratio_ll_rr"]
+        lines.append(
+            f"strategy overhead LeastLatency({n}) vs RoundRobin({n}): throughput ratio "
+            f"{s_ratio:.2f} (target >= {STRATEGY_RATIO_TARGET:.2f}) "
+            f"{verdict(s_ratio >= STRATEGY_RATIO_TARGET)}"
+        )
+        d = strat["c1_diff_ms"]
+        if d is not None:
+            lines.append(
+                f"strategy c=1 LeastLatency({n}) minus RoundRobin({n}): "
+                f"p50 {d['p50']:+.3f} ms, p99 {d['p99']:+.3f} ms (reference)"
+            )
+        vs = strat["ratio_vs_router"]
+        if vs is not None:
+            rr, ll = STRATEGY_TARGETS
+            lines.append(
+                f"{n} backends vs 1 (throughput vs router): RoundRobin {vs[rr]:.2f}, "
+                f"LeastLatency {vs[ll]:.2f} (reference)"
+            )
     return "\n".join(lines)
+
+
+def parse_scenarios(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(SCENARIOS)}; got {text!r}"
+        )
+    return [s for s in SCENARIOS if s in names]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -568,6 +685,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", choices=("127.0.0.1", "::1"))
     parser.add_argument("--router-cmd", default=DEFAULT_ROUTER_CMD, help="command template")
     parser.add_argument(
+        "--scenarios",
+        type=parse_scenarios,
+        default=list(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--strategy-upstreams",
+        type=int,
+        choices=range(1, STRATEGY_BACKENDS + 1),
+        default=1,
+        metavar=f"1..{STRATEGY_BACKENDS}",
+        help="upstream processes the strategy routers' five backends are spread over (1)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / "bench-results" / "latest.json", help="results file"
     )
     return parser.parse_args(argv)
@@ -576,6 +707,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    busy = cpu_busy()
+    if busy is not None and busy > BUSY_WARN:
+        print(
+            f"warning: the CPUs were {busy:.0%} busy before the bench started: other processes "
+            "compete with it and the figures will be noisy"
+        )
     with terminate_on_sigterm(), tempfile.TemporaryDirectory(prefix="continuum-bench-") as tmp:
         try:
             results = run_bench(args, Path(tmp))
@@ -595,11 +732,12 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+    results["machine"]["cpu_busy_before"] = None if busy is None else round(busy, 3)
     results["wall_s"] = round(time.monotonic() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
     print(f"results written to {args.json} ({results['wall_s']} s)")
-    errors = results["errors"] or results["memory_phase_errors"]
+    errors = results["errors"] or results.get("memory_phase_errors")
     if errors:
         print(f"bench FAILED: request errors {errors}", file=sys.stderr)
         return 1

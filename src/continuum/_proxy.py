@@ -211,6 +211,11 @@ class Proxy:
         if not any(router.candidates(m) for m in chain):
             raise RouterError(404, f"The model '{model}' does not exist or no backend serves it",
                               code="model_not_found", param="model")
+        apis = ENDPOINT_APIS[request.path]
+        chain = tuple(m for m in chain if any(b.api in apis for b in router.candidates(m)))
+        if not chain:
+            raise RouterError(404, f"No backend serving model '{model}' supports {request.path}",
+                              code="unsupported_endpoint", param="model")
         hash_key = self._hash_key(request, peek) if self._hash_key is not None else None
         # request.timeout covers every attempt's connect, head and plain body. When it
         # passes, the server's timer sweep cancels the connection and answers 504 for us.
