@@ -15,7 +15,8 @@ import trio
 from .._circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
 from .._config import BackendConfig, Config
 from .._health import HealthState
-from .._http._client import Exchange, Headers
+from .._http._client import ConnectError, Exchange, Headers
+from .._http._h2 import HTTP2Pool, open_pool
 from .._http._pool import HTTP1Pool, Origin, PoolLimits, PoolStats, make_ssl_context
 
 log = logging.getLogger("continuum.backend")
@@ -86,7 +87,8 @@ class BackendActor:
         ssl_context = None
         if origin.scheme == "https":
             ssl_context = make_ssl_context(config.ca_file, config.tls_verify)
-        self.pool = HTTP1Pool(origin, limits, ssl_context)
+        #: HTTP/1.1 until ``open`` has settled the protocol (``http2: auto|always``).
+        self.pool: HTTP1Pool | HTTP2Pool = HTTP1Pool(origin, limits, ssl_context)
         hc = root.health_checks
         override = config.health_check
         probed = hc.enabled if override is None or override.enabled is None else override.enabled
@@ -249,6 +251,27 @@ class BackendActor:
         )
 
     # -- actor task ----------------------------------------------------------------------
+
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Settle the upstream protocol (``http2``) before serving: ``auto`` asks the
+        server by ALPN on https (one handshake, whose connection is kept), ``always`` runs
+        an HTTP/2 pool (h2c on http). An HTTP/2 pool's connections live in ``nursery``."""
+        mode = self.config.http2
+        origin = self.pool.origin
+        if mode == "never" or (mode == "auto" and origin.scheme != "https"):
+            return
+        try:
+            self.pool = await open_pool(
+                origin, self.pool.limits, mode, nursery,
+                ca_file=self.config.ca_file, verify=self.config.tls_verify,
+            )
+        except ConnectError as exc:
+            # auto cannot decide without an answer: HTTP/1.1 until the router restarts.
+            log.warning("backend %s: could not negotiate HTTP/2 (%s); using HTTP/1.1",
+                        self.name, exc)
+            return
+        log.info("backend %s: upstream protocol %s", self.name,
+                 "HTTP/2" if isinstance(self.pool, HTTP2Pool) else "HTTP/1.1")
 
     async def prewarm(self, count: int) -> None:
         try:

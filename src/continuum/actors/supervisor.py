@@ -188,6 +188,12 @@ async def _serve(
                             render_error=render_error, timer_resolution=shortest / 10)
         connections.append(server)
 
+        # The upstream protocol of each backend (HTTP/2 by ALPN where configured).
+        with trio.move_on_after(STARTUP_PROBE_BUDGET):
+            async with trio.open_nursery() as opening:
+                for backend in backends:
+                    opening.start_soon(backend.open, root)
+
         # The first round is applied as each answer arrives, so the table is complete when
         # we report ready; a backend slower than the budget is left to the regular rounds.
         with trio.move_on_after(STARTUP_PROBE_BUDGET):

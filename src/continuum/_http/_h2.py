@@ -1,0 +1,1065 @@
+"""HTTP/2 upstreams: a multiplexing pool with the same interface as :class:`HTTP1Pool`.
+
+``HTTP2Pool.start(method, target, headers, body)`` returns an :class:`HTTP2Exchange` (the
+protocol-neutral :class:`~._client.Exchange`), so a BackendActor holds either pool.
+
+Lifecycle — unlike HTTP1Pool, each HTTP/2 connection needs background tasks (a frame reader,
+a writer, a PING keep-alive), and they live in the pool's own nursery::
+
+    pool = HTTP2Pool(origin, limits, make_h2_ssl_context(ca_file, verify))
+    await nursery.start(pool.run)     # returns once the pool accepts ``start`` calls
+    ...
+    pool.close()                      # run() returns once the last connection has closed
+
+Cancelling ``run`` closes every connection at once (in-flight exchanges fail with
+UpstreamError). :func:`open_pool` applies a backend's ``http2: auto|always|never`` setting and
+returns either pool (already running when it is an HTTP2Pool).
+
+Design:
+- One connection is used until the peer's SETTINGS_MAX_CONCURRENT_STREAMS is reached; then
+  another is opened (one connect at a time) up to ``limits.max_connections``; past that,
+  ``start`` waits FIFO for a stream slot.
+- All bytes go out through one writer task per connection: request tasks only feed h2 (sync)
+  and queue its output, so a cancelled request can never leave half a frame on the wire.
+  Request bodies respect the stream and connection windows and the peer's frame size.
+- The reader task never blocks on a slow consumer: a stream buffers at most its receive window
+  (DATA is acknowledged when ``receive_some`` hands it out, which is what reopens the window).
+- GOAWAY: streams the server promised (id <= last_stream_id) run to completion, later ones fail
+  with ``UpstreamError(sent_nothing=True)`` (the router retries them elsewhere); no new stream
+  goes to that connection, which closes once its last stream is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections import deque
+from typing import Literal, final
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+
+from ._client import ConnectError, Headers, HTTP1Connection, UpstreamError
+from ._pool import (
+    HTTP1Pool,
+    Origin,
+    PoolLimits,
+    PoolStats,
+    _connect_failure_reason,
+    make_ssl_context,
+)
+
+log = logging.getLogger("continuum.http")
+
+_RECEIVE_SIZE = 65536
+#: Queued output (bytes) past which a body upload waits for the writer to catch up.
+_HIGH_WATER = 256 * 1024
+#: How long a closing connection may take to flush its GOAWAY before the socket is dropped.
+_CLOSE_GRACE = 2.0
+#: After a failed extra connection (others still alive), wait this long before another try.
+_RECONNECT_BACKOFF = 1.0
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"te",
+        b"content-length",
+        b"http2-settings",
+    }
+)
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+Mode = Literal["auto", "always", "never"]
+
+
+def make_h2_ssl_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
+    """Like :func:`make_ssl_context`, but offering ALPN ``h2`` first, then ``http/1.1``.
+
+    Keep it separate from the HTTP/1.1 pool's context: an SSLContext carries one ALPN list,
+    and an HTTP/1.1 pool must never end up on a connection the server switched to h2.
+    """
+    ctx = make_ssl_context(ca_file, verify)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
+class _FinishStreamsAfterGoaway(h2.connection.H2ConnectionStateMachine):
+    """h2 moves its connection state to CLOSED as soon as a GOAWAY arrives (python-hyper/h2
+    issue 1181), so every later frame — even for streams the server promised to finish — is a
+    protocol error. RFC 9113 §6.8 lets those streams complete: a received GOAWAY leaves the
+    state as it is, and the pool itself stops opening streams on the connection."""
+
+    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
+        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY:
+            return []
+        return super().process_input(input_)
+
+
+def _error_name(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"0x{code:x}"
+
+
+@final
+class _Stream:
+    """One request's state on a connection, fed by the connection's reader task."""
+
+    __slots__ = (
+        "_event",
+        "chunks",
+        "conn",
+        "ended",
+        "error",
+        "flow",
+        "headers",
+        "id",
+        "sent_end",
+        "status",
+    )
+
+    def __init__(self, conn: _H2Conn, stream_id: int) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.chunks: deque[bytes] = deque()
+        #: Flow-controlled bytes buffered in ``chunks`` and not yet acknowledged to the peer.
+        self.flow = 0
+        self.status = 0
+        self.headers: Headers = []
+        self.ended = False  # the server's END_STREAM has arrived
+        self.sent_end = False  # our END_STREAM is queued
+        self.error: UpstreamError | None = None
+        self._event: trio.Event | None = None
+
+    def wake(self) -> None:
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    async def wait(self) -> None:
+        """Until the reader reports something for this stream (only one task waits)."""
+        event = self._event = trio.Event()
+        await event.wait()
+
+    def fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        self.wake()
+
+
+@final
+class HTTP2Exchange:
+    """A response being read from one stream of an :class:`HTTP2Pool` connection."""
+
+    __slots__ = ("_stream", "headers", "status", "stream_id")
+
+    def __init__(self, stream: _Stream) -> None:
+        self._stream: _Stream | None = stream
+        self.status = stream.status
+        self.headers = stream.headers
+        self.stream_id = stream.id
+
+    async def receive_some(self) -> bytes:
+        s = self._stream
+        if s is None:
+            return b""
+        chunks = s.chunks
+        while not chunks:
+            if s.error is not None:
+                raise s.error
+            if s.ended:
+                return b""
+            await s.wait()
+        if len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(chunks)
+            chunks.clear()
+        s.conn.consumed(s)
+        return data
+
+    async def read_all(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            data = await self.receive_some()
+            if not data:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            size += len(data)
+            if size > limit:
+                raise UpstreamError(f"upstream response larger than {limit} bytes")
+            parts.append(data)
+
+    def close(self) -> None:
+        """Release the stream; one not finished both ways is reset (RST_STREAM CANCEL)."""
+        s, self._stream = self._stream, None
+        if s is not None:
+            s.conn.release(s)
+
+
+@final
+class _H2Conn:
+    """One HTTP/2 connection: h2 state, stream table and the tasks that move its bytes."""
+
+    def __init__(
+        self,
+        pool: HTTP2Pool,
+        stream: trio.abc.Stream,
+        raw: trio.SocketStream,
+        conn: h2.connection.H2Connection,
+    ) -> None:
+        self.pool = pool
+        self.stream = stream
+        self.raw = raw
+        self.h2 = conn
+        self.streams: dict[int, _Stream] = {}
+        #: Stream slots taken (streams open, or about to be opened, by ``start``).
+        self.active = 0
+        self.dead = False
+        self.draining = False  # no new streams (GOAWAY received, closing or dead)
+        self.closing = False  # our GOAWAY is queued; close once it is written
+        self.goaway_last_id: int | None = None
+        now = trio.current_time()
+        self.last_used = now
+        self.last_recv = now
+        self._outq: list[bytes] = []
+        self.out_bytes = 0
+        self._writer_event = trio.Event()
+        self._drained: trio.Event | None = None
+        self._window: trio.Event | None = None
+        self._ping_ack: trio.Event | None = None
+        self._scope = trio.CancelScope()
+
+    # -- capacity --------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return not self.draining
+
+    @property
+    def capacity(self) -> int:
+        return min(self.h2.remote_settings.max_concurrent_streams, self.pool.max_streams)
+
+    def unreserve(self) -> None:
+        """Give back a slot taken for a stream that was never opened."""
+        self.active -= 1
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        if self.draining:
+            if self.active == 0 and not self.dead:
+                self.shutdown()
+        else:
+            self.pool._slot_freed()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def take_output(self) -> None:
+        """Move whatever h2 produced to the writer's queue (order is h2's order)."""
+        out = self.h2.data_to_send()
+        if out:
+            self._outq.append(out)
+            self.out_bytes += len(out)
+            self._writer_event.set()
+
+    async def wait_window(self) -> None:
+        event = self._window
+        if event is None:
+            event = self._window = trio.Event()
+        await event.wait()
+
+    def _window_changed(self) -> None:
+        event, self._window = self._window, None
+        if event is not None:
+            event.set()
+
+    async def wait_drained(self) -> None:
+        event = self._drained
+        if event is None:
+            event = self._drained = trio.Event()
+        await event.wait()
+
+    def _signal_drained(self) -> None:
+        event, self._drained = self._drained, None
+        if event is not None:
+            event.set()
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def consumed(self, s: _Stream) -> None:
+        """The consumer took a stream's buffered data: reopen the windows by that much."""
+        flow, s.flow = s.flow, 0
+        if flow and not self.dead:
+            # (acknowledging never raises for a closed stream: it only reopens the
+            # connection window then)
+            self.h2.acknowledge_received_data(flow, s.id)
+            self.take_output()
+
+    def release(self, s: _Stream) -> None:
+        if self.streams.pop(s.id, None) is None:
+            return
+        self.active -= 1
+        self.last_used = trio.current_time()
+        if not self.dead:
+            h2c = self.h2
+            if s.flow:  # unread data still counts against the connection window
+                h2c.acknowledge_received_data(s.flow, s.id)
+                s.flow = 0
+            if s.error is None and not (s.ended and s.sent_end):
+                with contextlib.suppress(h2.exceptions.H2Error):  # closed on h2's side
+                    h2c.reset_stream(s.id, h2.errors.ErrorCodes.CANCEL)
+            self.take_output()
+        self._slot_freed()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Close gracefully: queue our GOAWAY, close once it is written (or after a grace)."""
+        if self.closing or self.dead:
+            return
+        self.closing = True
+        self.draining = True
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.close_connection()
+        self.take_output()
+        self._writer_event.set()
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + _CLOSE_GRACE)
+
+    def fail(self, message: str) -> None:
+        """The connection is unusable: fail its unfinished streams and stop its tasks."""
+        if self.dead:
+            return
+        self.dead = True
+        self.draining = True
+        last = self.goaway_last_id
+        for s in self.streams.values():
+            if s.error is None and not s.ended:
+                refused = last is not None and s.id > last
+                s.fail(UpstreamError(message, sent_nothing=refused))
+        self._window_changed()
+        self._signal_drained()
+        self._scope.cancel()
+        self.pool._slot_freed()  # waiters may now need a new connection
+
+    async def serve(self) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    if self.pool.ping_interval > 0:
+                        nursery.start_soon(self._keepalive)
+                    await self._reader()
+        except Exception as exc:  # a bug here must not take the backend's actor down
+            log.exception("HTTP/2 connection to %s failed unexpectedly", self.pool.authority)
+            self.fail(f"HTTP/2 connection failed: {exc!r}")
+        finally:
+            self.fail("upstream HTTP/2 connection closed")
+            self.raw.socket.close()
+            self.pool._connection_ended(self)
+
+    async def _reader(self) -> None:
+        h2c = self.h2
+        stream = self.stream
+        while True:
+            try:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.fail(f"upstream connection failed: {exc or type(exc).__name__}")
+                return
+            if not data:
+                self.fail(
+                    "upstream closed the connection"
+                    + (" after GOAWAY" if self.goaway_last_id is not None else "")
+                )
+                return
+            self.last_recv = trio.current_time()
+            # h2 drops queued output when a GOAWAY arrives: hand it to the writer first.
+            self.take_output()
+            try:
+                events = h2c.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                self.take_output()  # h2 queued a GOAWAY of its own
+                self.fail(f"HTTP/2 protocol error from upstream: {exc}")
+                return
+            self._dispatch(events)
+            self.take_output()
+
+    def _dispatch(self, events: list[h2.events.Event]) -> None:
+        streams = self.streams
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                s = streams.get(ev.stream_id)
+                flow = ev.flow_controlled_length or 0
+                if s is not None and ev.data and s.error is None:
+                    s.chunks.append(ev.data)
+                    s.flow += flow
+                    s.wake()
+                elif flow:  # padding only, or nobody left to read it
+                    self.h2.acknowledge_received_data(flow, ev.stream_id)
+            elif isinstance(ev, h2.events.ResponseReceived):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    status = 0
+                    headers: Headers = []
+                    for name, value in ev.headers:
+                        n = bytes(name) if not isinstance(name, str) else name.encode()
+                        v = bytes(value) if not isinstance(value, str) else value.encode()
+                        if n[:1] == b":":
+                            if n == b":status":
+                                status = int(v)
+                        else:
+                            headers.append((n, v))
+                    s.headers = headers
+                    s.status = status
+                    s.wake()
+            elif isinstance(ev, h2.events.StreamEnded):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s.ended = True
+                    s.wake()
+                    self._window_changed()  # an upload in progress stops
+            elif isinstance(ev, h2.events.WindowUpdated):
+                self._window_changed()
+            elif isinstance(ev, h2.events.StreamReset):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    code = ev.error_code
+                    # REFUSED_STREAM: the server guarantees it did no work on the request.
+                    refused = code == h2.errors.ErrorCodes.REFUSED_STREAM
+                    s.fail(
+                        UpstreamError(
+                            f"upstream reset the stream ({_error_name(code)})",
+                            sent_nothing=refused,
+                        )
+                    )
+                    self._window_changed()
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                self._window_changed()
+                if h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in ev.changed_settings:
+                    self.pool._slot_freed()
+            elif isinstance(ev, h2.events.PingAckReceived):
+                ack = self._ping_ack
+                if ack is not None:
+                    ack.set()
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self._goaway(ev)
+
+    def _goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+        last = ev.last_stream_id or 0
+        if self.goaway_last_id is not None:
+            last = min(last, self.goaway_last_id)
+        self.goaway_last_id = last
+        self.draining = True
+        reason = _error_name(ev.error_code)
+        log.debug("HTTP/2 GOAWAY from %s (%s, last stream %d)", self.pool.authority, reason, last)
+        for s in self.streams.values():
+            if s.id > last and s.error is None:
+                s.fail(
+                    UpstreamError(
+                        f"upstream sent GOAWAY ({reason}) before processing the request",
+                        sent_nothing=True,
+                    )
+                )
+        self._window_changed()
+        if self.active == 0:
+            self.shutdown()
+        self.pool._slot_freed()  # new streams need another connection
+
+    async def _writer(self) -> None:
+        queue = self._outq
+        stream = self.stream
+        try:
+            while True:
+                if not queue:
+                    if self.closing:
+                        break
+                    event = self._writer_event = trio.Event()
+                    await event.wait()
+                    continue
+                data = queue[0] if len(queue) == 1 else b"".join(queue)
+                queue.clear()
+                self.out_bytes = 0
+                self._signal_drained()
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.fail(f"upstream connection failed: {exc or type(exc).__name__}")
+            return
+        self._scope.cancel()  # our GOAWAY is out: done
+
+    async def _keepalive(self) -> None:
+        pool = self.pool
+        interval = pool.ping_interval
+        while True:
+            await trio.sleep_until(self.last_recv + interval)
+            if trio.current_time() - self.last_recv < interval:
+                continue
+            if self.closing or self.dead:
+                return
+            ack = self._ping_ack = trio.Event()
+            try:
+                self.h2.ping(b"continuu")
+            except h2.exceptions.H2Error:
+                return
+            self.take_output()
+            with trio.move_on_after(pool.ping_timeout):
+                await ack.wait()
+            self._ping_ack = None
+            if not ack.is_set():
+                log.info(
+                    "HTTP/2 connection to %s: PING not answered within %g s, dropping it",
+                    pool.authority, pool.ping_timeout,
+                )
+                self.fail(f"upstream did not answer a PING within {pool.ping_timeout:g} s")
+                return
+
+
+@final
+class _Waiter:
+    __slots__ = ("conn", "error", "event")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.conn: _H2Conn | None = None
+        self.error: ConnectError | None = None
+
+
+async def _open_transport(
+    origin: Origin, ssl_context: ssl.SSLContext | None, connect_timeout: float
+) -> tuple[trio.abc.Stream, trio.SocketStream, str | None]:
+    """TCP (+ TLS) to the origin; returns (stream, raw socket stream, ALPN protocol)."""
+    try:
+        with trio.fail_after(connect_timeout):
+            raw = await trio.open_tcp_stream(origin.host, origin.port)
+            if ssl_context is None:
+                return raw, raw, None
+            tls = trio.SSLStream(
+                raw, ssl_context, server_hostname=origin.host, https_compatible=True
+            )
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                raw.socket.close()
+                raise
+            return tls, raw, tls.selected_alpn_protocol()
+    except trio.TooSlowError:
+        raise ConnectError(
+            f"connect to {origin.host}:{origin.port} timed out", sent_nothing=True
+        ) from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        reason = _connect_failure_reason(exc)
+        raise ConnectError(
+            f"cannot connect to {origin.host}:{origin.port}: {reason}", sent_nothing=True
+        ) from exc
+
+
+async def negotiate_protocol(
+    origin: Origin, ssl_context: ssl.SSLContext, connect_timeout: float
+) -> str:
+    """The protocol the origin picks by ALPN ("h2" or "http/1.1"); the connection is closed."""
+    _, raw, alpn = await _open_transport(origin, ssl_context, connect_timeout)
+    raw.socket.close()
+    return alpn or "http/1.1"
+
+
+@final
+class HTTP2Pool:
+    """HTTP/2 connections to one origin, multiplexing requests as streams.
+
+    Same calls as :class:`HTTP1Pool` (``start``, ``prewarm``, ``reap_idle``, ``close``,
+    ``stats``, ``origin``, ``limits``), plus ``run``, which must be running (started with
+    ``await nursery.start(pool.run)``) for connections to work. ``http://`` origins use
+    prior-knowledge h2c; ``https://`` ones require the server to pick ``h2`` by ALPN.
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        limits: PoolLimits,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        ping_interval: float = 30.0,
+        ping_timeout: float = 10.0,
+        max_streams_per_connection: int = 1000,
+        stream_window: int = 1 << 20,
+        connection_window: int = 16 << 20,
+    ) -> None:
+        self.origin = origin
+        self.limits = limits
+        self._ssl_context: ssl.SSLContext | None = None
+        if origin.scheme == "https":
+            self._ssl_context = ssl_context if ssl_context is not None else make_h2_ssl_context()
+        #: Seconds without anything received before a connection is PINGed (0: never).
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        #: Our own cap on streams per connection (the peer's SETTINGS may lower it).
+        self.max_streams = max_streams_per_connection
+        self._stream_window = stream_window
+        self._connection_window = max(connection_window, 65535)
+        self.authority = origin.host_header
+        self._scheme = origin.scheme.encode()
+        self._path_prefix = origin.base_path.encode()
+        self._conns: list[_H2Conn] = []
+        self._waiters: deque[_Waiter] = deque()
+        self._connecting = 0
+        self._retry_connect_at = 0.0
+        self._opened = 0
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
+        self._done = trio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the connections' tasks; returns after ``close()`` once all have closed."""
+        if self._nursery is not None:
+            raise RuntimeError("HTTP2Pool.run() is already running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                self._check_done()
+                await self._done.wait()
+        finally:
+            self._closed = True
+            self._nursery = None
+            self._fail_waiters(ConnectError("backend is shut down", sent_nothing=True))
+
+    def close(self) -> None:
+        """Stop taking requests; idle connections close now, busy ones after their streams."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_waiters(ConnectError("backend is shut down", sent_nothing=True))
+        for conn in list(self._conns):
+            conn.draining = True
+            if conn.active == 0:
+                conn.shutdown()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self._closed and not self._conns and not self._connecting:
+            self._done.set()
+
+    def _fail_waiters(self, error: ConnectError) -> None:
+        waiters = self._waiters
+        while waiters:
+            w = waiters.popleft()
+            w.error = ConnectError(str(error), sent_nothing=True)
+            w.event.set()
+
+    @property
+    def stats(self) -> PoolStats:
+        in_use = 0
+        idle = 0
+        for conn in self._conns:
+            in_use += conn.active
+            if conn.active == 0 and not conn.dead:
+                idle += 1
+        return PoolStats(in_use, idle, len(self._waiters), self._opened)
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _new_h2(self) -> h2.connection.H2Connection:
+        conn = h2.connection.H2Connection(
+            config=h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        conn.state_machine = _FinishStreamsAfterGoaway()
+        codes = h2.settings.SettingCodes
+        conn.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                codes.ENABLE_PUSH: 0,
+                codes.INITIAL_WINDOW_SIZE: self._stream_window,
+                codes.MAX_CONCURRENT_STREAMS: 100,  # pushed streams: none (push is off)
+                codes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+            },
+        )
+        conn.initiate_connection()
+        if self._connection_window > 65535:
+            conn.increment_flow_control_window(self._connection_window - 65535)
+        return conn
+
+    async def _handshake(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> _H2Conn:
+        """Send our preface and SETTINGS; return once the server's SETTINGS have arrived."""
+        origin = self.origin
+        where = f"{origin.host}:{origin.port}"
+        h2c = self._new_h2()
+        events: list[h2.events.Event] = []
+        try:
+            with trio.fail_after(self.limits.connect_timeout):
+                await stream.send_all(h2c.data_to_send())
+                while not any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events):
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    if not data:
+                        raise ConnectError(
+                            f"{where} closed the connection during the HTTP/2 handshake",
+                            sent_nothing=True,
+                        )
+                    events += h2c.receive_data(data)
+        except trio.TooSlowError:
+            raw.socket.close()
+            raise ConnectError(
+                f"HTTP/2 handshake with {where} timed out", sent_nothing=True
+            ) from None
+        except h2.exceptions.ProtocolError as exc:
+            raw.socket.close()
+            raise ConnectError(f"{where} does not speak HTTP/2: {exc}", sent_nothing=True) from exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raw.socket.close()
+            raise ConnectError(
+                f"cannot connect to {where}: HTTP/2 handshake failed: {exc}", sent_nothing=True
+            ) from exc
+        except BaseException:
+            raw.socket.close()
+            raise
+        conn = _H2Conn(self, stream, raw, h2c)
+        conn.take_output()  # our SETTINGS ACK
+        conn._dispatch(events)
+        return conn
+
+    async def _connect(self) -> _H2Conn:
+        origin = self.origin
+        stream, raw, alpn = await _open_transport(
+            origin, self._ssl_context, self.limits.connect_timeout
+        )
+        if self._ssl_context is not None and alpn != "h2":
+            raw.socket.close()
+            raise ConnectError(
+                f"{origin.host}:{origin.port} did not negotiate HTTP/2 by ALPN"
+                f" (it chose {alpn or 'nothing'})",
+                sent_nothing=True,
+            )
+        return await self._handshake(stream, raw)
+
+    def _install(self, conn: _H2Conn) -> None:
+        nursery = self._nursery
+        if self._closed or nursery is None:
+            conn.dead = True
+            conn.raw.socket.close()
+            self._check_done()
+            return
+        self._opened += 1
+        self._conns.append(conn)
+        nursery.start_soon(conn.serve)
+        self._dispatch()
+
+    async def _adopt(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
+        """Use an already negotiated (ALPN h2) transport as the pool's first connection."""
+        self._install(await self._handshake(stream, raw))
+
+    async def _background_connect(self) -> None:
+        try:
+            conn = await self._connect()
+        except Exception as exc:
+            self._connecting -= 1
+            error = exc if isinstance(exc, ConnectError) else ConnectError(
+                f"cannot connect to {self.origin.host}:{self.origin.port}: {exc!r}",
+                sent_nothing=True,
+            )
+            if any(c.usable for c in self._conns):
+                self._retry_connect_at = trio.current_time() + _RECONNECT_BACKOFF
+            else:
+                self._fail_waiters(error)
+            self._check_done()
+            return
+        except BaseException:
+            self._connecting -= 1
+            self._check_done()
+            raise
+        self._connecting -= 1
+        self._install(conn)
+
+    def _connection_ended(self, conn: _H2Conn) -> None:
+        with contextlib.suppress(ValueError):
+            self._conns.remove(conn)
+        self._check_done()
+        self._dispatch()
+
+    def _slot_freed(self) -> None:
+        if self._waiters:
+            self._dispatch()
+
+    def _pick(self) -> _H2Conn | None:
+        for conn in self._conns:  # oldest first: extra connections drain and get reaped
+            if conn.active < conn.capacity and not conn.draining:
+                return conn
+        return None
+
+    def _dispatch(self) -> None:
+        """Hand free stream slots to waiters (FIFO); open a connection if they need one."""
+        waiters = self._waiters
+        while waiters:
+            conn = self._pick()
+            if conn is None:
+                break
+            w = waiters.popleft()
+            conn.active += 1
+            w.conn = conn
+            w.event.set()
+        if not waiters or self._closed or self._connecting or self._nursery is None:
+            return
+        usable = sum(1 for c in self._conns if not c.draining)
+        if usable >= self.limits.max_connections:
+            return
+        if usable and trio.current_time() < self._retry_connect_at:
+            return
+        self._connecting += 1
+        self._nursery.start_soon(self._background_connect)
+
+    async def _wait_for_slot(self) -> _H2Conn:
+        w = _Waiter()
+        self._waiters.append(w)
+        self._dispatch()
+        try:
+            await w.event.wait()
+        except BaseException:
+            if w.conn is not None:
+                w.conn.unreserve()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(w)
+            raise
+        if w.error is not None:
+            raise w.error
+        assert w.conn is not None
+        return w.conn
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _request_headers(
+        self, method: bytes, target: bytes, headers: Headers, body: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        out = [
+            (b":method", method),
+            (b":scheme", self._scheme),
+            (b":authority", self.authority),
+            (b":path", self._path_prefix + target),
+        ]
+        for name, value in headers:
+            name = name.lower()
+            if name in _HOP_BY_HOP or name[:1] == b":":
+                if name == b"te" and value.strip().lower() == b"trailers":
+                    out.append((name, b"trailers"))
+                continue
+            out.append((name, value))
+        if body or method in _BODY_METHODS:
+            out.append((b"content-length", b"%d" % len(body)))
+        return out
+
+    async def start(
+        self, method: bytes, target: bytes, headers: Headers, body: bytes
+    ) -> HTTP2Exchange:
+        """Send the request on a new stream; return once the response head has arrived.
+
+        A stream the server refused unprocessed (past a GOAWAY's last stream id, or
+        REFUSED_STREAM) is sent once more, on another connection: like HTTP/1.1's stale
+        keep-alive retry, it cannot duplicate work.
+        """
+        try:
+            return await self._start_once(method, target, headers, body)
+        except ConnectError:
+            raise
+        except UpstreamError as exc:
+            if not exc.sent_nothing:
+                raise
+        return await self._start_once(method, target, headers, body)
+
+    async def _start_once(
+        self, method: bytes, target: bytes, headers: Headers, body: bytes
+    ) -> HTTP2Exchange:
+        if self._closed:
+            raise ConnectError("backend is shut down", sent_nothing=True)
+        if self._nursery is None:
+            raise RuntimeError("HTTP2Pool.run() is not running")
+        request = self._request_headers(method, target, headers, body)
+        while True:
+            conn = None if self._waiters else self._pick()
+            if conn is not None:
+                conn.active += 1
+            else:
+                conn = await self._wait_for_slot()
+            if conn.draining:  # GOAWAY or failure between the hand-off and now
+                conn.unreserve()
+                continue
+            try:
+                stream_id = conn.h2.get_next_available_stream_id()
+            except h2.exceptions.NoAvailableStreamIDError:
+                conn.draining = True
+                conn.unreserve()
+                continue
+            break
+        s = _Stream(conn, stream_id)
+        conn.streams[stream_id] = s
+        try:
+            try:
+                conn.h2.send_headers(stream_id, request, end_stream=not body)
+            except h2.exceptions.H2Error as exc:
+                raise UpstreamError(
+                    f"cannot open an HTTP/2 stream: {exc}", sent_nothing=True
+                ) from exc
+            s.sent_end = not body
+            conn.take_output()
+            if body:
+                await self._send_body(conn, s, body)
+            while not s.status:
+                if s.error is not None:
+                    raise s.error
+                await s.wait()
+        except BaseException:
+            conn.release(s)
+            raise
+        return HTTP2Exchange(s)
+
+    @staticmethod
+    async def _send_body(conn: _H2Conn, s: _Stream, body: bytes) -> None:
+        """DATA frames within the peer's frame size and the stream/connection windows."""
+        h2c = conn.h2
+        view = memoryview(body)
+        total = len(body)
+        offset = 0
+        while offset < total:
+            if s.error is not None:
+                raise s.error
+            if s.ended:
+                return  # the server answered without reading all of it; close() resets
+            try:
+                size = min(
+                    h2c.local_flow_control_window(s.id), h2c.max_outbound_frame_size, total - offset
+                )
+            except h2.exceptions.H2Error:
+                return
+            if size <= 0:
+                await conn.wait_window()
+                continue
+            end = offset + size == total
+            try:
+                h2c.send_data(s.id, view[offset : offset + size], end_stream=end)
+            except h2.exceptions.H2Error as exc:
+                raise UpstreamError(f"cannot send the request body: {exc}") from exc
+            s.sent_end = end
+            offset += size
+            conn.take_output()
+            if conn.out_bytes > _HIGH_WATER:
+                await conn.wait_drained()
+
+    async def prewarm(self, count: int) -> int:
+        """Open a connection now if there is none (one HTTP/2 connection carries many
+        requests, so ``count`` > 1 still opens one). Returns how many were opened."""
+        if count <= 0 or self._closed or any(c.usable for c in self._conns):
+            return 0
+        if self._nursery is None:
+            raise RuntimeError("HTTP2Pool.run() is not running")
+        self._connecting += 1
+        try:
+            conn = await self._connect()
+        except BaseException:
+            self._connecting -= 1
+            self._dispatch()  # requests that queued behind this connect try their own
+            self._check_done()
+            raise
+        self._connecting -= 1
+        self._install(conn)
+        return 1
+
+    def reap_idle(self) -> int:
+        """Close connections without streams idle past ``idle_timeout``, and idle ones
+        beyond ``max_idle`` (least recently used first)."""
+        now = trio.current_time()
+        idle = sorted(
+            (c for c in self._conns if c.active == 0 and not c.closing and not c.dead),
+            key=lambda c: c.last_used,
+        )
+        excess = len(idle) - self.limits.max_idle
+        closed = 0
+        for conn in idle:
+            if excess > 0 or now - conn.last_used >= self.limits.idle_timeout:
+                conn.shutdown()
+                excess -= 1
+                closed += 1
+        return closed
+
+
+def _adopt_http1(pool: HTTP1Pool, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
+    """Hand a negotiated HTTP/1.1 connection to a pool as its first idle connection."""
+    conn = HTTP1Connection(stream, raw)
+    conn.last_used = trio.current_time()
+    pool._idle.append(conn)
+    pool._opened += 1
+
+
+async def open_pool(
+    origin: Origin,
+    limits: PoolLimits,
+    mode: Mode,
+    nursery: trio.Nursery,
+    *,
+    ca_file: str | None = None,
+    verify: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    http1_ssl_context: ssl.SSLContext | None = None,
+    ping_interval: float = 30.0,
+    ping_timeout: float = 10.0,
+) -> HTTP1Pool | HTTP2Pool:
+    """The pool for a backend's ``http2`` setting.
+
+    - ``never``: HTTP1Pool. ``always``: HTTP2Pool (h2 by ALPN on https, prior-knowledge h2c
+      on http), connecting lazily. ``auto``: HTTP1Pool on http; on https, one TLS handshake
+      offering ALPN [h2, http/1.1] decides, and that connection becomes the chosen pool's first
+      one. An unreachable origin raises ConnectError (``auto`` cannot decide; try again later).
+    - TLS: contexts are built from ``ca_file``/``verify``; ``ssl_context`` (must offer h2)
+      and ``http1_ssl_context`` (http/1.1 only) override them.
+    - An HTTP2Pool comes back running in ``nursery`` (``pool.close()`` ends it).
+    """
+    https = origin.scheme == "https"
+
+    def h1_context() -> ssl.SSLContext | None:
+        if not https:
+            return None
+        return http1_ssl_context or make_ssl_context(ca_file, verify)
+
+    def h2_context() -> ssl.SSLContext | None:
+        if not https:
+            return None
+        return ssl_context or make_h2_ssl_context(ca_file, verify)
+
+    if mode == "never" or (mode == "auto" and not https):
+        return HTTP1Pool(origin, limits, h1_context())
+    tls = h2_context()
+    if mode == "always":
+        pool = HTTP2Pool(
+            origin, limits, tls, ping_interval=ping_interval, ping_timeout=ping_timeout
+        )
+        await nursery.start(pool.run)
+        return pool
+    assert tls is not None
+    stream, raw, alpn = await _open_transport(origin, tls, limits.connect_timeout)
+    if alpn == "h2":
+        pool = HTTP2Pool(
+            origin, limits, tls, ping_interval=ping_interval, ping_timeout=ping_timeout
+        )
+        try:
+            await nursery.start(pool.run)
+            await pool._adopt(stream, raw)
+        except BaseException:
+            raw.socket.close()
+            pool.close()
+            raise
+        return pool
+    h1 = HTTP1Pool(origin, limits, h1_context())
+    _adopt_http1(h1, stream, raw)
+    return h1

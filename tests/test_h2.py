@@ -1,0 +1,769 @@
+"""HTTP2Pool against a small local HTTP/2 server (trio + h2, TLS by trustme, ALPN h2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import pytest
+import trio
+import trustme
+from hyperframe.frame import GoAwayFrame
+
+from continuum._http._client import ConnectError
+from continuum._http._h2 import (
+    HTTP2Exchange,
+    HTTP2Pool,
+    make_h2_ssl_context,
+    negotiate_protocol,
+    open_pool,
+)
+from continuum._http._pool import HTTP1Pool, Origin, PoolLimits
+
+HANG_GUARD = 20
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+@dataclass
+class ConnStats:
+    index: int
+    open_streams: set[int] = field(default_factory=set)
+    max_open: int = 0
+    responses: list[int] = field(default_factory=list)  # stream ids answered in full
+    ignored: list[int] = field(default_factory=list)  # ids past a GOAWAY, never answered
+    closed: bool = False
+
+
+class H2Server:
+    """Routes: /json (JSON echo of the request), /echo (body back as is), /stream?n=&gap=
+    (n DATA frames with pauses), /slow?delay=, /barrier?n= (answers once n streams are open
+    on the connection), /big?size=."""
+
+    def __init__(
+        self,
+        tls: ssl.SSLContext | None,
+        *,
+        max_streams: int = 100,
+        goaway_after: int | None = None,
+        goaway_last_index: int = 0,
+        freeze_after_handshake: bool = False,
+    ) -> None:
+        self.tls = tls
+        self.max_streams = max_streams
+        self.goaway_after = goaway_after
+        self.goaway_last_index = goaway_last_index
+        self.freeze = freeze_after_handshake
+        self.conns: list[ConnStats] = []
+        self.resets: list[int] = []
+        self.pings = 0
+        self.frames_sent: dict[int, int] = {}
+        self.port = 0
+
+    @property
+    def max_open(self) -> int:
+        return max((c.max_open for c in self.conns), default=0)
+
+    async def start(self, nursery: trio.Nursery) -> int:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+        self.port = listeners[0].socket.getsockname()[1]
+        return self.port
+
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = tcp
+        if self.tls is not None:
+            tls = trio.SSLStream(tcp, self.tls, server_side=True, https_compatible=True)
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError:
+                return
+            stream = tls
+        stats = ConnStats(len(self.conns))
+        self.conns.append(stats)
+        try:
+            await _ServerConn(self, stream, stats).run()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            stats.closed = True
+            await trio.aclose_forcefully(stream)
+
+
+class _ServerConn:
+    def __init__(self, server: H2Server, stream: trio.abc.Stream, stats: ConnStats) -> None:
+        self.server = server
+        self.stream = stream
+        self.stats = stats
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: server.max_streams},
+        )
+        self.lock = trio.Lock()
+        self.window = trio.Event()
+        self.open_changed = trio.Event()
+        self.requests: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}
+        self.request_ids: list[int] = []
+        self.goaway_last: int | None = None
+
+    async def flush(self, extra: bytes = b"") -> None:
+        async with self.lock:
+            data = self.h2.data_to_send() + extra
+            if data:
+                await self.stream.send_all(data)
+
+    async def run(self) -> None:
+        self.h2.initiate_connection()
+        await self.flush()
+        async with trio.open_nursery() as nursery:
+            while True:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    break
+                if self.server.freeze:
+                    await trio.sleep_forever()
+                for ev in self.h2.receive_data(data):
+                    self.on_event(ev, nursery)
+                await self.flush()
+            nursery.cancel_scope.cancel()
+
+    def stream_closed(self, stream_id: int) -> None:
+        self.stats.open_streams.discard(stream_id)
+        self.open_changed.set()
+        self.open_changed = trio.Event()
+
+    def on_event(self, ev: h2.events.Event, nursery: trio.Nursery) -> None:
+        stats = self.stats
+        if isinstance(ev, h2.events.RequestReceived):
+            sid = ev.stream_id
+            self.requests[sid] = ({bytes(k): bytes(v) for k, v in ev.headers}, bytearray())
+            if self.goaway_last is not None and sid > self.goaway_last:
+                stats.ignored.append(sid)
+                return
+            stats.open_streams.add(sid)
+            stats.max_open = max(stats.max_open, len(stats.open_streams))
+            self.open_changed.set()
+            self.open_changed = trio.Event()
+            self.request_ids.append(sid)
+            goaway_after = self.server.goaway_after
+            first_conn = stats.index == 0
+            if goaway_after is not None and first_conn and len(self.request_ids) == goaway_after:
+                self.goaway_last = self.request_ids[self.server.goaway_last_index]
+                nursery.start_soon(self.send_goaway, self.goaway_last)
+        elif isinstance(ev, h2.events.DataReceived):
+            if ev.stream_id in self.requests:
+                self.requests[ev.stream_id][1].extend(ev.data)
+            self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.StreamEnded):
+            sid = ev.stream_id
+            if sid in stats.open_streams:
+                nursery.start_soon(self.respond, sid)
+        elif isinstance(ev, h2.events.StreamReset):
+            self.server.resets.append(ev.stream_id)
+            self.stream_closed(ev.stream_id)
+            self.window.set()
+            self.window = trio.Event()
+        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self.window.set()
+            self.window = trio.Event()
+        elif isinstance(ev, h2.events.PingReceived):
+            self.server.pings += 1
+
+    async def send_goaway(self, last: int) -> None:
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last
+        frame.error_code = 0
+        await self.flush(frame.serialize())  # h2 itself would refuse to finish streams after it
+
+    async def send_body(self, sid: int, data: bytes, end: bool = True) -> None:
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            size = min(
+                self.h2.local_flow_control_window(sid),
+                self.h2.max_outbound_frame_size,
+                len(data) - offset,
+            )
+            if size <= 0:
+                await self.window.wait()
+                continue
+            self.h2.send_data(sid, bytes(view[offset : offset + size]))
+            offset += size
+            await self.flush()
+        if end:
+            await self.end(sid)
+
+    async def end(self, sid: int) -> None:
+        self.h2.end_stream(sid)
+        self.stream_closed(sid)  # closed for h2 (and the client) from here on
+        self.stats.responses.append(sid)
+        await self.flush()
+
+    async def respond(self, sid: int) -> None:
+        headers, body = self.requests[sid]
+        url = urlsplit(headers[b":path"].decode())
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        path = url.path
+        try:
+            if path == "/slow":
+                await trio.sleep(float(query.get("delay", "0.2")))
+            elif path == "/barrier":
+                while len(self.stats.open_streams) < int(query["n"]):
+                    await self.open_changed.wait()
+            if self.goaway_last is not None and sid > self.goaway_last:
+                self.stats.ignored.append(sid)  # past our GOAWAY: never processed
+                return
+            if path == "/stream":
+                self.h2.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain")])
+                await self.flush()
+                count = int(query.get("n", "5"))
+                for i in range(count):
+                    await self.send_body(sid, b"piece %d\n" % i, end=False)
+                    self.server.frames_sent[sid] = i + 1
+                    await trio.sleep(float(query.get("gap", "0.05")))
+                await self.end(sid)
+            elif path == "/echo":
+                self.h2.send_headers(
+                    sid,
+                    [
+                        (b":status", b"200"),
+                        (b"content-type", b"application/octet-stream"),
+                        (b"content-length", b"%d" % len(body)),
+                    ],
+                )
+                await self.send_body(sid, bytes(body))
+            elif path == "/big":
+                size = int(query["size"])
+                await self.flush()
+                self.h2.send_headers(sid, [(b":status", b"200")])
+                await self.send_body(sid, bytes(range(256)) * (size // 256))
+            else:
+                doc = {
+                    "method": headers[b":method"].decode(),
+                    "path": headers[b":path"].decode(),
+                    "authority": headers[b":authority"].decode(),
+                    "scheme": headers[b":scheme"].decode(),
+                    "headers": {
+                        k.decode(): v.decode() for k, v in headers.items() if not k.startswith(b":")
+                    },
+                    "body": body.decode(errors="replace"),
+                    "stream_id": sid,
+                }
+                out = json.dumps(doc).encode()
+                self.h2.send_headers(
+                    sid,
+                    [
+                        (b":status", b"200"),
+                        (b"content-type", b"application/json"),
+                        (b"x-served-by", b"h2-test"),
+                    ],
+                )
+                await self.send_body(sid, out)
+        except h2.exceptions.StreamClosedError:
+            pass  # the client reset it
+        finally:
+            self.stream_closed(sid)
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+def client_tls(ca_file: str) -> ssl.SSLContext:
+    return make_h2_ssl_context(ca_file)
+
+
+LIMITS = PoolLimits(max_connections=4, connect_timeout=5.0)
+
+
+async def running_pool(
+    nursery: trio.Nursery,
+    url: str,
+    ctx: ssl.SSLContext | None,
+    limits: PoolLimits = LIMITS,
+    **kwargs: float | int,
+) -> HTTP2Pool:
+    pool = HTTP2Pool(Origin.from_url(url), limits, ctx, **kwargs)  # type: ignore[arg-type]
+    await nursery.start(pool.run)
+    return pool
+
+
+async def call(
+    pool: HTTP2Pool | HTTP1Pool, target: bytes, body: bytes = b"", method: bytes = b"POST"
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    exchange = await pool.start(method, target, [(b"content-type", b"application/json")], body)
+    try:
+        data = await exchange.read_all(64 << 20)
+    finally:
+        exchange.close()
+    return exchange.status, exchange.headers, data
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+async def test_round_trip(nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}/base", client_tls(ca_file))
+    with trio.fail_after(HANG_GUARD):
+        exchange = await pool.start(
+            b"POST",
+            b"/json?x=1",
+            [
+                (b"Content-Type", b"application/json"),
+                (b"Connection", b"keep-alive"),
+                (b"Transfer-Encoding", b"chunked"),
+                (b"Host", b"wrong"),
+                (b"X-Custom", b"yes"),
+            ],
+            b'{"hello": "world"}',
+        )
+        assert isinstance(exchange, HTTP2Exchange)
+        body = await exchange.read_all(1 << 20)
+        exchange.close()
+    assert exchange.status == 200
+    assert (b"content-type", b"application/json") in exchange.headers
+    assert (b"x-served-by", b"h2-test") in exchange.headers
+    assert all(not name.startswith(b":") for name, _ in exchange.headers)
+    doc = json.loads(body)
+    assert doc["method"] == "POST"
+    assert doc["path"] == "/base/json?x=1"
+    assert doc["authority"] == f"127.0.0.1:{port}"
+    assert doc["scheme"] == "https"
+    assert doc["body"] == '{"hello": "world"}'
+    assert doc["headers"]["x-custom"] == "yes"
+    assert doc["headers"]["content-length"] == "18"
+    for hop in ("connection", "transfer-encoding", "host"):
+        assert hop not in doc["headers"]
+    stats = pool.stats
+    assert (stats.in_use, stats.idle, stats.waiting, stats.opened_total) == (0, 1, 0, 1)
+    pool.close()
+
+
+async def test_get_without_body_and_h2c(nursery: trio.Nursery) -> None:
+    server = H2Server(None)  # prior-knowledge h2c on plain TCP
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    with trio.fail_after(HANG_GUARD):
+        status, _, body = await call(pool, b"/json", method=b"GET")
+    assert status == 200
+    doc = json.loads(body)
+    assert doc["scheme"] == "http" and doc["method"] == "GET" and doc["body"] == ""
+    assert "content-length" not in doc["headers"]
+
+
+async def test_100_concurrent_streams_on_one_connection(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls, max_streams=128)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
+    results: list[int] = []
+
+    async def one(i: int) -> None:
+        status, _, body = await call(pool, b"/barrier?n=100", b'{"i": %d}' % i)
+        assert json.loads(body)["body"] == f'{{"i": {i}}}'
+        results.append(status)
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            for i in range(100):
+                inner.start_soon(one, i)
+    assert results == [200] * 100
+    assert len(server.conns) == 1  # every stream shared one connection ...
+    assert server.conns[0].max_open == 100  # ... all open at the same time
+    assert pool.stats.opened_total == 1
+
+
+async def test_max_concurrent_streams_respected_with_one_connection(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls, max_streams=10)
+    port = await server.start(nursery)
+    limits = PoolLimits(max_connections=1, connect_timeout=5.0)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file), limits)
+    waiting_seen = 0
+
+    async def one() -> None:
+        status, _, _ = await call(pool, b"/slow?delay=0.02")
+        assert status == 200
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            for _ in range(60):
+                inner.start_soon(one)
+            await trio.sleep(0.01)
+            waiting_seen = pool.stats.waiting
+    assert len(server.conns) == 1
+    assert server.conns[0].max_open == 10
+    assert len(server.conns[0].responses) == 60
+    assert waiting_seen > 0  # the rest queued for a stream slot
+    assert pool.stats.in_use == 0 and pool.stats.waiting == 0
+
+
+async def test_max_concurrent_streams_opens_more_connections(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls, max_streams=10)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
+
+    async def one() -> None:
+        status, _, _ = await call(pool, b"/slow?delay=0.1")
+        assert status == 200
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            for _ in range(40):
+                inner.start_soon(one)
+    assert 1 < len(server.conns) <= LIMITS.max_connections
+    assert all(c.max_open <= 10 for c in server.conns)
+    assert sum(len(c.responses) for c in server.conns) == 40
+
+
+@pytest.mark.parametrize("stream_window", [65535, 1 << 20])
+async def test_large_bodies_exercise_flow_control(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str, stream_window: int
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    pool = await running_pool(
+        nursery, f"https://127.0.0.1:{port}", client_tls(ca_file), stream_window=stream_window
+    )
+    bodies = [os.urandom(size) for size in (1 << 20, 3 << 20, 4 << 20, (2 << 20) + 17)]
+
+    async def echo(body: bytes) -> None:
+        status, headers, data = await call(pool, b"/echo", body)
+        assert status == 200
+        assert (b"content-length", b"%d" % len(body)) in headers
+        assert data == body
+
+    with trio.fail_after(HANG_GUARD * 3):
+        async with trio.open_nursery() as inner:
+            for body in bodies:
+                inner.start_soon(echo, body)
+        status, _, data = await call(pool, b"/big?size=%d" % (4 << 20), method=b"GET")
+    assert status == 200 and len(data) == 4 << 20
+    assert len(server.conns) == 1
+
+
+async def test_streamed_response_arrives_in_pieces(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
+    with trio.fail_after(HANG_GUARD):
+        exchange = await pool.start(b"GET", b"/stream?n=5&gap=0.05", [], b"")
+        pieces: list[bytes] = []
+        sent_at_first_piece = None
+        while piece := await exchange.receive_some():
+            if sent_at_first_piece is None:
+                sent_at_first_piece = server.frames_sent.get(exchange.stream_id, 0)
+            pieces.append(piece)
+        exchange.close()
+    assert b"".join(pieces) == b"".join(b"piece %d\n" % i for i in range(5))
+    assert len(pieces) >= 2
+    assert sent_at_first_piece is not None and sent_at_first_piece < 5
+
+
+async def test_goaway_mid_load(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    # After 30 requests arrive on the first connection the server sends GOAWAY naming the 10th
+    # as the last it will process, then answers those 10 (slowly) and ignores the other 20.
+    # Those 20 were never processed, so the pool sends each once more on a new connection.
+    server = H2Server(server_tls, goaway_after=30, goaway_last_index=9)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
+    ok: list[int] = []
+
+    async def one(i: int) -> None:
+        status, _, body = await call(pool, b"/slow?delay=0.3", b'{"i": %d}' % i)
+        assert status == 200 and json.loads(body)["body"] == f'{{"i": {i}}}'
+        ok.append(i)
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            for i in range(30):
+                inner.start_soon(one, i)
+    first = server.conns[0]
+    assert sorted(ok) == list(range(30))  # no caller saw the GOAWAY
+    assert len(first.responses) == 10  # in-flight streams <= last_stream_id finished there
+    assert max(first.responses) < min(first.ignored)
+    assert len(first.ignored) == 20
+    assert sum(len(c.responses) for c in server.conns[1:]) == 20  # retried elsewhere
+    with trio.fail_after(HANG_GUARD):
+        while not first.closed:  # the drained connection is closed by the client
+            await trio.sleep(0.01)
+    assert pool.stats.opened_total == len(server.conns) >= 2
+
+
+async def test_close_mid_stream_resets_it(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
+    with trio.fail_after(HANG_GUARD):
+        exchange = await pool.start(b"GET", b"/stream?n=1000&gap=0.01", [], b"")
+        assert await exchange.receive_some()
+        exchange.close()
+        assert await exchange.receive_some() == b""  # closed: nothing more
+        while exchange.stream_id not in server.resets:
+            await trio.sleep(0.01)
+        assert pool.stats.in_use == 0
+        status, _, _ = await call(pool, b"/json")
+    assert status == 200
+    assert len(server.conns) == 1  # the connection stayed usable
+
+
+async def test_cancelled_request_resets_stream(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
+    with trio.move_on_after(0.1):
+        await pool.start(b"POST", b"/slow?delay=5", [], b"{}")
+    with trio.fail_after(HANG_GUARD):
+        while not server.resets:
+            await trio.sleep(0.01)
+        status, _, _ = await call(pool, b"/json")
+    assert status == 200 and len(server.conns) == 1
+    assert pool.stats.in_use == 0
+
+
+async def test_tls_verification_failure(nursery: trio.Nursery, server_tls: ssl.SSLContext) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    pool = await running_pool(nursery, f"https://127.0.0.1:{port}", make_h2_ssl_context())
+    with trio.fail_after(HANG_GUARD), pytest.raises(ConnectError) as info:
+        await pool.start(b"GET", b"/json", [], b"")
+    assert "TLS handshake failed" in str(info.value)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+    assert info.value.sent_nothing
+    assert pool.stats.waiting == 0
+
+
+async def test_connection_refused(nursery: trio.Nursery) -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    with trio.fail_after(HANG_GUARD), pytest.raises(ConnectError) as info:
+        await pool.start(b"GET", b"/", [], b"")
+    assert f"cannot connect to 127.0.0.1:{port}" in str(info.value)
+    with trio.fail_after(HANG_GUARD), pytest.raises(ConnectError):
+        await pool.prewarm(1)
+
+
+async def test_unanswered_ping_drops_connection(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls, freeze_after_handshake=True)
+    port = await server.start(nursery)
+    pool = await running_pool(
+        nursery, f"https://127.0.0.1:{port}", client_tls(ca_file),
+        ping_interval=0.1, ping_timeout=0.1,
+    )
+    with trio.fail_after(HANG_GUARD):
+        assert await pool.prewarm(4) == 1
+        assert pool.stats.idle == 1
+        while pool.stats.idle:  # the PING goes unanswered: the connection is dropped
+            await trio.sleep(0.02)
+
+
+async def test_ping_keeps_idle_connection(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    pool = await running_pool(
+        nursery, f"https://127.0.0.1:{port}", client_tls(ca_file),
+        ping_interval=0.05, ping_timeout=5.0,
+    )
+    with trio.fail_after(HANG_GUARD):
+        await call(pool, b"/json")
+        while server.pings < 3:
+            await trio.sleep(0.02)
+        status, _, _ = await call(pool, b"/json")
+    assert status == 200 and len(server.conns) == 1
+
+
+async def test_reap_idle_and_close(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    limits = PoolLimits(max_connections=4, idle_timeout=0.05, connect_timeout=5.0)
+    pool = HTTP2Pool(Origin.from_url(f"https://127.0.0.1:{port}"), limits, client_tls(ca_file))
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            await inner.start(pool.run)
+            await call(pool, b"/json")
+            assert pool.reap_idle() == 0
+            await trio.sleep(0.1)
+            assert pool.reap_idle() == 1
+            while not server.conns[0].closed:
+                await trio.sleep(0.01)
+            assert pool.stats.idle == 0
+            await call(pool, b"/json")  # a fresh connection
+            exchange = await pool.start(b"GET", b"/stream?n=3&gap=0.05", [], b"")
+            pool.close()  # busy connection: closes after its stream
+            with pytest.raises(ConnectError):
+                await pool.start(b"GET", b"/json", [], b"")
+            assert await exchange.read_all(1 << 20) == b"piece 0\npiece 1\npiece 2\n"
+            exchange.close()
+        # run() returned on its own once the last connection closed
+    assert pool.stats.opened_total == 2
+
+
+async def test_open_pool_auto_picks_h2(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    origin = Origin.from_url(f"https://127.0.0.1:{port}")
+    with trio.fail_after(HANG_GUARD):
+        pool = await open_pool(origin, LIMITS, "auto", nursery, ca_file=ca_file)
+        assert isinstance(pool, HTTP2Pool)
+        assert pool.stats.opened_total == 1 and pool.stats.idle == 1
+        status, _, _ = await call(pool, b"/json")
+    assert status == 200
+    assert len(server.conns) == 1  # the negotiating connection was reused
+    pool.close()
+
+
+async def _http1_tls_server(
+    nursery: trio.Nursery, ctx: ssl.SSLContext, connections: list[int]
+) -> int:
+    async def handle(tcp: trio.SocketStream) -> None:
+        connections.append(1)
+        stream = trio.SSLStream(tcp, ctx, server_side=True)
+        try:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buf += data
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except trio.BrokenResourceError:
+            pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handle, listeners)
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def test_open_pool_auto_falls_back_to_http1(
+    nursery: trio.Nursery, ca: trustme.CA, ca_file: str
+) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])
+    connections: list[int] = []
+    port = await _http1_tls_server(nursery, ctx, connections)
+    origin = Origin.from_url(f"https://127.0.0.1:{port}")
+    with trio.fail_after(HANG_GUARD):
+        pool = await open_pool(origin, LIMITS, "auto", nursery, ca_file=ca_file)
+        assert isinstance(pool, HTTP1Pool)
+        status, _, body = await call(pool, b"/v1/models", method=b"GET")
+    assert (status, body) == (200, b"ok")
+    assert len(connections) == 1 and pool.stats.opened_total == 1
+    pool.close()
+
+
+async def test_open_pool_modes(
+    nursery: trio.Nursery, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
+    server = H2Server(server_tls)
+    port = await server.start(nursery)
+    origin = Origin.from_url(f"https://127.0.0.1:{port}")
+    with trio.fail_after(HANG_GUARD):
+        never = await open_pool(origin, LIMITS, "never", nursery, ca_file=ca_file)
+        assert isinstance(never, HTTP1Pool)
+        always = await open_pool(origin, LIMITS, "always", nursery, ca_file=ca_file)
+        assert isinstance(always, HTTP2Pool)
+        assert always.stats.opened_total == 0  # lazy
+        assert (await call(always, b"/json"))[0] == 200
+        plain = await open_pool(Origin.from_url("http://127.0.0.1:1"), LIMITS, "auto", nursery)
+        assert isinstance(plain, HTTP1Pool)
+    assert len(server.conns) == 1
+    always.close()
+
+
+async def test_always_against_http1_only_server(
+    nursery: trio.Nursery, ca: trustme.CA, ca_file: str
+) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])
+    port = await _http1_tls_server(nursery, ctx, [])
+    origin = Origin.from_url(f"https://127.0.0.1:{port}")
+    with trio.fail_after(HANG_GUARD):
+        assert await negotiate_protocol(origin, make_h2_ssl_context(ca_file), 5.0) == "http/1.1"
+        pool = await open_pool(origin, LIMITS, "always", nursery, ca_file=ca_file)
+        with pytest.raises(ConnectError, match="did not negotiate HTTP/2"):
+            await pool.start(b"GET", b"/", [], b"")
+    pool.close()
+
+
+async def test_h2c_against_http1_server(nursery: trio.Nursery) -> None:
+    async def handle(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handle, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    with trio.fail_after(HANG_GUARD), pytest.raises(ConnectError) as info:
+        await pool.start(b"GET", b"/", [], b"")
+    message = str(info.value)
+    assert "does not speak HTTP/2" in message or "during the HTTP/2 handshake" in message
+
+
+async def test_requests_behind_failed_prewarm_do_not_hang(nursery: trio.Nursery) -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    errors: list[BaseException] = []
+
+    async def request() -> None:
+        try:
+            await pool.start(b"GET", b"/", [], b"")
+        except ConnectError as exc:
+            errors.append(exc)
+
+    async def prewarm() -> None:
+        try:
+            await pool.prewarm(1)
+        except ConnectError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(prewarm)
+            for _ in range(5):
+                inner.start_soon(request)
+    assert len(errors) == 6
+    assert pool.stats.waiting == 0 and pool.stats.in_use == 0
