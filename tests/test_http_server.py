@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import router_config, start_mock, start_router
 
 from continuum import RouterHandle
 from continuum.mock import MockUpstream
+from helpers import router_config, start_mock, start_router
 
 MODEL = "mock-model"
 HANG_GUARD = 10

@@ -15,13 +15,13 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from helpers import router_config, start_mock, start_router
 
 from continuum._http._client import ConnectError, UpstreamError
 from continuum._http._listeners import DateCache
 from continuum._http._pool import HTTP1Pool, Origin, PoolLimits, make_ssl_context
 from continuum._http._server import HTTPLimits, ServerConnection
 from continuum.mock import MockUpstream
+from helpers import router_config, start_mock, start_router
 
 MODEL = "mock-model"
 HANG_GUARD = 10
