@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ import trio
 
 from ._config import Config, ConfigError, dump_effective_config, generate_config, load_config
 from ._logging import configure_logging
-from .actors.supervisor import RouterHandle, serve
+from ._workers import WorkerEnvironment, run_workers
+from .actors.supervisor import RouterHandle, serve, serve_worker
 
 log = logging.getLogger("continuum")
 
@@ -25,7 +27,7 @@ def _load(path: str) -> Config | None:
         return None
 
 
-async def _run(config: Config) -> None:
+async def _run(config: Config, worker: WorkerEnvironment | None = None) -> None:
     """Serve; the first SIGINT/SIGTERM drains gracefully, a second one stops at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -33,7 +35,10 @@ async def _run(config: Config) -> None:
             async def serve_then_stop(
                 task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
             ) -> None:
-                await serve(config, task_status=task_status)
+                if worker is None:
+                    await serve(config, task_status=task_status)
+                else:
+                    await serve_worker(config, worker, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
             handle: RouterHandle = await nursery.start(serve_then_stop)
@@ -54,13 +59,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    if config.server.workers > 1:
-        print("trio-continuum: server.workers > 1 (multi-process mode) is not available in "
-              "this version; set server.workers: 1", file=sys.stderr)
-        return 2
     configure_logging(config.logging)
+    worker = WorkerEnvironment.from_environ()
+    count = config.server.workers or os.cpu_count() or 1
     try:
-        trio.run(_run, config)
+        if worker is None and count > 1:
+            return run_workers(args.config, count, config.server.socket_mode,
+                               config.server.bind_address)
+        trio.run(_run, config, worker)
     except BaseException as exc:
         leaf = _sole_leaf(exc)
         if isinstance(leaf, OSError):  # e.g. the port is taken: say so, no traceback

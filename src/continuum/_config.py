@@ -52,6 +52,7 @@ __all__ = [
     "RequestConfig",
     "RoutingConfig",
     "ServerConfig",
+    "TracingConfig",
     "config_from_dict",
     "dump_effective_config",
     "generate_config",
@@ -223,6 +224,7 @@ class HttpClientConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
 class LoggingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     level: Literal["trace", "debug", "info", "warn", "warning", "error", "critical"] = "info"
     format: Literal["text", "json"] = "text"
+    access_log: bool = True
 
 
 class MetricsAuthConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -235,6 +237,15 @@ class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     enabled: bool = True
     endpoint: str = "/metrics"
     auth: MetricsAuthConfig = MetricsAuthConfig()
+    #: A separate ``host:port`` that serves only the metrics endpoint; None: the main port.
+    bind_address: str | None = None
+
+
+class TracingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    service_name: str = "trio-continuum"
+    exporter: Literal["console", "otlp"] = "console"
+    endpoint: str = ""  # OTLP/HTTP traces URL; "" lets the exporter use its default
 
 
 class ApiKeyEntry(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -306,6 +317,7 @@ class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     http_client: HttpClientConfig = HttpClientConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
     api_keys: ApiKeysConfig = ApiKeysConfig()
     backends: tuple[BackendConfig, ...] = ()
     model_aliases: dict[str, str] = {}
@@ -933,6 +945,18 @@ def _check_semantics(cfg: Config, ctx: _Ctx) -> Config:
     auth = cfg.metrics.auth
     if auth.enabled and (not auth.username or not auth.password):
         raise ctx.error("metrics.auth", "enabled auth needs a non-empty username and password")
+    address = cfg.metrics.bind_address
+    if address is not None:
+        p = "metrics.bind_address"
+        try:
+            parsed = parse_bind_address(address)
+        except ValueError as exc:
+            raise ctx.error(p, f"{exc}; got {ctx.show(p, address)}") from None
+        if parsed.kind != "tcp":
+            raise ctx.error(p, f"expected 'host:port', got {ctx.show(p, address)}")
+    endpoint = cfg.tracing.endpoint
+    if endpoint:
+        _check_url(endpoint, "tracing.endpoint", ctx)
 
     keys_seen: dict[str, int] = {}
     ids_seen: dict[str, int] = {}

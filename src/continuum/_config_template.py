@@ -86,6 +86,7 @@ http_client:
 logging:
   level: info                       # trace | debug | info | warn | warning | error | critical
   format: text                      # text | json
+  access_log: true                  # one line per request on logger continuum.access (INFO); false: no cost at all
 
 metrics:
   enabled: true                     # serve Prometheus metrics
@@ -94,6 +95,13 @@ metrics:
     enabled: false                  # require HTTP basic auth on the metrics endpoint
     username: ""                    # basic auth user name
     password: ""                    # basic auth password (use ${VAR}; shown as *** by `check`)
+  # bind_address: "127.0.0.1:9090"   # serve only the metrics endpoint on this host:port (then not on the main port)
+
+tracing:
+  enabled: false                    # W3C traceparent for every upstream call (a new trace if the client sent none); OpenTelemetry spans when opentelemetry-sdk is installed
+  service_name: trio-continuum      # service.name of the spans
+  exporter: console                 # console | otlp (needs opentelemetry-exporter-otlp-proto-http)
+  endpoint: ""                      # OTLP/HTTP traces URL, e.g. http://localhost:4318/v1/traces; "" = the exporter's default
 
 api_keys:
   mode: permissive                  # permissive: any or no key passes; blocking: a listed, enabled key is required (else 401)

@@ -20,7 +20,12 @@ _encode = msgspec.json.Encoder().encode
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg (and exc when there is one)."""
+    """One JSON object per line: ts, level, logger, msg (and exc when there is one).
+
+    An access line (``continuum.access``) also carries its fields as top-level keys
+    (request_id, method, path, status, model, backend, duration_ms, upstream_ms, attempts,
+    stream, bytes_out).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -30,6 +35,9 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry.update(access)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _encode(entry).decode()

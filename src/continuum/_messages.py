@@ -36,7 +36,11 @@ class DiscoveryFailed(msgspec.Struct, frozen=True):
 
 
 class RequestObserved(msgspec.Struct, frozen=True):
-    """Ingress → MetricsSink, once per request, never blocking (dropped when the sink lags)."""
+    """Ingress → MetricsSink, once per request, never blocking (dropped when the sink lags).
+
+    Everything the MetricsSink needs for the request's series travels here, so the request
+    path does one ``send_nowait`` and no metric work of its own.
+    """
 
     method: str
     endpoint: str
@@ -46,6 +50,20 @@ class RequestObserved(msgspec.Struct, frozen=True):
     model: str = ""
     backend_duration: float = 0.0  # upstream time for the attempt that answered
     attempts: int = 0
+    #: Time spent in upstream calls over every attempt (seconds); ``duration`` minus this
+    #: is the router's own time.
+    upstream: float = 0.0
+    stream: bool = False
+    #: Streams: request start to the first chunk forwarded (-1.0: none was).
+    ttft: float = -1.0
+    #: Streams: the longest gap between two forwarded chunks (-1.0: fewer than two).
+    max_gap: float = -1.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: Backends whose failed attempt was retried elsewhere, one entry per retry.
+    retried: tuple[str, ...] = ()
+    #: Models left for the next model of a fallback chain, one entry per failover.
+    failed_over: tuple[str, ...] = ()
 
 
 ControlMessage = HealthReport | ModelsDiscovered | DiscoveryFailed

@@ -12,13 +12,23 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Final, final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)
+
+#: Streams: time to first token and the longest gap between chunks.
+STREAM_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+#: The router's own time per request: tens of microseconds up to a retry's backoff.
+OVERHEAD_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0,
 )
 
 #: Label value for anything outside the known set (bounded cardinality).
@@ -118,6 +128,9 @@ class LabeledCounter(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        # process_resident_memory_bytes, process_cpu_seconds_total, ... (the dashboard's
+        # memory and CPU panels); summed over workers in multi-process mode.
+        ProcessCollector(registry=self.registry)
         r = self.registry
         self.requests = LabeledCounter(
             "http_requests", "HTTP requests answered by the router.",
@@ -154,6 +167,40 @@ class Metrics:
             "deduplication_events",
             "Deduplicated requests: hit (stored answer), shared (joined an in-flight call), "
             "miss (made the upstream call).", ["event"], registry=r,
+        )
+        self.overhead = LabeledHistogram(
+            "continuum_overhead_seconds",
+            "Time spent in the router itself per proxied request: total minus upstream time.",
+            [], r, buckets=OVERHEAD_BUCKETS,
+        )
+        self.ttft = LabeledHistogram(
+            "continuum_time_to_first_token_seconds",
+            "Streams: from request parsed to the first chunk forwarded to the client.",
+            ["backend", "model"], r, buckets=STREAM_BUCKETS,
+        )
+        self.chunk_gap = LabeledHistogram(
+            "continuum_stream_chunk_gap_seconds",
+            "Streams: the longest gap between two forwarded chunks, one value per stream.",
+            ["backend", "model"], r, buckets=STREAM_BUCKETS,
+        )
+        self.retries = LabeledCounter(
+            "continuum_retries",
+            "Attempts retried on another backend, by the backend whose attempt failed.",
+            ["backend"], r,
+        )
+        self.failovers = LabeledCounter(
+            "continuum_failovers",
+            "Moves to the next model of a fallback chain, by the model left.", ["model"], r,
+        )
+        self.tokens = LabeledCounter(
+            "continuum_tokens",
+            "Tokens reported in upstream usage (prompt = input, completion = output).",
+            ["backend", "model", "direction"], r,
+        )
+        self.pool_connections = Gauge(
+            "continuum_pool_connections",
+            "Upstream connections per backend: idle, in_use; waiting = requests queued for one.",
+            ["backend", "state"], registry=r,
         )
         self.observations_dropped = Counter(
             "continuum_observations_dropped",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import msgspec
 import trio
@@ -32,6 +32,7 @@ from ._http._server import ProtocolError, Request, ServerConnection
 from ._providers._types import StreamTranslator, TranslationError
 from ._providers.anthropic import anthropic_error_body
 from ._retry import Backoff, parse_retry_after
+from ._tracing import Tracing
 
 if TYPE_CHECKING:
     from .actors.backend import BackendActor
@@ -63,6 +64,119 @@ class Peek(msgspec.Struct):
 decode_peek = msgspec.json.Decoder(Peek).decode
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
+
+
+class _Usage(msgspec.Struct):
+    """Token counts: OpenAI names and Anthropic names (whichever the answer uses)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class _UsageOnly(msgspec.Struct):
+    """The only field read from a plain answer (or the final usage chunk of a stream)."""
+
+    usage: _Usage | None = None
+
+
+class _MessageStart(msgspec.Struct):
+    """An Anthropic ``message_start`` event: the prompt's tokens sit in ``message.usage``."""
+
+    message: _UsageOnly | None = None
+
+
+_decode_usage = msgspec.json.Decoder(_UsageOnly).decode
+_decode_message_start = msgspec.json.Decoder(_MessageStart).decode
+_USAGE_MARK: Final = b'"usage"'
+
+
+def _tokens(usage: _Usage) -> tuple[int, int]:
+    return (usage.prompt_tokens or usage.input_tokens,
+            usage.completion_tokens or usage.output_tokens)
+
+
+def usage_from_body(body: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a complete JSON answer; None without ``usage``."""
+    if _USAGE_MARK not in body:
+        return None
+    try:
+        usage = _decode_usage(body).usage
+    except msgspec.MsgspecError:
+        return None
+    return None if usage is None else _tokens(usage)
+
+
+def _sse_data(data: bytes, pos: int) -> bytes | None:
+    """The JSON of the ``data:`` line holding byte ``pos``."""
+    start = data.rfind(b"data:", 0, pos)
+    if start < 0:
+        return None
+    end = data.find(b"\n", pos)
+    return data[start + 5: end if end >= 0 else len(data)].strip()
+
+
+def usage_from_sse_tail(tail: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from the last ``data:`` event of ``tail`` that has a
+    ``usage`` (the final usage chunk before ``[DONE]``, or Anthropic's ``message_delta``).
+    A byte search first: only that one event is decoded."""
+    pos = tail.rfind(_USAGE_MARK)
+    if pos < 0:
+        return None
+    line = _sse_data(tail, pos)
+    if not line:
+        return None
+    try:
+        usage = _decode_usage(line).usage
+    except msgspec.MsgspecError:
+        return None
+    return None if usage is None else _tokens(usage)
+
+
+def prompt_tokens_from_message_start(head: bytes) -> int:
+    """Anthropic streams report the prompt's tokens in ``message_start`` (the first event)."""
+    pos = head.find(b'"message_start"')
+    if pos < 0 or _USAGE_MARK not in head:
+        return 0
+    line = _sse_data(head, pos)
+    if not line:
+        return 0
+    try:
+        message = _decode_message_start(line).message
+    except msgspec.MsgspecError:
+        return 0
+    if message is None or message.usage is None:
+        return 0
+    return _tokens(message.usage)[0]
+
+
+@final
+class RequestState:
+    """What one request's handling learns on the way, for headers, metrics, logs and
+    spans: filled by the Proxy, read by the Ingress when the request ends."""
+
+    __slots__ = ("bytes_out", "completion_tokens", "failed_over", "id", "max_gap",
+                 "prompt_tokens", "retried", "span", "started", "stream", "ttft",
+                 "upstream")
+
+    def __init__(self, request_id: bytes, started: float) -> None:
+        self.id = request_id
+        self.started = started  # trio.current_time() when the request was parsed
+        self.upstream = 0.0  # seconds spent in upstream calls, every attempt
+        self.stream = False
+        self.ttft = -1.0
+        self.max_gap = -1.0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.bytes_out = 0
+        self.retried: list[str] | None = None
+        self.failed_over: list[str] | None = None
+        self.span: Any = None  # the ingress span when tracing exports spans
+
+
+def overhead_ms(seconds: float) -> bytes:
+    return b"%.3f" % (seconds * 1000.0 if seconds > 0.0 else 0.0)
 
 
 class Served(msgspec.Struct, frozen=True):
@@ -172,6 +286,9 @@ class Proxy:
             504, timeout_message, anthropic_error_body(504, timeout_message)
         )
         self._response_limit = max(config.server.max_request_body_size, 64 * 1024 * 1024)
+        #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
+        self.tracing = Tracing(config.tracing)
+        self._spans = self.tracing.spans
         ch = config.routing.consistent_hash
         self._hash_key: Callable[[Request, Peek], str | None] | None = None
         if config.routing.strategy == "ConsistentHash":
@@ -195,7 +312,8 @@ class Proxy:
 
     # -- entry ---------------------------------------------------------------------------
 
-    async def handle(self, request: Request, conn: ServerConnection) -> Served:
+    async def handle(self, request: Request, conn: ServerConnection,
+                     state: RequestState) -> Served:
         try:
             peek = decode_peek(request.body)
         except msgspec.ValidationError as exc:
@@ -224,36 +342,46 @@ class Proxy:
             self._timeout_error_anthropic if request.path.startswith("/v1/messages")
             else self._timeout_error,
         )
-        stream = peek.stream is True
+        stream = state.stream = peek.stream is True
         if not stream and self._dedup is not None:
             target = f"{request.path}?{request.query}" if request.query else request.path
             key = dedup_key(target, request.body, client_key(request),
                             include_nondeterministic=self._include_nondeterministic)
             if key is not None:
-                return await self._deduplicated(key, request, conn, model, chain, hash_key)
-        answer = await self._forward(request, conn, model, chain, hash_key, stream)
+                return await self._deduplicated(key, request, conn, model, chain, hash_key,
+                                                state)
+        answer = await self._forward(request, conn, model, chain, hash_key, stream, state)
         if isinstance(answer, Served):  # streamed already
             return answer
         conn.disarm_timer()
-        await conn.send_response(answer.status, answer.headers, answer.body)
+        headers = answer.headers
+        headers.append((b"x-request-id", state.id))
+        headers.append((b"x-continuum-overhead-ms",
+                        overhead_ms(trio.current_time() - state.started - state.upstream)))
+        state.bytes_out = len(answer.body)
+        await conn.send_response(answer.status, headers, answer.body)
         return answer.served
 
     async def _deduplicated(
         self, key: bytes, request: Request, conn: ServerConnection, model: str,
-        chain: tuple[str, ...], hash_key: str | None,
+        chain: tuple[str, ...], hash_key: str | None, state: RequestState,
     ) -> Served:
         assert self._dedup is not None
         produced: list[Served] = []
 
         async def produce() -> StoredResponse:
-            answer = await self._forward(request, conn, model, chain, hash_key, False)
+            answer = await self._forward(request, conn, model, chain, hash_key, False, state)
             assert isinstance(answer, _Answer)
             produced.append(answer.served)
             return StoredResponse(answer.status, tuple(answer.headers), answer.body)
 
         stored, outcome = await self._dedup.run(key, produce)
         conn.disarm_timer()
-        headers = [*stored.headers, (b"x-continuum-dedup", outcome.encode())]
+        headers = [*stored.headers, (b"x-continuum-dedup", outcome.encode()),
+                   (b"x-request-id", state.id),
+                   (b"x-continuum-overhead-ms",
+                    overhead_ms(trio.current_time() - state.started - state.upstream))]
+        state.bytes_out = len(stored.body)
         await conn.send_response(stored.status, headers, stored.body)
         if produced:
             return produced[0]
@@ -263,16 +391,41 @@ class Proxy:
 
     async def _forward(
         self, request: Request, conn: ServerConnection, client_model: str,
-        chain: tuple[str, ...], hash_key: str | None, stream: bool,
+        chain: tuple[str, ...], hash_key: str | None, stream: bool, state: RequestState,
     ) -> _Answer | Served:
         """Try the chain's models and their backends; return the answer to send, or — when
         it was streamed to the client already — what was served."""
+        if not self._spans:
+            return await self._forward_chain(request, conn, client_model, chain, hash_key,
+                                             stream, state, None)
+        span = self.tracing.start_child(state.span, "routing", {"continuum.model":
+                                                                client_model})
+        error = ""
+        try:
+            return await self._forward_chain(request, conn, client_model, chain, hash_key,
+                                             stream, state, span)
+        except RouterError as exc:
+            error = exc.message
+            raise
+        finally:
+            self.tracing.end(span, None, error)
+
+    async def _forward_chain(
+        self, request: Request, conn: ServerConnection, client_model: str,
+        chain: tuple[str, ...], hash_key: str | None, stream: bool, state: RequestState,
+        span: Any,
+    ) -> _Answer | Served:
         router = self.router
         apis = ENDPOINT_APIS[request.path]
         retries = 0
         last_error = ""
         held: _Answer | None = None  # a retryable answer kept in case nothing better comes
-        for model in chain:
+        previous: BackendActor | None = None  # the last backend that failed
+        for index, model in enumerate(chain):
+            if index:
+                if state.failed_over is None:
+                    state.failed_over = []
+                state.failed_over.append(chain[index - 1])
             body = request.body if model == client_model else with_model(request.body, model)
             tried: list[BackendActor] = []
             for attempt in range(self._max_retries + 1):
@@ -283,16 +436,23 @@ class Proxy:
                 backend = router.choose(model, tried, hash_key, stream, apis)
                 if backend is None:
                     break
+                if previous is not None:  # this attempt retries ``previous``'s failure
+                    if state.retried is None:
+                        state.retried = []
+                    state.retried.append(previous.name)
+                    previous = None
                 tried.append(backend)
                 retries += 1
                 last = model == chain[-1] and attempt == self._max_retries
                 result = await self._attempt(request, conn, backend, model, body,
-                                             stream, retries, last)
+                                             stream, retries, last, state, span)
                 if isinstance(result, str):
                     last_error = result
+                    previous = backend
                     log.info("model %s attempt %d: %s", model, retries, last_error)
                     continue
                 if isinstance(result, tuple):  # a retryable answer: keep it, try another
+                    previous = backend
                     last_error, held = result
                     log.info("model %s attempt %d: %s; trying another", model, retries,
                              last_error)
@@ -315,7 +475,8 @@ class Proxy:
 
     async def _attempt(
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,
-        body: bytes, stream: bool, attempt: int, last: bool,
+        body: bytes, stream: bool, attempt: int, last: bool, state: RequestState,
+        routing_span: Any = None,
     ) -> _Answer | Served | str | tuple[str, _Answer]:
         """One attempt on one backend. Returns the final answer (or what was streamed), an
         error message to retry after, or a retryable answer with its message.
@@ -332,42 +493,65 @@ class Proxy:
             recorded = True
             router.record(backend, model, latency, ok, reason, stream)
 
-        started = trio.current_time()
+        span: Any = None
         try:
             try:
                 call = build_call(request.path, backend, request, body, model, stream)
             except TranslationError as exc:
                 record(None, True)  # the request's fault, not the backend's
                 raise RouterError(400, exc.message, param=exc.param) from None
+            headers = call.headers
+            if routing_span is not None:
+                span = self.tracing.start_child(
+                    routing_span, "upstream attempt",
+                    {"continuum.backend": backend.name, "continuum.model": model,
+                     "continuum.attempt": attempt}, client=True)
+                value = self.tracing.traceparent(span)
+                headers = [(n, v) for n, v in headers if n != b"traceparent"]
+                headers.append((b"traceparent", value))
+            started = trio.current_time()
             try:
-                exchange = await backend.start(call.method, call.target, call.headers,
-                                               call.body)
+                exchange = await backend.start(call.method, call.target, headers, call.body)
             except UpstreamError as exc:
+                state.upstream += trio.current_time() - started
                 backend.fail_before_start()
                 record(None, False, str(exc))
+                if span is not None:
+                    self.tracing.end(span, None, str(exc))
+                    span = None
                 return f"backend '{backend.name}' failed: {exc}"
+            if span is not None:
+                span.set_attribute("http.response.status_code", exchange.status)
             status = exchange.status
             to_head = trio.current_time() - started
             if status in RETRYABLE_STATUSES:
                 self._cool_down(backend, exchange.headers)
             if status in RETRYABLE_STATUSES and not last:
-                answer = await self._read(exchange, backend, model, call, started, attempt)
+                answer = await self._read(exchange, backend, model, call, started, attempt,
+                                          state)
                 record(None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
                 return message if answer is None else (message, answer)
             if stream and status == 200 and _is_event_stream(exchange.headers):
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
-                headers = self._response_headers(exchange.headers, backend, model)
+                out_headers = self._response_headers(exchange.headers, backend, model)
+                out_headers.append((b"x-request-id", state.id))
+                # Router time so far: everything before this attempt's upstream call
+                # that was not an earlier attempt's upstream time.
+                out_headers.append((b"x-continuum-overhead-ms",
+                                    overhead_ms(started - state.started - state.upstream)))
                 translator: StreamTranslator = (
                     call.stream() if call.stream is not None
                     else _PassThrough(request.path == "/v1/messages")
                 )
-                ok = await self._stream(conn, backend, exchange, headers, translator)
+                ok = await self._stream(conn, backend, exchange, out_headers, translator,
+                                        state)
                 if ok is not None:
                     record(to_head if ok else None, ok, "" if ok else "stream failed")
-                return Served(status, backend.name, model, trio.current_time() - started,
-                              attempt)
-            answer = await self._read(exchange, backend, model, call, started, attempt)
+                elapsed = trio.current_time() - started
+                state.upstream += elapsed
+                return Served(status, backend.name, model, elapsed, attempt)
+            answer = await self._read(exchange, backend, model, call, started, attempt, state)
             if answer is None:
                 record(None, False, "broken response body")
                 return f"backend '{backend.name}' broke off its answer"
@@ -377,10 +561,12 @@ class Proxy:
         finally:
             if not recorded:
                 router.release(backend)
+            if span is not None:
+                self.tracing.end(span)
 
     async def _read(
         self, exchange: Exchange, backend: BackendActor, model: str, call: Call,
-        started: float, attempts: int,
+        started: float, attempts: int, state: RequestState,
     ) -> _Answer | None:
         """The whole body, in the client's API; None (connection discarded) if the upstream
         broke it off."""
@@ -390,11 +576,13 @@ class Proxy:
         except UpstreamError as exc:
             log.info("backend %s: answer broken off: %s", backend.name, exc)
             backend.finish(exchange, False, None)
+            state.upstream += trio.current_time() - started
             return None
         except BaseException:
             backend.finish(exchange, False, None)
             raise
         latency = trio.current_time() - started
+        state.upstream += latency
         backend.finish(exchange, status < 500, latency)
         headers = self._response_headers(exchange.headers, backend, model)
         if call.translate is not None:
@@ -403,6 +591,10 @@ class Proxy:
             headers = [(n, v) for n, v in headers if n != b"content-type"]
             headers.append((b"content-type", translated.content_type))
             headers.extend(translated.headers)
+        if status == 200:
+            tokens = usage_from_body(body)
+            if tokens is not None:
+                state.prompt_tokens, state.completion_tokens = tokens
         return _Answer(status, headers, body, Served(status, backend.name, model, latency,
                                                      attempts))
 
@@ -427,7 +619,7 @@ class Proxy:
 
     async def _stream(
         self, conn: ServerConnection, backend: BackendActor, exchange: Exchange,
-        headers: Headers, translator: StreamTranslator,
+        headers: Headers, translator: StreamTranslator, state: RequestState,
     ) -> bool | None:
         """Forward SSE bytes as they arrive (through ``translator``); end with an error
         event on failure.
@@ -440,6 +632,13 @@ class Proxy:
         ending = b""
         ok = False
         client_gone = False
+        # Stream metrics cost a few float operations per chunk (the clock is read anyway
+        # for the idle timer): the first chunk's time, the longest gap, bytes sent, and the
+        # last three chunks kept by reference for the usage scan at the end.
+        first = 0.0
+        max_gap = -1.0
+        sent = 0
+        head = c1 = c2 = c3 = b""
         try:
             await conn.start_chunked(200, headers)
             async with trio.open_nursery() as nursery:
@@ -459,14 +658,25 @@ class Proxy:
                     with trio.CancelScope(deadline=end) as scope:
                         receive, send, feed = (exchange.receive_some, conn.send_chunk,
                                                translator.feed)
+                        now = last = trio.current_time()
                         while True:
-                            conn.arm_timer(trio.current_time() + idle, scope=scope)
+                            conn.arm_timer(now + idle, scope=scope)
                             data = await receive()
                             if not data:
                                 break
                             out = feed(data)
                             if out:
                                 await send(out)
+                                sent += len(out)
+                                c1, c2, c3 = c2, c3, out
+                            now = trio.current_time()
+                            if first:
+                                if now - last > max_gap:
+                                    max_gap = now - last
+                            else:
+                                first = now
+                                head = out
+                            last = now
                     conn.disarm_timer()
                     if scope.cancelled_caught:
                         if trio.current_time() >= end:
@@ -490,8 +700,19 @@ class Proxy:
             backend.finish(exchange, False, None)
             raise
         backend.finish(exchange, ok and not client_gone, None)
+        if first:
+            state.ttft = first - state.started
+            state.max_gap = max_gap
+        state.bytes_out = sent + len(ending)
         if client_gone:
             conn.closing = True
             return None
         await conn.end_chunked(ending)
+        if ok:
+            tokens = usage_from_sse_tail(c1 + c2 + c3 + ending)
+            if tokens is not None:
+                prompt, completion = tokens
+                if not prompt and head:
+                    prompt = prompt_tokens_from_message_start(head)
+                state.prompt_tokens, state.completion_tokens = prompt, completion
         return ok

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import final
 
 import trio
@@ -72,15 +72,27 @@ async def _open_tcp_listener(host: str, port: int, reuse_port: bool) -> trio.Soc
 
 
 async def open_listeners(
-    addresses: Sequence[str], *, socket_mode: int | None = None, reuse_port: bool = False
+    addresses: Sequence[str],
+    *,
+    socket_mode: int | None = None,
+    reuse_port: bool = False,
+    inherited: Mapping[str, int] | None = None,
 ) -> list[trio.SocketListener]:
-    """Bind every address or none: a failure closes what was opened and raises OSError."""
+    """Bind every address or none: a failure closes what was opened and raises OSError.
+
+    ``inherited`` maps addresses to listening sockets a parent process opened (by fd).
+    """
     listeners: list[trio.SocketListener] = []
     try:
         for address in addresses:
             target = split_bind_address(address)
             try:
-                if isinstance(target, str):
+                if inherited and address in inherited:
+                    family = socket.AF_UNIX if isinstance(target, str) else (
+                        socket.AF_INET6 if ":" in target[0] else socket.AF_INET)
+                    sock = trio.socket.fromfd(inherited[address], family, socket.SOCK_STREAM)
+                    listeners.append(trio.SocketListener(sock))
+                elif isinstance(target, str):
                     listeners.append(await _open_unix_listener(target, socket_mode))
                 else:
                     listeners.append(await _open_tcp_listener(*target, reuse_port))
@@ -116,6 +128,7 @@ class HTTPServer:
         shutdown_timeout: float = 30.0,
         render_error: ErrorRenderer = _plain_error,
         timer_resolution: float | None = None,
+        unlink_unix: bool = True,
     ) -> None:
         self.listeners = listeners
         self.addresses = [listener_address(listener) for listener in listeners]
@@ -132,8 +145,9 @@ class HTTPServer:
         self._accept_scope = trio.CancelScope()
         self._draining = trio.Event()
         self._all_closed = trio.Event()
+        #: Unix socket files removed on shutdown (not when a parent process owns them).
         self._unix_paths = [
-            a[len("unix:") :] for a in self.addresses if a.startswith("unix:")
+            a[len("unix:") :] for a in self.addresses if a.startswith("unix:") and unlink_unix
         ]
 
     def drain(self) -> None:

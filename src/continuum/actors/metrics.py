@@ -1,19 +1,38 @@
-"""MetricsSink: owns the Prometheus registry; the request path only ``send_nowait``s to it."""
+"""MetricsSink: owns the Prometheus registry; the request path only ``send_nowait``s to it.
+
+Also the metrics endpoint itself — on the main port (through the Ingress) or on its own
+listener (``metrics.bind_address``, :func:`serve_metrics`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Final, final
+import base64
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 from prometheus_client import generate_latest
 
 from .._circuit import BreakerState
+from .._config import MetricsConfig
 from .._dedup import Deduplicator
+from .._errors import JSON_HEADERS, RouterError, render_error
+from .._http._listeners import HTTPServer, open_listeners
+from .._http._server import HTTPLimits, Request, ServerConnection
 from .._messages import RequestObserved
 from .._metrics import OTHER, Metrics
 from .backend import BackendActor
 from .cache import CacheKeeper
+
+if TYPE_CHECKING:
+    from .._metrics import CounterChild, HistogramChild
+
+log = logging.getLogger("continuum.metrics")
+
+_TEXT_FORMAT: Final = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+_POOL_STATES: Final = ("idle", "in_use", "waiting")
 
 _BREAKER_LEVEL: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -39,11 +58,16 @@ class MetricsSink:
         self._active_connections = active_connections
         # Label children cached per label tuple: .labels() costs ~10x an observe.
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._backend_children: dict[tuple[str, str], Any] = {}
+        self._backend_children: dict[tuple[str, str], _BackendChildren] = {}
+        self._retry_children: dict[str, CounterChild] = {}
+        self._failover_children: dict[str, CounterChild] = {}
+        self._overhead = metrics.overhead.labels()
         self._cache_reported = (0, 0, 0)
         self._dedup = dedup
         self._dedup_reported = (0, 0, 0)
         self._inbox: trio.MemoryReceiveChannel[RequestObserved] | None = None
+        #: Set by a worker process: merges this process's text with its siblings'.
+        self.gather: Callable[[bytes], Awaitable[bytes]] | None = None
 
     def observe(self, obs: RequestObserved) -> None:
         key = (obs.method, obs.endpoint, str(obs.status))
@@ -62,9 +86,34 @@ class MetricsSink:
             bkey = (obs.backend, model)
             child = self._backend_children.get(bkey)
             if child is None:
-                child = self.metrics.backend_duration.labels(*bkey)
-                self._backend_children[bkey] = child
-            child.observe(obs.backend_duration)
+                child = self._backend_children[bkey] = _BackendChildren(self.metrics, bkey)
+            child.duration.observe(obs.backend_duration)
+            if obs.stream and obs.ttft >= 0.0:
+                stream = child.stream
+                if stream is None:  # created with the pair's first stream
+                    stream = child.stream = (self.metrics.ttft.labels(*bkey),
+                                             self.metrics.chunk_gap.labels(*bkey))
+                stream[0].observe(obs.ttft)
+                if obs.max_gap >= 0.0:
+                    stream[1].observe(obs.max_gap)
+            if obs.prompt_tokens:
+                child.prompt.inc(obs.prompt_tokens)
+            if obs.completion_tokens:
+                child.completion.inc(obs.completion_tokens)
+        if obs.attempts:
+            overhead = obs.duration - obs.upstream
+            self._overhead.observe(overhead if overhead > 0.0 else 0.0)
+        for backend in obs.retried:
+            counter = self._retry_children.get(backend)
+            if counter is None:
+                counter = self._retry_children[backend] = self.metrics.retries.labels(backend)
+            counter.inc()
+        for model in obs.failed_over:
+            label = model if self._known_model(model) else OTHER
+            counter = self._failover_children.get(label)
+            if counter is None:
+                counter = self._failover_children[label] = self.metrics.failovers.labels(label)
+            counter.inc()
 
     def refresh_gauges(self) -> None:
         m = self.metrics
@@ -72,6 +121,10 @@ class MetricsSink:
             m.backend_health.labels(backend.name).set(1 if backend.healthy else 0)
             m.circuit_state.labels(backend.name).set(_BREAKER_LEVEL[backend.breaker.state])
             m.backend_in_flight.labels(backend.name).set(backend.in_flight)
+            pool = backend.pool.stats
+            for state, value in zip(_POOL_STATES, (pool.idle, pool.in_use, pool.waiting),
+                                    strict=True):
+                m.pool_connections.labels(backend.name, state).set(value)
         m.active_connections.set(self._active_connections())
         stats = self._cache.stats
         last = self._cache_reported
@@ -104,11 +157,19 @@ class MetricsSink:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return
 
-    async def render(self) -> bytes:
-        """Prometheus text, rendered in a worker thread: ~800 series blocked the loop 88 ms."""
+    async def render_local(self) -> bytes:
+        """This process's Prometheus text, rendered in a worker thread: ~800 series blocked
+        the loop 88 ms."""
         self.drain()
         self.refresh_gauges()
         return await trio.to_thread.run_sync(generate_latest, self.metrics.registry)
+
+    async def render(self) -> bytes:
+        """What /metrics serves: this process's series, merged with the other workers'
+        when ``gather`` is set (``server.workers > 1``)."""
+        local = await self.render_local()
+        gather = self.gather
+        return local if gather is None else await gather(local)
 
     async def run(self, inbox: trio.MemoryReceiveChannel[RequestObserved]) -> None:
         """Drain the inbox in batches. Waiting on it would wake this task once per request
@@ -117,3 +178,84 @@ class MetricsSink:
         while True:
             await trio.sleep(DRAIN_PERIOD)
             self.drain()
+
+
+@final
+class _BackendChildren:
+    """The label children of one (backend, model) pair, created once."""
+
+    __slots__ = ("completion", "duration", "prompt", "stream")
+
+    def __init__(self, metrics: Metrics, key: tuple[str, str]) -> None:
+        self.duration: HistogramChild = metrics.backend_duration.labels(*key)
+        #: Time to first token and chunk gap, once the pair has streamed.
+        self.stream: tuple[HistogramChild, HistogramChild] | None = None
+        self.prompt: CounterChild = metrics.tokens.labels(*key, "prompt")
+        self.completion: CounterChild = metrics.tokens.labels(*key, "completion")
+
+
+# -- the endpoint ----------------------------------------------------------------------------
+
+
+def metrics_auth_header(config: MetricsConfig) -> bytes | None:
+    """The ``Authorization`` value /metrics requires, or None when auth is off."""
+    auth = config.auth
+    if not auth.enabled:
+        return None
+    token = base64.b64encode(f"{auth.username}:{auth.password}".encode())
+    return b"Basic " + token
+
+
+async def serve_metrics_request(
+    sink: MetricsSink, expected: bytes | None, request: Request, conn: ServerConnection
+) -> None:
+    """Answer one metrics scrape (basic auth checked in constant time)."""
+    if expected is not None:
+        given = request.header(b"authorization") or b""
+        if not hmac.compare_digest(given, expected):
+            raise RouterError(401, "Metrics require basic auth",
+                              headers=[(b"www-authenticate", b'Basic realm="metrics"')])
+    body = await sink.render()
+    await conn.send_response(200, _TEXT_FORMAT, body)
+
+
+async def serve_metrics(
+    sink: MetricsSink,
+    config: MetricsConfig,
+    *,
+    shutdown_timeout: float = 5.0,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve only the metrics endpoint on ``config.bind_address`` until cancelled.
+
+    ``nursery.start(serve_metrics, sink, config.metrics)`` returns the bound addresses. Any
+    other path is a 404; the main port then has no metrics endpoint.
+    """
+    if config.bind_address is None:
+        raise ValueError("metrics.bind_address is not set")
+    expected = metrics_auth_header(config)
+    endpoint = config.endpoint
+
+    async def handle(request: Request, conn: ServerConnection) -> None:
+        try:
+            if request.path != endpoint:
+                raise RouterError(404, f"Unknown path: {request.method} {request.path}",
+                                  code="not_found")
+            if request.method != "GET":
+                raise RouterError(405, f"Method {request.method} not allowed; use GET",
+                                  headers=[(b"allow", b"GET")])
+            await serve_metrics_request(sink, expected, request, conn)
+        except RouterError as exc:
+            await conn.send_response(exc.status, JSON_HEADERS + exc.headers, exc.body())
+
+    listeners = await open_listeners([config.bind_address])
+    server = HTTPServer(listeners, handle, HTTPLimits(max_body_size=64 * 1024),
+                        shutdown_timeout=shutdown_timeout, render_error=render_error)
+    log.info("metrics on http://%s%s", server.addresses[0], endpoint)
+    task_status.started(list(server.addresses))
+    try:
+        await server.run()
+    finally:
+        server.drain()
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -16,15 +17,16 @@ from .._config import Config
 from .._dedup import Deduplicator
 from .._errors import render_error
 from .._http._listeners import HTTPServer, open_listeners
-from .._http._server import HTTPLimits
+from .._http._server import HTTPLimits, Request, ServerConnection
 from .._messages import ControlMessage, RequestObserved
 from .._metrics import Metrics
 from .._proxy import Proxy
+from .._workers import WorkerEnvironment, gather_metrics
 from .backend import BackendActor
 from .cache import CacheKeeper
 from .health import HealthProber, probe
 from .ingress import Ingress
-from .metrics import MetricsSink
+from .metrics import MetricsSink, serve_metrics
 from .router import Router
 
 if TYPE_CHECKING:
@@ -139,21 +141,49 @@ async def serve(
     """
     server_cfg = config.server
     # Bind first: a taken port is a plain OSError before anything else has started.
-    listeners = await open_listeners(
-        server_cfg.bind_address, socket_mode=server_cfg.socket_mode,
-        reuse_port=server_cfg.workers > 1,
-    )
+    listeners = await open_listeners(server_cfg.bind_address, socket_mode=server_cfg.socket_mode)
     try:
-        await _serve(config, listeners, task_status)
+        await _serve(config, listeners, task_status, None)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+async def serve_worker(
+    config: Config,
+    worker: WorkerEnvironment,
+    *,
+    task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``serve`` as one of ``server.workers`` processes (see ``continuum._workers``): TCP
+    addresses joined with SO_REUSEPORT, Unix ones inherited, metrics summed over workers."""
+    listeners = await open_listeners(
+        worker.bind, socket_mode=config.server.socket_mode, reuse_port=True,
+        inherited=worker.inherited,
+    )
+    try:
+        await _serve(config, listeners, task_status, worker)
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+async def _serve_own_metrics(sink: MetricsSink, path: str) -> None:
+    """A worker's private metrics socket, read by its siblings' /metrics."""
+
+    async def handler(request: Request, conn: ServerConnection) -> None:
+        body = await sink.render_local()
+        await conn.send_response(200, [(b"content-type", b"text/plain; version=0.0.4")], body)
+
+    listeners = await open_listeners([f"unix:{path}"])
+    await HTTPServer(listeners, handler, HTTPLimits(), shutdown_timeout=1.0).run()
 
 
 async def _serve(
     config: Config,
     listeners: list[trio.SocketListener],
     task_status: trio.TaskStatus[RouterHandle],
+    worker: WorkerEnvironment | None,
 ) -> None:
     server_cfg = config.server
     async with trio.open_nursery() as root:
@@ -185,7 +215,11 @@ async def _serve(
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
                             shutdown_timeout=server_cfg.shutdown_timeout,
-                            render_error=render_error, timer_resolution=shortest / 10)
+                            render_error=render_error, timer_resolution=shortest / 10,
+                            unlink_unix=worker is None)
+        if worker is not None:
+            sink.gather = partial(gather_metrics, worker)
+            root.start_soon(_serve_own_metrics, sink, worker.metrics_socket())
         connections.append(server)
 
         # The upstream protocol of each backend (HTTP/2 by ALPN where configured).
@@ -227,6 +261,12 @@ async def _serve(
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         handle = RouterHandle(config, server, router, cache, sink, mocks, front)
         log.info("listening on %s", ", ".join(server.addresses))
+        metrics_cfg = config.metrics
+        if metrics_cfg.enabled and metrics_cfg.bind_address is not None and (
+            worker is None or worker.index == 0  # one listener; /metrics sums all workers
+        ):
+            await root.start(partial(serve_metrics, sink, metrics_cfg,
+                                     shutdown_timeout=server_cfg.shutdown_timeout))
         task_status.started(handle)
         try:
             async with trio.open_nursery() as watcher:
@@ -237,6 +277,7 @@ async def _serve(
         finally:
             for backend in backends:
                 backend.close()
+            ingress.proxy.tracing.shutdown()
             root.cancel_scope.cancel()
 
 
