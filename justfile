@@ -23,3 +23,11 @@ bench *ARGS:
 # A short benchmark run (a few seconds per scenario) that checks the suite works
 bench-quick:
     {{python}} benches/run.py --quick
+
+# Issue 4's TTFB comparison on local mocks (or pass --direct/--router/--model)
+bench-ttfb *ARGS="--self-test":
+    {{python}} benches/ttfb.py {{ARGS}}
+
+# wrk/hey against the router, when installed
+bench-external:
+    {{python}} benches/run.py --scenarios external

@@ -9,7 +9,11 @@ Starts, as child processes on free ports of ``--host`` (127.0.0.1 by default):
 * ``router-rr5``, ``router-ll5`` -- the ``strategies`` scenario: two more routers with five
   backends each (all on the same upstream, or spread over ``--strategy-upstreams`` upstreams),
   RoundRobin and LeastLatency (fallback RoundRobin); their throughput ratio is issue 3's
-  "LeastLatency within 10% of RoundRobin". ``--scenarios core,strategies`` picks what runs.
+  "LeastLatency within 10% of RoundRobin".
+
+``--scenarios`` picks what runs (default: all but ``external``): ``core`` and ``strategies``
+here; ``sweep``, ``streaming``, ``translation``, ``idle``, ``soak``, ``startup`` and ``external``
+in ``scenarios.py`` (each starts its own processes, except ``sweep``, which reuses the core ones).
 
 Then: the router's idle RSS, 10,000 requests, its RSS again; a warm-up of each target; and
 ``--rounds`` rounds in which every target (``direct`` = the upstream itself, ``floor``,
@@ -34,30 +38,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import platform
 import shlex
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import loadgen
+import plots
+import scenarios as scenarios_mod
+import sse_client
+from procs import (
+    ROOT,
+    BenchError,
+    Service,
+    free_port,
+    http_request,
+    router_argv,
+    rss_mb,
+)
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 BENCHES: Final = ROOT / "benches"
 CHAT_PATH: Final = "/v1/chat/completions"
-READY_PATH: Final = "/v1/models"
-READY_TIMEOUT_S: Final = 10.0
 DEFAULT_ROUTER_CMD: Final = "{python} -m continuum run {config}"
 CORE_TARGETS: Final = ("direct", "floor", "router")
 #: The strategy pair: five backends each, RoundRobin vs LeastLatency (issue 3's bench).
@@ -67,7 +76,15 @@ STRATEGY_ROUTING: Final = {
     "router-ll5": "{strategy: LeastLatency, fallback_strategy: RoundRobin}",
 }
 STRATEGY_BACKENDS: Final = 5
-SCENARIOS: Final = {"core": CORE_TARGETS, "strategies": STRATEGY_TARGETS}
+#: Scenario -> the targets ``measure`` rotates through (the others run in ``scenarios.py``).
+SCENARIOS: Final[dict[str, tuple[str, ...]]] = {
+    "core": CORE_TARGETS,
+    "strategies": STRATEGY_TARGETS,
+    "sweep": (),
+    **{name: () for name in scenarios_mod.EXTRA},
+}
+#: What runs without ``--scenarios``: everything but ``external`` (``--external`` adds it).
+DEFAULT_SCENARIOS: Final = [s for s in SCENARIOS if s != "external"]
 ROUTER_HINT: Final = (
     "\n(to exercise the bench without the router, stand a second floor proxy in for it: "
     '--router-cmd "python benches/floor_proxy.py --port {port} --upstream {upstream}")'
@@ -123,110 +140,6 @@ def strategy_config(bind: str, routing: str, upstream_urls: list[str]) -> str:
     return STRATEGY_CONFIG_HEAD.format(bind=bind, routing=routing) + backends
 
 
-class BenchError(Exception):
-    """Something failed to start or answered wrongly; the bench cannot be trusted."""
-
-
-@dataclass
-class Service:
-    """A child process serving HTTP on ``host:port``."""
-
-    name: str
-    argv: list[str]
-    host: str
-    port: int
-    log_path: Path
-    env: dict[str, str] | None = None
-    hint: str = ""
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-                start_new_session=True,  # its own process group: we signal it, Ctrl-C doesn't
-            )
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after 3 s."""
-        proc = self.proc
-        if proc is None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(wait_s)
-                # The leader is gone; make sure no child of it survives either.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Poll ``GET /v1/models`` until it answers 200, the process dies, or time is up."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"{self.name} exited with code {self.proc.returncode} before it was ready\n"
-                    f"command: {shlex.join(self.argv)}\n--- log tail ---\n{self.log_tail()}"
-                    f"{self.hint}"
-                )
-            try:
-                status, _ = http_request(self.host, self.port, "GET", READY_PATH, timeout_s=1.0)
-            except OSError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if status == 200:
-                    return
-                last = f"HTTP {status}"
-            time.sleep(0.05)
-        raise BenchError(
-            f"{self.name} did not answer GET {READY_PATH} with 200 within {timeout_s:.0f} s "
-            f"(last: {last})\ncommand: {shlex.join(self.argv)}\n--- log tail ---\n"
-            f"{self.log_tail()}{self.hint}"
-        )
-
-
-def free_port(host: str) -> int:
-    """A port the kernel considers free right now (bind to 0, read it, close)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def http_request(
-    host: str, port: int, method: str, path: str, body: bytes | None = None, timeout_s: float = 5.0
-) -> tuple[int, bytes]:
-    """One stdlib HTTP request on a fresh connection: (status, full body)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 def verify_target(name: str, host: str, port: int) -> list[str]:
     """Check one target answers the bench request correctly; return warnings (SSE only).
 
@@ -251,32 +164,6 @@ def verify_target(name: str, host: str, port: int) -> list[str]:
     return warnings
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` plus all its descendants (a multi-worker router), in MB."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    total_kb = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, ()))
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
-
-
 def cpu_busy(interval_s: float = 0.5) -> float | None:
     """Share of all CPUs busy over ``interval_s`` (``/proc/stat``), None where unavailable.
 
@@ -297,13 +184,6 @@ def cpu_busy(interval_s: float = 0.5) -> float | None:
         return None
     total = total1 - total0
     return 1.0 - (idle1 - idle0) / total if total > 0 else None
-
-
-def router_argv(template: str, fields: dict[str, str]) -> list[str]:
-    argv = [part.format(**fields) for part in shlex.split(template)]
-    if argv and argv[0] in ("python", "python3"):
-        argv[0] = sys.executable
-    return argv
 
 
 def json_safe(value: Any) -> Any:
@@ -352,6 +232,9 @@ class Bench:
         }
         self.errors: dict[str, dict[str, int]] = {name: {} for name in ports}
 
+    def sweep_load(self, target: str, concurrency: int, duration_s: float) -> loadgen.LoadResult:
+        return self.load(target, concurrency, duration_s)
+
     def load(
         self, target: str, concurrency: int, duration_s: float | None, total: int | None = None
     ) -> loadgen.LoadResult:
@@ -380,8 +263,10 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     host: str = args.host
     scenarios: list[str] = args.scenarios
     targets = selected_targets(scenarios)
+    core_procs = "core" in scenarios or "sweep" in scenarios
     # "direct" is the upstream's port: always started, measured only in the core scenario.
-    ports = {name: free_port(host) for name in ("direct", *targets)}
+    procs = (*CORE_TARGETS, *targets) if core_procs else ("direct", *targets)
+    ports = {name: free_port(host) for name in dict.fromkeys(procs)}
     host_in_url = f"[{host}]" if ":" in host else host
     upstream = f"{host_in_url}:{ports['direct']}"
     router_env = dict(os.environ)
@@ -419,7 +304,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     services = [upstream_service("upstream", ports["direct"])]
     routers: dict[str, Service] = {}
-    if "core" in scenarios:
+    if core_procs:
         floor_argv = [py, str(BENCHES / "floor_proxy.py"), "--host", host]
         floor_argv += ["--port", str(ports["floor"]), "--upstream", upstream]
         services.append(Service("floor", floor_argv, host, ports["floor"], workdir / "floor.log"))
@@ -433,6 +318,10 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             config = strategy_config("{bind}", STRATEGY_ROUTING[name], upstream_urls)
             routers[name] = router_service(name, config)
     services += routers.values()
+    results: dict[str, Any] = {"scenarios": scenarios, "targets": list(targets)}
+    extra_lines: list[str] = []
+    if not (core_procs or targets):
+        services = []
     try:
         for svc in services:
             svc.start()
@@ -442,10 +331,47 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 f"{svc.name:10s} ready on {host}:{svc.port} in {time.monotonic() - t0:.2f} s "
                 f"({shlex.join(svc.argv[:4])}{' ...' if len(svc.argv) > 4 else ''})"
             )
-        return measure(args, targets, ports, routers)
+        if targets:
+            results = measure(args, targets, ports, routers)
+        if "sweep" in scenarios:
+            bench = Bench(args, {t: ports[t] for t in CORE_TARGETS})
+            sweep_res, lines = scenarios_mod.sweep(
+                env_for(args, workdir, router_env), bench.sweep_load
+            )
+            results["sweep"] = sweep_res
+            extra_lines += ["## sweep", "", *lines, ""]
     finally:
         for svc in reversed(services):
             svc.stop()
+    env = env_for(args, workdir, router_env)
+    for name, fn in scenarios_mod.EXTRA.items():
+        if name in scenarios:
+            res, lines = fn(env)
+            results[name] = res
+            extra_lines += [f"## {name}", "", *lines, ""]
+    results["extra_report"] = "\n".join(extra_lines)
+    results.setdefault("errors", {})
+    return results
+
+
+def env_for(
+    args: argparse.Namespace, workdir: Path, router_env: dict[str, str]
+) -> scenarios_mod.Env:
+    """The scenarios' shared settings; routers start from ``--router-cmd`` like the core one."""
+    host: str = args.host
+
+    def argv(name: str, config: Path) -> list[str]:
+        fields = {
+            "python": sys.executable,
+            "host": host,
+            "port": "0",
+            "upstream": "",
+            "upstream_url": "",
+            "config": str(config),
+        }
+        return router_argv(args.router_cmd, fields)
+
+    return scenarios_mod.Env(args, host, workdir, argv, router_env)
 
 
 def round_order(targets: tuple[str, ...], r: int) -> list[str]:
@@ -597,6 +523,12 @@ def measure(
 
 
 def report(results: dict[str, Any], conc: int) -> str:
+    text = core_report(results, conc) if "table" in results else ""
+    extra = results.get("extra_report", "")
+    return f"{text}\n\n{extra}".strip() if extra else text
+
+
+def core_report(results: dict[str, Any], conc: int) -> str:
     t = results["table"]
     targets: list[str] = results["targets"]
     concs = (conc, 1) if conc != 1 else (1,)
@@ -687,8 +619,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         type=parse_scenarios,
-        default=list(SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)",
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but external)",
+    )
+    parser.add_argument(
+        "--external", action="store_true", help="also run wrk/hey (scenario external) if present"
+    )
+    parser.add_argument("--soak-seconds", type=float, help="soak duration (60; quick 5)")
+    parser.add_argument(
+        "--sweep-duration", type=float, help="seconds per sweep point (3; quick 0.8)"
+    )
+    parser.add_argument(
+        "--stream-counts",
+        type=lambda text: tuple(int(v) for v in text.split(",")),
+        help="concurrent streams, comma-separated (64,512,2000; quick 64,512)",
+    )
+    parser.add_argument("--stream-frames", type=int, help="frames per stream (64; quick 16)")
+    parser.add_argument("--translation-streams", type=int, help="streams per run (64; quick 32)")
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        help=f"idle keep-alive connections ({scenarios_mod.IDLE_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--plots", type=Path, default=ROOT / "bench-results", help="directory for PNG plots"
     )
     parser.add_argument(
         "--strategy-upstreams",
@@ -701,12 +655,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=ROOT / "bench-results" / "latest.json", help="results file"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.external and "external" not in args.scenarios:
+        args.scenarios = [*args.scenarios, "external"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    nofile = sse_client.raise_nofile_limit()  # before any child starts: they inherit it
+    if nofile < scenarios_mod.IDLE_CONNECTIONS + 1000:
+        print(f"warning: RLIMIT_NOFILE is {nofile}: the idle and streaming scenarios may fail")
     busy = cpu_busy()
     if busy is not None and busy > BUSY_WARN:
         print(
@@ -733,11 +693,19 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
     }
     results["machine"]["cpu_busy_before"] = None if busy is None else round(busy, 3)
+    results["plots"] = plots.write_all(results, args.plots)
     results["wall_s"] = round(time.monotonic() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
     print(f"results written to {args.json} ({results['wall_s']} s)")
     errors = results["errors"] or results.get("memory_phase_errors")
+    extra_errors = {
+        name: results[name]["errors"]
+        for name in (*scenarios_mod.EXTRA, "sweep")
+        if isinstance(results.get(name), dict) and results[name].get("errors")
+    }
+    if extra_errors and not errors:
+        errors = extra_errors
     if errors:
         print(f"bench FAILED: request errors {errors}", file=sys.stderr)
         return 1

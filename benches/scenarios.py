@@ -1,0 +1,722 @@
+"""The benchmark scenarios beyond ``core``/``strategies``: each router figure next to a baseline
+measured in the same run (``run.py --scenarios``; method in ``docs/benchmarks.md``).
+
+* ``sweep``       -- non-stream throughput/latency at concurrency 1, 16, 64, 256: router vs
+  floor vs direct (uses ``run.py``'s core processes);
+* ``streaming``   -- N paced SSE streams (64 frames, 20 ms apart) through the router vs direct
+  to the upstream: added TTFB, added per-frame gap, stalled streams;
+* ``translation`` -- the same paced stream through the router to an OpenAI mock (pass-through)
+  and to an Anthropic-API mock (translated): the added per-frame gap of the translation;
+* ``idle``        -- 10,000 idle keep-alive client connections: router RSS vs the floor's;
+* ``soak``        -- bounded mixed load, RSS sampled every second, slope (router and floor);
+* ``startup``     -- process start to first 200 on ``/health`` (router vs a bare trio server);
+* ``external``    -- ``wrk``/``hey`` against the router when they are installed.
+
+Every scenario returns ``(results, report_lines)``; long ones print progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import loadgen
+import sse_client
+from procs import ROOT, BenchError, Service, free_port, rss_mb
+
+BENCHES: Final = ROOT / "benches"
+CHAT_PATH: Final = "/v1/chat/completions"
+SWEEP_CONCURRENCY: Final = (1, 16, 64, 256)
+SWEEP_TARGETS: Final = ("direct", "floor", "router")
+STREAM_FRAMES: Final = 64
+STREAM_INTERVAL: Final = 0.02
+STALL_FACTOR: Final = 10.0
+STREAM_COUNTS: Final = (64, 512, 2000)
+STREAM_COUNTS_QUICK: Final = (64, 512)
+IDLE_CONNECTIONS: Final = 10_000
+
+# Targets (DESIGN.md performance budget, issue 4).
+ADDED_TTFB_P99_TARGET_MS: Final = 1.0
+ADDED_GAP_P99_TARGET_MS: Final = 0.1
+NO_STALL_STREAMS: Final = 512
+TRANSLATION_GAP_TARGET_US: Final = 100.0
+IDLE_RSS_TARGET_MB: Final = 200.0
+SOAK_SLOPE_TARGET: Final = 1.0  # MB/min
+STARTUP_TARGET_S: Final = 0.5
+
+Load = Callable[[str, int, float], loadgen.LoadResult]
+Report = tuple[dict[str, Any], list[str]]
+
+STREAM_ROUTER_CONFIG: Final = """\
+server:
+  bind_address: "{bind}"
+  connection_pool_size: 4096
+  keepalive_timeout: 600s
+health_checks:
+  enabled: false
+logging:
+  level: error
+http_client:
+  pool_max_idle_per_host: 4096
+backends:
+"""
+OPENAI_BACKEND: Final = """\
+  - name: {name}
+    url: "{url}"
+    models: [{models}]
+    max_queue: 4096
+"""
+ANTHROPIC_BACKEND: Final = """\
+  - name: {name}
+    type: anthropic
+    url: "{url}"
+    api_key: bench-key
+    models: [{models}]
+    max_queue: 4096
+"""
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def median(values: list[float]) -> float:
+    clean = [v for v in values if v == v]
+    return statistics.median(clean) if clean else float("nan")
+
+
+class Progress:
+    """One stderr line per step: ``[name] step 3/8 what -- 12.1 s elapsed, ~20 s left``."""
+
+    def __init__(self, name: str, steps: int) -> None:
+        self.name = name
+        self.steps = max(1, steps)
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def step(self, what: str) -> None:
+        elapsed = time.monotonic() - self.t0
+        left = elapsed / self.done * (self.steps - self.done) if self.done else float("nan")
+        left_s = f"~{left:.0f} s left" if left == left else "estimating"
+        print(
+            f"[{self.name}] step {self.done + 1}/{self.steps} {what} -- "
+            f"{elapsed:.1f} s elapsed, {left_s}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.done += 1
+
+
+@dataclass
+class Env:
+    """What the scenarios share: settings, where to write, how to start a router."""
+
+    args: argparse.Namespace
+    host: str
+    workdir: Path
+    router_argv: Callable[[str, Path], list[str]]  # (name, config path) -> argv
+    router_env: dict[str, str]
+
+    @property
+    def quick(self) -> bool:
+        return bool(self.args.quick)
+
+    @property
+    def host_in_url(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def upstream(self, name: str, *extra: str) -> Service:
+        port = free_port(self.host)
+        argv = [sys.executable, str(BENCHES / "upstream.py"), "--host", self.host]
+        argv += ["--port", str(port), *extra]
+        return Service(name, argv, self.host, port, self.workdir / f"{name}.log")
+
+    def floor(self, name: str, upstream: Service) -> Service:
+        port = free_port(self.host)
+        argv = [sys.executable, str(BENCHES / "floor_proxy.py"), "--host", self.host]
+        argv += ["--port", str(port), "--upstream", f"{self.host_in_url}:{upstream.port}"]
+        return Service(name, argv, self.host, port, self.workdir / f"{name}.log")
+
+    def mock(self, name: str, api: str, model: str, frames: int, interval: float) -> Service:
+        port = free_port(self.host)
+        argv = [sys.executable, "-m", "continuum", "mock", "--bind", f"{self.host_in_url}:{port}"]
+        argv += ["--api", api, "--models", model, "--tokens-per-second", f"{1 / interval:g}"]
+        argv += ["--stream-chunks", str(frames)]
+        return Service(
+            name,
+            argv,
+            self.host,
+            port,
+            self.workdir / f"{name}.log",
+            env=self.router_env,
+            ready_path="/health",
+        )
+
+    def router(self, name: str, backends: str) -> Service:
+        port = free_port(self.host)
+        config = self.workdir / f"{name}.yaml"
+        bind = f"{self.host_in_url}:{port}"
+        config.write_text(STREAM_ROUTER_CONFIG.replace("{bind}", bind) + backends)
+        return Service(
+            name,
+            self.router_argv(name, config),
+            self.host,
+            port,
+            self.workdir / f"{name}.log",
+            env=self.router_env,
+            ready_path="/health",
+        )
+
+    def url(self, svc: Service) -> str:
+        return f"http://{self.host_in_url}:{svc.port}"
+
+
+@contextlib.contextmanager
+def running(*services: Service) -> Iterator[None]:
+    """Start ``services`` in order (each ready before the next), stop them all on exit."""
+    started: list[Service] = []
+    try:
+        for svc in services:
+            started.append(svc)
+            svc.start()
+            svc.wait_ready()
+        yield
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+
+
+def pid_of(svc: Service) -> int:
+    assert svc.proc is not None
+    return svc.proc.pid
+
+
+# --- sweep -------------------------------------------------------------------------------------
+
+
+def sweep(env: Env, load: Load) -> Report:
+    """Concurrency 1..256 for direct, floor, router; order rotating per concurrency."""
+    duration = env.args.sweep_duration or (0.8 if env.quick else 3.0)
+    prog = Progress("sweep", len(SWEEP_CONCURRENCY) * len(SWEEP_TARGETS))
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for i, c in enumerate(SWEEP_CONCURRENCY):
+        order = SWEEP_TARGETS[i % 3 :] + SWEEP_TARGETS[: i % 3]
+        for target in order:
+            prog.step(f"c={c} {target} ({duration:g} s)")
+            load(target, c, min(0.3, duration / 2))  # warm this concurrency's connections
+            res = load(target, c, duration)
+            table.setdefault(str(c), {})[target] = {
+                "rps": round(res.rps, 1),
+                "p50_ms": res.percentile_ms(50),
+                "p99_ms": res.percentile_ms(99),
+                "errors": res.error_count,
+            }
+    lines = [
+        "| concurrency | direct req/s | floor req/s | router req/s | router/floor "
+        "| router p50 ms | router p99 ms | floor p99 ms | direct p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for conc, row in table.items():
+        d, f, r = row["direct"], row["floor"], row["router"]
+        ratio = r["rps"] / f["rps"] if f["rps"] else float("nan")
+        r["ratio_vs_floor"] = ratio
+        lines.append(
+            f"| {conc} | {d['rps']:,.0f} | {f['rps']:,.0f} | {r['rps']:,.0f} | {ratio:.2f} "
+            f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {f['p99_ms']:.3f} | {d['p99_ms']:.3f} |"
+        )
+    errors = sum(
+        int(v["errors"]) for row in table.values() for k, v in row.items() if k in SWEEP_TARGETS
+    )
+    return {"duration_s": duration, "table": table, "errors": errors}, lines
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+
+def _streams(
+    env: Env, svc: Service, model: str, n: int, frames: int, interval: float, *, pace: bool = True
+) -> sse_client.StreamResult:
+    body = sse_client.stream_body(model, frames if pace else None, interval if pace else None)
+    headers: dict[str, str] = {}
+    request = sse_client.build_request(env.host, svc.port, CHAT_PATH, body, headers)
+    timeout = frames * interval + 30.0
+    return sse_client.run_streams(
+        env.host, svc.port, request, n, interval, timeout_s=timeout, stall_factor=STALL_FACTOR
+    )
+
+
+def _added(router: dict[str, Any], base: dict[str, Any], key: str) -> float:
+    return float(router[key]) - float(base[key])
+
+
+def streaming(env: Env) -> Report:
+    """N paced streams through the router vs direct to the same upstream."""
+    counts = env.args.stream_counts or (STREAM_COUNTS_QUICK if env.quick else STREAM_COUNTS)
+    frames = env.args.stream_frames or (16 if env.quick else STREAM_FRAMES)
+    interval = STREAM_INTERVAL
+    upstream = env.upstream("stream-upstream")
+    backends = OPENAI_BACKEND.format(name="upstream", url=env.url(upstream), models="bench-model")
+    router = env.router("stream-router", backends)
+    prog = Progress("streaming", 4 * len(counts))
+    out: dict[str, Any] = {"frames": frames, "interval_s": interval, "runs": {}}
+    lines = [
+        f"streams of {frames} frames at {interval * 1000:.0f} ms; added = router minus direct, "
+        "gap = inter-arrival minus pacing",
+        "",
+        "| streams | direct TTFB p50/p99 ms | router TTFB p50/p99 ms | added TTFB p50/p99 ms "
+        "| added gap p50/p99 ms | direct gap p99 ms | stalled direct/router | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    with running(upstream, router):
+        for i, n in enumerate(counts):
+            order = [("direct", upstream), ("router", router)]
+            if i % 2:
+                order.reverse()
+            runs: dict[str, dict[str, Any]] = {}
+            for name, svc in order:
+                prog.step(f"{name} {n} streams warm-up")
+                _streams(env, svc, "bench-model", n, 2, 0.001)
+                prog.step(f"{name} {n} streams x {frames} frames")
+                res = _streams(env, svc, "bench-model", n, frames, interval)
+                runs[name] = sse_client.summarize(res, interval)
+            d, r = runs["direct"], runs["router"]
+            added = {
+                "ttfb_p50_ms": _added(r, d, "ttfb_p50_ms"),
+                "ttfb_p99_ms": _added(r, d, "ttfb_p99_ms"),
+                "gap_p50_ms": _added(r, d, "gap_p50_ms"),
+                "gap_p99_ms": _added(r, d, "gap_p99_ms"),
+            }
+            out["runs"][str(n)] = {"direct": d, "router": r, "added": added}
+            errs = sum(d["errors"].values()) + sum(r["errors"].values())
+            lines.append(
+                f"| {n} | {d['ttfb_p50_ms']:.2f} / {d['ttfb_p99_ms']:.2f} "
+                f"| {r['ttfb_p50_ms']:.2f} / {r['ttfb_p99_ms']:.2f} "
+                f"| {added['ttfb_p50_ms']:+.3f} / {added['ttfb_p99_ms']:+.3f} "
+                f"| {added['gap_p50_ms']:+.3f} / {added['gap_p99_ms']:+.3f} "
+                f"| {d['gap_p99_ms']:.3f} | {d['stalled']} / {r['stalled']} | {errs} |"
+            )
+    lines.append("")
+    for n_key, run in out["runs"].items():
+        a = run["added"]
+        lines.append(
+            f"streaming {n_key} streams: added TTFB p99 {a['ttfb_p99_ms']:+.3f} ms (target < "
+            f"{ADDED_TTFB_P99_TARGET_MS} ms) {verdict(a['ttfb_p99_ms'] < ADDED_TTFB_P99_TARGET_MS)}"
+            f"; added gap p99 {a['gap_p99_ms'] * 1000:+.0f} us (target < "
+            f"{ADDED_GAP_P99_TARGET_MS * 1000:.0f} us) "
+            f"{verdict(a['gap_p99_ms'] < ADDED_GAP_P99_TARGET_MS)}; router stalled "
+            f"{run['router']['stalled']}"
+            + (
+                f" (target 0 at {NO_STALL_STREAMS}) {verdict(run['router']['stalled'] == 0)}"
+                if int(n_key) == NO_STALL_STREAMS
+                else " (reference)"
+            )
+        )
+    out["errors"] = sum(
+        sum(run[t]["errors"].values()) for run in out["runs"].values() for t in ("direct", "router")
+    )
+    return out, lines
+
+
+# --- translation -------------------------------------------------------------------------------
+
+
+def translation(env: Env) -> Report:
+    """Paced streams through the router: OpenAI mock (pass-through) vs Anthropic mock."""
+    n = env.args.translation_streams or (32 if env.quick else 64)
+    frames = 16 if env.quick else STREAM_FRAMES
+    rounds = 1 if env.quick else 3
+    interval = STREAM_INTERVAL
+    m_openai = env.mock("mock-openai", "openai", "bench-openai", frames, interval)
+    m_anthropic = env.mock("mock-anthropic", "anthropic", "bench-anthropic", frames, interval)
+    backends = OPENAI_BACKEND.format(name="oai", url=env.url(m_openai), models="bench-openai")
+    backends += ANTHROPIC_BACKEND.format(
+        name="anth", url=env.url(m_anthropic), models="bench-anthropic"
+    )
+    router = env.router("translation-router", backends)
+    models = {"passthrough": "bench-openai", "translated": "bench-anthropic"}
+    prog = Progress("translation", 2 + 2 * rounds)
+    per_round: dict[str, list[dict[str, Any]]] = {k: [] for k in models}
+    with running(m_openai, m_anthropic, router):
+        for kind, model in models.items():
+            prog.step(f"{kind} warm-up")
+            res = _streams(env, router, model, n, frames, interval, pace=False)
+            if res.ok != n:
+                raise BenchError(
+                    f"translation warm-up: {kind} ({model}) {res.ok}/{n} streams ok, "
+                    f"errors {res.errors}"
+                )
+        for r in range(rounds):
+            order = list(models.items())
+            if r % 2:
+                order.reverse()
+            for kind, model in order:
+                prog.step(f"round {r + 1}/{rounds} {kind}: {n} streams x {frames} frames")
+                res = _streams(env, router, model, n, frames, interval, pace=False)
+                per_round[kind].append(sse_client.summarize(res, interval))
+    diffs_p99 = [
+        (float(b["gap_p99_ms"]) - float(a["gap_p99_ms"])) * 1000
+        for a, b in zip(per_round["passthrough"], per_round["translated"], strict=True)
+    ]
+    diffs_p50 = [
+        (float(b["gap_p50_ms"]) - float(a["gap_p50_ms"])) * 1000
+        for a, b in zip(per_round["passthrough"], per_round["translated"], strict=True)
+    ]
+    ttfb = [
+        float(b["ttfb_p99_ms"]) - float(a["ttfb_p99_ms"])
+        for a, b in zip(per_round["passthrough"], per_round["translated"], strict=True)
+    ]
+    added_p99 = median(diffs_p99)
+
+    def med(kind: str, key: str) -> float:
+        return median([float(s[key]) for s in per_round[kind]])
+
+    lines = [
+        f"translation: {n} streams x {frames} frames at {interval * 1000:.0f} ms through the "
+        f"router, median of {rounds} round(s)",
+        "",
+        "| path | TTFB p50 ms | TTFB p99 ms | gap p50 ms | gap p99 ms | stalled |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind in models:
+        lines.append(
+            f"| {kind} | {med(kind, 'ttfb_p50_ms'):.3f} | {med(kind, 'ttfb_p99_ms'):.3f} "
+            f"| {med(kind, 'gap_p50_ms'):.3f} | {med(kind, 'gap_p99_ms'):.3f} "
+            f"| {sum(int(s['stalled']) for s in per_round[kind])} |"
+        )
+    lines += [
+        "",
+        f"translation overhead (Anthropic upstream minus pass-through): per-frame gap p99 "
+        f"{added_p99:+.0f} us (target < {TRANSLATION_GAP_TARGET_US:.0f} us) "
+        f"{verdict(added_p99 < TRANSLATION_GAP_TARGET_US)}; gap p50 {median(diffs_p50):+.0f} us, "
+        f"TTFB p99 {median(ttfb):+.3f} ms (reference)",
+    ]
+    errors = sum(sum(s["errors"].values()) for runs in per_round.values() for s in runs)
+    return {
+        "streams": n,
+        "frames": frames,
+        "rounds": per_round,
+        "added_gap_p99_us": added_p99,
+        "added_gap_p50_us": median(diffs_p50),
+        "added_ttfb_p99_ms": median(ttfb),
+        "errors": errors,
+    }, lines
+
+
+# --- idle connections --------------------------------------------------------------------------
+
+
+def idle(env: Env) -> Report:
+    """10,000 idle keep-alive client connections: router RSS, the floor's as the baseline."""
+    count = env.args.idle_connections or IDLE_CONNECTIONS
+    upstream = env.upstream("idle-upstream")
+    floor = env.floor("idle-floor", upstream)
+    backends = OPENAI_BACKEND.format(name="upstream", url=env.url(upstream), models="bench-model")
+    router = env.router("idle-router", backends)
+    prog = Progress("idle", 2)
+    out: dict[str, Any] = {"connections": count}
+    with running(upstream, floor, router):
+        for svc in (router, floor):
+            name = svc.name.removeprefix("idle-")
+            time.sleep(0.3)
+            before = rss_mb(pid_of(svc))
+            prog.step(f"{name}: opening {count} keep-alive connections")
+            t0 = time.monotonic()
+            socks, errors = sse_client.open_idle(env.host, svc.port, count)
+            opened_s = time.monotonic() - t0
+            time.sleep(1.0)  # idle: nothing in flight
+            after = rss_mb(pid_of(svc))
+            for sock in socks:
+                sock.close()
+            out[name] = {
+                "rss_before_mb": round(before, 1),
+                "rss_after_mb": round(after, 1),
+                "open": len(socks),
+                "errors": errors,
+                "open_s": round(opened_s, 2),
+                "kb_per_connection": round((after - before) * 1024 / max(1, len(socks)), 2),
+            }
+    r, f = out["router"], out["floor"]
+    lines = [
+        "| process | connections open | RSS before MB | RSS with them MB | KB per connection |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("router", "floor"):
+        s = out[name]
+        lines.append(
+            f"| {name} | {s['open']:,} | {s['rss_before_mb']:.1f} | {s['rss_after_mb']:.1f} "
+            f"| {s['kb_per_connection']:.1f} |"
+        )
+    lines += [
+        "",
+        f"idle connections: router RSS with {r['open']:,} idle keep-alive connections "
+        f"{r['rss_after_mb']:.0f} MB (target < {IDLE_RSS_TARGET_MB:.0f} MB) "
+        f"{verdict(r['rss_after_mb'] < IDLE_RSS_TARGET_MB and r['open'] == count)}; "
+        f"{r['kb_per_connection']:.1f} KB/connection vs floor {f['kb_per_connection']:.1f}",
+    ]
+    out["errors"] = sum(r["errors"].values()) + sum(f["errors"].values())
+    return out, lines
+
+
+# --- soak --------------------------------------------------------------------------------------
+
+
+def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MB) samples, in MB per minute."""
+    if len(samples) < 2:
+        return float("nan")
+    xs = [t for t, _ in samples]
+    ys = [m for _, m in samples]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    if den == 0:
+        return float("nan")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den * 60
+
+
+def _loadgen_proc(host: str, port: int, conc: int, seconds: float) -> multiprocessing.Process:
+    ctx = multiprocessing.get_context("fork")
+    request = loadgen.build_request(host, port, CHAT_PATH)
+    proc = ctx.Process(
+        target=loadgen.run_load, args=(host, port, request, conc, seconds), daemon=True
+    )
+    proc.start()
+    return proc  # type: ignore[return-value]
+
+
+def soak(env: Env) -> Report:
+    """Mixed stream + non-stream load on router and floor side by side; RSS slope of each."""
+    seconds = (
+        env.args.soak_seconds if env.args.soak_seconds is not None else (5.0 if env.quick else 60.0)
+    )
+    warmup = min(10.0, seconds / 5)
+    upstream = env.upstream("soak-upstream")
+    floor = env.floor("soak-floor", upstream)
+    backends = OPENAI_BACKEND.format(name="upstream", url=env.url(upstream), models="bench-model")
+    router = env.router("soak-router", backends)
+    samples: dict[str, list[tuple[float, float]]] = {"router": [], "floor": []}
+    stream_stats = {"router": [0, 0], "floor": [0, 0]}  # [streams ok, stalled]
+    with running(upstream, floor, router):
+        stop = threading.Event()
+        t0 = time.monotonic()
+
+        def sampler() -> None:
+            while not stop.wait(1.0 - (time.monotonic() - t0) % 1.0):
+                t = time.monotonic() - t0
+                samples["router"].append((t, rss_mb(pid_of(router))))
+                samples["floor"].append((t, rss_mb(pid_of(floor))))
+
+        thread = threading.Thread(target=sampler, daemon=True)
+        thread.start()
+        procs = [_loadgen_proc(env.host, svc.port, 4, seconds) for svc in (router, floor)]
+        steps = max(1, int(seconds // 5))
+        prog = Progress("soak", steps)
+        next_progress = 0.0
+        try:
+            while time.monotonic() - t0 < seconds:
+                elapsed = time.monotonic() - t0
+                if elapsed >= next_progress and prog.done < steps:
+                    last = samples["router"][-1][1] if samples["router"] else float("nan")
+                    prog.step(f"{elapsed:.0f}/{seconds:.0f} s, router RSS {last:.1f} MB")
+                    next_progress += 5.0
+                for name, svc in (("router", router), ("floor", floor)):
+                    res = _streams(env, svc, "bench-model", 32, 10, 0.01)
+                    stream_stats[name][0] += res.ok
+                    stream_stats[name][1] += res.stalled
+        finally:
+            for p in procs:
+                p.join(seconds + 10)
+                if p.is_alive():
+                    p.kill()
+            stop.set()
+            thread.join()
+    out: dict[str, Any] = {"seconds": seconds, "warmup_s": warmup, "samples": samples}
+    lines = [
+        "| process | RSS start MB | RSS end MB | slope after warm-up MB/min "
+        "| streams ok / stalled |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("router", "floor"):
+        s = samples[name]
+        slope = slope_mb_per_min([p for p in s if p[0] >= warmup])
+        out[name] = {
+            "slope_mb_per_min": slope,
+            "rss_start_mb": s[0][1] if s else float("nan"),
+            "rss_end_mb": s[-1][1] if s else float("nan"),
+            "streams_ok": stream_stats[name][0],
+            "streams_stalled": stream_stats[name][1],
+        }
+        lines.append(
+            f"| {name} | {out[name]['rss_start_mb']:.1f} | {out[name]['rss_end_mb']:.1f} "
+            f"| {slope:+.2f} | {stream_stats[name][0]} / {stream_stats[name][1]} |"
+        )
+    rs = out["router"]["slope_mb_per_min"]
+    lines += [
+        "",
+        f"soak {seconds:.0f} s: router RSS slope {rs:+.2f} MB/min after a {warmup:.0f} s warm-up "
+        f"(target < {SOAK_SLOPE_TARGET:.0f} MB/min) {verdict(abs(rs) < SOAK_SLOPE_TARGET)}"
+        + (" (short run: indicative only)" if seconds < 30 else ""),
+    ]
+    out["errors"] = 0
+    return out, lines
+
+
+# --- start-up ----------------------------------------------------------------------------------
+
+
+def _time_to_200(argv: list[str], host: str, port: int, env: dict[str, str] | None) -> float:
+    """Seconds from ``Popen`` to the first 200 on ``GET /health`` (polling every 2 ms)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    request = f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        while time.perf_counter() - t0 < 10.0:
+            if proc.poll() is not None:
+                raise BenchError(f"start-up: {argv[:4]} exited with {proc.returncode}")
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(1.0)
+                    sock.connect((host, port))
+                    sock.sendall(request)
+                    head = sock.recv(64)
+                if head.startswith(b"HTTP/1.1 200"):
+                    return time.perf_counter() - t0
+            except OSError:
+                pass
+            time.sleep(0.002)
+        raise BenchError(f"start-up: {argv[:4]} did not answer 200 on /health within 10 s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def startup(env: Env) -> Report:
+    """Start to first 200, 5 times each: the router and a bare trio + httptools server."""
+    repeats = 5
+    prog = Progress("startup", 2 * repeats)
+    times: dict[str, list[float]] = {"router": [], "bare": []}
+    backends = OPENAI_BACKEND.format(
+        name="upstream", url="http://127.0.0.1:9", models="bench-model"
+    )
+    for i in range(repeats):
+        port = free_port(env.host)
+        cfg = env.workdir / f"startup-{i}.yaml"
+        cfg.write_text(
+            STREAM_ROUTER_CONFIG.replace("{bind}", f"{env.host_in_url}:{port}") + backends
+        )
+        prog.step(f"router start {i + 1}/{repeats}")
+        times["router"].append(
+            _time_to_200(env.router_argv("startup", cfg), env.host, port, env.router_env)
+        )
+        port = free_port(env.host)
+        argv = [sys.executable, str(BENCHES / "upstream.py"), "--host", env.host]
+        argv += ["--port", str(port)]
+        prog.step(f"bare server start {i + 1}/{repeats}")
+        times["bare"].append(_time_to_200(argv, env.host, port, None))
+    r, b = median(times["router"]), median(times["bare"])
+    lines = [
+        f"start-up to first 200 on /health, median of {repeats}: router {r:.3f} s, bare trio + "
+        f"httptools server {b:.3f} s (router - bare {r - b:+.3f} s); target < "
+        f"{STARTUP_TARGET_S} s {verdict(r < STARTUP_TARGET_S)}",
+    ]
+    return {
+        "router_s": times["router"],
+        "bare_s": times["bare"],
+        "median_router_s": r,
+        "median_bare_s": b,
+        "errors": 0,
+    }, lines
+
+
+# --- external tools ----------------------------------------------------------------------------
+
+HEY_BODY: Final = '{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"Hello"}]}'
+
+
+def external_commands(url: str, seconds: int = 5) -> dict[str, list[str]]:
+    """The ``wrk`` and ``hey`` command lines (also documented in benches/README.md)."""
+    lua = str(ROOT / "scripts" / "chat_completion.lua")
+    return {
+        "wrk": ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", "-s", lua, url],
+        "hey": [
+            "hey",
+            "-z",
+            f"{seconds}s",
+            "-c",
+            "64",
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-d",
+            HEY_BODY,
+            url,
+        ],
+    }
+
+
+def external(env: Env) -> Report:
+    """Run ``wrk`` and ``hey`` briefly against a router, when they are on PATH."""
+    present = {tool: shutil.which(tool) for tool in ("wrk", "hey")}
+    lines: list[str] = []
+    out: dict[str, Any] = {"errors": 0}
+    if not any(present.values()):
+        lines.append("external: neither wrk nor hey is on PATH; skipped (not a failure)")
+        return out, lines
+    upstream = env.upstream("ext-upstream")
+    backends = OPENAI_BACKEND.format(
+        name="upstream", url=env.url(upstream), models="bench-model, gpt-3.5-turbo"
+    )
+    router = env.router("ext-router", backends)
+    with running(upstream, router):
+        url = f"{env.url(router)}{CHAT_PATH}"
+        for tool, argv in external_commands(url, 3).items():
+            if not present[tool]:
+                lines.append(f"external: {tool} is not on PATH; skipped")
+                continue
+            print(f"[external] running {' '.join(argv)}", file=sys.stderr, flush=True)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+            out[tool] = proc.stdout
+            lines += [
+                f"external: {tool} (exit {proc.returncode})",
+                "```",
+                proc.stdout.strip(),
+                "```",
+            ]
+    return out, lines
+
+
+EXTRA: Final[dict[str, Callable[[Env], Report]]] = {
+    "streaming": streaming,
+    "translation": translation,
+    "idle": idle,
+    "soak": soak,
+    "startup": startup,
+    "external": external,
+}
