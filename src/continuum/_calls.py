@@ -19,7 +19,6 @@ aliases and fallbacks) and never decodes an SSE chunk; translation is the sans-I
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
 import msgspec
@@ -50,18 +49,29 @@ _TRANSLATED_FORWARD: Final = frozenset({b"x-request-id", b"traceparent", b"trace
 
 
 @final
-@dataclass(frozen=True, slots=True)
 class Call:
-    """One attempt's request, plus how to read its answer in the client's API."""
+    """One attempt's request, plus how to read its answer in the client's API (a plain
+    slotted class: one is made per attempt)."""
 
-    method: bytes
-    target: bytes
-    headers: Headers
-    body: bytes
-    #: Complete answer → client's API; None for pass-through.
-    translate: Callable[[int, bytes], Translated] | None = None
-    #: A fresh SSE translator for a streamed answer; None for pass-through.
-    stream: Callable[[], StreamTranslator] | None = None
+    __slots__ = ("body", "headers", "method", "stream", "target", "translate")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        translate: Callable[[int, bytes], Translated] | None = None,
+        stream: Callable[[], StreamTranslator] | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        #: Complete answer → client's API; None for pass-through.
+        self.translate = translate
+        #: A fresh SSE translator for a streamed answer; None for pass-through.
+        self.stream = stream
 
 
 class _Chain:

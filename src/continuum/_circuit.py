@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import final
 
+_WINDOW_SLOTS = 30
+
 
 class BreakerState(enum.Enum):
     CLOSED = "closed"
@@ -104,8 +106,19 @@ class CircuitBreaker:
     """
 
     __slots__ = (
-        "_clock", "_consecutive", "_opened_at", "_state", "_trial_successes", "_trials",
-        "_trials_in_flight", "_window", "_window_failures", "last_change", "opened_total",
+        "_clock",
+        "_consecutive",
+        "_opened_at",
+        "_slot_width",
+        "_state",
+        "_trial_successes",
+        "_trials",
+        "_trials_in_flight",
+        "_window",
+        "_window_failures",
+        "_window_total",
+        "last_change",
+        "opened_total",
         "settings",
     )
 
@@ -117,7 +130,12 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
         #: (time, ok) of every outcome in the last ``window`` seconds, oldest first.
-        self._window: deque[tuple[float, bool]] = deque()
+        #: The sliding window as 30 slots: [slot, requests, failures]. Bounded whatever the
+        #: request rate (a deque entry per request grew to hundreds of thousands under load,
+        #: and showed up as RSS growth and cache misses on the request path).
+        self._window: deque[list[int]] = deque()
+        self._slot_width = settings.window / _WINDOW_SLOTS
+        self._window_total = 0
         self._window_failures = 0
         self._opened_at = 0.0
         self._trials = 0  # trials admitted in this half-open period (in flight or done)
@@ -159,7 +177,7 @@ class CircuitBreaker:
     @property
     def requests_in_window(self) -> int:
         self._prune(self._clock())
-        return len(self._window)
+        return self._window_total
 
     @property
     def failures_in_window(self) -> int:
@@ -170,7 +188,7 @@ class CircuitBreaker:
     def failure_rate(self) -> float:
         """Failed share of the outcomes in the window (0.0 when it is empty)."""
         self._prune(self._clock())
-        total = len(self._window)
+        total = self._window_total
         return self._window_failures / total if total else 0.0
 
     @property
@@ -198,7 +216,7 @@ class CircuitBreaker:
         """May a request go to this backend now? In HALF_OPEN this admits (and counts) one
         of the ``half_open_max_requests`` trials; every admitted request must later end in
         :meth:`record` or :meth:`release_trial`."""
-        if not self.settings.enabled:
+        if self._state is BreakerState.CLOSED or not self.settings.enabled:
             return True
         state = self.state
         if state is BreakerState.CLOSED:
@@ -211,6 +229,8 @@ class CircuitBreaker:
 
     def record(self, ok: bool) -> BreakerState | None:
         """The outcome of an admitted request; returns the new state if it changed."""
+        if self._state is BreakerState.CLOSED:  # the common case, without the property
+            return self._record_closed(ok) if self.settings.enabled else None
         if not self.settings.enabled:
             return None
         state = self.state
@@ -238,18 +258,27 @@ class CircuitBreaker:
 
     def _record_closed(self, ok: bool) -> BreakerState | None:
         now = self._clock()
-        self._prune(now)
-        self._window.append((now, ok))
+        slot = int(now / self._slot_width)
+        window = self._window
+        if window and window[-1][0] == slot:
+            bucket = window[-1]
+        else:  # a new slot: the oldest may have left the window
+            self._prune(now)
+            bucket = [slot, 0, 0]
+            window.append(bucket)
+        bucket[1] += 1
+        self._window_total += 1
         if ok:
             self._consecutive = 0
             return None
+        bucket[2] += 1
         self._window_failures += 1
         self._consecutive += 1
         settings = self.settings
         if 0 < settings.failure_threshold <= self._consecutive:
             self._open(now)
             return BreakerState.OPEN
-        total = len(self._window)
+        total = self._window_total
         if (
             settings.failure_rate_threshold > 0.0
             and total >= settings.minimum_requests
@@ -260,15 +289,19 @@ class CircuitBreaker:
         return None
 
     def _prune(self, now: float) -> None:
+        # A slot leaves once all of it is older than the window: the window reaches back
+        # between ``window`` and ``window`` plus one slot (1/30 of it).
+        width = self._slot_width
         horizon = now - self.settings.window
         window = self._window
-        while window and window[0][0] <= horizon:
-            _, ok = window.popleft()
-            if not ok:
-                self._window_failures -= 1
+        while window and (window[0][0] + 1) * width <= horizon:
+            _, total, failures = window.popleft()
+            self._window_total -= total
+            self._window_failures -= failures
 
     def _reset_counts(self) -> None:
         self._window.clear()
+        self._window_total = 0
         self._window_failures = 0
         self._consecutive = 0
         self._trials = self._trials_in_flight = self._trial_successes = 0

@@ -51,6 +51,14 @@ _DROPPED_RESPONSE_HEADERS: Final = frozenset(
 )
 _SSE_DONE: Final = b"data: [DONE]\n\n"
 _DONE_MARK: Final = b"[DONE]"
+#: How a complete stream ends, per endpoint (chat and completions: ``[DONE]``).
+_END_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
+    "/v1/messages": (b"message_stop",),
+    # The Responses API ends on one of these events (some servers add [DONE] too).
+    "/v1/responses": (b"response.completed", b"response.incomplete", b"response.failed",
+                      _DONE_MARK),
+}
+_CHAIN_CACHE_MAX: Final = 4096
 
 
 class Peek(msgspec.Struct):
@@ -205,20 +213,20 @@ class _PassThrough:
     """Pass-through streams as a StreamTranslator: bytes unchanged, and the end checked
     for the API's own terminator (a clean end without it is a truncation)."""
 
-    __slots__ = ("_anthropic", "_tail", "truncated")
+    __slots__ = ("_anthropic", "_marks", "_tail", "truncated")
 
-    def __init__(self, anthropic_events: bool) -> None:
-        self._anthropic = anthropic_events
+    def __init__(self, endpoint: str) -> None:
+        self._anthropic = endpoint.startswith("/v1/messages")
+        self._marks = _END_MARKS.get(endpoint, (_DONE_MARK,))
         self._tail = b""
         self.truncated = False
 
     def feed(self, data: bytes) -> bytes:
-        self._tail = (self._tail + data[-32:])[-32:]  # the terminator may span chunks
+        self._tail = (self._tail + data[-64:])[-64:]  # the terminator may span chunks
         return data
 
     def finish(self) -> bytes:
-        mark = b"message_stop" if self._anthropic else _DONE_MARK
-        if mark in self._tail:
+        if any(mark in self._tail for mark in self._marks):
             return b""
         self.truncated = True
         return self.error(502, "Upstream ended the stream before its end marker")
@@ -280,6 +288,8 @@ class Proxy:
                                 retry.jitter)
         self._max_retry_after = retry.max_retry_after
         self._rng = random.Random()
+        self._chains: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._chains_version = -1
         timeout_message = f"Upstream timeout: no answer within {self._timeout:g}s (request.timeout)"
         self._timeout_error = ProtocolError(504, timeout_message)
         self._timeout_error_anthropic = ProtocolError(
@@ -312,6 +322,31 @@ class Proxy:
 
     # -- entry ---------------------------------------------------------------------------
 
+    def _chain(self, model: str, path: str) -> tuple[str, ...]:
+        """The models to try for ``model`` on endpoint ``path`` (alias resolved, fallbacks
+        after it, only models some backend able to serve ``path`` has). Cached until the
+        Router's table changes: it is the same answer for every request of a model."""
+        router = self.router
+        if self._chains_version != router.version:
+            self._chains.clear()
+            self._chains_version = router.version
+        key = (model, path)
+        chain = self._chains.get(key)
+        if chain is not None:
+            return chain
+        full = router.chain(router.resolve(model))
+        if not any(router.candidates(m) for m in full):
+            raise RouterError(404, f"The model '{model}' does not exist or no backend serves it",
+                              code="model_not_found", param="model")
+        apis = ENDPOINT_APIS[path]
+        chain = tuple(m for m in full if any(b.api in apis for b in router.candidates(m)))
+        if not chain:
+            raise RouterError(404, f"No backend serving model '{model}' supports {path}",
+                              code="unsupported_endpoint", param="model")
+        if len(self._chains) < _CHAIN_CACHE_MAX:  # client-chosen model names: bounded
+            self._chains[key] = chain
+        return chain
+
     async def handle(self, request: Request, conn: ServerConnection,
                      state: RequestState) -> Served:
         try:
@@ -324,16 +359,7 @@ class Proxy:
         if not model:
             raise RouterError(400, "You must provide a 'model' parameter", param="model",
                               code="missing_model")
-        router = self.router
-        chain = router.chain(router.resolve(model))
-        if not any(router.candidates(m) for m in chain):
-            raise RouterError(404, f"The model '{model}' does not exist or no backend serves it",
-                              code="model_not_found", param="model")
-        apis = ENDPOINT_APIS[request.path]
-        chain = tuple(m for m in chain if any(b.api in apis for b in router.candidates(m)))
-        if not chain:
-            raise RouterError(404, f"No backend serving model '{model}' supports {request.path}",
-                              code="unsupported_endpoint", param="model")
+        chain = self._chain(model, request.path)
         hash_key = self._hash_key(request, peek) if self._hash_key is not None else None
         # request.timeout covers every attempt's connect, head and plain body. When it
         # passes, the server's timer sweep cancels the connection and answers 504 for us.
@@ -350,7 +376,9 @@ class Proxy:
             if key is not None:
                 return await self._deduplicated(key, request, conn, model, chain, hash_key,
                                                 state)
-        answer = await self._forward(request, conn, model, chain, hash_key, stream, state)
+        answer = await (self._forward(request, conn, model, chain, hash_key, stream, state)
+                        if self._spans else self._forward_chain(
+                            request, conn, model, chain, hash_key, stream, state, None))
         if isinstance(answer, Served):  # streamed already
             return answer
         conn.disarm_timer()
@@ -542,7 +570,7 @@ class Proxy:
                                     overhead_ms(started - state.started - state.upstream)))
                 translator: StreamTranslator = (
                     call.stream() if call.stream is not None
-                    else _PassThrough(request.path == "/v1/messages")
+                    else _PassThrough(request.path)
                 )
                 ok = await self._stream(conn, backend, exchange, out_headers, translator,
                                         state)
@@ -560,7 +588,14 @@ class Proxy:
             return answer
         finally:
             if not recorded:
-                router.release(backend)
+                expired = conn.expired
+                if expired is not None and expired.status == 504:
+                    # request.timeout passed during this attempt: the backend's failure
+                    # (a backend that hangs must lose traffic, not only the probes' say).
+                    router.record(backend, model, None, False, "request.timeout passed",
+                                  stream)
+                else:
+                    router.release(backend)
             if span is not None:
                 self.tracing.end(span)
 

@@ -59,13 +59,27 @@ class Candidate(Protocol):
 C = TypeVar("C", bound=Candidate)
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class RouteKey:
-    """The per-request inputs a strategy may use."""
+    """The per-request inputs a strategy may use (a plain slotted class: one is made per
+    request, and a frozen dataclass's __init__ costs several times more)."""
 
-    model: str
-    #: ConsistentHash's key (session header, ``user`` field or API key); None if absent.
-    hash_key: str | None = None
+    __slots__ = ("hash_key", "model")
+
+    def __init__(self, model: str, hash_key: str | None = None) -> None:
+        self.model = model
+        #: ConsistentHash's key (session header, ``user`` field or API key); None if absent.
+        self.hash_key = hash_key
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, RouteKey) and self.model == other.model
+                and self.hash_key == other.hash_key)
+
+    def __hash__(self) -> int:
+        return hash((self.model, self.hash_key))
+
+    def __repr__(self) -> str:
+        return f"RouteKey({self.model!r}, {self.hash_key!r})"
 
 
 class Strategy(Protocol):

@@ -148,18 +148,20 @@ class _Parser:
         self._body = []
         self._body_size = 0
 
-    def _count(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > self.limits.max_header_size:
-            self.error = ProtocolError(431, "Request header fields too large")
-            raise self.error
+    def _too_large(self) -> None:
+        self.error = ProtocolError(431, "Request header fields too large")
+        raise self.error
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > self.limits.max_header_size:
+            self._too_large()
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_size:
+            self._too_large()
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:

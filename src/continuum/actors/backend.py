@@ -177,10 +177,11 @@ class BackendActor:
         """May the Router pick this backend now? Healthy, breaker not open, room left,
         and not asked to back off by a Retry-After."""
         return (
-            self.health.healthy
-            and self.in_flight < self.capacity
+            self.in_flight < self.capacity
             and now >= self.cooldown_until
-            and self.breaker.state is not BreakerState.OPEN
+            and self.health.healthy
+            and (self.breaker._state is BreakerState.CLOSED  # fast path, no clock read
+                 or self.breaker.state is not BreakerState.OPEN)
         )
 
     def unavailable_reason(self, now: float) -> tuple[str, float]:

@@ -89,9 +89,14 @@ class Router:
             b for b in candidates
             if b.available(now) and b not in exclude and (apis is None or b.api in apis)
         ]
-        key = RouteKey(_strategy_model(model, stream), hash_key)
+        key: RouteKey | None = None
         while eligible:
-            backend = eligible[0] if len(eligible) == 1 else self.strategy.choose(key, eligible)
+            if len(eligible) == 1:
+                backend = eligible[0]
+            else:
+                if key is None:
+                    key = RouteKey(_strategy_model(model, stream), hash_key)
+                backend = self.strategy.choose(key, eligible)
             if backend.breaker.allow():
                 return backend
             eligible.remove(backend)
