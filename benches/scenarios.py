@@ -654,6 +654,49 @@ def startup(env: Env) -> Report:
     }, lines
 
 
+# --- workers ------------------------------------------------------------------------------------
+
+
+def workers(env: Env) -> Report:
+    """Throughput of the router with ``server.workers`` 1 and 2, same upstream, same load,
+    rounds alternating so noise hits both (issue 5: scaling from 1 to 2 workers)."""
+    seconds = 2.0 if env.quick else 5.0
+    rounds = 1 if env.quick else 3
+    prog = Progress("workers", 2 * rounds)
+    up = env.upstream("workers-upstream")
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    errors = 0
+    with running(up):
+        backends = OPENAI_BACKEND.format(name="upstream", url=env.url(up), models="bench-model")
+        services: dict[int, Service] = {}
+        for n in (1, 2):
+            port = free_port(env.host)
+            config = env.workdir / f"workers-{n}.yaml"
+            text = STREAM_ROUTER_CONFIG.replace("{bind}", f"{env.host_in_url}:{port}")
+            text = text.replace("server:\n", f"server:\n  workers: {n}\n", 1)
+            config.write_text(text + backends)
+            services[n] = Service(f"router-w{n}", env.router_argv(f"router-w{n}", config),
+                                  env.host, port, env.workdir / f"router-w{n}.log",
+                                  env=env.router_env, ready_path="/health")
+        with running(*services.values()):
+            for r in range(rounds):
+                for n in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    prog.step(f"round {r + 1}/{rounds}: {n} worker(s)")
+                    svc = services[n]
+                    request = loadgen.build_request(env.host, svc.port, CHAT_PATH)
+                    result = loadgen.run_load(env.host, svc.port, request, 64, seconds)
+                    rates[n].append(result.rps)
+                    errors += result.error_count
+    one, two = median(rates[1]), median(rates[2])
+    scale = two / one if one else 0.0
+    lines = [
+        f"workers: 1 worker {one:,.0f} req/s, 2 workers {two:,.0f} req/s: scaling x{scale:.2f} "
+        f"(c=64; the 2 cores are shared with the upstream and the load generator, so this is "
+        f"a lower bound of what a second core gives)",
+    ]
+    return {"rps_1": rates[1], "rps_2": rates[2], "scaling": scale, "errors": errors}, lines
+
+
 # --- external tools ----------------------------------------------------------------------------
 
 HEY_BODY: Final = '{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"Hello"}]}'
@@ -718,5 +761,6 @@ EXTRA: Final[dict[str, Callable[[Env], Report]]] = {
     "idle": idle,
     "soak": soak,
     "startup": startup,
+    "workers": workers,
     "external": external,
 }
