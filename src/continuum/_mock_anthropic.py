@@ -29,6 +29,7 @@ from ._mock_openai import (
     split_pieces,
     summarize,
 )
+from ._providers.anthropic import anthropic_error_type
 
 _encode: Final = msgspec.json.Encoder().encode
 _T = TypeVar("_T")
@@ -44,24 +45,7 @@ TOOL_TRIGGER: Final = re.compile(r"\bweather\b", re.IGNORECASE)
 DEFAULT_PAGE_LIMIT: Final = 20
 MAX_PAGE_LIMIT: Final = 1000
 
-#: status → Anthropic error ``type``.
-_ERROR_TYPES: Final[dict[int, str]] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-
-def error_type(status: int) -> str:
-    default = "api_error" if status >= 500 else "invalid_request_error"
-    return _ERROR_TYPES.get(status, default)
+error_type = anthropic_error_type  # the translator's table: one place for it
 
 
 def error_reply(

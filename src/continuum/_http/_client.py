@@ -7,6 +7,7 @@ not mention HTTP/1.1, so an HTTP/2 pool can stand behind the same calls.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, final
 
 import httptools
@@ -51,6 +52,20 @@ class Exchange(Protocol):
     def close(self) -> None:
         """Finish: a fully read keep-alive response returns the connection to the pool."""
         ...
+
+
+async def read_body(receive: Callable[[], Awaitable[bytes]], limit: int) -> bytes:
+    """The rest of a response body, from any Exchange's ``receive_some``, up to ``limit``."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        data = await receive()
+        if not data:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        size += len(data)
+        if size > limit:
+            raise UpstreamError(f"upstream response larger than {limit} bytes")
+        parts.append(data)
 
 
 @final
@@ -199,16 +214,7 @@ class HTTP1Exchange:
         return await conn.receive_some()
 
     async def read_all(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            data = await self.receive_some()
-            if not data:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-            size += len(data)
-            if size > limit:
-                raise UpstreamError(f"upstream response larger than {limit} bytes")
-            parts.append(data)
+        return await read_body(self.receive_some, limit)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -45,14 +45,14 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from ._client import ConnectError, Headers, HTTP1Connection, UpstreamError
+from ._client import ConnectError, Headers, HTTP1Connection, UpstreamError, read_body
 from ._pool import (
     HTTP1Pool,
     Origin,
     PoolLimits,
     PoolStats,
-    _connect_failure_reason,
     make_ssl_context,
+    open_transport,
 )
 
 log = logging.getLogger("continuum.http")
@@ -194,16 +194,7 @@ class HTTP2Exchange:
         return data
 
     async def read_all(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            data = await self.receive_some()
-            if not data:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-            size += len(data)
-            if size > limit:
-                raise UpstreamError(f"upstream response larger than {limit} bytes")
-            parts.append(data)
+        return await read_body(self.receive_some, limit)
 
     def close(self) -> None:
         """Release the stream; one not finished both ways is reset (RST_STREAM CANCEL)."""
@@ -538,40 +529,11 @@ class _Waiter:
         self.error: ConnectError | None = None
 
 
-async def _open_transport(
-    origin: Origin, ssl_context: ssl.SSLContext | None, connect_timeout: float
-) -> tuple[trio.abc.Stream, trio.SocketStream, str | None]:
-    """TCP (+ TLS) to the origin; returns (stream, raw socket stream, ALPN protocol)."""
-    try:
-        with trio.fail_after(connect_timeout):
-            raw = await trio.open_tcp_stream(origin.host, origin.port)
-            if ssl_context is None:
-                return raw, raw, None
-            tls = trio.SSLStream(
-                raw, ssl_context, server_hostname=origin.host, https_compatible=True
-            )
-            try:
-                await tls.do_handshake()
-            except BaseException:
-                raw.socket.close()
-                raise
-            return tls, raw, tls.selected_alpn_protocol()
-    except trio.TooSlowError:
-        raise ConnectError(
-            f"connect to {origin.host}:{origin.port} timed out", sent_nothing=True
-        ) from None
-    except (OSError, trio.BrokenResourceError) as exc:
-        reason = _connect_failure_reason(exc)
-        raise ConnectError(
-            f"cannot connect to {origin.host}:{origin.port}: {reason}", sent_nothing=True
-        ) from exc
-
-
 async def negotiate_protocol(
     origin: Origin, ssl_context: ssl.SSLContext, connect_timeout: float
 ) -> str:
     """The protocol the origin picks by ALPN ("h2" or "http/1.1"); the connection is closed."""
-    _, raw, alpn = await _open_transport(origin, ssl_context, connect_timeout)
+    _, raw, alpn = await open_transport(origin, ssl_context, connect_timeout)
     raw.socket.close()
     return alpn or "http/1.1"
 
@@ -734,7 +696,7 @@ class HTTP2Pool:
 
     async def _connect(self) -> _H2Conn:
         origin = self.origin
-        stream, raw, alpn = await _open_transport(
+        stream, raw, alpn = await open_transport(
             origin, self._ssl_context, self.limits.connect_timeout
         )
         if self._ssl_context is not None and alpn != "h2":
@@ -1047,7 +1009,7 @@ async def open_pool(
         await nursery.start(pool.run)
         return pool
     assert tls is not None
-    stream, raw, alpn = await _open_transport(origin, tls, limits.connect_timeout)
+    stream, raw, alpn = await open_transport(origin, tls, limits.connect_timeout)
     if alpn == "h2":
         pool = HTTP2Pool(
             origin, limits, tls, ping_interval=ping_interval, ping_timeout=ping_timeout

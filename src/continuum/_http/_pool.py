@@ -67,6 +67,37 @@ def make_ssl_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSL
     return ctx
 
 
+async def open_transport(
+    origin: Origin, ssl_context: ssl.SSLContext | None, connect_timeout: float
+) -> tuple[trio.abc.Stream, trio.SocketStream, str | None]:
+    """TCP (and TLS, when given a context) to ``origin``: (stream, raw TCP stream, the ALPN
+    protocol). Every failure — refused, unreachable, TLS, timeout — is a ConnectError, mapped
+    here for every pool."""
+    try:
+        with trio.fail_after(connect_timeout):
+            raw = await trio.open_tcp_stream(origin.host, origin.port)
+            if ssl_context is None:
+                return raw, raw, None
+            tls = trio.SSLStream(
+                raw, ssl_context, server_hostname=origin.host, https_compatible=True
+            )
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                raw.socket.close()
+                raise
+            return tls, raw, tls.selected_alpn_protocol()
+    except trio.TooSlowError:
+        raise ConnectError(
+            f"connect to {origin.host}:{origin.port} timed out", sent_nothing=True
+        ) from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        reason = _connect_failure_reason(exc)
+        raise ConnectError(
+            f"cannot connect to {origin.host}:{origin.port}: {reason}", sent_nothing=True
+        ) from exc
+
+
 def _connect_failure_reason(exc: BaseException) -> str:
     """The root cause, e.g. "Connection refused", not trio's "all attempts ... failed"."""
     if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
@@ -107,31 +138,9 @@ class HTTP1Pool:
         return PoolStats(self._in_use, len(self._idle), waiting, self._opened)
 
     async def _connect(self) -> HTTP1Connection:
-        origin = self.origin
-        try:
-            with trio.fail_after(self.limits.connect_timeout):
-                raw = await trio.open_tcp_stream(origin.host, origin.port)
-                stream: trio.abc.Stream = raw
-                if self._ssl_context is not None:
-                    tls = trio.SSLStream(
-                        raw, self._ssl_context, server_hostname=origin.host,
-                        https_compatible=True,
-                    )
-                    try:
-                        await tls.do_handshake()
-                    except BaseException:
-                        raw.socket.close()
-                        raise
-                    stream = tls
-        except trio.TooSlowError:
-            raise ConnectError(
-                f"connect to {origin.host}:{origin.port} timed out", sent_nothing=True
-            ) from None
-        except (OSError, trio.BrokenResourceError) as exc:
-            reason = _connect_failure_reason(exc)
-            raise ConnectError(
-                f"cannot connect to {origin.host}:{origin.port}: {reason}", sent_nothing=True
-            ) from exc
+        stream, raw, _ = await open_transport(
+            self.origin, self._ssl_context, self.limits.connect_timeout
+        )
         self._opened += 1
         return HTTP1Connection(stream, raw)
 

@@ -543,7 +543,8 @@ _STATUS_TO_ANTHROPIC_ERROR: Final[dict[int, str]] = {
 }
 
 
-def _anthropic_type_for(status: int) -> str:
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status."""
     default = "api_error" if status >= 500 else "invalid_request_error"
     return _STATUS_TO_ANTHROPIC_ERROR.get(status, default)
 
@@ -568,10 +569,10 @@ def _anthropic_error_parts(status: int, body: bytes) -> tuple[str, str]:
         etype = err.get("type")
         message = err.get("message")
         return (
-            etype if isinstance(etype, str) else _anthropic_type_for(status),
+            etype if isinstance(etype, str) else anthropic_error_type(status),
             message if isinstance(message, str) else _error_message(body, status),
         )
-    return _anthropic_type_for(status), _error_message(body, status)
+    return anthropic_error_type(status), _error_message(body, status)
 
 
 def _openai_usage(usage: object) -> JSON:
@@ -766,7 +767,7 @@ class AnthropicToOpenAIStream:
     def error(self, status: int, message: str) -> bytes:
         if self._done:
             return b""
-        return self._error_event(_anthropic_type_for(status), message)
+        return self._error_event(anthropic_error_type(status), message)
 
     # -- events ----------------------------------------------------------------------
     def _event(self, payload: bytes) -> bytes:
@@ -1078,7 +1079,7 @@ _STOP_REASONS: Final[dict[str, str]] = {
 def anthropic_error_body(status: int, message: str) -> bytes:
     """Anthropic's error JSON for an error with this HTTP status."""
     return _encode(
-        {"type": "error", "error": {"type": _anthropic_type_for(status), "message": message}}
+        {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
     )
 
 
@@ -1303,7 +1304,7 @@ class OpenAIToAnthropicStream:
     def error(self, status: int, message: str) -> bytes:
         if self._done:
             return b""
-        return self._error_event(_anthropic_type_for(status), message)
+        return self._error_event(anthropic_error_type(status), message)
 
     # -- chunks ----------------------------------------------------------------------
     def _chunk(self, payload: bytes) -> bytes:
