@@ -24,6 +24,7 @@ import msgspec
 import trio
 
 from ._calls import ENDPOINT_APIS, Call, build_call
+from ._clock import now as clock
 from ._config import Config
 from ._dedup import Deduplicator, StoredResponse, dedup_key
 from ._errors import RouterError, openai_error_body
@@ -170,7 +171,7 @@ class RequestState:
 
     def __init__(self, request_id: bytes, started: float) -> None:
         self.id = request_id
-        self.started = started  # trio.current_time() when the request was parsed
+        self.started = started  # clock() when the request was parsed
         self.upstream = 0.0  # seconds spent in upstream calls, every attempt
         self.stream = False
         self.ttft = -1.0
@@ -364,7 +365,7 @@ class Proxy:
         # request.timeout covers every attempt's connect, head and plain body. When it
         # passes, the server's timer sweep cancels the connection and answers 504 for us.
         conn.arm_timer(
-            trio.current_time() + self._timeout,
+            clock() + self._timeout,
             self._timeout_error_anthropic if request.path.startswith("/v1/messages")
             else self._timeout_error,
         )
@@ -385,7 +386,7 @@ class Proxy:
         headers = answer.headers
         headers.append((b"x-request-id", state.id))
         headers.append((b"x-continuum-overhead-ms",
-                        overhead_ms(trio.current_time() - state.started - state.upstream)))
+                        overhead_ms(clock() - state.started - state.upstream)))
         state.bytes_out = len(answer.body)
         await conn.send_response(answer.status, headers, answer.body)
         return answer.served
@@ -408,7 +409,7 @@ class Proxy:
         headers = [*stored.headers, (b"x-continuum-dedup", outcome.encode()),
                    (b"x-request-id", state.id),
                    (b"x-continuum-overhead-ms",
-                    overhead_ms(trio.current_time() - state.started - state.upstream))]
+                    overhead_ms(clock() - state.started - state.upstream))]
         state.bytes_out = len(stored.body)
         await conn.send_response(stored.status, headers, stored.body)
         if produced:
@@ -537,11 +538,11 @@ class Proxy:
                 value = self.tracing.traceparent(span)
                 headers = [(n, v) for n, v in headers if n != b"traceparent"]
                 headers.append((b"traceparent", value))
-            started = trio.current_time()
+            started = clock()
             try:
                 exchange = await backend.start(call.method, call.target, headers, call.body)
             except UpstreamError as exc:
-                state.upstream += trio.current_time() - started
+                state.upstream += clock() - started
                 backend.fail_before_start()
                 record(None, False, str(exc))
                 if span is not None:
@@ -551,7 +552,7 @@ class Proxy:
             if span is not None:
                 span.set_attribute("http.response.status_code", exchange.status)
             status = exchange.status
-            to_head = trio.current_time() - started
+            to_head = clock() - started
             if status in RETRYABLE_STATUSES:
                 self._cool_down(backend, exchange.headers)
             if status in RETRYABLE_STATUSES and not last:
@@ -576,7 +577,7 @@ class Proxy:
                                         state)
                 if ok is not None:
                     record(to_head if ok else None, ok, "" if ok else "stream failed")
-                elapsed = trio.current_time() - started
+                elapsed = clock() - started
                 state.upstream += elapsed
                 return Served(status, backend.name, model, elapsed, attempt)
             answer = await self._read(exchange, backend, model, call, started, attempt, state)
@@ -611,12 +612,12 @@ class Proxy:
         except UpstreamError as exc:
             log.info("backend %s: answer broken off: %s", backend.name, exc)
             backend.finish(exchange, False, None)
-            state.upstream += trio.current_time() - started
+            state.upstream += clock() - started
             return None
         except BaseException:
             backend.finish(exchange, False, None)
             raise
-        latency = trio.current_time() - started
+        latency = clock() - started
         state.upstream += latency
         backend.finish(exchange, status < 500, latency)
         headers = self._response_headers(exchange.headers, backend, model)
@@ -640,7 +641,7 @@ class Proxy:
                 if wait:
                     wait = min(wait, self._max_retry_after)
                     backend.cooldown_until = max(backend.cooldown_until,
-                                                 trio.current_time() + wait)
+                                                 clock() + wait)
                 return
 
     @staticmethod
@@ -693,7 +694,7 @@ class Proxy:
                     with trio.CancelScope(deadline=end) as scope:
                         receive, send, feed = (exchange.receive_some, conn.send_chunk,
                                                translator.feed)
-                        now = last = trio.current_time()
+                        now = last = clock()
                         while True:
                             conn.arm_timer(now + idle, scope=scope)
                             data = await receive()
@@ -704,7 +705,7 @@ class Proxy:
                                 await send(out)
                                 sent += len(out)
                                 c1, c2, c3 = c2, c3, out
-                            now = trio.current_time()
+                            now = clock()
                             if first:
                                 if now - last > max_gap:
                                     max_gap = now - last

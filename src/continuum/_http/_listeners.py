@@ -13,6 +13,7 @@ from typing import final
 
 import trio
 
+from .._clock import now as clock
 from ._server import DateCache, ErrorRenderer, Handler, HTTPLimits, ServerConnection, _plain_error
 
 log = logging.getLogger("continuum.http")
@@ -186,7 +187,7 @@ class HTTPServer:
         """Fire connection timers (idle keep-alive, slow client, request deadlines)."""
         while True:
             await trio.sleep(self.timer_resolution)
-            now = trio.current_time()
+            now = clock()
             for conn in list(self.connections):
                 if conn.deadline <= now:
                     conn.expire()

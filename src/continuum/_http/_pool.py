@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from .._clock import now as clock
 from ._client import ConnectError, Headers, HTTP1Connection, HTTP1Exchange, UpstreamError
 
 
@@ -146,7 +147,7 @@ class HTTP1Pool:
 
     async def _checkout(self) -> HTTP1Connection:
         idle = self._idle
-        now = trio.current_time()
+        now = clock()
         while idle:
             conn = idle.pop()
             if now - conn.last_used < self.limits.idle_timeout:
@@ -159,7 +160,7 @@ class HTTP1Pool:
         opened = 0
         for _ in range(min(count, self.limits.max_idle) - len(self._idle)):
             conn = await self._connect()
-            conn.last_used = trio.current_time()
+            conn.last_used = clock()
             self._idle.appendleft(conn)
             opened += 1
         return opened
@@ -224,7 +225,7 @@ class HTTP1Pool:
         self._slots.release()
         if conn.keep_alive and not self._closed and len(self._idle) < self.limits.max_idle:
             conn.reused = True
-            conn.last_used = trio.current_time()
+            conn.last_used = clock()
             self._idle.append(conn)
         else:
             conn.close()
@@ -232,7 +233,7 @@ class HTTP1Pool:
     def reap_idle(self) -> int:
         """Close connections idle longer than ``idle_timeout`` (oldest sit at the left)."""
         idle = self._idle
-        deadline = trio.current_time() - self.limits.idle_timeout
+        deadline = clock() - self.limits.idle_timeout
         closed = 0
         while idle and idle[0].last_used <= deadline:
             idle.popleft().close()

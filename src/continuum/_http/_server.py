@@ -22,6 +22,7 @@ from typing import Final, final
 import httptools
 import trio
 
+from .._clock import now as clock
 from ._fastio import FastStream
 
 log = logging.getLogger("continuum.http")
@@ -392,12 +393,12 @@ class ServerConnection:
                         parser.expect_continue = False
                         await self.io.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self.idle = False
-                    self.arm_timer(self._request_deadline or trio.current_time(), _SLOW_CLIENT)
+                    self.arm_timer(self._request_deadline or clock(), _SLOW_CLIENT)
                 else:
                     if self.closing:
                         return None
                     self.idle = True
-                    self.arm_timer(trio.current_time() + self.limits.keepalive_timeout)
+                    self.arm_timer(clock() + self.limits.keepalive_timeout)
                 try:
                     data = await self.io.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -409,11 +410,11 @@ class ServerConnection:
             parser.feed(data)
             if parser.in_message and self._request_deadline is None:
                 # The whole request must arrive within request_read_timeout of its first byte.
-                self._request_deadline = trio.current_time() + self.limits.request_read_timeout
+                self._request_deadline = clock() + self.limits.request_read_timeout
         self.idle = False
         self.deadline = math.inf
         self._request_deadline = (
-            trio.current_time() + self.limits.request_read_timeout if parser.in_message else None
+            clock() + self.limits.request_read_timeout if parser.in_message else None
         )
         return parser.ready.popleft()
 

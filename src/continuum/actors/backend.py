@@ -13,6 +13,7 @@ from typing import Final, final
 import trio
 
 from .._circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
+from .._clock import now as clock
 from .._config import BackendConfig, Config
 from .._health import HealthState
 from .._http._client import ConnectError, Exchange, Headers
@@ -110,7 +111,7 @@ class BackendActor:
                 open_timeout=cb.timeout,
                 half_open_max_requests=cb.half_open_max_requests,
             ),
-            trio.current_time,
+            clock,
         )
         #: Until when an upstream's Retry-After asked us to leave it alone.
         self.cooldown_until = 0.0
@@ -242,7 +243,7 @@ class BackendActor:
             state=self.health.state.value,
             reason=self.health.last_reason,
             circuit=self.breaker.snapshot(),
-            cooldown=max(0.0, self.cooldown_until - trio.current_time()),
+            cooldown=max(0.0, self.cooldown_until - clock()),
             in_flight=self.in_flight,
             latency_ms=None if self.latency_ewma is None else self.latency_ewma * 1000.0,
             models=tuple(sorted(self.models)),

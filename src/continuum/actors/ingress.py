@@ -24,6 +24,7 @@ import msgspec
 import trio
 
 from .._calls import ENDPOINT_APIS
+from .._clock import now as clock
 from .._config import Config
 from .._errors import JSON_HEADERS, RouterError, openai_error_body
 from .._http._server import Request, ServerConnection
@@ -119,7 +120,7 @@ class Ingress:
         return rid
 
     async def handle(self, request: Request, conn: ServerConnection) -> None:
-        started = trio.current_time()
+        started = clock()
         path = request.path
         route = self._routes.get(path)
         endpoint = path
@@ -165,7 +166,7 @@ class Ingress:
                 )
             conn.closing = True
         finally:
-            duration = trio.current_time() - started
+            duration = clock() - started
             if conn.expired is not None and conn.expired.status:
                 status = conn.expired.status  # the server answers it once we unwind
             if served is not None:

@@ -15,6 +15,7 @@ from typing import final
 import trio
 
 from .._circuit import BreakerState
+from .._clock import now as clock
 from .._config import Config
 from .._messages import ControlMessage, DiscoveryFailed, HealthReport, ModelsDiscovered
 from .._strategies import RouteKey, Strategy, StrategyOptions, make_strategy
@@ -43,7 +44,7 @@ class Router:
         )
         self.strategy: Strategy = make_strategy(
             routing.strategy, routing.fallback_strategy, options=options,
-            rng=random.Random(), clock=trio.current_time,
+            rng=random.Random(), clock=clock,
         )
         #: Client model name → served model name.
         self.aliases: dict[str, str] = dict(config.model_aliases)
@@ -84,7 +85,7 @@ class Router:
         candidates = self._table.get(model)
         if not candidates:
             return None
-        now = trio.current_time()
+        now = clock()
         eligible = [
             b for b in candidates
             if b.available(now) and b not in exclude and (apis is None or b.api in apis)
@@ -109,7 +110,7 @@ class Router:
         apis: frozenset[str] | None = None,
     ) -> bool:
         """Is another backend available for ``model``? (No side effects, unlike choose.)"""
-        now = trio.current_time()
+        now = clock()
         return any(
             b.available(now) and b not in exclude and (apis is None or b.api in apis)
             for b in self._table.get(model, ())
@@ -149,7 +150,7 @@ class Router:
         """For the error when no backend of ``model`` is available: the most telling reason
         (``overloaded`` beats ``circuit_open`` beats ``cooling_down`` beats ``unhealthy``)
         and a Retry-After in seconds."""
-        now = trio.current_time()
+        now = clock()
         reasons = [b.unavailable_reason(now) for b in self._table.get(model, ())]
         for wanted in ("overloaded", "circuit_open", "cooling_down", "unhealthy"):
             waits = [wait for reason, wait in reasons if reason == wanted]
