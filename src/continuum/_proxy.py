@@ -584,7 +584,9 @@ class Proxy:
             if answer is None:
                 record(None, False, "broken response body")
                 return f"backend '{backend.name}' broke off its answer"
-            ok = status < 500
+            # A 429/529 ("overloaded") counts against the backend whether or not it was
+            # retried; other 4xx are the request's doing.
+            ok = status < 500 and status not in RETRYABLE_STATUSES
             record(to_head if ok else None, ok, "" if ok else f"answered {status}")
             return answer
         finally:
