@@ -90,3 +90,24 @@ async def test_request_timeout_counts_against_the_backend(nursery: trio.Nursery)
     assert backend["circuit_breaker"]["state"] == "open"  # the hang was the backend's fault
     assert again.status_code == 503
     assert again.json()["error"]["code"] == "circuit_open"
+
+
+async def test_translated_stream_cut_short_counts_against_the_backend(
+    nursery: trio.Nursery,
+) -> None:
+    from continuum.mock import MockUpstream, serve_mock
+
+    upstream = MockUpstream(None, ["claude"], name="claude", api="anthropic")
+    address = await nursery.start(serve_mock, upstream)
+    router = await start_router(nursery, router_config([
+        {"name": "claude", "type": "anthropic", "url": f"http://{address}", "api_key": "k",
+         "models": ["claude"]},
+    ]))
+    upstream.fail_next("malformed")  # the stream ends cleanly, without message_stop
+    body = {"model": "claude", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with trio.fail_after(HANG_GUARD):
+        async with httpx.AsyncClient(base_url=router.url) as client:
+            r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    assert b"error" in r.content and r.content.rstrip().endswith(b"data: [DONE]")
+    assert router.backends["claude"].failures == 1  # the cut stream is the backend's failure

@@ -88,6 +88,11 @@ class _Chain:
     def finish(self) -> bytes:
         return self._second.feed(self._first.finish()) + self._second.finish()
 
+    @property
+    def truncated(self) -> bool:
+        return bool(getattr(self._first, "truncated", False)
+                    or getattr(self._second, "truncated", False))
+
     def error(self, status: int, message: str) -> bytes:
         return self._second.error(status, message)
 

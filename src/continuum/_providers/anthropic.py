@@ -707,6 +707,8 @@ class AnthropicToOpenAIStream:
         self._prefix = b""  # everything of a chunk before the choices array
         self._started = False
         self._done = False
+        #: True once ``finish`` found the stream cut short (the router counts it a failure).
+        self.truncated = False
         self._finished = False  # a finish_reason chunk went out
         self._usage: JSON = {}
         self._tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool index
@@ -760,6 +762,7 @@ class AnthropicToOpenAIStream:
             return out
         if self._finished:
             return out + self._close()
+        self.truncated = True  # the router counts it a failure of the backend
         return out + self._error_event(
             "api_error", "upstream stream ended before the message was complete"
         )
@@ -1207,6 +1210,8 @@ class OpenAIToAnthropicStream:
         self._reader = _SSEReader()
         self._started = False
         self._done = False
+        #: True once ``finish`` found the stream cut short (the router counts it a failure).
+        self.truncated = False
         self._index = -1  # Anthropic index of the open block (-1: none open)
         self._open: str | int | None = None  # "text" | "thinking" | OpenAI tool index
         self._seen_tools: set[int] = set()
@@ -1297,6 +1302,7 @@ class OpenAIToAnthropicStream:
             return out
         if self._stop_reason is not None:
             return out + self._end()  # some backends omit [DONE]
+        self.truncated = True  # the router counts it a failure of the backend
         return out + self._error_event(
             "api_error", "upstream stream ended before the answer was complete"
         )

@@ -910,6 +910,7 @@ class GeminiToOpenAIStream:
         "_started",
         "_tool_index",
         "_usage",
+        "truncated",
     )
 
     def __init__(
@@ -922,6 +923,8 @@ class GeminiToOpenAIStream:
         self._model = model
         self._include_usage = include_usage
         self._created = int(time.time()) if created is None else created
+        #: True once ``finish`` found the stream cut short (the router counts it a failure).
+        self.truncated = False
         self._buf = b""
         self._data: list[bytes] = []
         self._id: str | None = None
@@ -979,6 +982,7 @@ class GeminiToOpenAIStream:
         if self._done:
             return b"".join(out)
         if not self._finished:
+            self.truncated = True
             out.append(self.error(502, "Gemini stream ended before a finish reason"))
             return b"".join(out)
         if self._include_usage and self._usage is not None:
