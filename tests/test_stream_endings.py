@@ -111,3 +111,18 @@ async def test_translated_stream_cut_short_counts_against_the_backend(
     assert r.status_code == 200
     assert b"error" in r.content and r.content.rstrip().endswith(b"data: [DONE]")
     assert router.backends["claude"].failures == 1  # the cut stream is the backend's failure
+
+
+async def test_timeout_504_carries_the_request_id(nursery: trio.Nursery) -> None:
+    mock, url = await start_mock(nursery, ["m"])
+    router = await start_router(nursery, router_config(
+        [{"name": "a", "url": url, "models": ["m"]}], request={"timeout": 0.3}))
+    mock.fail_next("hang")
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with trio.fail_after(HANG_GUARD):
+        async with httpx.AsyncClient(base_url=router.url) as client:
+            r = await client.post("/v1/chat/completions", json=body,
+                                  headers={"x-request-id": "req-42"})
+    assert r.status_code == 504
+    assert r.headers["x-request-id"] == "req-42"
+    assert r.json()["error"]["code"] == "upstream_timeout"

@@ -254,6 +254,9 @@ class ServerConnection:
         self.deadline = math.inf
         self._timer_error: ProtocolError | None = None
         self._timer_scope: trio.CancelScope | None = None
+        #: The id of the request being handled (set by the handler), echoed on an error
+        #: the server sends on its behalf (a timer's 504).
+        self.request_id: bytes | None = None
         #: Set when a timer ended the connection (status 0: closed without a response).
         self.expired: ProtocolError | None = None
         self._eof = False
@@ -450,13 +453,14 @@ class ServerConnection:
                 error = expired
             if error is not None:
                 self._keep_alive = False
+                if error.body is not None:
+                    headers, body = [(b"content-type", b"application/json")], error.body
+                else:
+                    headers, body = self._render_error(error.status, error.message)
+                if self.request_id is not None:  # the timed-out request's id
+                    headers = [*headers, (b"x-request-id", self.request_id)]
                 with trio.move_on_after(1.0):
-                    if error.body is not None:
-                        await self.send_response(
-                            error.status, [(b"content-type", b"application/json")], error.body
-                        )
-                    else:
-                        await self.send_error(error.status, error.message)
+                    await self.send_response(error.status, headers, body)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -129,6 +129,7 @@ class Ingress:
         status = 500
         served: Served | None = None
         state = RequestState(self._request_id(request), started)
+        conn.request_id = state.id
         if self._trace:
             self._start_trace(request, state)
         try:
