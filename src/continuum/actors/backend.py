@@ -252,6 +252,19 @@ class BackendActor:
             failures=self.failures,
         )
 
+    async def get(self, path: bytes, timeout: float, limit: int) -> tuple[int, bytes]:
+        """``GET path`` with this backend's credentials, the whole answer within ``timeout``
+        (raises trio.TooSlowError or UpstreamError): health probes and model discovery."""
+        exchange = None
+        try:
+            with trio.fail_after(timeout):
+                exchange = await self.pool.start(b"GET", path, list(self.upstream_headers), b"")
+                body = await exchange.read_all(limit)
+        finally:
+            if exchange is not None:
+                exchange.close()
+        return exchange.status, body
+
     # -- actor task ----------------------------------------------------------------------
 
     async def open(self, nursery: trio.Nursery) -> None:

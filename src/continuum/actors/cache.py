@@ -56,19 +56,10 @@ class CacheStats:
 
 
 async def fetch_models(backend: BackendActor, timeout: float) -> tuple[str, ...]:
-    exchange = None
-    try:
-        with trio.fail_after(timeout):
-            exchange = await backend.pool.start(
-                b"GET", backend.models_path, list(backend.upstream_headers), b""
-            )
-            body = await exchange.read_all(_LIST_LIMIT)
-    finally:
-        if exchange is not None:
-            exchange.close()
+    status, body = await backend.get(backend.models_path, timeout, _LIST_LIMIT)
     path = backend.models_path.decode()
-    if exchange.status != 200:
-        raise UpstreamError(f"GET {path} answered {exchange.status}")
+    if status != 200:
+        raise UpstreamError(f"GET {path} answered {status}")
     try:
         if backend.api == "gemini":
             return gemini_models(body)

@@ -68,21 +68,12 @@ def _seconds(value: object, default: float) -> float:
 async def probe(backend: BackendActor, endpoint: str, timeout: float) -> HealthReport:
     """One ``GET endpoint`` through the backend's own pool (which keeps a connection warm)."""
     started = trio.current_time()
-    exchange = None
     try:
-        with trio.fail_after(timeout):
-            exchange = await backend.pool.start(
-                b"GET", backend.probe_path(endpoint), list(backend.upstream_headers), b""
-            )
-            await exchange.read_all(_PROBE_BODY_LIMIT)
+        status, _ = await backend.get(backend.probe_path(endpoint), timeout, _PROBE_BODY_LIMIT)
     except trio.TooSlowError:
         return HealthReport(backend.name, False, 0, 0.0, f"probe timed out after {timeout:g}s")
     except UpstreamError as exc:
         return HealthReport(backend.name, False, 0, 0.0, str(exc))
-    finally:
-        if exchange is not None:
-            exchange.close()
-    status = exchange.status
     latency = trio.current_time() - started
     ok = 200 <= status < 300
     if ok:

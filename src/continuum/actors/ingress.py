@@ -30,7 +30,7 @@ from .._errors import JSON_HEADERS, RouterError, openai_error_body
 from .._http._server import Request, ServerConnection
 from .._messages import RequestObserved
 from .._providers.anthropic import anthropic_error_body
-from .._proxy import Proxy, RequestState, Served, decode_peek
+from .._proxy import Proxy, RequestState, Served, client_key, decode_peek
 from .._tracing import new_traceparent, valid_traceparent
 from .cache import CacheKeeper
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
@@ -254,12 +254,7 @@ class Ingress:
         as the openai SDK always send some key, so a foreign key is not an error there)."""
         if not self._blocking:
             return
-        key: bytes | None = None
-        auth = request.header(b"authorization")
-        if auth is not None and auth[:7].lower() == b"bearer ":
-            key = auth[7:].strip()
-        else:
-            key = request.header(b"x-api-key")
+        key = client_key(request)
         if key is None:
             raise RouterError(401, "Missing API key: send 'Authorization: Bearer <key>'")
         if key not in self._keys:

@@ -188,12 +188,9 @@ class Router:
             health = backend.health
             before = health.state
             reason = message.reason or f"probe answered {message.status}"
-            if first and not message.ok and message.status != 503:
-                changed = health.record_first(False, reason)
-            else:
-                changed = health.record_probe(
-                    message.status, message.ok, reason, trio.current_time()
-                )
+            changed = health.record_probe(
+                message.status, message.ok, reason, trio.current_time(), first=first
+            )
             if changed:
                 level = logging.INFO if health.healthy else logging.WARNING
                 log.log(level, "backend %s: %s -> %s%s", backend.name, before.value,
