@@ -9,8 +9,8 @@ in the request-path profile. Everything else is plain prometheus-client.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import Final, final
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final, Generic, TypeVar, final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -60,8 +60,36 @@ class CounterChild:
         self.value += amount
 
 
+ChildT = TypeVar("ChildT", HistogramChild, CounterChild)
+
+
+class _LabeledFamily(Collector, Generic[ChildT]):
+    """A metric family whose children are made on first use of a label tuple."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        new_child: Callable[[], ChildT],
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._new_child: Callable[[], ChildT] = new_child
+        self._children: dict[tuple[str, ...], ChildT] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> ChildT:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._new_child()
+        return child
+
+
 @final
-class LabeledHistogram(Collector):
+class LabeledHistogram(_LabeledFamily[HistogramChild]):
     def __init__(
         self,
         name: str,
@@ -70,18 +98,9 @@ class LabeledHistogram(Collector):
         registry: CollectorRegistry,
         buckets: Sequence[float] = LATENCY_BUCKETS,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         self.buckets = tuple(buckets)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = HistogramChild(self.buckets)
-        return child
+        super().__init__(name, documentation, labelnames, registry,
+                         lambda: HistogramChild(self.buckets))
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -97,7 +116,7 @@ class LabeledHistogram(Collector):
 
 
 @final
-class LabeledCounter(Collector):
+class LabeledCounter(_LabeledFamily[CounterChild]):
     def __init__(
         self,
         name: str,
@@ -105,17 +124,7 @@ class LabeledCounter(Collector):
         labelnames: Sequence[str],
         registry: CollectorRegistry,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = CounterChild()
-        return child
+        super().__init__(name, documentation, labelnames, registry, CounterChild)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)

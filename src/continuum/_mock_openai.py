@@ -275,6 +275,29 @@ def _pace(settings: Settings) -> float:
     return 1.0 / tps if tps > 0 else 0.0
 
 
+def _chunk_head(ident: str, kind: str, settings: Settings, model: str) -> dict[str, object]:
+    """The fields every event of one streamed answer repeats."""
+    return {"id": ident, "object": kind, "created": settings.created, "model": model,
+            "system_fingerprint": "fp_mock"}
+
+
+def _chunk_event(head: dict[str, object], choice: dict[str, object], usage_field: bool) -> bytes:
+    event: dict[str, object] = {**head, "choices": [choice]}
+    if usage_field:  # with include_usage every chunk says "usage": null until the last
+        event["usage"] = None
+    return sse_event(event)
+
+
+def _end_stream(
+    events: list[tuple[float, bytes]], head: dict[str, object], usage: object | None
+) -> StreamReply:
+    """The final usage chunk (when asked for), ``[DONE]``, and the reply."""
+    if usage is not None:
+        events.append((0.0, sse_event({**head, "choices": [], "usage": usage})))
+    events.append((0.0, DONE_EVENT))
+    return StreamReply(tuple(events))
+
+
 def chat_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
     """``POST /v1/chat/completions``."""
     try:
@@ -312,38 +335,17 @@ def chat_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
         )
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    head = _chunk_head(ident, "chat.completion.chunk", settings, model)
+
     def chunk(delta: dict[str, str], finish_reason: str | None) -> bytes:
-        obj: dict[str, object] = {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": settings.created,
-            "model": model,
-            "system_fingerprint": "fp_mock",
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        if include_usage:
-            obj["usage"] = None
-        return sse_event(obj)
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _chunk_event(head, choice, include_usage)
 
     pace = _pace(settings)
     events: list[tuple[float, bytes]] = [(0.0, chunk({"role": "assistant", "content": ""}, None))]
     events += [(pace, chunk({"content": piece}, None)) for piece in pieces]
     events.append((0.0, chunk({}, finish)))
-    if include_usage:
-        usage_chunk = {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": settings.created,
-            "model": model,
-            "system_fingerprint": "fp_mock",
-            "choices": [],
-            "usage": _usage(prompt_tokens, n),
-        }
-        events.append((0.0, sse_event(usage_chunk)))
-    events.append((0.0, DONE_EVENT))
-    return StreamReply(tuple(events))
+    return _end_stream(events, head, _usage(prompt_tokens, n) if include_usage else None)
 
 
 def text_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
@@ -380,37 +382,16 @@ def text_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
         )
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    head = _chunk_head(ident, "text_completion", settings, model)
+
     def chunk(text: str, finish_reason: str | None) -> bytes:
-        obj: dict[str, object] = {
-            "id": ident,
-            "object": "text_completion",
-            "created": settings.created,
-            "model": model,
-            "system_fingerprint": "fp_mock",
-            "choices": [
-                {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        if include_usage:
-            obj["usage"] = None
-        return sse_event(obj)
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return _chunk_event(head, choice, include_usage)
 
     pace = _pace(settings)
     events = [(pace, chunk(piece, None)) for piece in pieces]
     events.append((0.0, chunk("", finish)))
-    if include_usage:
-        usage_chunk = {
-            "id": ident,
-            "object": "text_completion",
-            "created": settings.created,
-            "model": model,
-            "system_fingerprint": "fp_mock",
-            "choices": [],
-            "usage": _usage(prompt_tokens, n),
-        }
-        events.append((0.0, sse_event(usage_chunk)))
-    events.append((0.0, DONE_EVENT))
-    return StreamReply(tuple(events))
+    return _end_stream(events, head, _usage(prompt_tokens, n) if include_usage else None)
 
 
 def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:

@@ -20,7 +20,9 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar, final
+from typing import Final, Protocol, TypeVar, final, get_args
+
+from ._config import Strategy as StrategyName
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -477,14 +479,7 @@ class ConsistentHash:
 # --------------------------------------------------------------------------------------
 
 #: The strategy names configuration accepts (``routing.strategy``, ``fallback_strategy``).
-STRATEGY_NAMES: Final = (
-    "RoundRobin",
-    "WeightedRoundRobin",
-    "LeastLatency",
-    "Random",
-    "ConsistentHash",
-    "LeastConnections",
-)
+STRATEGY_NAMES: Final[tuple[str, ...]] = get_args(StrategyName)  # the config's own list
 
 #: Strategies that defer to a fallback strategy when they cannot decide.
 _NEEDS_FALLBACK: Final = frozenset({"LeastLatency", "ConsistentHash"})
