@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final, final
 import msgspec
 
 from ._providers import anthropic, gemini
-from ._providers._types import StreamTranslator, Translated, UpstreamCall
+from ._providers._types import StreamTranslator, Translated
 
 if TYPE_CHECKING:
     from ._http._server import Request
@@ -97,8 +97,9 @@ class _Chain:
         return self._second.error(status, message)
 
 
-def _with_forwarded(call: UpstreamCall, backend: BackendActor, request: Request) -> Headers:
-    headers = list(call.headers)
+def _with_forwarded(call_headers: Headers, backend: BackendActor, request: Request) -> Headers:
+    """A translated call's headers, plus the client's tracing ones and the backend's own."""
+    headers = list(call_headers)
     have = {name for name, _ in headers}
     for name, value in request.headers:
         if name in _TRANSLATED_FORWARD and name not in have:
@@ -155,7 +156,7 @@ def build_call(
         )
         usage = stream and _include_usage(body)
         return Call(
-            up.method, up.path, _with_forwarded(up, backend, request), up.body,
+            up.method, up.path, _with_forwarded(up.headers, backend, request), up.body,
             translate=lambda status, raw: anthropic.anthropic_to_openai_response(
                 status, raw, model=model),
             stream=lambda: anthropic.AnthropicToOpenAIStream(model, usage),
@@ -164,7 +165,7 @@ def build_call(
                                          stream=stream)
     usage = stream and _include_usage(body)
     return Call(
-        up.method, up.path, _with_forwarded(up, backend, request), up.body,
+        up.method, up.path, _with_forwarded(up.headers, backend, request), up.body,
         translate=lambda status, raw: gemini.gemini_to_openai_response(status, raw,
                                                                        model=model),
         stream=lambda: gemini.GeminiToOpenAIStream(model, usage),
@@ -186,9 +187,7 @@ def _messages_call(
     if api == "openai":
         return Call(
             b"POST", backend.target(b"/v1/chat/completions"),
-            _with_forwarded(UpstreamCall(b"POST", b"", [(b"content-type",
-                                                          b"application/json")], b""),
-                            backend, request),
+            _with_forwarded([(b"content-type", b"application/json")], backend, request),
             chat_body,
             translate=to_messages,
             stream=lambda: anthropic.OpenAIToAnthropicStream(model),
@@ -202,7 +201,7 @@ def _messages_call(
         return anthropic.openai_to_anthropic_response(chat.status, chat.body, model=model)
 
     return Call(
-        up.method, up.path, _with_forwarded(up, backend, request), up.body,
+        up.method, up.path, _with_forwarded(up.headers, backend, request), up.body,
         translate=gemini_to_messages,
         stream=lambda: _Chain(gemini.GeminiToOpenAIStream(model, True),
                               anthropic.OpenAIToAnthropicStream(model)),
