@@ -59,6 +59,16 @@ _END_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
     "/v1/responses": (b"response.completed", b"response.incomplete", b"response.failed",
                       _DONE_MARK),
 }
+#: Terminal events that carry a whole object (the Responses API's ``response.completed``
+#: holds the final response), so their name is far from the stream's end: they are looked
+#: for in every chunk of that endpoint, as the ``type`` of an event's JSON (which no string
+#: value inside it can fake: its quotes would be escaped).
+_EVENT_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
+    "/v1/responses": tuple(
+        b'"type":' + space + b'"response.' + name + b'"'
+        for name in (b"completed", b"incomplete", b"failed") for space in (b"", b" ")
+    ),
+}
 _CHAIN_CACHE_MAX: Final = 4096
 
 
@@ -214,20 +224,25 @@ class _PassThrough:
     """Pass-through streams as a StreamTranslator: bytes unchanged, and the end checked
     for the API's own terminator (a clean end without it is a truncation)."""
 
-    __slots__ = ("_anthropic", "_marks", "_tail", "truncated")
+    __slots__ = ("_anthropic", "_ended", "_event_marks", "_marks", "_tail", "truncated")
 
     def __init__(self, endpoint: str) -> None:
         self._anthropic = endpoint.startswith("/v1/messages")
         self._marks = _END_MARKS.get(endpoint, (_DONE_MARK,))
+        self._event_marks = _EVENT_MARKS.get(endpoint, ())
+        self._ended = False
         self._tail = b""
         self.truncated = False
 
     def feed(self, data: bytes) -> bytes:
+        if self._event_marks and not self._ended:
+            edge = self._tail[-40:] + data[:40]  # a mark split between two chunks
+            self._ended = any(mark in data or mark in edge for mark in self._event_marks)
         self._tail = (self._tail + data[-64:])[-64:]  # the terminator may span chunks
         return data
 
     def finish(self) -> bytes:
-        if any(mark in self._tail for mark in self._marks):
+        if self._ended or any(mark in self._tail for mark in self._marks):
             return b""
         self.truncated = True
         return self.error(502, "Upstream ended the stream before its end marker")

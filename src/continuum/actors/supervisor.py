@@ -120,12 +120,13 @@ async def _start_mocks(
     urls: dict[str, str] = {}
     if not any(b.type == "mock" for b in config.backends):
         return mocks, urls
-    from ..mock import MockUpstream, serve_mock
+    from ..mock import MockUpstream, ResponseStore, serve_mock
 
+    store = ResponseStore()  # one per router: its mocks act as replicas of one provider
     for backend in config.backends:
         if backend.type == "mock":
             upstream = MockUpstream(backend.mock, backend.models or ("mock-model",),
-                                    name=backend.name)
+                                    name=backend.name, responses_store=store)
             mocks[backend.name] = upstream
             urls[backend.name] = f"http://{await nursery.start(serve_mock, upstream)}"
     return mocks, urls
