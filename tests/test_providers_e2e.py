@@ -902,11 +902,13 @@ async def test_responses_passed_through_to_openai_backend(nursery: trio.Nursery)
         async with http(router) as client:
             response = await client.post("/v1/responses", content=raw,
                                          headers={"content-type": "application/json"})
-    # the OpenAI mock has no /v1/responses: its own 404 comes back, proving the forward
+    # the body reaches the OpenAI mock byte for byte, and its answer comes back
     assert mock.requests_by_path.get("/v1/responses") == 1
     assert mock.last_request_body == raw
-    assert response.status_code == 404
-    assert "error" in response.json()
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "response" and body["model"] == "gpt-test"
+    assert body["output"][0]["content"][0]["text"] == "Mock reply to: hello responses"
 
 
 async def test_responses_refused_for_anthropic_and_gemini_only_models(

@@ -55,9 +55,9 @@ _DONE_MARK: Final = b"[DONE]"
 #: How a complete stream ends, per endpoint (chat and completions: ``[DONE]``).
 _END_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
     "/v1/messages": (b"message_stop",),
-    # The Responses API ends on one of these events (some servers add [DONE] too).
-    "/v1/responses": (b"response.completed", b"response.incomplete", b"response.failed",
-                      _DONE_MARK),
+    # The Responses API ends on a terminal event (``_EVENT_MARKS``); some servers add
+    # [DONE] too.
+    "/v1/responses": (_DONE_MARK,),
 }
 #: Terminal events that carry a whole object (the Responses API's ``response.completed``
 #: holds the final response), so their name is far from the stream's end: they are looked

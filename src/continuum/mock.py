@@ -46,7 +46,7 @@ from . import _mock_anthropic as anth
 from . import _mock_gemini as gem
 from . import _mock_openai as oai
 from . import _mock_responses as responses
-from ._config import MockConfig, MockFailure
+from ._config import _DURATION_HELP, MockConfig, MockFailure, parse_duration
 from ._errors import render_error
 from ._http._listeners import HTTPServer, open_listeners
 from ._http._server import HTTPLimits, Request, ServerConnection, status_line
@@ -684,6 +684,18 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    """``--latency``: seconds (``0.05``) or a duration as config files spell it (``50ms``)."""
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {_DURATION_HELP}") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -705,8 +717,9 @@ def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated models to serve (default: mock-model)",
     )
     parser.add_argument(
-        "--latency", type=_non_negative, default=0.0, metavar="SECONDS",
-        help="delay before each response head (default: 0)",
+        "--latency", type=_duration, default=0.0, metavar="DURATION",
+        help="delay before each response head: seconds or a duration such as 50ms, 1.5s "
+        "(default: 0)",
     )
     parser.add_argument(
         "--tokens-per-second", type=_non_negative, default=0.0, metavar="TPS",
@@ -719,7 +732,8 @@ def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fail", type=parse_mock_failure, action="append", default=None,
         metavar="KIND[:STATUS][@RATE]",
-        help="inject a failure (repeatable): status, reset, hang, drip or malformed; "
+        help=f"inject a failure (repeatable); KIND is one of {', '.join(_config_failure_kinds())}"
+        "; STATUS (for status, default 500) and RATE (0..1, default 1) are optional; "
         "e.g. status:503@0.2, reset@0.05",
     )
     parser.add_argument(
