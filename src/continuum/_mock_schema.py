@@ -41,6 +41,8 @@ MAX_MIN_COUNT: Final = 256
 DEFAULT_ITEMS: Final = 2
 #: Values (every scalar, object and array) one request may generate, over all its choices.
 DEFAULT_VALUE_BUDGET: Final = 20_000
+#: Characters of generated strings one request may hold, over all its choices.
+DEFAULT_CHAR_BUDGET: Final = 1_000_000
 _MAX_PATTERN: Final = 1_000
 _MAX_STRING: Final = 4_096
 
@@ -268,13 +270,15 @@ def check_schema(schema: object, *, strict: bool, label: str, root_object: bool 
 class Generator:
     """Makes values that validate against schemas of one request.
 
-    ``rng`` decides every free choice; ``budget`` (shared by every value of the request)
-    bounds the total number of values produced.
+    ``rng`` decides every free choice; ``budget`` and ``chars`` (shared by every value of
+    the request) bound the number of values and the characters of strings produced.
     """
 
-    def __init__(self, rng: random.Random, budget: int = DEFAULT_VALUE_BUDGET) -> None:
+    def __init__(self, rng: random.Random, budget: int = DEFAULT_VALUE_BUDGET,
+                 chars: int = DEFAULT_CHAR_BUDGET) -> None:
         self.rng = rng
         self.budget = budget
+        self.chars = chars
 
     def generate(self, schema: Mapping[str, Any], name: str = "") -> object:
         """A value for ``schema`` (which :func:`check_schema` has accepted)."""
@@ -456,6 +460,10 @@ class Generator:
                 word = _WORDS[self.rng.randrange(len(_WORDS))]
                 text = f"mock {name.replace('_', ' ')} {word}" if name else f"mock {word}"
         low, high = _length_bounds(schema, "Length", _MAX_STRING)
+        self.chars -= max(low, len(text))
+        if self.chars < 0:
+            raise SchemaError("The schema asks for longer strings than the mock generates for "
+                              "one request; reduce minLength or n.")
         text = _fit(text, low, high)
         pattern = schema.get("pattern")
         if isinstance(pattern, str) and not re.search(pattern, text):
