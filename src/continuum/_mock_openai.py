@@ -8,7 +8,9 @@ one byte at a time, cut off by a reset, ...).
 
 Answers are deterministic so tests can assert them: the text echoes the last user message
 (``"Mock reply to: <message>"``), a streamed answer is that same text cut into
-``stream_chunks`` pieces, and one piece counts as one completion token.
+``stream_chunks`` pieces, and one piece counts as one completion token. Tool calls, ``n``
+choices, ``response_format`` JSON and logprobs follow :mod:`continuum._mock_tools` and
+:mod:`continuum._mock_schema`; the Responses API is :mod:`continuum._mock_responses`.
 """
 
 from __future__ import annotations

@@ -181,9 +181,10 @@ class MockUpstream:
         response one byte at a time, ``drip_delay`` apart), ``malformed`` (200 whose JSON,
         or first SSE event, does not parse).
 
-        By default they apply to the inference endpoints (chat, completions, embeddings;
-        Anthropic ``/v1/messages``; Gemini ``:generateContent``, ``:streamGenerateContent``
-        and ``/v1beta/openai/chat/completions`` and ``embeddings``); give ``path`` (e.g.
+        By default they apply to the inference endpoints (chat, completions, embeddings,
+        responses; Anthropic ``/v1/messages``; Gemini ``:generateContent``,
+        ``:streamGenerateContent`` and ``/v1beta/openai/chat/completions`` and
+        ``embeddings``); give ``path`` (e.g.
         ``"/v1/models"``) to aim at exactly one path instead. Queued failures are used
         before the configured, probabilistic ones. ``status`` errors use the error shape of
         the API that path belongs to.
