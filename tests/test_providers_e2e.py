@@ -145,7 +145,7 @@ def strip_ids(value: Any) -> Any:
     return value
 
 
-# -- a canned OpenAI upstream (the OpenAI mock never answers with tool calls) -------------
+# -- a canned OpenAI upstream (a fixed tool-call answer, independent of the mock) -----------
 
 
 def _tool_call_completion(model: str) -> bytes:
@@ -588,8 +588,8 @@ async def test_messages_to_openai_raw_event_sequence(nursery: trio.Nursery) -> N
 
 
 async def test_messages_to_openai_mock_tool_use(nursery: trio.Nursery) -> None:
-    """The OpenAI mock never answers with tool calls (docs/mock.md: only the Anthropic and
-    Gemini mocks have the trigger): the tools reach it translated, the answer is text."""
+    """The tools reach the OpenAI mock translated, and its tool call (arguments generated
+    from the schema, docs/mock.md) comes back as a ``tool_use`` block."""
     mock, url = await start_api_mock(nursery, "openai", ("gpt-test",))
     router = await router_with(nursery, openai_backend(url))
     with trio.fail_after(20):
@@ -600,8 +600,10 @@ async def test_messages_to_openai_mock_tool_use(nursery: trio.Nursery) -> None:
             )
     sent = upstream_json(mock)
     assert sent["tools"] == [WEATHER_TOOL]
-    assert message.content[0].type == "text"
-    assert message.stop_reason == "end_turn"
+    [block] = message.content
+    assert block.type == "tool_use" and block.name == "get_weather"
+    assert set(block.input) == {"location"} and isinstance(block.input["location"], str)
+    assert message.stop_reason == "tool_use"
 
 
 async def test_messages_to_openai_tool_use(nursery: trio.Nursery) -> None:
