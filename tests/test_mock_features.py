@@ -598,3 +598,66 @@ def test_cli_help_lists_every_fail_kind(capsys: pytest.CaptureFixture[str]) -> N
     assert len(kinds) >= 6
     for kind in kinds:
         assert kind in text, kind
+
+
+# -- generated JSON validates, for any schema of the supported subset ------------------------------
+
+
+def _schemas() -> Any:
+    from hypothesis import strategies as st
+
+    names = st.text("abcdefghij_", min_size=1, max_size=8)
+    leaves = st.one_of(
+        st.builds(lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span},
+                  st.integers(-1000, 1000), st.integers(0, 50)),
+        st.builds(lambda lo, span, ex: {"type": "number", "minimum": lo, "maximum": lo + span,
+                                        **({"exclusiveMaximum": lo + span} if ex else {})},
+                  st.floats(-100, 100), st.floats(0.5, 50), st.booleans()),
+        st.builds(lambda lo, extra: {"type": "string", "minLength": lo,
+                                     "maxLength": lo + extra},
+                  st.integers(0, 20), st.integers(0, 20)),
+        st.sampled_from([{"type": "string", "format": f} for f in
+                         ("date-time", "date", "email", "uuid", "uri", "ipv4")]),
+        st.just({"type": "boolean"}),
+        st.just({"type": "null"}),
+        st.lists(st.one_of(st.integers(), st.text(max_size=5)), min_size=1, max_size=6,
+                 unique=True).map(lambda values: {"enum": values}),
+    )
+
+    def nest(children: Any) -> Any:
+        return st.one_of(
+            st.dictionaries(names, children, max_size=4).flatmap(
+                lambda props: st.lists(st.sampled_from(sorted(props)) if props else
+                                       st.nothing(), unique=True).map(
+                    lambda required: {"type": "object", "properties": props,
+                                      "required": required})),
+            st.builds(lambda item, lo: {"type": "array", "items": item, "minItems": lo},
+                      children, st.integers(0, 3)),
+            children.map(lambda s: {"anyOf": [s, {"type": "null"}]}),
+            st.lists(children, min_size=1, max_size=3).map(lambda s: {"anyOf": s}),
+        )
+
+    body = st.recursive(leaves, nest, max_leaves=12)
+    return st.builds(
+        lambda item, seed: ({"type": "object", "$defs": {"Item": item},
+                             "properties": {"item": {"$ref": "#/$defs/Item"},
+                                            "many": {"type": "array",
+                                                     "items": {"$ref": "#/$defs/Item"}}},
+                             "required": ["item", "many"]}, seed),
+        body, st.integers(0, 2**32))
+
+
+def test_generated_values_validate_against_their_schema() -> None:
+    import random
+
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_schemas())
+    def check(case: tuple[dict[str, Any], int]) -> None:
+        schema, seed = case
+        check_schema(schema, strict=False, label="t", root_object=True)
+        value = Generator(random.Random(seed)).generate(schema)
+        jsonschema.validate(value, schema)
+
+    check()

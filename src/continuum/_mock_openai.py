@@ -389,10 +389,12 @@ class _ChatPlan:
     def choices(
         self, messages: Sequence[_Message], settings: Settings, max_tokens: int | None
     ) -> list[_Choice]:
-        generator = Generator(random.Random(self.key))
+        # Plain text needs no randomness: no generator (nor its seeding) on that path.
+        generator = Generator(random.Random(self.key)) if self.key else None
         out = []
         for index in range(self.n):
             if self.planned:
+                assert generator is not None
                 calls = tools.make_calls(self.planned, self.key, index, generator, "call_")
                 tokens = sum(len(_call_pieces(c, settings.stream_chunks)) for c in calls)
                 out.append(_Choice(calls=tuple(calls), finish="tool_calls", tokens=tokens))
@@ -401,6 +403,7 @@ class _ChatPlan:
             if self.format.kind == "text":
                 pieces = split_pieces(text, settings.stream_chunks)
             else:
+                assert generator is not None
                 generator.rng = tools.rng_for(self.key, index, "content")
                 content = tools.format_text(self.format, text, generator)
                 pieces = split_pieces(content, max(1, min(settings.stream_chunks, len(content))))
