@@ -137,18 +137,22 @@ WEATHER_TOOL = {
 
 
 async def test_openai_parse_into_a_pydantic_model(base_url: str) -> None:
-    def run() -> tuple[Person | None, str | None]:
-        completion = oai(base_url).chat.completions.parse(
-            model=MODEL, messages=[{"role": "user", "content": "Describe someone."}],
-            response_format=Person,
-        )
-        message = completion.choices[0].message
-        return message.parsed, completion.choices[0].finish_reason
+    def run() -> list[tuple[Person | None, str | None]]:
+        client = oai(base_url)
+        results = []
+        for parse in (client.chat.completions.parse, client.beta.chat.completions.parse):
+            completion = parse(
+                model=MODEL, messages=[{"role": "user", "content": "Describe someone."}],
+                response_format=Person,
+            )
+            choice = completion.choices[0]
+            results.append((choice.message.parsed, choice.finish_reason))
+        return results
 
-    parsed, finish = await in_thread(run)
-    assert isinstance(parsed, Person) and finish == "stop"
-    assert isinstance(parsed.mood, Mood)
-    assert parsed.pets and all(0 <= p.age <= 40 for p in parsed.pets)
+    for parsed, finish in await in_thread(run):
+        assert isinstance(parsed, Person) and finish == "stop"
+        assert isinstance(parsed.mood, Mood)
+        assert parsed.pets and all(0 <= p.age <= 40 for p in parsed.pets)
 
 
 async def test_openai_two_round_tool_loop(base_url: str) -> None:

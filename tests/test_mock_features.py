@@ -291,17 +291,27 @@ async def test_json_object(mock: Mock) -> None:
 
 
 async def test_openai_sdk_parse_with_a_recursive_pydantic_model(mock: Mock) -> None:
-    def run() -> Any:
+    def run() -> tuple[Any, Any]:
         client = openai.OpenAI(base_url=f"http://{mock.address}/v1", api_key="k",
                                max_retries=0, timeout=GUARD)
-        return client.chat.completions.parse(
+        parsed = client.chat.completions.parse(
             model="m1", messages=[{"role": "user", "content": "an animal"}],
             response_format=Animal, tools=[openai.pydantic_function_tool(Owner)],
             tool_choice="none")
+        with client.chat.completions.stream(
+            model="m1", messages=[{"role": "user", "content": "who owns it?"}],
+            tools=[openai.pydantic_function_tool(Owner)],
+        ) as stream:
+            for _ in stream:
+                pass
+            streamed = stream.get_final_completion()
+        return parsed, streamed
 
     with trio.fail_after(GUARD * 2):
-        completion = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
-    assert isinstance(completion.choices[0].message.parsed, Animal)
+        parsed, streamed = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+    assert isinstance(parsed.choices[0].message.parsed, Animal)
+    [call] = streamed.choices[0].message.tool_calls
+    assert isinstance(call.function.parsed_arguments, Owner)
 
 
 async def test_logprobs(mock: Mock) -> None:
