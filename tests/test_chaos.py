@@ -7,22 +7,16 @@ The load is bounded by a request count (not a duration); timing is only used as 
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from continuum._clock import now as clock
 from continuum._config import MockConfig
-from continuum._http._listeners import HTTPServer, open_listeners
-from continuum._http._server import HTTPLimits
-from continuum.mock import MockUpstream
-from helpers import router_config, start_mock, start_router
+from helpers import router_config, start_killable_mock, start_mock, start_router
 
 MODEL = "gpt-test"
 CHAT = "/v1/chat/completions"
@@ -86,66 +80,6 @@ class Tally:
             await self._waiters.setdefault(answered, trio.Event()).wait()
 
 
-class Restartable:
-    """A mock upstream that can be killed (listener and connections closed, so connecting
-    is refused) and brought back on the same port.
-
-    The port stays reserved while the mock is down: a bound, never-listening socket with
-    SO_REUSEPORT holds it, so no other socket (an outgoing connection's ephemeral port, a
-    listener elsewhere on the machine) can take it between a kill and the restart. Each
-    listener joins that port with SO_REUSEPORT too, and a restart waits until the previous
-    server has closed, so a re-bind never depends on timing.
-    """
-
-    def __init__(self, upstream: MockUpstream) -> None:
-        self.upstream = upstream
-        self._holder = socket.socket()
-        self._holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._holder.bind(("127.0.0.1", 0))
-        self.port: int = self._holder.getsockname()[1]
-        self._scope: trio.CancelScope | None = None
-        self._stopped: trio.Event | None = None
-        self.restarts = 0
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        assert self._scope is None, "already running"
-        listeners = await open_listeners([f"127.0.0.1:{self.port}"], reuse_port=True)
-        server = HTTPServer(listeners, self.upstream.handle, HTTPLimits(), shutdown_timeout=0.0)
-        scope = trio.CancelScope()  # a fresh scope per run: a scope serves one `with` only
-        stopped = trio.Event()
-
-        async def run() -> None:
-            try:
-                with scope:
-                    await server.run()
-            finally:
-                stopped.set()
-
-        nursery.start_soon(run)
-        self._scope, self._stopped = scope, stopped
-
-    async def kill(self) -> None:
-        """Close the listener and every connection; return once they are closed."""
-        assert self._scope is not None and self._stopped is not None
-        self._scope.cancel()
-        await self._stopped.wait()
-        self._scope = self._stopped = None
-
-    def close(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-        self._holder.close()
-
-
-@pytest.fixture
-def victim() -> Iterator[Restartable]:
-    stream_config = MockConfig(tokens_per_second=200, stream_chunks=8)
-    restartable = Restartable(MockUpstream(stream_config, (MODEL,), name="c", seed=0))
-    yield restartable
-    restartable.close()
-
-
 async def one_request(client: httpx.AsyncClient, i: int, tally: Tally) -> None:
     stream = i % 2 == 0
     kind = "stream" if stream else "plain"
@@ -200,21 +134,19 @@ async def one_request(client: httpx.AsyncClient, i: int, tally: Tally) -> None:
         tally.outcomes["stream ok"] += 1
 
 
-async def test_chaos_kill_and_restart_one_of_three_backends(
-    nursery: trio.Nursery, victim: Restartable
-) -> None:
+async def test_chaos_kill_and_restart_one_of_three_backends(nursery: trio.Nursery) -> None:
     stream_config = MockConfig(tokens_per_second=200, stream_chunks=8)  # ~40 ms per stream
     _mock_a, url_a = await start_mock(nursery, (MODEL,), stream_config, name="a")
     _mock_b, url_b = await start_mock(nursery, (MODEL,), stream_config, name="b")
-    await victim.start(nursery)
-    port = victim.port
+    victim = await start_killable_mock(nursery, (MODEL,), stream_config, name="c")
+    restarts = 0
     router = await start_router(
         nursery,
         router_config(
             [
                 {"name": "a", "url": url_a, "models": [MODEL]},
                 {"name": "b", "url": url_b, "models": [MODEL]},
-                {"name": "c", "url": f"http://127.0.0.1:{port}", "models": [MODEL]},
+                {"name": "c", "url": victim.url, "models": [MODEL]},
             ],
             health_checks={
                 "enabled": True, "interval": 0.1, "timeout": 0.3,
@@ -242,12 +174,13 @@ async def test_chaos_kill_and_restart_one_of_three_backends(
                     tally.count()
 
             async def chaos() -> None:
+                nonlocal restarts
                 for kill_at, restart_at in KILLS:
                     await tally.reached(kill_at)
                     await victim.kill()
                     await tally.reached(restart_at)
-                    await victim.start(nursery)
-                    victim.restarts += 1
+                    await victim.start()
+                    restarts += 1
 
             async with trio.open_nursery() as load:
                 load.start_soon(chaos)
@@ -274,7 +207,7 @@ async def test_chaos_kill_and_restart_one_of_three_backends(
                 await one_request(client, 1000 + 2 * i + 1, recovered)
             rss_after = rss_bytes()
 
-    assert victim.restarts == len(KILLS)
+    assert restarts == len(KILLS)
     assert not tally.problems, "\n".join(tally.problems[:20])
     assert sum(tally.outcomes.values()) == REQUESTS, tally.outcomes
     # A non-streamed request never sent a byte before its answer was whole: with two live

@@ -8,7 +8,6 @@ nothing listens); the router under test is a real one, started in-process.
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
 from typing import Any
 
@@ -21,7 +20,7 @@ from continuum import RouterHandle
 from continuum._config import MockConfig
 from continuum._http._server import Request, ServerConnection
 from continuum.mock import MockUpstream, serve_mock
-from helpers import router_config, start_mock, start_router
+from helpers import router_config, start_killable_mock, start_mock, start_router
 
 MODEL = "gpt-test"
 CHAT = "/v1/chat/completions"
@@ -98,20 +97,6 @@ def error_event(event: str) -> dict[str, Any]:
     return error
 
 
-async def start_killable_mock(
-    nursery: trio.Nursery, name: str
-) -> tuple[MockUpstream, str, trio.CancelScope]:
-    upstream = MockUpstream(models=(MODEL,), name=name, seed=0)
-    scope = trio.CancelScope()
-
-    async def run(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await serve_mock(upstream, task_status=task_status)
-
-    address = await nursery.start(run)
-    return upstream, f"http://{address}", scope
-
-
 async def start_timed_mock(
     nursery: trio.Nursery, name: str, arrivals: list[tuple[str, float]]
 ) -> tuple[MockUpstream, str]:
@@ -127,13 +112,6 @@ async def start_timed_mock(
     upstream.handle = handle  # type: ignore[method-assign]
     address = await nursery.start(serve_mock, upstream)
     return upstream, f"http://{address}"
-
-
-def refused_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # -- retries and Retry-After ---------------------------------------------------------------------
@@ -389,18 +367,17 @@ async def test_backend_comes_back_after_failures_with_health_checks_off(
 async def test_connection_failures_mark_backend_unhealthy_before_any_probe(
     nursery: trio.Nursery,
 ) -> None:
-    _mock_a, url_a, kill_a = await start_killable_mock(nursery, "a")
+    killable = await start_killable_mock(nursery, (MODEL,), name="a")
     _mock_b, url_b = await start_mock(nursery, (MODEL,), name="b")
     router = await start_router(
         nursery,
-        router_config(entries(url_a, url_b),
+        router_config(entries(killable.url, url_b),
                       health_checks={**QUIET_HEALTH, "passive_failure_threshold": 2}),
     )
     with trio.fail_after(15):
         async with http(router) as client:
             assert (await admin_backend(client, "a"))["healthy"] is True
-            kill_a.cancel()
-            await trio.sleep(0.05)
+            await killable.kill()
             failures_seen = 0
             for _ in range(10):
                 response = await client.post(CHAT, json=chat_body())
