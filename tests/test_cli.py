@@ -45,13 +45,6 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -121,6 +114,12 @@ class Running:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=HANG_GUARD)
+
+
+def listening_port(stderr: Lines) -> int:
+    """The port a ``run`` bound (configs here bind port 0: a port picked in advance could
+    be taken by another process before the router binds it)."""
+    return int(stderr.wait_for(r"listening on .*127\.0\.0\.1:(\d+)").group(1))
 
 
 @pytest.fixture
@@ -254,17 +253,22 @@ def test_generate_config_output_loads() -> None:
 
 
 def test_run_with_invalid_config_exits_before_binding(tmp_path: Path) -> None:
-    port = free_port()
-    path = write(
-        tmp_path,
-        "bad.yaml",
-        f"server:\n  bind_address: 127.0.0.1:{port}\n"
-        "backends:\n  - name: a\n    url: http://127.0.0.1:9\n    wieght: 2\n",
-    )
-    result = cli("run", str(path))
+    # The port is taken: a router that bound before validating would fail with "in use".
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        path = write(
+            tmp_path,
+            "bad.yaml",
+            f"server:\n  bind_address: 127.0.0.1:{port}\n"
+            "backends:\n  - name: a\n    url: http://127.0.0.1:9\n    wieght: 2\n",
+        )
+        result = cli("run", str(path))
     assert_clean_config_error(result, path, "backends[0].wieght")
+    assert result.returncode == 2
+    assert "in use" not in result.stderr
     assert "listening" not in result.stderr + result.stdout
-    assert port_is_free(port)
 
 
 def test_run_on_a_port_in_use_fails_cleanly(tmp_path: Path) -> None:
@@ -293,10 +297,9 @@ def demo_copy(tmp_path: Path, bind: str) -> Path:
 
 
 def test_run_serves_and_drains_on_sigterm(tmp_path: Path, running: list[Running]) -> None:
-    port = free_port()
-    proc = Running(["run", str(demo_copy(tmp_path, f"127.0.0.1:{port}"))])
+    proc = Running(["run", str(demo_copy(tmp_path, "127.0.0.1:0"))])
     running.append(proc)
-    proc.stderr.wait_for(rf"listening on .*127\.0\.0\.1:{port}")
+    port = listening_port(proc.stderr)
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=HANG_GUARD) as client:
         health = client.get("/health")
@@ -320,15 +323,14 @@ def test_run_serves_and_drains_on_sigterm(tmp_path: Path, running: list[Running]
 def test_run_finishes_in_flight_request_after_sigterm(
     tmp_path: Path, running: list[Running]
 ) -> None:
-    port = free_port()
     data: dict[str, Any] = yaml.safe_load(DEMO.read_text())
-    data["server"]["bind_address"] = f"127.0.0.1:{port}"
+    data["server"]["bind_address"] = "127.0.0.1:0"
     for backend in data["backends"]:
         backend["mock"]["latency"] = "600ms"
     path = write(tmp_path, "slow.yaml", yaml.safe_dump(data))
     proc = Running(["run", str(path)])
     running.append(proc)
-    proc.stderr.wait_for(rf"listening on .*127\.0\.0\.1:{port}")
+    port = listening_port(proc.stderr)
     result: dict[str, Any] = {}
 
     def request() -> None:
@@ -360,10 +362,9 @@ def test_run_finishes_in_flight_request_after_sigterm(
 
 
 def test_mock_subcommand_serves_models(running: list[Running]) -> None:
-    port = free_port()
-    proc = Running(["mock", "--bind", f"127.0.0.1:{port}", "--models", "alpha,beta"])
+    proc = Running(["mock", "--bind", "127.0.0.1:0", "--models", "alpha,beta"])
     running.append(proc)
-    proc.stdout.wait_for(rf"listening on http://127\.0\.0\.1:{port}")
+    port = int(proc.stdout.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
     with httpx.Client(timeout=HANG_GUARD) as client:
         listing = client.get(f"http://127.0.0.1:{port}/v1/models")
     assert listing.status_code == 200

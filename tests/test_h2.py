@@ -536,9 +536,19 @@ async def test_cancelled_request_resets_stream(
     server = H2Server(server_tls)
     port = await server.start(nursery)
     pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
-    with trio.move_on_after(0.1):
-        await pool.start(b"POST", b"/slow?delay=5", [], b"{}")
+
+    async def slow_request(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await pool.start(b"POST", b"/slow?delay=5", [], b"{}")
+
     with trio.fail_after(HANG_GUARD):
+        scope = await nursery.start(slow_request)
+        # Cancelled once the server has the stream open, not after a guessed delay (a slow
+        # TLS handshake would otherwise be cancelled before any stream existed).
+        while not (server.conns and server.conns[0].open_streams):
+            await trio.sleep(0.01)
+        scope.cancel()
         while not server.resets:
             await trio.sleep(0.01)
         status, _, _ = await call(pool, b"/json")
@@ -608,14 +618,15 @@ async def test_reap_idle_and_close(
 ) -> None:
     server = H2Server(server_tls)
     port = await server.start(nursery)
-    limits = PoolLimits(max_connections=4, idle_timeout=0.05, connect_timeout=5.0)
+    # idle_timeout well above an OS scheduling stall between call() and reap_idle()
+    limits = PoolLimits(max_connections=4, idle_timeout=0.3, connect_timeout=5.0)
     pool = HTTP2Pool(Origin.from_url(f"https://127.0.0.1:{port}"), limits, client_tls(ca_file))
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as inner:
             await inner.start(pool.run)
             await call(pool, b"/json")
             assert pool.reap_idle() == 0
-            await trio.sleep(0.1)
+            await trio.sleep(0.35)
             assert pool.reap_idle() == 1
             while not server.conns[0].closed:
                 await trio.sleep(0.01)

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from continuum import RouterHandle
+from continuum._clock import now as clock
 from continuum._config import MockConfig
 from continuum._http._server import Request, ServerConnection
 from continuum.mock import MockUpstream, serve_mock
@@ -61,6 +62,11 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]
     assert set(body) == {"error"}
     assert set(body["error"]) == ERROR_KEYS
     return body["error"]
+
+
+def cooldown_left(router: RouterHandle, name: str) -> float:
+    """Seconds left of a backend's Retry-After cool-down, read from the router itself."""
+    return router.backends[name].cooldown_until - clock()
 
 
 async def admin_backend(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
@@ -131,11 +137,13 @@ async def test_503_with_retry_after_fails_over_and_cools_the_backend_down(
             assert first.headers["x-continuum-backend"] == "b"
             assert chat_count(mock_a) == 1
             assert (await admin_backend(client, "a"))["cooldown_seconds"] > 0
-            # While a cools down, RoundRobin does not send it anything.
-            served = [(await client.post(CHAT, json=chat_body())) for _ in range(6)]
-            assert (await admin_backend(client, "a"))["cooldown_seconds"] > 0, (
-                "cool-down ended during the burst; the burst proves nothing"
-            )
+            # While a cools down, RoundRobin does not send it anything. Requests are sent
+            # only while a's cool-down has a good margin left (read in-process), so a slow
+            # machine sends fewer of them instead of failing.
+            served = []
+            while len(served) < 6 and cooldown_left(router, "a") > 0.3:
+                served.append(await client.post(CHAT, json=chat_body()))
+            assert served, "the cool-down was over before the first request"
             assert {r.headers["x-continuum-backend"] for r in served} == {"b"}
             assert chat_count(mock_a) == 1
             # The cool-down ends and a gets its share again.
@@ -228,7 +236,7 @@ async def test_retry_waits_a_jittered_backoff(nursery: trio.Nursery) -> None:
 
 # -- circuit breaker -----------------------------------------------------------------------------
 
-BREAKER = {"failure_threshold": 3, "timeout": 0.5, "half_open_max_requests": 1}
+BREAKER = {"failure_threshold": 3, "timeout": 1.0, "half_open_max_requests": 1}
 
 
 async def test_circuit_breaker_opens_diverts_traffic_and_recovers(
@@ -257,13 +265,12 @@ async def test_circuit_breaker_opens_diverts_traffic_and_recovers(
             assert 'backend_circuit_breaker_state{backend="a"} 2.0' in metrics
             assert 'backend_circuit_breaker_state{backend="b"} 0.0' in metrics
 
-            for _ in range(8):
+            sent = 0  # only while the breaker has a good margin left (read in-process)
+            while sent < 8 and router.backends["a"].breaker.retry_after > 0.3:
                 response = await client.post(CHAT, json=chat_body())
                 assert response.headers["x-continuum-backend"] == "b"
-            still = await admin_backend(client, "a")
-            assert still["circuit_breaker"]["state"] == "open", (
-                "breaker timed out during the burst; the burst proves nothing"
-            )
+                sent += 1
+            assert sent, "the breaker half-opened before the first request"
             assert chat_count(mock_a) == 3  # no traffic while open
 
             await poll_admin(client, "a",
@@ -561,7 +568,7 @@ async def test_backpressure_rejects_past_in_flight_and_queue_caps(
     nursery: trio.Nursery,
 ) -> None:
     mock, url = await start_mock(nursery, (MODEL,), name="a")
-    mock.set_latency(0.5)
+    mock.set_latency(1.0)  # all six arrive while the first is still in flight
     router = await start_router(
         nursery, router_config(entries(url, max_in_flight=1, max_queue=1))
     )
@@ -595,7 +602,7 @@ async def test_identical_concurrent_requests_share_one_upstream_call(
     nursery: trio.Nursery,
 ) -> None:
     mock, url = await start_mock(nursery, (MODEL,), name="a")
-    mock.set_latency(0.3)  # long enough for all ten to join the first one's call
+    mock.set_latency(1.0)  # long enough for all ten to join the first one's call
     router = await start_router(
         nursery,
         router_config(entries(url), cache={"deduplication": {"enabled": True, "ttl": 5}}),

@@ -138,7 +138,9 @@ async def test_least_latency_prefers_the_fast_backend_and_still_explores(
     nursery: trio.Nursery,
 ) -> None:
     mocks, entries = await start_mocks(nursery, "ab")
-    mocks["a"].set_latency(0.05)
+    # Far slower than b even when a loaded machine stalls one of b's answers: one slow
+    # sample of b must not lift its average above a's.
+    mocks["a"].set_latency(0.15)
     router = await start_router(
         nursery,
         router_config(
