@@ -372,3 +372,19 @@ def test_mock_subcommand_serves_models(running: list[Running]) -> None:
     proc.process.send_signal(signal.SIGINT)
     assert proc.process.wait(timeout=HANG_GUARD) == 0
     assert "Traceback" not in proc.stderr.rest()
+
+
+# -- justfile -------------------------------------------------------------------------------------
+
+
+def test_just_list_describes_every_recipe_for_a_user() -> None:
+    just = Path(sys.executable).parent / "just"  # rust-just, from the dev extra
+    result = subprocess.run([str(just), "--list"], capture_output=True, text=True,
+                            timeout=HANG_GUARD, cwd=ROOT, check=True)
+    recipes = [line.strip() for line in result.stdout.splitlines()[1:] if line.strip()]
+    assert {r.split()[0] for r in recipes} >= {"test", "lint", "run", "bench", "bench-quick"}
+    for recipe in recipes:
+        _, sep, description = recipe.partition("# ")
+        assert sep and len(description) >= 20, f"no description: {recipe!r}"
+        # Written for users: no issue numbers or internal names.
+        assert not re.search(r"\bissue\b|\bfloor\b|httptools", description, re.I), recipe
