@@ -98,13 +98,14 @@ class Lines:
 
 
 class Running:
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "continuum", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env=env,
         )
         assert self.process.stdout is not None and self.process.stderr is not None
         self.stdout = Lines(self.process.stdout)
@@ -163,6 +164,12 @@ def test_no_subcommand_is_a_usage_error() -> None:
     assert result.returncode != 0
     assert "usage:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"trio-continuum {continuum.__version__}"
 
 
 # -- check ----------------------------------------------------------------------------------------
@@ -227,6 +234,45 @@ def test_check_rejects_invalid_config_naming_file_and_key(tmp_path: Path, case: 
     path = write(tmp_path, f"{case}.yaml", text)
     env = {k: v for k, v in os.environ.items() if k != "CONTINUUM_TEST_SURELY_UNSET"}
     assert_clean_config_error(cli("check", str(path), env=env), path, key)
+
+
+def test_check_reports_every_missing_environment_variable_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "env.yaml",
+        "backends:\n"
+        "  - name: a\n    url: ${CONTINUUM_TEST_UNSET_URL}\n"
+        "    api_key: ${CONTINUUM_TEST_UNSET_A}\n"
+        "  - name: b\n    url: http://127.0.0.1:9\n    api_key: ${CONTINUUM_TEST_UNSET_B}\n",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_TEST_UNSET")}
+    result = cli("check", str(path), env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "3 environment variables are not set" in result.stderr
+    for key, name in (("backends[0].url", "CONTINUUM_TEST_UNSET_URL"),
+                      ("backends[0].api_key", "CONTINUUM_TEST_UNSET_A"),
+                      ("backends[1].api_key", "CONTINUUM_TEST_UNSET_B")):
+        assert f"{key}: {name}" in result.stderr, result.stderr
+
+
+def test_check_warns_about_aliases_and_fallbacks_nobody_serves(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "aliases.yaml",
+        "model_aliases:\n  friendly: gpt-4o\n  typo: gpt-4oo\n"
+        "fallbacks:\n  gpt-4o: [gpt-4o-mini, clause-3]\n"
+        "backends:\n  - name: a\n    url: http://127.0.0.1:9\n    models: [gpt-4o, gpt-4o-mini]\n",
+    )
+    result = cli("check", str(path))
+    assert result.returncode == 0, result.stderr  # valid, but probably a mistake
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"trio-continuum: warning: {path}: model_aliases.typo: 'gpt-4oo' is not in any "
+        "backend's configured models",
+        f"trio-continuum: warning: {path}: fallbacks.gpt-4o[1]: 'clause-3' is not in any "
+        "backend's configured models",
+    ], result.stderr
 
 
 def test_check_missing_file_is_a_clean_error(tmp_path: Path) -> None:
@@ -356,6 +402,85 @@ def test_run_finishes_in_flight_request_after_sigterm(
     assert result.get("status") == 200, result
     assert "late" in json.dumps(result["body"])
     assert proc.process.wait(timeout=HANG_GUARD) == 0
+
+
+def test_run_bind_overrides_the_config_and_logs_a_startup_summary(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    socket_path = tmp_path / "router.sock"
+    # demo.yaml binds 127.0.0.1:8080; --bind replaces that (a list, comma-separated).
+    proc = Running(["run", str(DEMO), "--bind", f"127.0.0.1:0,unix:{socket_path}"])
+    running.append(proc)
+    block = proc.stderr.wait_for(r"listening on 127\.0\.0\.1:(\d+), unix:")
+    port = int(block.group(1))
+    summary = [proc.stderr.wait_for(r"^  backend mock-a ").string,
+               proc.stderr.wait_for(r"^  backend mock-b ").string,
+               proc.stderr.wait_for(r"^  routing: ").string,
+               proc.stderr.wait_for(r"^  features: ").string]
+    assert re.search(r"backend mock-a \(mock, openai API\) http://127\.0\.0\.1:\d+: models "
+                     r"demo-chat, demo-embed \[healthy\]", summary[0]), summary
+    assert "models demo-chat [healthy]" in summary[1]
+    assert "routing: RoundRobin; 2 retries; request timeout 60s" in summary[2]
+    assert "health checks every 10s" in summary[3] and "metrics at /metrics" in summary[3]
+    with httpx.Client(timeout=HANG_GUARD) as client:
+        assert client.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    transport = httpx.HTTPTransport(uds=str(socket_path))
+    with httpx.Client(transport=transport, timeout=HANG_GUARD) as client:
+        assert client.get("http://router/ready").status_code == 200
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(timeout=HANG_GUARD) == 0
+
+
+def test_startup_summary_hides_credentials_and_says_discovering(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    secret = "sk-live-summary-SECRET-0123456789"
+    path = write(
+        tmp_path,
+        "secrets.yaml",
+        "server:\n  bind_address: 127.0.0.1:0\n"
+        "health_checks:\n  enabled: false\n"
+        "backends:\n"
+        "  - name: listed\n    type: mock\n    models: [m]\n"
+        "  - name: lister\n"
+        f"    url: http://user:{secret}@127.0.0.1:9/v1?key={secret}\n"
+        "    api_key: ${CONTINUUM_TEST_SUMMARY_KEY}\n",
+    )
+    proc = Running(["run", str(path)], env={**os.environ, "CONTINUUM_TEST_SUMMARY_KEY": secret})
+    running.append(proc)
+    line = proc.stderr.wait_for(r"^  backend lister ").string
+    assert "(openai) http://127.0.0.1:9/v1: models discovering" in line, line
+    proc.stderr.wait_for(r"^  features: ")
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(timeout=HANG_GUARD) == 0
+    output = proc.stderr.rest()
+    assert secret not in output and "user:" not in output
+
+
+def test_run_log_level_overrides_the_config(tmp_path: Path, running: list[Running]) -> None:
+    # demo.yaml says info. debug shows the pre-warming line; warning hides the summary.
+    debug = Running(["run", str(DEMO), "--bind", "127.0.0.1:0", "--log-level", "debug"])
+    running.append(debug)
+    debug.stderr.wait_for(r"DEBUG +continuum\.backend: backend mock-a: pre-warmed")
+    path = write(tmp_path, "alias.yaml", DEMO.read_text() + "model_aliases:\n  x: nowhere\n")
+    quiet = Running(["run", str(path), "--bind", "127.0.0.1:0", "--log-level", "warning"])
+    running.append(quiet)
+    quiet.stderr.wait_for(r"WARNING .*model_aliases\.x: 'nowhere' is not in any backend's models")
+    quiet.process.send_signal(signal.SIGTERM)
+    assert quiet.process.wait(timeout=HANG_GUARD) == 0
+    assert " INFO " not in "".join(quiet.stderr.seen) + quiet.stderr.rest()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--bind", "nonsense"], "--bind: 'nonsense'"),
+    (["--bind", "127.0.0.1:0,127.0.0.1:0"], "given twice"),
+    (["--log-level", "loud"], "invalid choice"),
+])
+def test_run_rejects_bad_overrides(args: list[str], message: str) -> None:
+    result = cli("run", str(DEMO), *args)
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "listening" not in result.stderr
 
 
 # -- mock -----------------------------------------------------------------------------------------

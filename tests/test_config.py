@@ -16,6 +16,7 @@ from continuum._config import (
     Config,
     ConfigError,
     config_from_dict,
+    config_warnings,
     dump_effective_config,
     generate_config,
     load_config,
@@ -362,6 +363,72 @@ def test_missing_env_var() -> None:
     assert "not set" in err
     assert "malformed" in error_of("backends:\n  - name: b\n    url: ${1X}\n")
     assert "unterminated" in error_of("backends:\n  - name: b\n    url: ${X\n")
+
+
+def test_every_missing_env_var_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(
+            """\
+            backends:
+              - name: a
+                url: ${A_URL}
+                api_key: ${SHARED_KEY}
+              - name: b
+                url: http://h:1
+                api_key: ${SHARED_KEY}
+                headers: {X-Org: "${ORG:-none}", X-Team: "${TEAM}"}
+            """
+        )
+    err = info.value
+    assert err.source == "test.yaml" and err.path == ""
+    assert str(err).splitlines() == [
+        "test.yaml: 3 environment variables are not set (set them, or write ${NAME:-default} "
+        "to give a default):",
+        "  backends[0].url: A_URL",
+        "  backends[0].api_key: SHARED_KEY",
+        "  backends[1].api_key: SHARED_KEY",
+        "  backends[1].headers.X-Team: TEAM",
+    ]
+
+
+def test_missing_env_var_comes_before_other_errors() -> None:
+    # The environment is the usual culprit: it is reported even when other keys are wrong.
+    err = error_of("server:\n  workers: lots\nbackends:\n  - name: a\n    url: ${NOPE}\n")
+    assert "environment variable NOPE is not set" in err
+
+
+def test_warnings_for_aliases_and_fallbacks_nobody_lists() -> None:
+    cfg = load(
+        """\
+        model_aliases: {gpt-4: gpt-4o, fast: gpt-4o-mini, odd: nothing}
+        fallbacks: {gpt-4o: [gpt-4o-mini, gone]}
+        backends:
+          - {name: a, url: "http://h:1", models: [gpt-4o]}
+          - {name: b, url: "http://h:2", models: [gpt-4o-mini]}
+        """
+    )
+    assert config_warnings(cfg) == [
+        "model_aliases.odd: 'nothing' is not in any backend's configured models",
+        "fallbacks.gpt-4o[1]: 'gone' is not in any backend's configured models",
+    ]
+
+
+def test_no_alias_warnings_while_some_backend_discovers_its_models() -> None:
+    cfg = load(
+        """\
+        model_aliases: {odd: nothing}
+        backends:
+          - {name: a, url: "http://h:1", models: [gpt-4o]}
+          - {name: vllm, url: "http://h:2"}
+        """
+    )
+    assert config_warnings(cfg) == []  # vllm may list it: only the running router knows
+
+
+def test_shipped_configs_have_no_warnings() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path, env=PROD_ENV)
+        assert config_warnings(cfg) == [], path
 
 
 # --------------------------------------------------------------------------------------
