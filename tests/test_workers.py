@@ -74,7 +74,8 @@ def test_two_workers_share_the_port_restart_and_sum_metrics(tmp_path: Path) -> N
         "backends:\n  - name: m\n    type: mock\n    models: [demo]\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "continuum", "run", str(config)],
+        # --log-level reaches the workers: the file says warning, they log at info.
+        [sys.executable, "-m", "continuum", "run", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -126,6 +127,8 @@ def test_two_workers_share_the_port_restart_and_sum_metrics(tmp_path: Path) -> N
         assert proc.wait(timeout=20) == 0
         rest = proc.stderr.read()
         assert "exited with -9; restarting" in rest
+        assert "continuum.supervisor: listening on 127.0.0.1:" in rest  # worker 0's summary
+        assert "continuum.supervisor: worker 1: listening on" in rest
         assert "Traceback" not in rest
     finally:
         if proc.poll() is None:
