@@ -160,8 +160,11 @@ class _ServerConn:
             goaway_after = self.server.goaway_after
             first_conn = stats.index == 0
             if goaway_after is not None and first_conn and len(self.request_ids) == goaway_after:
-                self.goaway_last = self.request_ids[self.server.goaway_last_index]
-                nursery.start_soon(self.send_goaway, self.goaway_last)
+                self.goaway_last = last = self.request_ids[self.server.goaway_last_index]
+                # Past the GOAWAY: never processed. Counted now, not when their (slow)
+                # handlers would get there: the client may close the connection first.
+                stats.ignored.extend(i for i in sorted(stats.open_streams) if i > last)
+                nursery.start_soon(self.send_goaway, last)
         elif isinstance(ev, h2.events.DataReceived):
             if ev.stream_id in self.requests:
                 self.requests[ev.stream_id][1].extend(ev.data)
@@ -223,7 +226,8 @@ class _ServerConn:
                 while len(self.stats.open_streams) < int(query["n"]):
                     await self.open_changed.wait()
             if self.goaway_last is not None and sid > self.goaway_last:
-                self.stats.ignored.append(sid)  # past our GOAWAY: never processed
+                if sid not in self.stats.ignored:  # past our GOAWAY: never processed
+                    self.stats.ignored.append(sid)
                 return
             if path == "/stream":
                 self.h2.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain")])

@@ -138,14 +138,15 @@ async def test_least_latency_prefers_the_fast_backend_and_still_explores(
     nursery: trio.Nursery,
 ) -> None:
     mocks, entries = await start_mocks(nursery, "ab")
-    # Far slower than b even when a loaded machine stalls one of b's answers: one slow
-    # sample of b must not lift its average above a's.
-    mocks["a"].set_latency(0.15)
+    mocks["a"].set_latency(0.1)
     router = await start_router(
         nursery,
         router_config(
             entries,
-            routing={"strategy": "LeastLatency", "least_latency": {"exploration": 0.1}},
+            # A slow EWMA: on a loaded machine one of b's answers can stall for longer than
+            # a's latency; with alpha 0.3 a single such sample would hand a the traffic.
+            routing={"strategy": "LeastLatency",
+                     "least_latency": {"exploration": 0.1, "alpha": 0.05}},
         ),
     )
     with trio.fail_after(15):
