@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -52,6 +53,16 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+@contextlib.contextmanager
+def port_in_use() -> Iterator[int]:
+    """A loopback port with a listener of ours on it, for as long as the block runs."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port: int = holder.getsockname()[1]
+        yield port
 
 
 class Lines:
@@ -300,10 +311,7 @@ def test_generate_config_output_loads() -> None:
 
 def test_run_with_invalid_config_exits_before_binding(tmp_path: Path) -> None:
     # The port is taken: a router that bound before validating would fail with "in use".
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
+    with port_in_use() as port:
         path = write(
             tmp_path,
             "bad.yaml",
@@ -318,10 +326,7 @@ def test_run_with_invalid_config_exits_before_binding(tmp_path: Path) -> None:
 
 
 def test_run_on_a_port_in_use_fails_cleanly(tmp_path: Path) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
+    with port_in_use() as port:
         path = write(
             tmp_path,
             "busy.yaml",
