@@ -27,6 +27,7 @@ from continuum._http._h2 import (
     open_pool,
 )
 from continuum._http._pool import HTTP1Pool, Origin, PoolLimits
+from helpers import refused_url
 
 HANG_GUARD = 20
 
@@ -573,10 +574,9 @@ async def test_tls_verification_failure(nursery: trio.Nursery, server_tls: ssl.S
 
 
 async def test_connection_refused(nursery: trio.Nursery) -> None:
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    url = refused_url(nursery)  # held, never listening: refused for the whole test
+    port = int(url.rpartition(":")[2])
+    pool = await running_pool(nursery, url, None)
     with trio.fail_after(HANG_GUARD), pytest.raises(ConnectError) as info:
         await pool.start(b"GET", b"/", [], b"")
     assert f"cannot connect to 127.0.0.1:{port}" in str(info.value)
@@ -757,10 +757,7 @@ async def test_h2c_against_http1_server(nursery: trio.Nursery) -> None:
 
 
 async def test_requests_behind_failed_prewarm_do_not_hang(nursery: trio.Nursery) -> None:
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    pool = await running_pool(nursery, refused_url(nursery), None)
     errors: list[BaseException] = []
 
     async def request() -> None:
