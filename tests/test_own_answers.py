@@ -77,8 +77,9 @@ async def test_ready_follows_backend_health_while_health_stays_up(nursery: trio.
         assert ready.json() == {"status": "ready", "healthy_backends": 2}
 
         mock_a.set_health_status(500)  # one down: still ready
-        while router.backends["alpha"].healthy:
-            await trio.sleep(0.02)
+        with trio.fail_after(HANG_GUARD):
+            while router.backends["alpha"].healthy:
+                await trio.sleep(0.02)
         ready = await client.get("/ready")
         assert ready.status_code == 200 and ready.json()["healthy_backends"] == 1
 
