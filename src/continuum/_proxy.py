@@ -27,7 +27,7 @@ from ._calls import ENDPOINT_APIS, Call, build_call
 from ._clock import now as clock
 from ._config import Config
 from ._dedup import Deduplicator, StoredResponse, dedup_key
-from ._errors import RouterError, openai_error_body
+from ._errors import RouterError, openai_error_body, quoted
 from ._http._client import Exchange, Headers, UpstreamError
 from ._http._server import ProtocolError, Request, ServerConnection
 from ._providers._types import StreamTranslator, TranslationError
@@ -352,12 +352,12 @@ class Proxy:
             return chain
         full = router.chain(router.resolve(model))
         if not any(router.candidates(m) for m in full):
-            raise RouterError(404, f"The model '{model}' does not exist or no backend serves it",
-                              code="model_not_found", param="model")
+            raise RouterError(404, f"The model {quoted(model)} does not exist or no backend "
+                              "serves it", code="model_not_found", param="model")
         apis = ENDPOINT_APIS[path]
         chain = tuple(m for m in full if any(b.api in apis for b in router.candidates(m)))
         if not chain:
-            raise RouterError(404, f"No backend serving model '{model}' supports {path}",
+            raise RouterError(404, f"No backend serving model {quoted(model)} supports {path}",
                               code="unsupported_endpoint", param="model")
         if len(self._chains) < _CHAIN_CACHE_MAX:  # client-chosen model names: bounded
             self._chains[key] = chain
@@ -506,16 +506,7 @@ class Proxy:
             return held  # every backend failed; the last retryable answer says why
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
-        reason, wait = router.why_unavailable(chain[0])
-        if reason == "overloaded":
-            raise RouterError(429, f"Every backend for model '{client_model}' is at capacity",
-                              code="overloaded", retry_after=max(wait, 1.0))
-        if reason == "circuit_open":
-            raise RouterError(503, f"Every backend for model '{client_model}' is failing "
-                              "(circuit breaker open)", code="circuit_open",
-                              retry_after=max(wait, 1.0))
-        raise RouterError(503, f"No healthy backend is available for model '{client_model}'",
-                          retry_after=max(wait, 1.0))
+        raise router.unavailable_error(chain, apis, client_model)
 
     async def _attempt(
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,

@@ -21,6 +21,7 @@ from .._http._server import HTTPLimits, Request, ServerConnection
 from .._messages import ControlMessage, RequestObserved
 from .._metrics import Metrics
 from .._proxy import Proxy
+from .._startup import log_startup_summary
 from .._workers import WorkerEnvironment, gather_metrics
 from .backend import BackendActor
 from .cache import CacheKeeper
@@ -261,7 +262,8 @@ async def _serve(
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         handle = RouterHandle(config, server, router, cache, sink, mocks, front)
-        log.info("listening on %s", ", ".join(server.addresses))
+        log_startup_summary(config, server.addresses, router,
+                            None if worker is None else worker.index)
         metrics_cfg = config.metrics
         if metrics_cfg.enabled and metrics_cfg.bind_address is not None and (
             worker is None or worker.index == 0  # one listener; /metrics sums all workers
