@@ -47,12 +47,14 @@ _DONE: Final = b"[DONE]"
 
 @final
 class _Reasoning:
-    __slots__ = ("id", "index", "pieces")
+    __slots__ = ("id", "index", "pieces", "prefix")
 
     def __init__(self, index: int, item_id: str) -> None:
         self.index = index
         self.id = item_id
         self.pieces: list[str] = []
+        self.prefix = ChatToResponsesStream._prefix(
+            b"response.reasoning_summary_text.delta", item_id, index, b',"summary_index":0')
 
 
 @final
@@ -155,12 +157,13 @@ class ChatToResponsesStream:
         self._seq = seq + 1
         return prefix + str(seq).encode() + tail
 
-    def _prefix(self, kind: bytes, item_id: str, index: int, content_index: int | None) -> bytes:
-        head = (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","item_id":'
-                + encode(item_id) + b',"output_index":' + str(index).encode())
-        if content_index is not None:
-            head += b',"content_index":' + str(content_index).encode()
-        return head + b',"sequence_number":'
+    @staticmethod
+    def _prefix(kind: bytes, item_id: str, index: int, more: bytes = b"") -> bytes:
+        """A delta event of one item, encoded up to its sequence number (``more``: the
+        fields between, such as the content index)."""
+        return (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","item_id":'
+                + encode(item_id) + b',"output_index":' + str(index).encode() + more
+                + b',"sequence_number":')
 
     def _start(self) -> bytes:
         self._started = True
@@ -242,8 +245,7 @@ class ChatToResponsesStream:
                 "item_id": r.id, "output_index": index, "summary_index": 0,
                 "part": {"type": "summary_text", "text": ""}})
         r.pieces.append(text)
-        return out + self._event("response.reasoning_summary_text.delta", {
-            "item_id": r.id, "output_index": r.index, "summary_index": 0, "delta": text})
+        return out + self._fast(r.prefix, b',"delta":' + encode(text) + b"}\n\n")
 
     def _close_reasoning(self) -> bytes:
         r = self._reasoning
@@ -275,17 +277,18 @@ class ChatToResponsesStream:
                 "part": part})
             if kind == "text":
                 m.prefix = self._prefix(b"response.output_text.delta", m.id, m.index,
-                                        len(m.parts))
+                                        b',"content_index":' + str(len(m.parts)).encode())
         m.pieces.append(text)
         if kind == "refusal":
             return out + self._event("response.refusal.delta", {
                 "item_id": m.id, "output_index": m.index, "content_index": len(m.parts),
                 "delta": text})
-        logprobs = logprobs_of(choice) if self.ctx.logprobs else []
-        if logprobs:
+        tail = b"[]}\n\n"
+        if self.ctx.logprobs:
+            logprobs = logprobs_of(choice)
             m.logprobs.extend(logprobs)
-        return out + self._fast(
-            m.prefix, b',"delta":' + encode(text) + b',"logprobs":' + encode(logprobs) + b"}\n\n")
+            tail = encode(logprobs) + b"}\n\n"
+        return out + self._fast(m.prefix, b',"delta":' + encode(text) + b',"logprobs":' + tail)
 
     def _close_part(self, m: _Message) -> bytes:
         if m.kind is None:
@@ -359,8 +362,7 @@ class ChatToResponsesStream:
         call.id = self.ctx.item_id("fc_", index)
         if not call.call_id:
             call.call_id = self.ctx.item_id("call_", index)
-        call.prefix = self._prefix(b"response.function_call_arguments.delta", call.id, index,
-                                   None)
+        call.prefix = self._prefix(b"response.function_call_arguments.delta", call.id, index)
         out = self._add_item(call_item(call.id, call.call_id, call.name, "", "in_progress"))
         if call.pieces:
             out += self._fast(call.prefix,
