@@ -609,6 +609,12 @@ def test_stream_upstream_error_chunk() -> None:
     assert response["error"] == {"code": "rate_limit_exceeded", "message": "backend exploded"}
     assert response["output"][0]["content"][0]["text"] == "Hi"
     assert not t.truncated
+    # "error": null is no error
+    data = (b'data: {"error":null,"choices":[{"index":0,"delta":{"content":"Hi"},'
+            b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    assert check_events(events_of(run(stream("x"), [data])))["status"] == "completed"
+    assert completion_bridge().translate(200, dumps({
+        "error": None, "choices": [{"index": 0, "message": {"content": "Hi"}}]})).status == 200
 
 
 def test_stream_only_done_and_empty() -> None:

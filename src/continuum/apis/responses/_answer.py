@@ -131,20 +131,19 @@ def chat_to_response(
         resp = decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         resp = None
-    choices = resp.get("choices") if isinstance(resp, dict) else None
-    if not isinstance(resp, dict) or "error" in resp or not isinstance(choices, list):
-        bad = upstream_error(502, body)
-        return Translated(502, bad.body)
+    if not isinstance(resp, dict) or resp.get("error") is not None:
+        return Translated(502, upstream_error(502, body).body)
+    choices = resp.get("choices")
+    if not isinstance(choices, list):
+        return Translated(502, upstream_error(502, body).body)
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     reason = INCOMPLETE_REASONS.get(str(choice.get("finish_reason")))
-    item_status = "completed" if reason is None else "incomplete"
+    if reason is None:
+        status_text, done_at = "completed", now_seconds() if completed_at is None else completed_at
+    else:
+        status_text, done_at = "incomplete", None
     obj = response_object(
-        ctx,
-        item_status,
-        output_items(ctx, choice, item_status),
-        response_usage(resp.get("usage")),
-        incomplete_reason=reason,
-        completed_at=(now_seconds() if completed_at is None else completed_at)
-        if reason is None else None,
+        ctx, status_text, output_items(ctx, choice, status_text),
+        response_usage(resp.get("usage")), incomplete_reason=reason, completed_at=done_at,
     )
     return Translated(200, encode(obj))

@@ -192,8 +192,8 @@ class ChatToResponsesStream:
             return b""  # not JSON: nothing a client could use
         if not isinstance(chunk, dict):
             return b""
-        if "error" in chunk:
-            err = chunk["error"]
+        err = chunk.get("error")
+        if err is not None:
             if isinstance(err, dict):
                 return self._fail(502, err.get("code"), str(err.get("message") or err))
             return self._fail(502, None, str(err or "upstream error"))
