@@ -82,6 +82,7 @@ http_client:
   pool_max_idle_per_host: 100       # idle upstream connections kept per backend
   connect_timeout: 10s              # deadline for connecting (and the TLS handshake) to a backend
   prewarm_connections: 4            # connections opened (and probed) per backend at start-up
+  max_response_header_size: 64KiB   # a larger upstream response head is a failed attempt (502 when none is left)
 
 logging:
   level: info                       # trace | debug | info | warn | warning | error | critical
