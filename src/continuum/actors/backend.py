@@ -83,6 +83,7 @@ class BackendActor:
             max_idle=min(http_client.pool_max_idle_per_host, self.max_in_flight),
             idle_timeout=http_client.pool_idle_timeout,
             connect_timeout=http_client.connect_timeout,
+            max_response_header_size=http_client.max_response_header_size,
         )
         origin = Origin.from_url(url)
         ssl_context = None
