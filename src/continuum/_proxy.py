@@ -30,6 +30,7 @@ from ._dedup import Deduplicator, StoredResponse, dedup_key
 from ._errors import RouterError, openai_error_body
 from ._http._client import Exchange, Headers, UpstreamError
 from ._http._server import ProtocolError, Request, ServerConnection
+from ._http._watch import ClientWatch
 from ._providers._types import StreamTranslator, TranslationError
 from ._providers.anthropic import anthropic_error_body
 from ._retry import Backoff, parse_retry_after
@@ -239,6 +240,13 @@ class _PassThrough:
         return sse_error_event(message, status, code)
 
 
+class _TimedOut(str):
+    """An attempt's failure message when the upstream was too slow, not broken: if no
+    attempt is left it is a 504, not a 502."""
+
+    __slots__ = ()
+
+
 def _is_event_stream(headers: Headers) -> bool:
     for name, value in headers:
         if name == b"content-type":
@@ -297,6 +305,9 @@ class Proxy:
             504, timeout_message, anthropic_error_body(504, timeout_message)
         )
         self._response_limit = max(config.server.max_request_body_size, 64 * 1024 * 1024)
+        #: Connections whose plain request waits upstream; its ``run`` notices clients
+        #: that leave meanwhile (the supervisor runs it).
+        self.clients = ClientWatch()
         #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
         self.tracing = Tracing(config.tracing)
         self._spans = self.tracing.spans
@@ -489,6 +500,8 @@ class Proxy:
                 return result
         if held is not None:
             return held  # every backend failed; the last retryable answer says why
+        if isinstance(last_error, _TimedOut):
+            raise RouterError(504, f"Upstream timeout: {last_error}")
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
         reason, wait = router.why_unavailable(chain[0])
@@ -520,9 +533,28 @@ class Proxy:
         def record(latency: float | None, ok: bool, reason: str = "") -> None:
             nonlocal recorded
             recorded = True
+            if not ok:
+                backend.failures += 1
             router.record(backend, model, latency, ok, reason, stream)
 
         span: Any = None
+
+        def failed(message: str, started: float) -> str:
+            """An attempt that ended without an answer: the backend's failure."""
+            nonlocal span
+            state.upstream += clock() - started
+            record(None, False, message)
+            if span is not None:
+                self.tracing.end(span, None, message)
+                span = None
+            return message
+
+        # A plain request's client is watched while the upstream works (a stream watches
+        # its own, see _stream): one that leaves ends the request as a 499, upstream call
+        # included.
+        waiting = None if stream else self.clients.waiting
+        if waiting is not None:
+            waiting.add(conn)
         try:
             try:
                 call = build_call(request.path, backend, request, body, model, stream)
@@ -540,15 +572,24 @@ class Proxy:
                 headers.append((b"traceparent", value))
             started = clock()
             try:
-                exchange = await backend.start(call.method, call.target, headers, call.body)
+                if stream:
+                    # The first-byte timeout: a stream's head, then its first chunk, must
+                    # each come within idle_timeout. Nothing has reached the client yet, so
+                    # a backend that is too slow is retried on another one while
+                    # request.timeout leaves time.
+                    exchange = None
+                    with trio.move_on_after(self._idle_timeout):
+                        exchange = await backend.start(call.method, call.target, headers,
+                                                       call.body)
+                    if exchange is None:
+                        return _TimedOut(failed(
+                            f"backend '{backend.name}' sent no response head within "
+                            f"{self._idle_timeout:g}s (request.idle_timeout)", started))
+                else:
+                    exchange = await backend.start(call.method, call.target, headers,
+                                                   call.body)
             except UpstreamError as exc:
-                state.upstream += clock() - started
-                backend.fail_before_start()
-                record(None, False, str(exc))
-                if span is not None:
-                    self.tracing.end(span, None, str(exc))
-                    span = None
-                return f"backend '{backend.name}' failed: {exc}"
+                return failed(f"backend '{backend.name}' failed: {exc}", started)
             if span is not None:
                 span.set_attribute("http.response.status_code", exchange.status)
             status = exchange.status
@@ -562,6 +603,10 @@ class Proxy:
                 message = f"backend '{backend.name}' answered {status}"
                 return message if answer is None else (message, answer)
             if stream and status == 200 and _is_event_stream(exchange.headers):
+                error = await self._first_chunk(exchange, backend)
+                if error is not None:
+                    message = failed(error, started)
+                    return _TimedOut(message) if isinstance(error, _TimedOut) else message
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
                 out_headers = self._response_headers(exchange.headers, backend, model)
                 out_headers.append((b"x-request-id", state.id))
@@ -590,17 +635,41 @@ class Proxy:
             record(to_head if ok else None, ok, "" if ok else f"answered {status}")
             return answer
         finally:
+            if waiting is not None:
+                waiting.discard(conn)
             if not recorded:
                 expired = conn.expired
                 if expired is not None and expired.status == 504:
                     # request.timeout passed during this attempt: the backend's failure
                     # (a backend that hangs must lose traffic, not only the probes' say).
-                    router.record(backend, model, None, False, "request.timeout passed",
-                                  stream)
+                    record(None, False, "request.timeout passed")
                 else:
                     router.release(backend)
             if span is not None:
                 self.tracing.end(span)
+
+    async def _first_chunk(self, exchange: Exchange, backend: BackendActor) -> str | None:
+        """Wait (up to idle_timeout) for a stream's first bytes before its head goes to the
+        client, and put them back for the stream to forward. Returns why the stream cannot
+        start (a :class:`_TimedOut` when it was too slow; the exchange is finished), or
+        None."""
+        first = b""
+        try:
+            with trio.move_on_after(self._idle_timeout) as wait:
+                first = await exchange.receive_some()
+        except UpstreamError as exc:
+            backend.finish(exchange, None)
+            return f"backend '{backend.name}' broke off its stream before the first byte: {exc}"
+        except BaseException:
+            backend.finish(exchange, None)
+            raise
+        if wait.cancelled_caught:
+            backend.finish(exchange, None)
+            return _TimedOut(f"backend '{backend.name}' sent no stream data within "
+                             f"{self._idle_timeout:g}s of its head (request.idle_timeout)")
+        if first:
+            exchange.unread(first)
+        return None
 
     async def _read(
         self, exchange: Exchange, backend: BackendActor, model: str, call: Call,
@@ -613,15 +682,15 @@ class Proxy:
             body = await exchange.read_all(self._response_limit)
         except UpstreamError as exc:
             log.info("backend %s: answer broken off: %s", backend.name, exc)
-            backend.finish(exchange, False, None)
+            backend.finish(exchange, None)
             state.upstream += clock() - started
             return None
         except BaseException:
-            backend.finish(exchange, False, None)
+            backend.finish(exchange, None)
             raise
         latency = clock() - started
         state.upstream += latency
-        backend.finish(exchange, status < 500, latency)
+        backend.finish(exchange, latency)
         headers = self._response_headers(exchange.headers, backend, model)
         if call.translate is not None:
             translated = call.translate(status, body)
@@ -735,9 +804,9 @@ class Proxy:
                 nursery.cancel_scope.cancel()
         except BaseException:
             conn.disarm_timer()
-            backend.finish(exchange, False, None)
+            backend.finish(exchange, None)
             raise
-        backend.finish(exchange, ok and not client_gone, None)
+        backend.finish(exchange, None)
         if first:
             state.ttft = first - state.started
             state.max_gap = max_gap

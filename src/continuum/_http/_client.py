@@ -55,6 +55,11 @@ class Exchange(Protocol):
 
     async def read_all(self, limit: int) -> bytes: ...
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of the body: the next ``receive_some`` returns it (a
+        look-ahead at a stream's first bytes)."""
+        ...
+
     def close(self) -> None:
         """Finish: a fully read keep-alive response returns the connection to the pool."""
         ...
@@ -285,6 +290,10 @@ class HTTP1Exchange:
 
     async def read_all(self, limit: int) -> bytes:
         return await read_body(self.receive_some, limit)
+
+    def unread(self, data: bytes) -> None:
+        if self._conn is not None:
+            self._conn._body.appendleft(data)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

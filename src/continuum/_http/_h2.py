@@ -220,6 +220,11 @@ class HTTP2Exchange:
     async def read_all(self, limit: int) -> bytes:
         return await read_body(self.receive_some, limit)
 
+    def unread(self, data: bytes) -> None:
+        s = self._stream
+        if s is not None:
+            s.chunks.appendleft(data)  # already acknowledged: outside flow control now
+
     def close(self) -> None:
         """Release the stream; one not finished both ways is reset (RST_STREAM CANCEL)."""
         s, self._stream = self._stream, None

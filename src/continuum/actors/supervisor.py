@@ -255,6 +255,7 @@ async def _serve(
         root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "cache", cache.run)
+        root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
 
