@@ -16,6 +16,7 @@ The Ingress hands each ``POST /v1/...`` here. The rules users rely on:
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
@@ -61,6 +62,8 @@ _END_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
                       _DONE_MARK),
 }
 _CHAIN_CACHE_MAX: Final = 4096
+#: The ``code`` of a pass-through stream's error event, by status.
+_STREAM_ERROR_CODES: Final = {502: "bad_gateway", 503: "shutting_down", 504: "upstream_timeout"}
 
 
 class Peek(msgspec.Struct):
@@ -236,8 +239,7 @@ class _PassThrough:
     def error(self, status: int, message: str) -> bytes:
         if self._anthropic:
             return anthropic_sse_error_event(message, status)
-        code = "upstream_timeout" if status == 504 else "bad_gateway"
-        return sse_error_event(message, status, code)
+        return sse_error_event(message, status, _STREAM_ERROR_CODES.get(status, "bad_gateway"))
 
 
 class _TimedOut(str):
@@ -308,6 +310,10 @@ class Proxy:
         #: Connections whose plain request waits upstream; its ``run`` notices clients
         #: that leave meanwhile (the supervisor runs it).
         self.clients = ClientWatch()
+        #: Connections streaming an answer now, for :meth:`stop_streams`.
+        self.streams: set[ServerConnection] = set()
+        #: Set once the router is shutting down: a stream cut now says so.
+        self.stopping = False
         #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
         self.tracing = Tracing(config.tracing)
         self._spans = self.tracing.spans
@@ -618,9 +624,14 @@ class Proxy:
                     call.stream() if call.stream is not None
                     else _PassThrough(request.path)
                 )
-                ok = await self._stream(conn, backend, exchange, out_headers, translator,
-                                        state)
-                if ok is not None:
+                streams = self.streams
+                streams.add(conn)
+                try:
+                    ok = await self._stream(conn, backend, exchange, out_headers, translator,
+                                            state)
+                finally:
+                    streams.discard(conn)
+                if ok is not None and (ok or not self.stopping):  # a shutdown is no outcome
                     record(to_head if ok else None, ok, "" if ok else "stream failed")
                 elapsed = clock() - started
                 state.upstream += elapsed
@@ -647,6 +658,19 @@ class Proxy:
                     router.release(backend)
             if span is not None:
                 self.tracing.end(span)
+
+    def stop_streams(self) -> int:
+        """Shutdown: end every stream now forwarding chunks with an error event (and
+        ``[DONE]`` where its API has one) instead of letting the drain deadline cut it
+        mid-stream. Returns how many were told; call it again for streams that were only
+        starting (their idle timer is not armed yet)."""
+        self.stopping = True
+        told = 0
+        for conn in list(self.streams):
+            if conn.deadline < math.inf:  # in the forwarding loop: the timer is the stream's
+                conn.expire()  # cancels the stream's own scope, not the connection
+                told += 1
+        return told
 
     async def _first_chunk(self, exchange: Exchange, backend: BackendActor) -> str | None:
         """Wait (up to idle_timeout) for a stream's first bytes before its head goes to the
@@ -786,13 +810,16 @@ class Proxy:
                             last = now
                     conn.disarm_timer()
                     if scope.cancelled_caught:
-                        if trio.current_time() >= end:
+                        status = 504
+                        if self.stopping:  # stop_streams: the drain deadline is near
+                            status, message = 503, "The router is shutting down"
+                        elif trio.current_time() >= end:
                             message = (f"Stream exceeded request.streaming_timeout "
                                        f"({self._streaming_timeout:g}s)")
                         else:
                             message = (f"Upstream sent nothing for {idle:g}s "
                                        "(request.idle_timeout)")
-                        ending = translator.error(504, message)
+                        ending = translator.error(status, message)
                     else:
                         ending = translator.finish()
                         ok = not getattr(translator, "truncated", False)
