@@ -237,9 +237,17 @@ class _PassThrough:
         return self.error(502, "Upstream ended the stream before its end marker")
 
     def error(self, status: int, message: str) -> bytes:
+        # An upstream that broke off mid-event left an unfinished line or event: end it
+        # first, or the error event would be glued onto it and parse as neither.
+        tail = self._tail
+        if not tail or tail.endswith((b"\n\n", b"\r\n\r\n")):
+            boundary = b""
+        else:
+            boundary = b"\n" if tail.endswith(b"\n") else b"\n\n"
         if self._anthropic:
-            return anthropic_sse_error_event(message, status)
-        return sse_error_event(message, status, _STREAM_ERROR_CODES.get(status, "bad_gateway"))
+            return boundary + anthropic_sse_error_event(message, status)
+        code = _STREAM_ERROR_CODES.get(status, "bad_gateway")
+        return boundary + sse_error_event(message, status, code)
 
 
 class _TimedOut(str):
