@@ -16,7 +16,6 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import trio
@@ -27,26 +26,25 @@ from harness import (
     ThreadedUpstream,
     UpstreamConn,
     UpstreamRequest,
-    Usage,
-    assert_bounded,
-    assert_error_shape,
     chat_completion,
-    chat_request,
     chunk,
     default_answer,
-    http_request,
     json_answer,
-    one_request,
     router_config,
-    served_during,
     sse_chunk_event,
 )
+from upstream_cases import (
+    BAD_GATEWAY,
+    HEAD_TOO_LARGE,
+    IDLE_TIMEOUT,
+    OK,
+    REQUEST_TIMEOUT,
+    TIMEOUT,
+    Case,
+    Expect,
+    attack,
+)
 
-#: How long each attack repeats its hostile request (at least once), so that the second
-#: client's probes run during it.
-ATTACK = 0.6
-REQUEST_TIMEOUT = 3.0
-IDLE_TIMEOUT = 1.0
 #: An upstream that keeps sending past the head limit (64 KiB) must be cut off long before
 #: this many bytes.
 ENDLESS_BOUND = 8 << 20
@@ -211,30 +209,6 @@ async def oversized_body(request: UpstreamRequest, conn: UpstreamConn) -> None:
 # -- the cases ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Expect:
-    """What the client sees: ``status`` (an error in the OpenAI shape, or 200 complete), or
-    with ``sse_code`` a 200 stream ending with an error event of that code and [DONE]."""
-
-    status: int
-    sse_code: str | None = None
-    #: Attempts that count against the backend, per request.
-    failures: int = 1
-
-
-OK = Expect(200, failures=0)
-BAD_GATEWAY = Expect(502)
-TIMEOUT = Expect(504)
-
-
-@dataclass(frozen=True)
-class Case:
-    handler: Handler
-    plain: Expect
-    stream: Expect | None
-    rss_mib: float = 64.0
-
-
 CASES: dict[str, Case] = {
     "reset_before_head": Case(reset_before_head, BAD_GATEWAY, BAD_GATEWAY),
     "reset_mid_head": Case(reset_mid_head, BAD_GATEWAY, BAD_GATEWAY),
@@ -244,8 +218,8 @@ CASES: dict[str, Case] = {
     "reset_mid_chunk": Case(reset_mid_chunk, BAD_GATEWAY, Expect(200, "bad_gateway")),
     "truncated_chunked": Case(truncated_chunked, BAD_GATEWAY, Expect(200, "bad_gateway")),
     "garbage": Case(garbage, BAD_GATEWAY, BAD_GATEWAY),
-    "enormous_head": Case(enormous_head, BAD_GATEWAY, BAD_GATEWAY),
-    "endless_head": Case(endless_head, BAD_GATEWAY, BAD_GATEWAY),
+    "enormous_head": Case(enormous_head, HEAD_TOO_LARGE, HEAD_TOO_LARGE),
+    "endless_head": Case(endless_head, HEAD_TOO_LARGE, HEAD_TOO_LARGE),
     # request.timeout for a plain answer; the first-byte timeout (idle_timeout) for a stream.
     "hang_before_head": Case(hang_before_head, TIMEOUT, TIMEOUT),
     "hang_mid_body": Case(hang_mid_body, TIMEOUT, Expect(200, "upstream_timeout")),
@@ -279,36 +253,6 @@ def router(upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
         yield process
 
 
-async def backend_state(router: RouterProcess, name: str) -> dict[str, Any]:
-    response = await one_request(router.address, http_request("GET", "/admin/health"))
-    assert response is not None and response.status == 200, response
-    backends = response.json()["backends"]
-    state: dict[str, Any] = next(b for b in backends if b["name"] == name)
-    return state
-
-
-def check_answer(response: Any, expect: Expect) -> None:
-    assert response is not None, "the router closed without an answer"
-    if expect.sse_code is None:
-        if expect.status == 200:
-            assert response.status == 200, response
-            if (response.header("content-type") or "").startswith("text/event-stream"):
-                assert response.body.rstrip().endswith(b"data: [DONE]"), response
-                assert b"event: error" not in response.body, response
-            else:
-                assert response.json()["choices"][0]["message"]["content"] == "slow"
-        else:
-            assert_error_shape(response, expect.status)
-        return
-    assert response.status == 200, response
-    assert response.header("transfer-encoding") == "chunked"  # and it parsed: well framed
-    events = response.body.decode().strip().split("\n\n")
-    assert events[-1] == "data: [DONE]", events[-3:]
-    kind, data = events[-2].split("\n")
-    assert kind == "event: error", events[-3:]
-    assert json.loads(data.removeprefix("data: "))["error"]["code"] == expect.sse_code
-
-
 RUNS = [(name, stream) for name, case in sorted(CASES.items())
         for stream in (False, True) if (case.stream if stream else case.plain) is not None]
 
@@ -319,21 +263,6 @@ async def test_hostile_upstream(router: RouterProcess, name: str, stream: bool) 
     case = CASES[name]
     expect = case.stream if stream else case.plain
     assert expect is not None
-    before = Usage.of(router)
-    state = await backend_state(router, name)
-    attempts = 0
-    async with served_during(router.address):
-        deadline = trio.current_time() + ATTACK
-        while attempts == 0 or trio.current_time() < deadline:
-            response = await one_request(router.address, chat_request(name, stream=stream),
-                                         timeout=REQUEST_TIMEOUT + 10)
-            check_answer(response, expect)
-            attempts += 1
-    after = await backend_state(router, name)
-    assert after["failures"] - state["failures"] == attempts * expect.failures, after
-    assert after["in_flight"] == 0 and after["pool"]["in_use"] == 0, after
-    if expect.failures:
-        assert after["circuit_breaker"]["consecutive_failures"] >= attempts
-    await assert_bounded(router, before, rss_mib=case.rss_mib)
+    await attack(router, name, stream, expect, case.rss_mib)
     if name == "endless_head":
         assert 0 < ENDLESS.most < ENDLESS_BOUND, ENDLESS.most
