@@ -195,10 +195,13 @@ class HTTP1Connection:
                 else "upstream closed the connection without a response"
             )
         self.received_any = True
-        if self.headers_done:
-            self._feed(data)
-        else:
+        if not self.headers_done:
             self._feed_head(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"malformed response from upstream: {exc}") from exc
 
     def _feed(self, data: bytes | bytearray) -> None:
         try:
