@@ -25,7 +25,7 @@ server:
 request:
   timeout: 60s                      # upstream deadline for a non-streaming request (504 after it)
   streaming_timeout: 300s           # upstream deadline for a streaming request
-  idle_timeout: 60s                 # longest gap between two chunks of a stream (then an SSE error)
+  idle_timeout: 60s                 # a stream's first-byte timeout (then another backend) and longest gap between chunks (then an SSE error)
   max_retries: 2                    # retries on another backend for failures before the first byte
 
 retry:
