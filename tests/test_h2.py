@@ -808,3 +808,38 @@ def test_header_block_is_refused_before_it_is_decoded() -> None:
     buffer.add_data(more.serialize())
     with pytest.raises(h2.exceptions.DenialOfServiceError, match="larger than 4096"):
         list(buffer)
+
+
+async def test_control_frame_flood_without_reading_drops_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """A server that floods PINGs and never reads our ACKs: the connection is dropped once
+    our queued output passes its bound, instead of growing without end."""
+    from hyperframe.frame import PingFrame
+
+    from continuum._http._client import UpstreamError
+
+    flooded = 0
+
+    async def flood(stream: trio.SocketStream) -> None:
+        nonlocal flooded
+        server = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        server.initiate_connection()
+        await stream.send_all(server.data_to_send())
+        await stream.receive_some(65536)  # the preface and SETTINGS; then never read again
+        burst = PingFrame(0, opaque_data=b"flooding").serialize() * 4096
+        try:
+            while flooded < 1 << 30:
+                await stream.send_all(burst)
+                flooded += len(burst)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, flood, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    with trio.fail_after(HANG_GUARD), pytest.raises(UpstreamError, match="does not read"):
+        await call(pool, b"/json", method=b"GET")
+    assert flooded < 256 << 20

@@ -62,6 +62,10 @@ log = logging.getLogger("continuum.http")
 _RECEIVE_SIZE = 65536
 #: Queued output (bytes) past which a body upload waits for the writer to catch up.
 _HIGH_WATER = 256 * 1024
+#: Queued output past which the connection is dropped: uploads stop at _HIGH_WATER, so only
+#: answers h2 queues by itself (PING and SETTINGS ACKs) grow it further — a peer flooding
+#: them without reading ours would otherwise grow our memory without bound.
+_OUTPUT_LIMIT = 1024 * 1024
 #: How long a closing connection may take to flush its GOAWAY before the socket is dropped.
 _CLOSE_GRACE = 2.0
 #: After a failed extra connection (others still alive), wait this long before another try.
@@ -422,6 +426,10 @@ class _H2Conn:
                 return
             self._dispatch(events)
             self.take_output()
+            if self.out_bytes > _OUTPUT_LIMIT:
+                self.fail(f"upstream does not read its connection ({self.out_bytes} bytes "
+                          "of our frames queued)")
+                return
 
     def _dispatch(self, events: list[h2.events.Event]) -> None:
         streams = self.streams
