@@ -590,3 +590,30 @@ async def test_never_ending_response_head_fails_at_the_limit(nursery: trio.Nurse
         await pool.start(b"GET", b"/", [], b"")
     assert pool.stats.in_use == 0 and pool.stats.idle == 0
     assert sent < 16 << 20  # the router stopped reading long before
+
+
+async def test_upstream_trailers_are_dropped_and_bounded(nursery: trio.Nursery) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        reader = RequestReader(stream)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            request = await reader.read()
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  b"2\r\nok\r\n0\r\nx-trailer: sneaky\r\n\r\n")
+            request = await reader.read()  # then one whose trailer never ends
+            assert request is not None
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  b"2\r\nok\r\n0\r\nx-endless: ")
+            for _ in range(4096):  # 64 MiB if nobody stopped it
+                await stream.send_all(b"t" * 16384)
+
+    pool = pool_for(await raw_server(nursery, handler), max_response_header_size=32768)
+    with trio.fail_after(HANG_GUARD):
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        assert await exchange.read_all(1 << 20) == b"ok"
+        exchange.close()
+        assert exchange.headers == [(b"transfer-encoding", b"chunked")]  # no trailer
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        with pytest.raises(UpstreamError, match="trailers without body data"):
+            await exchange.read_all(1 << 30)
+        exchange.close()
+    assert pool.stats.in_use == 0

@@ -615,7 +615,7 @@ class Proxy:
                                           state)
                 record(None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
-                return message if answer is None else (message, answer)
+                return message if isinstance(answer, str) else (message, answer)
             if stream and status == 200 and _is_event_stream(exchange.headers):
                 error = await self._first_chunk(exchange, backend)
                 if error is not None:
@@ -645,9 +645,9 @@ class Proxy:
                 state.upstream += elapsed
                 return Served(status, backend.name, model, elapsed, attempt)
             answer = await self._read(exchange, backend, model, call, started, attempt, state)
-            if answer is None:
+            if isinstance(answer, str):
                 record(None, False, "broken response body")
-                return f"backend '{backend.name}' broke off its answer"
+                return f"backend '{backend.name}' broke off its answer: {answer}"
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
             ok = status < 500 and status not in RETRYABLE_STATUSES
@@ -706,9 +706,9 @@ class Proxy:
     async def _read(
         self, exchange: Exchange, backend: BackendActor, model: str, call: Call,
         started: float, attempts: int, state: RequestState,
-    ) -> _Answer | None:
-        """The whole body, in the client's API; None (connection discarded) if the upstream
-        broke it off."""
+    ) -> _Answer | str:
+        """The whole body, in the client's API; why not (the connection discarded) if the
+        upstream broke it off."""
         status = exchange.status
         try:
             body = await exchange.read_all(self._response_limit)
@@ -716,7 +716,7 @@ class Proxy:
             log.info("backend %s: answer broken off: %s", backend.name, exc)
             backend.finish(exchange, None)
             state.upstream += clock() - started
-            return None
+            return str(exc)
         except BaseException:
             backend.finish(exchange, None)
             raise

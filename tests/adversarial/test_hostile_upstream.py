@@ -160,6 +160,18 @@ async def endless_head(request: UpstreamRequest, conn: UpstreamConn) -> None:
         await conn.close()
 
 
+async def endless_trailer(request: UpstreamRequest, conn: UpstreamConn) -> None:
+    """A chunked body whose trailer section never ends (an unfinished trailer value)."""
+    event = _event(request) if _streamed(request) else json.dumps(
+        chat_completion(request.model)).encode()
+    head = SSE_HEAD if _streamed(request) else _plain_head(chunked=True)
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await conn.send(head + chunk(event) + b"0\r\nx-trailer: ")
+        for _ in range(16384):  # 256 MiB if nobody stopped it
+            await conn.send(b"t" * 16384)
+    await conn.close()
+
+
 async def hang_before_head(request: UpstreamRequest, conn: UpstreamConn) -> None:
     await _until_closed(conn)
 
@@ -220,6 +232,7 @@ CASES: dict[str, Case] = {
     "garbage": Case(garbage, BAD_GATEWAY, BAD_GATEWAY),
     "enormous_head": Case(enormous_head, HEAD_TOO_LARGE, HEAD_TOO_LARGE),
     "endless_head": Case(endless_head, HEAD_TOO_LARGE, HEAD_TOO_LARGE),
+    "endless_trailer": Case(endless_trailer, HEAD_TOO_LARGE, Expect(200, "bad_gateway")),
     # request.timeout for a plain answer; the first-byte timeout (idle_timeout) for a stream.
     "hang_before_head": Case(hang_before_head, TIMEOUT, TIMEOUT),
     "hang_mid_body": Case(hang_mid_body, TIMEOUT, Expect(200, "upstream_timeout")),
@@ -227,7 +240,8 @@ CASES: dict[str, Case] = {
     "drip_too_slow": Case(drip_too_slow, TIMEOUT, TIMEOUT),
     # Read up to the 64 MiB limit (and no further): RSS may grow by about that much. (A
     # stream has no size limit: it is forwarded as it comes.)
-    "oversized_body": Case(oversized_body, BAD_GATEWAY, None, rss_mib=160.0),
+    "oversized_body": Case(oversized_body, Expect(502, says=f"larger than {RESPONSE_LIMIT}"),
+                           None, rss_mib=160.0),
 }
 
 

@@ -130,6 +130,8 @@ class HTTP1Connection:
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer field: never a header of the answer (_receive bounds them)
         name = name.lower()
         if name == b"content-length":
             self._content_length = True
@@ -144,6 +146,7 @@ class HTTP1Connection:
             return
         self._status = status
         self.headers_done = True
+        self._head_fed = 0  # from now on: bytes without body data (see _receive)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -198,10 +201,24 @@ class HTTP1Connection:
         if not self.headers_done:
             self._feed_head(data)
             return
+        body = self._body
+        pending = len(body)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             raise UpstreamError(f"malformed response from upstream: {exc}") from exc
+        if not self._chunked:
+            return
+        if len(body) == pending and not self.complete:
+            # Bytes that carried no body: chunk framing, chunk extensions, trailers. Bounded
+            # like a head, or an endless trailer would grow inside httptools unseen.
+            self._head_fed += len(data)
+            if self._head_fed > self._head_limit:
+                raise UpstreamError(
+                    f"upstream sent more than {self._head_limit} bytes of chunk framing or "
+                    "trailers without body data (http_client.max_response_header_size)")
+        elif self._head_fed:
+            self._head_fed = 0
 
     def _feed(self, data: bytes | bytearray) -> None:
         try:
