@@ -3,31 +3,31 @@
 
 python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python3" }
 
-# Run the test suite
+# Run the tests (pytest; extra arguments go to pytest, e.g. `just test -k health`)
 test *ARGS:
     {{python}} -m pytest {{ARGS}}
 
-# Lint and type-check
+# Check the code: ruff lint on src, tests and benches, then mypy (strict)
 lint:
     {{python}} -m ruff check src tests benches
     {{python}} -m mypy
 
-# Run the router on a config (default: the no-keys demo)
+# Start the router with a config file (default: the demo, two built-in mock backends, no API keys)
 run CONFIG="configs/demo.yaml":
     {{python}} -m continuum run {{CONFIG}}
 
-# Benchmarks: router vs the bare trio+httptools floor proxy vs direct, in one run
+# Measure throughput and latency: direct to a mock, through a bare proxy, through the router
 bench *ARGS:
     {{python}} benches/run.py {{ARGS}}
 
-# A short benchmark run (a few seconds per scenario) that checks the suite works
+# A quick benchmark run (a few seconds per case) to check that the benchmarks work
 bench-quick:
     {{python}} benches/run.py --quick
 
-# Issue 4's TTFB comparison on local mocks (or pass --direct/--router/--model)
+# Time to first streamed byte, direct vs through the router (local mocks; or --direct/--router/--model)
 bench-ttfb *ARGS="--self-test":
     {{python}} benches/ttfb.py {{ARGS}}
 
-# wrk/hey against the router, when installed
+# Load-test the router with wrk or hey, if one of them is installed
 bench-external:
     {{python}} benches/run.py --scenarios external

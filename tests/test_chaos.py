@@ -7,7 +7,6 @@ The load is bounded by a request count (not a duration); timing is only used as 
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,16 +14,18 @@ from typing import Any
 import httpx
 import trio
 
+from continuum._clock import now as clock
 from continuum._config import MockConfig
-from continuum.mock import MockUpstream, serve_mock
-from helpers import router_config, start_mock, start_router
+from helpers import router_config, start_killable_mock, start_mock, start_router
 
 MODEL = "gpt-test"
 CHAT = "/v1/chat/completions"
 ERROR_KEYS = {"message", "type", "param", "code"}
 REQUESTS = 150
 CONCURRENCY = 10
-KILLS = 4
+#: (kill, restart) points, in answered requests: the chaos follows the load's progress, not
+#: the clock, so a fast or a slow machine sees the same number of kills.
+KILLS = ((15, 30), (45, 60), (75, 90), (105, 120))
 RSS_GROWTH_LIMIT = 50 * 1024 * 1024
 
 
@@ -35,12 +36,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chat_body(i: int, stream: bool) -> dict[str, Any]:
@@ -70,40 +65,19 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     served_by: Counter[str] = field(default_factory=Counter)
+    answered: int = 0
+    _waiters: dict[int, trio.Event] = field(default_factory=dict)
 
+    def count(self) -> None:
+        self.answered += 1
+        event = self._waiters.pop(self.answered, None)
+        if event is not None:
+            event.set()
 
-class Restartable:
-    """A mock upstream that can be killed (listener and connections closed) and brought
-    back on the same port."""
-
-    def __init__(self, nursery: trio.Nursery, upstream: MockUpstream, port: int) -> None:
-        self.nursery = nursery
-        self.upstream = upstream
-        self.bind = f"127.0.0.1:{port}"
-        self.scope: trio.CancelScope | None = None
-        self.restarts = 0
-
-    async def start(self) -> None:
-        scope = trio.CancelScope()
-
-        async def run(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await serve_mock(self.upstream, self.bind, task_status=task_status)
-
-        for _ in range(50):  # the old listener may take a moment to go
-            try:
-                await self.nursery.start(run)
-                break
-            except OSError:
-                await trio.sleep(0.02)
-        else:
-            raise AssertionError(f"could not re-bind {self.bind}")
-        self.scope = scope
-
-    def kill(self) -> None:
-        assert self.scope is not None
-        self.scope.cancel()
-        self.scope = None
+    async def reached(self, answered: int) -> None:
+        """Wait until ``answered`` requests have been answered (one way or another)."""
+        if self.answered < answered:
+            await self._waiters.setdefault(answered, trio.Event()).wait()
 
 
 async def one_request(client: httpx.AsyncClient, i: int, tally: Tally) -> None:
@@ -164,22 +138,23 @@ async def test_chaos_kill_and_restart_one_of_three_backends(nursery: trio.Nurser
     stream_config = MockConfig(tokens_per_second=200, stream_chunks=8)  # ~40 ms per stream
     _mock_a, url_a = await start_mock(nursery, (MODEL,), stream_config, name="a")
     _mock_b, url_b = await start_mock(nursery, (MODEL,), stream_config, name="b")
-    port = free_port()
-    victim = Restartable(nursery, MockUpstream(stream_config, (MODEL,), name="c", seed=0), port)
-    await victim.start()
+    victim = await start_killable_mock(nursery, (MODEL,), stream_config, name="c")
+    restarts = 0
     router = await start_router(
         nursery,
         router_config(
             [
                 {"name": "a", "url": url_a, "models": [MODEL]},
                 {"name": "b", "url": url_b, "models": [MODEL]},
-                {"name": "c", "url": f"http://127.0.0.1:{port}", "models": [MODEL]},
+                {"name": "c", "url": victim.url, "models": [MODEL]},
             ],
             health_checks={
                 "enabled": True, "interval": 0.1, "timeout": 0.3,
                 "unhealthy_threshold": 1, "healthy_threshold": 1,
             },
             request={"max_retries": 2},
+            # The kills may open c's breaker; a short timeout lets it half-open in time.
+            circuit_breaker={"timeout": 0.2},
         ),
     )
     tally = Tally()
@@ -192,28 +167,25 @@ async def test_chaos_kill_and_restart_one_of_three_backends(nursery: trio.Nurser
             rss_before = rss_bytes()
 
             next_index = iter(range(REQUESTS))
-            done = trio.Event()
 
             async def worker() -> None:
                 for i in next_index:
                     await one_request(client, i, tally)
+                    tally.count()
 
             async def chaos() -> None:
-                for _ in range(KILLS):
-                    if done.is_set():
-                        break
-                    await trio.sleep(0.08)
-                    victim.kill()
-                    await trio.sleep(0.12)
+                nonlocal restarts
+                for kill_at, restart_at in KILLS:
+                    await tally.reached(kill_at)
+                    await victim.kill()
+                    await tally.reached(restart_at)
                     await victim.start()
-                    victim.restarts += 1
+                    restarts += 1
 
             async with trio.open_nursery() as load:
                 load.start_soon(chaos)
-                async with trio.open_nursery() as workers:
-                    for _ in range(CONCURRENCY):
-                        workers.start_soon(worker)
-                done.set()
+                for _ in range(CONCURRENCY):
+                    load.start_soon(worker)
 
             # After the storm: nothing leaked, and the restarted backend is used again.
             backends = router.backends.values()
@@ -225,16 +197,17 @@ async def test_chaos_kill_and_restart_one_of_three_backends(nursery: trio.Nurser
                 for b in backends
                 if b.pool.stats.in_use or b.in_flight
             }
-            with trio.move_on_after(5):
-                while not router.backends["c"].healthy:
+            # Healthy again (probes) and its breaker, if the kills opened it, half-open.
+            with trio.move_on_after(10):
+                while not router.backends["c"].available(clock()):
                     await trio.sleep(0.02)
-            assert router.backends["c"].healthy, "the restarted backend never came back"
+            assert router.backends["c"].available(clock()), "the restarted backend never came back"
             recovered = Tally()
             for i in range(9):
                 await one_request(client, 1000 + 2 * i + 1, recovered)
             rss_after = rss_bytes()
 
-    assert victim.restarts >= 2, "the load ended before the backend was killed twice"
+    assert restarts == len(KILLS)
     assert not tally.problems, "\n".join(tally.problems[:20])
     assert sum(tally.outcomes.values()) == REQUESTS, tally.outcomes
     # A non-streamed request never sent a byte before its answer was whole: with two live

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -45,13 +46,6 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -59,6 +53,16 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+@contextlib.contextmanager
+def port_in_use() -> Iterator[int]:
+    """A loopback port with a listener of ours on it, for as long as the block runs."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port: int = holder.getsockname()[1]
+        yield port
 
 
 class Lines:
@@ -105,13 +109,14 @@ class Lines:
 
 
 class Running:
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "continuum", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env=env,
         )
         assert self.process.stdout is not None and self.process.stderr is not None
         self.stdout = Lines(self.process.stdout)
@@ -121,6 +126,12 @@ class Running:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=HANG_GUARD)
+
+
+def listening_port(stderr: Lines) -> int:
+    """The port a ``run`` bound (configs here bind port 0: a port picked in advance could
+    be taken by another process before the router binds it)."""
+    return int(stderr.wait_for(r"listening on .*127\.0\.0\.1:(\d+)").group(1))
 
 
 @pytest.fixture
@@ -164,6 +175,12 @@ def test_no_subcommand_is_a_usage_error() -> None:
     assert result.returncode != 0
     assert "usage:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"trio-continuum {continuum.__version__}"
 
 
 # -- check ----------------------------------------------------------------------------------------
@@ -230,6 +247,45 @@ def test_check_rejects_invalid_config_naming_file_and_key(tmp_path: Path, case: 
     assert_clean_config_error(cli("check", str(path), env=env), path, key)
 
 
+def test_check_reports_every_missing_environment_variable_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "env.yaml",
+        "backends:\n"
+        "  - name: a\n    url: ${CONTINUUM_TEST_UNSET_URL}\n"
+        "    api_key: ${CONTINUUM_TEST_UNSET_A}\n"
+        "  - name: b\n    url: http://127.0.0.1:9\n    api_key: ${CONTINUUM_TEST_UNSET_B}\n",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_TEST_UNSET")}
+    result = cli("check", str(path), env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "3 environment variables are not set" in result.stderr
+    for key, name in (("backends[0].url", "CONTINUUM_TEST_UNSET_URL"),
+                      ("backends[0].api_key", "CONTINUUM_TEST_UNSET_A"),
+                      ("backends[1].api_key", "CONTINUUM_TEST_UNSET_B")):
+        assert f"{key}: {name}" in result.stderr, result.stderr
+
+
+def test_check_warns_about_aliases_and_fallbacks_nobody_serves(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "aliases.yaml",
+        "model_aliases:\n  friendly: gpt-4o\n  typo: gpt-4oo\n"
+        "fallbacks:\n  gpt-4o: [gpt-4o-mini, clause-3]\n"
+        "backends:\n  - name: a\n    url: http://127.0.0.1:9\n    models: [gpt-4o, gpt-4o-mini]\n",
+    )
+    result = cli("check", str(path))
+    assert result.returncode == 0, result.stderr  # valid, but probably a mistake
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"trio-continuum: warning: {path}: model_aliases.typo: 'gpt-4oo' is not in any "
+        "backend's configured models",
+        f"trio-continuum: warning: {path}: fallbacks.gpt-4o[1]: 'clause-3' is not in any "
+        "backend's configured models",
+    ], result.stderr
+
+
 def test_check_missing_file_is_a_clean_error(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     result = cli("check", str(path))
@@ -254,24 +310,23 @@ def test_generate_config_output_loads() -> None:
 
 
 def test_run_with_invalid_config_exits_before_binding(tmp_path: Path) -> None:
-    port = free_port()
-    path = write(
-        tmp_path,
-        "bad.yaml",
-        f"server:\n  bind_address: 127.0.0.1:{port}\n"
-        "backends:\n  - name: a\n    url: http://127.0.0.1:9\n    wieght: 2\n",
-    )
-    result = cli("run", str(path))
+    # The port is taken: a router that bound before validating would fail with "in use".
+    with port_in_use() as port:
+        path = write(
+            tmp_path,
+            "bad.yaml",
+            f"server:\n  bind_address: 127.0.0.1:{port}\n"
+            "backends:\n  - name: a\n    url: http://127.0.0.1:9\n    wieght: 2\n",
+        )
+        result = cli("run", str(path))
     assert_clean_config_error(result, path, "backends[0].wieght")
+    assert result.returncode == 2
+    assert "in use" not in result.stderr
     assert "listening" not in result.stderr + result.stdout
-    assert port_is_free(port)
 
 
 def test_run_on_a_port_in_use_fails_cleanly(tmp_path: Path) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
+    with port_in_use() as port:
         path = write(
             tmp_path,
             "busy.yaml",
@@ -293,10 +348,9 @@ def demo_copy(tmp_path: Path, bind: str) -> Path:
 
 
 def test_run_serves_and_drains_on_sigterm(tmp_path: Path, running: list[Running]) -> None:
-    port = free_port()
-    proc = Running(["run", str(demo_copy(tmp_path, f"127.0.0.1:{port}"))])
+    proc = Running(["run", str(demo_copy(tmp_path, "127.0.0.1:0"))])
     running.append(proc)
-    proc.stderr.wait_for(rf"listening on .*127\.0\.0\.1:{port}")
+    port = listening_port(proc.stderr)
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=HANG_GUARD) as client:
         health = client.get("/health")
@@ -320,15 +374,14 @@ def test_run_serves_and_drains_on_sigterm(tmp_path: Path, running: list[Running]
 def test_run_finishes_in_flight_request_after_sigterm(
     tmp_path: Path, running: list[Running]
 ) -> None:
-    port = free_port()
     data: dict[str, Any] = yaml.safe_load(DEMO.read_text())
-    data["server"]["bind_address"] = f"127.0.0.1:{port}"
+    data["server"]["bind_address"] = "127.0.0.1:0"
     for backend in data["backends"]:
         backend["mock"]["latency"] = "600ms"
     path = write(tmp_path, "slow.yaml", yaml.safe_dump(data))
     proc = Running(["run", str(path)])
     running.append(proc)
-    proc.stderr.wait_for(rf"listening on .*127\.0\.0\.1:{port}")
+    port = listening_port(proc.stderr)
     result: dict[str, Any] = {}
 
     def request() -> None:
@@ -356,14 +409,92 @@ def test_run_finishes_in_flight_request_after_sigterm(
     assert proc.process.wait(timeout=HANG_GUARD) == 0
 
 
+def test_run_bind_overrides_the_config_and_logs_a_startup_summary(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    socket_path = tmp_path / "router.sock"
+    # demo.yaml binds 127.0.0.1:8080; --bind replaces that (a list, comma-separated).
+    proc = Running(["run", str(DEMO), "--bind", f"127.0.0.1:0,unix:{socket_path}"])
+    running.append(proc)
+    block = proc.stderr.wait_for(r"listening on 127\.0\.0\.1:(\d+), unix:")
+    port = int(block.group(1))
+    summary = [proc.stderr.wait_for(r"^  backend mock-a ").string,
+               proc.stderr.wait_for(r"^  backend mock-b ").string,
+               proc.stderr.wait_for(r"^  routing: ").string,
+               proc.stderr.wait_for(r"^  features: ").string]
+    assert re.search(r"backend mock-a \(mock, openai API\) http://127\.0\.0\.1:\d+: models "
+                     r"demo-chat, demo-embed \[healthy\]", summary[0]), summary
+    assert "models demo-chat [healthy]" in summary[1]
+    assert "routing: RoundRobin; 2 retries; request timeout 60s" in summary[2]
+    assert "health checks every 10s" in summary[3] and "metrics at /metrics" in summary[3]
+    with httpx.Client(timeout=HANG_GUARD) as client:
+        assert client.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    transport = httpx.HTTPTransport(uds=str(socket_path))
+    with httpx.Client(transport=transport, timeout=HANG_GUARD) as client:
+        assert client.get("http://router/ready").status_code == 200
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(timeout=HANG_GUARD) == 0
+
+
+def test_startup_summary_hides_credentials_and_says_discovering(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    secret = "sk-live-summary-SECRET-0123456789"
+    path = write(
+        tmp_path,
+        "secrets.yaml",
+        "server:\n  bind_address: 127.0.0.1:0\n"
+        "health_checks:\n  enabled: false\n"
+        "backends:\n"
+        "  - name: listed\n    type: mock\n    models: [m]\n"
+        "  - name: lister\n"
+        f"    url: http://user:{secret}@127.0.0.1:9/v1?key={secret}\n"
+        "    api_key: ${CONTINUUM_TEST_SUMMARY_KEY}\n",
+    )
+    proc = Running(["run", str(path)], env={**os.environ, "CONTINUUM_TEST_SUMMARY_KEY": secret})
+    running.append(proc)
+    line = proc.stderr.wait_for(r"^  backend lister ").string
+    assert "(openai) http://127.0.0.1:9/v1: models discovering" in line, line
+    proc.stderr.wait_for(r"^  features: ")
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(timeout=HANG_GUARD) == 0
+    output = proc.stderr.rest()
+    assert secret not in output and "user:" not in output
+
+
+def test_run_log_level_overrides_the_config(tmp_path: Path, running: list[Running]) -> None:
+    # demo.yaml says info. debug shows the pre-warming line; warning hides the summary.
+    debug = Running(["run", str(DEMO), "--bind", "127.0.0.1:0", "--log-level", "debug"])
+    running.append(debug)
+    debug.stderr.wait_for(r"DEBUG +continuum\.backend: backend mock-a: pre-warmed")
+    path = write(tmp_path, "alias.yaml", DEMO.read_text() + "model_aliases:\n  x: nowhere\n")
+    quiet = Running(["run", str(path), "--bind", "127.0.0.1:0", "--log-level", "warning"])
+    running.append(quiet)
+    quiet.stderr.wait_for(r"WARNING .*model_aliases\.x: 'nowhere' is not in any backend's models")
+    quiet.process.send_signal(signal.SIGTERM)
+    assert quiet.process.wait(timeout=HANG_GUARD) == 0
+    assert " INFO " not in "".join(quiet.stderr.seen) + quiet.stderr.rest()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--bind", "nonsense"], "--bind: 'nonsense'"),
+    (["--bind", "127.0.0.1:0,127.0.0.1:0"], "given twice"),
+    (["--log-level", "loud"], "invalid choice"),
+])
+def test_run_rejects_bad_overrides(args: list[str], message: str) -> None:
+    result = cli("run", str(DEMO), *args)
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "listening" not in result.stderr
+
+
 # -- mock -----------------------------------------------------------------------------------------
 
 
 def test_mock_subcommand_serves_models(running: list[Running]) -> None:
-    port = free_port()
-    proc = Running(["mock", "--bind", f"127.0.0.1:{port}", "--models", "alpha,beta"])
+    proc = Running(["mock", "--bind", "127.0.0.1:0", "--models", "alpha,beta"])
     running.append(proc)
-    proc.stdout.wait_for(rf"listening on http://127\.0\.0\.1:{port}")
+    port = int(proc.stdout.wait_for(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
     with httpx.Client(timeout=HANG_GUARD) as client:
         listing = client.get(f"http://127.0.0.1:{port}/v1/models")
     assert listing.status_code == 200
@@ -371,3 +502,19 @@ def test_mock_subcommand_serves_models(running: list[Running]) -> None:
     proc.process.send_signal(signal.SIGINT)
     assert proc.process.wait(timeout=HANG_GUARD) == 0
     assert "Traceback" not in proc.stderr.rest()
+
+
+# -- justfile -------------------------------------------------------------------------------------
+
+
+def test_just_list_describes_every_recipe_for_a_user() -> None:
+    just = Path(sys.executable).parent / "just"  # rust-just, from the dev extra
+    result = subprocess.run([str(just), "--list"], capture_output=True, text=True,
+                            timeout=HANG_GUARD, cwd=ROOT, check=True)
+    recipes = [line.strip() for line in result.stdout.splitlines()[1:] if line.strip()]
+    assert {r.split()[0] for r in recipes} >= {"test", "lint", "run", "bench", "bench-quick"}
+    for recipe in recipes:
+        _, sep, description = recipe.partition("# ")
+        assert sep and len(description) >= 20, f"no description: {recipe!r}"
+        # Written for users: no issue numbers or internal names.
+        assert not re.search(r"\bissue\b|\bfloor\b|httptools", description, re.I), recipe

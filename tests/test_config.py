@@ -16,6 +16,7 @@ from continuum._config import (
     Config,
     ConfigError,
     config_from_dict,
+    config_warnings,
     dump_effective_config,
     generate_config,
     load_config,
@@ -26,19 +27,9 @@ from continuum._config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-GUIDE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "performance-guide.txt"
+#: The tuning guide's YAML blocks (keys and values only): users paste them as they are.
+GUIDE = REPO / "tests" / "fixtures" / "guide"
 BACKENDS = "\nbackends:\n  - name: b1\n    url: http://127.0.0.1:9001\n"
-SECTIONS = {
-    "server",
-    "request",
-    "routing",
-    "cache",
-    "health_checks",
-    "http_client",
-    "logging",
-    "metrics",
-    "deduplication",
-}
 
 
 def load(text: str, env: dict[str, str] | None = None) -> Config:
@@ -65,78 +56,16 @@ def get(obj: Any, dotted: str) -> Any:
 # The performance guide's YAML blocks
 # --------------------------------------------------------------------------------------
 
-_SECTION_LINE = re.compile(r"^(\s*)(" + "|".join(sorted(SECTIONS)) + r"):\s*(#.*)?$")
-
-
-def _as_block(run: list[str]) -> str | None:
-    while run and not run[-1].strip():
-        run = run[:-1]
-    if not run:
-        return None
-    block = textwrap.dedent("\n".join(run)) + "\n"
-    try:
-        data = yaml.safe_load(block)
-    except yaml.YAMLError:
-        return None
-    if isinstance(data, dict) and data and set(data) <= SECTIONS:
-        return block
-    return None
-
-
-def extract_yaml_blocks(text: str) -> list[str]:
-    """Maximal runs of lines that form a YAML mapping of config sections.
-
-    A run starts at a line ``<section>:`` and takes every following line that is blank,
-    indented deeper than the run's first line, or another ``<section>:`` line at the same
-    indentation. Of that run, the longest prefix that parses as a mapping whose keys are
-    all config sections is kept (trailing blank lines dropped).
-    """
-    lines = text.splitlines()
-    blocks: list[str] = []
-    i = 0
-    while i < len(lines):
-        m = _SECTION_LINE.match(lines[i])
-        if m is None:
-            i += 1
-            continue
-        base = len(m.group(1))
-        j = i + 1
-        while j < len(lines):
-            line = lines[j]
-            indent = len(line) - len(line.lstrip())
-            if not line.strip() or indent > base:
-                j += 1
-                continue
-            sm = _SECTION_LINE.match(line)
-            if sm is not None and len(sm.group(1)) == base:
-                j += 1
-                continue
-            break
-        # The longest prefix of the run that is a mapping of config sections wins (prose
-        # indented like YAML, e.g. a numbered list item, can follow a block directly).
-        for end in range(j, i, -1):
-            block = _as_block(lines[i:end])
-            if block is not None:
-                blocks.append(block)
-                i = end
-                break
-        else:
-            i += 1
-    return blocks
-
 
 @pytest.fixture(scope="module")
-def guide_blocks() -> list[str]:
-    if not GUIDE.is_file():
-        pytest.skip(f"performance guide not found at {GUIDE} (the shared folder is ../shared)")
-    return extract_yaml_blocks(GUIDE.read_text(encoding="utf-8"))
+def guide_blocks() -> dict[str, str]:
+    return {path.name: path.read_text(encoding="utf-8")
+            for path in sorted(GUIDE.glob("*.yaml"))}
 
 
-# Counted by hand: high-throughput, low-latency, low-memory, deduplication, connection pool
-# (500), timeouts, model cache (300), routing + weights, health checks, cache + dedup,
-# server + http_client, metrics, cache (60), server (1000).
-GUIDE_EXPECTATIONS: list[dict[str, Any]] = [
-    {  # High-Throughput Configuration
+#: What each block must mean once loaded (file name → dotted key → value).
+GUIDE_EXPECTATIONS: dict[str, dict[str, Any]] = {
+    "01-high-throughput.yaml": {
         "server.bind_address": ("0.0.0.0:8080",),
         "server.connection_pool_size": 1000,
         "server.keepalive_timeout": 75.0,
@@ -146,7 +75,7 @@ GUIDE_EXPECTATIONS: list[dict[str, Any]] = [
         "http_client.pool_idle_timeout": 90.0,
         "http_client.pool_max_idle_per_host": 100,
     },
-    {  # Low-Latency Configuration
+    "02-low-latency.yaml": {
         "routing.strategy": "LeastLatency",
         "routing.fallback_strategy": "RoundRobin",
         "request.timeout": 10.0,
@@ -154,67 +83,63 @@ GUIDE_EXPECTATIONS: list[dict[str, Any]] = [
         "cache.model_cache_ttl": 3600.0,
         "health_checks.interval": 10.0,
     },
-    {  # Memory-Constrained Configuration
+    "03-low-memory.yaml": {
         "server.connection_pool_size": 10,
         "cache.model_cache_ttl": 60.0,
         "request.timeout": 30.0,
         "logging.level": "error",
     },
-    {"cache.deduplication.enabled": True, "cache.deduplication.ttl": 60.0},
-    {"server.connection_pool_size": 500},
-    {"request.timeout": 30.0, "request.streaming_timeout": 300.0},
-    {"cache.model_cache_ttl": 300.0},
-    {
+    "04-deduplication.yaml": {
+        "cache.deduplication.enabled": True,
+        "cache.deduplication.ttl": 60.0,
+    },
+    "05-connection-pool.yaml": {"server.connection_pool_size": 500},
+    "06-timeouts.yaml": {"request.timeout": 30.0, "request.streaming_timeout": 300.0},
+    "07-model-cache.yaml": {"cache.model_cache_ttl": 300.0},
+    "08-routing-weights.yaml": {
         "routing.strategy": "LeastLatency",
         "routing.fallback_strategy": "RoundRobin",
         "routing.weights": {"http://backend1:11434": 3, "http://backend2:11434": 1},
     },
-    {
+    "09-health-checks.yaml": {
         "health_checks.enabled": True,
         "health_checks.interval": 30.0,
         "health_checks.timeout": 5.0,
         "health_checks.unhealthy_threshold": 3,
         "health_checks.healthy_threshold": 2,
     },
-    {
+    "10-cache-and-deduplication.yaml": {
         "cache.model_cache_ttl": 300.0,
         "cache.deduplication.enabled": True,
         "cache.deduplication.ttl": 60.0,
     },
-    {
+    "11-server-and-http-client.yaml": {
         "server.connection_pool_size": 500,
         "http_client.pool_idle_timeout": 90.0,
         "http_client.pool_max_idle_per_host": 100,
     },
-    {
+    "12-metrics-auth.yaml": {
         "metrics.enabled": True,
         "metrics.endpoint": "/metrics",
         "metrics.auth.enabled": True,
         "metrics.auth.username": "metrics",
         "metrics.auth.password": "secure_password",
     },
-    {"cache.model_cache_ttl": 60.0},
-    {"server.connection_pool_size": 1000},
-]
+    "13-model-cache-short.yaml": {"cache.model_cache_ttl": 60.0},
+    "14-connection-pool-large.yaml": {"server.connection_pool_size": 1000},
+}
 
 
-def test_guide_block_count(guide_blocks: list[str]) -> None:
-    assert len(guide_blocks) == 14 == len(GUIDE_EXPECTATIONS)
+def test_guide_block_count(guide_blocks: dict[str, str]) -> None:
+    assert len(guide_blocks) == 14
+    assert sorted(guide_blocks) == sorted(GUIDE_EXPECTATIONS)
 
 
-def test_guide_blocks_load_and_mean_what_the_guide_says(guide_blocks: list[str]) -> None:
-    for block, expected in zip(guide_blocks, GUIDE_EXPECTATIONS, strict=True):
-        cfg = load(block + BACKENDS)
+def test_guide_blocks_load_and_mean_what_the_guide_says(guide_blocks: dict[str, str]) -> None:
+    for name, expected in GUIDE_EXPECTATIONS.items():
+        cfg = load(guide_blocks[name] + BACKENDS)
         for dotted, value in expected.items():
-            assert get(cfg, dotted) == value, (dotted, block)
-
-
-def test_extractor_handles_indented_blocks() -> None:
-    text = "  1. Dedup\n\n    deduplication:\n      enabled: true\n\n  2. Next\nserver:\n  x: 1\n"
-    blocks = extract_yaml_blocks(text)
-    assert blocks == ["deduplication:\n  enabled: true\n", "server:\n  x: 1\n"]
-    text = "routing:\n  a: 1\n\n  1. Health\n    health_checks:\n      b: 2\n    \nProse\n"
-    assert extract_yaml_blocks(text) == ["routing:\n  a: 1\n", "health_checks:\n  b: 2\n"]
+            assert get(cfg, dotted) == value, (name, dotted)
 
 
 # --------------------------------------------------------------------------------------
@@ -438,6 +363,72 @@ def test_missing_env_var() -> None:
     assert "not set" in err
     assert "malformed" in error_of("backends:\n  - name: b\n    url: ${1X}\n")
     assert "unterminated" in error_of("backends:\n  - name: b\n    url: ${X\n")
+
+
+def test_every_missing_env_var_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(
+            """\
+            backends:
+              - name: a
+                url: ${A_URL}
+                api_key: ${SHARED_KEY}
+              - name: b
+                url: http://h:1
+                api_key: ${SHARED_KEY}
+                headers: {X-Org: "${ORG:-none}", X-Team: "${TEAM}"}
+            """
+        )
+    err = info.value
+    assert err.source == "test.yaml" and err.path == ""
+    assert str(err).splitlines() == [
+        "test.yaml: 3 environment variables are not set (set them, or write ${NAME:-default} "
+        "to give a default):",
+        "  backends[0].url: A_URL",
+        "  backends[0].api_key: SHARED_KEY",
+        "  backends[1].api_key: SHARED_KEY",
+        "  backends[1].headers.X-Team: TEAM",
+    ]
+
+
+def test_missing_env_var_comes_before_other_errors() -> None:
+    # The environment is the usual culprit: it is reported even when other keys are wrong.
+    err = error_of("server:\n  workers: lots\nbackends:\n  - name: a\n    url: ${NOPE}\n")
+    assert "environment variable NOPE is not set" in err
+
+
+def test_warnings_for_aliases_and_fallbacks_nobody_lists() -> None:
+    cfg = load(
+        """\
+        model_aliases: {gpt-4: gpt-4o, fast: gpt-4o-mini, odd: nothing}
+        fallbacks: {gpt-4o: [gpt-4o-mini, gone]}
+        backends:
+          - {name: a, url: "http://h:1", models: [gpt-4o]}
+          - {name: b, url: "http://h:2", models: [gpt-4o-mini]}
+        """
+    )
+    assert config_warnings(cfg) == [
+        "model_aliases.odd: 'nothing' is not in any backend's configured models",
+        "fallbacks.gpt-4o[1]: 'gone' is not in any backend's configured models",
+    ]
+
+
+def test_no_alias_warnings_while_some_backend_discovers_its_models() -> None:
+    cfg = load(
+        """\
+        model_aliases: {odd: nothing}
+        backends:
+          - {name: a, url: "http://h:1", models: [gpt-4o]}
+          - {name: vllm, url: "http://h:2"}
+        """
+    )
+    assert config_warnings(cfg) == []  # vllm may list it: only the running router knows
+
+
+def test_shipped_configs_have_no_warnings() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path, env=PROD_ENV)
+        assert config_warnings(cfg) == [], path
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Any
 
@@ -192,30 +191,3 @@ async def test_mock_backend_runs_in_process(nursery: trio.Nursery) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 4
     assert [m.id for m in models.data] == ["demo-model"]
     assert upstream.requests_by_path[CHAT] == 1
-
-
-def test_public_surface() -> None:
-    expected = {
-        "BackendConfig",
-        "Config",
-        "ConfigError",
-        "RouterError",
-        "RouterHandle",
-        "__version__",
-        "config_from_dict",
-        "load_config",
-        "parse_config",
-        "serve",
-    }
-    assert set(continuum.__all__) == expected
-    assert len(continuum.__all__) == len(expected)
-    module = importlib.import_module("continuum")
-    for name in expected:
-        assert getattr(module, name) is not None
-        namespace: dict[str, Any] = {}
-        exec(f"from continuum import {name}", namespace)
-        assert namespace[name] is getattr(continuum, name)
-    assert isinstance(continuum.__version__, str) and continuum.__version__
-    assert issubclass(continuum.ConfigError, Exception)
-    assert issubclass(continuum.RouterError, Exception)
-    assert callable(continuum.serve)

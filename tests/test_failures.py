@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -17,8 +15,8 @@ import trio
 
 from continuum import RouterHandle
 from continuum._config import MockConfig
-from continuum.mock import MockUpstream, serve_mock
-from helpers import router_config, start_mock, start_router
+from continuum.mock import MockUpstream
+from helpers import refused_url, router_config, start_killable_mock, start_mock, start_router
 
 MODEL = "gpt-test"
 CHAT = "/v1/chat/completions"
@@ -61,30 +59,6 @@ async def two_backends(
     return mock_a, mock_b, router
 
 
-async def start_killable_mock(
-    nursery: trio.Nursery, models: Sequence[str] = (MODEL,), config: MockConfig | None = None
-) -> tuple[MockUpstream, str, trio.CancelScope]:
-    """A mock upstream that dies (listener and connections closed) when its scope is
-    cancelled."""
-    upstream = MockUpstream(config, models, name="killable", seed=0)
-    scope = trio.CancelScope()
-
-    async def run(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await serve_mock(upstream, task_status=task_status)
-
-    address = await nursery.start(run)
-    return upstream, f"http://{address}", scope
-
-
-def refused_url() -> str:
-    """The URL of a loopback port that was just bound and closed: connection refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 async def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
     with trio.move_on_after(timeout):
         while not predicate():
@@ -101,17 +75,17 @@ async def admin_backend(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
 
 
 async def test_failover_when_a_backend_is_killed(nursery: trio.Nursery) -> None:
-    mock_a, url_a, kill_a = await start_killable_mock(nursery)
+    killable = await start_killable_mock(nursery, (MODEL,))
+    mock_a = killable.upstream
     mock_b, url_b = await start_mock(nursery, (MODEL,), name="b")
     router = await start_router(
-        nursery, router_config(backends(url_a, url_b), request={"max_retries": 1})
+        nursery, router_config(backends(killable.url, url_b), request={"max_retries": 1})
     )
     async with http(router) as client:
         for _ in range(4):
             assert (await client.post(CHAT, json=chat_body())).status_code == 200
         assert chat_count(mock_a) == 2
-        kill_a.cancel()
-        await trio.sleep(0.05)
+        await killable.kill()
         served_before = chat_count(mock_b)
         for _ in range(10):
             response = await client.post(CHAT, json=chat_body())
@@ -121,7 +95,9 @@ async def test_failover_when_a_backend_is_killed(nursery: trio.Nursery) -> None:
 
 
 async def test_all_backends_down_is_502(nursery: trio.Nursery) -> None:
-    router = await start_router(nursery, router_config(backends(refused_url(), refused_url())))
+    router = await start_router(
+        nursery, router_config(backends(refused_url(nursery), refused_url(nursery)))
+    )
     async with http(router) as client:
         with trio.fail_after(10):
             response = await client.post(CHAT, json=chat_body())

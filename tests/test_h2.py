@@ -27,6 +27,7 @@ from continuum._http._h2 import (
     open_pool,
 )
 from continuum._http._pool import HTTP1Pool, Origin, PoolLimits
+from helpers import refused_url
 
 HANG_GUARD = 20
 
@@ -160,8 +161,11 @@ class _ServerConn:
             goaway_after = self.server.goaway_after
             first_conn = stats.index == 0
             if goaway_after is not None and first_conn and len(self.request_ids) == goaway_after:
-                self.goaway_last = self.request_ids[self.server.goaway_last_index]
-                nursery.start_soon(self.send_goaway, self.goaway_last)
+                self.goaway_last = last = self.request_ids[self.server.goaway_last_index]
+                # Past the GOAWAY: never processed. Counted now, not when their (slow)
+                # handlers would get there: the client may close the connection first.
+                stats.ignored.extend(i for i in sorted(stats.open_streams) if i > last)
+                nursery.start_soon(self.send_goaway, last)
         elif isinstance(ev, h2.events.DataReceived):
             if ev.stream_id in self.requests:
                 self.requests[ev.stream_id][1].extend(ev.data)
@@ -223,7 +227,8 @@ class _ServerConn:
                 while len(self.stats.open_streams) < int(query["n"]):
                     await self.open_changed.wait()
             if self.goaway_last is not None and sid > self.goaway_last:
-                self.stats.ignored.append(sid)  # past our GOAWAY: never processed
+                if sid not in self.stats.ignored:  # past our GOAWAY: never processed
+                    self.stats.ignored.append(sid)
                 return
             if path == "/stream":
                 self.h2.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain")])
@@ -540,9 +545,19 @@ async def test_cancelled_request_resets_stream(
     server = H2Server(server_tls)
     port = await server.start(nursery)
     pool = await running_pool(nursery, f"https://127.0.0.1:{port}", client_tls(ca_file))
-    with trio.move_on_after(0.1):
-        await pool.start(b"POST", b"/slow?delay=5", [], b"{}")
+
+    async def slow_request(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await pool.start(b"POST", b"/slow?delay=5", [], b"{}")
+
     with trio.fail_after(HANG_GUARD):
+        scope = await nursery.start(slow_request)
+        # Cancelled once the server has the stream open, not after a guessed delay (a slow
+        # TLS handshake would otherwise be cancelled before any stream existed).
+        while not (server.conns and server.conns[0].open_streams):
+            await trio.sleep(0.01)
+        scope.cancel()
         while not server.resets:
             await trio.sleep(0.01)
         status, _, _ = await call(pool, b"/json")
@@ -563,10 +578,9 @@ async def test_tls_verification_failure(nursery: trio.Nursery, server_tls: ssl.S
 
 
 async def test_connection_refused(nursery: trio.Nursery) -> None:
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    url = refused_url(nursery)  # held, never listening: refused for the whole test
+    port = int(url.rpartition(":")[2])
+    pool = await running_pool(nursery, url, None)
     with trio.fail_after(HANG_GUARD), pytest.raises(ConnectError) as info:
         await pool.start(b"GET", b"/", [], b"")
     assert f"cannot connect to 127.0.0.1:{port}" in str(info.value)
@@ -612,14 +626,15 @@ async def test_reap_idle_and_close(
 ) -> None:
     server = H2Server(server_tls)
     port = await server.start(nursery)
-    limits = PoolLimits(max_connections=4, idle_timeout=0.05, connect_timeout=5.0)
+    # idle_timeout well above an OS scheduling stall between call() and reap_idle()
+    limits = PoolLimits(max_connections=4, idle_timeout=0.3, connect_timeout=5.0)
     pool = HTTP2Pool(Origin.from_url(f"https://127.0.0.1:{port}"), limits, client_tls(ca_file))
     with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as inner:
             await inner.start(pool.run)
             await call(pool, b"/json")
             assert pool.reap_idle() == 0
-            await trio.sleep(0.1)
+            await trio.sleep(0.35)
             assert pool.reap_idle() == 1
             while not server.conns[0].closed:
                 await trio.sleep(0.01)
@@ -746,10 +761,7 @@ async def test_h2c_against_http1_server(nursery: trio.Nursery) -> None:
 
 
 async def test_requests_behind_failed_prewarm_do_not_hang(nursery: trio.Nursery) -> None:
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    pool = await running_pool(nursery, refused_url(nursery), None)
     errors: list[BaseException] = []
 
     async def request() -> None:

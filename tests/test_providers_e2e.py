@@ -145,7 +145,7 @@ def strip_ids(value: Any) -> Any:
     return value
 
 
-# -- a canned OpenAI upstream (the OpenAI mock never answers with tool calls) -------------
+# -- a canned OpenAI upstream (a fixed tool-call answer, independent of the mock) -----------
 
 
 def _tool_call_completion(model: str) -> bytes:
@@ -588,8 +588,8 @@ async def test_messages_to_openai_raw_event_sequence(nursery: trio.Nursery) -> N
 
 
 async def test_messages_to_openai_mock_tool_use(nursery: trio.Nursery) -> None:
-    """The OpenAI mock never answers with tool calls (docs/mock.md: only the Anthropic and
-    Gemini mocks have the trigger): the tools reach it translated, the answer is text."""
+    """The tools reach the OpenAI mock translated, and its tool call (arguments generated
+    from the schema, docs/mock.md) comes back as a ``tool_use`` block."""
     mock, url = await start_api_mock(nursery, "openai", ("gpt-test",))
     router = await router_with(nursery, openai_backend(url))
     with trio.fail_after(20):
@@ -600,8 +600,10 @@ async def test_messages_to_openai_mock_tool_use(nursery: trio.Nursery) -> None:
             )
     sent = upstream_json(mock)
     assert sent["tools"] == [WEATHER_TOOL]
-    assert message.content[0].type == "text"
-    assert message.stop_reason == "end_turn"
+    [block] = message.content
+    assert block.type == "tool_use" and block.name == "get_weather"
+    assert set(block.input) == {"location"} and isinstance(block.input["location"], str)
+    assert message.stop_reason == "tool_use"
 
 
 async def test_messages_to_openai_tool_use(nursery: trio.Nursery) -> None:
@@ -902,11 +904,13 @@ async def test_responses_passed_through_to_openai_backend(nursery: trio.Nursery)
         async with http(router) as client:
             response = await client.post("/v1/responses", content=raw,
                                          headers={"content-type": "application/json"})
-    # the OpenAI mock has no /v1/responses: its own 404 comes back, proving the forward
+    # the body reaches the OpenAI mock byte for byte, and its answer comes back
     assert mock.requests_by_path.get("/v1/responses") == 1
     assert mock.last_request_body == raw
-    assert response.status_code == 404
-    assert "error" in response.json()
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "response" and body["model"] == "gpt-test"
+    assert body["output"][0]["content"][0]["text"] == "Mock reply to: hello responses"
 
 
 async def test_responses_refused_for_anthropic_and_gemini_only_models(

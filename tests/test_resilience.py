@@ -8,7 +8,6 @@ nothing listens); the router under test is a real one, started in-process.
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
 from typing import Any
 
@@ -18,10 +17,11 @@ import pytest
 import trio
 
 from continuum import RouterHandle
+from continuum._clock import now as clock
 from continuum._config import MockConfig
 from continuum._http._server import Request, ServerConnection
 from continuum.mock import MockUpstream, serve_mock
-from helpers import router_config, start_mock, start_router
+from helpers import router_config, start_killable_mock, start_mock, start_router
 
 MODEL = "gpt-test"
 CHAT = "/v1/chat/completions"
@@ -64,6 +64,11 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]
     return body["error"]
 
 
+def cooldown_left(router: RouterHandle, name: str) -> float:
+    """Seconds left of a backend's Retry-After cool-down, read from the router itself."""
+    return router.backends[name].cooldown_until - clock()
+
+
 async def admin_backend(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
     data = (await client.get("/admin/health")).json()
     return next(b for b in data["backends"] if b["name"] == name)
@@ -98,20 +103,6 @@ def error_event(event: str) -> dict[str, Any]:
     return error
 
 
-async def start_killable_mock(
-    nursery: trio.Nursery, name: str
-) -> tuple[MockUpstream, str, trio.CancelScope]:
-    upstream = MockUpstream(models=(MODEL,), name=name, seed=0)
-    scope = trio.CancelScope()
-
-    async def run(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await serve_mock(upstream, task_status=task_status)
-
-    address = await nursery.start(run)
-    return upstream, f"http://{address}", scope
-
-
 async def start_timed_mock(
     nursery: trio.Nursery, name: str, arrivals: list[tuple[str, float]]
 ) -> tuple[MockUpstream, str]:
@@ -127,13 +118,6 @@ async def start_timed_mock(
     upstream.handle = handle  # type: ignore[method-assign]
     address = await nursery.start(serve_mock, upstream)
     return upstream, f"http://{address}"
-
-
-def refused_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # -- retries and Retry-After ---------------------------------------------------------------------
@@ -153,11 +137,13 @@ async def test_503_with_retry_after_fails_over_and_cools_the_backend_down(
             assert first.headers["x-continuum-backend"] == "b"
             assert chat_count(mock_a) == 1
             assert (await admin_backend(client, "a"))["cooldown_seconds"] > 0
-            # While a cools down, RoundRobin does not send it anything.
-            served = [(await client.post(CHAT, json=chat_body())) for _ in range(6)]
-            assert (await admin_backend(client, "a"))["cooldown_seconds"] > 0, (
-                "cool-down ended during the burst; the burst proves nothing"
-            )
+            # While a cools down, RoundRobin does not send it anything. Requests are sent
+            # only while a's cool-down has a good margin left (read in-process), so a slow
+            # machine sends fewer of them instead of failing.
+            served = []
+            while len(served) < 6 and cooldown_left(router, "a") > 0.3:
+                served.append(await client.post(CHAT, json=chat_body()))
+            assert served, "the cool-down was over before the first request"
             assert {r.headers["x-continuum-backend"] for r in served} == {"b"}
             assert chat_count(mock_a) == 1
             # The cool-down ends and a gets its share again.
@@ -250,7 +236,7 @@ async def test_retry_waits_a_jittered_backoff(nursery: trio.Nursery) -> None:
 
 # -- circuit breaker -----------------------------------------------------------------------------
 
-BREAKER = {"failure_threshold": 3, "timeout": 0.5, "half_open_max_requests": 1}
+BREAKER = {"failure_threshold": 3, "timeout": 1.0, "half_open_max_requests": 1}
 
 
 async def test_circuit_breaker_opens_diverts_traffic_and_recovers(
@@ -279,13 +265,12 @@ async def test_circuit_breaker_opens_diverts_traffic_and_recovers(
             assert 'backend_circuit_breaker_state{backend="a"} 2.0' in metrics
             assert 'backend_circuit_breaker_state{backend="b"} 0.0' in metrics
 
-            for _ in range(8):
+            sent = 0  # only while the breaker has a good margin left (read in-process)
+            while sent < 8 and router.backends["a"].breaker.retry_after > 0.3:
                 response = await client.post(CHAT, json=chat_body())
                 assert response.headers["x-continuum-backend"] == "b"
-            still = await admin_backend(client, "a")
-            assert still["circuit_breaker"]["state"] == "open", (
-                "breaker timed out during the burst; the burst proves nothing"
-            )
+                sent += 1
+            assert sent, "the breaker half-opened before the first request"
             assert chat_count(mock_a) == 3  # no traffic while open
 
             await poll_admin(client, "a",
@@ -389,18 +374,17 @@ async def test_backend_comes_back_after_failures_with_health_checks_off(
 async def test_connection_failures_mark_backend_unhealthy_before_any_probe(
     nursery: trio.Nursery,
 ) -> None:
-    _mock_a, url_a, kill_a = await start_killable_mock(nursery, "a")
+    killable = await start_killable_mock(nursery, (MODEL,), name="a")
     _mock_b, url_b = await start_mock(nursery, (MODEL,), name="b")
     router = await start_router(
         nursery,
-        router_config(entries(url_a, url_b),
+        router_config(entries(killable.url, url_b),
                       health_checks={**QUIET_HEALTH, "passive_failure_threshold": 2}),
     )
     with trio.fail_after(15):
         async with http(router) as client:
             assert (await admin_backend(client, "a"))["healthy"] is True
-            kill_a.cancel()
-            await trio.sleep(0.05)
+            await killable.kill()
             failures_seen = 0
             for _ in range(10):
                 response = await client.post(CHAT, json=chat_body())
@@ -584,7 +568,7 @@ async def test_backpressure_rejects_past_in_flight_and_queue_caps(
     nursery: trio.Nursery,
 ) -> None:
     mock, url = await start_mock(nursery, (MODEL,), name="a")
-    mock.set_latency(0.5)
+    mock.set_latency(1.0)  # all six arrive while the first is still in flight
     router = await start_router(
         nursery, router_config(entries(url, max_in_flight=1, max_queue=1))
     )
@@ -618,7 +602,7 @@ async def test_identical_concurrent_requests_share_one_upstream_call(
     nursery: trio.Nursery,
 ) -> None:
     mock, url = await start_mock(nursery, (MODEL,), name="a")
-    mock.set_latency(0.3)  # long enough for all ten to join the first one's call
+    mock.set_latency(1.0)  # long enough for all ten to join the first one's call
     router = await start_router(
         nursery,
         router_config(entries(url), cache={"deduplication": {"enabled": True, "ttl": 5}}),

@@ -8,7 +8,6 @@ cross-checked against the mocks' own request counters.
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
 from typing import Any
 
@@ -19,7 +18,7 @@ import trio
 
 from continuum import RouterHandle
 from continuum.mock import MockUpstream
-from helpers import router_config, start_mock, start_router
+from helpers import refused_url, router_config, start_mock, start_router
 
 MODEL = "gpt-test"
 CHAT = "/v1/chat/completions"
@@ -42,14 +41,6 @@ def chat_body(content: str = "hi", model: str = MODEL, **extra: Any) -> dict[str
 
 def chat_count(mock: MockUpstream) -> int:
     return mock.requests_by_path.get(CHAT, 0)
-
-
-def refused_url() -> str:
-    """A loopback port that was bound and closed again: connecting is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 async def start_mocks(
@@ -147,12 +138,15 @@ async def test_least_latency_prefers_the_fast_backend_and_still_explores(
     nursery: trio.Nursery,
 ) -> None:
     mocks, entries = await start_mocks(nursery, "ab")
-    mocks["a"].set_latency(0.05)
+    mocks["a"].set_latency(0.1)
     router = await start_router(
         nursery,
         router_config(
             entries,
-            routing={"strategy": "LeastLatency", "least_latency": {"exploration": 0.1}},
+            # A slow EWMA: on a loaded machine one of b's answers can stall for longer than
+            # a's latency; with alpha 0.3 a single such sample would hand a the traffic.
+            routing={"strategy": "LeastLatency",
+                     "least_latency": {"exploration": 0.1, "alpha": 0.05}},
         ),
     )
     with trio.fail_after(15):
@@ -287,7 +281,7 @@ async def test_fallback_model_answers_when_the_first_models_backend_is_down(
         nursery,
         router_config(
             [
-                {"name": "a", "url": refused_url(), "models": ["model-a"]},
+                {"name": "a", "url": refused_url(nursery), "models": ["model-a"]},
                 {"name": "b", "url": url_b, "models": ["model-b"]},
             ],
             fallbacks={"model-a": ["model-b"]},

@@ -12,6 +12,8 @@ from ._config import BackendConfig as BackendConfig
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._config import config_from_dict as config_from_dict
+from ._config import dump_effective_config as dump_effective_config
+from ._config import generate_config as generate_config
 from ._config import load_config as load_config
 from ._config import parse_config as parse_config
 from ._errors import RouterError as RouterError
@@ -28,6 +30,8 @@ __all__ = [
     "RouterHandle",
     "__version__",
     "config_from_dict",
+    "dump_effective_config",
+    "generate_config",
     "load_config",
     "parse_config",
     "serve",

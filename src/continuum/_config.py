@@ -54,6 +54,7 @@ __all__ = [
     "ServerConfig",
     "TracingConfig",
     "config_from_dict",
+    "config_warnings",
     "dump_effective_config",
     "generate_config",
     "load_config",
@@ -526,6 +527,8 @@ class _Ctx:
     env: Mapping[str, str]
     # path -> the environment variables substituted into the value at that path
     substituted: dict[str, list[str]] = field(default_factory=dict)
+    # (path, name) of every ${NAME} without a value or default: reported all at once
+    missing: list[tuple[str, str]] = field(default_factory=list)
 
     def error(self, path: str, detail: str) -> ConfigError:
         return ConfigError(detail, source=self.source, path=path)
@@ -583,11 +586,8 @@ def _subst_str(text: str, path: str, ctx: _Ctx) -> tuple[str, list[str]]:
             value = ctx.env.get(name)
             if value is None or (value == "" and default is not None):
                 if default is None:
-                    raise ctx.error(
-                        path,
-                        f"environment variable {name} is not set "
-                        f"(set it, or write ${{{name}:-default}} to give a default)",
-                    )
+                    ctx.missing.append((path, name))  # reported with the others, after
+                    default = ""
                 value = default
             out.append(value)
             names.append(name)
@@ -1161,6 +1161,8 @@ def config_from_dict(
             source=source,
         )
     substituted = _substitute(dict(data), "", ctx)
+    if ctx.missing:
+        raise _missing_env_error(ctx)
     checked = _check_struct(substituted, _config_type(), "", ctx)
     checked["source"] = source
     try:
@@ -1168,6 +1170,19 @@ def config_from_dict(
     except msgspec.ValidationError as exc:  # a backstop: the walk above should catch all
         raise _translate(exc, ctx) from None
     return _check_semantics(cfg, ctx)
+
+
+def _missing_env_error(ctx: _Ctx) -> ConfigError:
+    """Every unset variable at once, each with its key path: a deploy that lacks three
+    secrets should learn it in one run, not three."""
+    if len(ctx.missing) == 1:
+        path, name = ctx.missing[0]
+        return ctx.error(path, f"environment variable {name} is not set "
+                               f"(set it, or write ${{{name}:-default}} to give a default)")
+    lines = "".join(f"\n  {path}: {name}" for path, name in ctx.missing)
+    names = len(dict.fromkeys(name for _, name in ctx.missing))
+    return ConfigError(f"{names} environment variables are not set (set them, or write "
+                       f"${{NAME:-default}} to give a default):{lines}", source=ctx.source)
 
 
 def _translate(exc: msgspec.ValidationError, ctx: _Ctx) -> ConfigError:
@@ -1257,6 +1272,34 @@ def dump_effective_config(config: Config) -> str:
     return head + yaml.safe_dump(
         data, sort_keys=False, default_flow_style=False, allow_unicode=True
     )
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but probably a mistake, each with its key path: today, aliases and
+    fallbacks naming a model no backend lists in its ``models``.
+
+    Backends without ``models`` discover theirs at start, which a config alone cannot know:
+    a model is only reported when every backend has a static list (the router checks the
+    discovered lists again once it has started).
+    """
+    if any(not b.models for b in config.backends):
+        return []
+    served = {m for b in config.backends for m in b.models}
+    return unserved_model_warnings(config, served, "any backend's configured models")
+
+
+def unserved_model_warnings(config: Config, served: set[str], where: str) -> list[str]:
+    """``model_aliases`` targets and ``fallbacks`` entries not in ``served``."""
+    warnings = []
+    for alias, target in config.model_aliases.items():
+        if target not in served:
+            warnings.append(f"{_join('model_aliases', alias)}: {target!r} is not in {where}")
+    for model, chain in config.fallbacks.items():
+        for i, fallback in enumerate(chain):
+            if fallback not in served:
+                path = f"{_join('fallbacks', model)}[{i}]"
+                warnings.append(f"{path}: {fallback!r} is not in {where}")
+    return warnings
 
 
 def generate_config() -> str:

@@ -82,6 +82,17 @@ def openai_error_body(
 
 JSON_HEADERS: Final[Headers] = [(b"content-type", b"application/json")]
 
+#: Client-given values (model names) shown in error messages are cut to this many characters.
+SHOWN_VALUE_LIMIT: Final = 100
+
+
+def quoted(value: str, limit: int = SHOWN_VALUE_LIMIT) -> str:
+    """``value`` in quotes for an error message; a long client-given value is cut, so a
+    100,000-character model name does not come back whole in every 404."""
+    if len(value) <= limit:
+        return f"'{value}'"
+    return f"'{value[:limit]}...' ({len(value):,} characters)"
+
 
 def render_error(status: int, message: str) -> tuple[Headers, bytes]:
     """For the HTTP layer's own refusals (400 malformed, 408, 413, 431)."""

@@ -21,7 +21,9 @@ FAILURE_KINDS: Final = frozenset(
     {"status", "reset", "reset_mid_stream", "hang", "drip", "malformed"}
 )
 #: The paths failures apply to unless a queued failure names its own path.
-INFERENCE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+INFERENCE_PATHS: Final = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
+)
 
 
 class FailureSpec(Protocol):

@@ -8,14 +8,18 @@ one byte at a time, cut off by a reset, ...).
 
 Answers are deterministic so tests can assert them: the text echoes the last user message
 (``"Mock reply to: <message>"``), a streamed answer is that same text cut into
-``stream_chunks`` pieces, and one piece counts as one completion token.
+``stream_chunks`` pieces, and one piece counts as one completion token. Tool calls, ``n``
+choices, ``response_format`` JSON and logprobs follow :mod:`continuum._mock_tools` and
+:mod:`continuum._mock_schema`; the Responses API is :mod:`continuum._mock_responses`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import math
+import random
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +27,9 @@ from typing import Final, TypeVar
 
 import msgspec
 
+from . import _mock_tools as tools
 from ._errors import JSON_HEADERS, Headers, openai_error_body
+from ._mock_schema import Generator
 
 _encode: Final = msgspec.json.Encoder().encode
 _T = TypeVar("_T")
@@ -107,6 +113,20 @@ class _ChatRequest(msgspec.Struct):
     stream_options: _StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    n: object = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: object = None
+    tools: object = None
+    tool_choice: object = None
+    parallel_tool_calls: bool | None = None
+    response_format: object = None
+
+
+#: The fields a generated answer (tool arguments, JSON, logprobs, choices) depends on.
+_KEY_FIELDS: Final = ("messages", "tools", "tool_choice", "response_format", "seed",
+                      "parallel_tool_calls")
+_decode_fields: Final = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
 class _CompletionRequest(msgspec.Struct):
@@ -137,6 +157,8 @@ def _decode(body: bytes, kind: type[_T]) -> _T:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         raise _BadRequest(f"Invalid request body: {exc}") from None
+    except RecursionError:
+        raise _BadRequest("The JSON body of your request is nested too deeply.") from None
     except msgspec.DecodeError as exc:
         raise _BadRequest(
             f"We could not parse the JSON body of your request ({exc}). "
@@ -255,8 +277,8 @@ class Settings:
     created: int  # unix seconds
 
 
-def _limit(settings: Settings, max_tokens: int | None) -> tuple[int, str]:
-    n = settings.stream_chunks
+def _limit(n: int, max_tokens: int | None) -> tuple[int, str]:
+    """How many of ``n`` pieces (tokens) fit in ``max_tokens``, and the finish reason."""
     if max_tokens is not None and 0 <= max_tokens < n:
         return max_tokens, "length"
     return n, "stop"
@@ -298,21 +320,142 @@ def _end_stream(
     return StreamReply(tuple(events))
 
 
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """One choice of a chat answer: text pieces or tool calls, and what it cost."""
+
+    pieces: tuple[str, ...] = ()
+    calls: tuple[tools.Call, ...] = ()
+    finish: str = "stop"
+    tokens: int = 0
+    logprobs: tuple[dict[str, object], ...] | None = None
+
+
+def _call_pieces(call: tools.Call, n: int) -> list[str]:
+    """A tool call's arguments cut into at most ``n`` pieces (never padded: it is JSON)."""
+    return split_pieces(call.arguments, max(1, min(n, len(call.arguments))))
+
+
+def _chat_text(messages: Sequence[_Message], index: int) -> str:
+    """Choice 0 echoes the last user message; later choices say which one they are."""
+    last = messages[-1] if messages else None
+    if last is not None and last.role == "tool":  # the end of a tool loop
+        summary = summarize(_message_text(last))
+        text = f"Mock reply to: {summary}" if summary else "Mock reply."
+    else:
+        text = chat_answer_text(messages)
+    if index and text.startswith("Mock reply"):
+        text = f"Mock reply #{index + 1}" + text[len("Mock reply"):]
+    return text
+
+
+def _last_user_text(messages: Sequence[_Message]) -> str:
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    return _message_text(last_user) if last_user is not None else ""
+
+
+class _ChatPlan:
+    """What a chat request asks for beyond plain text, checked (``tools.RequestError``)."""
+
+    def __init__(self, req: _ChatRequest, body: bytes) -> None:
+        messages = req.messages or []
+        self.n = tools.check_count(req.n, "n", 1, tools.MAX_CHOICES) if req.n is not None else 1
+        self.top = 0
+        if req.top_logprobs is not None:
+            self.top = tools.check_count(req.top_logprobs, "top_logprobs", 0,
+                                         tools.MAX_TOP_LOGPROBS)
+            if not req.logprobs:
+                raise tools.RequestError("'top_logprobs' requires 'logprobs' to be true.",
+                                         "top_logprobs")
+        self.logprobs = bool(req.logprobs)
+        self.functions = tools.functions(req.tools, nested=True)
+        self.choice = tools.tool_choice(req.tool_choice, nested=True, declared=self.functions)
+        self.format = tools.output_format(req.response_format, nested=True,
+                                          param="response_format")
+        if self.format.kind == "json_object" and not any(
+            "json" in _message_text(m).lower() for m in messages
+        ):
+            raise tools.RequestError("'messages' must contain the word 'json' in some form, to "
+                                     "use 'response_format' of type 'json_object'.", "messages")
+        self.planned = tools.plan_calls(
+            self.functions, self.choice, parallel=req.parallel_tool_calls is not False,
+            after_tool_result=bool(messages) and messages[-1].role == "tool",
+            user_text=_last_user_text(messages),
+        )
+        plain = (self.n == 1 and not self.logprobs and not self.planned
+                 and self.format.kind == "text")
+        self.key = b"" if plain else tools.request_key(_decode_fields(body), _KEY_FIELDS)
+
+    def choices(
+        self, messages: Sequence[_Message], settings: Settings, max_tokens: int | None
+    ) -> list[_Choice]:
+        # Plain text needs no randomness: no generator (nor its seeding) on that path.
+        generator = Generator(random.Random(self.key)) if self.key else None
+        out = []
+        for index in range(self.n):
+            if self.planned:
+                assert generator is not None
+                calls = tools.make_calls(self.planned, self.key, index, generator, "call_")
+                tokens = sum(len(_call_pieces(c, settings.stream_chunks)) for c in calls)
+                out.append(_Choice(calls=tuple(calls), finish="tool_calls", tokens=tokens))
+                continue
+            text = _chat_text(messages, index)
+            if self.format.kind == "text":
+                pieces = split_pieces(text, settings.stream_chunks)
+            else:
+                assert generator is not None
+                generator.rng = tools.rng_for(self.key, index, "content")
+                content = tools.format_text(self.format, text, generator)
+                pieces = split_pieces(content, max(1, min(settings.stream_chunks, len(content))))
+            kept, finish = _limit(len(pieces), max_tokens)
+            pieces = pieces[:kept]
+            logprobs = None
+            if self.logprobs:
+                rng = tools.rng_for(self.key, index, "logprobs")
+                logprobs = tuple(tools.logprob_entries(pieces, rng, self.top))
+            out.append(_Choice(tuple(pieces), finish=finish, tokens=kept, logprobs=logprobs))
+        return out
+
+
+def _message(choice: _Choice) -> dict[str, object]:
+    if choice.calls:
+        return {"role": "assistant", "content": None, "refusal": None,
+                "tool_calls": [_tool_call(c) for c in choice.calls]}
+    return {"role": "assistant", "content": "".join(choice.pieces)}
+
+
+def _tool_call(call: tools.Call) -> dict[str, object]:
+    return {"id": call.call_id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _choice_logprobs(choice: _Choice, entries: Sequence[dict[str, object]] | None
+                     ) -> dict[str, object] | None:
+    if choice.logprobs is None:
+        return None
+    return {"content": list(entries if entries is not None else choice.logprobs),
+            "refusal": None}
+
+
 def chat_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
-    """``POST /v1/chat/completions``."""
+    """``POST /v1/chat/completions``: text, tool calls, JSON (``response_format``), ``n``
+    choices, logprobs; streamed or not."""
     try:
         req = _decode(body, _ChatRequest)
         model = _check_model(req.model, settings.models)
         if not req.messages:
             raise _BadRequest("'messages' must be a non-empty array.", "messages")
+        plan = _ChatPlan(req, body)
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
+            req.max_tokens
+        )
+        choices = plan.choices(req.messages, settings, max_tokens)
     except (_BadRequest, _ModelNotFound) as exc:
         return exc.reply
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
-        req.max_tokens
-    )
-    n, finish = _limit(settings, max_tokens)
-    pieces = split_pieces(chat_answer_text(req.messages), settings.stream_chunks)[:n]
+    except tools.RequestError as exc:
+        return error_reply(400, exc.message, param=exc.param)
     prompt_tokens = sum(count_tokens(_message_text(m)) for m in req.messages)
+    usage = _usage(prompt_tokens, sum(c.tokens for c in choices))
     ident = "chatcmpl-" + settings.ident
     if not req.stream:
         return json_reply(
@@ -324,28 +467,62 @@ def chat_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
                 "system_fingerprint": "fp_mock",
                 "choices": [
                     {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(pieces)},
-                        "logprobs": None,
-                        "finish_reason": finish,
+                        "index": index,
+                        "message": _message(choice),
+                        "logprobs": _choice_logprobs(choice, None),
+                        "finish_reason": choice.finish,
                     }
+                    for index, choice in enumerate(choices)
                 ],
-                "usage": _usage(prompt_tokens, n),
+                "usage": usage,
             }
         )
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
     head = _chunk_head(ident, "chat.completion.chunk", settings, model)
-
-    def chunk(delta: dict[str, str], finish_reason: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return _chunk_event(head, choice, include_usage)
-
     pace = _pace(settings)
-    events: list[tuple[float, bytes]] = [(0.0, chunk({"role": "assistant", "content": ""}, None))]
-    events += [(pace, chunk({"content": piece}, None)) for piece in pieces]
-    events.append((0.0, chunk({}, finish)))
-    return _end_stream(events, head, _usage(prompt_tokens, n) if include_usage else None)
+    per_choice = [
+        _chat_chunks(head, index, choice, include_usage, pace, settings.stream_chunks)
+        for index, choice in enumerate(choices)
+    ]
+    # Choices take turns, as OpenAI interleaves them; each chunk names its choice's index.
+    events = [e for group in itertools.zip_longest(*per_choice) for e in group if e is not None]
+    return _end_stream(events, head, usage if include_usage else None)
+
+
+def _chat_chunks(
+    head: dict[str, object], index: int, choice: _Choice, include_usage: bool, pace: float,
+    stream_chunks: int,
+) -> list[tuple[float, bytes]]:
+    """One choice's chunks: role, content pieces or tool-call fragments, finish."""
+
+    def chunk(delta: dict[str, object], finish: str | None,
+              logprobs: dict[str, object] | None = None) -> bytes:
+        body = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return _chunk_event(head, body, include_usage)
+
+    events: list[tuple[float, bytes]] = []
+    if choice.calls:
+        # As OpenAI streams them: the first fragment of each call carries its index, id,
+        # type, name and empty arguments; the following ones only index and arguments.
+        for n, call in enumerate(choice.calls):
+            first = {"index": n, "id": call.call_id, "type": "function",
+                     "function": {"name": call.name, "arguments": ""}}
+            delta: dict[str, object] = {"tool_calls": [first]}
+            if n == 0:
+                delta = {"role": "assistant", "content": None, "refusal": None, **delta}
+            events.append((0.0, chunk(delta, None)))
+            for piece in _call_pieces(call, stream_chunks):
+                fragment = {"index": n, "function": {"arguments": piece}}
+                events.append((pace, chunk({"tool_calls": [fragment]}, None)))
+    else:
+        events.append((0.0, chunk({"role": "assistant", "content": ""}, None)))
+        for i, piece in enumerate(choice.pieces):
+            logprobs = None
+            if choice.logprobs is not None:
+                logprobs = _choice_logprobs(choice, choice.logprobs[i : i + 1])
+            events.append((pace, chunk({"content": piece}, None, logprobs)))
+    events.append((0.0, chunk({}, choice.finish)))
+    return events
 
 
 def text_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
@@ -357,7 +534,7 @@ def text_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
         prompt_tokens = _prompt_tokens(req.prompt)
     except (_BadRequest, _ModelNotFound) as exc:
         return exc.reply
-    n, finish = _limit(settings, req.max_tokens)
+    n, finish = _limit(settings.stream_chunks, req.max_tokens)
     text = f"Mock completion of: {summary}" if summary else "Mock completion."
     pieces = split_pieces(text, settings.stream_chunks)[:n]
     ident = "cmpl-" + settings.ident

@@ -28,7 +28,7 @@ from ._calls import ENDPOINT_APIS, Call, build_call
 from ._clock import now as clock
 from ._config import Config
 from ._dedup import Deduplicator, StoredResponse, dedup_key
-from ._errors import RouterError, openai_error_body
+from ._errors import RouterError, openai_error_body, quoted
 from ._http._client import Exchange, Headers, UpstreamError
 from ._http._server import ProtocolError, Request, ServerConnection
 from ._http._watch import ClientWatch
@@ -57,9 +57,19 @@ _DONE_MARK: Final = b"[DONE]"
 #: How a complete stream ends, per endpoint (chat and completions: ``[DONE]``).
 _END_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
     "/v1/messages": (b"message_stop",),
-    # The Responses API ends on one of these events (some servers add [DONE] too).
-    "/v1/responses": (b"response.completed", b"response.incomplete", b"response.failed",
-                      _DONE_MARK),
+    # The Responses API ends on a terminal event (``_EVENT_MARKS``); some servers add
+    # [DONE] too.
+    "/v1/responses": (_DONE_MARK,),
+}
+#: Terminal events that carry a whole object (the Responses API's ``response.completed``
+#: holds the final response), so their name is far from the stream's end: they are looked
+#: for in every chunk of that endpoint, as the ``type`` of an event's JSON (which no string
+#: value inside it can fake: its quotes would be escaped).
+_EVENT_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
+    "/v1/responses": tuple(
+        b'"type":' + space + b'"response.' + name + b'"'
+        for name in (b"completed", b"incomplete", b"failed") for space in (b"", b" ")
+    ),
 }
 _CHAIN_CACHE_MAX: Final = 4096
 #: The ``code`` of a pass-through stream's error event, by status.
@@ -218,20 +228,25 @@ class _PassThrough:
     """Pass-through streams as a StreamTranslator: bytes unchanged, and the end checked
     for the API's own terminator (a clean end without it is a truncation)."""
 
-    __slots__ = ("_anthropic", "_marks", "_tail", "truncated")
+    __slots__ = ("_anthropic", "_ended", "_event_marks", "_marks", "_tail", "truncated")
 
     def __init__(self, endpoint: str) -> None:
         self._anthropic = endpoint.startswith("/v1/messages")
         self._marks = _END_MARKS.get(endpoint, (_DONE_MARK,))
+        self._event_marks = _EVENT_MARKS.get(endpoint, ())
+        self._ended = False
         self._tail = b""
         self.truncated = False
 
     def feed(self, data: bytes) -> bytes:
+        if self._event_marks and not self._ended:
+            edge = self._tail[-40:] + data[:40]  # a mark split between two chunks
+            self._ended = any(mark in data or mark in edge for mark in self._event_marks)
         self._tail = (self._tail + data[-64:])[-64:]  # the terminator may span chunks
         return data
 
     def finish(self) -> bytes:
-        if any(mark in self._tail for mark in self._marks):
+        if self._ended or any(mark in self._tail for mark in self._marks):
             return b""
         self.truncated = True
         return self.error(502, "Upstream ended the stream before its end marker")
@@ -362,12 +377,12 @@ class Proxy:
             return chain
         full = router.chain(router.resolve(model))
         if not any(router.candidates(m) for m in full):
-            raise RouterError(404, f"The model '{model}' does not exist or no backend serves it",
-                              code="model_not_found", param="model")
+            raise RouterError(404, f"The model {quoted(model)} does not exist or no backend "
+                              "serves it", code="model_not_found", param="model")
         apis = ENDPOINT_APIS[path]
         chain = tuple(m for m in full if any(b.api in apis for b in router.candidates(m)))
         if not chain:
-            raise RouterError(404, f"No backend serving model '{model}' supports {path}",
+            raise RouterError(404, f"No backend serving model {quoted(model)} supports {path}",
                               code="unsupported_endpoint", param="model")
         if len(self._chains) < _CHAIN_CACHE_MAX:  # client-chosen model names: bounded
             self._chains[key] = chain
@@ -518,16 +533,7 @@ class Proxy:
             raise RouterError(504, f"Upstream timeout: {last_error}")
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
-        reason, wait = router.why_unavailable(chain[0])
-        if reason == "overloaded":
-            raise RouterError(429, f"Every backend for model '{client_model}' is at capacity",
-                              code="overloaded", retry_after=max(wait, 1.0))
-        if reason == "circuit_open":
-            raise RouterError(503, f"Every backend for model '{client_model}' is failing "
-                              "(circuit breaker open)", code="circuit_open",
-                              retry_after=max(wait, 1.0))
-        raise RouterError(503, f"No healthy backend is available for model '{client_model}'",
-                          retry_after=max(wait, 1.0))
+        raise router.unavailable_error(chain, apis, client_model)
 
     async def _attempt(
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,

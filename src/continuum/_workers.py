@@ -123,8 +123,9 @@ def _prepare_listeners(addresses: Sequence[str], socket_mode: int | None) -> _Li
 
 
 def run_workers(config_path: str, count: int, socket_mode: int | None,
-                addresses: Sequence[str]) -> int:
-    """Run ``count`` workers until SIGINT/SIGTERM; returns the exit code."""
+                addresses: Sequence[str], run_options: Sequence[str] = ()) -> int:
+    """Run ``count`` workers until SIGINT/SIGTERM; returns the exit code. ``run_options``
+    are passed on to each worker's ``run`` (e.g. ``--log-level debug``)."""
     listeners = _prepare_listeners(addresses, socket_mode)
     metrics_dir = tempfile.mkdtemp(prefix="continuum-workers-")
     env = dict(os.environ)
@@ -149,7 +150,7 @@ def run_workers(config_path: str, count: int, socket_mode: int | None,
         worker_env = dict(env)
         worker_env[ENV_WORKER] = str(w.index)
         w.process = subprocess.Popen(
-            [sys.executable, "-m", "continuum", "run", config_path],
+            [sys.executable, "-m", "continuum", "run", *run_options, config_path],
             env=worker_env, pass_fds=tuple(listeners.inherited.values()),
         )
         w.started = time.monotonic()

@@ -45,14 +45,17 @@ import trio
 from . import _mock_anthropic as anth
 from . import _mock_gemini as gem
 from . import _mock_openai as oai
-from ._config import MockConfig, MockFailure
+from . import _mock_responses as responses
+from ._config import _DURATION_HELP, MockConfig, MockFailure, parse_duration
 from ._errors import render_error
 from ._http._listeners import HTTPServer, open_listeners
 from ._http._server import HTTPLimits, Request, ServerConnection, status_line
 from ._mock_failures import INFERENCE_PATHS, Failure, FailurePlan, parse_fail_spec
+from ._mock_responses import ResponseStore
 
 __all__ = [
     "MockUpstream",
+    "ResponseStore",
     "add_mock_arguments",
     "main",
     "parse_mock_failure",
@@ -71,10 +74,13 @@ _ROUTES: Final[dict[str, tuple[str, ...]]] = {
     "/v1/chat/completions": _POST,
     "/v1/completions": _POST,
     "/v1/embeddings": _POST,
+    "/v1/responses": _POST,
     "/v1/models": _GET,
     "/health": _GET,
 }
 _MODELS_PREFIX: Final = "/v1/models/"
+_RESPONSES_PREFIX: Final = "/v1/responses/"
+_GET_DELETE: Final = ("GET", "DELETE")
 _LIMITS: Final = HTTPLimits()
 
 Api = Literal["openai", "anthropic", "gemini"]
@@ -123,6 +129,7 @@ class MockUpstream:
         seed: int | None = None,
         drip_delay: float = DEFAULT_DRIP_DELAY,
         api: str | None = None,
+        responses_store: ResponseStore | None = None,
     ) -> None:
         config = config if config is not None else MockConfig()
         chosen = api if api is not None else config.api
@@ -151,6 +158,11 @@ class MockUpstream:
         self._plan = FailurePlan(config.failures, self._rng)
         self._id_prefix = f"{self._rng.getrandbits(48):012x}"
         self._ids = itertools.count(1)
+        #: Stored Responses API answers (``previous_response_id``, GET, DELETE); pass one
+        #: store to several mocks to make them look like replicas of one provider.
+        self.responses = responses_store if responses_store is not None else (
+            ResponseStore()
+        )
 
     def __repr__(self) -> str:
         return f"<MockUpstream {self.name!r} api={self.api} models={list(self.models)!r}>"
@@ -169,9 +181,10 @@ class MockUpstream:
         response one byte at a time, ``drip_delay`` apart), ``malformed`` (200 whose JSON,
         or first SSE event, does not parse).
 
-        By default they apply to the inference endpoints (chat, completions, embeddings;
-        Anthropic ``/v1/messages``; Gemini ``:generateContent``, ``:streamGenerateContent``
-        and ``/v1beta/openai/chat/completions`` and ``embeddings``); give ``path`` (e.g.
+        By default they apply to the inference endpoints (chat, completions, embeddings,
+        responses; Anthropic ``/v1/messages``; Gemini ``:generateContent``,
+        ``:streamGenerateContent`` and ``/v1beta/openai/chat/completions`` and
+        ``embeddings``); give ``path`` (e.g.
         ``"/v1/models"``) to aim at exactly one path instead. Queued failures are used
         before the configured, probabilistic ones. ``status`` errors use the error shape of
         the API that path belongs to.
@@ -224,6 +237,12 @@ class MockUpstream:
         allowed = _ROUTES.get(path)
         if allowed is None and path.startswith(_MODELS_PREFIX) and len(path) > len(_MODELS_PREFIX):
             allowed = _GET
+        if allowed is None and path.startswith(_RESPONSES_PREFIX):
+            rest = path[len(_RESPONSES_PREFIX) :]
+            if rest and "/" not in rest:
+                allowed = _GET_DELETE
+            elif rest.endswith("/input_items") and rest.count("/") == 1 and len(rest) > 12:
+                allowed = _GET
         if allowed is None:
             await self._send(
                 conn, oai.error_reply(404, f"Invalid URL ({request.method} {path})")
@@ -241,7 +260,7 @@ class MockUpstream:
         if failure is not None and failure.kind == "hang":
             await _hang(conn)
             return
-        await self._deliver(conn, self._answer(path, request.body), failure)
+        await self._deliver(conn, self._answer(path, request.body, request.method), failure)
 
     # -- Anthropic and Gemini ------------------------------------------------------------
 
@@ -286,7 +305,7 @@ class MockUpstream:
             allowed = _ROUTES.get(oai_path)
             if allowed is None and oai_path.startswith(_MODELS_PREFIX):
                 allowed = _GET if len(oai_path) > len(_MODELS_PREFIX) else None
-            if allowed is None or oai_path == "/health":
+            if allowed is None or oai_path in ("/health", "/v1/responses"):
                 return None
             inference = oai_path in INFERENCE_PATHS
             return _Route("openai", allowed, "openai", inference=inference, arg=oai_path)
@@ -405,9 +424,20 @@ class MockUpstream:
             created=int(time.time()),
         )
 
-    def _answer(self, path: str, body: bytes) -> oai.Reply | oai.StreamReply:
+    def _answer(
+        self, path: str, body: bytes, method: str = "POST"
+    ) -> oai.Reply | oai.StreamReply:
         if path == "/v1/chat/completions":
             return oai.chat_completion(body, self._settings())
+        if path == "/v1/responses":
+            return responses.create(body, self._settings(), self.responses)
+        if path.startswith(_RESPONSES_PREFIX):
+            ident, _, tail = path[len(_RESPONSES_PREFIX) :].partition("/")
+            if tail:
+                return responses.input_items(ident, self.responses)
+            if method == "DELETE":
+                return responses.delete(ident, self.responses)
+            return responses.retrieve(ident, self.responses)
         if path == "/v1/completions":
             return oai.text_completion(body, self._settings())
         if path == "/v1/embeddings":
@@ -655,6 +685,18 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    """``--latency``: seconds (``0.05``) or a duration as config files spell it (``50ms``)."""
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {_DURATION_HELP}") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -676,8 +718,9 @@ def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated models to serve (default: mock-model)",
     )
     parser.add_argument(
-        "--latency", type=_non_negative, default=0.0, metavar="SECONDS",
-        help="delay before each response head (default: 0)",
+        "--latency", type=_duration, default=0.0, metavar="DURATION",
+        help="delay before each response head: seconds or a duration such as 50ms, 1.5s "
+        "(default: 0)",
     )
     parser.add_argument(
         "--tokens-per-second", type=_non_negative, default=0.0, metavar="TPS",
@@ -690,7 +733,8 @@ def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fail", type=parse_mock_failure, action="append", default=None,
         metavar="KIND[:STATUS][@RATE]",
-        help="inject a failure (repeatable): status, reset, hang, drip or malformed; "
+        help=f"inject a failure (repeatable); KIND is one of {', '.join(_config_failure_kinds())}"
+        "; STATUS (for status, default 500) and RATE (0..1, default 1) are optional; "
         "e.g. status:503@0.2, reset@0.05",
     )
     parser.add_argument(

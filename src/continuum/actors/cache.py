@@ -39,6 +39,17 @@ class ModelObject(msgspec.Struct):
     object: str = "model"
 
 
+class AliasInfo(msgspec.Struct):
+    alias_of: str
+
+
+class AliasObject(ModelObject, kw_only=True):
+    """An alias (``model_aliases``) in ``/v1/models``: the four standard fields, plus
+    ``"continuum": {"alias_of": "<served model>"}``, an extra field OpenAI clients ignore."""
+
+    continuum: AliasInfo
+
+
 class ModelListObject(msgspec.Struct):
     data: list[ModelObject]
     object: str = "list"
@@ -108,19 +119,32 @@ class CacheKeeper:
                 return cached
             self.evictions += 1
         self.misses += 1
-        data = [
-            ModelObject(id=model, created=self._created, owned_by=backends[0].name)
-            for model, backends in sorted(self.router.models().items())
-        ]
+        served = self.router.models()
+        entries = [self._entry(model, served) for model in served.keys() | self.router.aliases]
+        data = sorted((e for e in entries if e is not None), key=lambda e: e.id)
         body = _encode(ModelListObject(data))
         self._cached, self._cached_version, self._cached_at = body, self.router.version, now
         return body
 
     def model_response(self, model: str) -> bytes | None:
-        backends = self.router.models().get(model)
+        entry = self._entry(model, self.router.models())
+        return None if entry is None else _encode(entry)
+
+    def _entry(
+        self, model: str, served: dict[str, tuple[BackendActor, ...]]
+    ) -> ModelObject | None:
+        """``model``'s entry: a served model, or an alias whose target is served (an alias
+        wins over a served model of the same name, as it does for routing); None if no
+        healthy backend serves it."""
+        target = self.router.aliases.get(model)
+        backends = served.get(model if target is None else target)
         if not backends:
             return None
-        return _encode(ModelObject(id=model, created=self._created, owned_by=backends[0].name))
+        owner = backends[0].name
+        if target is None:
+            return ModelObject(id=model, created=self._created, owned_by=owner)
+        return AliasObject(id=model, created=self._created, owned_by=owner,
+                           continuum=AliasInfo(target))
 
     async def fetch(self, backend: BackendActor) -> ModelsDiscovered | DiscoveryFailed:
         try:

@@ -26,7 +26,7 @@ import trio
 from .._calls import ENDPOINT_APIS
 from .._clock import now as clock
 from .._config import Config
-from .._errors import JSON_HEADERS, RouterError, openai_error_body
+from .._errors import JSON_HEADERS, RouterError, openai_error_body, quoted
 from .._http._server import Request, ServerConnection
 from .._logging import loggable
 from .._messages import RequestObserved
@@ -95,8 +95,10 @@ class Ingress:
         self._routes: dict[str, tuple[str, Route]] = {
             "/health": ("GET", self._health),
             "/healthz": ("GET", self._health),
+            "/ready": ("GET", self._ready),
             "/admin/health": ("GET", self._admin_health),
             "/v1/models": ("GET", self._models),
+            "/v1/models/": ("GET", self._models),  # clients that join "models/" + ""
         }
         for path in _PROXY_ENDPOINTS:
             self._routes[path] = ("POST", proxy.handle)
@@ -263,6 +265,18 @@ class Ingress:
     ) -> None:
         await conn.send_response(200, JSON_HEADERS, b'{"status":"ok"}')
 
+    async def _ready(
+        self, request: Request, conn: ServerConnection, state: RequestState
+    ) -> None:
+        """Readiness for load balancers: 200 while some backend is healthy and serves a
+        model; else 503 saying why. ``/health`` stays pure liveness."""
+        ready, why = self.router.readiness()
+        if not ready:
+            raise RouterError(503, f"Not ready: no healthy backend serves a model ({why})",
+                              code="not_ready", retry_after=1)
+        await conn.send_response(200, JSON_HEADERS,
+                                 b'{"status":"ready","healthy_backends":%d}' % ready)
+
     async def _admin_health(
         self, request: Request, conn: ServerConnection, state: RequestState
     ) -> None:
@@ -315,8 +329,8 @@ class Ingress:
         model = unquote(request.path[len("/v1/models/"):])  # SDKs send org%2Fname
         body = self.cache.model_response(model)
         if body is None:
-            raise RouterError(404, f"The model '{model}' does not exist", code="model_not_found",
-                              param="model")
+            raise RouterError(404, f"The model {quoted(model)} does not exist",
+                              code="model_not_found", param="model")
         await conn.send_response(200, JSON_HEADERS, body)
 
     async def _metrics(

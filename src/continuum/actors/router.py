@@ -8,6 +8,7 @@ synchronously (trio is single-threaded, so a method that does not await is atomi
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterable, Sequence
 from typing import final
@@ -17,11 +18,15 @@ import trio
 from .._circuit import BreakerState
 from .._clock import now as clock
 from .._config import Config
+from .._errors import RouterError, quoted
 from .._messages import ControlMessage, DiscoveryFailed, HealthReport, ModelsDiscovered
 from .._strategies import RouteKey, Strategy, StrategyOptions, make_strategy
 from .backend import BackendActor
 
 log = logging.getLogger("continuum.router")
+
+#: /ready names at most this many backends when it explains why it is not ready.
+_READY_REASONS = 5
 
 
 def _strategy_model(model: str, stream: bool) -> str:
@@ -146,17 +151,55 @@ class Router:
         """An attempt that ended without an outcome (cancelled): give back a trial slot."""
         backend.breaker.release_trial()
 
-    def why_unavailable(self, model: str) -> tuple[str, float]:
-        """For the error when no backend of ``model`` is available: the most telling reason
-        (``overloaded`` beats ``circuit_open`` beats ``cooling_down`` beats ``unhealthy``)
-        and a Retry-After in seconds."""
+    def why_unavailable(
+        self, models: Iterable[str], apis: frozenset[str] | None = None
+    ) -> tuple[str, float]:
+        """For the error when no backend of ``models`` (a fallback chain) could be chosen:
+        the most telling reason (``overloaded`` beats ``circuit_open`` beats
+        ``cooling_down`` beats ``unhealthy``) and how long it is likely to last (s).
+
+        Only backends whose API serves the path count. One that is available again (a
+        cool-down ran out a moment ago) is no reason; a half-open breaker whose trial slots
+        are all taken is ``circuit_open``.
+        """
         now = clock()
-        reasons = [b.unavailable_reason(now) for b in self._table.get(model, ())]
+        reasons: list[tuple[str, float]] = []
+        for model in models:
+            for backend in self._table.get(model, ()):
+                if apis is not None and backend.api not in apis:
+                    continue
+                if not backend.available(now):
+                    reasons.append(backend.unavailable_reason(now))
+                elif backend.breaker.state is BreakerState.HALF_OPEN:
+                    reasons.append(("circuit_open", 1.0))
         for wanted in ("overloaded", "circuit_open", "cooling_down", "unhealthy"):
             waits = [wait for reason, wait in reasons if reason == wanted]
             if waits:
                 return wanted, min(waits)
         return "unhealthy", 0.0
+
+    def unavailable_error(
+        self, models: Sequence[str], apis: frozenset[str] | None, client_model: str
+    ) -> RouterError:
+        """The 429/503 for a request none of whose backends could be chosen, saying why and
+        (``Retry-After``, whole seconds rounded up) for how long."""
+        reason, wait = self.why_unavailable(models, apis)
+        name = quoted(client_model)
+        seconds = max(1, math.ceil(wait))
+        if reason == "overloaded":
+            return RouterError(429, f"Every backend for model {name} is at capacity",
+                               code="overloaded", retry_after=seconds)
+        if reason == "circuit_open":
+            return RouterError(503, f"Every backend for model {name} is failing "
+                               "(circuit breaker open)", code="circuit_open", retry_after=seconds)
+        if reason == "cooling_down":
+            return RouterError(
+                503, f"Every backend for model {name} is cooling down: the upstream asked to "
+                f"retry later (Retry-After); the first one is available again in {seconds} s",
+                code="cooling_down", retry_after=seconds,
+            )
+        return RouterError(503, f"No healthy backend is available for model {name}",
+                           retry_after=seconds)
 
     def models(self, healthy_only: bool = True) -> dict[str, tuple[BackendActor, ...]]:
         """model id → backends serving it (only healthy ones, by default)."""
@@ -168,6 +211,26 @@ class Router:
             if healthy:
                 out[model] = healthy
         return out
+
+    def readiness(self) -> tuple[int, str]:
+        """For ``GET /ready``: how many backends are healthy and serve a model, and when
+        none is, why (one short clause per backend, a few at most)."""
+        ready = sum(1 for b in self.backends.values() if b.health.healthy and b.models)
+        if ready:
+            return ready, ""
+        reasons = []
+        for backend in list(self.backends.values())[:_READY_REASONS]:
+            health = backend.health
+            if not health.healthy:
+                why = health.state.value.replace("_", " ")
+                if health.last_reason:
+                    why += f" ({health.last_reason})"
+            else:
+                why = "serves no model yet (model discovery has not succeeded)"
+            reasons.append(f"{backend.name}: {why}")
+        if len(self.backends) > _READY_REASONS:
+            reasons.append(f"and {len(self.backends) - _READY_REASONS} more")
+        return 0, "; ".join(reasons)
 
     # -- control (the Router's task) -----------------------------------------------------
 

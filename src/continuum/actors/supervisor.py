@@ -21,6 +21,7 @@ from .._http._server import HTTPLimits, Request, ServerConnection
 from .._messages import ControlMessage, RequestObserved
 from .._metrics import Metrics
 from .._proxy import Proxy
+from .._startup import log_startup_summary
 from .._workers import WorkerEnvironment, gather_metrics
 from .backend import BackendActor
 from .cache import CacheKeeper
@@ -179,12 +180,13 @@ async def _start_mocks(
     urls: dict[str, str] = {}
     if not any(b.type == "mock" for b in config.backends):
         return mocks, urls
-    from ..mock import MockUpstream, serve_mock
+    from ..mock import MockUpstream, ResponseStore, serve_mock
 
+    store = ResponseStore()  # one per router: its mocks act as replicas of one provider
     for backend in config.backends:
         if backend.type == "mock":
             upstream = MockUpstream(backend.mock, backend.models or ("mock-model",),
-                                    name=backend.name)
+                                    name=backend.name, responses_store=store)
             mocks[backend.name] = upstream
             urls[backend.name] = f"http://{await nursery.start(serve_mock, upstream)}"
     return mocks, urls
@@ -321,7 +323,8 @@ async def _serve(
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
         handle = RouterHandle(config, server, router, cache, sink, mocks, stop)
-        log.info("listening on %s", ", ".join(server.addresses))
+        log_startup_summary(config, server.addresses, router,
+                            None if worker is None else worker.index)
         metrics_cfg = config.metrics
         if metrics_cfg.enabled and metrics_cfg.bind_address is not None and (
             worker is None or worker.index == 0  # one listener; /metrics sums all workers
