@@ -112,6 +112,17 @@ async def reset_mid_chunk(request: UpstreamRequest, conn: UpstreamConn) -> None:
     await conn.reset()
 
 
+async def reset_mid_event(request: UpstreamRequest, conn: UpstreamConn) -> None:
+    """A reset in the middle of an SSE event (or of a JSON body), inside a whole chunk."""
+    if _streamed(request):
+        event = _event(request)
+        await conn.send(SSE_HEAD + chunk(event) + chunk(event[: len(event) // 2]))
+    else:
+        await conn.send(_plain_head(chunked=True) + chunk(b'{"id": "cut'))
+    await trio.sleep(0.05)
+    await conn.reset()
+
+
 async def truncated_chunked(request: UpstreamRequest, conn: UpstreamConn) -> None:
     """A clean close (FIN) in the middle of a chunked body: no terminating chunk."""
     if _streamed(request):
@@ -228,6 +239,7 @@ CASES: dict[str, Case] = {
     "reset_after_head": Case(reset_after_head, BAD_GATEWAY, BAD_GATEWAY),
     "reset_mid_body": Case(reset_mid_body, BAD_GATEWAY, Expect(200, "bad_gateway")),
     "reset_mid_chunk": Case(reset_mid_chunk, BAD_GATEWAY, Expect(200, "bad_gateway")),
+    "reset_mid_event": Case(reset_mid_event, BAD_GATEWAY, Expect(200, "bad_gateway")),
     "truncated_chunked": Case(truncated_chunked, BAD_GATEWAY, Expect(200, "bad_gateway")),
     "garbage": Case(garbage, BAD_GATEWAY, BAD_GATEWAY),
     "enormous_head": Case(enormous_head, HEAD_TOO_LARGE, HEAD_TOO_LARGE),
