@@ -712,3 +712,80 @@ def test_secrets_absent_from_errors(text: str) -> None:
 def test_secret_not_in_duplicate_key_error() -> None:
     err = error_of(f"api_keys:\n  api_keys: [{{key: {SECRET}}}, {{key: {SECRET}}}]\n" + BACKENDS)
     assert "api_keys.api_keys[1].key: duplicate key" in err and SECRET not in err
+
+
+# -- values that become upstream (or response) headers -------------------------------------------
+
+_HEADER_CASES = {
+    "api_key_crlf": ("api_key: \"k\\r\\nx-injected: 1\"", "backends[0].api_key", "CR, LF"),
+    "api_key_lf": ("api_key: \"k\\n\"", "backends[0].api_key", "trailing newline"),
+    "api_key_nul": ("api_key: \"k\\0\"", "backends[0].api_key", "NUL"),
+    "api_key_not_latin1": ("api_key: \"k\u20ac\"", "backends[0].api_key", "latin-1"),
+    "header_crlf": ("headers: {X-Team: \"a\\r\\nx-injected: 1\"}", "backends[0].headers.X-Team",
+                    "CR, LF"),
+    "header_not_latin1": ("headers: {X-Team: \"\u0441\u0438\u0441\"}",
+                          "backends[0].headers.X-Team", "latin-1"),
+    "header_del": ("headers: {X-Team: \"a\\x7f\"}", "backends[0].headers.X-Team", "control"),
+    "anthropic_version": ("anthropic_version: \"1\\r\\nx: y\"", "backends[0].anthropic_version",
+                          "CR, LF"),
+    "probe_path_space": ("health_check: {endpoint: \"/health HTTP/1.1\"}",
+                         "backends[0].health_check.endpoint", "without spaces"),
+    "probe_path_crlf": ("health_check: {endpoint: \"/h\\r\\nx: y\"}",
+                        "backends[0].health_check.endpoint", "without spaces"),
+    "model_crlf": ("models: [\"m\\r\\nx: y\"]", "backends[0].models[0]", "control"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HEADER_CASES))
+def test_header_values_from_config_are_validated(case: str) -> None:
+    line, path, fragment = _HEADER_CASES[case]
+    err = error_of(f"backends:\n  - name: a\n    url: http://h\n    {line}\n")
+    assert f"{path}: " in err and fragment in err, err
+
+
+def test_header_values_from_the_environment_are_validated_and_hidden() -> None:
+    err = error_of("backends:\n  - {name: a, url: 'http://h', api_key: '${KEY}'}\n",
+                   env={"KEY": SECRET + "\n"})
+    assert "backends[0].api_key: " in err and "CR, LF" in err
+    assert SECRET not in err
+
+
+def test_good_header_values_still_load() -> None:
+    cfg = load("backends:\n  - name: a\n    url: http://h\n    api_key: \"sk-\u00e9t\u00e9\"\n"
+               "    headers: {X-Tab: \"a\\tb\", X-Latin: \"caf\u00e9\"}\n")
+    assert cfg.backends[0].api_key == "sk-\u00e9t\u00e9"
+    assert cfg.backends[0].headers == {"X-Tab": "a\tb", "X-Latin": "caf\u00e9"}
+
+
+def test_global_probe_path_and_urls_are_validated() -> None:
+    assert "health_checks.endpoint: " in error_of(
+        "health_checks: {endpoint: \"/a b\"}\n" + BACKENDS)
+    for url in ("http://a..b", "http://h/\u00e4", "http://h/p\\0", "http://h\\x7f/"):
+        err = error_of(f"backends:\n  - {{name: a, url: \"{url}\"}}\n")
+        assert "backends[0].url: expected an http:// or https:// URL" in err, (url, err)
+    assert load("backends:\n  - {name: a, url: 'http://\u00e4x.example/p%C3%A4'}\n")
+
+
+def test_max_response_header_size() -> None:
+    assert load_with_backend("").http_client.max_response_header_size == 65536
+    cfg = load_with_backend("http_client:\n  max_response_header_size: 8KiB\n")
+    assert cfg.http_client.max_response_header_size == 8192
+    assert "http_client.max_response_header_size: expected a size" in error_of(
+        "http_client:\n  max_response_header_size: 0\n" + BACKENDS)
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_cli_refuses_header_injection_without_traceback(tmp_path: Path, command: str) -> None:
+    """Both commands stop before anything binds, exit 2 and name the key; no traceback."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("server: {bind_address: '127.0.0.1:0'}\nhealth_checks: {enabled: false}\n"
+                    "backends:\n  - name: a\n    url: http://127.0.0.1:9\n"
+                    "    api_key: \"sk-\u20ac\"\n")
+    result = subprocess.run([sys.executable, "-m", "continuum", command, str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "backends[0].api_key" in result.stderr and "latin-1" in result.stderr
+    assert "Traceback" not in result.stderr and "sk-" not in result.stderr

@@ -4,7 +4,9 @@ upstream acting it out, a mock that was killed, or a port where nothing listens.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from functools import partial
 from typing import Any
 
 import httpx
@@ -170,6 +172,119 @@ async def test_hanging_upstream_is_504_and_router_stays_responsive(
         assert (await client.get("/health")).status_code == 200
         after = await client.post(CHAT, json=chat_body())
         assert after.status_code == 200
+
+
+async def test_request_timeout_before_the_head_counts_as_a_failure(
+    nursery: trio.Nursery,
+) -> None:
+    mock, url = await start_mock(nursery, (MODEL,))
+    router = await start_router(
+        nursery, router_config(backends(url), request={"timeout": 0.3, "max_retries": 0})
+    )
+    mock.fail_next("hang")
+    async with http(router) as client:
+        with trio.fail_after(10):
+            assert_openai_error(await client.post(CHAT, json=chat_body()), 504)
+        a = await admin_backend(client, "a")
+    assert a["failures"] == 1 and a["requests"] == 1
+    assert a["circuit_breaker"]["consecutive_failures"] == 1
+
+
+async def silent_upstream(nursery: trio.Nursery, *, head: bool) -> tuple[str, list[int]]:
+    """An upstream that reads a request, then sends nothing (or only an SSE head) until the
+    router gives up. Returns its URL and a list that gets one entry per request."""
+    seen: list[int] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        data = b""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while b"\r\n\r\n" not in data:
+                more = await stream.receive_some(65536)
+                if not more:
+                    return
+                data += more
+            seen.append(1)
+            if head:
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                      b"transfer-encoding: chunked\r\n\r\n")
+            while await stream.receive_some(65536):  # until the router closes
+                pass
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", seen
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["no-head", "head-only"])
+async def test_stream_first_byte_timeout_is_retried_on_another_backend(
+    nursery: trio.Nursery, head: bool
+) -> None:
+    url_a, seen = await silent_upstream(nursery, head=head)
+    _mock_b, url_b = await start_mock(nursery, (MODEL,), name="b")
+    router = await start_router(nursery, router_config(
+        backends(url_a, url_b), request={"idle_timeout": 0.3, "timeout": 10, "max_retries": 1}))
+    async with http(router) as client:
+        with trio.fail_after(10):
+            for _ in range(2):  # round robin: one of them goes to the silent backend first
+                response = await client.post(CHAT, json=chat_body(stream=True))
+                assert response.status_code == 200, response.text
+                assert response.headers["x-continuum-backend"] == "b"
+                assert response.text.rstrip().endswith("data: [DONE]")
+                assert "error" not in response.text
+        a = await admin_backend(client, "a")
+    assert len(seen) == 1
+    assert a["failures"] == 1 and a["in_flight"] == 0 and a["pool"]["in_use"] == 0
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["no-head", "head-only"])
+async def test_stream_first_byte_timeout_without_another_backend_is_504(
+    nursery: trio.Nursery, head: bool
+) -> None:
+    url, seen = await silent_upstream(nursery, head=head)
+    router = await start_router(nursery, router_config(
+        backends(url), request={"idle_timeout": 0.3, "timeout": 10}))
+    async with http(router) as client:
+        with trio.fail_after(10):
+            response = await client.post(CHAT, json=chat_body(stream=True))
+            error = assert_openai_error(response, 504)
+            assert error["code"] == "upstream_timeout"
+            assert "request.idle_timeout" in error["message"]
+            messages = await client.post("/v1/messages", json={
+                "model": MODEL, "max_tokens": 5, "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]})
+    assert messages.status_code == 504
+    assert messages.json()["type"] == "error"  # the Anthropic shape on /v1/messages
+    assert router.backends["a"].failures == 2 and len(seen) == 2
+
+
+async def test_client_leaving_a_plain_request_is_499_and_cancels_the_upstream_call(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    mock, url = await start_mock(nursery, (MODEL,))
+    router = await start_router(nursery, router_config(backends(url)))
+    backend = router.backends["a"]
+    mock.fail_next("hang")  # the upstream would never answer
+    host, _, port = router.url.removeprefix("http://").rpartition(":")
+    body = json.dumps(chat_body()).encode()
+    caplog.set_level("INFO", logger="continuum.access")
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(
+            f"POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        await wait_until(lambda: backend.in_flight == 1, 5.0, "the request to reach upstream")
+        await stream.aclose()
+        # The router notices within a check period or two, well before any timeout.
+        await wait_until(lambda: backend.in_flight == 0, 5.0, "the upstream call to stop")
+    assert backend.pool.stats.in_use == 0
+    assert backend.failures == 0  # the client's departure is not the backend's fault
+    assert backend.breaker.snapshot().consecutive_failures == 0
+    await wait_until(lambda: any("status=499" in r.getMessage() for r in caplog.records),
+                     5.0, "the access log line")
+    async with http(router) as client:
+        after = await client.post(CHAT, json=chat_body())
+        assert after.status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert 'status="499"' in metrics
 
 
 # -- broken streams ------------------------------------------------------------------------------

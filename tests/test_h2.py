@@ -48,7 +48,7 @@ class ConnStats:
 class H2Server:
     """Routes: /json (JSON echo of the request), /echo (body back as is), /stream?n=&gap=
     (n DATA frames with pauses), /slow?delay=, /barrier?n= (answers once n streams are open
-    on the connection), /big?size=."""
+    on the connection), /big?size=, /bighead?size= (a header value of that size)."""
 
     def __init__(
         self,
@@ -249,6 +249,10 @@ class _ServerConn:
                     ],
                 )
                 await self.send_body(sid, bytes(body))
+            elif path == "/bighead":
+                pad = b"v" * int(query["size"])
+                self.h2.send_headers(sid, [(b":status", b"200"), (b"x-pad", pad)])
+                await self.send_body(sid, b"ok")
             elif path == "/big":
                 size = int(query["size"])
                 await self.flush()
@@ -779,3 +783,75 @@ async def test_requests_behind_failed_prewarm_do_not_hang(nursery: trio.Nursery)
                 inner.start_soon(request)
     assert len(errors) == 6
     assert pool.stats.waiting == 0 and pool.stats.in_use == 0
+
+
+async def test_response_header_list_over_the_limit_fails(nursery: trio.Nursery) -> None:
+    from continuum._http._client import UpstreamError
+
+    server = H2Server(None)
+    port = await server.start(nursery)
+    limits = PoolLimits(max_connections=4, connect_timeout=5.0, max_response_header_size=4096)
+    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None, limits)
+    with trio.fail_after(HANG_GUARD):
+        status, headers, body = await call(pool, b"/bighead?size=3000", method=b"GET")
+        assert status == 200 and body == b"ok" and len(dict(headers)[b"x-pad"]) == 3000
+        with pytest.raises(UpstreamError, match="max_response_header_size"):
+            await call(pool, b"/bighead?size=20000", method=b"GET")  # CONTINUATION frames
+        # The connection's HPACK state is gone with it; the next request gets a new one.
+        status, _, body = await call(pool, b"/json", method=b"GET")
+    assert status == 200 and pool.stats.opened_total == 2
+
+
+def test_header_block_is_refused_before_it_is_decoded() -> None:
+    """A never-ending run of CONTINUATION frames fails at the limit, without waiting for
+    END_HEADERS (h2 would buffer 64 frames and then spend ~0.4 s decoding them)."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    from continuum._http._h2 import _BoundedHeaderBlocks
+
+    buffer = _BoundedHeaderBlocks(4096)
+    buffer.max_frame_size = 16384
+    first = HeadersFrame(1)
+    first.data = b"\x00" * 3000
+    buffer.add_data(first.serialize())
+    assert list(buffer) == []  # held until END_HEADERS
+    more = ContinuationFrame(1)
+    more.data = b"\x00" * 3000
+    buffer.add_data(more.serialize())
+    with pytest.raises(h2.exceptions.DenialOfServiceError, match="larger than 4096"):
+        list(buffer)
+
+
+async def test_control_frame_flood_without_reading_drops_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """A server that floods PINGs and never reads our ACKs: the connection is dropped once
+    our queued output passes its bound, instead of growing without end."""
+    from hyperframe.frame import PingFrame
+
+    from continuum._http._client import UpstreamError
+
+    flooded = 0
+
+    async def flood(stream: trio.SocketStream) -> None:
+        nonlocal flooded
+        server = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        server.initiate_connection()
+        await stream.send_all(server.data_to_send())
+        await stream.receive_some(65536)  # the preface and SETTINGS; then never read again
+        burst = PingFrame(0, opaque_data=b"flooding").serialize() * 4096
+        try:
+            while flooded < 1 << 30:
+                await stream.send_all(burst)
+                flooded += len(burst)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, flood, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    pool = await running_pool(nursery, f"http://127.0.0.1:{port}", None)
+    with trio.fail_after(HANG_GUARD), pytest.raises(UpstreamError, match="does not read"):
+        await call(pool, b"/json", method=b"GET")
+    assert flooded < 256 << 20

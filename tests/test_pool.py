@@ -494,3 +494,126 @@ async def test_router_proxies_to_a_tls_backend_with_ca_file(
     assert handle.backends["secure"].pool.stats.opened_total >= 1
     assert plain.requests_by_path.get("/v1/chat/completions", 0) == 0
     router_pool.close()
+
+
+# -- the response head limit (http_client.max_response_header_size) --------------------------------
+
+
+def _head(size: int) -> bytes:
+    """A response head of exactly ``size`` bytes (one padded header), body "ok" not included."""
+    base = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pad: \r\n\r\n"
+    return base.replace(b"x-pad: ", b"x-pad: " + b"a" * (size - len(base)))
+
+
+class _Recording:
+    """An httptools parser that records what it is fed."""
+
+    def __init__(self, parser: Any, fed: list[bytes], conn: Any) -> None:
+        self._parser = parser
+        self._fed = fed
+        self._conn = conn
+
+    def feed_data(self, data: bytes) -> None:
+        if not self._conn.headers_done:  # body bytes may come in any piece
+            self._fed.append(bytes(data))
+        self._parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
+def _connection(limit: int) -> Any:
+    from continuum._http._client import HTTP1Connection
+
+    left, _ = trio.testing.memory_stream_pair()
+    return HTTP1Connection(left, None, limit)  # type: ignore[arg-type]  # raw: only for close
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 64, 1000, 1 << 20])
+@pytest.mark.parametrize("extra", [0, 1])
+def test_head_limit_is_exact_however_the_bytes_arrive(piece: int, extra: int) -> None:
+    limit = 4096
+    data = _head(limit + extra) + b"ok"
+    conn = _connection(limit)
+    fed: list[bytes] = []
+    conn._parser = _Recording(conn._parser, fed, conn)
+    try:
+        for i in range(0, len(data), piece):
+            chunk = data[i:i + piece]
+            if conn.headers_done:
+                conn._feed(chunk)
+            else:
+                conn._feed_head(chunk)
+    except UpstreamError as exc:
+        assert extra, f"a head of exactly the limit was refused: {exc}"
+        assert "max_response_header_size" in str(exc)
+        assert sum(map(len, fed)) <= limit  # nothing past the limit reached the parser
+        return
+    assert not extra, "a head over the limit was accepted"
+    assert conn.headers_done and conn._status == 200
+    assert b"".join(conn._body) == b"ok"
+    # Only whole lines were fed while the head was incomplete: llhttp never saw half a value
+    # (httptools re-copies an unfinished value on every feed, quadratic for a dripped one).
+    # (the piece that ends the head may carry body bytes behind its blank line)
+    assert all(p.endswith(b"\n") or b"\r\n\r\n" in p or p.startswith(b"\r\n")
+               for p in fed), fed[:3]
+
+
+def test_head_limit_counts_interim_heads_and_ignores_the_body_behind_the_head() -> None:
+    limit = 4096
+    conn = _connection(limit)
+    body = b"x" * 60000
+    conn._feed_head(b"HTTP/1.1 100 Continue\r\n\r\n" + _head(limit - 25).replace(
+        b"content-length: 2", b"content-length: 60000") + body)
+    assert conn.headers_done and len(b"".join(conn._body)) == 60000
+    conn = _connection(limit)
+    with pytest.raises(UpstreamError, match="larger than 4096"):
+        conn._feed_head(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn._feed_head(_head(limit - 24))
+
+
+async def test_never_ending_response_head_fails_at_the_limit(nursery: trio.Nursery) -> None:
+    sent = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal sent
+        if await RequestReader(stream).read() is None:
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nx-endless: ")
+            while sent < 64 << 20:  # would be 64 MiB of one header value
+                await stream.send_all(b"v" * 16384)
+                sent += 16384
+
+    pool = pool_for(await raw_server(nursery, handler), max_response_header_size=32768)
+    with trio.fail_after(HANG_GUARD), pytest.raises(UpstreamError, match="larger than 32768"):
+        await pool.start(b"GET", b"/", [], b"")
+    assert pool.stats.in_use == 0 and pool.stats.idle == 0
+    assert sent < 16 << 20  # the router stopped reading long before
+
+
+async def test_upstream_trailers_are_dropped_and_bounded(nursery: trio.Nursery) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        reader = RequestReader(stream)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            request = await reader.read()
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  b"2\r\nok\r\n0\r\nx-trailer: sneaky\r\n\r\n")
+            request = await reader.read()  # then one whose trailer never ends
+            assert request is not None
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  b"2\r\nok\r\n0\r\nx-endless: ")
+            for _ in range(4096):  # 64 MiB if nobody stopped it
+                await stream.send_all(b"t" * 16384)
+
+    pool = pool_for(await raw_server(nursery, handler), max_response_header_size=32768)
+    with trio.fail_after(HANG_GUARD):
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        assert await exchange.read_all(1 << 20) == b"ok"
+        exchange.close()
+        assert exchange.headers == [(b"transfer-encoding", b"chunked")]  # no trailer
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        with pytest.raises(UpstreamError, match="trailers without body data"):
+            await exchange.read_all(1 << 30)
+        exchange.close()
+    assert pool.stats.in_use == 0

@@ -220,6 +220,7 @@ class HttpClientConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     pool_max_idle_per_host: NonNegInt = 100
     connect_timeout: PositiveDuration = 10.0
     prewarm_connections: NonNegInt = 4
+    max_response_header_size: Size = 65536
 
 
 class LoggingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -914,6 +915,30 @@ def _check_struct(value: Any, st: mi.StructType, path: str, ctx: _Ctx) -> dict[s
 # --------------------------------------------------------------------------------------
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Characters no header value or request line may carry: C0 controls but HTAB, and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_header_value(value: str, path: str, ctx: _Ctx) -> None:
+    """A value the router sends upstream as (part of) a header: one line of latin-1, or a
+    CR/LF would split it into headers of its own (and a non-latin-1 one cannot be sent)."""
+    if _CONTROL.search(value):
+        raise ctx.error(path, "header values must not contain CR, LF, NUL or other control "
+                              "characters (a trailing newline from a file or variable?)")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ctx.error(path, "header values must be latin-1 text (no other characters can "
+                              "be sent in an HTTP/1.1 header)") from None
+
+
+def _check_path(value: str, path: str, ctx: _Ctx) -> None:
+    """A path the router puts in an upstream request line."""
+    if not value.startswith("/"):
+        raise ctx.error(path, f"expected a path starting with '/', got {ctx.show(path, value)}")
+    if not value.isascii() or _CONTROL.search(value) or any(c.isspace() for c in value):
+        raise ctx.error(path, "expected a path of printable ASCII without spaces "
+                              "(percent-encode other characters)")
 
 
 def _check_url(url: str, path: str, ctx: _Ctx) -> None:
@@ -930,18 +955,26 @@ def _check_url(url: str, path: str, ctx: _Ctx) -> None:
         or not parts.hostname
         or not port_ok
         or any(c.isspace() for c in url)
+        or _CONTROL.search(url)
         or parts.fragment
     ):
         raise ctx.error(path, f"{expected}, got {ctx.show(path, _mask_url(url))}")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ctx.error(path, f"{expected}; its host name is not valid, got "
+                              f"{ctx.show(path, _mask_url(url))}") from None
+    if not parts.path.isascii():
+        raise ctx.error(path, f"{expected}; percent-encode non-ASCII characters in its path, "
+                              f"got {ctx.show(path, _mask_url(url))}")
 
 
 def _check_semantics(cfg: Config, ctx: _Ctx) -> Config:
-    for p, endpoint in (
-        ("health_checks.endpoint", cfg.health_checks.endpoint),
-        ("metrics.endpoint", cfg.metrics.endpoint),
-    ):
-        if not endpoint.startswith("/"):
-            raise ctx.error(p, f"expected a path starting with '/', got {ctx.show(p, endpoint)}")
+    _check_path(cfg.health_checks.endpoint, "health_checks.endpoint", ctx)
+    endpoint = cfg.metrics.endpoint
+    if not endpoint.startswith("/"):
+        p = "metrics.endpoint"
+        raise ctx.error(p, f"expected a path starting with '/', got {ctx.show(p, endpoint)}")
     auth = cfg.metrics.auth
     if auth.enabled and (not auth.username or not auth.password):
         raise ctx.error("metrics.auth", "enabled auth needs a non-empty username and password")
@@ -1003,6 +1036,8 @@ def _check_semantics(cfg: Config, ctx: _Ctx) -> Config:
                 f"duplicate backend name {b.name!r} (also used by backends[{names[b.name]}])",
             )
         names[b.name] = i
+        if _CONTROL.search(b.name):  # it becomes the x-continuum-backend header
+            raise ctx.error(f"{p}.name", "must not contain control characters")
         if b.type == "mock":
             if b.url:
                 raise ctx.error(
@@ -1019,21 +1054,23 @@ def _check_semantics(cfg: Config, ctx: _Ctx) -> Config:
         for j, model in enumerate(b.models):
             if not model.strip():
                 raise ctx.error(f"{p}.models[{j}]", "model names must not be empty")
+            if _CONTROL.search(model):  # it becomes the x-continuum-model header
+                raise ctx.error(f"{p}.models[{j}]", "must not contain control characters")
         for hname, hvalue in b.headers.items():
             hp = _join(f"{p}.headers", hname)
             if not _HEADER_NAME.fullmatch(hname):
                 raise ctx.error(hp, "not a valid HTTP header name")
-            if any(c in hvalue for c in "\r\n\0"):
-                raise ctx.error(hp, "header values must not contain CR, LF or NUL")
+            _check_header_value(hvalue, hp, ctx)
+        if b.api_key is not None:
+            _check_header_value(b.api_key, f"{p}.api_key", ctx)
+        _check_header_value(b.anthropic_version, f"{p}.anthropic_version", ctx)
         if b.ca_file is not None and not Path(b.ca_file).is_file():
             raise ctx.error(f"{p}.ca_file", f"file not found: {b.ca_file!r}")
         if b.api_key == "":
             b = msgspec.structs.replace(b, api_key=None)
         hc = b.health_check
-        if hc is not None and hc.endpoint is not None and not hc.endpoint.startswith("/"):
-            hp = f"{p}.health_check.endpoint"
-            shown = ctx.show(hp, hc.endpoint)
-            raise ctx.error(hp, f"expected a path starting with '/', got {shown}")
+        if hc is not None and hc.endpoint is not None:
+            _check_path(hc.endpoint, f"{p}.health_check.endpoint", ctx)
         backends.append(b)
     for key in cfg.routing.weights:
         if not key:

@@ -25,7 +25,7 @@ server:
 request:
   timeout: 60s                      # upstream deadline for a non-streaming request (504 after it)
   streaming_timeout: 300s           # upstream deadline for a streaming request
-  idle_timeout: 60s                 # longest gap between two chunks of a stream (then an SSE error)
+  idle_timeout: 60s                 # a stream's first-byte timeout (then another backend) and longest gap between chunks (then an SSE error)
   max_retries: 2                    # retries on another backend for failures before the first byte
 
 retry:
@@ -82,6 +82,7 @@ http_client:
   pool_max_idle_per_host: 100       # idle upstream connections kept per backend
   connect_timeout: 10s              # deadline for connecting (and the TLS handshake) to a backend
   prewarm_connections: 4            # connections opened (and probed) per backend at start-up
+  max_response_header_size: 64KiB   # a larger upstream response head is a failed attempt (502 when none is left)
 
 logging:
   level: info                       # trace | debug | info | warn | warning | error | critical

@@ -1,4 +1,5 @@
-"""Log setup for the ``trio-continuum`` command (embedders configure logging themselves)."""
+"""Log setup for the ``trio-continuum`` command (embedders configure logging themselves), and
+how a client-given value may appear in a log line (:func:`loggable`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ _LEVELS = {
 }
 
 _encode = msgspec.json.Encoder().encode
+
+#: Longest client-given value (model, path, request id) an access line keeps, in characters.
+LOGGED_VALUE_MAX = 256
+
+
+def loggable(text: str, limit: int = LOGGED_VALUE_MAX) -> str:
+    """A client-given value made safe for one log line: cut to ``limit`` characters (saying
+    how many were cut, so a 1 MB model name costs a log line of normal size) and escaped
+    when it has non-printable characters."""
+    if len(text) > limit:
+        text = f"{text[:limit]}...(+{len(text) - limit} chars)"
+    return text if text.isprintable() else repr(text)
 
 
 class JSONFormatter(logging.Formatter):

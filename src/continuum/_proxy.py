@@ -16,6 +16,7 @@ The Ingress hands each ``POST /v1/...`` here. The rules users rely on:
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
@@ -30,6 +31,7 @@ from ._dedup import Deduplicator, StoredResponse, dedup_key
 from ._errors import RouterError, openai_error_body, quoted
 from ._http._client import Exchange, Headers, UpstreamError
 from ._http._server import ProtocolError, Request, ServerConnection
+from ._http._watch import ClientWatch
 from ._providers._types import StreamTranslator, TranslationError
 from ._providers.anthropic import anthropic_error_body
 from ._retry import Backoff, parse_retry_after
@@ -70,6 +72,8 @@ _EVENT_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
     ),
 }
 _CHAIN_CACHE_MAX: Final = 4096
+#: The ``code`` of a pass-through stream's error event, by status.
+_STREAM_ERROR_CODES: Final = {502: "bad_gateway", 503: "shutting_down", 504: "upstream_timeout"}
 
 
 class Peek(msgspec.Struct):
@@ -248,10 +252,24 @@ class _PassThrough:
         return self.error(502, "Upstream ended the stream before its end marker")
 
     def error(self, status: int, message: str) -> bytes:
+        # An upstream that broke off mid-event left an unfinished line or event: end it
+        # first, or the error event would be glued onto it and parse as neither.
+        tail = self._tail
+        if not tail or tail.endswith((b"\n\n", b"\r\n\r\n")):
+            boundary = b""
+        else:
+            boundary = b"\n" if tail.endswith(b"\n") else b"\n\n"
         if self._anthropic:
-            return anthropic_sse_error_event(message, status)
-        code = "upstream_timeout" if status == 504 else "bad_gateway"
-        return sse_error_event(message, status, code)
+            return boundary + anthropic_sse_error_event(message, status)
+        code = _STREAM_ERROR_CODES.get(status, "bad_gateway")
+        return boundary + sse_error_event(message, status, code)
+
+
+class _TimedOut(str):
+    """An attempt's failure message when the upstream was too slow, not broken: if no
+    attempt is left it is a 504, not a 502."""
+
+    __slots__ = ()
 
 
 def _is_event_stream(headers: Headers) -> bool:
@@ -312,6 +330,13 @@ class Proxy:
             504, timeout_message, anthropic_error_body(504, timeout_message)
         )
         self._response_limit = max(config.server.max_request_body_size, 64 * 1024 * 1024)
+        #: Connections whose plain request waits upstream; its ``run`` notices clients
+        #: that leave meanwhile (the supervisor runs it).
+        self.clients = ClientWatch()
+        #: Connections streaming an answer now, for :meth:`stop_streams`.
+        self.streams: set[ServerConnection] = set()
+        #: Set once the router is shutting down: a stream cut now says so.
+        self.stopping = False
         #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
         self.tracing = Tracing(config.tracing)
         self._spans = self.tracing.spans
@@ -504,6 +529,8 @@ class Proxy:
                 return result
         if held is not None:
             return held  # every backend failed; the last retryable answer says why
+        if isinstance(last_error, _TimedOut):
+            raise RouterError(504, f"Upstream timeout: {last_error}")
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
         raise router.unavailable_error(chain, apis, client_model)
@@ -526,9 +553,28 @@ class Proxy:
         def record(latency: float | None, ok: bool, reason: str = "") -> None:
             nonlocal recorded
             recorded = True
+            if not ok:
+                backend.failures += 1
             router.record(backend, model, latency, ok, reason, stream)
 
         span: Any = None
+
+        def failed(message: str, started: float) -> str:
+            """An attempt that ended without an answer: the backend's failure."""
+            nonlocal span
+            state.upstream += clock() - started
+            record(None, False, message)
+            if span is not None:
+                self.tracing.end(span, None, message)
+                span = None
+            return message
+
+        # A plain request's client is watched while the upstream works (a stream watches
+        # its own, see _stream): one that leaves ends the request as a 499, upstream call
+        # included.
+        waiting = None if stream else self.clients.waiting
+        if waiting is not None:
+            waiting.add(conn)
         try:
             try:
                 call = build_call(request.path, backend, request, body, model, stream)
@@ -546,15 +592,24 @@ class Proxy:
                 headers.append((b"traceparent", value))
             started = clock()
             try:
-                exchange = await backend.start(call.method, call.target, headers, call.body)
+                if stream:
+                    # The first-byte timeout: a stream's head, then its first chunk, must
+                    # each come within idle_timeout. Nothing has reached the client yet, so
+                    # a backend that is too slow is retried on another one while
+                    # request.timeout leaves time.
+                    exchange = None
+                    with trio.move_on_after(self._idle_timeout):
+                        exchange = await backend.start(call.method, call.target, headers,
+                                                       call.body)
+                    if exchange is None:
+                        return _TimedOut(failed(
+                            f"backend '{backend.name}' sent no response head within "
+                            f"{self._idle_timeout:g}s (request.idle_timeout)", started))
+                else:
+                    exchange = await backend.start(call.method, call.target, headers,
+                                                   call.body)
             except UpstreamError as exc:
-                state.upstream += clock() - started
-                backend.fail_before_start()
-                record(None, False, str(exc))
-                if span is not None:
-                    self.tracing.end(span, None, str(exc))
-                    span = None
-                return f"backend '{backend.name}' failed: {exc}"
+                return failed(f"backend '{backend.name}' failed: {exc}", started)
             if span is not None:
                 span.set_attribute("http.response.status_code", exchange.status)
             status = exchange.status
@@ -566,8 +621,12 @@ class Proxy:
                                           state)
                 record(None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
-                return message if answer is None else (message, answer)
+                return message if isinstance(answer, str) else (message, answer)
             if stream and status == 200 and _is_event_stream(exchange.headers):
+                error = await self._first_chunk(exchange, backend)
+                if error is not None:
+                    message = failed(error, started)
+                    return _TimedOut(message) if isinstance(error, _TimedOut) else message
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
                 out_headers = self._response_headers(exchange.headers, backend, model)
                 out_headers.append((b"x-request-id", state.id))
@@ -579,55 +638,97 @@ class Proxy:
                     call.stream() if call.stream is not None
                     else _PassThrough(request.path)
                 )
-                ok = await self._stream(conn, backend, exchange, out_headers, translator,
-                                        state)
-                if ok is not None:
+                streams = self.streams
+                streams.add(conn)
+                try:
+                    ok = await self._stream(conn, backend, exchange, out_headers, translator,
+                                            state)
+                finally:
+                    streams.discard(conn)
+                if ok is not None and (ok or not self.stopping):  # a shutdown is no outcome
                     record(to_head if ok else None, ok, "" if ok else "stream failed")
                 elapsed = clock() - started
                 state.upstream += elapsed
                 return Served(status, backend.name, model, elapsed, attempt)
             answer = await self._read(exchange, backend, model, call, started, attempt, state)
-            if answer is None:
+            if isinstance(answer, str):
                 record(None, False, "broken response body")
-                return f"backend '{backend.name}' broke off its answer"
+                return f"backend '{backend.name}' broke off its answer: {answer}"
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
             ok = status < 500 and status not in RETRYABLE_STATUSES
             record(to_head if ok else None, ok, "" if ok else f"answered {status}")
             return answer
         finally:
+            if waiting is not None:
+                waiting.discard(conn)
             if not recorded:
                 expired = conn.expired
                 if expired is not None and expired.status == 504:
                     # request.timeout passed during this attempt: the backend's failure
                     # (a backend that hangs must lose traffic, not only the probes' say).
-                    router.record(backend, model, None, False, "request.timeout passed",
-                                  stream)
+                    record(None, False, "request.timeout passed")
                 else:
                     router.release(backend)
             if span is not None:
                 self.tracing.end(span)
 
+    def stop_streams(self) -> int:
+        """Shutdown: end every stream now forwarding chunks with an error event (and
+        ``[DONE]`` where its API has one) instead of letting the drain deadline cut it
+        mid-stream. Returns how many were told; call it again for streams that were only
+        starting (their idle timer is not armed yet)."""
+        self.stopping = True
+        told = 0
+        for conn in list(self.streams):
+            if conn.deadline < math.inf:  # in the forwarding loop: the timer is the stream's
+                conn.expire()  # cancels the stream's own scope, not the connection
+                told += 1
+        return told
+
+    async def _first_chunk(self, exchange: Exchange, backend: BackendActor) -> str | None:
+        """Wait (up to idle_timeout) for a stream's first bytes before its head goes to the
+        client, and put them back for the stream to forward. Returns why the stream cannot
+        start (a :class:`_TimedOut` when it was too slow; the exchange is finished), or
+        None."""
+        first = b""
+        try:
+            with trio.move_on_after(self._idle_timeout) as wait:
+                first = await exchange.receive_some()
+        except UpstreamError as exc:
+            backend.finish(exchange, None)
+            return f"backend '{backend.name}' broke off its stream before the first byte: {exc}"
+        except BaseException:
+            backend.finish(exchange, None)
+            raise
+        if wait.cancelled_caught:
+            backend.finish(exchange, None)
+            return _TimedOut(f"backend '{backend.name}' sent no stream data within "
+                             f"{self._idle_timeout:g}s of its head (request.idle_timeout)")
+        if first:
+            exchange.unread(first)
+        return None
+
     async def _read(
         self, exchange: Exchange, backend: BackendActor, model: str, call: Call,
         started: float, attempts: int, state: RequestState,
-    ) -> _Answer | None:
-        """The whole body, in the client's API; None (connection discarded) if the upstream
-        broke it off."""
+    ) -> _Answer | str:
+        """The whole body, in the client's API; why not (the connection discarded) if the
+        upstream broke it off."""
         status = exchange.status
         try:
             body = await exchange.read_all(self._response_limit)
         except UpstreamError as exc:
             log.info("backend %s: answer broken off: %s", backend.name, exc)
-            backend.finish(exchange, False, None)
+            backend.finish(exchange, None)
             state.upstream += clock() - started
-            return None
+            return str(exc)
         except BaseException:
-            backend.finish(exchange, False, None)
+            backend.finish(exchange, None)
             raise
         latency = clock() - started
         state.upstream += latency
-        backend.finish(exchange, status < 500, latency)
+        backend.finish(exchange, latency)
         headers = self._response_headers(exchange.headers, backend, model)
         if call.translate is not None:
             translated = call.translate(status, body)
@@ -723,13 +824,16 @@ class Proxy:
                             last = now
                     conn.disarm_timer()
                     if scope.cancelled_caught:
-                        if trio.current_time() >= end:
+                        status = 504
+                        if self.stopping:  # stop_streams: the drain deadline is near
+                            status, message = 503, "The router is shutting down"
+                        elif trio.current_time() >= end:
                             message = (f"Stream exceeded request.streaming_timeout "
                                        f"({self._streaming_timeout:g}s)")
                         else:
                             message = (f"Upstream sent nothing for {idle:g}s "
                                        "(request.idle_timeout)")
-                        ending = translator.error(504, message)
+                        ending = translator.error(status, message)
                     else:
                         ending = translator.finish()
                         ok = not getattr(translator, "truncated", False)
@@ -741,9 +845,9 @@ class Proxy:
                 nursery.cancel_scope.cancel()
         except BaseException:
             conn.disarm_timer()
-            backend.finish(exchange, False, None)
+            backend.finish(exchange, None)
             raise
-        backend.finish(exchange, ok and not client_gone, None)
+        backend.finish(exchange, None)
         if first:
             state.ttft = first - state.started
             state.max_gap = max_gap

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 Headers = list[tuple[bytes, bytes]]
 
 _RECEIVE_SIZE = 65536
+#: Upstream response heads larger than this (status line, headers, any 1xx heads before
+#: them) fail the exchange; ``http_client.max_response_header_size`` sets it per backend.
+DEFAULT_MAX_HEAD = 65536
+#: A body read yields to the scheduler after this many reads that found data at once (the
+#: fast path does not yield): 16 x 64 KiB, so a fast upstream cannot hold the event loop.
+_YIELD_EVERY = 16
 
 
 class UpstreamError(Exception):
@@ -49,6 +55,11 @@ class Exchange(Protocol):
 
     async def read_all(self, limit: int) -> bytes: ...
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of the body: the next ``receive_some`` returns it (a
+        look-ahead at a stream's first bytes)."""
+        ...
+
     def close(self) -> None:
         """Finish: a fully read keep-alive response returns the connection to the pool."""
         ...
@@ -66,6 +77,8 @@ async def read_body(receive: Callable[[], Awaitable[bytes]], limit: int) -> byte
         if size > limit:
             raise UpstreamError(f"upstream response larger than {limit} bytes")
         parts.append(data)
+        if len(parts) % _YIELD_EVERY == 0:
+            await trio.lowlevel.checkpoint()
 
 
 @final
@@ -76,7 +89,10 @@ class HTTP1Connection:
         "_body",
         "_chunked",
         "_content_length",
+        "_head_fed",
+        "_head_limit",
         "_headers",
+        "_held",
         "_parser",
         "_status",
         "can_reuse",
@@ -90,7 +106,9 @@ class HTTP1Connection:
         "stream",
     )
 
-    def __init__(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, raw: trio.SocketStream, head_limit: int = DEFAULT_MAX_HEAD
+    ) -> None:
         self.stream = stream
         self.io = FastStream(stream)
         self.raw = raw
@@ -106,9 +124,14 @@ class HTTP1Connection:
         self.complete = False
         self.can_reuse = False
         self.received_any = False
+        self._head_limit = head_limit
+        self._head_fed = 0  # bytes of response head(s) given to the parser so far
+        self._held = bytearray()  # an unfinished head line, not given to the parser yet
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer field: never a header of the answer (_receive bounds them)
         name = name.lower()
         if name == b"content-length":
             self._content_length = True
@@ -123,6 +146,7 @@ class HTTP1Connection:
             return
         self._status = status
         self.headers_done = True
+        self._head_fed = 0  # from now on: bytes without body data (see _receive)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -144,6 +168,8 @@ class HTTP1Connection:
         self.complete = False
         self.can_reuse = False
         self.received_any = False
+        self._head_fed = 0
+        self._held.clear()
 
     @property
     def keep_alive(self) -> bool:
@@ -172,10 +198,79 @@ class HTTP1Connection:
                 else "upstream closed the connection without a response"
             )
         self.received_any = True
+        if not self.headers_done:
+            self._feed_head(data)
+            return
+        body = self._body
+        pending = len(body)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             raise UpstreamError(f"malformed response from upstream: {exc}") from exc
+        if not self._chunked:
+            return
+        if len(body) == pending and not self.complete:
+            # Bytes that carried no body: chunk framing, chunk extensions, trailers. Bounded
+            # like a head, or an endless trailer would grow inside httptools unseen.
+            self._head_fed += len(data)
+            if self._head_fed > self._head_limit:
+                raise UpstreamError(
+                    f"upstream sent more than {self._head_limit} bytes of chunk framing or "
+                    "trailers without body data (http_client.max_response_header_size)")
+        elif self._head_fed:
+            self._head_fed = 0
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"malformed response from upstream: {exc}") from exc
+
+    def _feed_head(self, data: bytes | bytearray) -> None:
+        """Feed response-head bytes, bounded by the head limit as they arrive.
+
+        llhttp hands an unfinished header value over piece by piece and httptools joins the
+        pieces by copying, so a value dripped a byte at a time costs quadratic time. Only
+        whole lines are fed (an unfinished one waits in ``_held``), which keeps it linear,
+        and nothing past the limit is fed at all.
+        """
+        limit = self._head_limit
+        held = self._held
+        if b"\n" not in data:  # still inside one line
+            held += data
+            if self._head_fed + len(held) > limit:
+                raise self._too_large()
+            return
+        start = 0
+        if held:
+            start = max(len(held) - 3, 0)  # the blank line may straddle the two pieces
+            held += data
+            data = bytes(held)
+            held.clear()
+        # When what was fed ended with a line, a leading CRLF is the blank line after it.
+        end = -2 if self._head_fed and data[:2] == b"\r\n" else data.find(b"\r\n\r\n", start)
+        if end != -1:
+            if self._head_fed + end + 4 > limit:
+                raise self._too_large()
+            self._feed(data)  # the whole head, and the body bytes behind it
+            if not self.headers_done:  # that was an interim (1xx) head
+                self._head_fed += len(data)
+            return
+        if self._head_fed + len(data) > limit:
+            raise self._too_large()
+        cut = data.rfind(b"\n") + 1
+        self._feed(data[:cut])
+        self._head_fed += cut
+        if not self.headers_done:
+            held += data[cut:]
+        elif cut < len(data):  # a head ended by bare LFs: the rest is body
+            self._feed(data[cut:])
+
+    def _too_large(self) -> UpstreamError:
+        return UpstreamError(
+            f"upstream response head larger than {self._head_limit} bytes "
+            "(http_client.max_response_header_size)"
+        )
 
     async def receive_head(self) -> tuple[int, Headers]:
         while not self.headers_done:
@@ -215,6 +310,10 @@ class HTTP1Exchange:
 
     async def read_all(self, limit: int) -> bytes:
         return await read_body(self.receive_some, limit)
+
+    def unread(self, data: bytes) -> None:
+        if self._conn is not None:
+            self._conn._body.appendleft(data)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

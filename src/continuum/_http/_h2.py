@@ -42,8 +42,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import trio
+from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 
 from ._client import ConnectError, Headers, HTTP1Connection, UpstreamError, read_body
 from ._pool import (
@@ -60,6 +62,10 @@ log = logging.getLogger("continuum.http")
 _RECEIVE_SIZE = 65536
 #: Queued output (bytes) past which a body upload waits for the writer to catch up.
 _HIGH_WATER = 256 * 1024
+#: Queued output past which the connection is dropped: uploads stop at _HIGH_WATER, so only
+#: answers h2 queues by itself (PING and SETTINGS ACKs) grow it further — a peer flooding
+#: them without reading ours would otherwise grow our memory without bound.
+_OUTPUT_LIMIT = 1024 * 1024
 #: How long a closing connection may take to flush its GOAWAY before the socket is dropped.
 _CLOSE_GRACE = 2.0
 #: After a failed extra connection (others still alive), wait this long before another try.
@@ -104,6 +110,28 @@ class _FinishStreamsAfterGoaway(h2.connection.H2ConnectionStateMachine):
         if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY:
             return []
         return super().process_input(input_)
+
+
+class _BoundedHeaderBlocks(h2.frame_buffer.FrameBuffer):
+    """h2 collects a header block's CONTINUATION frames (up to 64 of them, about 1 MiB)
+    before HPACK decodes it, and decoding a MiB of Huffman code holds the event loop for
+    ~0.4 s. A block is refused as soon as its encoded size exceeds the limit on the decoded
+    header list: an encoder never makes a block larger than the list as HPACK counts it
+    (name + value + 32 per field)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(server=False)
+        self._limit = limit
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        f = super()._update_header_buffer(f)
+        pending = self._headers_buffer
+        size = sum(len(x.data) for x in pending) if pending else (
+            len(f.data) if isinstance(f, HeadersFrame | ContinuationFrame) else 0)
+        if size > self._limit:
+            raise h2.exceptions.DenialOfServiceError(
+                f"A header block larger than {self._limit} bytes is being received")
+        return f
 
 
 def _error_name(code: int | None) -> str:
@@ -195,6 +223,11 @@ class HTTP2Exchange:
 
     async def read_all(self, limit: int) -> bytes:
         return await read_body(self.receive_some, limit)
+
+    def unread(self, data: bytes) -> None:
+        s = self._stream
+        if s is not None:
+            s.chunks.appendleft(data)  # already acknowledged: outside flow control now
 
     def close(self) -> None:
         """Release the stream; one not finished both ways is reset (RST_STREAM CANCEL)."""
@@ -385,10 +418,18 @@ class _H2Conn:
                 events = h2c.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 self.take_output()  # h2 queued a GOAWAY of its own
-                self.fail(f"HTTP/2 protocol error from upstream: {exc}")
+                if isinstance(exc, h2.exceptions.DenialOfServiceError):
+                    self.fail(f"upstream response head too large ({exc}; "
+                              "http_client.max_response_header_size)")
+                else:
+                    self.fail(f"HTTP/2 protocol error from upstream: {exc}")
                 return
             self._dispatch(events)
             self.take_output()
+            if self.out_bytes > _OUTPUT_LIMIT:
+                self.fail(f"upstream does not read its connection ({self.out_bytes} bytes "
+                          "of our frames queued)")
+                return
 
     def _dispatch(self, events: list[h2.events.Event]) -> None:
         streams = self.streams
@@ -648,9 +689,13 @@ class HTTP2Pool:
                 codes.ENABLE_PUSH: 0,
                 codes.INITIAL_WINDOW_SIZE: self._stream_window,
                 codes.MAX_CONCURRENT_STREAMS: 100,  # pushed streams: none (push is off)
-                codes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+                codes.MAX_HEADER_LIST_SIZE: self.limits.max_response_header_size,
             },
         )
+        # Enforced from the start, not only once the server acknowledged our SETTINGS: a
+        # larger header block fails the connection (its HPACK state cannot be trusted).
+        conn.decoder.max_header_list_size = self.limits.max_response_header_size
+        conn.incoming_buffer = _BoundedHeaderBlocks(self.limits.max_response_header_size)
         conn.initiate_connection()
         if self._connection_window > 65535:
             conn.increment_flow_control_window(self._connection_window - 65535)
@@ -958,7 +1003,7 @@ class HTTP2Pool:
 
 def _adopt_http1(pool: HTTP1Pool, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
     """Hand a negotiated HTTP/1.1 connection to a pool as its first idle connection."""
-    conn = HTTP1Connection(stream, raw)
+    conn = HTTP1Connection(stream, raw, pool.limits.max_response_header_size)
     conn.last_used = trio.current_time()
     pool._idle.append(conn)
     pool._opened += 1

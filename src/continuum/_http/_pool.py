@@ -16,7 +16,14 @@ from urllib.parse import urlsplit
 import trio
 
 from .._clock import now as clock
-from ._client import ConnectError, Headers, HTTP1Connection, HTTP1Exchange, UpstreamError
+from ._client import (
+    DEFAULT_MAX_HEAD,
+    ConnectError,
+    Headers,
+    HTTP1Connection,
+    HTTP1Exchange,
+    UpstreamError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,8 @@ class PoolLimits:
     max_idle: int = 100
     idle_timeout: float = 90.0
     connect_timeout: float = 10.0
+    #: Largest response head accepted (HTTP/1.1 bytes; HTTP/2 decoded header list).
+    max_response_header_size: int = DEFAULT_MAX_HEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +152,7 @@ class HTTP1Pool:
             self.origin, self._ssl_context, self.limits.connect_timeout
         )
         self._opened += 1
-        return HTTP1Connection(stream, raw)
+        return HTTP1Connection(stream, raw, self.limits.max_response_header_size)
 
     async def _checkout(self) -> HTTP1Connection:
         idle = self._idle

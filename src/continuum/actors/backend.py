@@ -83,6 +83,7 @@ class BackendActor:
             max_idle=min(http_client.pool_max_idle_per_host, self.max_in_flight),
             idle_timeout=http_client.pool_idle_timeout,
             connect_timeout=http_client.connect_timeout,
+            max_response_header_size=http_client.max_response_header_size,
         )
         origin = Origin.from_url(url)
         ssl_context = None
@@ -120,6 +121,7 @@ class BackendActor:
         self.in_flight = 0
         self.latency_ewma: float | None = None
         self.requests = 0
+        #: Attempts that counted against this backend (what its breaker saw as failures).
         self.failures = 0
         #: The API this backend speaks: "openai" (every OpenAI-compatible server, and
         #: Gemini's OpenAI endpoint), "anthropic" (Messages) or "gemini" (generateContent).
@@ -219,20 +221,16 @@ class BackendActor:
             self.in_flight -= 1
             raise
 
-    def finish(self, exchange: Exchange | None, ok: bool, latency: float | None) -> None:
-        """Release the exchange (connection back to the pool if clean) and record outcome."""
+    def finish(self, exchange: Exchange | None, latency: float | None) -> None:
+        """Release the exchange (connection back to the pool if clean); ``latency`` (the
+        whole answer) feeds the EWMA. Failures are counted where the attempt's outcome is
+        recorded (``failures``), not here."""
         if exchange is not None:
             exchange.close()
         self.in_flight -= 1
-        if not ok:
-            self.failures += 1
         if latency is not None:
             ewma = self.latency_ewma
             self.latency_ewma = latency if ewma is None else ewma + _EWMA_ALPHA * (latency - ewma)
-
-    def fail_before_start(self) -> None:
-        """An attempt that never got an exchange (connect error, timeout before the head)."""
-        self.failures += 1
 
     def snapshot(self) -> BackendSnapshot:
         return BackendSnapshot(

@@ -28,6 +28,7 @@ from .._clock import now as clock
 from .._config import Config
 from .._errors import JSON_HEADERS, RouterError, openai_error_body, quoted
 from .._http._server import Request, ServerConnection
+from .._logging import loggable
 from .._messages import RequestObserved
 from .._providers.anthropic import anthropic_error_body
 from .._proxy import Proxy, RequestState, Served, client_key, decode_peek
@@ -62,11 +63,6 @@ def public_url(url: str) -> str:
 
 
 Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | None"]]
-
-
-def _printable(text: str) -> str:
-    """A client-given value made safe for one log line."""
-    return text if text.isprintable() else repr(text)
 
 
 @final
@@ -212,11 +208,11 @@ class Ingress:
         """The access line: ids, route, outcome and timings — never keys, never content."""
         if not access_log.isEnabledFor(logging.INFO):
             return
-        model = obs.model or self._client_model(request)
+        model = loggable(obs.model or self._client_model(request))  # client-given: cut
         fields: dict[str, Any] = {
-            "request_id": state.id.decode("latin-1"),
+            "request_id": loggable(state.id.decode("latin-1")),
             "method": request.method,
-            "path": request.path,
+            "path": loggable(request.path),
             "status": obs.status,
             "model": model,
             "backend": obs.backend,
@@ -227,8 +223,8 @@ class Ingress:
             "bytes_out": state.bytes_out,
         }
         access_log.info(
-            _ACCESS_FORMAT, _printable(fields["request_id"]), request.method, request.path,
-            obs.status, _printable(model) or "-", obs.backend or "-", fields["duration_ms"],
+            _ACCESS_FORMAT, fields["request_id"], request.method, fields["path"],
+            obs.status, model or "-", obs.backend or "-", fields["duration_ms"],
             fields["upstream_ms"], obs.attempts, "yes" if obs.stream else "no",
             state.bytes_out, extra={"access": fields},
         )

@@ -42,6 +42,11 @@ _RESTART_MIN: Final = 0.1
 _RESTART_MAX: Final = 10.0
 _CONTROL_BUFFER: Final = 1024
 _OBSERVATION_BUFFER: Final = 16384
+#: Streams still running this long before the drain deadline (half the deadline when it is
+#: shorter) are ended with an error event, so the event is out before connections are cut;
+#: ``abort`` gives streams at most this long to write theirs.
+ENDING_GRACE: Final = 1.0
+_ENDING_RECHECK: Final = 0.05
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -61,6 +66,59 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
 
 
 @final
+class _Stop:
+    """How one router stops: ``drain`` (graceful, bounded by ``shutdown_timeout``) and
+    ``abort`` (now). Either way a stream still running is not cut mid-chunk: it gets the
+    error event of its API first (``Proxy.stop_streams``)."""
+
+    def __init__(self, server: HTTPServer, proxy: Proxy, front: trio.CancelScope,
+                 timeout: float) -> None:
+        self._server = server
+        self._proxy = proxy
+        self._front = front
+        self._timeout = timeout
+        self._draining = False
+        #: The nursery beside ``HTTPServer.run`` (inside ``front``, so shielded like it).
+        self.nursery: trio.Nursery | None = None
+
+    def drain(self) -> None:
+        self._server.drain()
+        if self._draining or self.nursery is None:
+            return
+        self._draining = True
+        now = trio.current_time()
+        grace = min(ENDING_GRACE, self._timeout / 2)
+        self.nursery.start_soon(self._end_streams, now + self._timeout - grace,
+                                now + self._timeout)
+
+    def abort(self) -> None:
+        self._server.drain()
+        self._draining = True
+        if self.nursery is None:
+            self._front.cancel()
+            return
+        self.nursery.start_soon(self._abort)
+
+    async def _end_streams(self, at: float, until: float) -> None:
+        """From ``at`` on, end the streams still running (again every 50 ms for streams
+        that were only starting) until the server cuts every connection at ``until``."""
+        await trio.sleep_until(at)
+        while True:
+            self._proxy.stop_streams()
+            if trio.current_time() >= until:
+                return
+            await trio.sleep(_ENDING_RECHECK)
+
+    async def _abort(self) -> None:
+        proxy = self._proxy
+        with trio.move_on_after(ENDING_GRACE):
+            while proxy.streams:  # a stream leaves the set once its ending is written
+                proxy.stop_streams()
+                await trio.sleep(0.01)
+        self._front.cancel()
+
+
+@final
 class RouterHandle:
     """What ``nursery.start(continuum.serve, config)`` returns."""
 
@@ -72,10 +130,10 @@ class RouterHandle:
         cache: CacheKeeper,
         metrics: MetricsSink,
         mocks: dict[str, MockUpstream],
-        front: trio.CancelScope,
+        stop: _Stop,
     ) -> None:
         self.config = config
-        self._front = front
+        self._stop = stop
         #: Bound addresses, e.g. ``["127.0.0.1:8080", "[::1]:8080", "unix:/run/c.sock"]``.
         self.addresses: list[str] = list(server.addresses)
         self.router = router
@@ -103,14 +161,15 @@ class RouterHandle:
         raise LookupError("the router listens on Unix sockets only")
 
     def shutdown(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``shutdown_timeout``), exit."""
-        self._server.drain()
+        """Stop accepting, let in-flight requests finish (up to ``shutdown_timeout``), exit.
+        Streams still running near the deadline end with an error event before the cut."""
+        self._stop.drain()
 
     def abort(self) -> None:
-        """Stop at once: in-flight requests are cut off (their clients see the connection
-        close). Cancelling the surrounding nursery drains instead; this does not."""
-        self._server.drain()
-        self._front.cancel()
+        """Stop now: running streams end with an error event (within a second), then
+        every connection is cut (a plain request's client sees the connection close).
+        Cancelling the surrounding nursery drains instead; this does not."""
+        self._stop.abort()
 
 
 async def _start_mocks(
@@ -257,11 +316,13 @@ async def _serve(
         root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "cache", cache.run)
+        root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
-        handle = RouterHandle(config, server, router, cache, sink, mocks, front)
+        stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
+        handle = RouterHandle(config, server, router, cache, sink, mocks, stop)
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)
         metrics_cfg = config.metrics
@@ -273,9 +334,13 @@ async def _serve(
         task_status.started(handle)
         try:
             async with trio.open_nursery() as watcher:
-                watcher.start_soon(_drain_when_cancelled, server)
+                watcher.start_soon(_drain_when_cancelled, stop)
                 with front:
-                    await server.run()
+                    async with trio.open_nursery() as serving:
+                        stop.nursery = serving
+                        await server.run()
+                        stop.nursery = None
+                        serving.cancel_scope.cancel()
                 watcher.cancel_scope.cancel()
         finally:
             for backend in backends:
@@ -284,8 +349,8 @@ async def _serve(
             root.cancel_scope.cancel()
 
 
-async def _drain_when_cancelled(server: HTTPServer) -> None:
+async def _drain_when_cancelled(stop: _Stop) -> None:
     try:
         await trio.sleep_forever()
     finally:
-        server.drain()
+        stop.drain()
