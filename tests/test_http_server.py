@@ -14,126 +14,13 @@ from typing import Any
 import pytest
 import trio
 
+from adversarial.harness import RawClient, Response
 from continuum import RouterHandle
 from continuum.mock import MockUpstream
 from helpers import router_config, start_mock, start_router
 
 MODEL = "mock-model"
 HANG_GUARD = 10
-
-
-# -- a tiny raw HTTP/1.1 client -------------------------------------------------------------------
-
-
-class Response:
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes):
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {self.headers!r} {self.body[:200]!r}>"
-
-
-class RawClient:
-    """Writes exact bytes; reads responses one at a time (buffering what follows)."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-        self.eof = False
-
-    @classmethod
-    async def tcp(cls, address: str) -> RawClient:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        return cls(await trio.open_tcp_stream(host, int(port)))
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def _fill(self) -> bool:
-        if self.eof:
-            return False
-        try:
-            data = await self.stream.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buffer += data
-        return True
-
-    async def _read_until(self, marker: bytes) -> bytes:
-        while (index := self.buffer.find(marker)) < 0:
-            if not await self._fill():
-                raise AssertionError(
-                    f"connection closed before {marker!r}; got {bytes(self.buffer)!r}"
-                )
-        out = bytes(self.buffer[:index])
-        del self.buffer[: index + len(marker)]
-        return out
-
-    async def _read_exactly(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            if not await self._fill():
-                raise AssertionError(f"connection closed with {len(self.buffer)}/{n} bytes")
-        out = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return out
-
-    async def read_response(self) -> Response:
-        head = (await self._read_until(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        version, status, reason = [*status_line.split(" ", 2), ""][:3]
-        assert version.startswith("HTTP/1."), status_line
-        headers = []
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers.append((name.strip().lower(), value.strip()))
-        code = int(status)
-        response = Response(code, reason, headers, b"")
-        if 100 <= code < 200 or code in (204, 304):
-            return response
-        length = response.header("content-length")
-        if (response.header("transfer-encoding") or "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int((await self._read_until(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await self._read_until(b"\r\n")
-                    break
-                parts.append(await self._read_exactly(size))
-                await self._read_until(b"\r\n")
-            response.body = b"".join(parts)
-        elif length is not None:
-            response.body = await self._read_exactly(int(length))
-        else:
-            while await self._fill():
-                pass
-            response.body = bytes(self.buffer)
-            self.buffer.clear()
-        return response
-
-    async def at_eof(self) -> bool:
-        """True once the peer has closed (waits for it); False if more bytes arrive."""
-        if self.buffer:
-            return False
-        return not await self._fill()
-
-    async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
 
 
 def chat_body(content: str) -> bytes:
