@@ -205,6 +205,19 @@ class RouterProcess:
     def log_since(self, mark: int) -> str:
         return self.log()[mark:]
 
+    async def log_lines(self, mark: int, needle: str, count: int = 1,
+                        timeout: float = STEP) -> list[str]:
+        """The log lines since ``mark`` that contain ``needle``, once there are ``count`` of
+        them (the router writes a request's access line after its answer has gone out)."""
+        lines: list[str] = []
+        with trio.move_on_after(timeout):
+            while True:
+                lines = [line for line in self.log_since(mark).splitlines() if needle in line]
+                if len(lines) >= count:
+                    break
+                await trio.sleep(0.02)
+        return lines
+
 
 @dataclass
 class Usage:
@@ -436,6 +449,22 @@ class RawClient:
         await trio.aclose_forcefully(self.stream)
 
 
+async def status_while_flooding(address: str, opening: bytes, repeat: bytes,
+                                timeout: float = STEP) -> int:
+    """Send ``opening``, then ``repeat`` over and over (as fast as the router takes it)
+    until the router answers or closes: that status, or 0 for a close without one."""
+    with trio.fail_after(timeout):
+        async with raw_client(address) as client, trio.open_nursery() as nursery:
+            async def flood() -> None:
+                if await client.try_send(opening):
+                    while await client.try_send(repeat):
+                        pass
+            nursery.start_soon(flood)
+            status = await client.status_or_close()
+            nursery.cancel_scope.cancel()
+            return status
+
+
 @contextlib.asynccontextmanager
 async def raw_client(address: str) -> AsyncIterator[RawClient]:
     client = await RawClient.tcp(address)
@@ -477,14 +506,17 @@ async def one_request(address: str, data: bytes, timeout: float = STEP) -> Respo
     """Send ``data`` on a new connection; the first answer, or None if the router closed
     without one."""
     with trio.fail_after(timeout):
-        async with raw_client(address) as client:
-            await client.send(data)
+        async with raw_client(address) as client, trio.open_nursery() as nursery:
+            # Sent beside the read: the router may answer (413) before taking it all.
+            nursery.start_soon(client.try_send, data)
             try:
                 return await client.read_response(head_only=data.startswith(b"HEAD "))
             except AssertionError:
                 if client.eof and not client.buffer:
                     return None
                 raise
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 def assert_error_shape(response: Response, status: int, *, anthropic: bool = False) -> None:
