@@ -758,7 +758,9 @@ class Proxy:
             conn.disarm_timer()
             backend.finish(exchange, False, None)
             raise
-        backend.finish(exchange, ok and not client_gone, None)
+        # The exchange is closed either way (a half-read stream is never pooled); a client
+        # that left or could not keep up is no failure of the backend's.
+        backend.finish(exchange, ok or client_gone, None)
         if first:
             state.ttft = first - state.started
             state.max_gap = max_gap
