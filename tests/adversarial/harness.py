@@ -256,8 +256,10 @@ async def assert_bounded(
 # -- clients ------------------------------------------------------------------------------------
 
 
-def blocking_request(address: str, data: bytes, timeout: float) -> tuple[int, bytes]:
-    """Send ``data`` on a new blocking socket, read until the peer closes or ``timeout``;
+def blocking_request(address: str, data: bytes, timeout: float, *, half_close: bool = False
+                     ) -> tuple[int, bytes]:
+    """Send ``data`` on a new blocking socket (then shut down writing, with
+    ``half_close``), read until the peer closes, one whole answer is in, or ``timeout``;
     returns (status of the first answer or 0, everything read). For sync code (fixtures,
     hypothesis)."""
     host, _, port = address.rpartition(":")
@@ -265,6 +267,8 @@ def blocking_request(address: str, data: bytes, timeout: float) -> tuple[int, by
         sock.settimeout(timeout)
         with contextlib.suppress(OSError):
             sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         chunks = []
         deadline = time.monotonic() + timeout
         with contextlib.suppress(OSError):
@@ -609,6 +613,49 @@ async def served_during(
     assert len(during) >= min_rounds * len(kinds), (
         f"only {len(during)} probes ran during the attack (it ended too soon): {report.probes}"
     )
+
+
+class BackgroundProber:
+    """:func:`served_during` for sync code (hypothesis): a thread asks ``GET /health`` on a
+    new connection every ``interval`` seconds while the ``with`` block runs; on exit every
+    probe must have been answered 200 within ``bound`` seconds, and at least ``min_probes``
+    must have run."""
+
+    def __init__(self, address: str, *, bound: float = PROMPT, interval: float = 0.1,
+                 min_probes: int = 3) -> None:
+        self.address = address
+        self.bound = bound
+        self.interval = interval
+        self.min_probes = min_probes
+        self.probes: list[tuple[float, int]] = []  # (seconds, status)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        request = b"GET /health HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n"
+        while not self._stop.wait(self.interval):
+            started = time.monotonic()
+            try:
+                status, _ = blocking_request(self.address, request, self.bound)
+            except OSError:
+                status = 0
+            self.probes.append((time.monotonic() - started, status))
+
+    def __enter__(self) -> BackgroundProber:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        deadline = time.monotonic() + self.bound * (self.min_probes + 1)
+        while len(self.probes) < self.min_probes and time.monotonic() < deadline:
+            time.sleep(self.interval)
+        self._stop.set()
+        self._thread.join(self.bound + 1)
+        if exc[0] is not None:
+            return
+        bad = [p for p in self.probes if p[1] != 200 or p[0] > self.bound]
+        assert not bad, f"second client not served promptly: {bad}"
+        assert len(self.probes) >= self.min_probes, self.probes
 
 
 # -- scripted upstreams ------------------------------------------------------------------------
