@@ -28,6 +28,7 @@ other test runs. A bound that fails one run in ten is a defect of the test.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -814,13 +815,15 @@ class ScriptedUpstream:
     """A raw HTTP/1.1 upstream on 127.0.0.1:<ephemeral>: each request is answered by
     ``handlers[model]`` (the request body's ``model``), else by ``default``. A handler writes
     whatever bytes it likes on the :class:`UpstreamConn`; if it leaves the connection open the
-    next request on it is read (keep-alive). ``requests`` records every request read."""
+    next request on it is read (keep-alive). ``requests`` keeps the last 64 requests read."""
 
     def __init__(self, handlers: Mapping[str, UpstreamHandler] | None = None,
                  default: UpstreamHandler = default_answer) -> None:
         self.handlers: dict[str, UpstreamHandler] = dict(handlers or {})
         self.default = default
-        self.requests: list[UpstreamRequest] = []
+        #: The last requests read (bounded: bodies may be large), and how many there were.
+        self.requests: collections.deque[UpstreamRequest] = collections.deque(maxlen=64)
+        self.count = 0
         self.address = ""
 
     @property
@@ -843,6 +846,7 @@ class ScriptedUpstream:
                 if request is None:
                     return
                 self.requests.append(request)
+                self.count += 1
                 handler = self.handlers.get(request.model, self.default)
                 await handler(request, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -879,7 +883,7 @@ class ThreadedUpstream:
     def __exit__(self, *exc: object) -> None:
         if self._token is not None and self._scope is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+                self._token.run_sync_soon(self._scope.cancel)  # from any thread
         self._thread.join(STEP)
 
 

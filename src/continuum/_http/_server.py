@@ -183,8 +183,6 @@ class _Parser:
         self.expect_continue = False
         self.content_length: int | None = None
         self.chunked = False
-        #: The request line's method once parsed ("" before).
-        self.method = ""
         self._url = b""
         self._headers: Headers = []
         self._header_bytes = 0
@@ -198,6 +196,11 @@ class _Parser:
         self.error: ProtocolError | None = None
 
     @property
+    def method(self) -> str:
+        """The method of the request being parsed ("" before its request line)."""
+        return self.parser.get_method().decode("latin-1") if self._url else ""
+
+    @property
     def path(self) -> str:
         """The path of the request being parsed ("" before its request line)."""
         return self._url.partition(b"?")[0].decode("latin-1")
@@ -208,7 +211,6 @@ class _Parser:
         self.expect_continue = False
         self.content_length = None
         self.chunked = False
-        self.method = ""
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -223,8 +225,6 @@ class _Parser:
         self._refuse(431, "Request header fields too large")
 
     def on_url(self, url: bytes) -> None:
-        if not self._url:
-            self.method = self.parser.get_method().decode("latin-1")
         self._header_bytes += len(url)
         if self._header_bytes > self.limits.max_header_size:
             self._too_large()
@@ -290,6 +290,7 @@ class _Parser:
         path, sep, query = url.partition(b"?")
         parser = self.parser
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []  # the pieces go now, not at the next request
         self.ready.append(
             Request(
                 parser.get_method().decode("latin-1"),
@@ -303,10 +304,16 @@ class _Parser:
         )
 
     def feed(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
-        size = len(view)
-        pos = 0
+        size = len(data)
         limit = self.limits.max_header_size
+        if size <= _HEAD_PIECE and not (self.in_message and self.headers_done):
+            # The usual read: one small request (or the start of one), in one piece.
+            self._head_completed = False
+            self._feed(data)
+            self._count_head(size, limit)
+            return
+        view = memoryview(data)
+        pos = 0
         while pos < size:
             if self.in_message and self.headers_done:
                 if self.content_length is not None and not self.chunked:
@@ -333,17 +340,21 @@ class _Parser:
             self._feed(view[pos:end])
             piece = min(end, size) - pos
             pos += piece
-            if self._head_completed:
-                # The piece that began an unfinished head is counted whole.
-                self._head_raw = piece if self.in_message and not self.headers_done else 0
-            else:
-                self._head_raw += piece
-            if self._head_raw > limit:
-                if self.in_message:
-                    self._too_large()
-                self._refuse(400, "Too many bytes between requests")
+            self._count_head(piece, limit)
 
-    def _feed(self, data: memoryview) -> None:
+    def _count_head(self, piece: int, limit: int) -> None:
+        """Count a piece fed between requests or inside a head against ``limit``."""
+        if self._head_completed:
+            # The piece that began an unfinished head is counted whole.
+            self._head_raw = piece if self.in_message and not self.headers_done else 0
+        else:
+            self._head_raw += piece
+        if self._head_raw > limit:
+            if self.in_message:
+                self._too_large()
+            self._refuse(400, "Too many bytes between requests")
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
