@@ -337,9 +337,21 @@ class RawClient:
         self.eof = False
 
     @classmethod
-    async def tcp(cls, address: str) -> RawClient:
+    async def tcp(cls, address: str, *, receive_buffer: int | None = None) -> RawClient:
+        """Connect; ``receive_buffer`` caps the socket's receive buffer (set before the
+        connect, so the advertised window stays small): a client that does not read then
+        holds at most that much, and the router's writes block soon."""
         host, _, port = address.rpartition(":")
-        return cls(await trio.open_tcp_stream(host.strip("[]"), int(port)))
+        if receive_buffer is None:
+            return cls(await trio.open_tcp_stream(host.strip("[]"), int(port)))
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        try:
+            await sock.connect((host, int(port)))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(trio.SocketStream(sock))
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)

@@ -9,8 +9,10 @@ Against a router process with ``server.write_timeout: 1s`` and ``request.idle_ti
 * bytes a client floods during its stream are not buffered (RSS stays bounded);
 * other clients are served throughout.
 
-Bounds: RSS within 32 MiB of the start once the attacks are over (104 MiB while six
-clients hold 8 MiB answers unread: one copy each, not two), and every descriptor back.
+Bounds, against RSS and descriptors at each case's start: RSS within 32 MiB once the attack
+is over (64 MiB after the 8 MiB answers, 128 MiB after the uploads: the allocator keeps part
+of what large bodies used; 104 MiB while six clients hold 8 MiB answers unread: one copy
+each, not two), and every descriptor back.
 """
 
 from __future__ import annotations
@@ -76,12 +78,11 @@ def router(upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
     config = router_config(
         [{"name": "scripted", "url": upstream.url,
           "models": ["endless-stream", "big-plain", "scripted"]}],
-        server={"write_timeout": "1s"},
+        server={"write_timeout": "1s", "keepalive_timeout": "3s"},
         request={"idle_timeout": "0.5s", "max_retries": 0},
         circuit_breaker={"enabled": True, "failure_threshold": 2},
     )
     with RouterProcess(config, tmp_path_factory.mktemp("slow-clients")) as process:
-        process.baseline = Usage.of(process)  # type: ignore[attr-defined]
         yield process
         process.assert_alive()
 
@@ -124,7 +125,7 @@ def check_chunk_framing(data: bytes) -> int:
 
 async def open_stream_unread(router: RouterProcess) -> RawClient:
     """A streaming request whose client reads the head and then nothing."""
-    client = await RawClient.tcp(router.address)
+    client = await RawClient.tcp(router.address, receive_buffer=16384)
     await client.send(http_request("POST", "/v1/chat/completions",
                                    chat_body("endless-stream", stream=True)))
     head = await client.read_head()
@@ -135,7 +136,7 @@ async def open_stream_unread(router: RouterProcess) -> RawClient:
 async def test_a_stream_nobody_reads_is_cut_cleanly_and_blames_no_backend(
     router: RouterProcess,
 ) -> None:
-    before = router.baseline  # type: ignore[attr-defined]
+    before = Usage.of(router)
     async with served_during(router.address):
         clients = [await open_stream_unread(router) for _ in range(3)]
         await trio.sleep(2.5)  # > idle_timeout + write_timeout, reading nothing
@@ -165,11 +166,12 @@ async def _read_all(client: RawClient) -> bytes:
 async def test_large_plain_answers_nobody_reads_are_dropped_after_the_write_timeout(
     router: RouterProcess,
 ) -> None:
-    before = router.baseline  # type: ignore[attr-defined]
+    before = Usage.of(router)
     async with served_during(router.address):
         clients = []
         for _ in range(6):
-            client = await RawClient.tcp(router.address)
+            # A small receive buffer: the kernel must not hold the whole answer for it.
+            client = await RawClient.tcp(router.address, receive_buffer=16384)
             await client.send(http_request("POST", "/v1/chat/completions",
                                            chat_body("big-plain")))
             clients.append(client)
@@ -185,7 +187,8 @@ async def test_large_plain_answers_nobody_reads_are_dropped_after_the_write_time
         assert received < BIG, "a client that read nothing got the whole answer"
         await client.aclose()
     await assert_backend_not_blamed(router)
-    await assert_bounded(router, before, rss_mib=32)
+    # The answers are gone; the allocator may keep part of what they used.
+    await assert_bounded(router, before, rss_mib=64)
 
 
 async def test_a_slow_steady_reader_gets_the_whole_large_answer(router: RouterProcess) -> None:
@@ -213,7 +216,7 @@ async def test_a_slow_steady_reader_gets_the_whole_large_answer(router: RouterPr
 
 
 async def test_flooding_bytes_during_a_stream_is_not_buffered(router: RouterProcess) -> None:
-    before = router.baseline  # type: ignore[attr-defined]
+    before = Usage.of(router)
     flooded = 0
     async with served_during(router.address):
         client = await RawClient.tcp(router.address)
@@ -246,7 +249,7 @@ async def test_flooding_bytes_during_a_stream_is_not_buffered(router: RouterProc
 
 
 async def test_a_client_that_resets_mid_stream_frees_everything(router: RouterProcess) -> None:
-    before = router.baseline  # type: ignore[attr-defined]
+    before = Usage.of(router)
     for _ in range(5):
         client = await open_stream_unread(router)
         await client.fill()
