@@ -7,6 +7,10 @@ python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } el
 test *ARGS:
     {{python}} -m pytest {{ARGS}}
 
+# The adversarial suite alone: hostile clients and upstreams against a router process
+adversarial *ARGS:
+    {{python}} -m pytest tests/adversarial {{ARGS}}
+
 # Lint and type-check
 lint:
     {{python}} -m ruff check src tests benches
