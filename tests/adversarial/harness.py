@@ -20,7 +20,8 @@ The pieces:
   chat completion on fresh connections) while an attack runs, and fails the case when a probe
   is not answered within :data:`PROMPT` seconds or none ran during the attack.
 * :func:`assert_bounded` checks RSS growth and open descriptors against stated bounds, and
-  that the process is still alive.
+  that the process is still alive; :func:`case_guard` does it around every case of a module
+  (as an autouse fixture), with a second client probing ``/health`` throughout.
 
 Bounds are generous on purpose: the machine running the suite may have two cores shared with
 other test runs. A bound that fails one run in ten is a defect of the test.
@@ -669,6 +670,27 @@ class BackgroundProber:
         bad = [p for p in self.probes if p[1] != 200 or p[0] > self.bound]
         assert not bad, f"second client not served promptly: {bad}"
         assert len(self.probes) >= self.min_probes, self.probes
+
+
+@contextlib.contextmanager
+def case_guard(router: RouterProcess, *, rss_mib: float = 160.0, fds: int = 8
+               ) -> Iterator[BackgroundProber]:
+    """Around one case (an autouse fixture in each module): a second client probes
+    ``/health`` throughout (:class:`BackgroundProber`); afterwards the router is alive, holds
+    at most ``fds`` more descriptors than before (once connections have closed) and its RSS
+    grew by at most ``rss_mib`` (a loose bound: cases state tighter ones of their own)."""
+    router.assert_alive()
+    before = Usage.of(router)
+    with BackgroundProber(router.address, min_probes=1) as prober:
+        yield prober
+    router.assert_alive()
+    deadline = time.monotonic() + STEP
+    while router.fd_count() > before.fds + fds and time.monotonic() < deadline:
+        time.sleep(0.05)
+    count = router.fd_count()
+    assert count <= before.fds + fds, f"{count} fds open after the case, {before.fds} before"
+    grown = (router.rss_kib() - before.rss_kib) / 1024
+    assert grown <= rss_mib, f"RSS grew by {grown:.1f} MiB in one case (bound {rss_mib})"
 
 
 # -- scripted upstreams ------------------------------------------------------------------------
