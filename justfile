@@ -7,6 +7,10 @@ python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } el
 test *ARGS:
     {{python}} -m pytest {{ARGS}}
 
+# Run only the adversarial suite: hostile clients and upstreams against a router process
+adversarial *ARGS:
+    {{python}} -m pytest tests/adversarial {{ARGS}}
+
 # Check the code: ruff lint on src, tests and benches, then mypy (strict)
 lint:
     {{python}} -m ruff check src tests benches

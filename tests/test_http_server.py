@@ -7,15 +7,20 @@ so what is asserted is what a client of the router sees on the wire.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from adversarial.harness import RawClient, Response
 from continuum import RouterHandle
+from continuum._errors import render_error
+from continuum._http._listeners import HTTPServer, open_listeners
+from continuum._http._server import HTTPLimits, Request, ServerConnection
 from continuum.mock import MockUpstream
 from helpers import router_config, start_mock, start_router
 
@@ -472,3 +477,109 @@ async def test_shutdown_closes_idle_connections_and_finishes_in_flight_ones(
     # The listener is gone: new connections are refused.
     with pytest.raises(OSError):
         await RawClient.tcp(address)
+
+
+# -- HEAD and request ids on a reused connection (httpx) ----------------------------------------
+
+
+async def test_head_keeps_an_httpx_connection_usable(nursery: trio.Nursery) -> None:
+    handle, _ = await router_with_mock(nursery)
+    async with httpx.AsyncClient(base_url=handle.url, timeout=HANG_GUARD,
+                                 limits=httpx.Limits(max_connections=1)) as client:
+        for path in ("/health", "/v1/models", "/admin/health"):
+            head = await client.head(path)
+            assert head.status_code == 200 and head.content == b""
+            assert int(head.headers["content-length"]) > 0
+            get = await client.get(path)  # same connection: nothing stray was left on it
+            assert get.status_code == 200
+        refused = await client.head("/v1/chat/completions")
+        assert refused.status_code == 405 and refused.content == b""
+        assert refused.headers["allow"] == "POST"
+        assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_every_answer_on_a_reused_httpx_connection_has_its_own_id(
+    nursery: trio.Nursery,
+) -> None:
+    handle, _ = await router_with_mock(nursery, max_header_size=4096)
+    async with httpx.AsyncClient(base_url=handle.url, timeout=HANG_GUARD,
+                                 limits=httpx.Limits(max_connections=1)) as client:
+        ids = []
+        for _ in range(3):
+            response = await client.get("/health")
+            ids.append(response.headers["x-request-id"])
+        chat = await client.post("/v1/chat/completions", content=chat_body("hi"))
+        ids.append(chat.headers["x-request-id"])
+        too_large = await client.get("/health", headers={"x-big": "b" * 8000})
+        assert too_large.status_code == 431
+        ids.append(too_large.headers["x-request-id"])
+        mine = await client.get("/health", headers={"x-request-id": "client-chosen-1"})
+        assert mine.headers["x-request-id"] == "client-chosen-1"
+    assert len(set(ids)) == len(ids), ids
+    raw = await RawClient.tcp(first_address(handle))
+    with trio.fail_after(HANG_GUARD):
+        await raw.send(HEALTH)
+        response = await raw.read_response()
+    await raw.aclose()
+    assert len([v for k, v in response.headers if k == "x-request-id"]) == 1
+
+
+# -- the connection guard -------------------------------------------------------------------------
+
+
+async def test_an_exception_in_a_handler_is_logged_once_and_answered_500(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing a request raises ends the server: the guard in ServerConnection.serve logs it
+    once, with the request id, answers 500, and the next connection is served."""
+
+    async def broken(request: Request, conn: ServerConnection) -> None:
+        conn.request_id = b"req-guard-1"
+        raise ValueError("a bug in a handler")
+
+    listeners = await open_listeners(["127.0.0.1:0"])
+    server = HTTPServer(listeners, broken, HTTPLimits(), render_error=render_error)
+    nursery.start_soon(server.run)
+    address = server.addresses[0]
+    for _ in range(2):
+        client = await RawClient.tcp(address)
+        with trio.fail_after(HANG_GUARD):
+            await client.send(HEALTH)
+            response = await client.read_response()
+            assert await client.at_eof()
+        await client.aclose()
+        assert_openai_error(response, 500)
+        assert response.header("x-request-id") == "req-guard-1"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, [r.getMessage() for r in errors]  # once per failed request
+    assert all("req-guard-1" in r.getMessage() and r.exc_info for r in errors)
+    server.drain()
+
+
+async def test_an_exception_in_the_ingress_access_log_does_not_end_the_router(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The original crash path: an exception raised after the answer (the access log) once
+    escaped the server's nursery. Now one connection ends, logged once; the router goes on."""
+    from continuum.actors.ingress import Ingress
+
+    calls = 0
+
+    def exploding(*args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(Ingress, "_log_access", exploding)
+    handle, _ = await router_with_mock(nursery)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        await client.send(HEALTH)
+        assert (await client.read_response()).status == 200
+        assert await client.at_eof()  # the guard closed that connection
+    await client.aclose()
+    async with httpx.AsyncClient(base_url=handle.url, timeout=HANG_GUARD) as http_client:
+        assert (await http_client.get("/health")).status_code == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]

@@ -142,6 +142,7 @@ class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     max_request_body_size: Size = 10485760
     max_header_size: Size = 65536
     request_read_timeout: PositiveDuration = 30.0
+    write_timeout: PositiveDuration = 60.0
     shutdown_timeout: Duration = 30.0
 
 

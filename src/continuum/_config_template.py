@@ -20,6 +20,7 @@ server:
   max_request_body_size: 10MiB      # larger request bodies get 413
   max_header_size: 64KiB            # larger request heads get 431
   request_read_timeout: 30s         # a client must deliver a whole request within this (else 408)
+  write_timeout: 60s                # a client that accepts no bytes of an answer for this long is disconnected
   shutdown_timeout: 30s             # graceful drain deadline on shutdown
 
 request:

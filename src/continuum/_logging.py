@@ -4,12 +4,14 @@ how a client-given value may appear in a log line (:func:`loggable`)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
 import msgspec
 
 from ._config import LoggingConfig
+from ._workers import ENV_WORKER
 
 _LEVELS = {
     "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
@@ -33,12 +35,18 @@ def loggable(text: str, limit: int = LOGGED_VALUE_MAX) -> str:
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg (and exc when there is one).
+    """One JSON object per line: ts, level, logger, msg (and exc when there is one), and
+    ``worker`` (its index) in a worker of ``server.workers: N``.
 
-    An access line (``continuum.access``) also carries its fields as top-level keys
+    An access line (``continuum.access``) carries its fields as top-level keys
     (request_id, method, path, status, model, backend, duration_ms, upstream_ms, attempts,
-    stream, bytes_out).
+    stream, bytes_out); its ``msg`` is only ``"<method> <path> <status>"``, not the whole
+    text line again.
     """
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -46,23 +54,35 @@ class JSONFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         access = getattr(record, "access", None)
         if isinstance(access, dict):
+            entry["msg"] = f"{access.get('method')} {access.get('path')} {access.get('status')}"
             entry.update(access)
+        else:
+            entry["msg"] = record.getMessage()
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _encode(entry).decode()
 
 
+def worker_index() -> int | None:
+    """This process's worker index when it is one of ``server.workers``, else None."""
+    value = os.environ.get(ENV_WORKER, "")
+    return int(value) if value.isdigit() else None
+
+
 def configure_logging(config: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    worker = worker_index()
     if config.format == "json":
-        handler.setFormatter(JSONFormatter())
+        handler.setFormatter(JSONFormatter(worker))
     else:
+        who = "" if worker is None else f"worker {worker} "
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+            logging.Formatter(f"%(asctime)s %(levelname)-7s {who}%(name)s: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -32,6 +32,7 @@ from ._errors import RouterError, openai_error_body, quoted
 from ._http._client import Exchange, Headers, UpstreamError
 from ._http._server import ProtocolError, Request, ServerConnection
 from ._http._watch import ClientWatch
+from ._jsondepth import MAX_JSON_DEPTH, json_too_deep_yielding
 from ._providers._types import StreamTranslator, TranslationError
 from ._providers.anthropic import anthropic_error_body
 from ._retry import Backoff, parse_retry_after
@@ -74,6 +75,7 @@ _EVENT_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
 _CHAIN_CACHE_MAX: Final = 4096
 #: The ``code`` of a pass-through stream's error event, by status.
 _STREAM_ERROR_CODES: Final = {502: "bad_gateway", 503: "shutting_down", 504: "upstream_timeout"}
+_NO_DEADLINE: Final = math.inf
 
 
 class Peek(msgspec.Struct):
@@ -179,7 +181,7 @@ class RequestState:
     """What one request's handling learns on the way, for headers, metrics, logs and
     spans: filled by the Proxy, read by the Ingress when the request ends."""
 
-    __slots__ = ("bytes_out", "completion_tokens", "failed_over", "id", "max_gap",
+    __slots__ = ("bytes_out", "completion_tokens", "failed_over", "id", "max_gap", "model",
                  "prompt_tokens", "retried", "span", "started", "stream", "ttft",
                  "upstream")
 
@@ -193,6 +195,8 @@ class RequestState:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.bytes_out = 0
+        #: The model the client asked for (for the access log: no body is parsed twice).
+        self.model = ""
         self.retried: list[str] | None = None
         self.failed_over: list[str] | None = None
         self.span: Any = None  # the ingress span when tracing exports spans
@@ -390,8 +394,14 @@ class Proxy:
 
     async def handle(self, request: Request, conn: ServerConnection,
                      state: RequestState) -> Served:
+        body = request.body
+        # Before any decoder sees the body: deep nesting is refused by one fixed rule (see
+        # _jsondepth), so no decode of it anywhere can hit Python's recursion limit.
+        if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
+            raise RouterError(400, f"Request body nesting too deep: at most {MAX_JSON_DEPTH} "
+                              "levels of arrays and objects")
         try:
-            peek = decode_peek(request.body)
+            peek = decode_peek(body)
         except msgspec.ValidationError as exc:
             raise RouterError(400, f"Invalid request body: {exc}") from None
         except msgspec.DecodeError:
@@ -400,6 +410,7 @@ class Proxy:
         if not model:
             raise RouterError(400, "You must provide a 'model' parameter", param="model",
                               code="missing_model")
+        state.model = model
         chain = self._chain(model, request.path)
         hash_key = self._hash_key(request, peek) if self._hash_key is not None else None
         # request.timeout covers every attempt's connect, head and plain body. When it
@@ -424,10 +435,8 @@ class Proxy:
             return answer
         conn.disarm_timer()
         headers = answer.headers
-        headers.append((b"x-request-id", state.id))
         headers.append((b"x-continuum-overhead-ms",
                         overhead_ms(clock() - state.started - state.upstream)))
-        state.bytes_out = len(answer.body)
         await conn.send_response(answer.status, headers, answer.body)
         return answer.served
 
@@ -447,10 +456,8 @@ class Proxy:
         stored, outcome = await self._dedup.run(key, produce)
         conn.disarm_timer()
         headers = [*stored.headers, (b"x-continuum-dedup", outcome.encode()),
-                   (b"x-request-id", state.id),
                    (b"x-continuum-overhead-ms",
                     overhead_ms(clock() - state.started - state.upstream))]
-        state.bytes_out = len(stored.body)
         await conn.send_response(stored.status, headers, stored.body)
         if produced:
             return produced[0]
@@ -629,7 +636,6 @@ class Proxy:
                     return _TimedOut(message) if isinstance(error, _TimedOut) else message
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
                 out_headers = self._response_headers(exchange.headers, backend, model)
-                out_headers.append((b"x-request-id", state.id))
                 # Router time so far: everything before this attempt's upstream call
                 # that was not an earlier attempt's upstream time.
                 out_headers.append((b"x-continuum-overhead-ms",
@@ -771,18 +777,25 @@ class Proxy:
 
         Returns True when the stream completed, False when the upstream failed, broke off
         or timed out (the client got an error event and the stream's end), None when the
-        client went away. A client that goes away cancels the upstream read at once (the
-        watcher), and the half-read upstream connection is closed, never pooled.
+        client went away or could not keep up (``server.write_timeout``, or a deadline that
+        passed while a write to it was blocked): that is not the backend's doing, and the
+        connection is closed, never sent more after a chunk that may be partial.
+
+        A client that goes away (a reset) cancels the upstream read at once (the watcher),
+        and the half-read upstream connection is closed, never pooled. A client that only
+        half-closes (EOF after its request) still gets the whole stream. While the client
+        does not read, the upstream is not read either: the forwarder is blocked in the
+        write, and TCP (or HTTP/2 flow control) holds the backend back.
         """
         ending = b""
         ok = False
         client_gone = False
+        sending = False  # a write to the client is under way (it may be cut mid-chunk)
         # Stream metrics cost a few float operations per chunk (the clock is read anyway
-        # for the idle timer): the first chunk's time, the longest gap, bytes sent, and the
-        # last three chunks kept by reference for the usage scan at the end.
+        # for the idle timer): the first chunk's time, the longest gap, and the last three
+        # chunks kept by reference for the usage scan at the end.
         first = 0.0
         max_gap = -1.0
-        sent = 0
         head = c1 = c2 = c3 = b""
         try:
             await conn.start_chunked(200, headers)
@@ -790,16 +803,18 @@ class Proxy:
 
                 async def watch() -> None:
                     nonlocal client_gone
-                    await conn.watch_disconnect()
-                    client_gone = True
-                    nursery.cancel_scope.cancel()
+                    if await conn.watch_disconnect():
+                        client_gone = True
+                        nursery.cancel_scope.cancel()
+                    # A clean EOF is a half-close: the answer still goes out.
 
                 nursery.start_soon(watch)
                 end = trio.current_time() + self._streaming_timeout
                 idle = self._idle_timeout
                 try:
                     # One scope for the stream; the idle gap between chunks is a connection
-                    # timer moved per chunk (a float write), not a trio deadline.
+                    # timer moved per chunk (a float write), not a trio deadline. It covers
+                    # the upstream read only: writes have server.write_timeout.
                     with trio.CancelScope(deadline=end) as scope:
                         receive, send, feed = (exchange.receive_some, conn.send_chunk,
                                                translator.feed)
@@ -807,12 +822,14 @@ class Proxy:
                         while True:
                             conn.arm_timer(now + idle, scope=scope)
                             data = await receive()
+                            conn.deadline = _NO_DEADLINE
                             if not data:
                                 break
                             out = feed(data)
                             if out:
+                                sending = True
                                 await send(out)
-                                sent += len(out)
+                                sending = False
                                 c1, c2, c3 = c2, c3, out
                             now = clock()
                             if first:
@@ -824,16 +841,19 @@ class Proxy:
                             last = now
                     conn.disarm_timer()
                     if scope.cancelled_caught:
-                        status = 504
-                        if self.stopping:  # stop_streams: the drain deadline is near
-                            status, message = 503, "The router is shutting down"
-                        elif trio.current_time() >= end:
-                            message = (f"Stream exceeded request.streaming_timeout "
-                                       f"({self._streaming_timeout:g}s)")
+                        if sending:
+                            client_gone = True  # cut while the client held up a write
                         else:
-                            message = (f"Upstream sent nothing for {idle:g}s "
-                                       "(request.idle_timeout)")
-                        ending = translator.error(status, message)
+                            status = 504
+                            if self.stopping:  # stop_streams: the drain deadline is near
+                                status, message = 503, "The router is shutting down"
+                            elif trio.current_time() >= end:
+                                message = (f"Stream exceeded request.streaming_timeout "
+                                           f"({self._streaming_timeout:g}s)")
+                            else:
+                                message = (f"Upstream sent nothing for {idle:g}s "
+                                           "(request.idle_timeout)")
+                            ending = translator.error(status, message)
                     else:
                         ending = translator.finish()
                         ok = not getattr(translator, "truncated", False)
@@ -847,15 +867,20 @@ class Proxy:
             conn.disarm_timer()
             backend.finish(exchange, None)
             raise
+        # The exchange is closed either way (a half-read stream is never pooled); a client
+        # that left or could not keep up is no failure of the backend's (the outcome is
+        # recorded by the caller).
         backend.finish(exchange, None)
         if first:
             state.ttft = first - state.started
             state.max_gap = max_gap
-        state.bytes_out = sent + len(ending)
         if client_gone:
             conn.closing = True
             return None
-        await conn.end_chunked(ending)
+        try:
+            await conn.end_chunked(ending)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.closing = True  # the upstream's outcome stands; the client left at the end
         if ok:
             tokens = usage_from_sse_tail(c1 + c2 + c3 + ending)
             if tokens is not None:

@@ -20,7 +20,8 @@ The pieces:
   chat completion on fresh connections) while an attack runs, and fails the case when a probe
   is not answered within :data:`PROMPT` seconds or none ran during the attack.
 * :func:`assert_bounded` checks RSS growth and open descriptors against stated bounds, and
-  that the process is still alive.
+  that the process is still alive; :func:`case_guard` does it around every case of a module
+  (as an autouse fixture), with a second client probing ``/health`` throughout.
 
 Bounds are generous on purpose: the machine running the suite may have two cores shared with
 other test runs. A bound that fails one run in ten is a defect of the test.
@@ -28,6 +29,7 @@ other test runs. A bound that fails one run in ten is a defect of the test.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -205,6 +207,19 @@ class RouterProcess:
     def log_since(self, mark: int) -> str:
         return self.log()[mark:]
 
+    async def log_lines(self, mark: int, needle: str, count: int = 1,
+                        timeout: float = STEP) -> list[str]:
+        """The log lines since ``mark`` that contain ``needle``, once there are ``count`` of
+        them (the router writes a request's access line after its answer has gone out)."""
+        lines: list[str] = []
+        with trio.move_on_after(timeout):
+            while True:
+                lines = [line for line in self.log_since(mark).splitlines() if needle in line]
+                if len(lines) >= count:
+                    break
+                await trio.sleep(0.02)
+        return lines
+
 
 @dataclass
 class Usage:
@@ -243,8 +258,10 @@ async def assert_bounded(
 # -- clients ------------------------------------------------------------------------------------
 
 
-def blocking_request(address: str, data: bytes, timeout: float) -> tuple[int, bytes]:
-    """Send ``data`` on a new blocking socket, read until the peer closes or ``timeout``;
+def blocking_request(address: str, data: bytes, timeout: float, *, half_close: bool = False
+                     ) -> tuple[int, bytes]:
+    """Send ``data`` on a new blocking socket (then shut down writing, with
+    ``half_close``), read until the peer closes, one whole answer is in, or ``timeout``;
     returns (status of the first answer or 0, everything read). For sync code (fixtures,
     hypothesis)."""
     host, _, port = address.rpartition(":")
@@ -252,6 +269,8 @@ def blocking_request(address: str, data: bytes, timeout: float) -> tuple[int, by
         sock.settimeout(timeout)
         with contextlib.suppress(OSError):
             sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         chunks = []
         deadline = time.monotonic() + timeout
         with contextlib.suppress(OSError):
@@ -319,9 +338,21 @@ class RawClient:
         self.eof = False
 
     @classmethod
-    async def tcp(cls, address: str) -> RawClient:
+    async def tcp(cls, address: str, *, receive_buffer: int | None = None) -> RawClient:
+        """Connect; ``receive_buffer`` caps the socket's receive buffer (set before the
+        connect, so the advertised window stays small): a client that does not read then
+        holds at most that much, and the router's writes block soon."""
         host, _, port = address.rpartition(":")
-        return cls(await trio.open_tcp_stream(host.strip("[]"), int(port)))
+        if receive_buffer is None:
+            return cls(await trio.open_tcp_stream(host.strip("[]"), int(port)))
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        try:
+            await sock.connect((host, int(port)))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(trio.SocketStream(sock))
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -436,6 +467,22 @@ class RawClient:
         await trio.aclose_forcefully(self.stream)
 
 
+async def status_while_flooding(address: str, opening: bytes, repeat: bytes,
+                                timeout: float = STEP) -> int:
+    """Send ``opening``, then ``repeat`` over and over (as fast as the router takes it)
+    until the router answers or closes: that status, or 0 for a close without one."""
+    with trio.fail_after(timeout):
+        async with raw_client(address) as client, trio.open_nursery() as nursery:
+            async def flood() -> None:
+                if await client.try_send(opening):
+                    while await client.try_send(repeat):
+                        pass
+            nursery.start_soon(flood)
+            status = await client.status_or_close()
+            nursery.cancel_scope.cancel()
+            return status
+
+
 @contextlib.asynccontextmanager
 async def raw_client(address: str) -> AsyncIterator[RawClient]:
     client = await RawClient.tcp(address)
@@ -477,14 +524,17 @@ async def one_request(address: str, data: bytes, timeout: float = STEP) -> Respo
     """Send ``data`` on a new connection; the first answer, or None if the router closed
     without one."""
     with trio.fail_after(timeout):
-        async with raw_client(address) as client:
-            await client.send(data)
+        async with raw_client(address) as client, trio.open_nursery() as nursery:
+            # Sent beside the read: the router may answer (413) before taking it all.
+            nursery.start_soon(client.try_send, data)
             try:
                 return await client.read_response(head_only=data.startswith(b"HEAD "))
             except AssertionError:
                 if client.eof and not client.buffer:
                     return None
                 raise
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 def assert_error_shape(response: Response, status: int, *, anthropic: bool = False) -> None:
@@ -577,6 +627,70 @@ async def served_during(
     assert len(during) >= min_rounds * len(kinds), (
         f"only {len(during)} probes ran during the attack (it ended too soon): {report.probes}"
     )
+
+
+class BackgroundProber:
+    """:func:`served_during` for sync code (hypothesis): a thread asks ``GET /health`` on a
+    new connection every ``interval`` seconds while the ``with`` block runs; on exit every
+    probe must have been answered 200 within ``bound`` seconds, and at least ``min_probes``
+    must have run."""
+
+    def __init__(self, address: str, *, bound: float = PROMPT, interval: float = 0.1,
+                 min_probes: int = 3) -> None:
+        self.address = address
+        self.bound = bound
+        self.interval = interval
+        self.min_probes = min_probes
+        self.probes: list[tuple[float, int]] = []  # (seconds, status)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        request = b"GET /health HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n"
+        while not self._stop.wait(self.interval):
+            started = time.monotonic()
+            try:
+                status, _ = blocking_request(self.address, request, self.bound)
+            except OSError:
+                status = 0
+            self.probes.append((time.monotonic() - started, status))
+
+    def __enter__(self) -> BackgroundProber:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        deadline = time.monotonic() + self.bound * (self.min_probes + 1)
+        while len(self.probes) < self.min_probes and time.monotonic() < deadline:
+            time.sleep(self.interval)
+        self._stop.set()
+        self._thread.join(self.bound + 1)
+        if exc[0] is not None:
+            return
+        bad = [p for p in self.probes if p[1] != 200 or p[0] > self.bound]
+        assert not bad, f"second client not served promptly: {bad}"
+        assert len(self.probes) >= self.min_probes, self.probes
+
+
+@contextlib.contextmanager
+def case_guard(router: RouterProcess, *, rss_mib: float = 160.0, fds: int = 8
+               ) -> Iterator[BackgroundProber]:
+    """Around one case (an autouse fixture in each module): a second client probes
+    ``/health`` throughout (:class:`BackgroundProber`); afterwards the router is alive, holds
+    at most ``fds`` more descriptors than before (once connections have closed) and its RSS
+    grew by at most ``rss_mib`` (a loose bound: cases state tighter ones of their own)."""
+    router.assert_alive()
+    before = Usage.of(router)
+    with BackgroundProber(router.address, min_probes=1) as prober:
+        yield prober
+    router.assert_alive()
+    deadline = time.monotonic() + STEP
+    while router.fd_count() > before.fds + fds and time.monotonic() < deadline:
+        time.sleep(0.05)
+    count = router.fd_count()
+    assert count <= before.fds + fds, f"{count} fds open after the case, {before.fds} before"
+    grown = (router.rss_kib() - before.rss_kib) / 1024
+    assert grown <= rss_mib, f"RSS grew by {grown:.1f} MiB in one case (bound {rss_mib})"
 
 
 # -- scripted upstreams ------------------------------------------------------------------------
@@ -735,13 +849,15 @@ class ScriptedUpstream:
     """A raw HTTP/1.1 upstream on 127.0.0.1:<ephemeral>: each request is answered by
     ``handlers[model]`` (the request body's ``model``), else by ``default``. A handler writes
     whatever bytes it likes on the :class:`UpstreamConn`; if it leaves the connection open the
-    next request on it is read (keep-alive). ``requests`` records every request read."""
+    next request on it is read (keep-alive). ``requests`` keeps the last 64 requests read."""
 
     def __init__(self, handlers: Mapping[str, UpstreamHandler] | None = None,
                  default: UpstreamHandler = default_answer) -> None:
         self.handlers: dict[str, UpstreamHandler] = dict(handlers or {})
         self.default = default
-        self.requests: list[UpstreamRequest] = []
+        #: The last requests read (bounded: bodies may be large), and how many there were.
+        self.requests: collections.deque[UpstreamRequest] = collections.deque(maxlen=64)
+        self.count = 0
         self.address = ""
 
     @property
@@ -764,6 +880,7 @@ class ScriptedUpstream:
                 if request is None:
                     return
                 self.requests.append(request)
+                self.count += 1
                 handler = self.handlers.get(request.model, self.default)
                 await handler(request, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -800,7 +917,7 @@ class ThreadedUpstream:
     def __exit__(self, *exc: object) -> None:
         if self._token is not None and self._scope is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+                self._token.run_sync_soon(self._scope.cancel)  # from any thread
         self._thread.join(STEP)
 
 

@@ -14,7 +14,15 @@ from typing import final
 import trio
 
 from .._clock import now as clock
-from ._server import DateCache, ErrorRenderer, Handler, HTTPLimits, ServerConnection, _plain_error
+from ._server import (
+    DateCache,
+    ErrorRenderer,
+    Handler,
+    HTTPLimits,
+    Refuser,
+    ServerConnection,
+    _plain_error,
+)
 
 log = logging.getLogger("continuum.http")
 
@@ -131,6 +139,7 @@ class HTTPServer:
         *,
         shutdown_timeout: float = 30.0,
         render_error: ErrorRenderer = _plain_error,
+        refuse: Refuser | None = None,
         timer_resolution: float | None = None,
         unlink_unix: bool = True,
     ) -> None:
@@ -141,6 +150,7 @@ class HTTPServer:
         self._limits = limits
         self._shutdown_timeout = shutdown_timeout
         self._render_error = render_error
+        self._refuse = refuse
         self._dates = DateCache()
         if timer_resolution is None:
             timer_resolution = min(limits.keepalive_timeout, limits.request_read_timeout) / 10
@@ -228,7 +238,8 @@ class HTTPServer:
                 raise
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = ServerConnection(stream, self._limits, self._dates, self._render_error)
+        conn = ServerConnection(stream, self._limits, self._dates, self._render_error,
+                                self._refuse)
         if self._draining.is_set():
             conn.closing = True
         self.connections.add(conn)

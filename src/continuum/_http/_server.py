@@ -5,10 +5,24 @@ Why not h11 or hypercorn: DESIGN.md measured a bare trio+httptools server at ~4x
 upstream share: it parses requests (pipelined ones answered in order), enforces the size
 and time limits, and gives the handler a :class:`ServerConnection` to answer on with one
 ``send_all`` per response where possible.
+
+What one connection can never do to the others (see docs/operations.md, "Limits and
+timeouts"):
+
+* hold the event loop: reads yield regularly (:mod:`._fastio`), and an unfinished head is fed
+  to the parser in pieces of at most :data:`_HEAD_PIECE` bytes and refused (431) once it
+  passes ``max_header_size`` — httptools copies a header value that arrives in pieces on
+  every piece, so an unbounded one would cost quadratic time;
+* grow memory without bound: bytes a client sends during a streamed answer are kept up to
+  :data:`_WATCH_BUFFER`, then it is no longer read (TCP pushes back);
+* stall a write forever: a client that accepts nothing for ``write_timeout`` is dropped;
+* end the server: whatever a handler raises is logged once and answered 500 (if nothing was
+  sent yet) on that connection only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -31,6 +45,22 @@ Headers = list[tuple[bytes, bytes]]
 
 _RECEIVE_SIZE: Final = 65536
 _CHECKPOINT_EVERY: Final = 8
+#: An unfinished head is fed to the parser at most this many bytes at a time. (A pipelined
+#: request's head may be over-counted by up to this much: the piece that began it is counted
+#: whole.)
+_HEAD_PIECE: Final = 4096
+#: Bytes kept from a client while its streamed answer runs (a pipelined request, usually);
+#: past this, the client is not read until the stream ends.
+_WATCH_BUFFER: Final = 65536
+#: Bodies up to this size are copied behind the head and sent with one ``send``; larger ones
+#: go out with the head in one ``sendmsg``, uncopied.
+_COPY_BODY_MAX: Final = 16384
+#: After refusing a request whose body may still be on its way, the connection reads and
+#: drops up to this many bytes for up to this long before it closes: closing with unread
+#: input would reset the connection, and the client might never see the answer.
+_LINGER_BYTES: Final = 1 << 20
+_LINGER_SECONDS: Final = 1.0
+_INF: Final = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +71,8 @@ class HTTPLimits:
     max_body_size: int = 10 * 1024 * 1024
     request_read_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    #: A client that accepts no bytes of an answer for this long is disconnected.
+    write_timeout: float = 60.0
 
 
 @final
@@ -86,6 +118,18 @@ class ProtocolError(Exception):
         self.body = body
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An answer the HTTP layer makes itself, for a request no handler saw (400, 408, 413,
+    431, 501): what is known of that request, for its error body, id and log line."""
+
+    status: int
+    message: str
+    method: str  # "" when the request line was not parsed
+    path: str  # "" when unknown
+    started: float  # clock() at the request's first byte (or when it was refused)
+
+
 def _status_line(status: int) -> bytes:
     try:
         phrase = HTTPStatus(status).phrase
@@ -121,7 +165,14 @@ class DateCache:
 
 
 class _Parser:
-    """httptools callbacks; completed requests queue up in ``ready`` (pipelining)."""
+    """httptools callbacks; completed requests queue up in ``ready`` (pipelining).
+
+    :meth:`feed` bounds what httptools is given: an unfinished head (or the bytes between
+    requests) in pieces of :data:`_HEAD_PIECE`, counted against ``max_header_size``; a
+    content-length body up to its end exactly, so the next request's head is counted from
+    its first byte; a chunked body whole, but framing that makes no progress (a trailer or
+    chunk line that never ends) is counted against ``max_header_size`` too.
+    """
 
     def __init__(self, limits: HTTPLimits) -> None:
         self.limits = limits
@@ -131,27 +182,47 @@ class _Parser:
         self.headers_done = False
         self.expect_continue = False
         self.content_length: int | None = None
+        self.chunked = False
         self._url = b""
         self._headers: Headers = []
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        #: Bytes fed since the last head completed, while no head completed (see ``feed``).
+        self._head_raw = 0
+        self._head_completed = False
+        self._progress = False
+        self._stalled = 0
         self.error: ProtocolError | None = None
+
+    @property
+    def method(self) -> str:
+        """The method of the request being parsed ("" before its request line)."""
+        return self.parser.get_method().decode("latin-1") if self._url else ""
+
+    @property
+    def path(self) -> str:
+        """The path of the request being parsed ("" before its request line)."""
+        return self._url.partition(b"?")[0].decode("latin-1")
 
     def on_message_begin(self) -> None:
         self.in_message = True
         self.headers_done = False
         self.expect_continue = False
         self.content_length = None
+        self.chunked = False
         self._url = b""
         self._headers = []
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
 
-    def _too_large(self) -> None:
-        self.error = ProtocolError(431, "Request header fields too large")
+    def _refuse(self, status: int, message: str) -> None:
+        self.error = ProtocolError(status, message)
         raise self.error
+
+    def _too_large(self) -> None:
+        self._refuse(431, "Request header fields too large")
 
     def on_url(self, url: bytes) -> None:
         self._header_bytes += len(url)
@@ -163,28 +234,55 @@ class _Parser:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.limits.max_header_size:
             self._too_large()
+        if self.headers_done:
+            # A chunked body's trailer field: never a request header (it would reach auth
+            # and go upstream), only counted.
+            self._progress = True
+            return
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        self._head_completed = True
+        hosts = 0
+        encoding: bytes | None = None
         for name, value in self._headers:
             if name == b"content-length":
                 try:
                     self.content_length = int(value)
                 except ValueError:
                     self.content_length = None
+            elif name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                encoding = value if encoding is None else encoding + b"," + value
             elif name == b"expect" and value.lower() == b"100-continue":
                 self.expect_continue = True
+        if encoding is not None:
+            if encoding.strip().lower() != b"chunked":
+                # Only plain chunked framing: a coding we would pass on undecoded
+                # (gzip, chunked) is refused, as RFC 9112 says, rather than guessed at.
+                self._refuse(501, "Transfer-Encoding "
+                             f"{encoding.decode('latin-1')!r} is not supported; use chunked")
+            self.chunked = True
+        if hosts != 1 and self.parser.get_http_version() == "1.1":
+            self._refuse(400, "An HTTP/1.1 request needs exactly one Host header "
+                         f"(got {hosts})")
         if self.content_length is not None and self.content_length > self.limits.max_body_size:
-            self.error = ProtocolError(413, "Request body too large")
-            raise self.error
+            self._refuse(413, "Request body too large")
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         self._body_size += len(body)
         if self._body_size > self.limits.max_body_size:
-            self.error = ProtocolError(413, "Request body too large")
-            raise self.error
+            self._refuse(413, "Request body too large")
         self._body.append(body)
+
+    def on_chunk_header(self) -> None:
+        self._progress = True
+
+    def on_chunk_complete(self) -> None:
+        self._progress = True
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -192,6 +290,7 @@ class _Parser:
         path, sep, query = url.partition(b"?")
         parser = self.parser
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []  # the pieces go now, not at the next request
         self.ready.append(
             Request(
                 parser.get_method().decode("latin-1"),
@@ -205,9 +304,64 @@ class _Parser:
         )
 
     def feed(self, data: bytes | bytearray) -> None:
+        size = len(data)
+        limit = self.limits.max_header_size
+        if size <= _HEAD_PIECE and not (self.in_message and self.headers_done):
+            # The usual read: one small request (or the start of one), in one piece.
+            self._head_completed = False
+            self._feed(data)
+            self._count_head(size, limit)
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos < size:
+            if self.in_message and self.headers_done:
+                if self.content_length is not None and not self.chunked:
+                    # Up to the body's end exactly: the next head starts a fresh piece.
+                    end = pos + self.content_length - self._body_size
+                    if end <= pos:
+                        end = size
+                    self._feed(view[pos:end])
+                    pos = min(end, size)
+                    continue
+                # A chunked body: whole, but framing without progress is bounded.
+                self._progress = False
+                self._feed(view[pos:])
+                if self.in_message and self.headers_done and not self._progress:
+                    self._stalled += size - pos
+                    if self._stalled > limit:
+                        self._refuse(431, "Chunked framing or trailer fields too large")
+                else:
+                    self._stalled = 0
+                return
+            # Between requests or inside a head: a piece at a time, counted.
+            end = pos + _HEAD_PIECE
+            self._head_completed = False
+            self._feed(view[pos:end])
+            piece = min(end, size) - pos
+            pos += piece
+            self._count_head(piece, limit)
+
+    def _count_head(self, piece: int, limit: int) -> None:
+        """Count a piece fed between requests or inside a head against ``limit``."""
+        if self._head_completed:
+            # The piece that began an unfinished head is counted whole.
+            self._head_raw = piece if self.in_message and not self.headers_done else 0
+        else:
+            self._head_raw += piece
+        if self._head_raw > limit:
+            if self.in_message:
+                self._too_large()
+            self._refuse(400, "Too many bytes between requests")
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            # llhttp stops at an upgrade: the request it queued has no body read. Refuse it;
+            # the complete requests before it are still answered.
+            if self.ready:
+                self.ready.pop()
             raise ProtocolError(400, "Protocol upgrades are not supported") from None
         except httptools.HttpParserError as exc:
             if self.error is not None:
@@ -219,6 +373,9 @@ _SLOW_CLIENT: Final = ProtocolError(408, "Client took too long to send the reque
 
 Handler = Callable[["Request", "ServerConnection"], Awaitable[None]]
 ErrorRenderer = Callable[[int, str], tuple[Headers, bytes]]
+#: Builds the answer to a :class:`Refusal` (headers and body); the Ingress gives it a request
+#: id, the client's error shape and an access-log line.
+Refuser = Callable[[Refusal], tuple[Headers, bytes]]
 
 
 def _plain_error(status: int, message: str) -> tuple[Headers, bytes]:
@@ -238,37 +395,49 @@ class ServerConnection:
         limits: HTTPLimits,
         dates: DateCache,
         render_error: ErrorRenderer = _plain_error,
+        refuse: Refuser | None = None,
     ) -> None:
         self.stream = stream
-        self.io = FastStream(stream)
+        self.io = FastStream(stream, limits.write_timeout)
         self.limits = limits
         self.closing = False
         self.idle = True
         self._dates = dates
         self._render_error = render_error
+        self._refuse = refuse
         self._parser = _Parser(limits)
         self._pending: list[bytes | bytearray] = []
-        self._request_deadline: float | None = None
+        self._pending_size = 0
+        #: A parse error met behind complete requests: raised once they are answered.
+        self._deferred: ProtocolError | None = None
+        self._request_started: float | None = None
+        self._idle_deadline: float | None = None
         #: When the sweeper of :class:`HTTPServer` should end this connection (see
         #: ``arm_timer``): a float write per request instead of a trio deadline change.
-        self.deadline = math.inf
+        self.deadline = _INF
         self._timer_error: ProtocolError | None = None
         self._timer_scope: trio.CancelScope | None = None
-        #: The id of the request being handled (set by the handler), echoed on an error
-        #: the server sends on its behalf (a timer's 504).
+        #: The id of the request being handled (set by the handler, cleared when it
+        #: returns): every answer to it carries it as ``x-request-id``, an error the server
+        #: sends on its behalf (a timer's 504) too.
         self.request_id: bytes | None = None
         #: Set when a timer ended the connection (status 0: closed without a response).
         self.expired: ProtocolError | None = None
+        #: Body bytes of the current answer sent so far (chunk payloads for a stream).
+        self.bytes_out = 0
         self._eof = False
         self._scope = trio.CancelScope()
         self._responded = False
         self._keep_alive = True
+        self._head_only = False
 
     # -- writing -------------------------------------------------------------------------
 
     def _head(self, status: int, headers: Headers | bytes, extra: bytes) -> bytearray:
         head = bytearray(status_line(status))
         head += self._dates.header()
+        if self.request_id is not None:  # every answer says which request it answers
+            head += b"x-request-id: " + self.request_id + b"\r\n"
         if isinstance(headers, bytes):
             head += headers
         else:
@@ -281,11 +450,20 @@ class ServerConnection:
         return head
 
     async def send_response(self, status: int, headers: Headers | bytes, body: bytes) -> None:
-        """Head and body in one ``send_all``. ``headers`` may be pre-encoded lines."""
+        """Head and body: one ``send`` for small bodies, one ``sendmsg`` (no copy of the
+        body) for large ones; a HEAD request gets the head only. ``headers`` may be
+        pre-encoded lines."""
         self._responded = True
-        data = self._head(status, headers, b"content-length: %d\r\n" % len(body))
-        data += body
-        await self.io.send_all(data)
+        head = self._head(status, headers, b"content-length: %d\r\n" % len(body))
+        if self._head_only or not body:
+            await self.io.send_all(head)
+            return
+        self.bytes_out += len(body)
+        if len(body) <= _COPY_BODY_MAX:
+            head += body
+            await self.io.send_all(head)
+        else:
+            await self.io.send_all_parts((head, body))
 
     async def send_error(self, status: int, message: str) -> None:
         headers, body = self._render_error(status, message)
@@ -297,11 +475,15 @@ class ServerConnection:
         await self.io.send_all(self._head(status, headers, b"transfer-encoding: chunked\r\n"))
 
     async def send_chunk(self, data: bytes) -> None:
-        if data:
+        if data and not self._head_only:
+            self.bytes_out += len(data)
             await self.io.send_all(b"%x\r\n%b\r\n" % (len(data), data))
 
     async def end_chunked(self, last: bytes = b"") -> None:
+        if self._head_only:
+            return
         if last:
+            self.bytes_out += len(last)
             await self.io.send_all(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last))
         else:
             await self.io.send_all(b"0\r\n\r\n")
@@ -312,22 +494,29 @@ class ServerConnection:
 
     # -- reading -------------------------------------------------------------------------
 
-    async def watch_disconnect(self) -> None:
-        """Return when the client closes its side (or the socket fails).
+    async def watch_disconnect(self) -> bool:
+        """Return when the client closes its side: True when the connection broke (a reset,
+        a socket error), False for a clean EOF (a half-close: the client may still read).
 
         Runs beside a streamed response, so a client that goes away cancels the upstream
         exchange at once instead of at the next chunk. Bytes that arrive meanwhile (a
-        pipelined request) are kept for the parser.
+        pipelined request) are kept for the parser, up to :data:`_WATCH_BUFFER`; past that
+        the client is not read any more (TCP pushes back) and this waits until cancelled.
         """
         while True:
+            room = _WATCH_BUFFER - self._pending_size
+            if room <= 0:
+                await trio.sleep_forever()
             try:
-                data = await self.io.receive_some(_RECEIVE_SIZE)
+                data = await self.io.receive_some(min(room, _RECEIVE_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+                self._eof = True
+                return True
             if not data:
                 self._eof = True
-                return
+                return False
             self._pending.append(data)
+            self._pending_size += len(data)
 
     def close_if_idle(self) -> None:
         """Graceful shutdown: close now if between requests, else after this response."""
@@ -338,7 +527,7 @@ class ServerConnection:
     def use_stream(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         """Write through ``stream`` from now on (e.g. a wrapper); returns the previous one."""
         previous, self.stream = self.stream, stream
-        self.io = FastStream(stream)
+        self.io = FastStream(stream, self.limits.write_timeout)
         return previous
 
     def arm_timer(
@@ -357,11 +546,11 @@ class ServerConnection:
         self.deadline = deadline
 
     def disarm_timer(self) -> None:
-        self.deadline = math.inf
+        self.deadline = _INF
 
     def expire(self) -> None:
         """Called by the sweeper when ``deadline`` has passed."""
-        self.deadline = math.inf
+        self.deadline = _INF
         if self._timer_scope is not None:
             self._timer_scope.cancel()
             return
@@ -379,13 +568,18 @@ class ServerConnection:
 
         Timeouts arm the sweeper on the one connection-wide cancel scope (entered in
         :meth:`serve`) instead of opening a scope, or moving a trio deadline, per receive.
+        Between requests the keep-alive deadline is fixed when the connection falls idle:
+        bytes that begin no request (bare CRLFs) do not move it.
         """
         parser = self._parser
         data: bytes | bytearray
         while not parser.ready:
+            if self._deferred is not None:
+                raise self._deferred
             if self._pending:
                 data = b"".join(self._pending)
                 self._pending.clear()
+                self._pending_size = 0
             elif self._eof:
                 if parser.in_message:
                     raise ProtocolError(400, "Client closed the connection mid-request")
@@ -396,12 +590,14 @@ class ServerConnection:
                         parser.expect_continue = False
                         await self.io.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self.idle = False
-                    self.arm_timer(self._request_deadline or clock(), _SLOW_CLIENT)
+                    self.arm_timer(self._request_deadline(), _SLOW_CLIENT)
                 else:
                     if self.closing:
                         return None
                     self.idle = True
-                    self.arm_timer(clock() + self.limits.keepalive_timeout)
+                    if self._idle_deadline is None:
+                        self._idle_deadline = clock() + self.limits.keepalive_timeout
+                    self.arm_timer(self._idle_deadline)
                 try:
                     data = await self.io.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -410,19 +606,43 @@ class ServerConnection:
                     self._eof = True
                     continue
                 self.idle = False
-            parser.feed(data)
-            if parser.in_message and self._request_deadline is None:
+            try:
+                parser.feed(data)
+            except ProtocolError as exc:
+                if not parser.ready:
+                    raise
+                self._deferred = exc  # answer the complete requests before it first
+            if parser.in_message and self._request_started is None:
                 # The whole request must arrive within request_read_timeout of its first byte.
-                self._request_deadline = clock() + self.limits.request_read_timeout
+                self._request_started = clock()
         self.idle = False
-        self.deadline = math.inf
-        self._request_deadline = (
-            clock() + self.limits.request_read_timeout if parser.in_message else None
-        )
+        self.deadline = _INF
+        self._idle_deadline = None
+        # A pipelined request already begun has its clock running from now.
+        self._request_started = clock() if parser.in_message else None
         return parser.ready.popleft()
 
+    def _request_deadline(self) -> float:
+        started = self._request_started
+        return (started if started is not None else clock()) + self.limits.request_read_timeout
+
+    def _refusal(self, error: ProtocolError) -> tuple[Headers, bytes]:
+        """The answer to a request no handler saw."""
+        parser = self._parser
+        method, path = parser.method, parser.path
+        self._head_only = method == "HEAD"
+        if self._refuse is not None:
+            started = self._request_started
+            return self._refuse(Refusal(error.status, error.message, method, path,
+                                        started if started is not None else clock()))
+        return self._render_error(error.status, error.message)
+
     async def serve(self, handler: Handler) -> None:
-        """Answer requests until the client leaves, errs, or the server drains."""
+        """Answer requests until the client leaves, errs, or the server drains.
+
+        Nothing a handler raises ends more than this connection: an exception is logged
+        once (with the request id) and answered with a 500 if no response had started.
+        """
         try:
             error: ProtocolError | None = None
             served = 0
@@ -437,12 +657,15 @@ class ServerConnection:
                         return
                     self._keep_alive = request.keep_alive
                     self._responded = False
+                    self._head_only = request.method == "HEAD"
+                    self.bytes_out = 0
                     served += 1
                     if served % _CHECKPOINT_EVERY == 0:
                         # The fast I/O path does not yield: a busy pipelining client must
                         # not starve the other connections.
                         await trio.lowlevel.checkpoint()
                     await handler(request, self)
+                    self.request_id = None
                     if not self._responded:
                         self._keep_alive = False
                         await self.send_error(500, "The handler sent no response")
@@ -452,17 +675,57 @@ class ServerConnection:
             if error is None and expired is not None and expired.status and not self._responded:
                 error = expired
             if error is not None:
-                self._keep_alive = False
-                if error.body is not None:
-                    headers, body = [(b"content-type", b"application/json")], error.body
-                else:
-                    headers, body = self._render_error(error.status, error.message)
-                if self.request_id is not None:  # the timed-out request's id
-                    headers = [*headers, (b"x-request-id", self.request_id)]
-                with trio.move_on_after(1.0):
-                    await self.send_response(error.status, headers, body)
+                await self._send_refusal(error)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:
+            await self._internal_error()
+        except BaseExceptionGroup as group:  # an error beside a cancellation
+            errors, rest = group.split(Exception)
+            if errors is not None:
+                await self._internal_error()
+            if rest is not None:
+                raise rest from None
         finally:
             await trio.aclose_forcefully(self.stream)
 
+    async def _send_refusal(self, error: ProtocolError) -> None:
+        self._keep_alive = False
+        if self.request_id is not None:
+            # The handler's own request (a timer's 504): it logged the request already.
+            if error.body is not None:
+                headers, body = [(b"content-type", b"application/json")], error.body
+            else:
+                headers, body = self._render_error(error.status, error.message)
+        else:
+            headers, body = self._refusal(error)
+        with trio.move_on_after(1.0):
+            await self.send_response(error.status, headers, body)
+        if not self._eof:
+            await self._linger()
+
+    async def _linger(self) -> None:
+        """Half-close, then drop what the client still sends (bounded) before closing."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return
+        with trio.move_on_after(_LINGER_SECONDS):
+            await stream.send_eof()
+            left = _LINGER_BYTES
+            while left > 0:
+                data = await self.io.receive_some(min(left, _RECEIVE_SIZE))
+                if not data:
+                    break
+                left -= len(data)
+
+    async def _internal_error(self) -> None:
+        """The connection-level guard: log once, answer 500 if nothing was sent yet."""
+        rid = self.request_id.decode("latin-1") if self.request_id is not None else "-"
+        log.exception("internal error on a client connection (request %s)", rid)
+        if self._responded:
+            return
+        self._keep_alive = False
+        headers, body = self._render_error(500, "Internal router error")
+        with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError,
+                                                          trio.ClosedResourceError):
+            await self.send_response(500, headers, body)

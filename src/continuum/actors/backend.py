@@ -128,6 +128,8 @@ class BackendActor:
         self.api = backend_api(config)
         auth: Headers = []
         key = config.api_key.encode("latin-1") if config.api_key else None
+        if key is None and config.type == "mock":
+            key = b"mock"  # the in-process mock wants a key, as the API it plays does
         if self.api == "anthropic":
             if key:
                 auth.append((b"x-api-key", key))

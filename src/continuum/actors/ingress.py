@@ -27,11 +27,12 @@ from .._calls import ENDPOINT_APIS
 from .._clock import now as clock
 from .._config import Config
 from .._errors import JSON_HEADERS, RouterError, openai_error_body, quoted
-from .._http._server import Request, ServerConnection
+from .._http._server import Headers, Refusal, Request, ServerConnection
+from .._jsondepth import MAX_JSON_DEPTH
 from .._logging import loggable
 from .._messages import RequestObserved
 from .._providers.anthropic import anthropic_error_body
-from .._proxy import Proxy, RequestState, Served, client_key, decode_peek
+from .._proxy import Proxy, RequestState, Served, client_key
 from .._tracing import new_traceparent, valid_traceparent
 from .cache import CacheKeeper
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
@@ -63,6 +64,18 @@ def public_url(url: str) -> str:
 
 
 Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | None"]]
+
+
+def _error_body(status: int, message: str, path: str, *, code: str | None = None,
+                param: str | None = None) -> bytes:
+    """An error in the client's API: Anthropic's shape on /v1/messages, else OpenAI's."""
+    if path.startswith("/v1/messages"):
+        return anthropic_error_body(status, message)
+    return openai_error_body(status, message, code=code, param=param)
+
+
+_TOO_DEEP: Final = (f"Request body nesting too deep: at most {MAX_JSON_DEPTH} levels of arrays "
+                    "and objects")
 
 
 @final
@@ -107,23 +120,32 @@ class Ingress:
 
     # -- dispatch ------------------------------------------------------------------------
 
+    def _new_id(self) -> bytes:
+        self._id_counter += 1
+        return b"%s%x" % (self._id_prefix, self._id_counter)
+
     def _request_id(self, request: Request) -> bytes:
         rid = request.header(b"x-request-id")
         if rid is None or not rid or len(rid) > 200:
             if rid is not None:  # empty or oversized: replaced by ours
                 request.headers = [(n, v) for n, v in request.headers if n != b"x-request-id"]
-            self._id_counter += 1
-            rid = b"%s%x" % (self._id_prefix, self._id_counter)
+            rid = self._new_id()
             request.headers.append((b"x-request-id", rid))  # forwarded upstream
         return rid
+
+    def _route(self, path: str) -> tuple[str, Route | None, str]:
+        """(the method the path takes, its handler or None, the metrics endpoint label)."""
+        route = self._routes.get(path)
+        if route is not None:
+            return route[0], route[1], path
+        if path.startswith("/v1/models/"):
+            return "GET", self._model, "/v1/models/{id}"
+        return "", None, "other"
 
     async def handle(self, request: Request, conn: ServerConnection) -> None:
         started = clock()
         path = request.path
-        route = self._routes.get(path)
-        endpoint = path
-        if route is None and path.startswith("/v1/models/"):
-            route, endpoint = ("GET", self._model), "/v1/models/{id}"
+        method, handler, endpoint = self._route(path)
         status = 500
         served: Served | None = None
         state = RequestState(self._request_id(request), started)
@@ -131,14 +153,15 @@ class Ingress:
         if self._trace:
             self._start_trace(request, state)
         try:
-            if route is None:
-                endpoint = "other"
-                raise RouterError(404, f"Unknown path: {request.method} {path}", code="not_found")
-            method, handler = route
-            if request.method != method:
+            if handler is None:
+                raise RouterError(404, f"Unknown path: {request.method} {quoted(path)}",
+                                  code="not_found")
+            if request.method != method and not (request.method == "HEAD" and method == "GET"):
+                # HEAD is GET without the body (the connection never sends one for HEAD).
+                allow = b"GET, HEAD" if method == "GET" else method.encode()
                 raise RouterError(
                     405, f"Method {request.method} not allowed on {path}; use {method}",
-                    headers=[(b"allow", method.encode())],
+                    headers=[(b"allow", allow)],
                 )
             if path.startswith("/v1/"):
                 self._authenticate(request)
@@ -147,25 +170,31 @@ class Ingress:
         except RouterError as exc:
             status = exc.status
             if not conn.responded:
-                body = (anthropic_error_body(exc.status, exc.message)
-                        if path.startswith("/v1/messages") else exc.body())
-                state.bytes_out = len(body)
+                body = _error_body(exc.status, exc.message, path, code=exc.code,
+                                   param=exc.param)
                 await conn.send_response(
-                    exc.status, [*JSON_HEADERS, *exc.headers, (b"x-request-id", state.id)], body
+                    exc.status, [*JSON_HEADERS, *exc.headers], body
                 )
+        except RecursionError:
+            # Deeper than any decoder here can take, whatever the depth check let through:
+            # the request's fault, and never the process's end.
+            status = 400
+            if not conn.responded:
+                await conn.send_response(400, JSON_HEADERS, _error_body(400, _TOO_DEEP, path))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.closing = True
             status = 499
         except Exception:
-            log.exception("internal error while handling %s %s", request.method, path)
+            log.exception("internal error while handling %s %s (request %s)", request.method,
+                          loggable(path), state.id.decode("latin-1"))
             status = 500
-            if not conn.responded:
-                await conn.send_response(
-                    500, JSON_HEADERS, openai_error_body(500, "Internal router error")
-                )
             conn.closing = True
+            if not conn.responded:
+                await conn.send_response(500, JSON_HEADERS,
+                                         _error_body(500, "Internal router error", path))
         finally:
             duration = clock() - started
+            state.bytes_out = conn.bytes_out
             if conn.expired is not None and conn.expired.status:
                 status = conn.expired.status  # the server answers it once we unwind
             if served is not None:
@@ -185,9 +214,25 @@ class Ingress:
                 )
             self._observe(obs)
             if self._access_log:
-                self._log_access(request, state, obs)
+                self._log_access(state.id, request.method, path, obs, state.model,
+                                 state.bytes_out)
             if state.span is not None:
                 self._tracing.end(state.span, status)
+
+    def refuse(self, refusal: Refusal) -> tuple[Headers, bytes]:
+        """The HTTP layer's own answers (400, 408, 413, 431, 501: a request no handler saw)
+        get what every answer gets: their own id, the client's error shape, one observation
+        and one access-log line."""
+        rid = self._new_id()
+        body = _error_body(refusal.status, refusal.message, refusal.path)
+        method = refusal.method or "-"
+        endpoint = self._route(refusal.path)[2]
+        obs = RequestObserved(method, endpoint, refusal.status, clock() - refusal.started)
+        self._observe(obs)
+        if self._access_log:
+            self._log_access(rid, method, refusal.path or "-", obs, "",
+                             0 if method == "HEAD" else len(body))
+        return [*JSON_HEADERS, (b"x-request-id", rid)], body
 
     def _start_trace(self, request: Request, state: RequestState) -> None:
         """Tracing on: make sure a valid ``traceparent`` goes upstream (a new trace when
@@ -204,15 +249,20 @@ class Ingress:
         elif traceparent is None:
             request.headers.append((b"traceparent", new_traceparent()))
 
-    def _log_access(self, request: Request, state: RequestState, obs: RequestObserved) -> None:
-        """The access line: ids, route, outcome and timings — never keys, never content."""
+    def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
+                    client_model: str, bytes_out: int) -> None:
+        """The access line: ids, route, outcome and timings — never keys, never content.
+        Client-given values are cut to a bounded length; no body is parsed here (the model
+        the client asked for comes from the request's state)."""
         if not access_log.isEnabledFor(logging.INFO):
             return
-        model = loggable(obs.model or self._client_model(request))  # client-given: cut
+        request_id = loggable(rid.decode("latin-1"))
+        path = loggable(path)
+        model = loggable(obs.model or client_model)
         fields: dict[str, Any] = {
-            "request_id": loggable(state.id.decode("latin-1")),
-            "method": request.method,
-            "path": loggable(request.path),
+            "request_id": request_id,
+            "method": method,
+            "path": path,
             "status": obs.status,
             "model": model,
             "backend": obs.backend,
@@ -220,24 +270,13 @@ class Ingress:
             "upstream_ms": round(obs.upstream * 1000.0, 3),
             "attempts": obs.attempts,
             "stream": obs.stream,
-            "bytes_out": state.bytes_out,
+            "bytes_out": bytes_out,
         }
         access_log.info(
-            _ACCESS_FORMAT, fields["request_id"], request.method, fields["path"],
-            obs.status, model or "-", obs.backend or "-", fields["duration_ms"],
-            fields["upstream_ms"], obs.attempts, "yes" if obs.stream else "no",
-            state.bytes_out, extra={"access": fields},
+            _ACCESS_FORMAT, request_id, method, path, obs.status, model or "-",
+            obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,
+            "yes" if obs.stream else "no", bytes_out, extra={"access": fields},
         )
-
-    @staticmethod
-    def _client_model(request: Request) -> str:
-        """The model the client asked for (requests that never reached a backend)."""
-        if request.method != "POST" or not request.body:
-            return ""
-        try:
-            return decode_peek(request.body).model or ""
-        except msgspec.MsgspecError:
-            return ""
 
     def _observe(self, obs: RequestObserved) -> None:
         try:

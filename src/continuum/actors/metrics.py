@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from .._circuit import BreakerState
 from .._config import MetricsConfig
 from .._dedup import Deduplicator
-from .._errors import JSON_HEADERS, RouterError, render_error
+from .._errors import JSON_HEADERS, RouterError, quoted, render_error
 from .._http._listeners import HTTPServer, open_listeners
 from .._http._server import HTTPLimits, Request, ServerConnection
 from .._messages import RequestObserved
@@ -239,7 +239,7 @@ async def serve_metrics(
     async def handle(request: Request, conn: ServerConnection) -> None:
         try:
             if request.path != endpoint:
-                raise RouterError(404, f"Unknown path: {request.method} {request.path}",
+                raise RouterError(404, f"Unknown path: {request.method} {quoted(request.path)}",
                                   code="not_found")
             if request.method != "GET":
                 raise RouterError(405, f"Method {request.method} not allowed; use GET",

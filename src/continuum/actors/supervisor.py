@@ -263,6 +263,7 @@ async def _serve(
             max_body_size=server_cfg.max_request_body_size,
             request_read_timeout=server_cfg.request_read_timeout,
             keepalive_timeout=server_cfg.keepalive_timeout,
+            write_timeout=server_cfg.write_timeout,
         )
         connections: list[HTTPServer] = []
         dedup_cfg = config.cache.deduplication
@@ -276,7 +277,8 @@ async def _serve(
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
                             shutdown_timeout=server_cfg.shutdown_timeout,
-                            render_error=render_error, timer_resolution=shortest / 10,
+                            render_error=render_error, refuse=ingress.refuse,
+                            timer_resolution=shortest / 10,
                             unlink_unix=worker is None)
         if worker is not None:
             sink.gather = partial(gather_metrics, worker)
