@@ -213,6 +213,8 @@ class RedisClient:
             raise error
         if self._backoff:
             self._backoff = 0.0
+        # A caller cancelled meanwhile gets its Cancelled now that the call is complete.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if type(reply) is hiredis.ReplyError:
             raise reply_error(str(reply))
         return reply

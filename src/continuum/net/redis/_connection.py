@@ -25,13 +25,24 @@ once after a write (see ``_flush``) and when the kernel says "would block"
 round trip, this one or two (-20 % per call at concurrency 1 on loopback). TLS streams go
 through trio.
 
-Replies are parsed by hiredis' C reader (RESP2 and RESP3). Its buffer is bounded: bytes
-received towards one reply are counted, and a reply that grows past ``max_reply_bytes``
-breaks the connection, so a hostile server cannot make the client buffer without bound.
+Replies are parsed by hiredis' C reader (RESP2 and RESP3), kept within bounds against a
+hostile or broken server:
+
+- bytes received towards one reply are counted (hiredis moves array elements out of its
+  buffer as it parses them, so its buffer length alone says little); a reply that grows
+  past ``max_reply_bytes`` breaks the connection;
+- hiredis allocates an array of the declared length when it reads the header, and freeing
+  it touches every slot: a 13-byte ``*2147483647`` costs seconds of CPU. A count that could
+  never fit in ``max_reply_bytes`` (at least 3 bytes an element) is refused before hiredis
+  sees it, by a regular expression over each read. It cannot tell a header from the same
+  text inside a string value, so a value containing an aggregate type byte followed by
+  such a number (``*10000000`` with the default limit) reads as a protocol error: no
+  command this router sends returns one.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -53,6 +64,7 @@ from ._errors import (
 Reply: TypeAlias = Any
 
 _RECEIVE_SIZE: Final = 65536
+_HEADER_MAX: Final = 24  # a type byte, a 20-digit count and CRLF
 _INCOMPLETE: Final = object()
 
 
@@ -76,6 +88,7 @@ class Connection:
     __slots__ = (
         "_fed",
         "_flushing",
+        "_huge_count",
         "_max_reply_bytes",
         "_on_broken",
         "_out",
@@ -83,6 +96,7 @@ class Connection:
         "_reading",
         "_sock",
         "_stream",
+        "_tail",
         "_unsent",
         "_waiting",
         "address",
@@ -100,6 +114,8 @@ class Connection:
         self._sock = _raw_socket(stream)
         self.address = address
         self._max_reply_bytes = max_reply_bytes
+        self._huge_count = _huge_count_pattern(max_reply_bytes)
+        self._tail: bytes | bytearray = b""  # the end of the last read (headers may span two)
         self._on_broken = on_broken
         self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self._waiting: deque[_Waiter] = deque()
@@ -245,6 +261,14 @@ class Connection:
                 if not data:
                     raise RedisConnectionError(f"Redis at {self.address} closed the connection")
                 self._fed += len(data)
+                if self._huge_count.search(data) or self._huge_count.search(
+                    self._tail + data[:_HEADER_MAX]
+                ):
+                    raise RedisProtocolError(
+                        f"Redis at {self.address} sent an aggregate header larger than a "
+                        f"reply may be ({self._max_reply_bytes} bytes)"
+                    )
+                self._tail = data[-_HEADER_MAX:]
                 reader.feed(data)  # type: ignore[arg-type]  # any buffer works
                 while (reply := reader.gets()) is not _INCOMPLETE:
                     if type(reply) is hiredis.PushNotification:
@@ -288,6 +312,13 @@ class Connection:
     async def aclose(self) -> None:
         self.fail(RedisConnectionError(f"Redis connection to {self.address} closed"))
         await trio.aclose_forcefully(self._stream)
+
+
+def _huge_count_pattern(max_reply_bytes: int) -> re.Pattern[bytes]:
+    """An aggregate header (array, map, set, push, attribute) whose count has more digits
+    than any count that fits in ``max_reply_bytes`` at 3 bytes an element."""
+    digits = len(str(max_reply_bytes // 3)) + 1
+    return re.compile(rb"[*%%~>|]\d{%d}" % digits)
 
 
 def _fresh(error: RedisError) -> RedisError:

@@ -145,6 +145,8 @@ class RedisOptions:
 def _parse_url(url: str) -> dict[str, Any]:
     try:
         parts = urlsplit(url)
+        if "," in parts.netloc.rpartition("@")[2]:  # several hosts: a cluster's seed list
+            raise RedisConfigError(_CLUSTER_OR_SENTINEL)
         port = parts.port
     except ValueError as exc:
         raise RedisConfigError(f"invalid Redis URL: {exc}") from None
@@ -174,8 +176,6 @@ def _parse_url(url: str) -> dict[str, Any]:
         host = parts.hostname
         if not host:
             raise RedisConfigError("a Redis URL needs a host, e.g. redis://localhost:6379/0")
-        if "," in (parts.netloc.rpartition("@")[2]):
-            raise RedisConfigError(_CLUSTER_OR_SENTINEL)
         out["host"] = host
         if port is not None:
             out["port"] = port
