@@ -13,8 +13,10 @@ end), one script, ``EVALSHA`` calls timed one by one (``perf_counter_ns``):
 
 Each target runs ``--calls`` calls at concurrency 1 and at ``--concurrency`` (tasks sharing
 one client), ``--rounds`` times with the target order rotating; per-call p50/p99 over all
-rounds, calls/s, this process's CPU per call, and coredis/own ratios. The script is one
-``INCR`` (``--script incr``). Figures are printed, not asserted.
+rounds, calls/s, this process's CPU per call, and coredis/own ratios. The script is
+``--script incr`` (one ``INCR``, as in the design brief's figures) or ``admit`` (the rate
+limiter's admission: a request limit, a token reservation and a concurrency lease, one
+``EVALSHA``). Figures are printed, not asserted.
 
     python benches/redis_client.py [--calls 4000] [--rounds 3] [--concurrency 16]
 """
@@ -33,6 +35,7 @@ from typing import Any
 import hiredis
 import trio
 
+from continuum.core import ratelimit as rl
 from continuum.net.redis import RedisClient, Script
 from continuum.testing.redis_server import RedisServer
 
@@ -128,7 +131,15 @@ async def open_target(
 def workload(name: str) -> tuple[Script, list[str], list[str]]:
     if name == "incr":
         return INCR, ["bench:n"], []
-    raise ValueError(name)
+    # The rate limiter's admission: a request limit and a token reservation that always
+    # admit, and a concurrency lease (never released here; the limit is out of reach).
+    checks: list[rl.Check] = [
+        rl.RateCheck("api_key", "k1", rl.Rate(1e9, 1e9)),
+        rl.RateCheck("api_key", "k1", rl.Rate(1e12, 1e12), cost=100, tokens=True),
+        rl.ConcurrencyCheck("api_key", "k1", limit=10**9, ttl=60.0),
+    ]
+    keys, argv = rl.admission_arguments(checks, "bench:", lease="bench-lease")
+    return Script(rl.ADMIT_SCRIPT), keys, argv
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -200,7 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--pool-size", type=int, default=4)
-    parser.add_argument("--script", choices=("incr",), default="incr")
+    parser.add_argument("--script", choices=("incr", "admit"), default="incr")
     parser.add_argument(
         "--targets", default="bare,own,own-p1,coredis", help="comma-separated subset"
     )
