@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
+
+from continuum.testing.redis_server import RedisServer, find_redis_server
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +33,33 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+
+
+# -- a real redis-server (issue 11: no mocked Redis) ------------------------------------
+
+
+@pytest.fixture
+def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start redis-server processes (keyword arguments: ``RedisServer``'s); all are
+    stopped at the end. Skips when the binary is missing (``.ci/run`` installs it)."""
+    if find_redis_server() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    started: list[RedisServer] = []
+
+    def start(**options: Any) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", **options)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_servers: Callable[..., RedisServer]) -> RedisServer:
+    """One plain redis-server on a free port of 127.0.0.1."""
+    return redis_servers()

@@ -1,0 +1,1 @@
+"""Sans-IO policy: plain functions and classes, no event loop."""

@@ -1,0 +1,1 @@
+"""trio I/O: the network layer (sockets, TLS, wire protocols)."""

@@ -1,0 +1,1 @@
+"""Test doubles and helpers, public like ``trio.testing``."""

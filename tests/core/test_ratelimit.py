@@ -1,0 +1,410 @@
+"""Rate and concurrency limits: GCRA in memory, the same decisions from the Redis scripts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from continuum.core.ratelimit import (
+    ADMIT_SCRIPT,
+    SETTLE_SCRIPT,
+    Check,
+    ConcurrencyCheck,
+    Decision,
+    MemoryLimiter,
+    Rate,
+    RateCheck,
+    admission_arguments,
+    decode_admission,
+    format_duration,
+    ratelimit_headers,
+    settlement_arguments,
+)
+from continuum.net.redis import RedisClient, Script
+from continuum.testing.redis_server import RedisServer
+
+ADMIT = Script(ADMIT_SCRIPT)
+SETTLE = Script(SETTLE_SCRIPT)
+
+
+# -- GCRA in memory ---------------------------------------------------------------------
+
+
+def test_burst_then_the_sustained_rate() -> None:
+    limiter = MemoryLimiter()
+    check = RateCheck("api_key", "k", Rate(10.0, 5))
+    decisions = [limiter.admit([check], now=0.0) for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert [d.states[0].remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
+    refused = decisions[5]
+    assert refused.retry_after == pytest.approx(0.1)
+    assert refused.states[0].reset_after == pytest.approx(0.5)
+    assert not limiter.admit([check], now=0.099).allowed
+    assert limiter.admit([check], now=0.1).allowed
+    # Requests every 10 ms for 10 s: the burst, plus one per 100 ms.
+    limiter = MemoryLimiter()
+    admitted = sum(limiter.admit([check], now=ms / 1000).allowed for ms in range(0, 10_000, 10))
+    assert admitted == 5 + 99
+
+
+def test_per_minute_means_a_minute_at_once_then_one_a_second() -> None:
+    rate = Rate.per_minute(60)
+    assert (rate.per_second, rate.burst) == (1.0, 60)
+    limiter = MemoryLimiter()
+    check = RateCheck("api_key", "k", rate)
+    assert sum(limiter.admit([check], now=0.0).allowed for _ in range(200)) == 60
+    assert sum(limiter.admit([check], now=2.5).allowed for _ in range(200)) == 2
+
+
+class _Bucket:
+    """A token bucket in exact arithmetic: the reference GCRA must agree with."""
+
+    def __init__(self, rate: Fraction, burst: Fraction) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.last: Fraction | None = None
+
+    def take(self, now: Fraction, cost: int) -> bool:
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= min(cost, self.burst):
+            self.tokens -= cost  # a cost above the burst leaves the bucket in debt
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class _Plan:
+    rate: int  # per second
+    burst: int
+    steps: list[tuple[int, int]]  # (ms since the previous step, cost)
+
+
+_plans = st.builds(
+    _Plan,
+    rate=st.sampled_from([1, 3, 7, 10, 250]),
+    burst=st.sampled_from([1, 2, 5, 60]),
+    steps=st.lists(st.tuples(st.integers(0, 700), st.integers(1, 8)), min_size=1, max_size=60),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_plans)
+def test_gcra_admits_exactly_what_a_token_bucket_admits(plan: _Plan) -> None:
+    bucket = _Bucket(Fraction(plan.rate), Fraction(plan.burst))
+    limiter = MemoryLimiter()
+    check_rate = Rate(float(plan.rate), plan.burst)
+    ms = 0
+    for gap, cost in plan.steps:
+        ms += gap
+        check = RateCheck("client", "c", check_rate, cost=cost, tokens=True)
+        expected = bucket.take(Fraction(ms, 1000), cost)
+        decision = limiter.admit([check], now=ms / 1000)
+        assert decision.allowed == expected, (ms, cost)
+        if expected:
+            assert decision.states[0].remaining == max(0, int(bucket.tokens))
+
+
+def test_a_request_under_several_limits_takes_from_all_or_none() -> None:
+    limiter = MemoryLimiter()
+    wide = RateCheck("global", "", Rate(100.0, 100))
+    narrow = RateCheck("api_key", "k", Rate(1.0, 2))
+    assert limiter.admit([wide, narrow], now=0.0).allowed
+    assert limiter.admit([wide, narrow], now=0.0).allowed
+    refused = limiter.admit([wide, narrow], now=0.0)
+    assert not refused.allowed
+    assert [s.allowed for s in refused.states] == [True, False]
+    assert refused.denied == (refused.states[1],)
+    # The refused request took nothing from the global limit: 98 left, not 97.
+    assert limiter.admit([wide], now=0.0).states[0].remaining == 97
+
+
+def test_a_reservation_bigger_than_the_bucket_waits_for_a_full_bucket() -> None:
+    limiter = MemoryLimiter()
+    small = RateCheck("api_key", "k", Rate(10.0, 100), cost=10, tokens=True)
+    huge = RateCheck("api_key", "k", Rate(10.0, 100), cost=250, tokens=True)
+    assert limiter.admit([small], now=0.0).allowed
+    refused = limiter.admit([huge], now=0.0)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(1.0)  # the 10 used come back in 1 s
+    assert limiter.admit([huge], now=1.0).allowed  # admitted into debt ...
+    assert not limiter.admit([small], now=1.0).allowed  # ... which blocks the rest
+    assert not limiter.admit([small], now=16.0).allowed
+    assert limiter.admit([small], now=17.0).allowed  # 150 in debt + 10: back after 16 s
+
+
+def test_memory_is_bounded_and_idle_keys_go() -> None:
+    limiter = MemoryLimiter(max_keys=100)
+    rate = Rate(1.0, 5)
+    for i in range(1000):
+        assert limiter.admit([RateCheck("client", f"10.0.{i // 256}.{i % 256}", rate)], 0.0)
+    assert len(limiter) == 100
+    # A minute later every bucket is full again: admissions sweep the idle ones away.
+    for i in range(60):
+        limiter.admit([RateCheck("client", "newcomer", rate)], now=60.0 + i)
+    assert len(limiter) <= 100 - 2 * 60 + 1 + 60  # at most two swept per admission
+    limiter.admit([RateCheck("client", "newcomer", rate)], now=500.0)
+    assert len(limiter) < 100
+
+
+def test_long_or_odd_idents_are_hashed() -> None:
+    check = RateCheck("client", "x" * 500, Rate(1.0, 1))
+    assert len(check.key) < 100
+    assert check.key.startswith("rq:client:sha256:")
+    assert RateCheck("client", "a\nb", Rate(1.0, 1)).key.startswith("rq:client:sha256:")
+    assert RateCheck("model", "gpt-4o", Rate(1.0, 1)).key == "rq:model:gpt-4o"
+    assert RateCheck("api_key", "k", Rate(1.0, 1), tokens=True).key == "tk:api_key:k"
+    assert ConcurrencyCheck("api_key", "k", limit=1, ttl=1).key == "cc:api_key:k"
+
+
+def test_invalid_limits_are_refused() -> None:
+    for bad in (lambda: Rate(0, 1), lambda: Rate(1, 0.5), lambda: Rate(float("inf"), 1)):
+        with pytest.raises(ValueError):
+            bad()
+    with pytest.raises(ValueError):
+        ConcurrencyCheck("api_key", "k", limit=0, ttl=1)
+    with pytest.raises(ValueError):
+        RateCheck("api_key", "k", Rate(1, 1), cost=-1)
+    with pytest.raises(ValueError, match="lease"):
+        MemoryLimiter().admit([ConcurrencyCheck("api_key", "k", limit=1, ttl=1)], now=0)
+
+
+def test_concurrency_leases_release_and_expire() -> None:
+    limiter = MemoryLimiter()
+    slots = ConcurrencyCheck("api_key", "k", limit=2, ttl=30.0)
+    first = limiter.admit([slots], now=0.0, lease="a")
+    second = limiter.admit([slots], now=0.0, lease="b")
+    assert first.lease == "a"
+    assert [first.states[0].remaining, second.states[0].remaining] == [1, 0]
+    refused = limiter.admit([slots], now=1.0, lease="c")
+    assert not refused.allowed
+    assert refused.lease is None
+    assert refused.retry_after is None  # nobody knows when a request ends
+    limiter.settle(first, tokens_used=None, now=2.0)
+    assert limiter.admit([slots], now=2.0, lease="d").allowed
+    # "b" and "d" are never released (their instance died): they expire after the ttl.
+    assert not limiter.admit([slots], now=29.0, lease="e").allowed
+    assert limiter.admit([slots], now=30.5, lease="e").allowed  # "b" is gone
+    assert not limiter.admit([slots], now=31.0, lease="f").allowed
+    assert limiter.admit([slots], now=32.5, lease="f").allowed  # "d" is gone
+    assert len(limiter) == 1
+
+
+def test_token_reservations_are_reconciled() -> None:
+    limiter = MemoryLimiter()
+    rate = Rate(1000 / 60, 1000)  # tokens_per_minute: 1000
+
+    def reserve(tokens: int, now: float) -> Decision:
+        return limiter.admit([RateCheck("api_key", "k", rate, cost=tokens, tokens=True)], now)
+
+    first = reserve(600, 0.0)
+    assert first.states[0].remaining == 400
+    assert not reserve(600, 0.0).allowed
+    limiter.settle(first, tokens_used=100, now=0.0)  # 500 come back
+    second = reserve(600, 0.0)
+    assert second.allowed
+    assert second.states[0].remaining == 300
+    limiter.settle(second, tokens_used=900, now=0.0)  # 300 more than reserved
+    assert reserve(1, 0.0).states[0].remaining == 0
+    third = reserve(1, 60.0)
+    limiter.settle(third, tokens_used=None, now=60.0)  # usage unknown: stays charged
+    assert reserve(1, 60.0).states[0].remaining == 998
+
+
+# -- headers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.0004, "1ms"),
+        (0.02, "20ms"),
+        (1, "1s"),
+        (1.5, "1.5s"),
+        (360, "6m0s"),
+        (3723.5, "1h2m3.5s"),
+        (59.9999, "1m0s"),
+    ],
+)
+def test_durations_read_like_openai(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_headers_show_the_tightest_limits() -> None:
+    limiter = MemoryLimiter()
+    checks: list[Check] = [
+        RateCheck("global", "", Rate(100.0, 100)),
+        RateCheck("api_key", "k", Rate.per_minute(60)),
+        RateCheck("api_key", "k", Rate(1000 / 60, 1000), cost=250, tokens=True),
+    ]
+    headers = dict(ratelimit_headers(limiter.admit(checks, now=0.0)))
+    assert headers == {
+        b"x-ratelimit-limit-requests": b"60",
+        b"x-ratelimit-remaining-requests": b"59",
+        b"x-ratelimit-reset-requests": b"1s",
+        b"x-ratelimit-limit-tokens": b"1000",
+        b"x-ratelimit-remaining-tokens": b"750",
+        b"x-ratelimit-reset-tokens": b"15s",
+    }
+    for _ in range(3):
+        limiter.admit(checks, now=0.0)
+    refused = dict(ratelimit_headers(limiter.admit(checks, now=0.0)))
+    assert refused[b"x-ratelimit-remaining-tokens"] == b"0"
+    assert refused[b"retry-after"] == b"15"
+    assert ratelimit_headers(Decision(True, ())) == []
+
+
+# -- over Redis -------------------------------------------------------------------------
+
+
+async def _admit(
+    client: RedisClient,
+    checks: Sequence[Check],
+    prefix: str,
+    lease: str | None = None,
+    now: float | None = None,
+) -> Decision:
+    keys, args = admission_arguments(checks, prefix, lease, now)
+    return decode_admission(checks, await client.evalsha(ADMIT, keys, args), lease)
+
+
+async def _settle(
+    client: RedisClient,
+    decision: Decision,
+    used: int | None,
+    prefix: str,
+    now: float | None = None,
+) -> None:
+    arguments = settlement_arguments(decision, used, prefix, now)
+    if arguments is not None:
+        await client.evalsha(SETTLE, *arguments)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(plan=_plans, concurrency=st.lists(st.booleans(), min_size=60, max_size=60))
+def test_redis_decides_like_memory(
+    redis_server: RedisServer, plan: _Plan, concurrency: list[bool]
+) -> None:
+    """The same requests, the same simulated clock: the script and the in-memory limiter
+    give the same answers (allowed, remaining, reset, retry-after), settling included."""
+
+    async def main() -> None:
+        prefix = f"t{id(plan)}:{trio.current_time()}:"
+        memory = MemoryLimiter()
+        rate = Rate(float(plan.rate), plan.burst)
+        slots = ConcurrencyCheck("api_key", "k", limit=2, ttl=3.0)
+        async with RedisClient.from_url(redis_server.url) as client:
+            ms = 0
+            for i, (gap, cost) in enumerate(plan.steps):
+                ms += gap
+                now = ms / 1000
+                checks: list[Check] = [
+                    RateCheck("api_key", "k", rate),
+                    RateCheck("api_key", "k", rate, cost=cost, tokens=True),
+                ]
+                if concurrency[i]:
+                    checks.append(slots)
+                lease = f"lease{i}"
+                mine = memory.admit(checks, now, lease)
+                theirs = await _admit(client, checks, prefix, lease, now)
+                assert theirs.allowed == mine.allowed
+                assert theirs.lease == mine.lease
+                for a, b in zip(theirs.states, mine.states, strict=True):
+                    assert (a.allowed, a.remaining) == (b.allowed, b.remaining)
+                    assert a.reset_after == pytest.approx(b.reset_after, abs=2e-6)
+                    if b.retry_after is None:
+                        assert a.retry_after is None
+                    else:
+                        assert a.retry_after == pytest.approx(b.retry_after, abs=2e-6)
+                if i % 2 == 0:  # some requests end (and report usage), others linger
+                    used = None if i % 4 else cost // 2
+                    memory.settle(mine, used, now)
+                    await _settle(client, theirs, used, prefix, now)
+
+    trio.run(main)
+
+
+async def test_two_instances_share_one_limit(redis_server: RedisServer) -> None:
+    a = RedisClient.from_url(redis_server.url)
+    b = RedisClient.from_url(redis_server.url)
+    checks: list[Check] = [RateCheck("api_key", "shared", Rate.per_minute(60))]
+    admitted = 0
+
+    async def request(client: RedisClient) -> None:
+        nonlocal admitted
+        decision = await _admit(client, checks, "two:")  # the server's clock
+        admitted += decision.allowed
+        if not decision.allowed:
+            assert decision.retry_after is not None and 0 < decision.retry_after <= 1.0
+
+    async with a, b:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(request, a if i % 2 else b)
+    assert 60 <= admitted <= 62
+
+
+async def test_redis_concurrency_leases(redis_server: RedisServer) -> None:
+    slots = ConcurrencyCheck("api_key", "k", limit=2, ttl=10.0)
+    async with RedisClient.from_url(redis_server.url) as client:
+        one = await _admit(client, [slots], "cc:", "one", now=100.0)
+        two = await _admit(client, [slots], "cc:", "two", now=100.0)
+        assert (one.allowed, two.allowed) == (True, True)
+        assert two.states[0].remaining == 0
+        assert not (await _admit(client, [slots], "cc:", "three", now=101.0)).allowed
+        await _settle(client, one, None, "cc:", now=102.0)
+        assert await client.execute("ZRANGE", "cc:" + slots.key, 0, -1) == [b"two"]
+        assert (await _admit(client, [slots], "cc:", "four", now=102.0)).allowed
+        # "two" and "four" are never released: they expire with their ttl.
+        assert not (await _admit(client, [slots], "cc:", "five", now=109.0)).allowed
+        assert (await _admit(client, [slots], "cc:", "five", now=110.5)).allowed
+        assert not (await _admit(client, [slots], "cc:", "six", now=111.0)).allowed
+        assert (await _admit(client, [slots], "cc:", "six", now=112.5)).allowed
+        assert await client.execute("ZRANGE", "cc:" + slots.key, 0, -1) == [b"five", b"six"]
+        # The key itself expires, so a crashed fleet leaves nothing behind.
+        assert 0 < await client.execute("PTTL", "cc:" + slots.key) <= 10_001
+
+
+async def test_redis_token_reservations_are_reconciled(redis_server: RedisServer) -> None:
+    rate = Rate(1000 / 60, 1000)
+    async with RedisClient.from_url(redis_server.url) as client:
+
+        async def reserve(tokens: int) -> Decision:
+            check = RateCheck("api_key", "k", rate, cost=tokens, tokens=True)
+            return await _admit(client, [check], "tk:")  # the server's clock
+
+        first = await reserve(600)
+        assert first.states[0].remaining == 400
+        refused = await reserve(600)
+        assert not refused.allowed
+        assert refused.retry_after == pytest.approx(12.0, abs=0.5)  # 200 tokens at 1000/min
+        await _settle(client, first, 100, "tk:")
+        second = await reserve(600)
+        assert second.allowed
+        assert second.states[0].remaining in (299, 300)  # a few ms of refill at most
+        ttl = await client.execute("PTTL", "tk:tk:api_key:k")
+        assert 40_000 < ttl <= 42_100  # the key lives until the bucket is full again
+        assert settlement_arguments(second, 600, "tk:") is None  # exact: no round trip
+
+
+async def test_redis_keys_carry_the_prefix_and_expire(redis_server: RedisServer) -> None:
+    checks: list[Check] = [RateCheck("model", "gpt-4o", Rate(2.0, 4))]
+    async with RedisClient.from_url(redis_server.url) as client:
+        await _admit(client, checks, "team-a:rl:")
+        assert await client.execute("KEYS", "*") == [b"team-a:rl:rq:model:gpt-4o"]
+        assert 0 < await client.execute("PTTL", "team-a:rl:rq:model:gpt-4o") <= 502
+        decision = await _admit(client, checks, "team-a:rl:", now=None)
+        assert decision.states[0].remaining == 2
