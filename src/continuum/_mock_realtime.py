@@ -277,6 +277,9 @@ class MockRealtime:
         session = _Session(self, ws, line, query.get("model", ""), beta, failure)
         try:
             await session.run()
+            closed = ws.closed
+            if not session.ended_by_mock and closed is not None and closed.code != 1006:
+                self.client_closes.append((closed.code, closed.reason))
         finally:
             self.counters.active -= 1
             if not line.frozen:  # a frozen line would only make the close wait its timeout
@@ -330,6 +333,7 @@ class _Session:
         self.failure = failure
         self.delay = failure.delay if failure is not None and failure.kind == "drip" else 0.0
         self.sent = 0
+        self.ended_by_mock = False
         self.id = mock.next_id("sess")
         self.conversation_id = mock.next_id("conv")
         self.session: dict[str, Any] = _default_session(self.id, model or "gpt-realtime", beta)
@@ -356,6 +360,7 @@ class _Session:
             await self._fail(self.failure)
 
     async def _fail(self, failure: RealtimeFailure) -> None:
+        self.ended_by_mock = failure.kind != "drip"
         if failure.kind == "close":
             with trio.move_on_after(_CLOSE_TIMEOUT):
                 await self.ws.aclose(failure.code, "mock: session closed on purpose")
@@ -390,9 +395,7 @@ class _Session:
             while True:
                 try:
                     message = await self.ws.get_message()
-                except ConnectionClosed as exc:
-                    if exc.reason is not None:
-                        self.mock.client_closes.append((exc.reason.code, exc.reason.reason))
+                except ConnectionClosed:
                     return
                 if isinstance(message, bytes):
                     self.mock.counters.binary_received += 1

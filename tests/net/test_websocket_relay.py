@@ -5,6 +5,7 @@ the small relay server in ``realtime_relay_server.py``."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import openai
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 from realtime_relay_server import RelayServer, start_relay
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -532,6 +534,44 @@ async def test_a_client_that_stops_answering_pings_closes_the_upstream(
     await until(lambda: len(upstream.client_closes) == 1)
     assert upstream.client_closes[-1] == (1001, "the client stopped answering")
     await stream.aclose()
+
+
+async def test_a_client_that_stops_reading_is_the_one_blamed(nursery: trio.Nursery) -> None:
+    """The upstream's pongs wait unread behind audio the client does not take: the relay must
+    not blame the upstream for that."""
+    upstream, url = await start_mock(
+        nursery, RealtimeScript(text_chunks=1, audio_chunks=500, audio_chunk_bytes=48 * 1024)
+    )
+    relay = await start_relay(nursery, url, FAST_PINGS)
+    async with trio_websocket.open_websocket_url(ws_url(relay), max_message_size=1 << 24) as ws:
+        await ws.get_message()
+        await ws.send_message('{"type": "response.create"}')
+        await until(lambda: len(relay.stats) == 1)  # reading nothing more meanwhile
+    assert relay.stats[0].ended_by == "client_timeout"
+    await until(lambda: len(upstream.client_closes) == 1)
+    assert upstream.client_closes[-1] == (1001, "the client stopped answering")
+
+
+async def test_an_upstream_that_stops_reading_is_the_one_blamed(
+    nursery: trio.Nursery, mock: tuple[MockRealtime, str]
+) -> None:
+    upstream, url = mock
+    relay = await start_relay(nursery, url, FAST_PINGS)
+    upstream.fail_next("stall", after=1, duration=30)
+    chunk = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * 256 * 1024})
+
+    async def flood(ws: trio_websocket.WebSocketConnection) -> None:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            for _ in range(400):  # 100 MiB, far more than the socket buffers hold
+                await ws.send_message(chunk)
+
+    async with trio_websocket.open_websocket_url(ws_url(relay), max_message_size=1 << 24) as ws:
+        await ws.get_message()
+        async with trio.open_nursery() as inner:
+            inner.start_soon(flood, ws)
+            await until(lambda: len(relay.stats) == 1)
+            inner.cancel_scope.cancel()
+    assert relay.stats[0].ended_by == "upstream_error"
 
 
 async def test_a_relay_shutting_down_closes_both_sides_with_1001(

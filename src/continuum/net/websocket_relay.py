@@ -404,7 +404,8 @@ class RelayStats:
     upstream_bytes: int
     duration: float
     #: "client" or "upstream" (that side closed), "upstream_error" (the client got an error
-    #: event and 1011), "client_timeout" (no pong from the client), "cancelled"
+    #: event and 1011), "client_timeout" (the client stopped answering pings or reading),
+    #: "cancelled" (the relay was cancelled: both sides got 1001)
     ended_by: str
     #: The close code the ending side sent (1006: none, the connection just ended).
     close_code: int | None
@@ -451,6 +452,9 @@ class _Relay:
         self.error: str | None = None
         self._ended = False
         self._stalled_pumps = 0
+        #: A pump is inside send_message (it may be held there by a peer that does not read).
+        self.sending_up = False
+        self.sending_down = False
         self._unresponsive: WebSocketConnection | None = None
         self._scope: trio.CancelScope | None = None
 
@@ -491,11 +495,13 @@ class _Relay:
             except ConnectionClosed as exc:
                 self._end("client", *_code_and_reason(exc.reason))
                 return
+            self.sending_up = True
             try:
                 await upstream.send_message(message)
             except ConnectionClosed:
                 self._stalled()  # the upstream has ended: its own pump reports how, after draining
                 return
+            self.sending_up = False
             self.client_messages += 1
             self.client_bytes += len(message)
 
@@ -518,11 +524,13 @@ class _Relay:
                 return
             if self.observer is not None and isinstance(message, str):
                 self._observe(message)
+            self.sending_down = True
             try:
                 await client.send_message(message)
             except ConnectionClosed:
                 self._stalled()  # the client has ended: its own pump reports how
                 return
+            self.sending_down = False
             self.upstream_messages += 1
             self.upstream_bytes += len(message)
 
@@ -531,25 +539,40 @@ class _Relay:
             self.error = message
         self._end("upstream_error", code, None)
 
+    def _held_back(self, is_upstream: bool, delivered: int) -> bool:
+        """Whether the pump that reads this hop has been stuck sending to the other hop since
+        ``delivered`` messages: then this hop's pong waits unread behind messages the other
+        hop does not take, and it is the other hop that has stopped reading."""
+        if is_upstream:
+            return self.sending_down and self.upstream_messages == delivered
+        return self.sending_up and self.client_messages == delivered
+
     async def _keepalive(self, connection: WebSocketConnection, is_upstream: bool) -> None:
         interval, timeout = self.settings.ping_interval, self.settings.ping_timeout
         while True:
             await trio.sleep(interval)
+            delivered = self.upstream_messages if is_upstream else self.client_messages
             with trio.move_on_after(timeout) as waiting:
                 try:
                     await connection.ping()
                 except ConnectionClosed:
                     return  # the pumps see it too
             if waiting.cancelled_caught:
-                if not self._ended:
-                    self._unresponsive = connection
-                if is_upstream:
-                    self._upstream_failed(
-                        f"the upstream did not answer a ping within {timeout:g}s", None
-                    )
-                else:
-                    self._end("client_timeout", None, None)
+                self._timed_out(is_upstream, self._held_back(is_upstream, delivered))
                 return
+
+    def _timed_out(self, is_upstream: bool, held_back: bool) -> None:
+        """A ping on one hop went unanswered: end the session, blaming the hop that stopped."""
+        timeout = self.settings.ping_timeout
+        dead_upstream = is_upstream != held_back
+        if not self._ended:
+            self._unresponsive = self.upstream if dead_upstream else self.client
+        if not dead_upstream:
+            self._end("client_timeout", None, None)
+        elif held_back:
+            self._upstream_failed(f"the upstream stopped reading for {timeout:g}s", None)
+        else:
+            self._upstream_failed(f"the upstream did not answer a ping within {timeout:g}s", None)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
