@@ -539,26 +539,24 @@ class _Relay:
             self.error = message
         self._end("upstream_error", code, None)
 
-    def _held_back(self, is_upstream: bool, delivered: int) -> bool:
-        """Whether the pump that reads this hop has been stuck sending to the other hop since
-        ``delivered`` messages: then this hop's pong waits unread behind messages the other
-        hop does not take, and it is the other hop that has stopped reading."""
-        if is_upstream:
-            return self.sending_down and self.upstream_messages == delivered
-        return self.sending_up and self.client_messages == delivered
+    def _held_back(self, is_upstream: bool) -> bool:
+        """Whether the pump that reads this hop is waiting to send to the other hop: then this
+        hop's reader has stopped at a full queue, its pong waits unread behind messages the
+        other hop does not take (fast enough), and it is the other hop that is not keeping up.
+        A dead hop sends nothing, so its pump is idle and it is blamed itself."""
+        return self.sending_down if is_upstream else self.sending_up
 
     async def _keepalive(self, connection: WebSocketConnection, is_upstream: bool) -> None:
         interval, timeout = self.settings.ping_interval, self.settings.ping_timeout
         while True:
             await trio.sleep(interval)
-            delivered = self.upstream_messages if is_upstream else self.client_messages
             with trio.move_on_after(timeout) as waiting:
                 try:
                     await connection.ping()
                 except ConnectionClosed:
                     return  # the pumps see it too
             if waiting.cancelled_caught:
-                self._timed_out(is_upstream, self._held_back(is_upstream, delivered))
+                self._timed_out(is_upstream, self._held_back(is_upstream))
                 return
 
     def _timed_out(self, is_upstream: bool, held_back: bool) -> None:
