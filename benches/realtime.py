@@ -42,7 +42,7 @@ SESSION_TIMEOUT_S: Final = 120.0
 
 
 async def _serve_mock() -> None:
-    from continuum._mock_realtime import MockRealtime, serve_mock_realtime
+    from continuum.testing import MockRealtime, serve_mock_realtime
 
     async with trio.open_nursery() as nursery:
         print(await nursery.start(serve_mock_realtime, MockRealtime(models=())), flush=True)

@@ -9,10 +9,10 @@ from typing import Any
 import trio
 
 from continuum import RouterHandle, config_from_dict, serve
-from continuum._config import MockConfig
-from continuum._http._listeners import HTTPServer, open_listeners
-from continuum._http._server import HTTPLimits
+from continuum.config import MockConfig
 from continuum.mock import MockUpstream, serve_mock
+from continuum.net.server.connection import HTTPLimits
+from continuum.net.server.listeners import HTTPServer, open_listeners
 
 
 async def start_mock(

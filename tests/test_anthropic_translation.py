@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from continuum._providers._types import StreamTranslator, TranslationError
-from continuum._providers.anthropic import (
+from continuum.apis.anthropic import (
     REASONING_BUDGETS,
     AnthropicCall,
     AnthropicToOpenAIStream,
@@ -22,6 +21,7 @@ from continuum._providers.anthropic import (
     openai_to_anthropic_request,
     openai_to_anthropic_response,
 )
+from continuum.apis.types import StreamTranslator, TranslationError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 BACKEND_MODEL = "claude-sonnet-4-5-20250929"

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import trio
 
-from continuum._clock import now as clock
-from continuum._config import MockConfig
+from continuum.config import MockConfig
+from continuum.core.clock import now as clock
 from helpers import router_config, start_killable_mock, start_mock, start_router
 
 MODEL = "gpt-test"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from continuum._circuit import BreakerSettings, BreakerState, CircuitBreaker
+from continuum.core.circuit import BreakerSettings, BreakerState, CircuitBreaker
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Tests for the config schema and loader (continuum._config)."""
+"""Tests for the config schema and loader (continuum.config)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import yaml
 
-from continuum._config import (
+from continuum.config import (
     Config,
     ConfigError,
     config_from_dict,

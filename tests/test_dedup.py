@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from continuum._dedup import Deduplicator, StoredResponse, dedup_key
+from continuum.actors.dedup import Deduplicator, StoredResponse, dedup_key
 
 CHAT = "/v1/chat/completions"
 EMBED = "/v1/embeddings"

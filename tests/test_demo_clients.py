@@ -27,7 +27,7 @@ import trio
 import yaml
 
 from continuum import RouterHandle
-from continuum._proxy import _PassThrough
+from continuum.actors.proxy import _PassThrough
 from helpers import start_router
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import continuum
 from continuum import RouterHandle, config_from_dict
-from continuum._config import MockConfig
+from continuum.config import MockConfig
 from continuum.mock import MockUpstream
 from helpers import router_config, start_mock, start_router
 

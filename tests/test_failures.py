@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from continuum import RouterHandle
-from continuum._config import MockConfig
+from continuum.config import MockConfig
 from continuum.mock import MockUpstream
 from helpers import refused_url, router_config, start_killable_mock, start_mock, start_router
 

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from continuum._providers._types import TranslationError
-from continuum._providers.gemini import (
+from continuum.apis.gemini import (
     REASONING_BUDGETS,
     SKIP_SIGNATURE,
     GeminiToOpenAIStream,
@@ -23,6 +22,7 @@ from continuum._providers.gemini import (
     openai_compat_path,
     openai_to_gemini_request,
 )
+from continuum.apis.types import TranslationError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
 

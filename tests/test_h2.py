@@ -18,15 +18,15 @@ import trio
 import trustme
 from hyperframe.frame import GoAwayFrame
 
-from continuum._http._client import ConnectError
-from continuum._http._h2 import (
+from continuum.net.client.h2 import (
     HTTP2Exchange,
     HTTP2Pool,
     make_h2_ssl_context,
     negotiate_protocol,
     open_pool,
 )
-from continuum._http._pool import HTTP1Pool, Origin, PoolLimits
+from continuum.net.client.http1 import ConnectError
+from continuum.net.client.http1_pool import HTTP1Pool, Origin, PoolLimits
 from helpers import refused_url
 
 HANG_GUARD = 20
@@ -786,7 +786,7 @@ async def test_requests_behind_failed_prewarm_do_not_hang(nursery: trio.Nursery)
 
 
 async def test_response_header_list_over_the_limit_fails(nursery: trio.Nursery) -> None:
-    from continuum._http._client import UpstreamError
+    from continuum.net.client.http1 import UpstreamError
 
     server = H2Server(None)
     port = await server.start(nursery)
@@ -807,7 +807,7 @@ def test_header_block_is_refused_before_it_is_decoded() -> None:
     END_HEADERS (h2 would buffer 64 frames and then spend ~0.4 s decoding them)."""
     from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-    from continuum._http._h2 import _BoundedHeaderBlocks
+    from continuum.net.client.h2 import _BoundedHeaderBlocks
 
     buffer = _BoundedHeaderBlocks(4096)
     buffer.max_frame_size = 16384
@@ -829,7 +829,7 @@ async def test_control_frame_flood_without_reading_drops_the_connection(
     our queued output passes its bound, instead of growing without end."""
     from hyperframe.frame import PingFrame
 
-    from continuum._http._client import UpstreamError
+    from continuum.net.client.http1 import UpstreamError
 
     flooded = 0
 

@@ -13,12 +13,12 @@ import trio
 import trio.testing
 
 from continuum import config_from_dict
-from continuum._config import BackendConfig, HealthChecksConfig
-from continuum._health import Health, HealthState
-from continuum._messages import ControlMessage, HealthReport
-from continuum.actors import health as health_mod
+from continuum.actors import prober as health_mod
 from continuum.actors.backend import BackendActor
-from continuum.actors.health import HealthProber, probe_settings
+from continuum.actors.prober import HealthProber, probe_settings
+from continuum.config import BackendConfig, HealthChecksConfig
+from continuum.core.health import Health, HealthState
+from continuum.core.messages import ControlMessage, HealthReport
 from helpers import start_mock
 
 PROBE = "/v1/models"

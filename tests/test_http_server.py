@@ -18,10 +18,10 @@ import trio
 
 from adversarial.harness import RawClient, Response
 from continuum import RouterHandle
-from continuum._errors import render_error
-from continuum._http._listeners import HTTPServer, open_listeners
-from continuum._http._server import HTTPLimits, Request, ServerConnection
+from continuum.core.errors import render_error
 from continuum.mock import MockUpstream
+from continuum.net.server.connection import HTTPLimits, Request, ServerConnection
+from continuum.net.server.listeners import HTTPServer, open_listeners
 from helpers import router_config, start_mock, start_router
 
 MODEL = "mock-model"

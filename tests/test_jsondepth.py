@@ -1,4 +1,4 @@
-"""The JSON depth rule (continuum._jsondepth): exact for valid JSON, whatever sits in strings."""
+"""The JSON depth rule (continuum.core.jsondepth): exact for valid JSON, whatever is in strings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from continuum._jsondepth import MAX_JSON_DEPTH, json_too_deep, json_too_deep_yielding, scan
+from continuum.core.jsondepth import MAX_JSON_DEPTH, json_too_deep, json_too_deep_yielding, scan
 
 
 def depth(value: Any) -> int:

@@ -10,8 +10,13 @@ import httpx
 import pytest
 import trio
 
-from continuum._config import LoggingConfig
-from continuum._logging import LOGGED_VALUE_MAX, JSONFormatter, configure_logging, loggable
+from continuum.config import LoggingConfig
+from continuum.observability.logs import (
+    LOGGED_VALUE_MAX,
+    JSONFormatter,
+    configure_logging,
+    loggable,
+)
 from helpers import router_config, start_mock, start_router
 
 

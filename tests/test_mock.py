@@ -19,9 +19,7 @@ import httpx
 import pytest
 import trio
 
-from continuum._config import MockConfig, MockFailure
-from continuum._mock_failures import FailurePlan, parse_fail_spec
-from continuum._mock_openai import split_pieces
+from continuum.config import MockConfig, MockFailure
 from continuum.mock import (
     MockUpstream,
     add_mock_arguments,
@@ -29,6 +27,8 @@ from continuum.mock import (
     run_mock_from_args,
     serve_mock,
 )
+from continuum.testing._failures import FailurePlan, parse_fail_spec
+from continuum.testing._openai import split_pieces
 
 MODELS = ("m1", "org/m2")
 

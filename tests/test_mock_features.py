@@ -18,10 +18,10 @@ import pydantic
 import pytest
 import trio
 
-from continuum._config import MockConfig, MockFailure
-from continuum._mock_responses import ResponseStore
-from continuum._mock_schema import MAX_DEPTH, Generator, SchemaError, check_schema
+from continuum.config import MockConfig, MockFailure
 from continuum.mock import MockUpstream, add_mock_arguments, serve_mock
+from continuum.testing._responses import ResponseStore
+from continuum.testing._schema import MAX_DEPTH, Generator, SchemaError, check_schema
 
 GUARD = 10  # seconds: every request here answers in milliseconds
 
@@ -429,8 +429,8 @@ def test_response_store_is_bounded() -> None:
     store = ResponseStore(limit=2)
     upstream = MockUpstream(models=("m",), responses_store=store)
     assert upstream.responses is store
-    from continuum import _mock_openai as oai
-    from continuum import _mock_responses as responses
+    from continuum.testing import _openai as oai
+    from continuum.testing import _responses as responses
 
     ids = []
     for i in range(3):

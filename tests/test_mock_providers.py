@@ -12,9 +12,9 @@ import httpx
 import pytest
 import trio
 
-from continuum._config import MockConfig, MockFailure
-from continuum._mock_openai import split_pieces
+from continuum.config import MockConfig, MockFailure
 from continuum.mock import MockUpstream, add_mock_arguments, mock_config_from_args, serve_mock
+from continuum.testing._openai import split_pieces
 
 MODELS = ("m1", "org/m2")
 ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}

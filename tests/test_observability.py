@@ -19,11 +19,11 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from continuum import RouterHandle
-from continuum._config import MockConfig, MockFailure
-from continuum._logging import JSONFormatter
-from continuum._proxy import usage_from_body, usage_from_sse_tail
-from continuum._tracing import new_traceparent, valid_traceparent
 from continuum.actors.metrics import serve_metrics
+from continuum.actors.proxy import usage_from_body, usage_from_sse_tail
+from continuum.config import MockConfig, MockFailure
+from continuum.observability.logs import JSONFormatter
+from continuum.observability.tracing import new_traceparent, valid_traceparent
 from helpers import router_config, start_mock, start_router
 
 MODEL = "gpt-test"
@@ -224,7 +224,7 @@ async def test_separate_metrics_listener(nursery: trio.Nursery) -> None:
 
 def test_metrics_bind_address_is_validated() -> None:
     from continuum import config_from_dict
-    from continuum._config import ConfigError
+    from continuum.config import ConfigError
 
     base = router_config([{"name": "m", "type": "mock"}])
     with pytest.raises(ConfigError, match=r"metrics\.bind_address"):

@@ -15,9 +15,9 @@ import openai
 import trio
 
 from continuum import RouterHandle
-from continuum._clock import now as clock
-from continuum._http._server import Request, ServerConnection
+from continuum.core.clock import now as clock
 from continuum.mock import MockUpstream, serve_mock
+from continuum.net.server.connection import Request, ServerConnection
 from helpers import router_config, start_mock, start_router
 
 MODEL = "gpt-test"

@@ -16,11 +16,11 @@ import trio
 import trio.testing
 import trustme
 
-from continuum._http._client import ConnectError, UpstreamError
-from continuum._http._listeners import DateCache
-from continuum._http._pool import HTTP1Pool, Origin, PoolLimits, make_ssl_context
-from continuum._http._server import HTTPLimits, ServerConnection
 from continuum.mock import MockUpstream
+from continuum.net.client.http1 import ConnectError, UpstreamError
+from continuum.net.client.http1_pool import HTTP1Pool, Origin, PoolLimits, make_ssl_context
+from continuum.net.server.connection import HTTPLimits, ServerConnection
+from continuum.net.server.listeners import DateCache
 from helpers import router_config, start_mock, start_router
 
 MODEL = "mock-model"
@@ -523,7 +523,7 @@ class _Recording:
 
 
 def _connection(limit: int) -> Any:
-    from continuum._http._client import HTTP1Connection
+    from continuum.net.client.http1 import HTTP1Connection
 
     left, _ = trio.testing.memory_stream_pair()
     return HTTP1Connection(left, None, limit)  # type: ignore[arg-type]  # raw: only for close

@@ -1,7 +1,7 @@
 """End to end with real SDKs: the ``openai`` and ``anthropic`` SDKs through a real router
 to mock Anthropic, Gemini and OpenAI upstreams on loopback ports.
 
-Covers every client endpoint ↔ backend API pair of ``continuum._calls``: OpenAI chat →
+Covers every client endpoint ↔ backend API pair of ``continuum.apis.calls``: OpenAI chat →
 Anthropic Messages / Gemini generateContent (and Gemini's OpenAI-compatible endpoint),
 Anthropic ``/v1/messages`` → OpenAI chat / Anthropic pass-through / Gemini (double
 translation), ``count_tokens``, ``/v1/responses``, and the error shapes of each side.

@@ -18,7 +18,7 @@ import trio
 
 import continuum
 from continuum import RouterHandle, config_from_dict
-from continuum._config import MockConfig
+from continuum.config import MockConfig
 from helpers import router_config, start_mock
 
 HANG_GUARD = 20.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from continuum._strategies import (
+from continuum.core.strategies import (
     STRATEGY_NAMES,
     ConsistentHash,
     LeastLatency,

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from continuum._metrics_merge import merge_expositions
+from continuum.observability.merge import merge_expositions
 
 A = """# HELP http_requests_total Requests.
 # TYPE http_requests_total counter

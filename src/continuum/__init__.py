@@ -8,17 +8,17 @@ Embed it in a trio program::
         router.shutdown()
 """
 
-from ._config import BackendConfig as BackendConfig
-from ._config import Config as Config
-from ._config import ConfigError as ConfigError
-from ._config import config_from_dict as config_from_dict
-from ._config import dump_effective_config as dump_effective_config
-from ._config import generate_config as generate_config
-from ._config import load_config as load_config
-from ._config import parse_config as parse_config
-from ._errors import RouterError as RouterError
 from .actors.supervisor import RouterHandle as RouterHandle
 from .actors.supervisor import serve as serve
+from .config import BackendConfig as BackendConfig
+from .config import Config as Config
+from .config import ConfigError as ConfigError
+from .config import config_from_dict as config_from_dict
+from .config import dump_effective_config as dump_effective_config
+from .config import generate_config as generate_config
+from .config import load_config as load_config
+from .config import parse_config as parse_config
+from .core.errors import RouterError as RouterError
 
 __version__ = "0.1.0"
 

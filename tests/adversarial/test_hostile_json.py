@@ -28,7 +28,7 @@ from harness import (
 )
 
 MAX_BODY = 1024 * 1024
-DEPTH = 128  # continuum._jsondepth.MAX_JSON_DEPTH, the documented rule
+DEPTH = 128  # continuum.core.jsondepth.MAX_JSON_DEPTH, the documented rule
 
 ENDPOINTS = [
     ("/v1/chat/completions", False),

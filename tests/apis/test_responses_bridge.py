@@ -23,8 +23,7 @@ from openai.types.chat.completion_create_params import (
 )
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 
-from continuum._providers import anthropic, gemini
-from continuum._providers._types import StreamTranslator, TranslationError
+from continuum.apis import anthropic, gemini
 from continuum.apis.responses import (
     BridgeError,
     ChatBridge,
@@ -35,6 +34,7 @@ from continuum.apis.responses import (
     responses_to_chat,
 )
 from continuum.apis.responses._sse import SSEReader
+from continuum.apis.types import StreamTranslator, TranslationError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HERE = FIXTURES / "responses"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import httptools
 import trio
 
-from continuum._errors import openai_error_body
+from continuum.core.errors import openai_error_body
 from continuum.core.realtime import (
     REALTIME_PATH,
     UsageTally,

@@ -25,7 +25,6 @@ from realtime_relay_server import RelayServer, start_relay
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from continuum._mock_realtime import MockRealtime, RealtimeScript, serve_mock_realtime
 from continuum.core.realtime import upstream_target
 from continuum.net.websocket_relay import (
     HandshakeFailed,
@@ -37,6 +36,7 @@ from continuum.net.websocket_relay import (
     handshake_request,
     open_upstream,
 )
+from continuum.testing import MockRealtime, RealtimeScript, serve_mock_realtime
 
 T = TypeVar("T")
 MODEL = "gpt-realtime"
@@ -344,7 +344,7 @@ async def test_an_upstream_reset_mid_session_gives_an_error_event_and_1011(
 async def test_an_upstream_process_killed_mid_session(nursery: trio.Nursery) -> None:
     code = (
         "import sys, trio\n"
-        "from continuum._mock_realtime import MockRealtime, serve_mock_realtime\n"
+        "from continuum.testing import MockRealtime, serve_mock_realtime\n"
         "async def main():\n"
         "    async with trio.open_nursery() as n:\n"
         "        print(await n.start(serve_mock_realtime, MockRealtime()), flush=True)\n"
@@ -674,7 +674,7 @@ _MEMORY_PROBE = """
 import json, os, sys, tracemalloc
 import trio, trio_websocket
 from realtime_relay_server import start_relay
-from continuum._mock_realtime import MockRealtime, RealtimeScript, serve_mock_realtime
+from continuum.testing import MockRealtime, RealtimeScript, serve_mock_realtime
 from continuum.net.websocket_relay import RelaySettings
 
 CHUNKS, SIZE = 2000, 48 * 1024  # 2,000 deltas of 64 KiB of base64: 128 MiB in all

@@ -15,7 +15,7 @@ import trio
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from continuum._mock_realtime import MockRealtime, RealtimeScript, serve_mock_realtime
+from continuum.testing import MockRealtime, RealtimeScript, serve_mock_realtime
 
 T = TypeVar("T")
 MODEL = "gpt-realtime"

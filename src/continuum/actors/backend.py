@@ -12,13 +12,13 @@ from typing import Final, final
 
 import trio
 
-from .._circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
-from .._clock import now as clock
-from .._config import BackendConfig, Config
-from .._health import HealthState
-from .._http._client import ConnectError, Exchange, Headers
-from .._http._h2 import HTTP2Pool, open_pool
-from .._http._pool import HTTP1Pool, Origin, PoolLimits, PoolStats, make_ssl_context
+from ..config import BackendConfig, Config
+from ..core.circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
+from ..core.clock import now as clock
+from ..core.health import HealthState
+from ..net.client.h2 import HTTP2Pool, open_pool
+from ..net.client.http1 import ConnectError, Exchange, Headers
+from ..net.client.http1_pool import HTTP1Pool, Origin, PoolLimits, PoolStats, make_ssl_context
 
 log = logging.getLogger("continuum.backend")
 

@@ -23,19 +23,19 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import msgspec
 import trio
 
-from .._calls import ENDPOINT_APIS
-from .._clock import now as clock
-from .._config import Config
-from .._errors import JSON_HEADERS, RouterError, openai_error_body, quoted
-from .._http._server import Headers, Refusal, Request, ServerConnection
-from .._jsondepth import MAX_JSON_DEPTH
-from .._logging import loggable
-from .._messages import RequestObserved
-from .._providers.anthropic import anthropic_error_body
-from .._proxy import Proxy, RequestState, Served, client_key
-from .._tracing import new_traceparent, valid_traceparent
-from .cache import CacheKeeper
+from ..apis.anthropic import anthropic_error_body
+from ..apis.calls import ENDPOINT_APIS
+from ..config import Config
+from ..core.clock import now as clock
+from ..core.errors import JSON_HEADERS, RouterError, openai_error_body, quoted
+from ..core.jsondepth import MAX_JSON_DEPTH
+from ..core.messages import RequestObserved
+from ..net.server.connection import Headers, Refusal, Request, ServerConnection
+from ..observability.logs import loggable
+from ..observability.tracing import new_traceparent, valid_traceparent
+from .catalog import CacheKeeper
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
+from .proxy import Proxy, RequestState, Served, client_key
 from .router import Router
 
 log = logging.getLogger("continuum.ingress")

@@ -15,19 +15,19 @@ from typing import TYPE_CHECKING, Any, Final, final
 import trio
 from prometheus_client import generate_latest
 
-from .._circuit import BreakerState
-from .._config import MetricsConfig
-from .._dedup import Deduplicator
-from .._errors import JSON_HEADERS, RouterError, quoted, render_error
-from .._http._listeners import HTTPServer, open_listeners
-from .._http._server import HTTPLimits, Request, ServerConnection
-from .._messages import RequestObserved
-from .._metrics import OTHER, Metrics
+from ..config import MetricsConfig
+from ..core.circuit import BreakerState
+from ..core.errors import JSON_HEADERS, RouterError, quoted, render_error
+from ..core.messages import RequestObserved
+from ..net.server.connection import HTTPLimits, Request, ServerConnection
+from ..net.server.listeners import HTTPServer, open_listeners
+from ..observability.metrics import OTHER, Metrics
 from .backend import BackendActor
-from .cache import CacheKeeper
+from .catalog import CacheKeeper
+from .dedup import Deduplicator
 
 if TYPE_CHECKING:
-    from .._metrics import CounterChild, HistogramChild
+    from ..observability.metrics import CounterChild, HistogramChild
 
 log = logging.getLogger("continuum.metrics")
 

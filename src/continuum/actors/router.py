@@ -15,12 +15,12 @@ from typing import final
 
 import trio
 
-from .._circuit import BreakerState
-from .._clock import now as clock
-from .._config import Config
-from .._errors import RouterError, quoted
-from .._messages import ControlMessage, DiscoveryFailed, HealthReport, ModelsDiscovered
-from .._strategies import RouteKey, Strategy, StrategyOptions, make_strategy
+from ..config import Config
+from ..core.circuit import BreakerState
+from ..core.clock import now as clock
+from ..core.errors import RouterError, quoted
+from ..core.messages import ControlMessage, DiscoveryFailed, HealthReport, ModelsDiscovered
+from ..core.strategies import RouteKey, Strategy, StrategyOptions, make_strategy
 from .backend import BackendActor
 
 log = logging.getLogger("continuum.router")

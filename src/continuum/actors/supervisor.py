@@ -13,25 +13,25 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from .._config import Config
-from .._dedup import Deduplicator
-from .._errors import render_error
-from .._http._listeners import HTTPServer, open_listeners
-from .._http._server import HTTPLimits, Request, ServerConnection
-from .._messages import ControlMessage, RequestObserved
-from .._metrics import Metrics
-from .._proxy import Proxy
-from .._startup import log_startup_summary
-from .._workers import WorkerEnvironment, gather_metrics
+from ..config import Config
+from ..core.errors import render_error
+from ..core.messages import ControlMessage, RequestObserved
+from ..net.server.connection import HTTPLimits, Request, ServerConnection
+from ..net.server.listeners import HTTPServer, open_listeners
+from ..observability.metrics import Metrics
 from .backend import BackendActor
-from .cache import CacheKeeper
-from .health import HealthProber, probe
+from .catalog import CacheKeeper
+from .dedup import Deduplicator
 from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
+from .prober import HealthProber, probe
+from .proxy import Proxy
 from .router import Router
+from .startup import log_startup_summary
+from .workers import WorkerEnvironment, gather_metrics
 
 if TYPE_CHECKING:
-    from ..mock import MockUpstream
+    from ..testing._upstream import MockUpstream
 
 log = logging.getLogger("continuum.supervisor")
 
@@ -180,7 +180,7 @@ async def _start_mocks(
     urls: dict[str, str] = {}
     if not any(b.type == "mock" for b in config.backends):
         return mocks, urls
-    from ..mock import MockUpstream, ResponseStore, serve_mock
+    from ..testing._upstream import MockUpstream, ResponseStore, serve_mock
 
     store = ResponseStore()  # one per router: its mocks act as replicas of one provider
     for backend in config.backends:
@@ -216,7 +216,7 @@ async def serve_worker(
     *,
     task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """``serve`` as one of ``server.workers`` processes (see ``continuum._workers``): TCP
+    """``serve`` as one of ``server.workers`` processes (see ``continuum.actors.workers``): TCP
     addresses joined with SO_REUSEPORT, Unix ones inherited, metrics summed over workers."""
     listeners = await open_listeners(
         worker.bind, socket_mode=config.server.socket_mode, reuse_port=True,

@@ -6,8 +6,8 @@ from typing import Final
 
 import msgspec
 
-from ..._errors import openai_error_body
-from ..._providers._types import Translated
+from ...core.errors import openai_error_body
+from ..types import Translated
 from ._common import (
     JSON,
     ResponseContext,

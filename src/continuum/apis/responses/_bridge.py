@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, final
 
-from ..._providers._types import Translated
+from ..types import Translated
 from ._answer import chat_to_response
 from ._common import (
     JSON,

@@ -9,8 +9,8 @@ from typing import Any, Final
 
 import msgspec
 
-from ..._errors import openai_error_body
-from ..._providers._types import TranslationError
+from ...core.errors import openai_error_body
+from ..types import TranslationError
 
 JSON = dict[str, Any]
 

@@ -27,7 +27,7 @@ INFERENCE_PATHS: Final = frozenset(
 
 
 class FailureSpec(Protocol):
-    """A configured failure (``continuum._config.MockFailure`` has this shape)."""
+    """A configured failure (``continuum.config.MockFailure`` has this shape)."""
 
     @property
     def kind(self) -> str: ...

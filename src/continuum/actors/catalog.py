@@ -12,9 +12,9 @@ from typing import final
 import msgspec
 import trio
 
-from .._http._client import UpstreamError
-from .._messages import ControlMessage, DiscoveryFailed, ModelsDiscovered
-from .._providers.gemini import gemini_models
+from ..apis.gemini import gemini_models
+from ..core.messages import ControlMessage, DiscoveryFailed, ModelsDiscovered
+from ..net.client.http1 import UpstreamError
 from .backend import BackendActor
 from .router import Router
 

@@ -33,38 +33,6 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
-__all__ = [
-    "ApiKeyEntry",
-    "ApiKeysConfig",
-    "BackendConfig",
-    "BindAddress",
-    "CacheConfig",
-    "Config",
-    "ConfigError",
-    "DeduplicationConfig",
-    "HealthChecksConfig",
-    "HttpClientConfig",
-    "LoggingConfig",
-    "MetricsAuthConfig",
-    "MetricsConfig",
-    "MockConfig",
-    "MockFailure",
-    "RequestConfig",
-    "RoutingConfig",
-    "ServerConfig",
-    "TracingConfig",
-    "config_from_dict",
-    "config_warnings",
-    "dump_effective_config",
-    "generate_config",
-    "load_config",
-    "parse_bind_address",
-    "parse_config",
-    "parse_duration",
-    "parse_size",
-]
-
-
 # --------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------
@@ -1305,6 +1273,6 @@ def unserved_model_warnings(config: Config, served: set[str], where: str) -> lis
 
 def generate_config() -> str:
     """A complete, commented config with every key and its default."""
-    from continuum._config_template import TEMPLATE
+    from ._template import TEMPLATE
 
     return TEMPLATE

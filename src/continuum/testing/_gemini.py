@@ -1,7 +1,7 @@
 """Sans-IO half of the mock upstream for the Gemini API (``generateContent``).
 
-Like :mod:`continuum._mock_openai` (whose :class:`~continuum._mock_openai.Reply`,
-:class:`~continuum._mock_openai.StreamReply` and :class:`~continuum._mock_openai.Settings`
+Like :mod:`continuum.testing._openai` (whose :class:`~continuum.testing._openai.Reply`,
+:class:`~continuum.testing._openai.StreamReply` and :class:`~continuum.testing._openai.Settings`
 it shares), everything here is a plain function of its inputs. :mod:`continuum.mock` does
 the I/O and the routing (``/v1beta/models/{model}:{method}``).
 
@@ -20,8 +20,8 @@ from typing import Any, Final
 
 import msgspec
 
-from ._mock_anthropic import TOOL_INPUT, TOOL_TRIGGER, display_name
-from ._mock_openai import (
+from ._anthropic import TOOL_INPUT, TOOL_TRIGGER, display_name
+from ._openai import (
     Reply,
     Settings,
     StreamReply,

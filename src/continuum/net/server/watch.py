@@ -20,7 +20,7 @@ from typing import Final, final
 
 import trio
 
-from ._server import ProtocolError, ServerConnection
+from .connection import ProtocolError, ServerConnection
 
 #: How often waiting connections are checked (seconds): a departure is noticed this late.
 CHECK_PERIOD: Final = 0.25

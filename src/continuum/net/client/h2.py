@@ -47,8 +47,8 @@ import h2.settings
 import trio
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 
-from ._client import ConnectError, Headers, HTTP1Connection, UpstreamError, read_body
-from ._pool import (
+from .http1 import ConnectError, Headers, HTTP1Connection, UpstreamError, read_body
+from .http1_pool import (
     HTTP1Pool,
     Origin,
     PoolLimits,

@@ -1,7 +1,7 @@
 """Sans-IO half of the mock upstream for the Anthropic Messages API.
 
-Like :mod:`continuum._mock_openai` (whose :class:`~continuum._mock_openai.Reply`,
-:class:`~continuum._mock_openai.StreamReply` and :class:`~continuum._mock_openai.Settings`
+Like :mod:`continuum.testing._openai` (whose :class:`~continuum.testing._openai.Reply`,
+:class:`~continuum.testing._openai.StreamReply` and :class:`~continuum.testing._openai.Settings`
 it shares), everything here is a plain function of its inputs. :mod:`continuum.mock` does
 the I/O.
 
@@ -20,7 +20,8 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from ._mock_openai import (
+from ..apis.anthropic import anthropic_error_type
+from ._openai import (
     Reply,
     Settings,
     StreamReply,
@@ -29,7 +30,6 @@ from ._mock_openai import (
     split_pieces,
     summarize,
 )
-from ._providers.anthropic import anthropic_error_type
 
 _encode: Final = msgspec.json.Encoder().encode
 _T = TypeVar("_T")

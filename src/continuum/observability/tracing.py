@@ -18,7 +18,7 @@ import random
 from importlib import import_module
 from typing import Any, Final, final
 
-from ._config import TracingConfig
+from ..config import TracingConfig
 
 log = logging.getLogger("continuum.tracing")
 

@@ -13,7 +13,9 @@ import msgspec
 import trio
 
 from . import __version__
-from ._config import (
+from .actors.supervisor import RouterHandle, serve, serve_worker
+from .actors.workers import WorkerEnvironment, run_workers
+from .config import (
     Config,
     ConfigError,
     LoggingConfig,
@@ -23,9 +25,7 @@ from ._config import (
     load_config,
     parse_bind_address,
 )
-from ._logging import configure_logging
-from ._workers import WorkerEnvironment, run_workers
-from .actors.supervisor import RouterHandle, serve, serve_worker
+from .observability.logs import configure_logging
 
 log = logging.getLogger("continuum")
 
@@ -162,7 +162,7 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
 
 
 def cmd_mock(args: argparse.Namespace) -> int:
-    from .mock import run_mock_from_args
+    from .testing._upstream import run_mock_from_args
 
     return run_mock_from_args(args)
 
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate_config)
     mock = sub.add_parser("mock", help="run the mock upstream (OpenAI, Anthropic or Gemini API)",
                           description="Run the mock upstream (for demos, tests, benchmarks).")
-    from .mock import add_mock_arguments
+    from .testing._upstream import add_mock_arguments
 
     add_mock_arguments(mock)
     mock.set_defaults(func=cmd_mock)

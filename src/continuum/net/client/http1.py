@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Protocol, final
 import httptools
 import trio
 
-from ._fastio import FastStream
+from ..fastio import FastStream
 
 if TYPE_CHECKING:
-    from ._pool import HTTP1Pool
+    from .http1_pool import HTTP1Pool
 
 Headers = list[tuple[bytes, bytes]]
 

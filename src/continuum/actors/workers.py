@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._http._listeners import format_address, split_bind_address
+from ..net.server.listeners import format_address, split_bind_address
 
 log = logging.getLogger("continuum.workers")
 
@@ -233,7 +233,7 @@ async def gather_metrics(env: WorkerEnvironment, local: bytes) -> bytes:
     """``local`` merged with every other worker's metrics (summed, see _metrics_merge)."""
     import trio
 
-    from ._metrics_merge import merge_expositions
+    from ..observability.merge import merge_expositions
 
     own = env.metrics_socket()
     paths = sorted(

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._mock_schema import Generator, SchemaError, check_schema
+from ._schema import Generator, SchemaError, check_schema
 
 MAX_TOOLS: Final = 128
 MAX_PARALLEL_CALLS: Final = 4

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar, final, get_args
 
-from ._config import Strategy as StrategyName
+from ..config import Strategy as StrategyName
 
 __all__ = [
     "DEFAULT_OPTIONS",

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import trio
 
-from .._clock import now as clock
-from ._client import (
+from ...core.clock import now as clock
+from .http1 import (
     DEFAULT_MAX_HEAD,
     ConnectError,
     Headers,

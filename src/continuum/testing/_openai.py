@@ -9,8 +9,8 @@ one byte at a time, cut off by a reset, ...).
 Answers are deterministic so tests can assert them: the text echoes the last user message
 (``"Mock reply to: <message>"``), a streamed answer is that same text cut into
 ``stream_chunks`` pieces, and one piece counts as one completion token. Tool calls, ``n``
-choices, ``response_format`` JSON and logprobs follow :mod:`continuum._mock_tools` and
-:mod:`continuum._mock_schema`; the Responses API is :mod:`continuum._mock_responses`.
+choices, ``response_format`` JSON and logprobs follow :mod:`continuum.testing._tools` and
+:mod:`continuum.testing._schema`; the Responses API is :mod:`continuum.testing._responses`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from . import _mock_tools as tools
-from ._errors import JSON_HEADERS, Headers, openai_error_body
-from ._mock_schema import Generator
+from ..core.errors import JSON_HEADERS, Headers, openai_error_body
+from . import _tools as tools
+from ._schema import Generator
 
 _encode: Final = msgspec.json.Encoder().encode
 _T = TypeVar("_T")

@@ -24,23 +24,23 @@ from typing import TYPE_CHECKING, Any, Final, final
 import msgspec
 import trio
 
-from ._calls import ENDPOINT_APIS, Call, build_call
-from ._clock import now as clock
-from ._config import Config
-from ._dedup import Deduplicator, StoredResponse, dedup_key
-from ._errors import RouterError, openai_error_body, quoted
-from ._http._client import Exchange, Headers, UpstreamError
-from ._http._server import ProtocolError, Request, ServerConnection
-from ._http._watch import ClientWatch
-from ._jsondepth import MAX_JSON_DEPTH, json_too_deep_yielding
-from ._providers._types import StreamTranslator, TranslationError
-from ._providers.anthropic import anthropic_error_body
-from ._retry import Backoff, parse_retry_after
-from ._tracing import Tracing
+from ..apis.anthropic import anthropic_error_body
+from ..apis.calls import ENDPOINT_APIS, Call, build_call
+from ..apis.types import StreamTranslator, TranslationError
+from ..config import Config
+from ..core.clock import now as clock
+from ..core.errors import RouterError, openai_error_body, quoted
+from ..core.jsondepth import MAX_JSON_DEPTH, json_too_deep_yielding
+from ..core.retry import Backoff, parse_retry_after
+from ..net.client.http1 import Exchange, Headers, UpstreamError
+from ..net.server.connection import ProtocolError, Request, ServerConnection
+from ..net.server.watch import ClientWatch
+from ..observability.tracing import Tracing
+from .dedup import Deduplicator, StoredResponse, dedup_key
 
 if TYPE_CHECKING:
-    from .actors.backend import BackendActor
-    from .actors.router import Router
+    from .backend import BackendActor
+    from .router import Router
 
 log = logging.getLogger("continuum.proxy")
 

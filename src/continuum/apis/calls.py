@@ -13,7 +13,7 @@ client's API — for every pair of client API and backend API.
 
 Pass-through forwards the client's body bytes untouched (the model rewritten only for
 aliases and fallbacks) and never decodes an SSE chunk; translation is the sans-IO code of
-``continuum._providers``.
+``continuum.apis``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Final, final
 
 import msgspec
 
-from ._providers import anthropic, gemini
-from ._providers._types import StreamTranslator, Translated
+from . import anthropic, gemini
+from .types import StreamTranslator, Translated
 
 if TYPE_CHECKING:
-    from ._http._server import Request
-    from .actors.backend import BackendActor
+    from ..actors.backend import BackendActor
+    from ..net.server.connection import Request
 
 Headers = list[tuple[bytes, bytes]]
 

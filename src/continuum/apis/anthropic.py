@@ -57,7 +57,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._types import Headers, Translated, TranslationError, UpstreamCall
+from .types import Headers, Translated, TranslationError, UpstreamCall
 
 __all__ = [
     "REASONING_BUDGETS",

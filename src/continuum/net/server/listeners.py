@@ -13,8 +13,8 @@ from typing import final
 
 import trio
 
-from .._clock import now as clock
-from ._server import (
+from ...core.clock import now as clock
+from .connection import (
     DateCache,
     ErrorRenderer,
     Handler,

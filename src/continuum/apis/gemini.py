@@ -94,8 +94,8 @@ from typing import Any, Final
 
 import msgspec
 
-from .._errors import openai_error_body
-from ._types import Headers, Translated, TranslationError, UpstreamCall
+from ..core.errors import openai_error_body
+from .types import Headers, Translated, TranslationError, UpstreamCall
 
 __all__ = [
     "REASONING_BUDGETS",

@@ -2,7 +2,7 @@
 
 Each backend has its own task. Its schedule is ``health_checks.interval`` (or the backend's
 ``health_check.interval`` override), shortened to ``warmup_check_interval`` while the
-backend's :class:`~continuum._health.HealthState` says it is warming up. The Router applies
+backend's :class:`~continuum.core.health.HealthState` says it is warming up. The Router applies
 the reports, so the state a task reads may lag its own last report by a moment; the task
 therefore never sleeps longer than the warm-up interval at a time and re-reads the state
 on every wake-up — a backend that starts answering 503 is re-probed about one warm-up
@@ -18,9 +18,9 @@ from typing import final
 
 import trio
 
-from .._config import HealthChecksConfig
-from .._http._client import UpstreamError
-from .._messages import ControlMessage, HealthReport
+from ..config import HealthChecksConfig
+from ..core.messages import ControlMessage, HealthReport
+from ..net.client.http1 import UpstreamError
 from .backend import BackendActor
 
 log = logging.getLogger("continuum.health")

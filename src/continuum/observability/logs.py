@@ -10,8 +10,8 @@ import time
 
 import msgspec
 
-from ._config import LoggingConfig
-from ._workers import ENV_WORKER
+from ..actors.workers import ENV_WORKER
+from ..config import LoggingConfig
 
 _LEVELS = {
     "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,

@@ -2,7 +2,7 @@
 
 ``create`` answers ``POST /v1/responses`` like the chat mock answers a chat completion (the
 text echoes the last user input, one piece is one token, tools and formats follow
-:mod:`continuum._mock_tools`), in the Responses shapes: output items (``message`` with
+:mod:`continuum.testing._tools`), in the Responses shapes: output items (``message`` with
 ``output_text``, ``function_call``), ``usage`` with ``input_tokens``/``output_tokens``, and
 for ``stream: true`` the event sequence the openai SDK accumulates (``response.created`` …
 ``response.completed``, each with its ``sequence_number``).
@@ -23,8 +23,8 @@ from typing import Any, Final
 
 import msgspec
 
-from . import _mock_tools as tools
-from ._mock_openai import (
+from . import _tools as tools
+from ._openai import (
     Reply,
     Settings,
     StreamReply,
@@ -35,7 +35,7 @@ from ._mock_openai import (
     split_pieces,
     summarize,
 )
-from ._mock_schema import Generator
+from ._schema import Generator
 
 #: Responses one store keeps (least recently created first out).
 MAX_STORED: Final = 1_000

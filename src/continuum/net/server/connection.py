@@ -36,8 +36,8 @@ from typing import Final, final
 import httptools
 import trio
 
-from .._clock import now as clock
-from ._fastio import FastStream
+from ...core.clock import now as clock
+from ..fastio import FastStream
 
 log = logging.getLogger("continuum.http")
 

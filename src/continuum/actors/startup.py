@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from ._config import Config, unserved_model_warnings
+from ..config import Config, unserved_model_warnings
 
 if TYPE_CHECKING:
-    from .actors.backend import BackendActor
-    from .actors.router import Router
+    from .backend import BackendActor
+    from .router import Router
 
 log = logging.getLogger("continuum.supervisor")
 

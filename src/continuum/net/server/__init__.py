@@ -1,0 +1,1 @@
+"""The HTTP/1.1 server side: client connections on httptools, listeners, the client watch."""

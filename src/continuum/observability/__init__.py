@@ -1,0 +1,1 @@
+"""Metrics definitions and merging, tracing, logging: usable by ``net`` and ``actors``."""
