@@ -18,15 +18,10 @@ import trio
 import trustme
 from hyperframe.frame import GoAwayFrame
 
-from continuum.net.client.h2 import (
-    HTTP2Exchange,
-    HTTP2Pool,
-    make_h2_ssl_context,
-    negotiate_protocol,
-    open_pool,
-)
-from continuum.net.client.http1 import ConnectError
-from continuum.net.client.http1_pool import HTTP1Pool, Origin, PoolLimits
+from continuum.net.client.connect import make_h2_ssl_context, negotiate_protocol
+from continuum.net.client.exchange import ConnectError, Origin, PoolLimits
+from continuum.net.client.h2 import HTTP2Exchange, HTTP2Pool, open_pool
+from continuum.net.client.http1_pool import HTTP1Pool
 from helpers import refused_url
 
 HANG_GUARD = 20
@@ -786,7 +781,7 @@ async def test_requests_behind_failed_prewarm_do_not_hang(nursery: trio.Nursery)
 
 
 async def test_response_header_list_over_the_limit_fails(nursery: trio.Nursery) -> None:
-    from continuum.net.client.http1 import UpstreamError
+    from continuum.net.client.exchange import UpstreamError
 
     server = H2Server(None)
     port = await server.start(nursery)
@@ -829,7 +824,7 @@ async def test_control_frame_flood_without_reading_drops_the_connection(
     our queued output passes its bound, instead of growing without end."""
     from hyperframe.frame import PingFrame
 
-    from continuum.net.client.http1 import UpstreamError
+    from continuum.net.client.exchange import UpstreamError
 
     flooded = 0
 

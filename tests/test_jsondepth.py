@@ -12,7 +12,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from continuum.core.jsondepth import MAX_JSON_DEPTH, json_too_deep, json_too_deep_yielding, scan
+from continuum.actors.proxy import json_too_deep_yielding
+from continuum.core.jsondepth import MAX_JSON_DEPTH, json_too_deep, scan
 
 
 def depth(value: Any) -> int:

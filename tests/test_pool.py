@@ -17,8 +17,9 @@ import trio.testing
 import trustme
 
 from continuum.mock import MockUpstream
-from continuum.net.client.http1 import ConnectError, UpstreamError
-from continuum.net.client.http1_pool import HTTP1Pool, Origin, PoolLimits, make_ssl_context
+from continuum.net.client.connect import make_ssl_context
+from continuum.net.client.exchange import ConnectError, Origin, PoolLimits, UpstreamError
+from continuum.net.client.http1_pool import HTTP1Pool
 from continuum.net.server.connection import HTTPLimits, ServerConnection
 from continuum.net.server.listeners import DateCache
 from helpers import router_config, start_mock, start_router

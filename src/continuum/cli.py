@@ -1,4 +1,5 @@
-"""The ``trio-continuum`` command: run, check, generate-config, mock."""
+"""The ``trio-continuum`` command: run, check, generate-config, mock (every subcommand and its
+options; the mock upstream itself is :mod:`continuum.testing`, imported only by ``mock``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, get_args
 
 import msgspec
 import trio
@@ -16,16 +18,23 @@ from . import __version__
 from .actors.supervisor import RouterHandle, serve, serve_worker
 from .actors.workers import WorkerEnvironment, run_workers
 from .config import (
+    DURATION_HELP,
     Config,
     ConfigError,
     LoggingConfig,
+    MockConfig,
+    MockFailure,
     config_warnings,
     dump_effective_config,
     generate_config,
     load_config,
     parse_bind_address,
+    parse_duration,
 )
 from .observability.logs import configure_logging
+
+if TYPE_CHECKING:
+    from .testing import MockUpstream
 
 log = logging.getLogger("continuum")
 
@@ -56,13 +65,11 @@ def _bind_addresses(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(addresses)
 
 
-def _log_levels() -> tuple[str, ...]:
-    """The values ``logging.level`` accepts (read from the schema, not repeated here)."""
-    info = msgspec.inspect.type_info(LoggingConfig)
-    assert isinstance(info, msgspec.inspect.StructType)
-    level = next(f.type for f in info.fields if f.name == "level")
-    assert isinstance(level, msgspec.inspect.LiteralType)
-    return tuple(str(v) for v in level.values)
+def _literal_values(struct: type[msgspec.Struct], name: str) -> tuple[str, ...]:
+    """The values a Literal field of the schema accepts, in the schema's order (read from
+    it, not repeated here)."""
+    field = next(f for f in msgspec.structs.fields(struct) if f.name == name)
+    return tuple(str(v) for v in get_args(field.type))
 
 
 def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -162,9 +169,168 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
 
 
 def cmd_mock(args: argparse.Namespace) -> int:
-    from .testing._upstream import run_mock_from_args
-
     return run_mock_from_args(args)
+
+
+# -- the mock upstream's options (the mock itself lives in continuum.testing) -------------------
+
+
+def parse_mock_failure(spec: str) -> MockFailure:
+    """``KIND[:STATUS][@RATE]`` → :class:`MockFailure` (argparse ``type=``).
+
+    ``status:503@0.2`` = a 503 on 20% of requests; ``reset`` = every request is reset.
+    """
+    from .testing._failures import parse_fail_spec
+
+    try:
+        kind, status, rate = parse_fail_spec(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}") from None
+    kinds = _literal_values(MockFailure, "kind")
+    if kind not in kinds:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: kind {kind!r} cannot be configured (only through "
+            f"MockUpstream.fail_next); use one of {', '.join(kinds)}"
+        )
+    return msgspec.convert({"kind": kind, "status": status, "rate": rate}, MockFailure)
+
+
+def _model_names(text: str) -> tuple[str, ...]:
+    models = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not models:
+        raise argparse.ArgumentTypeError("--models needs at least one model name")
+    return models
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _duration(text: str) -> float:
+    """``--latency``: seconds (``0.05``) or a duration as config files spell it (``50ms``)."""
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {DURATION_HELP}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``trio-continuum mock``."""
+    parser.add_argument(
+        "--bind", default="127.0.0.1:9000", metavar="HOST:PORT",
+        help="address to listen on (default: %(default)s; port 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--models", type=_model_names, default=("mock-model",), metavar="A,B,...",
+        help="comma-separated models to serve (default: mock-model)",
+    )
+    parser.add_argument(
+        "--latency", type=_duration, default=0.0, metavar="DURATION",
+        help="delay before each response head: seconds or a duration such as 50ms, 1.5s "
+        "(default: 0)",
+    )
+    parser.add_argument(
+        "--tokens-per-second", type=_non_negative, default=0.0, metavar="TPS",
+        help="stream pacing, one SSE content chunk per token; 0 = unpaced (default)",
+    )
+    parser.add_argument(
+        "--stream-chunks", type=_positive_int, default=8, metavar="N",
+        help="content chunks per streamed answer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fail", type=parse_mock_failure, action="append", default=None,
+        metavar="KIND[:STATUS][@RATE]",
+        help="inject a failure (repeatable); KIND is one of "
+        f"{', '.join(_literal_values(MockFailure, 'kind'))}"
+        "; STATUS (for status, default 500) and RATE (0..1, default 1) are optional; "
+        "e.g. status:503@0.2, reset@0.05",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed for the failure rates (reproducible runs)"
+    )
+    parser.add_argument("--name", default="mock", help="owned_by in /v1/models (default: mock)")
+    parser.add_argument(
+        "--api", choices=_literal_values(MockConfig, "api"), default="openai",
+        help="the API to speak: openai, anthropic (/v1/messages) or gemini "
+        "(/v1beta/models/M:generateContent) (default: %(default)s)",
+    )
+
+
+def mock_config_from_args(args: argparse.Namespace) -> MockConfig:
+    return MockConfig(
+        api=getattr(args, "api", "openai"),
+        latency=args.latency,
+        tokens_per_second=args.tokens_per_second,
+        stream_chunks=args.stream_chunks,
+        failures=tuple(args.fail or ()),
+    )
+
+
+def run_mock_from_args(args: argparse.Namespace) -> int:
+    """Run ``trio-continuum mock`` until Ctrl-C; print the address once listening."""
+    from .testing import MockUpstream
+
+    upstream = MockUpstream(
+        mock_config_from_args(args),
+        args.models,
+        name=getattr(args, "name", "mock"),
+        seed=getattr(args, "seed", None),
+    )
+    try:
+        trio.run(_run_mock, upstream, args.bind)
+    except KeyboardInterrupt:
+        return 0
+    except BaseExceptionGroup as group:
+        _, rest = group.split(KeyboardInterrupt)
+        if rest is not None:
+            raise
+        return 0
+    except OSError as exc:
+        print(f"trio-continuum mock: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run_mock(upstream: MockUpstream, bind: str) -> None:
+    from .testing import open_mock_server
+
+    server = await open_mock_server(upstream, bind)
+    print(
+        f"mock upstream listening on http://{server.addresses[0]} "
+        f"(api: {upstream.api}, models: {', '.join(upstream.models)})",
+        flush=True,
+    )
+    await server.run()
+
+
+def mock_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m continuum.mock``: the same as ``trio-continuum mock``."""
+    parser = argparse.ArgumentParser(
+        prog="trio-continuum mock",
+        description="A mock LLM upstream speaking the OpenAI, Anthropic or Gemini API.",
+    )
+    add_mock_arguments(parser)
+    return run_mock_from_args(parser.parse_args(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bind", action="append", metavar="ADDR",
                      help="listen here instead of server.bind_address: 'host:port', "
                      "'[::1]:port' or 'unix:/path'; repeat it or give a comma-separated list")
-    run.add_argument("--log-level", choices=_log_levels(), metavar="LEVEL",
-                     help="instead of logging.level: " + ", ".join(_log_levels()))
+    levels = _literal_values(LoggingConfig, "level")
+    run.add_argument("--log-level", choices=levels, metavar="LEVEL",
+                     help="instead of logging.level: " + ", ".join(levels))
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config and print it (secrets masked)",
                            description="Validate CONFIG; print the effective config with "
@@ -195,8 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate_config)
     mock = sub.add_parser("mock", help="run the mock upstream (OpenAI, Anthropic or Gemini API)",
                           description="Run the mock upstream (for demos, tests, benchmarks).")
-    from .testing._upstream import add_mock_arguments
-
     add_mock_arguments(mock)
     mock.set_defaults(func=cmd_mock)
     return parser

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sys
 
-from .testing._upstream import MockUpstream as MockUpstream
-from .testing._upstream import ResponseStore as ResponseStore
-from .testing._upstream import add_mock_arguments as add_mock_arguments
-from .testing._upstream import main as main
-from .testing._upstream import mock_config_from_args as mock_config_from_args
-from .testing._upstream import parse_mock_failure as parse_mock_failure
-from .testing._upstream import run_mock_from_args as run_mock_from_args
-from .testing._upstream import serve_mock as serve_mock
+from .cli import add_mock_arguments as add_mock_arguments
+from .cli import mock_config_from_args as mock_config_from_args
+from .cli import mock_main as main
+from .cli import parse_mock_failure as parse_mock_failure
+from .cli import run_mock_from_args as run_mock_from_args
+from .testing import MockUpstream as MockUpstream
+from .testing import ResponseStore as ResponseStore
+from .testing import serve_mock as serve_mock
 
 __all__ = [
     "MockUpstream",

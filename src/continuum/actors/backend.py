@@ -16,9 +16,10 @@ from ..config import BackendConfig, Config
 from ..core.circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
 from ..core.clock import now as clock
 from ..core.health import HealthState
+from ..net.client.connect import make_ssl_context
+from ..net.client.exchange import ConnectError, Exchange, Headers, Origin, PoolLimits, PoolStats
 from ..net.client.h2 import HTTP2Pool, open_pool
-from ..net.client.http1 import ConnectError, Exchange, Headers
-from ..net.client.http1_pool import HTTP1Pool, Origin, PoolLimits, PoolStats, make_ssl_context
+from ..net.client.http1_pool import HTTP1Pool
 
 log = logging.getLogger("continuum.backend")
 

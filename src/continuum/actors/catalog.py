@@ -14,7 +14,7 @@ import trio
 
 from ..apis.gemini import gemini_models
 from ..core.messages import ControlMessage, DiscoveryFailed, ModelsDiscovered
-from ..net.client.http1 import UpstreamError
+from ..net.client.exchange import UpstreamError
 from .backend import BackendActor
 from .router import Router
 

@@ -20,7 +20,7 @@ import trio
 
 from ..config import HealthChecksConfig
 from ..core.messages import ControlMessage, HealthReport
-from ..net.client.http1 import UpstreamError
+from ..net.client.exchange import UpstreamError
 from .backend import BackendActor
 
 log = logging.getLogger("continuum.health")

@@ -30,9 +30,9 @@ from ..apis.types import StreamTranslator, TranslationError
 from ..config import Config
 from ..core.clock import now as clock
 from ..core.errors import RouterError, openai_error_body, quoted
-from ..core.jsondepth import MAX_JSON_DEPTH, json_too_deep_yielding
+from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step
 from ..core.retry import Backoff, parse_retry_after
-from ..net.client.http1 import Exchange, Headers, UpstreamError
+from ..net.client.exchange import Exchange, Headers, UpstreamError
 from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
 from ..observability.tracing import Tracing
@@ -175,6 +175,15 @@ def prompt_tokens_from_message_start(head: bytes) -> int:
         return 0
     return _tokens(message.usage)[0]
 
+
+
+async def json_too_deep_yielding(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """The JSON depth rule (:func:`continuum.core.jsondepth.scan`) with a scheduler
+    checkpoint between its steps, so a hostile body cannot hold the event loop."""
+    steps = scan(body, limit)
+    while (answer := scan_step(steps)) is None:
+        await trio.lowlevel.checkpoint()
+    return answer
 
 @final
 class RequestState:

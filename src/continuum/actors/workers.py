@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ..net.server.listeners import format_address, split_bind_address
+from ..observability.logs import ENV_WORKER
 
 log = logging.getLogger("continuum.workers")
 
-#: Environment of a worker process (set by the parent).
-ENV_WORKER: Final = "CONTINUUM_WORKER"  # the worker's index
+#: Environment of a worker process (set by the parent; its index is ``ENV_WORKER``).
 ENV_BIND: Final = "CONTINUUM_WORKER_BIND"  # the resolved addresses, one per line
 ENV_FDS: Final = "CONTINUUM_WORKER_FDS"  # "unix:/path=FD" lines: inherited listeners
 ENV_METRICS_DIR: Final = "CONTINUUM_WORKER_METRICS_DIR"

@@ -151,3 +151,8 @@ backends:                           # at least one; names must be unique
 model_aliases: {}                   # client model name -> served model, e.g. {gpt-4: gpt-4o}
 fallbacks: {}                       # model -> models to try in order when none of its backends can answer, e.g. {gpt-4o: [claude-sonnet, llama3]}
 """
+
+
+def generate_config() -> str:
+    """A complete, commented config with every key and its default."""
+    return TEMPLATE

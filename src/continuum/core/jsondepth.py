@@ -21,8 +21,8 @@ for small bodies with few brackets (almost every request), and otherwise only C-
 
 A hostile 10 MiB body costs up to a few hundred milliseconds of CPU, so :func:`scan` is a
 generator that yields between steps of at most :data:`_STEP` bytes of work; the request path
-awaits a checkpoint at each yield (:func:`json_too_deep_yielding`), and no single body holds
-the event loop for long.
+awaits a checkpoint at each yield (``json_too_deep_yielding`` in
+:mod:`continuum.actors.proxy`), and no single body holds the event loop for long.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from __future__ import annotations
 import re
 from collections.abc import Generator
 from typing import Final
-
-import trio
 
 #: The deepest nesting of arrays and objects a request body may have (the body's own object
 #: is level 1). Real requests stay far below it: messages with content parts and tool
@@ -115,7 +113,7 @@ def _walk(structure: bytes) -> Generator[None, None, int]:
     return deepest
 
 
-def _step(steps: Generator[None, None, bool]) -> bool | None:
+def scan_step(steps: Generator[None, None, bool]) -> bool | None:
     """Run one step of :func:`scan`: its answer when it is done, else None."""
     try:
         next(steps)
@@ -127,14 +125,7 @@ def _step(steps: Generator[None, None, bool]) -> bool | None:
 def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """:func:`scan` in one go."""
     steps = scan(body, limit)
-    while (answer := _step(steps)) is None:
+    while (answer := scan_step(steps)) is None:
         pass
     return answer
 
-
-async def json_too_deep_yielding(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """:func:`scan` with a scheduler checkpoint between its steps (for the request path)."""
-    steps = scan(body, limit)
-    while (answer := _step(steps)) is None:
-        await trio.lowlevel.checkpoint()
-    return answer

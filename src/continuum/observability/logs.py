@@ -10,8 +10,11 @@ import time
 
 import msgspec
 
-from ..actors.workers import ENV_WORKER
 from ..config import LoggingConfig
+
+#: The environment variable that gives a worker process its index (``server.workers``; the
+#: parent, :mod:`continuum.actors.workers`, sets it): log lines say which worker spoke.
+ENV_WORKER = "CONTINUUM_WORKER"
 
 _LEVELS = {
     "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,

@@ -13,4 +13,5 @@ from ._realtime import RealtimeScript as RealtimeScript
 from ._realtime import serve_mock_realtime as serve_mock_realtime
 from ._responses import ResponseStore as ResponseStore
 from ._upstream import MockUpstream as MockUpstream
+from ._upstream import open_mock_server as open_mock_server
 from ._upstream import serve_mock as serve_mock

@@ -5,7 +5,8 @@ Three users:
 * the router: a backend with ``type: mock`` runs one in-process on ``127.0.0.1:0``, so
   ``configs/demo.yaml`` works on a laptop with no API keys;
 * the test suite: the upstream behind the failure tests (resets, hangs, drips, bad JSON);
-* the command line: ``trio-continuum mock --bind 127.0.0.1:9000 --fail status:503@0.2``.
+* the command line: ``trio-continuum mock --bind 127.0.0.1:9000 --fail status:503@0.2``
+  (its options are parsed in :mod:`continuum.cli`).
 
 It is served by the project's own HTTP/1.1 layer (:mod:`continuum.net`). It speaks one
 API per instance (``api``: ``"openai"``, ``"anthropic"`` or ``"gemini"``). Answers are built by
@@ -25,24 +26,20 @@ Usage from a test::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import random
 import socket
 import struct
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, final
 from urllib.parse import parse_qs
 
-import msgspec
-import msgspec.inspect
 import trio
 
-from ..config._validation import _DURATION_HELP, MockConfig, MockFailure, parse_duration
+from ..config import MockConfig, MockFailure
 from ..core.errors import render_error
 from ..net.server.connection import HTTPLimits, Request, ServerConnection, status_line
 from ..net.server.listeners import HTTPServer, open_listeners
@@ -50,18 +47,10 @@ from . import _anthropic as anth
 from . import _gemini as gem
 from . import _openai as oai
 from . import _responses as responses
-from ._failures import INFERENCE_PATHS, Failure, FailurePlan, parse_fail_spec
+from ._failures import INFERENCE_PATHS, Failure, FailurePlan
 from ._responses import ResponseStore
 
-__all__ = [
-    "MockUpstream",
-    "ResponseStore",
-    "add_mock_arguments",
-    "main",
-    "parse_mock_failure",
-    "run_mock_from_args",
-    "serve_mock",
-]
+__all__ = ["MockUpstream", "ResponseStore", "open_mock_server", "serve_mock"]
 
 #: Pause between two bytes of a "drip" response unless the MockUpstream says otherwise.
 DEFAULT_DRIP_DELAY: Final = 0.01
@@ -613,7 +602,10 @@ async def _cancel_on_disconnect(conn: ServerConnection, scope: trio.CancelScope)
 # -- serving -------------------------------------------------------------------------------------
 
 
-async def _open_server(upstream: MockUpstream, bind: str) -> HTTPServer:
+async def open_mock_server(upstream: MockUpstream, bind: str = "127.0.0.1:0") -> HTTPServer:
+    """Bind ``upstream``'s listener now (``server.addresses`` says where) and return the
+    server; ``await server.run()`` serves it until cancelled. A bind failure raises OSError
+    here."""
     listeners = await open_listeners([bind])
     return HTTPServer(
         listeners, upstream.handle, _LIMITS, shutdown_timeout=0.0, render_error=render_error
@@ -632,171 +624,7 @@ async def serve_mock(
     ``address = await nursery.start(serve_mock, upstream)`` works. A bind failure raises
     OSError from ``nursery.start``.
     """
-    server = await _open_server(upstream, bind)
+    server = await open_mock_server(upstream, bind)
     task_status.started(server.addresses[0])
     await server.run()
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-def parse_mock_failure(spec: str) -> MockFailure:
-    """``KIND[:STATUS][@RATE]`` → :class:`MockFailure` (argparse ``type=``).
-
-    ``status:503@0.2`` = a 503 on 20% of requests; ``reset`` = every request is reset.
-    """
-    try:
-        kind, status, rate = parse_fail_spec(spec)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}") from None
-    kinds = _config_failure_kinds()
-    if kind not in kinds:
-        raise argparse.ArgumentTypeError(
-            f"{spec!r}: kind {kind!r} cannot be configured (only through "
-            f"MockUpstream.fail_next); use one of {', '.join(kinds)}"
-        )
-    return msgspec.convert({"kind": kind, "status": status, "rate": rate}, MockFailure)
-
-
-def _config_failure_kinds() -> tuple[str, ...]:
-    """The kinds ``MockFailure.kind`` accepts (read from the schema, not repeated here)."""
-    info = msgspec.inspect.type_info(MockFailure)
-    assert isinstance(info, msgspec.inspect.StructType)
-    for field in info.fields:
-        if field.name == "kind" and isinstance(field.type, msgspec.inspect.LiteralType):
-            return tuple(str(v) for v in field.type.values)
-    return ()
-
-
-def _model_names(text: str) -> tuple[str, ...]:
-    models = tuple(m.strip() for m in text.split(",") if m.strip())
-    if not models:
-        raise argparse.ArgumentTypeError("--models needs at least one model name")
-    return models
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _duration(text: str) -> float:
-    """``--latency``: seconds (``0.05``) or a duration as config files spell it (``50ms``)."""
-    try:
-        value: object = float(text)
-    except ValueError:
-        value = text
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {_DURATION_HELP}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``trio-continuum mock``."""
-    parser.add_argument(
-        "--bind", default="127.0.0.1:9000", metavar="HOST:PORT",
-        help="address to listen on (default: %(default)s; port 0 picks a free one)",
-    )
-    parser.add_argument(
-        "--models", type=_model_names, default=("mock-model",), metavar="A,B,...",
-        help="comma-separated models to serve (default: mock-model)",
-    )
-    parser.add_argument(
-        "--latency", type=_duration, default=0.0, metavar="DURATION",
-        help="delay before each response head: seconds or a duration such as 50ms, 1.5s "
-        "(default: 0)",
-    )
-    parser.add_argument(
-        "--tokens-per-second", type=_non_negative, default=0.0, metavar="TPS",
-        help="stream pacing, one SSE content chunk per token; 0 = unpaced (default)",
-    )
-    parser.add_argument(
-        "--stream-chunks", type=_positive_int, default=8, metavar="N",
-        help="content chunks per streamed answer (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--fail", type=parse_mock_failure, action="append", default=None,
-        metavar="KIND[:STATUS][@RATE]",
-        help=f"inject a failure (repeatable); KIND is one of {', '.join(_config_failure_kinds())}"
-        "; STATUS (for status, default 500) and RATE (0..1, default 1) are optional; "
-        "e.g. status:503@0.2, reset@0.05",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=None, help="seed for the failure rates (reproducible runs)"
-    )
-    parser.add_argument("--name", default="mock", help="owned_by in /v1/models (default: mock)")
-    parser.add_argument(
-        "--api", choices=APIS, default="openai",
-        help="the API to speak: openai, anthropic (/v1/messages) or gemini "
-        "(/v1beta/models/M:generateContent) (default: %(default)s)",
-    )
-
-
-def mock_config_from_args(args: argparse.Namespace) -> MockConfig:
-    return MockConfig(
-        api=getattr(args, "api", "openai"),
-        latency=args.latency,
-        tokens_per_second=args.tokens_per_second,
-        stream_chunks=args.stream_chunks,
-        failures=tuple(args.fail or ()),
-    )
-
-
-def run_mock_from_args(args: argparse.Namespace) -> int:
-    """Run ``trio-continuum mock`` until Ctrl-C; print the address once listening."""
-    upstream = MockUpstream(
-        mock_config_from_args(args),
-        args.models,
-        name=getattr(args, "name", "mock"),
-        seed=getattr(args, "seed", None),
-    )
-    try:
-        trio.run(_run_cli, upstream, args.bind)
-    except KeyboardInterrupt:
-        return 0
-    except BaseExceptionGroup as group:
-        _, rest = group.split(KeyboardInterrupt)
-        if rest is not None:
-            raise
-        return 0
-    except OSError as exc:
-        print(f"trio-continuum mock: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-async def _run_cli(upstream: MockUpstream, bind: str) -> None:
-    server = await _open_server(upstream, bind)
-    print(
-        f"mock upstream listening on http://{server.addresses[0]} "
-        f"(api: {upstream.api}, models: {', '.join(upstream.models)})",
-        flush=True,
-    )
-    await server.run()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m continuum.mock``: the same as ``trio-continuum mock``."""
-    parser = argparse.ArgumentParser(
-        prog="trio-continuum mock",
-        description="A mock LLM upstream speaking the OpenAI, Anthropic or Gemini API.",
-    )
-    add_mock_arguments(parser)
-    return run_mock_from_args(parser.parse_args(argv))
 

@@ -1,7 +1,7 @@
 """HTTP/2 upstreams: a multiplexing pool with the same interface as :class:`HTTP1Pool`.
 
 ``HTTP2Pool.start(method, target, headers, body)`` returns an :class:`HTTP2Exchange` (the
-protocol-neutral :class:`~._client.Exchange`), so a BackendActor holds either pool.
+protocol-neutral :class:`~.exchange.Exchange`), so a BackendActor holds either pool.
 
 Lifecycle — unlike HTTP1Pool, each HTTP/2 connection needs background tasks (a frame reader,
 a writer, a PING keep-alive), and they live in the pool's own nursery::
@@ -47,15 +47,9 @@ import h2.settings
 import trio
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 
-from .http1 import ConnectError, Headers, HTTP1Connection, UpstreamError, read_body
-from .http1_pool import (
-    HTTP1Pool,
-    Origin,
-    PoolLimits,
-    PoolStats,
-    make_ssl_context,
-    open_transport,
-)
+from .connect import make_h2_ssl_context, make_ssl_context, open_transport
+from .exchange import ConnectError, Headers, Origin, PoolLimits, PoolStats, UpstreamError, read_body
+from .http1_pool import HTTP1Pool
 
 log = logging.getLogger("continuum.http")
 
@@ -87,17 +81,6 @@ _HOP_BY_HOP = frozenset(
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 Mode = Literal["auto", "always", "never"]
-
-
-def make_h2_ssl_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
-    """Like :func:`make_ssl_context`, but offering ALPN ``h2`` first, then ``http/1.1``.
-
-    Keep it separate from the HTTP/1.1 pool's context: an SSLContext carries one ALPN list,
-    and an HTTP/1.1 pool must never end up on a connection the server switched to h2.
-    """
-    ctx = make_ssl_context(ca_file, verify)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
-    return ctx
 
 
 class _FinishStreamsAfterGoaway(h2.connection.H2ConnectionStateMachine):
@@ -560,6 +543,7 @@ class _H2Conn:
                 return
 
 
+
 @final
 class _Waiter:
     __slots__ = ("conn", "error", "event")
@@ -568,15 +552,6 @@ class _Waiter:
         self.event = trio.Event()
         self.conn: _H2Conn | None = None
         self.error: ConnectError | None = None
-
-
-async def negotiate_protocol(
-    origin: Origin, ssl_context: ssl.SSLContext, connect_timeout: float
-) -> str:
-    """The protocol the origin picks by ALPN ("h2" or "http/1.1"); the connection is closed."""
-    _, raw, alpn = await open_transport(origin, ssl_context, connect_timeout)
-    raw.socket.close()
-    return alpn or "http/1.1"
 
 
 @final
@@ -765,7 +740,7 @@ class HTTP2Pool:
         nursery.start_soon(conn.serve)
         self._dispatch()
 
-    async def _adopt(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
+    async def adopt(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
         """Use an already negotiated (ALPN h2) transport as the pool's first connection."""
         self._install(await self._handshake(stream, raw))
 
@@ -1001,14 +976,6 @@ class HTTP2Pool:
         return closed
 
 
-def _adopt_http1(pool: HTTP1Pool, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
-    """Hand a negotiated HTTP/1.1 connection to a pool as its first idle connection."""
-    conn = HTTP1Connection(stream, raw, pool.limits.max_response_header_size)
-    conn.last_used = trio.current_time()
-    pool._idle.append(conn)
-    pool._opened += 1
-
-
 async def open_pool(
     origin: Origin,
     limits: PoolLimits,
@@ -1061,12 +1028,12 @@ async def open_pool(
         )
         try:
             await nursery.start(pool.run)
-            await pool._adopt(stream, raw)
+            await pool.adopt(stream, raw)
         except BaseException:
             raw.socket.close()
             pool.close()
             raise
         return pool
     h1 = HTTP1Pool(origin, limits, h1_context())
-    _adopt_http1(h1, stream, raw)
+    h1.adopt(stream, raw)
     return h1

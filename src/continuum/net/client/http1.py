@@ -1,84 +1,18 @@
-"""Upstream HTTP/1.1 exchanges on pooled trio streams, parsed with httptools.
-
-The pool's interface (:class:`Exchange`: status, headers, ``receive_some``, ``close``) does
-not mention HTTP/1.1, so an HTTP/2 pool can stand behind the same calls.
-"""
+"""One upstream HTTP/1.1 connection on a trio stream, its responses parsed with httptools
+(the pool that owns it is :mod:`.http1_pool`)."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, final
+from typing import final
 
 import httptools
 import trio
 
 from ..fastio import FastStream
-
-if TYPE_CHECKING:
-    from .http1_pool import HTTP1Pool
-
-Headers = list[tuple[bytes, bytes]]
+from .exchange import DEFAULT_MAX_HEAD, Headers, UpstreamError
 
 _RECEIVE_SIZE = 65536
-#: Upstream response heads larger than this (status line, headers, any 1xx heads before
-#: them) fail the exchange; ``http_client.max_response_header_size`` sets it per backend.
-DEFAULT_MAX_HEAD = 65536
-#: A body read yields to the scheduler after this many reads that found data at once (the
-#: fast path does not yield): 16 x 64 KiB, so a fast upstream cannot hold the event loop.
-_YIELD_EVERY = 16
-
-
-class UpstreamError(Exception):
-    """The upstream exchange failed (connect, reset, protocol error, early close)."""
-
-    def __init__(self, message: str, *, sent_nothing: bool = False) -> None:
-        super().__init__(message)
-        #: True when the failure certainly happened before the upstream acted on the request
-        #: (so another attempt cannot duplicate work).
-        self.sent_nothing = sent_nothing
-
-
-class ConnectError(UpstreamError):
-    """No connection could be made (refused, unreachable, TLS handshake, connect timeout)."""
-
-
-class Exchange(Protocol):
-    """One request/response on some upstream connection, protocol-neutral."""
-
-    status: int
-    headers: Headers
-
-    async def receive_some(self) -> bytes:
-        """The next piece of the (de-framed) body; b"" once the body is complete."""
-        ...
-
-    async def read_all(self, limit: int) -> bytes: ...
-
-    def unread(self, data: bytes) -> None:
-        """Put ``data`` back in front of the body: the next ``receive_some`` returns it (a
-        look-ahead at a stream's first bytes)."""
-        ...
-
-    def close(self) -> None:
-        """Finish: a fully read keep-alive response returns the connection to the pool."""
-        ...
-
-
-async def read_body(receive: Callable[[], Awaitable[bytes]], limit: int) -> bytes:
-    """The rest of a response body, from any Exchange's ``receive_some``, up to ``limit``."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        data = await receive()
-        if not data:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        size += len(data)
-        if size > limit:
-            raise UpstreamError(f"upstream response larger than {limit} bytes")
-        parts.append(data)
-        if len(parts) % _YIELD_EVERY == 0:
-            await trio.lowlevel.checkpoint()
 
 
 @final
@@ -277,6 +211,10 @@ class HTTP1Connection:
             await self._receive()
         return self._status, self._headers
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of the body (see :meth:`Exchange.unread`)."""
+        self._body.appendleft(data)
+
     async def receive_some(self) -> bytes:
         body = self._body
         while not body:
@@ -290,32 +228,3 @@ class HTTP1Connection:
         return data
 
 
-@final
-class HTTP1Exchange:
-    """A response being read from an :class:`HTTP1Connection` checked out of a pool."""
-
-    __slots__ = ("_conn", "_pool", "headers", "status")
-
-    def __init__(self, pool: HTTP1Pool, conn: HTTP1Connection, status: int, headers: Headers):
-        self._pool = pool
-        self._conn: HTTP1Connection | None = conn
-        self.status = status
-        self.headers = headers
-
-    async def receive_some(self) -> bytes:
-        conn = self._conn
-        if conn is None:
-            return b""
-        return await conn.receive_some()
-
-    async def read_all(self, limit: int) -> bytes:
-        return await read_body(self.receive_some, limit)
-
-    def unread(self, data: bytes) -> None:
-        if self._conn is not None:
-            self._conn._body.appendleft(data)
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._pool.release(conn)

@@ -9,117 +9,14 @@ from __future__ import annotations
 
 import ssl
 from collections import deque
-from dataclasses import dataclass
 from typing import final
-from urllib.parse import urlsplit
 
 import trio
 
 from ...core.clock import now as clock
-from .http1 import (
-    DEFAULT_MAX_HEAD,
-    ConnectError,
-    Headers,
-    HTTP1Connection,
-    HTTP1Exchange,
-    UpstreamError,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    scheme: str
-    host: str
-    port: int
-    base_path: str  # e.g. "" or "/openai" — prefixed to every request path
-
-    @classmethod
-    def from_url(cls, url: str) -> Origin:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
-
-    @property
-    def host_header(self) -> bytes:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
-
-
-@dataclass(frozen=True, slots=True)
-class PoolLimits:
-    max_connections: int = 100
-    max_idle: int = 100
-    idle_timeout: float = 90.0
-    connect_timeout: float = 10.0
-    #: Largest response head accepted (HTTP/1.1 bytes; HTTP/2 decoded header list).
-    max_response_header_size: int = DEFAULT_MAX_HEAD
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    in_use: int
-    idle: int
-    waiting: int
-    opened_total: int
-
-
-def make_ssl_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()  # the system's trust store ...
-    if ca_file is not None:
-        ctx.load_verify_locations(cafile=ca_file)  # ... plus the backend's own CA bundle
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
-async def open_transport(
-    origin: Origin, ssl_context: ssl.SSLContext | None, connect_timeout: float
-) -> tuple[trio.abc.Stream, trio.SocketStream, str | None]:
-    """TCP (and TLS, when given a context) to ``origin``: (stream, raw TCP stream, the ALPN
-    protocol). Every failure — refused, unreachable, TLS, timeout — is a ConnectError, mapped
-    here for every pool."""
-    try:
-        with trio.fail_after(connect_timeout):
-            raw = await trio.open_tcp_stream(origin.host, origin.port)
-            if ssl_context is None:
-                return raw, raw, None
-            tls = trio.SSLStream(
-                raw, ssl_context, server_hostname=origin.host, https_compatible=True
-            )
-            try:
-                await tls.do_handshake()
-            except BaseException:
-                raw.socket.close()
-                raise
-            return tls, raw, tls.selected_alpn_protocol()
-    except trio.TooSlowError:
-        raise ConnectError(
-            f"connect to {origin.host}:{origin.port} timed out", sent_nothing=True
-        ) from None
-    except (OSError, trio.BrokenResourceError) as exc:
-        reason = _connect_failure_reason(exc)
-        raise ConnectError(
-            f"cannot connect to {origin.host}:{origin.port}: {reason}", sent_nothing=True
-        ) from exc
-
-
-def _connect_failure_reason(exc: BaseException) -> str:
-    """The root cause, e.g. "Connection refused", not trio's "all attempts ... failed"."""
-    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
-        return f"TLS handshake failed: {exc.__cause__}"
-    cause = exc.__cause__
-    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-        cause = cause.exceptions[0]
-    if isinstance(cause, OSError):
-        exc = cause
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+from .connect import make_ssl_context, open_transport
+from .exchange import ConnectError, Headers, Origin, PoolLimits, PoolStats, UpstreamError, read_body
+from .http1 import HTTP1Connection
 
 
 @final
@@ -228,6 +125,14 @@ class HTTP1Pool:
             self._slots.release()
             raise
 
+    def adopt(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
+        """Take a connection opened elsewhere (the ALPN probe of ``http2: auto`` that the
+        server answered with HTTP/1.1) as the first idle one."""
+        conn = HTTP1Connection(stream, raw, self.limits.max_response_header_size)
+        conn.last_used = trio.current_time()
+        self._idle.append(conn)
+        self._opened += 1
+
     def release(self, conn: HTTP1Connection) -> None:
         """Return a connection: kept if its response was read whole and keep-alive holds."""
         self._in_use -= 1
@@ -253,3 +158,34 @@ class HTTP1Pool:
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+@final
+class HTTP1Exchange:
+    """A response being read from an :class:`HTTP1Connection` checked out of a pool."""
+
+    __slots__ = ("_conn", "_pool", "headers", "status")
+
+    def __init__(self, pool: HTTP1Pool, conn: HTTP1Connection, status: int, headers: Headers):
+        self._pool = pool
+        self._conn: HTTP1Connection | None = conn
+        self.status = status
+        self.headers = headers
+
+    async def receive_some(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            return b""
+        return await conn.receive_some()
+
+    async def read_all(self, limit: int) -> bytes:
+        return await read_body(self.receive_some, limit)
+
+    def unread(self, data: bytes) -> None:
+        if self._conn is not None:
+            self._conn.unread(data)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)

@@ -1,0 +1,112 @@
+"""OpenAI Chat Completions ↔ Gemini native API (``generateContent`` / ``streamGenerateContent``).
+
+Sans-IO: every function takes and returns bytes (or the shared ``_types`` shapes); the
+BackendActor does the I/O. Four pieces:
+
+* :func:`openai_to_gemini_request` — an OpenAI ``/v1/chat/completions`` body → an
+  :class:`UpstreamCall` to ``/v1beta/models/{model}:generateContent`` (or
+  ``:streamGenerateContent?alt=sse``), authenticated with ``x-goog-api-key``.
+* :func:`gemini_to_openai_response` — a ``GenerateContentResponse`` (or a Gemini error body)
+  → an OpenAI ``chat.completion`` (or OpenAI-shaped error), keeping the HTTP status.
+* :class:`GeminiToOpenAIStream` — Gemini SSE → OpenAI ``chat.completion.chunk`` SSE,
+  incrementally (events may be split at any byte).
+* :func:`gemini_models` — a ``models.list`` answer → the model ids that can generate content.
+
+For Gemini's own OpenAI-compatible endpoint (pass-through mode) there are
+:func:`openai_compat_path` and :func:`openai_compat_headers`.
+
+One module per stage: ``_request``, ``_response``, ``_stream`` and ``_endpoints`` (model
+discovery and the OpenAI-compatible endpoint).
+
+Mapping decisions (request)
+---------------------------
+* ``system``/``developer`` messages (wherever they appear) → ``systemInstruction.parts``, one
+  text part per text content part, in order. Gemini has no mid-conversation system turn.
+* ``user`` → role ``user``; ``assistant`` → role ``model``; ``tool`` (and legacy ``function``)
+  → ``functionResponse`` parts in a ``user`` turn. Consecutive turns of the same role are
+  merged, so parallel tool results land in one turn as Gemini requires. Empty text is dropped;
+  a conversation with no user/assistant content cannot be expressed (TranslationError).
+* ``image_url`` ``data:`` URLs → ``inlineData``; ``http(s)`` URLs → ``fileData`` with the MIME
+  type guessed from the extension (default ``image/jpeg``); ``input_audio`` → ``inlineData``
+  (``audio/<format>``); ``file`` parts with ``file_data`` (a data URL) → ``inlineData``.
+* Assistant ``tool_calls`` → ``functionCall {name, args}`` parts (``arguments`` must be a JSON
+  object or empty). A Gemini thought signature travels through OpenAI as
+  ``tool_calls[].extra_content.google.thought_signature`` (the same place Gemini's own
+  OpenAI-compatible endpoint uses) and is put back as the part's ``thoughtSignature``; when the
+  first call of a turn has none (a history not produced by Gemini), Google's documented
+  placeholder ``skip_thought_signature_validator`` is sent so Gemini 3 accepts the history.
+* ``tool`` messages → ``functionResponse {name, response}``; the name comes from the earlier
+  tool call with the same id (or the message's ``name``). A JSON-object result is the
+  response itself; any other JSON value or plain text is wrapped as ``{"content": ...}``.
+* ``tools`` → one ``{functionDeclarations: [...]}``. JSON Schemas are reduced to the OpenAPI
+  subset Gemini accepts: a whitelist of keywords (``additionalProperties``, ``$schema``,
+  ``strict``, ``$id``, ``examples``… are dropped), local ``$ref``\\s into ``$defs`` /
+  ``definitions`` inlined (recursive ones are a TranslationError), ``oneOf`` → ``anyOf``,
+  ``const`` → ``enum``, ``["T", "null"]`` types and ``anyOf [T, {type: null}]`` →
+  ``nullable``. A parameter-less object schema is omitted.
+* ``tool_choice``: ``auto``→AUTO, ``none``→NONE, ``required``→ANY, a named function →
+  ANY + ``allowedFunctionNames``.
+* ``generationConfig``: ``temperature``, ``top_p``→``topP``, ``max_completion_tokens`` (else
+  ``max_tokens``)→``maxOutputTokens``, ``stop``→``stopSequences``, ``n``→``candidateCount``,
+  ``presence_penalty``/``frequency_penalty``/``seed``, ``logprobs``→``responseLogprobs``,
+  ``top_logprobs``→``logprobs``; ``response_format`` ``json_object`` → ``responseMimeType:
+  application/json``, ``json_schema`` → the same plus ``responseSchema`` (reduced as above).
+* ``reasoning_effort`` → ``generationConfig.thinkingConfig.thinkingBudget`` per
+  :data:`REASONING_BUDGETS` (none 0, minimal 512, low 1024, medium 8192, high 24576). The
+  client's own provider field wins over it: ``google.thinking_config`` (how the OpenAI SDK's
+  ``extra_body={"google": {...}}`` arrives — also accepted nested under a literal
+  ``extra_body``), a top-level ``thinking_config``/``thinkingConfig``, or
+  ``generationConfig.thinkingConfig``. snake_case keys are converted to camelCase. A
+  client-sent ``generationConfig`` object is merged over the translated one, and
+  ``google.cached_content``/``safety_settings`` (or top-level ``safetySettings`` /
+  ``cachedContent``) are forwarded.
+* Fields with no Gemini equivalent (``user``, ``metadata``, ``logit_bias``,
+  ``parallel_tool_calls``, ``stream_options``…) are ignored; the body's ``model`` is replaced
+  by the ``model`` argument.
+
+Mapping decisions (response)
+----------------------------
+* Each candidate → a choice (``index`` from the candidate). Text parts are joined into
+  ``content`` (``null`` when there is none); ``thought: true`` parts (thought summaries) go to
+  the non-standard ``reasoning_content``; ``functionCall`` parts → ``tool_calls`` with
+  ``arguments`` as a JSON string and the id ``functionCall.id`` when Gemini sent one, else
+  ``call_<responseId>_<n>`` (random hex when there is no ``responseId``).
+* ``finishReason``: STOP→``stop`` (``tool_calls`` when the choice has calls), MAX_TOKENS→
+  ``length``, SAFETY/RECITATION/BLOCKLIST/PROHIBITED_CONTENT/SPII/IMAGE_SAFETY→
+  ``content_filter``, anything else→``stop``. A prompt blocked before generation
+  (``promptFeedback.blockReason``, no candidates) is one empty ``content_filter`` choice.
+* ``usage``: ``prompt_tokens`` = promptTokenCount; ``completion_tokens`` =
+  candidatesTokenCount + thoughtsTokenCount (OpenAI counts reasoning inside completion tokens,
+  Gemini does not); ``total_tokens`` = totalTokenCount;
+  ``completion_tokens_details.reasoning_tokens`` = thoughtsTokenCount;
+  ``prompt_tokens_details.cached_tokens`` = cachedContentTokenCount.
+* Errors ``{"error": {"code", "message", "status"}}`` keep the HTTP status and map ``status``
+  to the OpenAI ``type``/``code`` in :data:`_ERROR_KINDS`; an invalid API key (Gemini answers
+  400 with reason ``API_KEY_INVALID``) becomes ``authentication_error``/``invalid_api_key``;
+  ``RetryInfo.retryDelay`` becomes a ``retry-after`` header.
+"""
+
+from __future__ import annotations
+
+from ._endpoints import gemini_models as gemini_models
+from ._endpoints import gemini_models_call as gemini_models_call
+from ._endpoints import openai_compat_headers as openai_compat_headers
+from ._endpoints import openai_compat_path as openai_compat_path
+from ._request import REASONING_BUDGETS as REASONING_BUDGETS
+from ._request import SKIP_SIGNATURE as SKIP_SIGNATURE
+from ._request import gemini_auth_headers as gemini_auth_headers
+from ._request import openai_to_gemini_request as openai_to_gemini_request
+from ._response import gemini_to_openai_response as gemini_to_openai_response
+from ._stream import GeminiToOpenAIStream as GeminiToOpenAIStream
+
+__all__ = [
+    "REASONING_BUDGETS",
+    "GeminiToOpenAIStream",
+    "gemini_auth_headers",
+    "gemini_models",
+    "gemini_models_call",
+    "gemini_to_openai_response",
+    "openai_compat_headers",
+    "openai_compat_path",
+    "openai_to_gemini_request",
+]

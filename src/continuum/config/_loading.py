@@ -1,0 +1,218 @@
+"""Loading a configuration: YAML (PyYAML, safe loading, duplicate keys rejected),
+``${VAR}`` / ``${VAR:-default}`` substitution, then validation into a :class:`Config`.
+
+Loading happens in four steps, each of which reports problems as a :class:`ConfigError`
+naming the file, the dotted key path and what was expected:
+
+1. parse the YAML (syntax errors name the line; duplicate keys are rejected);
+2. substitute ``${VAR}`` / ``${VAR:-default}`` in every string scalar (every unset variable
+   is reported at once);
+3. walk the data along the schema (:func:`._validation.check_struct`);
+4. build the Structs with ``msgspec.convert`` and run the cross-field checks
+   (:func:`._validation.check_semantics`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+import yaml
+
+from ._schema import Config, ConfigError
+from ._text import join_path, type_name
+from ._validation import Context, check_semantics, check_struct
+
+_VAR_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def _subst_str(text: str, path: str, ctx: Context) -> tuple[str, list[str]]:
+    if "$" not in text:
+        return text, []
+    out: list[str] = []
+    names: list[str] = []
+    i = 0
+    while True:
+        j = text.find("$", i)
+        if j < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:j])
+        if text.startswith("$${", j):  # escape: $${X} is the literal text ${X}
+            out.append("${")
+            i = j + 3
+        elif text.startswith("${", j):
+            k = text.find("}", j + 2)
+            if k < 0:
+                raise ctx.error(path, "unterminated '${' (write $${ for a literal '${')")
+            m = _VAR_REF.fullmatch(text[j + 2 : k])
+            if m is None:
+                raise ctx.error(
+                    path, "malformed environment reference; expected ${NAME} or ${NAME:-default}"
+                )
+            name, default = m.group(1), m.group(2)
+            value = ctx.env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    ctx.missing.append((path, name))  # reported with the others, after
+                    default = ""
+                value = default
+            out.append(value)
+            names.append(name)
+            i = k + 1
+        else:
+            out.append("$")
+            i = j + 1
+    return "".join(out), names
+
+
+def _substitute(value: Any, path: str, ctx: Context) -> Any:
+    if isinstance(value, str):
+        new, names = _subst_str(value, path, ctx)
+        if names:
+            ctx.substituted[path] = names
+        return new
+    if isinstance(value, list):
+        return [_substitute(v, join_path(path, i), ctx) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, str):
+                k, _ = _subst_str(k, join_path(path, k), ctx)
+            out[k] = _substitute(v, join_path(path, k), ctx)
+        return out
+    return value
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> ConfigError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        detail = "invalid YAML: " + "; ".join(str(p) for p in (exc.context, exc.problem) if p)
+        err = ConfigError(detail, source=source, path=where)
+        err.line = mark.line + 1 if mark else None  # type: ignore[attr-defined]
+        return err
+    return ConfigError(f"invalid YAML: {type(exc).__name__}", source=source)
+
+
+_TYPE_INFO: list[mi.StructType] = []
+
+
+def _config_type() -> mi.StructType:
+    if not _TYPE_INFO:
+        info = mi.type_info(Config)
+        assert isinstance(info, mi.StructType)
+        _TYPE_INFO.append(info)
+    return _TYPE_INFO[0]
+
+
+def config_from_dict(
+    data: Mapping[str, Any], source: str = "<dict>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed document (``${VAR}`` references are substituted)."""
+    ctx = Context(source=source, env=os.environ if env is None else env)
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"expected a mapping of sections at the top level, got {type_name(data)}",
+            source=source,
+        )
+    substituted = _substitute(dict(data), "", ctx)
+    if ctx.missing:
+        raise _missing_env_error(ctx)
+    checked = check_struct(substituted, _config_type(), "", ctx)
+    checked["source"] = source
+    try:
+        cfg = msgspec.convert(checked, Config)
+    except msgspec.ValidationError as exc:  # a backstop: the walk above should catch all
+        raise _translate(exc, ctx) from None
+    return check_semantics(cfg, ctx)
+
+
+def _missing_env_error(ctx: Context) -> ConfigError:
+    """Every unset variable at once, each with its key path: a deploy that lacks three
+    secrets should learn it in one run, not three."""
+    if len(ctx.missing) == 1:
+        path, name = ctx.missing[0]
+        return ctx.error(path, f"environment variable {name} is not set "
+                               f"(set it, or write ${{{name}:-default}} to give a default)")
+    lines = "".join(f"\n  {path}: {name}" for path, name in ctx.missing)
+    names = len(dict.fromkeys(name for _, name in ctx.missing))
+    return ConfigError(f"{names} environment variables are not set (set them, or write "
+                       f"${{NAME:-default}} to give a default):{lines}", source=ctx.source)
+
+
+def _translate(exc: msgspec.ValidationError, ctx: Context) -> ConfigError:
+    text = str(exc)
+    m = re.search(r" - at `\$(.*)`$", text)
+    path = (m.group(1) if m else "").lstrip(".")
+    detail = text[: m.start()] if m else text
+    detail = re.sub(r", got `[^`]*`", "", detail)  # never echo values
+    return ctx.error(path, detail[:1].lower() + detail[1:])
+
+
+def parse_config(
+    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and validate a YAML document."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
+    if data is None:
+        raise ConfigError(
+            "the configuration is empty (at least 'backends' is required)", source=source
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"expected a mapping of sections at the top level, got {type_name(data)}",
+            source=source,
+        )
+    return config_from_dict(data, source=source, env=env)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute, validate and return the config at ``path``."""
+    source = os.fspath(path)
+    try:
+        raw = Path(source).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the config file: {exc.strerror or exc}", source=source
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte offset {exc.start})", source=source) from None
+    return parse_config(text, source=source, env=env)

@@ -1,0 +1,56 @@
+"""A configuration as output: the effective config as YAML with every secret masked
+(``trio-continuum check``), and the warnings about what is valid but probably a mistake."""
+
+from __future__ import annotations
+
+import msgspec
+import yaml
+
+from ._schema import Config
+from ._text import is_secret_name, join_path, mask, mask_url
+
+
+def dump_effective_config(config: Config) -> str:
+    """YAML of the effective configuration with every secret shown as ``***``."""
+    data = msgspec.to_builtins(config)
+    source = data.pop("source", "")
+    for b in data["backends"]:
+        b["api_key"] = mask(b["api_key"])
+        b["url"] = mask_url(b["url"])
+        b["headers"] = {k: (mask(v) if is_secret_name(k) else v) for k, v in b["headers"].items()}
+    for entry in data["api_keys"]["api_keys"]:
+        entry["key"] = mask(entry["key"])
+    auth = data["metrics"]["auth"]
+    auth["password"] = mask(auth["password"])
+    head = f"# effective configuration (from {source})\n" if source else ""
+    return head + yaml.safe_dump(
+        data, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but probably a mistake, each with its key path: today, aliases and
+    fallbacks naming a model no backend lists in its ``models``.
+
+    Backends without ``models`` discover theirs at start, which a config alone cannot know:
+    a model is only reported when every backend has a static list (the router checks the
+    discovered lists again once it has started).
+    """
+    if any(not b.models for b in config.backends):
+        return []
+    served = {m for b in config.backends for m in b.models}
+    return unserved_model_warnings(config, served, "any backend's configured models")
+
+
+def unserved_model_warnings(config: Config, served: set[str], where: str) -> list[str]:
+    """``model_aliases`` targets and ``fallbacks`` entries not in ``served``."""
+    warnings = []
+    for alias, target in config.model_aliases.items():
+        if target not in served:
+            warnings.append(f"{join_path('model_aliases', alias)}: {target!r} is not in {where}")
+    for model, chain in config.fallbacks.items():
+        for i, fallback in enumerate(chain):
+            if fallback not in served:
+                path = f"{join_path('fallbacks', model)}[{i}]"
+                warnings.append(f"{path}: {fallback!r} is not in {where}")
+    return warnings

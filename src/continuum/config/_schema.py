@@ -1,0 +1,298 @@
+"""The configuration schema: frozen msgspec Structs, one per section, with their defaults
+and bounds, and :class:`ConfigError`.
+
+Durations, sizes, bind addresses and file modes carry their kind in ``msgspec.Meta.extra``,
+so the validation walk (:mod:`._validation`) knows to parse ``"30s"`` or ``"10MiB"`` before
+checking the bound.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """An invalid configuration.
+
+    ``str(err)`` reads ``<source>: <key.path>: <detail>`` (empty parts are left out), e.g.
+    ``configs/bad.yaml: server.connection_pool_size: expected an integer >= 1, got 'abc'``.
+    """
+
+    def __init__(self, detail: str, *, source: str = "", path: str = "") -> None:
+        self.detail = detail
+        self.source = source
+        self.path = path
+        super().__init__(": ".join(p for p in (source, path, detail) if p))
+
+
+# Field kinds, carried in msgspec.Meta.extra so the validation walk can see them.
+_DURATION = {"kind": "duration"}
+_SIZE = {"kind": "size"}
+#: A duration in seconds; YAML may give a number (seconds) or a string like "30s".
+Duration = Annotated[float, msgspec.Meta(ge=0, extra=_DURATION)]
+PositiveDuration = Annotated[float, msgspec.Meta(gt=0, extra=_DURATION)]
+#: A size in bytes; YAML may give an integer or a string like "10MiB".
+Size = Annotated[int, msgspec.Meta(ge=1, extra=_SIZE)]
+BindAddresses = Annotated[tuple[str, ...], msgspec.Meta(min_length=1, extra={"kind": "bind"})]
+FileMode = Annotated[int | None, msgspec.Meta(extra={"kind": "filemode"})]
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
+
+Strategy = Literal[
+    "RoundRobin",
+    "WeightedRoundRobin",
+    "LeastLatency",
+    "Random",
+    "ConsistentHash",
+    "LeastConnections",
+]
+BackendType = Literal[
+    "openai", "vllm", "ollama", "llamacpp", "lmstudio", "localai", "anthropic", "gemini", "mock"
+]
+
+
+#: Where a cloud backend lives when its ``url`` is left out.
+DEFAULT_URLS: Final = {
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+
+
+class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    bind_address: BindAddresses = ("0.0.0.0:8080",)
+    socket_mode: FileMode = None
+    workers: NonNegInt = 1
+    connection_pool_size: PosInt = 100
+    keepalive_timeout: PositiveDuration = 75.0
+    max_request_body_size: Size = 10485760
+    max_header_size: Size = 65536
+    request_read_timeout: PositiveDuration = 30.0
+    write_timeout: PositiveDuration = 60.0
+    shutdown_timeout: Duration = 30.0
+
+
+class RequestConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    timeout: PositiveDuration = 60.0
+    streaming_timeout: PositiveDuration = 300.0
+    idle_timeout: PositiveDuration = 60.0
+    max_retries: NonNegInt = 2
+
+
+class RetryConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    max_attempts: PosInt | None = None
+    base_delay: Duration = 0.05
+    max_delay: Duration = 5.0
+    exponential_backoff: bool = True
+    jitter: bool = True
+    max_retry_after: Duration = 10.0
+
+
+class ConsistentHashConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    key: Literal["header", "user", "api_key"] = "header"
+    header: str = "x-session-id"
+    load_factor: Annotated[float, msgspec.Meta(ge=1.0)] = 1.25
+    virtual_nodes: PosInt = 160
+
+
+class LeastLatencyConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+    exploration: Probability = 0.05
+    stale_after: PositiveDuration = 30.0
+
+
+class RoutingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    strategy: Strategy = "RoundRobin"
+    fallback_strategy: Strategy = "RoundRobin"
+    weights: dict[str, PosInt] = {}
+    consistent_hash: ConsistentHashConfig = ConsistentHashConfig()
+    least_latency: LeastLatencyConfig = LeastLatencyConfig()
+
+
+class HealthChecksConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    interval: PositiveDuration = 30.0
+    timeout: PositiveDuration = 10.0
+    unhealthy_threshold: PosInt = 3
+    healthy_threshold: PosInt = 2
+    endpoint: str = "/v1/models"
+    warmup_check_interval: PositiveDuration = 1.0
+    max_warmup_duration: Duration = 300.0
+    passive_failure_threshold: NonNegInt = 3
+
+
+class CircuitBreakerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    failure_threshold: PosInt = 5
+    failure_rate_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    minimum_requests: PosInt = 20
+    window: PositiveDuration = 30.0
+    timeout: PositiveDuration = 30.0
+    half_open_max_requests: PosInt = 3
+
+
+class DeduplicationConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    ttl: PositiveDuration = 60.0
+    include_nondeterministic: bool = False
+
+
+class CacheConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model_cache_ttl: Duration = 300.0
+    deduplication: DeduplicationConfig = DeduplicationConfig()
+
+
+class HttpClientConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pool_idle_timeout: PositiveDuration = 90.0
+    pool_max_idle_per_host: NonNegInt = 100
+    connect_timeout: PositiveDuration = 10.0
+    prewarm_connections: NonNegInt = 4
+    max_response_header_size: Size = 65536
+
+
+class LoggingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    level: Literal["trace", "debug", "info", "warn", "warning", "error", "critical"] = "info"
+    format: Literal["text", "json"] = "text"
+    access_log: bool = True
+
+
+class MetricsAuthConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    username: str = ""
+    password: str = ""
+
+
+class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    endpoint: str = "/metrics"
+    auth: MetricsAuthConfig = MetricsAuthConfig()
+    #: A separate ``host:port`` that serves only the metrics endpoint; None: the main port.
+    bind_address: str | None = None
+
+
+class TracingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    service_name: str = "trio-continuum"
+    exporter: Literal["console", "otlp"] = "console"
+    endpoint: str = ""  # OTLP/HTTP traces URL; "" lets the exporter use its default
+
+
+class ApiKeyEntry(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    key: str
+    id: str = ""
+    name: str = ""
+    enabled: bool = True
+    user_id: str = ""
+    organization_id: str = ""
+    scopes: tuple[str, ...] = ()
+    rate_limit: NonNegInt | None = None
+    expires_at: str | None = None
+
+
+class ApiKeysConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    mode: Literal["permissive", "blocking"] = "permissive"
+    api_keys: tuple[ApiKeyEntry, ...] = ()
+
+
+class MockFailure(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["status", "reset", "reset_mid_stream", "hang", "drip", "malformed"]
+    status: HttpStatus = 500
+    rate: Probability = 1.0
+
+
+class MockConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    api: Literal["openai", "anthropic", "gemini"] = "openai"
+    latency: Duration = 0.0
+    tokens_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    stream_chunks: PosInt = 8
+    failures: tuple[MockFailure, ...] = ()
+
+
+class BackendHealthCheck(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool | None = None
+    endpoint: str | None = None
+    interval: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
+
+
+class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    url: str = ""
+    type: BackendType = "openai"
+    api_key: str | None = None
+    weight: PosInt = 1
+    models: tuple[str, ...] = ()
+    headers: dict[str, str] = {}
+    ca_file: str | None = None
+    tls_verify: bool = True
+    http2: Literal["auto", "always", "never"] = "auto"
+    anthropic_version: str = "2023-06-01"
+    gemini_api: Literal["native", "openai"] = "native"
+    default_max_tokens: PosInt = 4096
+    health_check: BackendHealthCheck | None = None
+    max_in_flight: PosInt | None = None
+    max_queue: NonNegInt = 256
+    mock: MockConfig = MockConfig()
+
+
+class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    server: ServerConfig = ServerConfig()
+    request: RequestConfig = RequestConfig()
+    retry: RetryConfig = RetryConfig()
+    routing: RoutingConfig = RoutingConfig()
+    health_checks: HealthChecksConfig = HealthChecksConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    cache: CacheConfig = CacheConfig()
+    http_client: HttpClientConfig = HttpClientConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
+    api_keys: ApiKeysConfig = ApiKeysConfig()
+    backends: tuple[BackendConfig, ...] = ()
+    model_aliases: dict[str, str] = {}
+    fallbacks: dict[str, tuple[str, ...]] = {}
+    source: str = ""
+
+    @property
+    def max_retries(self) -> int:
+        """Retries after the first attempt: ``retry.max_attempts - 1`` when that is set."""
+        attempts = self.retry.max_attempts
+        return self.request.max_retries if attempts is None else attempts - 1
+
+    def backend_weight(self, backend: BackendConfig) -> int:
+        """The weight WeightedRoundRobin should use: ``routing.weights`` keyed by the
+        backend's name or URL wins over ``backends[].weight``."""
+        weights = self.routing.weights
+        if backend.name in weights:
+            return weights[backend.name]
+        if backend.url and backend.url in weights:
+            return weights[backend.url]
+        if backend.url and backend.url.rstrip("/") in weights:
+            return weights[backend.url.rstrip("/")]
+        return backend.weight
+
+
+# Keys of the Rust router's documents that we accept as aliases:
+# struct -> {alias key: target field path inside that struct}.
+ALIASES: dict[type, dict[str, tuple[str, ...]]] = {
+    Config: {
+        "deduplication": ("cache", "deduplication"),
+        "selection_strategy": ("routing", "strategy"),
+    },
+    CacheConfig: {
+        "enable_deduplication": ("deduplication", "enabled"),
+        "deduplication_ttl": ("deduplication", "ttl"),
+    },
+}
+
+
+# Fields that exist on the Struct but may not be set from a config document.
+HIDDEN: dict[type, frozenset[str]] = {Config: frozenset({"source"})}

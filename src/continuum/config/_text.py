@@ -1,0 +1,70 @@
+"""How key paths and values appear in messages and output: dotted key paths, secret-looking
+key names, and masking (``***``) for secrets and URL passwords."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credential")
+
+
+def join_path(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if isinstance(key, str) and _IDENT.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
+
+
+def last_key(path: str) -> str:
+    m = re.search(r"(?:^|\.)([A-Za-z_][A-Za-z0-9_-]*)$|\[(['\"])(.*)\2\]$", path)
+    if m is None:
+        return ""
+    return m.group(1) or m.group(3) or ""
+
+
+def is_secret_name(name: str) -> bool:
+    low = name.lower()
+    return any(word in low for word in _SECRET_WORDS)
+
+
+def type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+MASK = "***"
+
+
+def mask(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return MASK if value else ""
+
+
+def mask_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:{MASK}@{parts.hostname or ''}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return url
