@@ -15,13 +15,13 @@ from continuum.apis.anthropic import (
     AnthropicCall,
     AnthropicToOpenAIStream,
     OpenAIToAnthropicStream,
-    anthropic_error_body,
     anthropic_to_openai_request,
     anthropic_to_openai_response,
     openai_to_anthropic_request,
     openai_to_anthropic_response,
 )
 from continuum.apis.types import StreamTranslator, TranslationError
+from continuum.core.errors import anthropic_error_body
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 BACKEND_MODEL = "claude-sonnet-4-5-20250929"
@@ -41,7 +41,7 @@ def dumps(obj: Any) -> bytes:
 
 
 def to_anthropic(req: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    call = openai_to_anthropic_request(dumps(req), model=BACKEND_MODEL, api_key="sk-ant-test", **kw)
+    call = openai_to_anthropic_request(dumps(req), model=BACKEND_MODEL, **kw)
     result: dict[str, Any] = json.loads(call.body)
     return result
 
@@ -84,14 +84,12 @@ REQUEST_FIXTURES = ["multiturn_system.json", "images.json", "tools_round.json"]
 @pytest.mark.parametrize("name", REQUEST_FIXTURES)
 def test_openai_request_to_anthropic(name: str) -> None:
     fx = load(name)
-    call = openai_to_anthropic_request(
-        dumps(fx["openai"]), model=BACKEND_MODEL, api_key="sk-ant-test", version="2023-06-01"
-    )
+    call = openai_to_anthropic_request(dumps(fx["openai"]), model=BACKEND_MODEL)
     assert call.method == b"POST"
     assert call.path == b"/v1/messages"
     headers = dict(call.headers)
-    assert headers[b"x-api-key"] == b"sk-ant-test"
-    assert headers[b"anthropic-version"] == b"2023-06-01"
+    # Credentials and anthropic-version are the backend profile's (tests/apis/test_profiles.py).
+    assert b"x-api-key" not in headers and b"anthropic-version" not in headers
     assert headers[b"content-type"] == b"application/json"
     body = json.loads(call.body)
     expected = fx["anthropic"]
@@ -102,7 +100,7 @@ def test_openai_request_to_anthropic(name: str) -> None:
 
 def test_stream_flags_are_remembered() -> None:
     call = openai_to_anthropic_request(
-        dumps(load("tools_round.json")["openai"]), model=BACKEND_MODEL, api_key=None
+        dumps(load("tools_round.json")["openai"]), model=BACKEND_MODEL
     )
     assert isinstance(call, AnthropicCall)
     assert call.stream and call.include_usage
@@ -110,12 +108,12 @@ def test_stream_flags_are_remembered() -> None:
     assert b"x-api-key" not in headers
     assert headers[b"accept"] == b"text/event-stream"
     plain = openai_to_anthropic_request(
-        dumps(load("multiturn_system.json")["openai"]), model=BACKEND_MODEL, api_key="k"
+        dumps(load("multiturn_system.json")["openai"]), model=BACKEND_MODEL
     )
     assert isinstance(plain, AnthropicCall)
     assert not plain.stream and not plain.include_usage
     no_usage = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    call2 = openai_to_anthropic_request(dumps(no_usage), model=BACKEND_MODEL, api_key="k")
+    call2 = openai_to_anthropic_request(dumps(no_usage), model=BACKEND_MODEL)
     assert isinstance(call2, AnthropicCall)
     assert call2.stream and not call2.include_usage
 
@@ -309,7 +307,7 @@ def test_tool_choice_variants() -> None:
 )
 def test_untranslatable_requests(body: bytes, param: str | None) -> None:
     with pytest.raises(TranslationError) as exc:
-        openai_to_anthropic_request(body, model=BACKEND_MODEL, api_key="k")
+        openai_to_anthropic_request(body, model=BACKEND_MODEL)
     assert exc.value.param == param
     assert exc.value.message
 
@@ -380,7 +378,7 @@ def normalize_openai(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def round_trip(req: dict[str, Any]) -> dict[str, Any]:
-    call = openai_to_anthropic_request(dumps(req), model=BACKEND_MODEL, api_key="k")
+    call = openai_to_anthropic_request(dumps(req), model=BACKEND_MODEL)
     body, stream = anthropic_to_openai_request(call.body, model=req["model"])
     back: dict[str, Any] = json.loads(body)
     assert stream == bool(req.get("stream"))

@@ -27,7 +27,7 @@ import trio
 import yaml
 
 from continuum import RouterHandle
-from continuum.actors.proxy import _PassThrough
+from continuum.core.sse import PassThrough
 from helpers import start_router
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -350,12 +350,12 @@ def test_responses_stream_ends_on_its_terminal_event_even_when_it_is_large() -> 
     final = (b'event: response.completed\ndata: {"type":"response.completed",'
              b'"sequence_number":9,"response":{"output":"' + b"x" * 5000 + b'"}}\n\n')
     for cut in (10, 30, 40, 45, 60, 2000):
-        stream = _PassThrough("/v1/responses")
+        stream = PassThrough("/v1/responses")
         stream.feed(b'event: response.created\ndata: {"type":"response.created"}\n\n')
         stream.feed(final[:cut])
         stream.feed(final[cut:])
         assert stream.finish() == b"" and not stream.truncated, cut
-    cut_short = _PassThrough("/v1/responses")
+    cut_short = PassThrough("/v1/responses")
     cut_short.feed(b'event: response.output_text.delta\ndata: {"type":"response.output_text'
                    b'.delta","delta":"response.completed"}\n\n')
     assert cut_short.finish() != b"" and cut_short.truncated

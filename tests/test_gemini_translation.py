@@ -16,10 +16,7 @@ from continuum.apis.gemini import (
     SKIP_SIGNATURE,
     GeminiToOpenAIStream,
     gemini_models,
-    gemini_models_call,
     gemini_to_openai_response,
-    openai_compat_headers,
-    openai_compat_path,
     openai_to_gemini_request,
 )
 from continuum.apis.types import TranslationError
@@ -34,7 +31,7 @@ def fixture(name: str) -> bytes:
 def translate(body: dict[str, Any] | bytes, **kw: Any) -> dict[str, Any]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     call = openai_to_gemini_request(
-        raw, model=kw.pop("model", "gemini-2.5-flash"), api_key="k", stream=False
+        raw, model=kw.pop("model", "gemini-2.5-flash"), stream=False
     )
     out: dict[str, Any] = json.loads(call.body)
     return out
@@ -61,17 +58,17 @@ def sse_events(data: bytes) -> list[Any]:
 
 def test_request_call_shape() -> None:
     body = fixture("multiturn_request.json")
-    call = openai_to_gemini_request(body, model="gemini-2.5-flash", api_key="sek", stream=False)
+    call = openai_to_gemini_request(body, model="gemini-2.5-flash", stream=False)
     assert call.method == b"POST"
     assert call.path == b"/v1beta/models/gemini-2.5-flash:generateContent"
-    assert (b"x-goog-api-key", b"sek") in call.headers
-    assert (b"content-type", b"application/json") in call.headers
+    # x-goog-api-key is the backend profile's (tests/apis/test_profiles.py).
+    assert call.headers == [(b"content-type", b"application/json")]
 
-    stream = openai_to_gemini_request(body, model="gemini-2.5-flash", api_key=None, stream=True)
+    stream = openai_to_gemini_request(body, model="gemini-2.5-flash", stream=True)
     assert stream.path == b"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
     assert all(name != b"x-goog-api-key" for name, _ in stream.headers)
 
-    tuned = openai_to_gemini_request(body, model="tunedModels/my-bike", api_key="k", stream=False)
+    tuned = openai_to_gemini_request(body, model="tunedModels/my-bike", stream=False)
     assert tuned.path == b"/v1beta/tunedModels/my-bike:generateContent"
 
 
@@ -435,7 +432,7 @@ def test_request_audio_and_file_parts() -> None:
 )
 def test_request_errors(body: bytes, param: str | None) -> None:
     with pytest.raises(TranslationError) as info:
-        openai_to_gemini_request(body, model="m", api_key=None, stream=False)
+        openai_to_gemini_request(body, model="m", stream=False)
     assert info.value.param == param
     assert info.value.message
 
@@ -843,7 +840,7 @@ def test_stream_invalid_json_event() -> None:
     assert events[-1] == "[DONE]"
 
 
-# --- models and the OpenAI-compatible endpoint -----------------------------------------------
+# --- models --------------------------------------------------------------------------------
 
 
 def test_models_list() -> None:
@@ -853,21 +850,8 @@ def test_models_list() -> None:
     assert gemini_models(b"{}") == ()
     with pytest.raises(TranslationError):
         gemini_models(b"<html>")
-    call = gemini_models_call("k")
-    assert call.method == b"GET"
-    assert call.path.startswith(b"/v1beta/models")
-    assert (b"x-goog-api-key", b"k") in call.headers
-
-
-def test_openai_compat() -> None:
-    assert openai_compat_path(b"/v1/chat/completions") == b"/v1beta/openai/chat/completions"
-    assert openai_compat_path(b"/v1/embeddings") == b"/v1beta/openai/embeddings"
-    assert openai_compat_path(b"/v1/models") == b"/v1beta/openai/models"
-    assert openai_compat_path(b"/v1/models?x=1") == b"/v1beta/openai/models?x=1"
-    with pytest.raises(TranslationError):
-        openai_compat_path(b"/health")
-    assert openai_compat_headers("k") == [(b"authorization", b"Bearer k")]
-    assert openai_compat_headers(None) == []
+    # Where the list is fetched, with which key, and the OpenAI-compatible endpoint's paths
+    # are the backend profile's: tests/apis/test_profiles.py.
 
 
 # --- property: shared fields survive ---------------------------------------------------------

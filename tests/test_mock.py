@@ -28,7 +28,7 @@ from continuum.mock import (
     serve_mock,
 )
 from continuum.testing._failures import FailurePlan, parse_fail_spec
-from continuum.testing._openai import split_pieces
+from continuum.testing._replies import split_pieces
 
 MODELS = ("m1", "org/m2")
 

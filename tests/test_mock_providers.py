@@ -14,7 +14,7 @@ import trio
 
 from continuum.config import MockConfig, MockFailure
 from continuum.mock import MockUpstream, add_mock_arguments, mock_config_from_args, serve_mock
-from continuum.testing._openai import split_pieces
+from continuum.testing._replies import split_pieces
 
 MODELS = ("m1", "org/m2")
 ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from continuum import RouterHandle
 from continuum.actors.metrics import serve_metrics
-from continuum.actors.proxy import usage_from_body, usage_from_sse_tail
 from continuum.config import MockConfig, MockFailure
+from continuum.core.sse import usage_from_body, usage_from_sse_tail
 from continuum.observability.logs import JSONFormatter
 from continuum.observability.tracing import new_traceparent, valid_traceparent
 from helpers import router_config, start_mock, start_router

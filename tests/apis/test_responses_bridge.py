@@ -33,8 +33,8 @@ from continuum.apis.responses import (
     parse_responses_request,
     responses_to_chat,
 )
-from continuum.apis.responses._sse import SSEReader
 from continuum.apis.types import StreamTranslator, TranslationError
+from continuum.core.sse import SSEReader
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 HERE = FIXTURES / "responses"
@@ -906,7 +906,7 @@ def anthropic_backend(request: Any) -> Any:
     """The bridge chained through the Anthropic translator, against recorded answers."""
     req = parse_responses_request(request.content)
     b = responses_to_chat(req, model=MODEL)
-    up = anthropic.openai_to_anthropic_request(b.body, model="claude-x", api_key="k")
+    up = anthropic.openai_to_anthropic_request(b.body, model="claude-x")
     sent = json.loads(up.body)
     assert sent["messages"][-1]["role"] == "user"
     if b.stream:
@@ -923,7 +923,7 @@ def anthropic_backend(request: Any) -> Any:
 def gemini_backend(request: Any) -> Any:
     """The bridge chained through the Gemini translator, against recorded answers."""
     b = responses_to_chat(request.content, model=MODEL)
-    up = gemini.openai_to_gemini_request(b.body, model="gemini-2.5-flash", api_key="k",
+    up = gemini.openai_to_gemini_request(b.body, model="gemini-2.5-flash",
                                          stream=b.stream)
     assert json.loads(up.body)["contents"]
     if b.stream:
@@ -1171,8 +1171,8 @@ def test_property_requests_make_valid_chat_for_every_backend(req: dict[str, Any]
     non_system = [m for m in chat["messages"] if m["role"] not in ("system", "developer")]
     if non_system and non_system[-1]["role"] != "assistant":
         # the same body goes on through the Anthropic and Gemini translators
-        anthropic.openai_to_anthropic_request(b.body, model="claude-x", api_key="k")
-        gemini.openai_to_gemini_request(b.body, model="gemini-x", api_key="k",
+        anthropic.openai_to_anthropic_request(b.body, model="claude-x")
+        gemini.openai_to_gemini_request(b.body, model="gemini-x",
                                         stream=b.stream)
     Response.model_validate(json.loads(b.translate(200, completion({
         "message": {"role": "assistant", "content": "ok"}, "finish": "stop",

@@ -12,38 +12,20 @@ from typing import Final, final
 
 import trio
 
+from ..apis.profiles import backend_profile
 from ..config import BackendConfig, Config
 from ..core.circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
 from ..core.clock import now as clock
 from ..core.health import HealthState
+from ..core.http import Headers
 from ..net.client.connect import make_ssl_context
-from ..net.client.exchange import ConnectError, Exchange, Headers, Origin, PoolLimits, PoolStats
+from ..net.client.exchange import ConnectError, Exchange, Origin, Pool, PoolLimits, PoolStats
 from ..net.client.h2 import HTTP2Pool, open_pool
 from ..net.client.http1_pool import HTTP1Pool
 
 log = logging.getLogger("continuum.backend")
 
-#: Client headers never forwarded upstream: hop-by-hop, framing, and the client's own
-#: credentials (the backend's api_key replaces them).
-DROPPED_REQUEST_HEADERS: Final = frozenset(
-    {
-        b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-        b"te", b"trailer", b"upgrade", b"content-length", b"expect", b"authorization",
-        b"x-api-key", b"proxy-authorization", b"accept-encoding", b"cookie",
-    }
-)
-
 _EWMA_ALPHA: Final = 0.3
-
-
-def backend_api(config: BackendConfig) -> str:
-    if config.type == "anthropic":
-        return "anthropic"
-    if config.type == "gemini":
-        return "gemini" if config.gemini_api == "native" else "openai"
-    if config.type == "mock":
-        return config.mock.api
-    return "openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +73,7 @@ class BackendActor:
         if origin.scheme == "https":
             ssl_context = make_ssl_context(config.ca_file, config.tls_verify)
         #: HTTP/1.1 until ``open`` has settled the protocol (``http2: auto|always``).
-        self.pool: HTTP1Pool | HTTP2Pool = HTTP1Pool(origin, limits, ssl_context)
+        self.pool: Pool = HTTP1Pool(origin, limits, ssl_context)
         hc = root.health_checks
         override = config.health_check
         probed = hc.enabled if override is None or override.enabled is None else override.enabled
@@ -124,49 +106,11 @@ class BackendActor:
         self.requests = 0
         #: Attempts that counted against this backend (what its breaker saw as failures).
         self.failures = 0
+        #: Its API's facts: credentials, paths, the model list (one home: apis.profiles).
+        self.profile = backend_profile(config)
         #: The API this backend speaks: "openai" (every OpenAI-compatible server, and
         #: Gemini's OpenAI endpoint), "anthropic" (Messages) or "gemini" (generateContent).
-        self.api = backend_api(config)
-        auth: Headers = []
-        key = config.api_key.encode("latin-1") if config.api_key else None
-        if key is None and config.type == "mock":
-            key = b"mock"  # the in-process mock wants a key, as the API it plays does
-        if self.api == "anthropic":
-            if key:
-                auth.append((b"x-api-key", key))
-            auth.append((b"anthropic-version", config.anthropic_version.encode("latin-1")))
-        elif self.api == "gemini":
-            if key:
-                auth.append((b"x-goog-api-key", key))
-        elif key:
-            auth.append((b"authorization", b"Bearer " + key))
-        #: Paths are rewritten for Gemini's OpenAI-compatible endpoint (/v1beta/openai/...).
-        self.path_prefix = b"/v1beta/openai" if config.type == "gemini" else b""
-        for name, value in config.headers.items():
-            auth.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-        #: Added to every upstream request (credentials, configured extra headers).
-        self.upstream_headers: Headers = auth
-        self._overridden = frozenset(name for name, _ in auth)
-
-    def target(self, path: bytes) -> bytes:
-        """The upstream path for a client path of the OpenAI API (``/v1/...``)."""
-        if self.path_prefix and path.startswith(b"/v1/"):
-            return self.path_prefix + path[3:]
-        return path
-
-    @property
-    def models_path(self) -> bytes:
-        """Where this backend lists its models."""
-        if self.api == "gemini":
-            return b"/v1beta/models"
-        return self.target(b"/v1/models")
-
-    def probe_path(self, endpoint: str) -> bytes:
-        """The health endpoint: the configured one, or the models list when left at the
-        default (``/v1/models`` means "the model list" whatever the API calls it)."""
-        if endpoint == "/v1/models":
-            return self.models_path
-        return endpoint.encode()
+        self.api = self.profile.api
 
     # -- routing view --------------------------------------------------------------------
 
@@ -201,16 +145,6 @@ class BackendActor:
         return "overloaded", 1.0
 
     # -- request path --------------------------------------------------------------------
-
-    def upstream_request_headers(self, client_headers: Headers) -> Headers:
-        overridden = self._overridden
-        headers = [
-            (name, value)
-            for name, value in client_headers
-            if name not in DROPPED_REQUEST_HEADERS and name not in overridden
-        ]
-        headers.extend(self.upstream_headers)
-        return headers
 
     async def start(
         self, method: bytes, target: bytes, headers: Headers, body: bytes
@@ -259,7 +193,7 @@ class BackendActor:
         exchange = None
         try:
             with trio.fail_after(timeout):
-                exchange = await self.pool.start(b"GET", path, list(self.upstream_headers), b"")
+                exchange = await self.pool.start(b"GET", path, list(self.profile.auth), b"")
                 body = await exchange.read_all(limit)
         finally:
             if exchange is not None:

@@ -12,7 +12,6 @@ from typing import final
 import msgspec
 import trio
 
-from ..apis.gemini import gemini_models
 from ..core.messages import ControlMessage, DiscoveryFailed, ModelsDiscovered
 from ..net.client.exchange import UpstreamError
 from .backend import BackendActor
@@ -22,14 +21,6 @@ log = logging.getLogger("continuum.cache")
 
 _LIST_LIMIT = 16 * 1024 * 1024
 _RETRY_FAILED = 5.0
-
-
-class _ModelEntry(msgspec.Struct):
-    id: str
-
-
-class _ModelList(msgspec.Struct):
-    data: list[_ModelEntry]
 
 
 class ModelObject(msgspec.Struct):
@@ -55,7 +46,6 @@ class ModelListObject(msgspec.Struct):
     object: str = "list"
 
 
-_decode_list = msgspec.json.Decoder(_ModelList).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -67,17 +57,15 @@ class CacheStats:
 
 
 async def fetch_models(backend: BackendActor, timeout: float) -> tuple[str, ...]:
-    status, body = await backend.get(backend.models_path, timeout, _LIST_LIMIT)
-    path = backend.models_path.decode()
+    profile = backend.profile
+    status, body = await backend.get(profile.models_path, timeout, _LIST_LIMIT)
+    path = profile.models_path.decode()
     if status != 200:
         raise UpstreamError(f"GET {path} answered {status}")
     try:
-        if backend.api == "gemini":
-            return gemini_models(body)
-        listing = _decode_list(body)
+        return profile.model_ids(body)
     except (msgspec.DecodeError, ValueError) as exc:
         raise UpstreamError(f"GET {path} returned an unreadable list: {exc}") from None
-    return tuple(dict.fromkeys(entry.id for entry in listing.data))
 
 
 @final

@@ -23,14 +23,21 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import msgspec
 import trio
 
-from ..apis.anthropic import anthropic_error_body
 from ..apis.calls import ENDPOINT_APIS
 from ..config import Config
 from ..core.clock import now as clock
-from ..core.errors import JSON_HEADERS, RouterError, openai_error_body, quoted
+from ..core.errors import (
+    JSON_HEADERS,
+    RouterError,
+    anthropic_error_body,
+    is_messages_api,
+    openai_error_body,
+    quoted,
+)
+from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH
 from ..core.messages import RequestObserved
-from ..net.server.connection import Headers, Refusal, Request, ServerConnection
+from ..net.server.connection import Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
 from .catalog import CacheKeeper
@@ -69,7 +76,7 @@ Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | 
 def _error_body(status: int, message: str, path: str, *, code: str | None = None,
                 param: str | None = None) -> bytes:
     """An error in the client's API: Anthropic's shape on /v1/messages, else OpenAI's."""
-    if path.startswith("/v1/messages"):
+    if is_messages_api(path):
         return anthropic_error_body(status, message)
     return openai_error_body(status, message, code=code, param=param)
 

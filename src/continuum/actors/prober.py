@@ -69,7 +69,8 @@ async def probe(backend: BackendActor, endpoint: str, timeout: float) -> HealthR
     """One ``GET endpoint`` through the backend's own pool (which keeps a connection warm)."""
     started = trio.current_time()
     try:
-        status, _ = await backend.get(backend.probe_path(endpoint), timeout, _PROBE_BODY_LIMIT)
+        path = backend.profile.probe_path(endpoint)
+        status, _ = await backend.get(path, timeout, _PROBE_BODY_LIMIT)
     except trio.TooSlowError:
         return HealthReport(backend.name, False, 0, 0.0, f"probe timed out after {timeout:g}s")
     except UpstreamError as exc:

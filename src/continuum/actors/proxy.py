@@ -24,15 +24,26 @@ from typing import TYPE_CHECKING, Any, Final, final
 import msgspec
 import trio
 
-from ..apis.anthropic import anthropic_error_body
 from ..apis.calls import ENDPOINT_APIS, Call, build_call
 from ..apis.types import StreamTranslator, TranslationError
 from ..config import Config
 from ..core.clock import now as clock
-from ..core.errors import RouterError, openai_error_body, quoted
+from ..core.errors import (
+    RouterError,
+    anthropic_error_body,
+    is_messages_api,
+    quoted,
+)
+from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step
 from ..core.retry import Backoff, parse_retry_after
-from ..net.client.exchange import Exchange, Headers, UpstreamError
+from ..core.sse import (
+    PassThrough,
+    prompt_tokens_from_message_start,
+    usage_from_body,
+    usage_from_sse_tail,
+)
+from ..net.client.exchange import Exchange, UpstreamError
 from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
 from ..observability.tracing import Tracing
@@ -53,28 +64,7 @@ _DROPPED_RESPONSE_HEADERS: Final = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te",
      b"trailer", b"upgrade", b"proxy-connection", b"date", b"server"}
 )
-_SSE_DONE: Final = b"data: [DONE]\n\n"
-_DONE_MARK: Final = b"[DONE]"
-#: How a complete stream ends, per endpoint (chat and completions: ``[DONE]``).
-_END_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
-    "/v1/messages": (b"message_stop",),
-    # The Responses API ends on a terminal event (``_EVENT_MARKS``); some servers add
-    # [DONE] too.
-    "/v1/responses": (_DONE_MARK,),
-}
-#: Terminal events that carry a whole object (the Responses API's ``response.completed``
-#: holds the final response), so their name is far from the stream's end: they are looked
-#: for in every chunk of that endpoint, as the ``type`` of an event's JSON (which no string
-#: value inside it can fake: its quotes would be escaped).
-_EVENT_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
-    "/v1/responses": tuple(
-        b'"type":' + space + b'"response.' + name + b'"'
-        for name in (b"completed", b"incomplete", b"failed") for space in (b"", b" ")
-    ),
-}
 _CHAIN_CACHE_MAX: Final = 4096
-#: The ``code`` of a pass-through stream's error event, by status.
-_STREAM_ERROR_CODES: Final = {502: "bad_gateway", 503: "shutting_down", 504: "upstream_timeout"}
 _NO_DEADLINE: Final = math.inf
 
 
@@ -89,92 +79,6 @@ class Peek(msgspec.Struct):
 decode_peek = msgspec.json.Decoder(Peek).decode
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
-
-
-class _Usage(msgspec.Struct):
-    """Token counts: OpenAI names and Anthropic names (whichever the answer uses)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-class _UsageOnly(msgspec.Struct):
-    """The only field read from a plain answer (or the final usage chunk of a stream)."""
-
-    usage: _Usage | None = None
-
-
-class _MessageStart(msgspec.Struct):
-    """An Anthropic ``message_start`` event: the prompt's tokens sit in ``message.usage``."""
-
-    message: _UsageOnly | None = None
-
-
-_decode_usage = msgspec.json.Decoder(_UsageOnly).decode
-_decode_message_start = msgspec.json.Decoder(_MessageStart).decode
-_USAGE_MARK: Final = b'"usage"'
-
-
-def _tokens(usage: _Usage) -> tuple[int, int]:
-    return (usage.prompt_tokens or usage.input_tokens,
-            usage.completion_tokens or usage.output_tokens)
-
-
-def usage_from_body(body: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of a complete JSON answer; None without ``usage``."""
-    if _USAGE_MARK not in body:
-        return None
-    try:
-        usage = _decode_usage(body).usage
-    except msgspec.MsgspecError:
-        return None
-    return None if usage is None else _tokens(usage)
-
-
-def _sse_data(data: bytes, pos: int) -> bytes | None:
-    """The JSON of the ``data:`` line holding byte ``pos``."""
-    start = data.rfind(b"data:", 0, pos)
-    if start < 0:
-        return None
-    end = data.find(b"\n", pos)
-    return data[start + 5: end if end >= 0 else len(data)].strip()
-
-
-def usage_from_sse_tail(tail: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from the last ``data:`` event of ``tail`` that has a
-    ``usage`` (the final usage chunk before ``[DONE]``, or Anthropic's ``message_delta``).
-    A byte search first: only that one event is decoded."""
-    pos = tail.rfind(_USAGE_MARK)
-    if pos < 0:
-        return None
-    line = _sse_data(tail, pos)
-    if not line:
-        return None
-    try:
-        usage = _decode_usage(line).usage
-    except msgspec.MsgspecError:
-        return None
-    return None if usage is None else _tokens(usage)
-
-
-def prompt_tokens_from_message_start(head: bytes) -> int:
-    """Anthropic streams report the prompt's tokens in ``message_start`` (the first event)."""
-    pos = head.find(b'"message_start"')
-    if pos < 0 or _USAGE_MARK not in head:
-        return 0
-    line = _sse_data(head, pos)
-    if not line:
-        return 0
-    try:
-        message = _decode_message_start(line).message
-    except msgspec.MsgspecError:
-        return 0
-    if message is None or message.usage is None:
-        return 0
-    return _tokens(message.usage)[0]
-
 
 
 async def json_too_deep_yielding(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -223,59 +127,6 @@ class Served(msgspec.Struct, frozen=True):
     model: str
     backend_duration: float
     attempts: int
-
-
-def sse_error_event(message: str, status: int, code: str) -> bytes:
-    """An error after the first streamed byte: an SSE ``error`` event, then ``[DONE]``."""
-    body = openai_error_body(status, message, code=code)
-    return b"event: error\ndata: " + body + b"\n\n" + _SSE_DONE
-
-
-def anthropic_sse_error_event(message: str, status: int) -> bytes:
-    """The same for an Anthropic event stream (which has no ``[DONE]``)."""
-    return b"event: error\ndata: " + anthropic_error_body(status, message) + b"\n\n"
-
-
-@final
-class _PassThrough:
-    """Pass-through streams as a StreamTranslator: bytes unchanged, and the end checked
-    for the API's own terminator (a clean end without it is a truncation)."""
-
-    __slots__ = ("_anthropic", "_ended", "_event_marks", "_marks", "_tail", "truncated")
-
-    def __init__(self, endpoint: str) -> None:
-        self._anthropic = endpoint.startswith("/v1/messages")
-        self._marks = _END_MARKS.get(endpoint, (_DONE_MARK,))
-        self._event_marks = _EVENT_MARKS.get(endpoint, ())
-        self._ended = False
-        self._tail = b""
-        self.truncated = False
-
-    def feed(self, data: bytes) -> bytes:
-        if self._event_marks and not self._ended:
-            edge = self._tail[-40:] + data[:40]  # a mark split between two chunks
-            self._ended = any(mark in data or mark in edge for mark in self._event_marks)
-        self._tail = (self._tail + data[-64:])[-64:]  # the terminator may span chunks
-        return data
-
-    def finish(self) -> bytes:
-        if self._ended or any(mark in self._tail for mark in self._marks):
-            return b""
-        self.truncated = True
-        return self.error(502, "Upstream ended the stream before its end marker")
-
-    def error(self, status: int, message: str) -> bytes:
-        # An upstream that broke off mid-event left an unfinished line or event: end it
-        # first, or the error event would be glued onto it and parse as neither.
-        tail = self._tail
-        if not tail or tail.endswith((b"\n\n", b"\r\n\r\n")):
-            boundary = b""
-        else:
-            boundary = b"\n" if tail.endswith(b"\n") else b"\n\n"
-        if self._anthropic:
-            return boundary + anthropic_sse_error_event(message, status)
-        code = _STREAM_ERROR_CODES.get(status, "bad_gateway")
-        return boundary + sse_error_event(message, status, code)
 
 
 class _TimedOut(str):
@@ -426,7 +277,7 @@ class Proxy:
         # passes, the server's timer sweep cancels the connection and answers 504 for us.
         conn.arm_timer(
             clock() + self._timeout,
-            self._timeout_error_anthropic if request.path.startswith("/v1/messages")
+            self._timeout_error_anthropic if is_messages_api(request.path)
             else self._timeout_error,
         )
         stream = state.stream = peek.stream is True
@@ -593,7 +444,8 @@ class Proxy:
             waiting.add(conn)
         try:
             try:
-                call = build_call(request.path, backend, request, body, model, stream)
+                call = build_call(request.path, backend.profile, request.query, request.headers,
+                                  body, model, stream)
             except TranslationError as exc:
                 record(None, True)  # the request's fault, not the backend's
                 raise RouterError(400, exc.message, param=exc.param) from None
@@ -651,7 +503,7 @@ class Proxy:
                                     overhead_ms(started - state.started - state.upstream)))
                 translator: StreamTranslator = (
                     call.stream() if call.stream is not None
-                    else _PassThrough(request.path)
+                    else PassThrough(request.path)
                 )
                 streams = self.streams
                 streams.add(conn)
@@ -865,7 +717,7 @@ class Proxy:
                             ending = translator.error(status, message)
                     else:
                         ending = translator.finish()
-                        ok = not getattr(translator, "truncated", False)
+                        ok = not translator.truncated
                 except UpstreamError as exc:
                     conn.disarm_timer()
                     ending = translator.error(502, f"Upstream stream failed: {exc}")

@@ -19,18 +19,14 @@ aliases and fallbacks) and never decodes an SSE chunk; translation is the sans-I
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, final
 
 import msgspec
 
+from ..core.http import Headers
 from . import anthropic, gemini
+from .profiles import BackendProfile
 from .types import StreamTranslator, Translated
-
-if TYPE_CHECKING:
-    from ..actors.backend import BackendActor
-    from ..net.server.connection import Request
-
-Headers = list[tuple[bytes, bytes]]
 
 #: Which backend APIs can serve each client endpoint.
 ENDPOINT_APIS: Final[dict[str, frozenset[str]]] = {
@@ -90,22 +86,24 @@ class _Chain:
 
     @property
     def truncated(self) -> bool:
-        return bool(getattr(self._first, "truncated", False)
-                    or getattr(self._second, "truncated", False))
+        return self._first.truncated or self._second.truncated
 
     def error(self, status: int, message: str) -> bytes:
         return self._second.error(status, message)
 
 
-def _with_forwarded(call_headers: Headers, backend: BackendActor, request: Request) -> Headers:
-    """A translated call's headers, plus the client's tracing ones and the backend's own."""
+def _with_forwarded(call_headers: Headers, profile: BackendProfile,
+                    client_headers: Headers) -> Headers:
+    """A translated call's headers, plus the client's tracing ones and the backend's own
+    (its credentials, then its configured headers; a name already there is not sent twice)."""
     headers = list(call_headers)
     have = {name for name, _ in headers}
-    for name, value in request.headers:
+    for name, value in client_headers:
         if name in _TRANSLATED_FORWARD and name not in have:
             headers.append((name, value))
-    for name, value in backend.upstream_headers:
+    for name, value in profile.auth:
         if name not in have:
+            have.add(name)
             headers.append((name, value))
     return headers
 
@@ -133,39 +131,36 @@ def _include_usage(body: bytes) -> bool:
 
 
 def build_call(
-    endpoint: str, backend: BackendActor, request: Request, body: bytes, model: str,
-    stream: bool,
+    endpoint: str, profile: BackendProfile, query: str, client_headers: Headers, body: bytes,
+    model: str, stream: bool,
 ) -> Call:
-    """The call for ``endpoint`` on ``backend``; ``body`` is in the client's API with
-    ``model`` already the served model."""
-    api = backend.api
+    """The call for ``endpoint`` (with the client's ``query`` and headers) on a backend of
+    ``profile``; ``body`` is in the client's API with ``model`` already the served model."""
+    api = profile.api
     target = endpoint.encode()
-    if request.query:
-        target += b"?" + request.query.encode()
+    if query:
+        target += b"?" + query.encode()
     if endpoint == "/v1/messages":
-        return _messages_call(backend, request, body, model, stream, target)
+        return _messages_call(profile, client_headers, body, model, stream, target)
     if api == "openai" or endpoint != "/v1/chat/completions":
         # Pass-through: the client's bytes, the backend's credentials.
-        return Call(b"POST", backend.target(target),
-                    backend.upstream_request_headers(request.headers), body)
-    cfg = backend.config
+        return Call(b"POST", profile.target(target), profile.request_headers(client_headers),
+                    body)
     if api == "anthropic":
         up = anthropic.openai_to_anthropic_request(
-            body, model=model, api_key=cfg.api_key, version=cfg.anthropic_version,
-            default_max_tokens=cfg.default_max_tokens,
+            body, model=model, default_max_tokens=profile.default_max_tokens,
         )
         usage = stream and _include_usage(body)
         return Call(
-            up.method, up.path, _with_forwarded(up.headers, backend, request), up.body,
+            up.method, up.path, _with_forwarded(up.headers, profile, client_headers), up.body,
             translate=lambda status, raw: anthropic.anthropic_to_openai_response(
                 status, raw, model=model),
             stream=lambda: anthropic.AnthropicToOpenAIStream(model, usage),
         )
-    up = gemini.openai_to_gemini_request(body, model=model, api_key=cfg.api_key,
-                                         stream=stream)
+    up = gemini.openai_to_gemini_request(body, model=model, stream=stream)
     usage = stream and _include_usage(body)
     return Call(
-        up.method, up.path, _with_forwarded(up.headers, backend, request), up.body,
+        up.method, up.path, _with_forwarded(up.headers, profile, client_headers), up.body,
         translate=lambda status, raw: gemini.gemini_to_openai_response(status, raw,
                                                                        model=model),
         stream=lambda: gemini.GeminiToOpenAIStream(model, usage),
@@ -173,12 +168,12 @@ def build_call(
 
 
 def _messages_call(
-    backend: BackendActor, request: Request, body: bytes, model: str, stream: bool,
+    profile: BackendProfile, client_headers: Headers, body: bytes, model: str, stream: bool,
     target: bytes,
 ) -> Call:
-    api = backend.api
+    api = profile.api
     if api == "anthropic":
-        return Call(b"POST", target, backend.upstream_request_headers(request.headers), body)
+        return Call(b"POST", target, profile.request_headers(client_headers), body)
     chat_body, _ = anthropic.anthropic_to_openai_request(body, model=model)
 
     def to_messages(status: int, raw: bytes) -> Translated:
@@ -186,22 +181,20 @@ def _messages_call(
 
     if api == "openai":
         return Call(
-            b"POST", backend.target(b"/v1/chat/completions"),
-            _with_forwarded([(b"content-type", b"application/json")], backend, request),
+            b"POST", profile.target(b"/v1/chat/completions"),
+            _with_forwarded([(b"content-type", b"application/json")], profile, client_headers),
             chat_body,
             translate=to_messages,
             stream=lambda: anthropic.OpenAIToAnthropicStream(model),
         )
-    cfg = backend.config
-    up = gemini.openai_to_gemini_request(chat_body, model=model, api_key=cfg.api_key,
-                                         stream=stream)
+    up = gemini.openai_to_gemini_request(chat_body, model=model, stream=stream)
 
     def gemini_to_messages(status: int, raw: bytes) -> Translated:
         chat = gemini.gemini_to_openai_response(status, raw, model=model)
         return anthropic.openai_to_anthropic_response(chat.status, chat.body, model=model)
 
     return Call(
-        up.method, up.path, _with_forwarded(up.headers, backend, request), up.body,
+        up.method, up.path, _with_forwarded(up.headers, profile, client_headers), up.body,
         translate=gemini_to_messages,
         stream=lambda: _Chain(gemini.GeminiToOpenAIStream(model, True),
                               anthropic.OpenAIToAnthropicStream(model)),

@@ -1,11 +1,12 @@
-"""Types shared by the provider translators."""
+"""The boundary of translation: what a translator returns (:class:`UpstreamCall`,
+:class:`Translated`, a :class:`StreamTranslator`) and raises (:class:`TranslationError`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
 
-Headers = list[tuple[bytes, bytes]]
+from ..core.http import Headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +45,13 @@ class StreamTranslator(Protocol):
     bytes to send to the client now (possibly b""); ``finish`` is called once the upstream
     stream ended cleanly and returns the closing bytes (e.g. the final usage chunk and
     ``data: [DONE]``); ``error`` returns the bytes that end the client's stream after an
-    upstream failure (an error event, then the stream's proper terminator).
+    upstream failure (an error event, then the stream's proper terminator). ``truncated``
+    turns True when ``finish`` found the stream cut short (no finish reason, no end marker):
+    the client still gets a proper end, and the router counts the attempt a failure.
     """
+
+    @property
+    def truncated(self) -> bool: ...
 
     def feed(self, data: bytes) -> bytes: ...
 

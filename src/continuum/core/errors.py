@@ -1,4 +1,7 @@
-"""Every error the router answers with, and its OpenAI-shaped JSON body, in one place."""
+"""Every error the router answers with, and its JSON body in both shapes clients know: OpenAI's
+(``{"error": {message, type, param, code}}``) everywhere, Anthropic's
+(``{"type": "error", "error": {type, message}}``) on the ``/v1/messages`` front door
+(:func:`is_messages_api`)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-Headers = list[tuple[bytes, bytes]]
+from .http import Headers
 
 #: status → (OpenAI ``type``, default ``code``)
 _KINDS: Final[dict[int, tuple[str, str | None]]] = {
@@ -97,3 +100,48 @@ def quoted(value: str, limit: int = SHOWN_VALUE_LIMIT) -> str:
 def render_error(status: int, message: str) -> tuple[Headers, bytes]:
     """For the HTTP layer's own refusals (400 malformed, 408, 413, 431)."""
     return JSON_HEADERS, openai_error_body(status, message)
+
+
+# -- the Anthropic shape (the /v1/messages front door) ------------------------------------
+
+#: status → Anthropic's error ``type``.
+_ANTHROPIC_KINDS: Final[dict[int, str]] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def is_messages_api(path: str) -> bool:
+    """Does ``path`` belong to the Anthropic front door (``/v1/messages`` and below), whose
+    errors and streams take Anthropic's shape?"""
+    return path.startswith("/v1/messages")
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status."""
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    return _ANTHROPIC_KINDS.get(status, default)
+
+
+class _AnthropicDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class _AnthropicBody(msgspec.Struct):
+    type: str
+    error: _AnthropicDetail
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    """Anthropic's error JSON for an error with this HTTP status."""
+    return _encode(_AnthropicBody("error", _AnthropicDetail(anthropic_error_type(status), message)))

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-Headers = list[tuple[bytes, bytes]]
+from .http import Headers
 
 #: The path of the Realtime API on the router and on OpenAI-compatible backends.
 REALTIME_PATH: Final = "/v1/realtime"

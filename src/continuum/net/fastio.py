@@ -46,9 +46,12 @@ class WriteTimeout(trio.BrokenResourceError):
     """The peer accepted no bytes for ``write_timeout`` seconds; the connection must close."""
 
 
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The stdlib socket under a plain ``trio.SocketStream``, for syscalls tried before
+    trio is awaited (the HTTP layers here, the Redis connection); None for TLS and other
+    streams, which take trio's path."""
     if type(stream) is not trio.SocketStream:
-        return None  # TLS and test streams take trio's path
+        return None
     raw = getattr(stream.socket, "_sock", None)  # trio's socket wraps a stdlib one
     return raw if isinstance(raw, socket.socket) else None
 
@@ -77,7 +80,7 @@ class FastStream:
 
     def __init__(self, stream: trio.abc.Stream, write_timeout: float = math.inf) -> None:
         self.stream = stream
-        self._raw = _raw_socket(stream)
+        self._raw = raw_socket(stream)
         self._write_timeout = write_timeout
         self._budget = YIELD_EVERY_BYTES
 

@@ -48,6 +48,7 @@ from trio_websocket import (
     WebSocketRequest,
 )
 
+from ..core.http import Headers
 from ..core.realtime import (
     UpstreamTarget,
     client_subprotocol,
@@ -60,7 +61,6 @@ from ..core.realtime import (
 
 log = logging.getLogger("continuum.websocket")
 
-Headers = list[tuple[bytes, bytes]]
 #: Called with every upstream-to-client text message (usage, metrics). Must be cheap.
 Observer = Callable[[str], None]
 

@@ -1,8 +1,7 @@
 """Sans-IO half of the mock upstream for the Anthropic Messages API.
 
-Like :mod:`continuum.testing._openai` (whose :class:`~continuum.testing._openai.Reply`,
-:class:`~continuum.testing._openai.StreamReply` and :class:`~continuum.testing._openai.Settings`
-it shares), everything here is a plain function of its inputs. :mod:`continuum.mock` does
+Like :mod:`continuum.testing._openai` (with which it shares :mod:`continuum.testing._replies`),
+everything here is a plain function of its inputs. :mod:`continuum.testing._upstream` does
 the I/O.
 
 Answers are deterministic: the text is ``"Mock reply to: <last user text>"`` cut into
@@ -13,20 +12,24 @@ instead.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Final, TypeVar
 from urllib.parse import parse_qs
 
 import msgspec
 
-from ..apis.anthropic import anthropic_error_type
-from ._openai import (
+from ..core.errors import anthropic_error_type
+from ._replies import (
+    MODEL_CREATED_AT,
+    TOOL_INPUT,
+    TOOL_TRIGGER,
     Reply,
     Settings,
     StreamReply,
     count_tokens,
+    display_name,
     json_reply,
+    malformed_reply,
     split_pieces,
     summarize,
 )
@@ -36,16 +39,10 @@ _T = TypeVar("_T")
 
 #: ``anthropic-version`` the mock reports in docs and tests use; any value is accepted.
 API_VERSION: Final = "2023-06-01"
-#: ``created_at`` of every model (RFC 3339 of ``MODEL_CREATED``).
-MODEL_CREATED_AT: Final = "2023-11-14T22:13:20Z"
-#: The input a triggered tool call carries.
-TOOL_INPUT: Final[dict[str, str]] = {"location": "Paris"}
-#: Word (case-insensitive, whole word) in the last user turn that triggers a tool call.
-TOOL_TRIGGER: Final = re.compile(r"\bweather\b", re.IGNORECASE)
 DEFAULT_PAGE_LIMIT: Final = 20
 MAX_PAGE_LIMIT: Final = 1000
 
-error_type = anthropic_error_type  # the translator's table: one place for it
+error_type = anthropic_error_type  # a wire fact the router shares: one table for it
 
 
 def error_reply(
@@ -238,10 +235,6 @@ def _usage(input_count: int, output_count: int) -> dict[str, object]:
     }
 
 
-def _pace(settings: Settings) -> float:
-    tps = settings.tokens_per_second
-    return 1.0 / tps if tps > 0 else 0.0
-
 
 def messages(body: bytes, settings: Settings) -> Reply | StreamReply:
     """``POST /v1/messages``."""
@@ -288,7 +281,7 @@ def messages(body: bytes, settings: Settings) -> Reply | StreamReply:
     delta_kind, delta_key = (
         ("input_json_delta", "partial_json") if tool is not None else ("text_delta", "text")
     )
-    pace = _pace(settings)
+    pace = settings.pace
     start = {
         **message,
         "content": [],
@@ -352,11 +345,6 @@ def count_tokens_reply(body: bytes, settings: Settings) -> Reply:
 # -- models ----------------------------------------------------------------------------
 
 
-def display_name(model: str) -> str:
-    words = [w for w in re.split(r"[-_/\s]+", model) if w]
-    return " ".join(w[:1].upper() + w[1:] for w in words) or model
-
-
 def model_object(model: str) -> dict[str, object]:
     return {
         "type": "model",
@@ -409,8 +397,7 @@ def model_reply(model: str, models: Sequence[str]) -> Reply:
 def malformed(reply: Reply | StreamReply) -> Reply | StreamReply:
     """A 200 whose JSON (or first event's JSON) is cut in half; a stream then just ends."""
     if isinstance(reply, Reply):
-        body = reply.body[: max(1, len(reply.body) // 2)]
-        return Reply(200, body if body != reply.body else b"{", reply.headers)
+        return malformed_reply(reply)
     first = reply.events[0][1] if reply.events else sse_event("message_start", {})
     head, _, data = first.partition(b"data: ")
     cut = data[: max(1, len(data) // 2)].rstrip(b"\n")

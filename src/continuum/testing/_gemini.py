@@ -1,8 +1,7 @@
 """Sans-IO half of the mock upstream for the Gemini API (``generateContent``).
 
-Like :mod:`continuum.testing._openai` (whose :class:`~continuum.testing._openai.Reply`,
-:class:`~continuum.testing._openai.StreamReply` and :class:`~continuum.testing._openai.Settings`
-it shares), everything here is a plain function of its inputs. :mod:`continuum.mock` does
+Like :mod:`continuum.testing._openai` (with which it shares :mod:`continuum.testing._replies`),
+everything here is a plain function of its inputs. :mod:`continuum.testing._upstream` does
 the I/O and the routing (``/v1beta/models/{model}:{method}``).
 
 Answers are deterministic: the text is ``"Mock reply to: <last user text>"`` cut into
@@ -20,13 +19,16 @@ from typing import Any, Final
 
 import msgspec
 
-from ._anthropic import TOOL_INPUT, TOOL_TRIGGER, display_name
-from ._openai import (
+from ._replies import (
+    TOOL_INPUT,
+    TOOL_TRIGGER,
     Reply,
     Settings,
     StreamReply,
     count_tokens,
+    display_name,
     json_reply,
+    malformed_reply,
     split_pieces,
     summarize,
 )
@@ -256,10 +258,6 @@ def wants_tool(req: _Request) -> str | None:
 # -- answers ---------------------------------------------------------------------------
 
 
-def _pace(settings: Settings) -> float:
-    tps = settings.tokens_per_second
-    return 1.0 / tps if tps > 0 else 0.0
-
 
 def _usage(prompt: int, candidates: int) -> dict[str, int]:
     return {
@@ -324,7 +322,7 @@ def generate_content(
             return json_reply(whole)
         if not sse:
             return json_reply([whole])
-        return StreamReply(((_pace(settings), sse_event(whole)),))
+        return StreamReply(((settings.pace, sse_event(whole)),))
     pieces = split_pieces(answer_text(contents), settings.stream_chunks)
     finish = "STOP"
     if max_tokens is not None and max_tokens < len(pieces):
@@ -345,7 +343,7 @@ def generate_content(
     ]
     if not sse:
         return json_reply(chunks)
-    pace = _pace(settings)
+    pace = settings.pace
     return StreamReply(tuple((pace, sse_event(chunk)) for chunk in chunks))
 
 
@@ -406,8 +404,7 @@ def model_reply(model: str, models: Sequence[str]) -> Reply:
 def malformed(reply: Reply | StreamReply) -> Reply | StreamReply:
     """A 200 whose JSON (or first event's JSON) is cut in half; a stream then just ends."""
     if isinstance(reply, Reply):
-        body = reply.body[: max(1, len(reply.body) // 2)]
-        return Reply(200, body if body != reply.body else b"{", reply.headers)
+        return malformed_reply(reply)
     first = reply.events[0][1] if reply.events else sse_event({})
     cut = first[: max(len(b"data: {"), len(first) // 2)].rstrip(b"\r\n")
     return StreamReply(((0.0, cut + SSE_END),))

@@ -3,8 +3,8 @@
 Everything here is a plain function of its inputs (no sockets, no clock, no randomness):
 given a request body and the mock's settings it returns either a complete JSON
 :class:`Reply` or a :class:`StreamReply` (the SSE events of a streamed answer, each with the
-pause to take before it). :mod:`continuum.mock` decides *how* to deliver them (normally,
-one byte at a time, cut off by a reset, ...).
+pause to take before it). :mod:`continuum.testing._upstream` decides *how* to deliver them
+(normally, one byte at a time, cut off by a reset, ...).
 
 Answers are deterministic so tests can assert them: the text echoes the last user message
 (``"Mock reply to: <message>"``), a streamed answer is that same text cut into
@@ -27,46 +27,30 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from ..core.errors import JSON_HEADERS, Headers, openai_error_body
+from ..core.errors import openai_error_body
+from ..core.sse import DONE_EVENT
 from . import _tools as tools
+from ._replies import (
+    MODEL_CREATED,
+    Reply,
+    Settings,
+    StreamReply,
+    count_tokens,
+    json_reply,
+    malformed_reply,
+    split_pieces,
+    summarize,
+)
 from ._schema import Generator
 
 _encode: Final = msgspec.json.Encoder().encode
 _T = TypeVar("_T")
 
-#: ``created`` of every model in ``/v1/models`` (fixed, so listings compare equal).
-MODEL_CREATED: Final = 1_700_000_000
 DEFAULT_EMBEDDING_DIMENSIONS: Final = 8
 MAX_EMBEDDING_DIMENSIONS: Final = 65536
-_SUMMARY_LENGTH: Final = 80
-
-SSE_HEADERS: Final[Headers] = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
-DONE_EVENT: Final = b"data: [DONE]\n\n"
 
 
 # -- results ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A complete response: status, JSON body and any extra headers (content-type is added)."""
-
-    status: int
-    body: bytes
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-
-    def header_list(self) -> Headers:
-        return [*JSON_HEADERS, *self.headers]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamReply:
-    """A streamed (SSE) answer: ``(pause_before, event_bytes)`` pairs, ``[DONE]`` included."""
-
-    events: tuple[tuple[float, bytes], ...]
 
 
 def error_reply(
@@ -79,10 +63,6 @@ def error_reply(
 ) -> Reply:
     """An OpenAI-shaped error (``{"error": {message, type, param, code}}``)."""
     return Reply(status, openai_error_body(status, message, code=code, param=param), headers)
-
-
-def json_reply(obj: object, status: int = 200) -> Reply:
-    return Reply(status, _encode(obj))
 
 
 def sse_event(obj: object) -> bytes:
@@ -191,35 +171,6 @@ def model_not_found(model: str) -> Reply:
 # -- text, tokens, pieces --------------------------------------------------------------
 
 
-def count_tokens(text: str) -> int:
-    """The mock's tokenizer: whitespace-separated words."""
-    return len(text.split())
-
-
-def summarize(text: str) -> str:
-    """Whitespace collapsed, cut to ~80 characters."""
-    flat = " ".join(text.split())
-    if len(flat) > _SUMMARY_LENGTH:
-        flat = flat[: _SUMMARY_LENGTH - 3] + "..."
-    return flat
-
-
-def split_pieces(text: str, n: int) -> list[str]:
-    """``text`` cut into ``n`` non-empty pieces of near-equal length (padded with '.')."""
-    if n <= 0:
-        return []
-    if len(text) < n:
-        text += "." * (n - len(text))
-    size, extra = divmod(len(text), n)
-    pieces: list[str] = []
-    start = 0
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0)
-        pieces.append(text[start:end])
-        start = end
-    return pieces
-
-
 def _message_text(message: _Message) -> str:
     content = message.content
     if content is None:
@@ -266,17 +217,6 @@ def _prompt_tokens(prompt: object) -> int:
 # -- answers ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """What a single answer depends on besides the request body."""
-
-    models: tuple[str, ...]
-    stream_chunks: int
-    tokens_per_second: float
-    ident: str  # the response id suffix, unique per response
-    created: int  # unix seconds
-
-
 def _limit(n: int, max_tokens: int | None) -> tuple[int, str]:
     """How many of ``n`` pieces (tokens) fit in ``max_tokens``, and the finish reason."""
     if max_tokens is not None and 0 <= max_tokens < n:
@@ -291,10 +231,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "total_tokens": prompt_tokens + completion_tokens,
     }
 
-
-def _pace(settings: Settings) -> float:
-    tps = settings.tokens_per_second
-    return 1.0 / tps if tps > 0 else 0.0
 
 
 def _chunk_head(ident: str, kind: str, settings: Settings, model: str) -> dict[str, object]:
@@ -479,7 +415,7 @@ def chat_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
         )
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     head = _chunk_head(ident, "chat.completion.chunk", settings, model)
-    pace = _pace(settings)
+    pace = settings.pace
     per_choice = [
         _chat_chunks(head, index, choice, include_usage, pace, settings.stream_chunks)
         for index, choice in enumerate(choices)
@@ -565,7 +501,7 @@ def text_completion(body: bytes, settings: Settings) -> Reply | StreamReply:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return _chunk_event(head, choice, include_usage)
 
-    pace = _pace(settings)
+    pace = settings.pace
     events = [(pace, chunk(piece, None)) for piece in pieces]
     events.append((0.0, chunk("", finish)))
     return _end_stream(events, head, _usage(prompt_tokens, n) if include_usage else None)
@@ -673,8 +609,7 @@ def model_list(models: Sequence[str], owned_by: str) -> Reply:
 def malformed(reply: Reply | StreamReply) -> Reply | StreamReply:
     """The same answer with its JSON cut in half: a 200 that no JSON parser accepts."""
     if isinstance(reply, Reply):
-        body = reply.body[: max(1, len(reply.body) // 2)]
-        return Reply(200, body if body != reply.body else b"{", reply.headers)
+        return malformed_reply(reply)
     events = [event for _, event in reply.events if event != DONE_EVENT]
     first = events[0] if events else b"data: {}\n\n"
     cut = first[: max(len(b"data: {"), len(first) // 2)].rstrip(b"\n") + b"\n\n"

@@ -24,14 +24,13 @@ from typing import Any, Final
 import msgspec
 
 from . import _tools as tools
-from ._openai import (
+from ._openai import error_reply, model_not_found
+from ._replies import (
     Reply,
     Settings,
     StreamReply,
     count_tokens,
-    error_reply,
     json_reply,
-    model_not_found,
     split_pieces,
     summarize,
 )

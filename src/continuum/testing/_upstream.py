@@ -48,6 +48,7 @@ from . import _gemini as gem
 from . import _openai as oai
 from . import _responses as responses
 from ._failures import INFERENCE_PATHS, Failure, FailurePlan
+from ._replies import SSE_HEADERS, Reply, Settings, StreamReply, json_reply
 from ._responses import ResponseStore
 
 __all__ = ["MockUpstream", "ResponseStore", "open_mock_server", "serve_mock"]
@@ -311,7 +312,7 @@ class MockUpstream:
                 return _Route(verb, _POST, "gemini", inference=verb != "countTokens", arg=model)
         return None
 
-    def _check_auth(self, route: _Route, request: Request) -> oai.Reply | None:
+    def _check_auth(self, route: _Route, request: Request) -> Reply | None:
         if route.kind == "health":
             return None
         if self.api == "anthropic":
@@ -343,7 +344,7 @@ class MockUpstream:
             failure = self._plan.pick(_INFERENCE_KEY)
         return failure
 
-    def _provider_answer(self, route: _Route, request: Request) -> oai.Reply | oai.StreamReply:
+    def _provider_answer(self, route: _Route, request: Request) -> Reply | StreamReply:
         kind, body = route.kind, request.body
         if kind == "openai":
             return self._answer(route.arg, body)
@@ -360,7 +361,7 @@ class MockUpstream:
         if not 200 <= self.health_status < 300:
             return self._unhealthy_as(route.dialect)
         if kind == "health":
-            return oai.json_reply({"status": "ok"}, self.health_status)
+            return json_reply({"status": "ok"}, self.health_status)
         if self.api == "anthropic":
             if kind == "models":
                 return anth.model_list(self.models, request.query)
@@ -377,14 +378,14 @@ class MockUpstream:
         status: int,
         message: str,
         headers: tuple[tuple[bytes, bytes], ...] = (),
-    ) -> oai.Reply:
+    ) -> Reply:
         if dialect == "anthropic":
             return anth.error_reply(status, message, headers=headers)
         if dialect == "gemini":
             return gem.error_reply(status, message, headers=headers)
         return oai.error_reply(status, message, headers=headers)
 
-    def _unhealthy_as(self, dialect: Api) -> oai.Reply:
+    def _unhealthy_as(self, dialect: Api) -> Reply:
         if dialect == "openai":
             return self._unhealthy()
         status = self.health_status
@@ -404,8 +405,8 @@ class MockUpstream:
         self.last_request_headers = headers
         self.last_request_body = request.body
 
-    def _settings(self) -> oai.Settings:
-        return oai.Settings(
+    def _settings(self) -> Settings:
+        return Settings(
             models=self.models,
             stream_chunks=self.stream_chunks,
             tokens_per_second=self.tokens_per_second,
@@ -415,7 +416,7 @@ class MockUpstream:
 
     def _answer(
         self, path: str, body: bytes, method: str = "POST"
-    ) -> oai.Reply | oai.StreamReply:
+    ) -> Reply | StreamReply:
         if path == "/v1/chat/completions":
             return oai.chat_completion(body, self._settings())
         if path == "/v1/responses":
@@ -434,15 +435,15 @@ class MockUpstream:
         if not 200 <= self.health_status < 300:
             return self._unhealthy()
         if path == "/health":
-            return oai.json_reply({"status": "ok"}, self.health_status)
+            return json_reply({"status": "ok"}, self.health_status)
         if path == "/v1/models":
             return oai.model_list(self.models, self.name)
         model = path[len(_MODELS_PREFIX) :]
         if model not in self.models:
             return oai.model_not_found(model)
-        return oai.json_reply(oai.model_object(model, self.name))
+        return json_reply(oai.model_object(model, self.name))
 
-    def _unhealthy(self) -> oai.Reply:
+    def _unhealthy(self) -> Reply:
         status = self.health_status
         if status == 503:
             return oai.error_reply(
@@ -453,7 +454,7 @@ class MockUpstream:
             )
         return oai.error_reply(status, f"Mock upstream {self.name!r} reports HTTP {status}")
 
-    def _injected(self, status: int, dialect: Api = "openai") -> oai.Reply:
+    def _injected(self, status: int, dialect: Api = "openai") -> Reply:
         headers: tuple[tuple[bytes, bytes], ...] = ()
         if status in (429, 503) or (status == 529 and dialect == "anthropic"):
             headers = ((b"retry-after", b"1"),)
@@ -474,7 +475,7 @@ class MockUpstream:
     async def _deliver(
         self,
         conn: ServerConnection,
-        reply: oai.Reply | oai.StreamReply,
+        reply: Reply | StreamReply,
         failure: Failure | None,
         dialect: Api = "openai",
     ) -> None:
@@ -493,7 +494,7 @@ class MockUpstream:
         if kind == "reset":
             await _reset(conn)
         elif kind == "reset_mid_stream":
-            if isinstance(reply, oai.StreamReply):
+            if isinstance(reply, StreamReply):
                 await self._stream(conn, reply, cut_after=RESET_AFTER_EVENTS)
             else:
                 await _send_half_then_reset(conn, reply)
@@ -506,21 +507,21 @@ class MockUpstream:
         else:
             await self._send(conn, reply)
 
-    async def _send(self, conn: ServerConnection, reply: oai.Reply | oai.StreamReply) -> None:
-        if isinstance(reply, oai.StreamReply):
+    async def _send(self, conn: ServerConnection, reply: Reply | StreamReply) -> None:
+        if isinstance(reply, StreamReply):
             await self._stream(conn, reply)
         else:
             await conn.send_response(reply.status, reply.header_list(), reply.body)
 
     async def _stream(
-        self, conn: ServerConnection, reply: oai.StreamReply, *, cut_after: int | None = None
+        self, conn: ServerConnection, reply: StreamReply, *, cut_after: int | None = None
     ) -> None:
         """One chunk per SSE event, paced; ends early (cancelled) if the client leaves."""
         self.active_streams += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_disconnect, conn, nursery.cancel_scope)
-                await conn.start_chunked(200, oai.SSE_HEADERS)
+                await conn.start_chunked(200, SSE_HEADERS)
                 for index, (pause, event) in enumerate(reply.events):
                     if cut_after is not None and index >= cut_after:
                         await _reset(conn)
@@ -575,7 +576,7 @@ async def _reset(conn: ServerConnection) -> None:
     await trio.aclose_forcefully(stream)
 
 
-async def _send_half_then_reset(conn: ServerConnection, reply: oai.Reply) -> None:
+async def _send_half_then_reset(conn: ServerConnection, reply: Reply) -> None:
     """A head promising the whole body, half of the body, then RST."""
     head = bytearray(status_line(reply.status))
     for name, value in reply.header_list():

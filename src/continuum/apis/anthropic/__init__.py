@@ -19,7 +19,7 @@ OpenAI-compatible):
 * :func:`openai_to_anthropic_response` — ``chat.completion`` (or OpenAI error) → Message
   (or Anthropic error);
 * :class:`OpenAIToAnthropicStream` — chunk SSE → the Anthropic event sequence;
-* :func:`anthropic_error_body` — the router's own errors in Anthropic's shape.
+* the router's own errors in Anthropic's shape are :mod:`continuum.core.errors`'s.
 
 Mapping decisions (the ones the two APIs leave open):
 
@@ -54,8 +54,6 @@ Mapping decisions (the ones the two APIs leave open):
 
 from __future__ import annotations
 
-from ._common import anthropic_error_body as anthropic_error_body
-from ._common import anthropic_error_type as anthropic_error_type
 from ._front import OpenAIToAnthropicStream as OpenAIToAnthropicStream
 from ._front import anthropic_to_openai_request as anthropic_to_openai_request
 from ._front import openai_to_anthropic_response as openai_to_anthropic_response
@@ -70,7 +68,6 @@ __all__ = [
     "AnthropicCall",
     "AnthropicToOpenAIStream",
     "OpenAIToAnthropicStream",
-    "anthropic_error_body",
     "anthropic_to_openai_request",
     "anthropic_to_openai_response",
     "openai_to_anthropic_request",

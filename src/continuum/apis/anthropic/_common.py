@@ -1,9 +1,9 @@
-"""What the Anthropic translators share: JSON helpers, the two APIs' error shapes, and the
-SSE reader both stream translators use."""
+"""What the Anthropic translators share: JSON helpers and the mapping between the two APIs'
+error shapes (the router's own errors in Anthropic's shape are :mod:`continuum.core.errors`'s;
+the SSE reader both stream translators use is :mod:`continuum.core.sse`'s)."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any, Final
 
@@ -49,25 +49,7 @@ _ANTHROPIC_TO_OPENAI_ERROR: Final[dict[str, tuple[str, str | None]]] = {
     "timeout_error": ("timeout_error", "upstream_timeout"),
 }
 
-_STATUS_TO_ANTHROPIC_ERROR: Final[dict[int, str]] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
-
-def anthropic_error_type(status: int) -> str:
-    """Anthropic's error ``type`` for an HTTP status."""
-    default = "api_error" if status >= 500 else "invalid_request_error"
-    return _STATUS_TO_ANTHROPIC_ERROR.get(status, default)
 
 
 def openai_error_dict(etype: str, message: str) -> JSON:
@@ -80,47 +62,4 @@ def error_message(body: bytes, status: int) -> str:
     return f"upstream returned HTTP {status}" + (f": {text}" if text else "")
 
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
-
-class SSEReader:
-    """Splits an SSE byte stream into the ``data`` payloads of complete events."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf + data if self._buf else data
-        out: list[bytes] = []
-        pos = 0
-        while (m := _EVENT_END.search(buf, pos)) is not None:
-            payload = self._payload(buf[pos : m.start()])
-            pos = m.end()
-            if payload is not None:
-                out.append(payload)
-        self._buf = buf[pos:]
-        return out
-
-    def tail(self) -> list[bytes]:
-        """The last event when the stream ended without its blank line."""
-        rest, self._buf = self._buf, b""
-        payload = self._payload(rest) if rest.strip() else None
-        return [payload] if payload is not None else []
-
-    @staticmethod
-    def _payload(block: bytes) -> bytes | None:
-        data: list[bytes] = []
-        for line in block.splitlines():
-            if line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-        return b"\n".join(data) if data else None
-
-
-def anthropic_error_body(status: int, message: str) -> bytes:
-    """Anthropic's error JSON for an error with this HTTP status."""
-    return encode(
-        {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
-    )

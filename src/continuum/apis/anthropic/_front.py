@@ -10,19 +10,10 @@ from typing import Final
 
 import msgspec
 
+from ...core.errors import anthropic_error_body, anthropic_error_type
+from ...core.sse import DONE_MARK, SSEReader
 from ..types import Translated, TranslationError
-from ._common import (
-    JSON,
-    SSEReader,
-    anthropic_error_body,
-    anthropic_error_type,
-    as_int,
-    decode,
-    encode,
-    error_message,
-    load_object,
-    new_id,
-)
+from ._common import JSON, as_int, decode, encode, error_message, load_object, new_id
 
 
 def _budget_to_effort(budget: int) -> str:
@@ -455,7 +446,7 @@ class OpenAIToAnthropicStream:
     def _chunk(self, payload: bytes) -> bytes:
         if self._done:
             return b""
-        if payload.strip() == b"[DONE]":
+        if payload.strip() == DONE_MARK:
             return self._end()
         try:
             chunk = decode(payload)

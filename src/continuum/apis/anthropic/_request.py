@@ -8,7 +8,9 @@ from typing import Final
 
 import msgspec
 
-from ..types import Headers, TranslationError, UpstreamCall
+from ...core.http import Headers
+from ..content import parse_data_url
+from ..types import TranslationError, UpstreamCall
 from ._common import JSON, decode, encode, load_object, new_id
 
 #: ``reasoning_effort`` → Anthropic ``thinking.budget_tokens`` (None: thinking stays off).
@@ -70,19 +72,6 @@ class AnthropicCall(UpstreamCall):
     include_usage: bool = False
 
 
-def _parse_data_url(url: str) -> tuple[str, str] | None:
-    """``data:image/png;base64,AAAA`` → (media type, base64 data)."""
-    if not url.startswith("data:"):
-        return None
-    head, sep, data = url[5:].partition(",")
-    if not sep:
-        return None
-    media_type, _, params = head.partition(";")
-    if params != "base64":
-        return None
-    return (media_type or "application/octet-stream"), data
-
-
 def _text_of_parts(content: object, where: str) -> list[str]:
     """Texts of a system/developer/tool message (a string or text parts)."""
     if content is None:
@@ -104,7 +93,7 @@ def _image_block(part: JSON, where: str) -> JSON:
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str):
         raise TranslationError(f"{where}.image_url.url must be a string", param=where)
-    parsed = _parse_data_url(url)
+    parsed = parse_data_url(url)
     if parsed is not None:
         media_type, data = parsed
         return {
@@ -296,11 +285,10 @@ def openai_to_anthropic_request(
     body: bytes,
     *,
     model: str,
-    api_key: str | None,
-    version: str = "2023-06-01",
     default_max_tokens: int = 4096,
 ) -> UpstreamCall:
-    """An OpenAI chat request body → the Anthropic ``POST /v1/messages`` call.
+    """An OpenAI chat request body → the Anthropic ``POST /v1/messages`` call (its
+    credentials and ``anthropic-version`` are the backend's :class:`BackendProfile`'s).
 
     The result is an :class:`AnthropicCall`, whose ``stream``/``include_usage`` say how to
     build the :class:`AnthropicToOpenAIStream`.
@@ -397,12 +385,7 @@ def openai_to_anthropic_request(
         if key not in _OPENAI_HANDLED:
             out[key] = value  # provider-specific fields (thinking, top_k, …) pass through
 
-    headers: Headers = [
-        (b"content-type", b"application/json"),
-        (b"anthropic-version", version.encode()),
-    ]
-    if api_key is not None:
-        headers.append((b"x-api-key", api_key.encode()))
+    headers: Headers = [(b"content-type", b"application/json")]
     if stream:
         headers.append((b"accept", b"text/event-stream"))
     return AnthropicCall(

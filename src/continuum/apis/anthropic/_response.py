@@ -9,11 +9,11 @@ from typing import Final
 
 import msgspec
 
+from ...core.errors import anthropic_error_type
+from ...core.sse import DONE_EVENT, SSEReader
 from ..types import Translated
 from ._common import (
     JSON,
-    SSEReader,
-    anthropic_error_type,
     as_int,
     decode,
     encode,
@@ -122,7 +122,6 @@ def anthropic_to_openai_response(status: int, body: bytes, *, model: str) -> Tra
     return Translated(200, encode(out))
 
 
-_DONE: Final = b"data: [DONE]\n\n"
 
 
 class AnthropicToOpenAIStream:
@@ -170,11 +169,11 @@ class AnthropicToOpenAIStream:
         if self.include_usage:
             out += self._prefix + b'[],"usage":' + encode(_openai_usage(self._usage)) + b"}\n\n"
         self._done = True
-        return out + _DONE
+        return out + DONE_EVENT
 
     def _error_event(self, etype: str, message: str) -> bytes:
         self._done = True
-        return b"data: " + encode(openai_error_dict(etype, message)) + b"\n\n" + _DONE
+        return b"data: " + encode(openai_error_dict(etype, message)) + b"\n\n" + DONE_EVENT
 
     # -- StreamTranslator ------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:

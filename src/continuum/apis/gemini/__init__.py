@@ -1,22 +1,22 @@
 """OpenAI Chat Completions ↔ Gemini native API (``generateContent`` / ``streamGenerateContent``).
 
-Sans-IO: every function takes and returns bytes (or the shared ``_types`` shapes); the
+Sans-IO: every function takes and returns bytes (or the shared ``apis.types`` shapes); the
 BackendActor does the I/O. Four pieces:
 
 * :func:`openai_to_gemini_request` — an OpenAI ``/v1/chat/completions`` body → an
   :class:`UpstreamCall` to ``/v1beta/models/{model}:generateContent`` (or
-  ``:streamGenerateContent?alt=sse``), authenticated with ``x-goog-api-key``.
+  ``:streamGenerateContent?alt=sse``) (its ``x-goog-api-key`` comes from the backend's
+  profile, :mod:`continuum.apis.profiles`).
 * :func:`gemini_to_openai_response` — a ``GenerateContentResponse`` (or a Gemini error body)
   → an OpenAI ``chat.completion`` (or OpenAI-shaped error), keeping the HTTP status.
 * :class:`GeminiToOpenAIStream` — Gemini SSE → OpenAI ``chat.completion.chunk`` SSE,
   incrementally (events may be split at any byte).
 * :func:`gemini_models` — a ``models.list`` answer → the model ids that can generate content.
 
-For Gemini's own OpenAI-compatible endpoint (pass-through mode) there are
-:func:`openai_compat_path` and :func:`openai_compat_headers`.
+Gemini's own OpenAI-compatible endpoint (``gemini_api: openai``) is a pass-through: its
+path prefix and credentials are facts of the backend's profile (:mod:`continuum.apis.profiles`).
 
-One module per stage: ``_request``, ``_response``, ``_stream`` and ``_endpoints`` (model
-discovery and the OpenAI-compatible endpoint).
+One module per stage: ``_request``, ``_response`` (with the model list) and ``_stream``.
 
 Mapping decisions (request)
 ---------------------------
@@ -88,25 +88,17 @@ Mapping decisions (response)
 
 from __future__ import annotations
 
-from ._endpoints import gemini_models as gemini_models
-from ._endpoints import gemini_models_call as gemini_models_call
-from ._endpoints import openai_compat_headers as openai_compat_headers
-from ._endpoints import openai_compat_path as openai_compat_path
 from ._request import REASONING_BUDGETS as REASONING_BUDGETS
 from ._request import SKIP_SIGNATURE as SKIP_SIGNATURE
-from ._request import gemini_auth_headers as gemini_auth_headers
 from ._request import openai_to_gemini_request as openai_to_gemini_request
+from ._response import gemini_models as gemini_models
 from ._response import gemini_to_openai_response as gemini_to_openai_response
 from ._stream import GeminiToOpenAIStream as GeminiToOpenAIStream
 
 __all__ = [
     "REASONING_BUDGETS",
     "GeminiToOpenAIStream",
-    "gemini_auth_headers",
     "gemini_models",
-    "gemini_models_call",
     "gemini_to_openai_response",
-    "openai_compat_headers",
-    "openai_compat_path",
     "openai_to_gemini_request",
 ]

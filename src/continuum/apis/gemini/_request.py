@@ -4,14 +4,14 @@ the package's docstring)."""
 
 from __future__ import annotations
 
-import base64
 import mimetypes
 import urllib.parse
 from typing import Any, Final
 
 import msgspec
 
-from ..types import Headers, TranslationError, UpstreamCall
+from ..content import parse_data_url
+from ..types import TranslationError, UpstreamCall
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -31,14 +31,6 @@ SKIP_SIGNATURE: Final = "skip_thought_signature_validator"
 _JSON: Final = b"application/json"
 
 
-def gemini_auth_headers(api_key: str | None) -> Headers:
-    """Headers every native Gemini call carries."""
-    headers: Headers = [(b"content-type", _JSON)]
-    if api_key:
-        headers.append((b"x-goog-api-key", api_key.encode()))
-    return headers
-
-
 def _model_path(model: str) -> str:
     if not model:
         raise TranslationError("model must not be empty", "model")
@@ -47,9 +39,10 @@ def _model_path(model: str) -> str:
 
 
 def openai_to_gemini_request(
-    body: bytes, *, model: str, api_key: str | None, stream: bool
+    body: bytes, *, model: str, stream: bool
 ) -> UpstreamCall:
-    """Translate an OpenAI ``/v1/chat/completions`` body into a Gemini call."""
+    """Translate an OpenAI ``/v1/chat/completions`` body into a Gemini call (its
+    ``x-goog-api-key`` is the backend's :class:`BackendProfile`'s)."""
     try:
         req = _decode(body)
     except msgspec.DecodeError as exc:
@@ -94,7 +87,7 @@ def openai_to_gemini_request(
 
     path = f"/v1beta/{_model_path(model)}:"
     path += "streamGenerateContent?alt=sse" if stream else "generateContent"
-    return UpstreamCall(b"POST", path.encode(), gemini_auth_headers(api_key), _encode(out))
+    return UpstreamCall(b"POST", path.encode(), [(b"content-type", _JSON)], _encode(out))
 
 
 def _first(obj: dict[str, Any], *keys: str) -> Any:
@@ -299,14 +292,11 @@ def _text_parts(content: Any, param: str, *, allow_refusal: bool) -> list[dict[s
     return parts
 
 
-def _parse_data_url(url: str, param: str) -> dict[str, Any]:
-    header, sep, data = url[5:].partition(",")
-    if not sep:
+def _inline_data(url: str, param: str) -> dict[str, Any]:
+    parsed = parse_data_url(url)
+    if parsed is None:
         raise TranslationError(f"{param}: malformed data URL", param)
-    fields = header.split(";")
-    mime = fields[0] or "text/plain"
-    if "base64" not in fields[1:]:
-        data = base64.b64encode(urllib.parse.unquote_to_bytes(data)).decode()
+    mime, data = parsed
     return {"inlineData": {"mimeType": mime, "data": data}}
 
 
@@ -314,7 +304,7 @@ def _image_part(url: Any, param: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url:
         raise TranslationError(f"{param}.image_url.url must be a string", param)
     if url.startswith("data:"):
-        return _parse_data_url(url, param)
+        return _inline_data(url, param)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https", "gs"):
         raise TranslationError(f"{param}: unsupported image URL scheme {scheme!r}", param)
@@ -350,7 +340,7 @@ def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:
             data = file.get("file_data") if isinstance(file, dict) else None
             if not isinstance(data, str) or not data.startswith("data:"):
                 raise TranslationError(f"{p}: only inline file_data (a data: URL) is supported", p)
-            parts.append(_parse_data_url(data, p))
+            parts.append(_inline_data(data, p))
         else:
             raise TranslationError(f"{p}: content part type {kind!r} is not supported", p)
     return parts

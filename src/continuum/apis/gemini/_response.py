@@ -10,7 +10,8 @@ from typing import Any, Final
 
 import msgspec
 
-from ..types import Headers, Translated
+from ...core.http import Headers
+from ..types import Translated, TranslationError
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -233,3 +234,22 @@ def gemini_to_openai_response(
     if usage is not None:
         out["usage"] = usage
     return Translated(200, _encode(out))
+
+
+def gemini_models(body: bytes) -> tuple[str, ...]:
+    """Model ids from a ``models.list`` answer, keeping those that can ``generateContent``."""
+    try:
+        data = _decode(body)
+    except msgspec.DecodeError:
+        raise TranslationError("models list is not valid JSON") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    out: list[str] = []
+    for entry in models if isinstance(models, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        methods = entry.get("supportedGenerationMethods")
+        if isinstance(methods, list) and "generateContent" not in methods:
+            continue
+        name: str = entry["name"]
+        out.append(name.removeprefix("models/"))
+    return tuple(out)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
 from ...core.errors import openai_error_body
+from ...core.sse import DONE_EVENT, SSEReader
 from ._response import Parts, call_ids, error_fields, finish_reason, new_id, openai_usage
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-
-
-_DONE: Final = b"data: [DONE]\n\n"
 
 
 class GeminiToOpenAIStream:
@@ -28,16 +26,15 @@ class GeminiToOpenAIStream:
     """
 
     __slots__ = (
-        "_buf",
         "_call_id",
         "_created",
-        "_data",
         "_done",
         "_finished",
         "_id",
         "_include_usage",
         "_model",
         "_prefix",
+        "_reader",
         "_started",
         "_tool_index",
         "_usage",
@@ -56,8 +53,7 @@ class GeminiToOpenAIStream:
         self._created = int(time.time()) if created is None else created
         #: True once ``finish`` found the stream cut short (the router counts it a failure).
         self.truncated = False
-        self._buf = b""
-        self._data: list[bytes] = []
+        self._reader = SSEReader()
         self._id: str | None = None
         self._call_id: Any = None
         self._prefix = b""
@@ -72,43 +68,18 @@ class GeminiToOpenAIStream:
     def feed(self, data: bytes) -> bytes:
         if self._done:
             return b""
-        # The kept remainder never holds a newline: resume the search after it.
-        scan = len(self._buf)
-        buf = self._buf + data if scan else data
         out: list[bytes] = []
-        start = 0
-        while not self._done:
-            nl = buf.find(b"\n", max(start, scan))
-            if nl < 0:
+        for payload in self._reader.feed(data):  # event:, id:, retry: carry nothing here
+            out.append(self._event(payload))
+            if self._done:
                 break
-            line = buf[start:nl]
-            start = nl + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    payload = b"\n".join(self._data)
-                    self._data = []
-                    out.append(self._event(payload))
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                self._data.append(value[1:] if value.startswith(b" ") else value)
-            # comments, event:, id:, retry: carry nothing Gemini uses
-        self._buf = buf[start:] if not self._done else b""
         return b"".join(out)
 
     def finish(self) -> bytes:
         if self._done:
             return b""
         out: list[bytes] = []
-        tail = self._buf.rstrip(b"\r")
-        if tail.startswith(b"data:"):  # a last event without its blank line
-            value = tail[5:]
-            self._data.append(value[1:] if value.startswith(b" ") else value)
-        self._buf = b""
-        if self._data:
-            payload = b"\n".join(self._data)
-            self._data = []
+        for payload in self._reader.tail():  # a last event without its blank line
             out.append(self._event(payload))
         if self._done:
             return b"".join(out)
@@ -118,7 +89,7 @@ class GeminiToOpenAIStream:
             return b"".join(out)
         if self._include_usage and self._usage is not None:
             out.append(self._sse({**self._head(), "choices": [], "usage": self._usage}))
-        out.append(_DONE)
+        out.append(DONE_EVENT)
         self._done = True
         return b"".join(out)
 
@@ -126,7 +97,7 @@ class GeminiToOpenAIStream:
         if self._done:
             return b""
         self._done = True
-        return b"data: " + openai_error_body(status, message) + b"\n\n" + _DONE
+        return b"data: " + openai_error_body(status, message) + b"\n\n" + DONE_EVENT
 
     # --- internals --------------------------------------------------------------------------
 
@@ -156,7 +127,7 @@ class GeminiToOpenAIStream:
         if "error" in data:
             self._done = True
             _, fields, _ = error_fields(0, data["error"])
-            return self._sse({"error": fields}) + _DONE
+            return self._sse({"error": fields}) + DONE_EVENT
         if self._id is None:
             rid = data.get("responseId")
             rid = rid if isinstance(rid, str) and rid else new_id()

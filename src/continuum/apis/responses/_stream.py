@@ -22,10 +22,11 @@ keep their own item, until the finish reason. A call's item opens once its name 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, final
+from typing import final
 
 import msgspec
 
+from ...core.sse import DONE_MARK, SSEReader
 from ._answer import INCOMPLETE_REASONS, call_item, message_item, reasoning_item, text_part
 from ._common import (
     JSON,
@@ -38,11 +39,9 @@ from ._common import (
     response_object,
     response_usage,
 )
-from ._sse import SSEReader
 
 __all__ = ["ChatToResponsesStream"]
 
-_DONE: Final = b"[DONE]"
 
 
 @final
@@ -184,7 +183,7 @@ class ChatToResponsesStream:
     def _payload(self, payload: bytes) -> bytes:
         if self._done:
             return b""
-        if payload.strip() == _DONE:
+        if payload.strip() == DONE_MARK:
             return self._end()
         try:
             chunk = decode(payload)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-Headers = list[tuple[bytes, bytes]]
+from ...core.http import Headers
 
 #: Upstream response heads larger than this (status line, headers, any 1xx heads before
 #: them) fail the exchange; ``http_client.max_response_header_size`` sets it per backend.
@@ -58,6 +58,38 @@ class Exchange(Protocol):
 
     def close(self) -> None:
         """Finish: a fully read keep-alive response returns the connection to the pool."""
+        ...
+
+
+class Pool(Protocol):
+    """Connections to one upstream origin, whatever the protocol (:class:`HTTP1Pool`,
+    :class:`HTTP2Pool`): the calls a BackendActor makes."""
+
+    @property
+    def origin(self) -> Origin: ...
+
+    @property
+    def limits(self) -> PoolLimits: ...
+
+    @property
+    def stats(self) -> PoolStats: ...
+
+    async def start(
+        self, method: bytes, target: bytes, headers: Headers, body: bytes
+    ) -> Exchange:
+        """Send a request; return once the response head has arrived."""
+        ...
+
+    async def prewarm(self, count: int) -> int:
+        """Open up to ``count`` connections now; how many were opened."""
+        ...
+
+    def reap_idle(self) -> int:
+        """Close connections idle past ``limits.idle_timeout``; how many were closed."""
+        ...
+
+    def close(self) -> None:
+        """Stop taking requests; idle connections close now, busy ones when done."""
         ...
 
 

@@ -47,8 +47,9 @@ import h2.settings
 import trio
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 
+from ...core.http import Headers
 from .connect import make_h2_ssl_context, make_ssl_context, open_transport
-from .exchange import ConnectError, Headers, Origin, PoolLimits, PoolStats, UpstreamError, read_body
+from .exchange import ConnectError, Origin, PoolLimits, PoolStats, UpstreamError, read_body
 from .http1_pool import HTTP1Pool
 
 log = logging.getLogger("continuum.http")

@@ -9,8 +9,9 @@ from typing import final
 import httptools
 import trio
 
+from ...core.http import Headers
 from ..fastio import FastStream
-from .exchange import DEFAULT_MAX_HEAD, Headers, UpstreamError
+from .exchange import DEFAULT_MAX_HEAD, UpstreamError
 
 _RECEIVE_SIZE = 65536
 

@@ -14,8 +14,9 @@ from typing import final
 import trio
 
 from ...core.clock import now as clock
+from ...core.http import Headers
 from .connect import make_ssl_context, open_transport
-from .exchange import ConnectError, Headers, Origin, PoolLimits, PoolStats, UpstreamError, read_body
+from .exchange import ConnectError, Origin, PoolLimits, PoolStats, UpstreamError, read_body
 from .http1 import HTTP1Connection
 
 

@@ -19,8 +19,9 @@ cancellation, bounded by its own deadline. When anything goes wrong — a deadli
 error, garbage on the wire — the connection is *broken*: every call waiting on it fails with
 the same error and it is closed. Nothing is retried here; the client decides.
 
-Plain TCP and Unix sockets are written and read directly, trio being awaited only to yield
-once after a write (see ``_flush``) and when the kernel says "would block"
+Plain TCP and Unix sockets are written and read directly (the socket under the trio stream
+is :func:`continuum.net.fastio.raw_socket`'s, as for the HTTP layers), trio being awaited
+only to yield once after a write (see ``_flush``) and when the kernel says "would block"
 (``wait_readable``): trio's ``send_all``/``receive_some`` take three scheduler passes per
 round trip, this one or two (-20 % per call at concurrency 1 on loopback). TLS streams go
 through trio.
@@ -43,7 +44,6 @@ hostile or broken server:
 from __future__ import annotations
 
 import re
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias, final
@@ -51,6 +51,7 @@ from typing import Any, Final, TypeAlias, final
 import hiredis
 import trio
 
+from ..fastio import raw_socket
 from ._errors import (
     RedisConnectionError,
     RedisError,
@@ -111,7 +112,7 @@ class Connection:
         on_broken: Callable[[Connection], None],
     ) -> None:
         self._stream = stream
-        self._sock = _raw_socket(stream)
+        self._sock = raw_socket(stream)
         self.address = address
         self._max_reply_bytes = max_reply_bytes
         self._huge_count = _huge_count_pattern(max_reply_bytes)
@@ -328,13 +329,6 @@ def _fresh(error: RedisError) -> RedisError:
     copy.__cause__ = error
     return copy
 
-
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The stdlib socket under a plain ``trio.SocketStream`` (``None`` for TLS and others)."""
-    if type(stream) is not trio.SocketStream:
-        return None
-    raw = getattr(stream.socket, "_sock", None)  # trio's socket wraps a stdlib one
-    return raw if isinstance(raw, socket.socket) else None
 
 
 def _close_now(stream: trio.abc.Stream) -> None:

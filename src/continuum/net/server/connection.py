@@ -37,11 +37,11 @@ import httptools
 import trio
 
 from ...core.clock import now as clock
+from ...core.http import Headers
 from ..fastio import FastStream
 
 log = logging.getLogger("continuum.http")
 
-Headers = list[tuple[bytes, bytes]]
 
 _RECEIVE_SIZE: Final = 65536
 _CHECKPOINT_EVERY: Final = 8

@@ -1,0 +1,142 @@
+"""What follows from the API a backend speaks: one home for each backend-API fact.
+
+How a backend authenticates (``Authorization: Bearer``; ``x-api-key`` and
+``anthropic-version``; ``x-goog-api-key``), where its paths live (Gemini's
+OpenAI-compatible endpoint sits under ``/v1beta/openai``), where it lists its models and
+how that list reads, and which client headers never go upstream. A BackendActor holds the
+:class:`BackendProfile` of its config; :func:`~continuum.apis.calls.build_call`, the health
+prober and the model catalog read it, so the facts they use are the ones tested here.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, final
+
+import msgspec
+
+from ..config import BackendConfig
+from ..core.http import Headers
+from .gemini import gemini_models
+
+#: The APIs a backend can speak: every OpenAI-compatible server (and Gemini's
+#: OpenAI-compatible endpoint), Anthropic Messages, Gemini ``generateContent``.
+BackendApi = Literal["openai", "anthropic", "gemini"]
+
+#: Client headers never forwarded upstream: hop-by-hop, framing, and the client's own
+#: credentials (the backend's api_key replaces them).
+DROPPED_REQUEST_HEADERS: Final = frozenset(
+    {
+        b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+        b"te", b"trailer", b"upgrade", b"content-length", b"expect", b"authorization",
+        b"x-api-key", b"proxy-authorization", b"accept-encoding", b"cookie",
+    }
+)
+
+#: Gemini's OpenAI-compatible endpoint: ``/v1/X`` of the OpenAI API is ``/v1beta/openai/X``.
+_GEMINI_OPENAI_PREFIX: Final = b"/v1beta/openai"
+_GEMINI_MODELS: Final = b"/v1beta/models"
+
+
+class _ModelEntry(msgspec.Struct):
+    id: str
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_ModelEntry]
+
+
+_decode_model_list = msgspec.json.Decoder(_ModelList).decode
+
+
+def backend_api(config: BackendConfig) -> BackendApi:
+    """The API ``config``'s backend speaks."""
+    if config.type == "anthropic":
+        return "anthropic"
+    if config.type == "gemini":
+        return "gemini" if config.gemini_api == "native" else "openai"
+    if config.type == "mock":
+        return config.mock.api
+    return "openai"
+
+
+@final
+class BackendProfile:
+    """The facts of one backend's API and credentials (built by :func:`backend_profile`)."""
+
+    __slots__ = ("_overridden", "api", "auth", "default_max_tokens", "models_path",
+                 "path_prefix")
+
+    def __init__(self, api: BackendApi, auth: Headers, *, path_prefix: bytes = b"",
+                 models_path: bytes | None = None, default_max_tokens: int = 4096) -> None:
+        self.api: BackendApi = api
+        #: Added to every upstream request: credentials, then the configured headers.
+        self.auth = auth
+        #: Put in front of the OpenAI API's paths (``/v1/...`` → ``prefix/...``).
+        self.path_prefix = path_prefix
+        #: Where the backend lists its models (read by :meth:`model_ids`); by default the
+        #: OpenAI API's ``/v1/models``, under the path prefix.
+        self.models_path = self.target(b"/v1/models") if models_path is None else models_path
+        #: ``max_tokens`` of a translated request that sets none (Anthropic requires one).
+        self.default_max_tokens = default_max_tokens
+        self._overridden = frozenset(name for name, _ in auth)
+
+    def target(self, path: bytes) -> bytes:
+        """The upstream path for a client path of the OpenAI API (``/v1/...``)."""
+        if self.path_prefix and path.startswith(b"/v1/"):
+            return self.path_prefix + path[3:]
+        return path
+
+    def request_headers(self, client_headers: Headers) -> Headers:
+        """A pass-through request's headers: the client's, less those never forwarded and
+        those the backend sets itself, then the backend's own."""
+        overridden = self._overridden
+        headers = [
+            (name, value)
+            for name, value in client_headers
+            if name not in DROPPED_REQUEST_HEADERS and name not in overridden
+        ]
+        headers.extend(self.auth)
+        return headers
+
+    def probe_path(self, endpoint: str) -> bytes:
+        """The health endpoint: the configured one, or the models list when left at the
+        default (``/v1/models`` means "the model list" whatever the API calls it)."""
+        if endpoint == "/v1/models":
+            return self.models_path
+        return endpoint.encode()
+
+    def model_ids(self, body: bytes) -> tuple[str, ...]:
+        """The model ids of a :attr:`models_path` answer, each once, in the listed order
+        (raises ``msgspec.DecodeError``, ``ValueError`` or, for Gemini, ``TranslationError``
+        on an unreadable list)."""
+        if self.api == "gemini":
+            return gemini_models(body)
+        listing = _decode_model_list(body)
+        return tuple(dict.fromkeys(entry.id for entry in listing.data))
+
+
+def backend_profile(config: BackendConfig) -> BackendProfile:
+    """The profile of ``config``'s backend: its API, and its ``api_key`` and ``headers`` as
+    that API wants them."""
+    api = backend_api(config)
+    auth: Headers = []
+    key = config.api_key.encode("latin-1") if config.api_key else None
+    if key is None and config.type == "mock":
+        key = b"mock"  # the in-process mock wants a key, as the API it plays does
+    if api == "anthropic":
+        if key:
+            auth.append((b"x-api-key", key))
+        auth.append((b"anthropic-version", config.anthropic_version.encode("latin-1")))
+    elif api == "gemini":
+        if key:
+            auth.append((b"x-goog-api-key", key))
+    elif key:
+        auth.append((b"authorization", b"Bearer " + key))
+    for name, value in config.headers.items():
+        auth.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return BackendProfile(
+        api, auth,
+        path_prefix=_GEMINI_OPENAI_PREFIX if config.type == "gemini" else b"",
+        models_path=_GEMINI_MODELS if api == "gemini" else None,
+        default_max_tokens=config.default_max_tokens,
+    )

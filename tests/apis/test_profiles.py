@@ -1,0 +1,150 @@
+"""Backend profiles: each backend-API fact in one place (credentials, paths, the model
+list), and ``build_call`` built on them — the code the router runs for every attempt."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from continuum.apis.calls import build_call
+from continuum.apis.profiles import DROPPED_REQUEST_HEADERS, backend_api, backend_profile
+from continuum.apis.types import TranslationError
+from continuum.config import BackendConfig, MockConfig
+
+CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+STREAMED = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": True}).encode()
+
+
+def backend(**fields: Any) -> BackendConfig:
+    return BackendConfig(**{"name": "b", "url": "https://upstream.test", **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "api"),
+    [
+        ({}, "openai"),
+        ({"type": "vllm"}, "openai"),
+        ({"type": "anthropic"}, "anthropic"),
+        ({"type": "gemini"}, "gemini"),
+        ({"type": "gemini", "gemini_api": "openai"}, "openai"),
+        ({"type": "mock", "url": "", "mock": MockConfig(api="anthropic")}, "anthropic"),
+    ],
+)
+def test_the_api_a_backend_speaks(fields: dict[str, Any], api: str) -> None:
+    assert backend_api(backend(**fields)) == api
+    assert backend_profile(backend(**fields)).api == api
+
+
+def test_openai_compatible_credentials_and_paths() -> None:
+    profile = backend_profile(backend(api_key="sk", headers={"X-Team": "a"}))
+    assert profile.auth == [(b"authorization", b"Bearer sk"), (b"x-team", b"a")]
+    assert profile.target(b"/v1/chat/completions?x=1") == b"/v1/chat/completions?x=1"
+    assert profile.models_path == b"/v1/models"
+    assert backend_profile(backend()).auth == []
+
+
+def test_anthropic_credentials() -> None:
+    profile = backend_profile(backend(type="anthropic", api_key="sk-ant",
+                                      anthropic_version="2024-01-01"))
+    assert profile.auth == [(b"x-api-key", b"sk-ant"), (b"anthropic-version", b"2024-01-01")]
+    keyless = backend_profile(backend(type="anthropic"))
+    assert keyless.auth == [(b"anthropic-version", b"2023-06-01")]
+
+
+def test_gemini_native_credentials_and_model_list() -> None:
+    profile = backend_profile(backend(type="gemini", api_key="g"))
+    assert profile.auth == [(b"x-goog-api-key", b"g")]
+    assert profile.models_path == b"/v1beta/models"
+    assert profile.probe_path("/v1/models") == b"/v1beta/models"
+    listing = {"models": [{"name": "models/gemini-x", "supportedGenerationMethods":
+                           ["generateContent"]},
+                          {"name": "models/embed", "supportedGenerationMethods":
+                           ["embedContent"]}]}
+    assert profile.model_ids(json.dumps(listing).encode()) == ("gemini-x",)
+    with pytest.raises(TranslationError):
+        profile.model_ids(b"<html>")
+
+
+def test_gemini_openai_compatible_endpoint() -> None:
+    """Gemini's own OpenAI-compatible endpoint: every OpenAI path under /v1beta/openai, a
+    bearer key; other paths (a configured probe) are left as they are."""
+    profile = backend_profile(backend(type="gemini", gemini_api="openai", api_key="g"))
+    assert profile.auth == [(b"authorization", b"Bearer g")]
+    assert profile.target(b"/v1/chat/completions") == b"/v1beta/openai/chat/completions"
+    assert profile.target(b"/v1/embeddings") == b"/v1beta/openai/embeddings"
+    assert profile.target(b"/v1/models?x=1") == b"/v1beta/openai/models?x=1"
+    assert profile.target(b"/health") == b"/health"
+    assert profile.models_path == b"/v1beta/openai/models"
+    assert profile.probe_path("/v1/models") == b"/v1beta/openai/models"
+    assert profile.probe_path("/health") == b"/health"
+
+
+def test_openai_model_list_reads_each_id_once() -> None:
+    profile = backend_profile(backend())
+    body = b'{"object": "list", "data": [{"id": "a"}, {"id": "b"}, {"id": "a"}]}'
+    assert profile.model_ids(body) == ("a", "b")
+    with pytest.raises(msgspec.DecodeError):
+        profile.model_ids(b"<html>")
+
+
+def test_the_in_process_mock_gets_a_key_of_its_own() -> None:
+    profile = backend_profile(BackendConfig(name="m", type="mock",
+                                            mock=MockConfig(api="gemini")))
+    assert profile.auth == [(b"x-goog-api-key", b"mock")]
+
+
+def test_pass_through_headers_drop_client_credentials_and_hop_by_hop() -> None:
+    profile = backend_profile(backend(api_key="sk", headers={"x-team": "a"}))
+    client = [(b"authorization", b"Bearer client"), (b"x-api-key", b"client"),
+              (b"connection", b"keep-alive"), (b"x-team", b"client's"),
+              (b"x-request-id", b"r1"), (b"content-type", b"application/json")]
+    assert profile.request_headers(client) == [
+        (b"x-request-id", b"r1"), (b"content-type", b"application/json"),
+        (b"authorization", b"Bearer sk"), (b"x-team", b"a"),
+    ]
+    assert {b"authorization", b"x-api-key", b"cookie", b"host"} <= DROPPED_REQUEST_HEADERS
+
+
+def _headers(call_headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    seen: dict[bytes, list[bytes]] = {}
+    for name, value in call_headers:
+        seen.setdefault(name, []).append(value)
+    return seen
+
+
+def test_a_translated_call_carries_the_profile_credentials_once() -> None:
+    client = [(b"authorization", b"Bearer client"), (b"traceparent", b"00-ab-cd-01"),
+              (b"x-request-id", b"r1"), (b"cookie", b"c")]
+    anthropic = backend_profile(backend(type="anthropic", api_key="sk-ant",
+                                        headers={"x-api-key": "other", "x-team": "a"}))
+    call = build_call("/v1/chat/completions", anthropic, "", client, STREAMED, "claude", True)
+    assert call.target == b"/v1/messages" and call.translate is not None
+    headers = _headers(call.headers)
+    assert headers[b"x-api-key"] == [b"sk-ant"]  # the api_key's, never two
+    assert headers[b"anthropic-version"] == [b"2023-06-01"]
+    assert headers[b"accept"] == [b"text/event-stream"]
+    assert headers[b"x-team"] == [b"a"]
+    assert headers[b"traceparent"] == [b"00-ab-cd-01"] and headers[b"x-request-id"] == [b"r1"]
+    assert b"authorization" not in headers and b"cookie" not in headers
+
+    gemini = backend_profile(backend(type="gemini", api_key="g"))
+    call = build_call("/v1/chat/completions", gemini, "", client, CHAT, "gemini-x", False)
+    assert call.target == b"/v1beta/models/gemini-x:generateContent"
+    headers = _headers(call.headers)
+    assert headers[b"x-goog-api-key"] == [b"g"]
+    assert headers[b"content-type"] == [b"application/json"]
+    keyless = build_call("/v1/chat/completions", backend_profile(backend(type="gemini")), "",
+                         client, CHAT, "gemini-x", False)
+    assert b"x-goog-api-key" not in _headers(keyless.headers)
+
+
+def test_a_pass_through_call_keeps_the_query_and_uses_the_profile_path() -> None:
+    profile = backend_profile(backend(type="gemini", gemini_api="openai", api_key="g"))
+    call = build_call("/v1/embeddings", profile, "a=1", [], b"{}", "m", False)
+    assert call.target == b"/v1beta/openai/embeddings?a=1"
+    assert call.headers == [(b"authorization", b"Bearer g")]
+    assert call.translate is None and call.stream is None
