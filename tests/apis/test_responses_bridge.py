@@ -678,11 +678,11 @@ def test_stream_logprobs() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# chained with the Anthropic and Gemini translators
+# piped through the Anthropic and Gemini translators
 
 
-class Chain:
-    """Backend SSE → chat chunks → Responses events (what the request path will chain)."""
+class Pipeline:
+    """Backend SSE → chat chunks → Responses events (what the request path will pipe)."""
 
     def __init__(self, first: StreamTranslator, second: ChatToResponsesStream) -> None:
         self.first, self.second = first, second
@@ -697,22 +697,22 @@ class Chain:
         return self.second.error(status, message)
 
 
-def anthropic_chain() -> Chain:
-    return Chain(anthropic.AnthropicToOpenAIStream(MODEL, True), stream("x"))
+def anthropic_pipeline() -> Pipeline:
+    return Pipeline(anthropic.AnthropicToOpenAIStream(MODEL, True), stream("x"))
 
 
-def gemini_chain() -> Chain:
-    return Chain(gemini.GeminiToOpenAIStream(MODEL, True), stream("x"))
+def gemini_pipeline() -> Pipeline:
+    return Pipeline(gemini.GeminiToOpenAIStream(MODEL, True), stream("x"))
 
 
 @pytest.mark.parametrize(
     ("make", "folder", "name"),
-    [(anthropic_chain, "anthropic", "stream_text.sse"),
-     (anthropic_chain, "anthropic", "stream_tool.sse"),
-     (gemini_chain, "gemini", "stream_text.sse"),
-     (gemini_chain, "gemini", "stream_function_call.sse")],
+    [(anthropic_pipeline, "anthropic", "stream_text.sse"),
+     (anthropic_pipeline, "anthropic", "stream_tool.sse"),
+     (gemini_pipeline, "gemini", "stream_text.sse"),
+     (gemini_pipeline, "gemini", "stream_function_call.sse")],
 )
-def test_chained_streams(make: Callable[[], Chain], folder: str, name: str) -> None:
+def test_chained_streams(make: Callable[[], Pipeline], folder: str, name: str) -> None:
     data = raw(name, FIXTURES / folder)
     whole = run(make(), [data])
     events = events_of(whole)
@@ -725,7 +725,7 @@ def test_chained_streams(make: Callable[[], Chain], folder: str, name: str) -> N
 
 
 def test_chained_anthropic_error_event() -> None:
-    events = events_of(run(anthropic_chain(), [raw("stream_error.sse", FIXTURES / "anthropic")]))
+    events = events_of(run(anthropic_pipeline(), [raw("stream_error.sse", FIXTURES / "anthropic")]))
     response = check_events(events)
     assert response["status"] == "failed" and response["error"]["message"] == "Overloaded"
     assert response["output"][0]["content"][0]["text"] == "Partial"
@@ -733,10 +733,10 @@ def test_chained_anthropic_error_event() -> None:
 
 def test_chained_truncation_is_a_failure() -> None:
     data = raw("stream_text.sse", FIXTURES / "anthropic")
-    chain = anthropic_chain()
-    events = events_of(run(chain, [data[: data.index(b"event: message_delta")]]))
+    pipeline = anthropic_pipeline()
+    events = events_of(run(pipeline, [data[: data.index(b"event: message_delta")]]))
     assert check_events(events)["status"] == "failed"
-    assert chain.first.truncated  # type: ignore[attr-defined]
+    assert pipeline.first.truncated  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------
@@ -910,8 +910,8 @@ def anthropic_backend(request: Any) -> Any:
     sent = json.loads(up.body)
     assert sent["messages"][-1]["role"] == "user"
     if b.stream:
-        chain = Chain(anthropic.AnthropicToOpenAIStream(MODEL, True), b.stream_translator())
-        out = run(chain, [raw("stream_tool.sse", FIXTURES / "anthropic")])
+        pipeline = Pipeline(anthropic.AnthropicToOpenAIStream(MODEL, True), b.stream_translator())
+        out = run(pipeline, [raw("stream_tool.sse", FIXTURES / "anthropic")])
         return SDK_HTTP.Response(200, content=out, headers={"content-type": "text/event-stream"})
     message = json.loads(raw("message_tool_use.json", FIXTURES / "anthropic"))["anthropic"]
     chat = anthropic.anthropic_to_openai_response(200, dumps(message), model=MODEL)
@@ -927,8 +927,8 @@ def gemini_backend(request: Any) -> Any:
                                          stream=b.stream)
     assert json.loads(up.body)["contents"]
     if b.stream:
-        chain = Chain(gemini.GeminiToOpenAIStream(MODEL, True), b.stream_translator())
-        out = run(chain, [raw("stream_function_call.sse", FIXTURES / "gemini")])
+        pipeline = Pipeline(gemini.GeminiToOpenAIStream(MODEL, True), b.stream_translator())
+        out = run(pipeline, [raw("stream_function_call.sse", FIXTURES / "gemini")])
         return SDK_HTTP.Response(200, content=out, headers={"content-type": "text/event-stream"})
     chat = gemini.gemini_to_openai_response(200, raw("tools_response.json", FIXTURES / "gemini"),
                                             model=MODEL)

@@ -130,7 +130,7 @@ class BackendActor:
             self.in_flight < self.capacity
             and now >= self.cooldown_until
             and self.health.healthy
-            and (self.breaker._state is BreakerState.CLOSED  # fast path, no clock read
+            and (self.breaker.closed  # the fast path: no clock read
                  or self.breaker.state is not BreakerState.OPEN)
         )
 

@@ -1,5 +1,8 @@
-"""CacheKeeper: backends' model lists (refreshed every ``model_cache_ttl``) and the merged
-``/v1/models`` answer, rebuilt only when the Router's table changed or the TTL ran out."""
+"""ModelCatalog: backends' model lists (refreshed every ``model_cache_ttl``) and the merged
+``/v1/models`` answer, rebuilt only when the Router's table changed or the TTL ran out.
+
+(The config key, the ``model_cache_events`` metric and the ``continuum.cache`` logger keep
+their published names; in the code, "cache" is no longer a name for it.)"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from ..net.client.exchange import UpstreamError
 from .backend import BackendActor
 from .router import Router
 
-log = logging.getLogger("continuum.cache")
+log = logging.getLogger("continuum.cache")  # its published name
 
 _LIST_LIMIT = 16 * 1024 * 1024
 _RETRY_FAILED = 5.0
@@ -50,7 +53,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
-class CacheStats:
+class CatalogStats:
     hits: int
     misses: int
     evictions: int
@@ -69,7 +72,7 @@ async def fetch_models(backend: BackendActor, timeout: float) -> tuple[str, ...]
 
 
 @final
-class CacheKeeper:
+class ModelCatalog:
     def __init__(
         self,
         router: Router,
@@ -94,8 +97,8 @@ class CacheKeeper:
         self.evictions = 0
 
     @property
-    def stats(self) -> CacheStats:
-        return CacheStats(self.hits, self.misses, self.evictions)
+    def stats(self) -> CatalogStats:
+        return CatalogStats(self.hits, self.misses, self.evictions)
 
     def models_response(self) -> bytes:
         """The merged ``/v1/models`` body: one entry per id, healthy backends only."""

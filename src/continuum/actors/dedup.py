@@ -124,9 +124,9 @@ class _Flight:
 
 @final
 class Deduplicator:
-    """Single-flight plus a short TTL cache of successful answers, keyed by :func:`dedup_key`.
+    """Single-flight plus a short TTL store of successful answers, keyed by :func:`dedup_key`.
 
-    ``ttl`` <= 0 disables the cache (in-flight sharing only). At most ``max_entries`` answers
+    ``ttl`` <= 0 disables the store (in-flight sharing only). At most ``max_entries`` answers
     are kept (the oldest go first); answers with a body over ``max_body`` bytes are shared in
     flight but never kept. Counters for metrics: ``hits``, ``misses`` (calls to ``produce``),
     ``shared`` (callers that joined a running call and got its answer) and ``evictions``

@@ -40,7 +40,7 @@ from ..core.messages import RequestObserved
 from ..net.server.connection import Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
-from .catalog import CacheKeeper
+from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
 from .proxy import Proxy, RequestState, Served, client_key
 from .router import Router
@@ -91,7 +91,7 @@ class Ingress:
         self,
         config: Config,
         router: Router,
-        cache: CacheKeeper,
+        catalog: ModelCatalog,
         metrics: MetricsSink,
         observations: trio.MemorySendChannel[RequestObserved],
         proxy: Proxy,
@@ -99,7 +99,7 @@ class Ingress:
         self.config = config
         self.proxy = proxy
         self.router = router
-        self.cache = cache
+        self.catalog = catalog
         self.metrics = metrics
         self._observations = observations
         keys = config.api_keys
@@ -355,25 +355,25 @@ class Ingress:
             })
         healthy = sum(1 for b in backends if b["healthy"])
         overall = "healthy" if healthy == len(backends) else "degraded" if healthy else "unhealthy"
-        cache = self.cache.stats
+        catalog = self.catalog.stats
         body = _encode({
             "status": overall,
             "backends": backends,
-            "model_cache": {"hits": cache.hits, "misses": cache.misses,
-                            "evictions": cache.evictions},
+            "model_cache": {"hits": catalog.hits, "misses": catalog.misses,
+                            "evictions": catalog.evictions},
         })
         await conn.send_response(200, JSON_HEADERS, body)
 
     async def _models(
         self, request: Request, conn: ServerConnection, state: RequestState
     ) -> None:
-        await conn.send_response(200, JSON_HEADERS, self.cache.models_response())
+        await conn.send_response(200, JSON_HEADERS, self.catalog.models_response())
 
     async def _model(
         self, request: Request, conn: ServerConnection, state: RequestState
     ) -> None:
         model = unquote(request.path[len("/v1/models/"):])  # SDKs send org%2Fname
-        body = self.cache.model_response(model)
+        body = self.catalog.model_response(model)
         if body is None:
             raise RouterError(404, f"The model {quoted(model)} does not exist",
                               code="model_not_found", param="model")

@@ -23,7 +23,7 @@ from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..observability.metrics import OTHER, Metrics
 from .backend import BackendActor
-from .catalog import CacheKeeper
+from .catalog import ModelCatalog
 from .dedup import Deduplicator
 
 if TYPE_CHECKING:
@@ -47,14 +47,14 @@ class MetricsSink:
         metrics: Metrics,
         backends: Sequence[BackendActor],
         known_model: Callable[[str], bool],
-        cache: CacheKeeper,
+        catalog: ModelCatalog,
         active_connections: Callable[[], int],
         dedup: Deduplicator | None = None,
     ) -> None:
         self.metrics = metrics
         self.backends = backends
         self._known_model = known_model
-        self._cache = cache
+        self._catalog = catalog
         self._active_connections = active_connections
         # Label children cached per label tuple: .labels() costs ~10x an observe.
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -62,7 +62,7 @@ class MetricsSink:
         self._retry_children: dict[str, CounterChild] = {}
         self._failover_children: dict[str, CounterChild] = {}
         self._overhead = metrics.overhead.labels()
-        self._cache_reported = (0, 0, 0)
+        self._catalog_reported = (0, 0, 0)
         self._dedup = dedup
         self._dedup_reported = (0, 0, 0)
         self._inbox: trio.MemoryReceiveChannel[RequestObserved] | None = None
@@ -126,15 +126,15 @@ class MetricsSink:
                                     strict=True):
                 m.pool_connections.labels(backend.name, state).set(value)
         m.active_connections.set(self._active_connections())
-        stats = self._cache.stats
-        last = self._cache_reported
+        stats = self._catalog.stats
+        last = self._catalog_reported
         for event, now, before in zip(
             ("hit", "miss", "eviction"), (stats.hits, stats.misses, stats.evictions), last,
             strict=True,
         ):
             if now > before:
-                m.model_cache.labels(event).inc(now - before)
-        self._cache_reported = (stats.hits, stats.misses, stats.evictions)
+                m.model_catalog.labels(event).inc(now - before)
+        self._catalog_reported = (stats.hits, stats.misses, stats.evictions)
         dedup = self._dedup
         if dedup is not None:
             now_counts = (dedup.hits, dedup.shared, dedup.misses)

@@ -129,13 +129,6 @@ class Served(msgspec.Struct, frozen=True):
     attempts: int
 
 
-class _TimedOut(str):
-    """An attempt's failure message when the upstream was too slow, not broken: if no
-    attempt is left it is a 504, not a 502."""
-
-    __slots__ = ()
-
-
 def _is_event_stream(headers: Headers) -> bool:
     for name, value in headers:
         if name == b"content-type":
@@ -157,17 +150,36 @@ def client_key(request: Request) -> bytes | None:
     return request.header(b"x-api-key")
 
 
+#: What a failed attempt served: nothing.
+_NOTHING_SERVED: Final = Served(0, "", "", 0.0, 0)
+
+
 @final
-class _Answer:
-    """A complete non-streamed answer, ready to send (or to share through dedup)."""
+class AttemptResult:
+    """What one attempt on one backend came to: the one result type of the attempt loop.
 
-    __slots__ = ("body", "headers", "served", "status")
+    * an answer to send, or to share through dedup: ``status``, ``headers``, ``body`` and
+      ``served`` set, ``error`` empty;
+    * an answer already streamed to the client: ``streamed``, and ``served``;
+    * a failure to retry after: ``error`` says why, and ``timed_out`` whether the backend was
+      too slow rather than broken (a 504 rather than a 502 when no attempt is left). When
+      the backend answered a retryable status, its answer is kept too (``status`` is not 0),
+      to send if nothing better comes.
+    """
 
-    def __init__(self, status: int, headers: Headers, body: bytes, served: Served) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
+    __slots__ = ("body", "error", "headers", "served", "status", "streamed", "timed_out")
+
+    def __init__(
+        self, served: Served = _NOTHING_SERVED, status: int = 0, headers: Headers | None = None,
+        body: bytes = b"", *, error: str = "", timed_out: bool = False, streamed: bool = False,
+    ) -> None:
         self.served = served
+        self.status = status
+        self.headers: Headers = [] if headers is None else headers
+        self.body = body
+        self.error = error
+        self.timed_out = timed_out
+        self.streamed = streamed
 
 
 @final
@@ -291,8 +303,8 @@ class Proxy:
         answer = await (self._forward(request, conn, model, chain, hash_key, stream, state)
                         if self._spans else self._forward_chain(
                             request, conn, model, chain, hash_key, stream, state, None))
-        if isinstance(answer, Served):  # streamed already
-            return answer
+        if answer.streamed:
+            return answer.served
         conn.disarm_timer()
         headers = answer.headers
         headers.append((b"x-continuum-overhead-ms",
@@ -309,7 +321,6 @@ class Proxy:
 
         async def produce() -> StoredResponse:
             answer = await self._forward(request, conn, model, chain, hash_key, False, state)
-            assert isinstance(answer, _Answer)
             produced.append(answer.served)
             return StoredResponse(answer.status, tuple(answer.headers), answer.body)
 
@@ -328,9 +339,10 @@ class Proxy:
     async def _forward(
         self, request: Request, conn: ServerConnection, client_model: str,
         chain: tuple[str, ...], hash_key: str | None, stream: bool, state: RequestState,
-    ) -> _Answer | Served:
+    ) -> AttemptResult:
         """Try the chain's models and their backends; return the answer to send, or — when
-        it was streamed to the client already — what was served."""
+        it was streamed to the client already — what was served (never a failure: when no
+        attempt succeeded, the last retryable answer, or a RouterError)."""
         if not self._spans:
             return await self._forward_chain(request, conn, client_model, chain, hash_key,
                                              stream, state, None)
@@ -350,12 +362,13 @@ class Proxy:
         self, request: Request, conn: ServerConnection, client_model: str,
         chain: tuple[str, ...], hash_key: str | None, stream: bool, state: RequestState,
         span: Any,
-    ) -> _Answer | Served:
+    ) -> AttemptResult:
         router = self.router
         apis = ENDPOINT_APIS[request.path]
         retries = 0
         last_error = ""
-        held: _Answer | None = None  # a retryable answer kept in case nothing better comes
+        timed_out = False  # the last failure was a slow backend, not a broken one
+        held: AttemptResult | None = None  # a retryable answer, in case nothing better comes
         previous: BackendActor | None = None  # the last backend that failed
         for index, model in enumerate(chain):
             if index:
@@ -382,21 +395,19 @@ class Proxy:
                 last = model == chain[-1] and attempt == self._max_retries
                 result = await self._attempt(request, conn, backend, model, body,
                                              stream, retries, last, state, span)
-                if isinstance(result, str):
-                    last_error = result
-                    previous = backend
-                    log.info("model %s attempt %d: %s", model, retries, last_error)
-                    continue
-                if isinstance(result, tuple):  # a retryable answer: keep it, try another
-                    previous = backend
-                    last_error, held = result
+                if not result.error:
+                    return result
+                previous = backend
+                last_error, timed_out = result.error, result.timed_out
+                if result.status:  # a retryable answer: keep it, try another
+                    held = result
                     log.info("model %s attempt %d: %s; trying another", model, retries,
                              last_error)
-                    continue
-                return result
+                else:
+                    log.info("model %s attempt %d: %s", model, retries, last_error)
         if held is not None:
             return held  # every backend failed; the last retryable answer says why
-        if isinstance(last_error, _TimedOut):
+        if timed_out:
             raise RouterError(504, f"Upstream timeout: {last_error}")
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
@@ -406,9 +417,9 @@ class Proxy:
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,
         body: bytes, stream: bool, attempt: int, last: bool, state: RequestState,
         routing_span: Any = None,
-    ) -> _Answer | Served | str | tuple[str, _Answer]:
-        """One attempt on one backend. Returns the final answer (or what was streamed), an
-        error message to retry after, or a retryable answer with its message.
+    ) -> AttemptResult:
+        """One attempt on one backend: the final answer (or what was streamed), or a
+        failure to retry after (with the backend's answer when it was a retryable one).
 
         Every attempt ends in exactly one ``Router.record`` (an outcome) or
         ``Router.release`` (none: cancelled, or the client left), so a half-open breaker's
@@ -426,7 +437,7 @@ class Proxy:
 
         span: Any = None
 
-        def failed(message: str, started: float) -> str:
+        def failed(message: str, started: float, timed_out: bool = False) -> AttemptResult:
             """An attempt that ended without an answer: the backend's failure."""
             nonlocal span
             state.upstream += clock() - started
@@ -434,7 +445,7 @@ class Proxy:
             if span is not None:
                 self.tracing.end(span, None, message)
                 span = None
-            return message
+            return AttemptResult(error=message, timed_out=timed_out)
 
         # A plain request's client is watched while the upstream works (a stream watches
         # its own, see _stream): one that leaves ends the request as a 499, upstream call
@@ -470,9 +481,10 @@ class Proxy:
                         exchange = await backend.start(call.method, call.target, headers,
                                                        call.body)
                     if exchange is None:
-                        return _TimedOut(failed(
+                        return failed(
                             f"backend '{backend.name}' sent no response head within "
-                            f"{self._idle_timeout:g}s (request.idle_timeout)", started))
+                            f"{self._idle_timeout:g}s (request.idle_timeout)", started,
+                            timed_out=True)
                 else:
                     exchange = await backend.start(call.method, call.target, headers,
                                                    call.body)
@@ -489,12 +501,14 @@ class Proxy:
                                           state)
                 record(None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
-                return message if isinstance(answer, str) else (message, answer)
+                if answer.error:  # broken off: no answer to keep
+                    return AttemptResult(error=message)
+                answer.error = message
+                return answer
             if stream and status == 200 and _is_event_stream(exchange.headers):
-                error = await self._first_chunk(exchange, backend)
-                if error is not None:
-                    message = failed(error, started)
-                    return _TimedOut(message) if isinstance(error, _TimedOut) else message
+                cannot = await self._first_chunk(exchange, backend)
+                if cannot is not None:
+                    return failed(cannot.error, started, cannot.timed_out)
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
                 out_headers = self._response_headers(exchange.headers, backend, model)
                 # Router time so far: everything before this attempt's upstream call
@@ -516,11 +530,13 @@ class Proxy:
                     record(to_head if ok else None, ok, "" if ok else "stream failed")
                 elapsed = clock() - started
                 state.upstream += elapsed
-                return Served(status, backend.name, model, elapsed, attempt)
+                return AttemptResult(Served(status, backend.name, model, elapsed, attempt),
+                                     streamed=True)
             answer = await self._read(exchange, backend, model, call, started, attempt, state)
-            if isinstance(answer, str):
+            if answer.error:
                 record(None, False, "broken response body")
-                return f"backend '{backend.name}' broke off its answer: {answer}"
+                return AttemptResult(
+                    error=f"backend '{backend.name}' broke off its answer: {answer.error}")
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
             ok = status < 500 and status not in RETRYABLE_STATUSES
@@ -553,25 +569,29 @@ class Proxy:
                 told += 1
         return told
 
-    async def _first_chunk(self, exchange: Exchange, backend: BackendActor) -> str | None:
+    async def _first_chunk(
+        self, exchange: Exchange, backend: BackendActor
+    ) -> AttemptResult | None:
         """Wait (up to idle_timeout) for a stream's first bytes before its head goes to the
         client, and put them back for the stream to forward. Returns why the stream cannot
-        start (a :class:`_TimedOut` when it was too slow; the exchange is finished), or
-        None."""
+        start (``timed_out`` when it was too slow; the exchange is finished), or None."""
         first = b""
         try:
             with trio.move_on_after(self._idle_timeout) as wait:
                 first = await exchange.receive_some()
         except UpstreamError as exc:
             backend.finish(exchange, None)
-            return f"backend '{backend.name}' broke off its stream before the first byte: {exc}"
+            return AttemptResult(error=f"backend '{backend.name}' broke off its stream before "
+                                       f"the first byte: {exc}")
         except BaseException:
             backend.finish(exchange, None)
             raise
         if wait.cancelled_caught:
             backend.finish(exchange, None)
-            return _TimedOut(f"backend '{backend.name}' sent no stream data within "
-                             f"{self._idle_timeout:g}s of its head (request.idle_timeout)")
+            return AttemptResult(
+                error=f"backend '{backend.name}' sent no stream data within "
+                      f"{self._idle_timeout:g}s of its head (request.idle_timeout)",
+                timed_out=True)
         if first:
             exchange.unread(first)
         return None
@@ -579,9 +599,9 @@ class Proxy:
     async def _read(
         self, exchange: Exchange, backend: BackendActor, model: str, call: Call,
         started: float, attempts: int, state: RequestState,
-    ) -> _Answer | str:
-        """The whole body, in the client's API; why not (the connection discarded) if the
-        upstream broke it off."""
+    ) -> AttemptResult:
+        """The whole body, in the client's API; or why not (``error``; the connection is
+        discarded) if the upstream broke it off."""
         status = exchange.status
         try:
             body = await exchange.read_all(self._response_limit)
@@ -589,7 +609,7 @@ class Proxy:
             log.info("backend %s: answer broken off: %s", backend.name, exc)
             backend.finish(exchange, None)
             state.upstream += clock() - started
-            return str(exc)
+            return AttemptResult(error=str(exc))
         except BaseException:
             backend.finish(exchange, None)
             raise
@@ -607,8 +627,8 @@ class Proxy:
             tokens = usage_from_body(body)
             if tokens is not None:
                 state.prompt_tokens, state.completion_tokens = tokens
-        return _Answer(status, headers, body, Served(status, backend.name, model, latency,
-                                                     attempts))
+        return AttemptResult(Served(status, backend.name, model, latency, attempts), status,
+                             headers, body)
 
     def _cool_down(self, backend: BackendActor, headers: Headers) -> None:
         for name, value in headers:

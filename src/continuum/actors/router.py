@@ -56,7 +56,7 @@ class Router:
         #: Model → models to try, in order, when none of its backends can answer.
         self.fallbacks: dict[str, tuple[str, ...]] = dict(config.fallbacks)
         self._table: dict[str, tuple[BackendActor, ...]] = {}
-        #: Bumped on every change that alters what /v1/models shows (the CacheKeeper's key).
+        #: Bumped on every change that alters what /v1/models shows (the ModelCatalog's key).
         self.version = 0
         self._rebuild()
 

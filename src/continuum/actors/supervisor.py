@@ -20,7 +20,7 @@ from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..observability.metrics import Metrics
 from .backend import BackendActor
-from .catalog import CacheKeeper
+from .catalog import ModelCatalog
 from .dedup import Deduplicator
 from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
@@ -127,7 +127,7 @@ class RouterHandle:
         config: Config,
         server: HTTPServer,
         router: Router,
-        cache: CacheKeeper,
+        catalog: ModelCatalog,
         metrics: MetricsSink,
         mocks: dict[str, MockUpstream],
         stop: _Stop,
@@ -137,7 +137,7 @@ class RouterHandle:
         #: Bound addresses, e.g. ``["127.0.0.1:8080", "[::1]:8080", "unix:/run/c.sock"]``.
         self.addresses: list[str] = list(server.addresses)
         self.router = router
-        self.cache = cache
+        self.catalog = catalog
         self.metrics = metrics
         #: In-process mock upstreams of ``type: mock`` backends, by backend name.
         self.mocks = mocks
@@ -255,7 +255,7 @@ async def _serve(
         observe_send, observe_receive = trio.open_memory_channel[RequestObserved](
             _OBSERVATION_BUFFER
         )
-        cache = CacheKeeper(router, backends, config.cache.model_cache_ttl,
+        catalog = ModelCatalog(router, backends, config.cache.model_cache_ttl,
                             config.health_checks.timeout, control_send)
         prober = HealthProber(backends, config.health_checks, control_send)
         limits = HTTPLimits(
@@ -268,10 +268,10 @@ async def _serve(
         connections: list[HTTPServer] = []
         dedup_cfg = config.cache.deduplication
         dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
-        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), cache,
+        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
-        ingress = Ingress(config, router, cache, sink, observe_send,
+        ingress = Ingress(config, router, catalog, sink, observe_send,
                           Proxy(config, router, dedup))
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
@@ -297,7 +297,7 @@ async def _serve(
             async with trio.open_nursery() as first:
 
                 async def first_discovery(backend: BackendActor) -> None:
-                    router.apply(await cache.fetch(backend), first=True)
+                    router.apply(await catalog.fetch(backend), first=True)
 
                 async def first_probe(backend: BackendActor) -> None:
                     settings = prober.settings(backend)
@@ -307,7 +307,7 @@ async def _serve(
                 prewarm = config.http_client.prewarm_connections
                 probed = prober.probed()
                 for backend in backends:
-                    if backend in cache.discovering:
+                    if backend in catalog.discovering:
                         first.start_soon(first_discovery, backend)
                     if backend in probed:
                         first.start_soon(first_probe, backend)
@@ -317,14 +317,14 @@ async def _serve(
         root.start_soon(supervise, "router", lambda: router.run(control_receive))
         root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
         root.start_soon(supervise, "health", prober.run)
-        root.start_soon(supervise, "cache", cache.run)
+        root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
-        handle = RouterHandle(config, server, router, cache, sink, mocks, stop)
+        handle = RouterHandle(config, server, router, catalog, sink, mocks, stop)
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)
         metrics_cfg = config.metrics

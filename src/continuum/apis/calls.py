@@ -70,8 +70,9 @@ class Call:
         self.stream = stream
 
 
-class _Chain:
-    """Two stream translators back to back (Gemini → OpenAI chat → Anthropic events)."""
+class _Pipeline:
+    """Two stream translators back to back (Gemini → OpenAI chat → Anthropic events). (A
+    "chain" is always a model's fallback chain.)"""
 
     def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
         self._first = first
@@ -196,6 +197,6 @@ def _messages_call(
     return Call(
         up.method, up.path, _with_forwarded(up.headers, profile, client_headers), up.body,
         translate=gemini_to_messages,
-        stream=lambda: _Chain(gemini.GeminiToOpenAIStream(model, True),
-                              anthropic.OpenAIToAnthropicStream(model)),
+        stream=lambda: _Pipeline(gemini.GeminiToOpenAIStream(model, True),
+                                 anthropic.OpenAIToAnthropicStream(model)),
     )

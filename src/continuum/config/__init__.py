@@ -35,7 +35,6 @@ from ._schema import MockFailure as MockFailure
 from ._schema import RequestConfig as RequestConfig
 from ._schema import RoutingConfig as RoutingConfig
 from ._schema import ServerConfig as ServerConfig
-from ._schema import Strategy as Strategy
 from ._schema import TracingConfig as TracingConfig
 from ._template import generate_config as generate_config
 from ._units import DURATION_HELP as DURATION_HELP
@@ -64,7 +63,6 @@ __all__ = [
     "RequestConfig",
     "RoutingConfig",
     "ServerConfig",
-    "Strategy",
     "TracingConfig",
     "config_from_dict",
     "config_warnings",

@@ -12,6 +12,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from ..core.strategies import StrategyName
+
 
 class ConfigError(Exception):
     """An invalid configuration.
@@ -43,14 +45,6 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
 
-Strategy = Literal[
-    "RoundRobin",
-    "WeightedRoundRobin",
-    "LeastLatency",
-    "Random",
-    "ConsistentHash",
-    "LeastConnections",
-]
 BackendType = Literal[
     "openai", "vllm", "ollama", "llamacpp", "lmstudio", "localai", "anthropic", "gemini", "mock"
 ]
@@ -110,8 +104,8 @@ class LeastLatencyConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class RoutingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    strategy: Strategy = "RoundRobin"
-    fallback_strategy: Strategy = "RoundRobin"
+    strategy: StrategyName = "RoundRobin"
+    fallback_strategy: StrategyName = "RoundRobin"
     weights: dict[str, PosInt] = {}
     consistent_hash: ConsistentHashConfig = ConsistentHashConfig()
     least_latency: LeastLatencyConfig = LeastLatencyConfig()

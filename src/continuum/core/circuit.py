@@ -117,6 +117,7 @@ class CircuitBreaker:
         "_window",
         "_window_failures",
         "_window_total",
+        "closed",
         "last_change",
         "opened_total",
         "settings",
@@ -128,6 +129,9 @@ class CircuitBreaker:
         self.settings = settings
         self._clock = clock
         self._state = BreakerState.CLOSED
+        #: True while the state is CLOSED: what the request path reads, a plain attribute
+        #: (no clock read, unlike :attr:`state`, which may turn OPEN into HALF_OPEN).
+        self.closed = True
         self._consecutive = 0
         #: (time, ok) of every outcome in the last ``window`` seconds, oldest first.
         #: The sliding window as 30 slots: [slot, requests, failures]. Bounded whatever the
@@ -308,6 +312,7 @@ class CircuitBreaker:
 
     def _open(self, now: float) -> None:
         self._state = BreakerState.OPEN
+        self.closed = False
         self._opened_at = now
         self.opened_total += 1
         self.last_change = now
@@ -315,5 +320,6 @@ class CircuitBreaker:
 
     def _close(self, now: float) -> None:
         self._state = BreakerState.CLOSED
+        self.closed = True
         self.last_change = now
         self._reset_counts()

@@ -22,14 +22,14 @@ class HealthReport(msgspec.Struct, frozen=True):
 
 
 class ModelsDiscovered(msgspec.Struct, frozen=True):
-    """CacheKeeper → Router: the model ids a backend's ``GET /v1/models`` listed."""
+    """ModelCatalog → Router: the model ids a backend's ``GET /v1/models`` listed."""
 
     backend: str
     models: tuple[str, ...]
 
 
 class DiscoveryFailed(msgspec.Struct, frozen=True):
-    """CacheKeeper → Router: a backend's model list could not be fetched."""
+    """ModelCatalog → Router: a backend's model list could not be fetched."""
 
     backend: str
     reason: str

@@ -20,9 +20,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar, final, get_args
-
-from ..config import Strategy as StrategyName
+from typing import Final, Literal, Protocol, TypeVar, final, get_args
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -35,9 +33,21 @@ __all__ = [
     "RoundRobin",
     "RouteKey",
     "Strategy",
+    "StrategyName",
     "StrategyOptions",
     "WeightedRoundRobin",
     "make_strategy",
+]
+
+#: What ``routing.strategy`` and ``routing.fallback_strategy`` may name (a config value; a
+#: :class:`Strategy` is the object that does the choosing).
+StrategyName = Literal[
+    "RoundRobin",
+    "WeightedRoundRobin",
+    "LeastLatency",
+    "Random",
+    "ConsistentHash",
+    "LeastConnections",
 ]
 
 
@@ -479,7 +489,7 @@ class ConsistentHash:
 # --------------------------------------------------------------------------------------
 
 #: The strategy names configuration accepts (``routing.strategy``, ``fallback_strategy``).
-STRATEGY_NAMES: Final[tuple[str, ...]] = get_args(StrategyName)  # the config's own list
+STRATEGY_NAMES: Final[tuple[str, ...]] = get_args(StrategyName)
 
 #: Strategies that defer to a fallback strategy when they cannot decide.
 _NEEDS_FALLBACK: Final = frozenset({"LeastLatency", "ConsistentHash"})

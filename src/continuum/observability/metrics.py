@@ -164,7 +164,7 @@ class Metrics:
             "backend_in_flight_requests", "Requests in flight per backend.",
             ["backend"], registry=r,
         )
-        self.model_cache = Counter(
+        self.model_catalog = Counter(
             "model_cache_events", "Merged /v1/models cache events.", ["event"], registry=r,
         )
         self.circuit_state = Gauge(

@@ -43,6 +43,13 @@ from ._common import (
 __all__ = ["ChatToResponsesStream"]
 
 
+def _delta_prefix(kind: bytes, item_id: str, index: int, more: bytes = b"") -> bytes:
+    """A delta event of one item, encoded up to its sequence number (``more``: the
+    fields between, such as the content index)."""
+    return (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","item_id":'
+            + encode(item_id) + b',"output_index":' + str(index).encode() + more
+            + b',"sequence_number":')
+
 
 @final
 class _Reasoning:
@@ -52,7 +59,7 @@ class _Reasoning:
         self.index = index
         self.id = item_id
         self.pieces: list[str] = []
-        self.prefix = ChatToResponsesStream._prefix(
+        self.prefix = _delta_prefix(
             b"response.reasoning_summary_text.delta", item_id, index, b',"summary_index":0')
 
 
@@ -155,14 +162,6 @@ class ChatToResponsesStream:
         seq = self._seq
         self._seq = seq + 1
         return prefix + str(seq).encode() + tail
-
-    @staticmethod
-    def _prefix(kind: bytes, item_id: str, index: int, more: bytes = b"") -> bytes:
-        """A delta event of one item, encoded up to its sequence number (``more``: the
-        fields between, such as the content index)."""
-        return (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","item_id":'
-                + encode(item_id) + b',"output_index":' + str(index).encode() + more
-                + b',"sequence_number":')
 
     def _start(self) -> bytes:
         self._started = True
@@ -275,7 +274,7 @@ class ChatToResponsesStream:
                 "item_id": m.id, "output_index": m.index, "content_index": len(m.parts),
                 "part": part})
             if kind == "text":
-                m.prefix = self._prefix(b"response.output_text.delta", m.id, m.index,
+                m.prefix = _delta_prefix(b"response.output_text.delta", m.id, m.index,
                                         b',"content_index":' + str(len(m.parts)).encode())
         m.pieces.append(text)
         if kind == "refusal":
@@ -361,7 +360,7 @@ class ChatToResponsesStream:
         call.id = self.ctx.item_id("fc_", index)
         if not call.call_id:
             call.call_id = self.ctx.item_id("call_", index)
-        call.prefix = self._prefix(b"response.function_call_arguments.delta", call.id, index)
+        call.prefix = _delta_prefix(b"response.function_call_arguments.delta", call.id, index)
         out = self._add_item(call_item(call.id, call.call_id, call.name, "", "in_progress"))
         if call.pieces:
             out += self._fast(call.prefix,

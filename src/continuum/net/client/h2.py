@@ -273,7 +273,7 @@ class _H2Conn:
             if self.active == 0 and not self.dead:
                 self.shutdown()
         else:
-            self.pool._slot_freed()
+            self.pool.slot_freed()
 
     # -- output ----------------------------------------------------------------------------
 
@@ -362,7 +362,7 @@ class _H2Conn:
         self._window_changed()
         self._signal_drained()
         self._scope.cancel()
-        self.pool._slot_freed()  # waiters may now need a new connection
+        self.pool.slot_freed()  # waiters may now need a new connection
 
     async def serve(self) -> None:
         try:
@@ -378,7 +378,7 @@ class _H2Conn:
         finally:
             self.fail("upstream HTTP/2 connection closed")
             self.raw.socket.close()
-            self.pool._connection_ended(self)
+            self.pool.connection_ended(self)
 
     async def _reader(self) -> None:
         h2c = self.h2
@@ -408,14 +408,16 @@ class _H2Conn:
                 else:
                     self.fail(f"HTTP/2 protocol error from upstream: {exc}")
                 return
-            self._dispatch(events)
+            self.dispatch(events)
             self.take_output()
             if self.out_bytes > _OUTPUT_LIMIT:
                 self.fail(f"upstream does not read its connection ({self.out_bytes} bytes "
                           "of our frames queued)")
                 return
 
-    def _dispatch(self, events: list[h2.events.Event]) -> None:
+    def dispatch(self, events: list[h2.events.Event]) -> None:
+        """Apply what h2 made of received bytes to the streams (the reader calls it, and the
+        pool once for the events of the handshake)."""
         streams = self.streams
         for ev in events:
             if isinstance(ev, h2.events.DataReceived):
@@ -467,7 +469,7 @@ class _H2Conn:
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 self._window_changed()
                 if h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in ev.changed_settings:
-                    self.pool._slot_freed()
+                    self.pool.slot_freed()
             elif isinstance(ev, h2.events.PingAckReceived):
                 ack = self._ping_ack
                 if ack is not None:
@@ -494,7 +496,7 @@ class _H2Conn:
         self._window_changed()
         if self.active == 0:
             self.shutdown()
-        self.pool._slot_freed()  # new streams need another connection
+        self.pool.slot_freed()  # new streams need another connection
 
     async def _writer(self) -> None:
         queue = self._outq
@@ -712,7 +714,7 @@ class HTTP2Pool:
             raise
         conn = _H2Conn(self, stream, raw, h2c)
         conn.take_output()  # our SETTINGS ACK
-        conn._dispatch(events)
+        conn.dispatch(events)
         return conn
 
     async def _connect(self) -> _H2Conn:
@@ -767,13 +769,17 @@ class HTTP2Pool:
         self._connecting -= 1
         self._install(conn)
 
-    def _connection_ended(self, conn: _H2Conn) -> None:
+    # -- what a connection tells its pool ---------------------------------------------------
+
+    def connection_ended(self, conn: _H2Conn) -> None:
+        """``conn`` is closed: forget it, and give its waiters another connection."""
         with contextlib.suppress(ValueError):
             self._conns.remove(conn)
         self._check_done()
         self._dispatch()
 
-    def _slot_freed(self) -> None:
+    def slot_freed(self) -> None:
+        """A connection can take another stream: hand it to the next waiter."""
         if self._waiters:
             self._dispatch()
 
