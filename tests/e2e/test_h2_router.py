@@ -9,8 +9,8 @@ import ssl
 import httpx
 import trio
 
+from h2_server import H2Server
 from helpers import router_config, start_router
-from test_h2 import H2Server
 
 HANG_GUARD = 15
 

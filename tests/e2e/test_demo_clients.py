@@ -34,7 +34,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["LITELLM_OFFLINE_MODE"] = "true"
 os.environ["LITELLM_TELEMETRY"] = "False"
 
-DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 MODEL = "demo-chat"
 CALL_TIMEOUT = 60  # seconds per SDK call: generous, the machine is shared
 _T = TypeVar("_T")

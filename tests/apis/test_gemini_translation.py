@@ -21,7 +21,7 @@ from continuum.apis.gemini import (
 )
 from continuum.apis.types import TranslationError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "gemini"
 
 
 def fixture(name: str) -> bytes:

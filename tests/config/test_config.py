@@ -26,7 +26,7 @@ from continuum.config import (
     parse_size,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: The tuning guide's YAML blocks (keys and values only): users paste them as they are.
 GUIDE = REPO / "tests" / "fixtures" / "guide"
 BACKENDS = "\nbackends:\n  - name: b1\n    url: http://127.0.0.1:9001\n"

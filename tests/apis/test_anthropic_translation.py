@@ -23,7 +23,7 @@ from continuum.apis.anthropic import (
 from continuum.apis.types import StreamTranslator, TranslationError
 from continuum.core.errors import anthropic_error_body
 
-FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
 BACKEND_MODEL = "claude-sonnet-4-5-20250929"
 CREATED = 1700000000
 

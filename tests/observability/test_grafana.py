@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import router_config, start_mock, start_router
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana" / "router-overview.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "router-overview.json"
 MODEL = "gpt-test"
 CHAT = "/v1/chat/completions"
 
