@@ -1,13 +1,18 @@
-"""The public Python surface: what ``import continuum`` offers, and what the docs promise."""
+"""The public Python surface: what ``import continuum`` and ``continuum.testing`` offer, the
+``continuum.mock`` entry points, and what the docs promise."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import msgspec
+import pytest
 
 import continuum
+import continuum.mock
+import continuum.testing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,16 +33,55 @@ PUBLIC = {
 }
 
 
-def test_all_is_the_public_surface() -> None:
-    assert set(continuum.__all__) == PUBLIC
-    assert len(continuum.__all__) == len(PUBLIC)  # no name twice
-    for name in PUBLIC:
+#: The test doubles, public like ``trio.testing``.
+TESTING = {
+    "MockRealtime",
+    "MockUpstream",
+    "RealtimeScript",
+    "ResponseStore",
+    "open_mock_server",
+    "serve_mock",
+    "serve_mock_realtime",
+}
+
+#: ``continuum.mock``: the mock's entry points under the name they were first published as.
+MOCK = {
+    "MockUpstream",
+    "ResponseStore",
+    "add_mock_arguments",
+    "main",
+    "mock_config_from_args",
+    "parse_mock_failure",
+    "run_mock_from_args",
+    "serve_mock",
+}
+
+
+@pytest.mark.parametrize(
+    ("module", "public"),
+    [("continuum", PUBLIC), ("continuum.testing", TESTING), ("continuum.mock", MOCK)],
+)
+def test_all_is_the_surface(module: str, public: set[str]) -> None:
+    face = importlib.import_module(module)
+    names = face.__all__
+    assert set(names) == public
+    assert len(names) == len(public)  # no name twice
+    for name in public:
         namespace: dict[str, object] = {}
-        exec(f"from continuum import {name}", namespace)
-        assert namespace[name] is getattr(continuum, name)
+        exec(f"from {module} import {name}", namespace)
+        assert namespace[name] is getattr(face, name)
     namespace = {}
-    exec("from continuum import *", namespace)
-    assert {k for k in namespace if k != "__builtins__"} == PUBLIC
+    exec(f"from {module} import *", namespace)
+    assert {k for k in namespace if k != "__builtins__"} == public
+
+
+def test_the_mock_alias_hands_on_the_same_objects() -> None:
+    assert continuum.mock.MockUpstream is continuum.testing.MockUpstream
+    assert continuum.mock.serve_mock is continuum.testing.serve_mock
+    assert continuum.mock.ResponseStore is continuum.testing.ResponseStore
+
+
+def test_the_public_objects_are_what_they_say() -> None:
     assert isinstance(continuum.__version__, str) and continuum.__version__
     assert issubclass(continuum.ConfigError, Exception)
     assert issubclass(continuum.RouterError, Exception)

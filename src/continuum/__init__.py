@@ -8,6 +8,40 @@ Embed it in a trio program::
         router.shutdown()
 """
 
+# How the package is laid out, and the one rule its imports follow.
+#
+# One folder per layer. Sans-IO layers are plain functions and classes over bytes and
+# values, tested without sockets or a clock; only the I/O layers (net, actors, testing)
+# and this face import trio.
+#
+#   core           sans-IO policy: strategies, circuit breaker, health state, retry pacing,
+#                  errors in both shapes, SSE, messages between actors, the clock
+#   config         the schema, units, validation, loading, rendering (sans-IO)
+#   apis           translation between the client and backend APIs, backend profiles,
+#                  build_call (sans-IO)
+#   observability  metric definitions and merging, tracing, logging (sans-IO)
+#   net            trio I/O: the HTTP server, the upstream pools, Redis, WebSocket relay
+#   testing        the mock upstream and other test doubles, public like trio.testing
+#   actors         the router's actors and the request path that runs through them
+#   the face       continuum/__init__.py, __main__.py, cli.py, mock.py
+#
+# A layer imports its own modules and the layers after its name below, nothing else:
+# nothing imports upward, not even under TYPE_CHECKING (declare a Protocol in the lower
+# layer instead), and no modules import each other in a circle. tests/test_layout.py reads
+# these lines and holds the code to them.
+#
+#   core           imports nothing of continuum
+#   config         imports core
+#   apis           imports core, config
+#   observability  imports core, config
+#   net            imports core, observability
+#   testing        imports core, config, net
+#   actors         imports core, config, apis, net, observability, testing
+#   the face       imports anything
+#
+# New subsystems land in the layer they belong to: algorithms and wire facts in core,
+# translation in apis, sockets and protocols in net, the tasks that own state in actors.
+
 from .actors.supervisor import RouterHandle as RouterHandle
 from .actors.supervisor import serve as serve
 from .config import BackendConfig as BackendConfig

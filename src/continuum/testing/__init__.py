@@ -15,3 +15,13 @@ from ._responses import ResponseStore as ResponseStore
 from ._upstream import MockUpstream as MockUpstream
 from ._upstream import open_mock_server as open_mock_server
 from ._upstream import serve_mock as serve_mock
+
+__all__ = [
+    "MockRealtime",
+    "MockUpstream",
+    "RealtimeScript",
+    "ResponseStore",
+    "open_mock_server",
+    "serve_mock",
+    "serve_mock_realtime",
+]
