@@ -1,12 +1,13 @@
 """The floor: the simplest fast, correct HTTP/1.1 reverse proxy on bare trio + httptools.
 
-This is the baseline the router's throughput is compared against (DESIGN.md measured this shape
-at 5,768 req/s). It is a baseline, not a product: no routing, no JSON decode, no limits. Per
-client connection it parses requests with ``httptools.HttpRequestParser``, rebuilds the request
-head (dropping hop-by-hop headers, body bytes forwarded untouched), sends it on a keep-alive
-connection from its own pool to the one upstream, and passes the upstream's response bytes back
-as they arrive, using ``httptools.HttpResponseParser`` only to find where the response ends
-(``Content-Length`` and chunked responses both work; a small response is one ``send_all``).
+This is the baseline the router's throughput is compared against (this shape measured 5,768
+req/s against nginx; docs/design.md). It is a baseline, not a product: no routing, no JSON
+decode, no limits. Per client connection it parses requests with
+``httptools.HttpRequestParser``, rebuilds the request head (dropping hop-by-hop headers, body
+bytes forwarded untouched), sends it on a keep-alive connection from its own pool to the one
+upstream, and passes the upstream's response bytes back as they arrive, using
+``httptools.HttpResponseParser`` only to find where the response ends (``Content-Length`` and
+chunked responses both work; a small response is one ``send_all``).
 
 A reused pooled connection that turns out to be closed by the upstream is retried once on a
 fresh connection; any other upstream failure before the first byte is a 502 JSON error.

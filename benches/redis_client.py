@@ -14,9 +14,9 @@ end), one script, ``EVALSHA`` calls timed one by one (``perf_counter_ns``):
 Each target runs ``--calls`` calls at concurrency 1 and at ``--concurrency`` (tasks sharing
 one client), ``--rounds`` times with the target order rotating; per-call p50/p99 over all
 rounds, calls/s, this process's CPU per call, and coredis/own ratios. The script is
-``--script incr`` (one ``INCR``, as in the design brief's figures) or ``admit`` (the rate
-limiter's admission: a request limit, a token reservation and a concurrency lease, one
-``EVALSHA``). Figures are printed, not asserted.
+``--script incr`` (one ``INCR``, what the first measurements of the choice used) or
+``admit`` (the rate limiter's admission: a request limit, a token reservation and a
+concurrency lease, one ``EVALSHA``). Figures are printed, not asserted.
 
     python benches/redis_client.py [--calls 4000] [--rounds 3] [--concurrency 16]
 """

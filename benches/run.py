@@ -90,7 +90,7 @@ ROUTER_HINT: Final = (
     '--router-cmd "python benches/floor_proxy.py --port {port} --upstream {upstream}")'
 )
 
-# Targets (DESIGN.md performance budget).
+# Targets (the performance budget in docs/design.md).
 RATIO_TARGET: Final = 0.6
 ADDED_P50_TARGET_MS: Final = 0.3
 ADDED_P99_TARGET_MS: Final = 0.5

@@ -48,7 +48,7 @@ STREAM_COUNTS: Final = (64, 512, 2000)
 STREAM_COUNTS_QUICK: Final = (64, 512)
 IDLE_CONNECTIONS: Final = 10_000
 
-# Targets (DESIGN.md performance budget, issue 4).
+# Targets (the performance budget in docs/design.md, issue 4).
 ADDED_TTFB_P99_TARGET_MS: Final = 1.0
 ADDED_GAP_P99_TARGET_MS: Final = 0.1
 NO_STALL_STREAMS: Final = 512

@@ -1,7 +1,7 @@
 """A keep-alive HTTP/1.1 connection pool for one upstream origin.
 
-Why its own pool: DESIGN.md measured httpx's pool getting slower as concurrency grows; this
-one is a LIFO stack of idle connections, a FIFO semaphore capping connections in use, and
+Why its own pool: httpx's pool measured slower the higher the concurrency (docs/design.md);
+this one is a LIFO stack of idle connections, a FIFO semaphore capping connections in use, and
 nothing else on the hot path.
 """
 

@@ -1,8 +1,8 @@
 """HTTP/1.1 server connections on trio streams, parsed with httptools (llhttp).
 
-Why not h11 or hypercorn: DESIGN.md measured a bare trio+httptools server at ~4x h11 and
-~16x hypercorn-trio. This module is the thin shell that the Ingress actor and the mock
-upstream share: it parses requests (pipelined ones answered in order), enforces the size
+Why not h11 or hypercorn: a bare trio+httptools server measured ~4x h11 and ~16x
+hypercorn-trio (docs/design.md). This module is the thin shell that the Ingress actor and the
+mock upstream share: it parses requests (pipelined ones answered in order), enforces the size
 and time limits, and gives the handler a :class:`ServerConnection` to answer on with one
 ``send_all`` per response where possible.
 
