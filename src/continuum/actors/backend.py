@@ -67,6 +67,7 @@ class BackendActor:
             idle_timeout=http_client.pool_idle_timeout,
             connect_timeout=http_client.connect_timeout,
             max_response_header_size=http_client.max_response_header_size,
+            tcp_keepalive=http_client.tcp_keepalive_interval,
         )
         origin = Origin.from_url(url)
         ssl_context = None
