@@ -107,6 +107,8 @@ class BackendActor:
         self.requests = 0
         #: Attempts that counted against this backend (what its breaker saw as failures).
         self.failures = 0
+        #: Why the last of them failed: what a 503 "circuit breaker open" says.
+        self.last_failure = ""
         #: Its API's facts: credentials, paths, the model list (one home: apis.profiles).
         self.profile = backend_profile(config)
         #: The API this backend speaks: "openai" (every OpenAI-compatible server, and
