@@ -12,8 +12,11 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from continuum.config import config_from_dict
 from continuum.net.client.exchange import Origin, PoolLimits
+from continuum.net.client.h2 import HTTP2Pool
 from continuum.net.client.http1_pool import HTTP1Pool
+from h2_server import H2Server
 from helpers import router_config, start_mock, start_router
 
 MODEL = "mock-model"
@@ -169,3 +172,40 @@ async def test_router_counts_connects_and_sets_keepalive_from_config(
     assert isinstance(pool, HTTP1Pool)
     conn = pool._idle[-1]
     assert keepalive_options(conn.raw.socket)[:3] == (1, 12, 12)
+
+
+@needs_linux_keepalive
+async def test_http2_connections_carry_keepalive_and_are_counted_closed(
+    nursery: trio.Nursery,
+) -> None:
+    server = H2Server(None)  # prior-knowledge h2c
+    port = await server.start(nursery)
+    limits = PoolLimits(max_connections=4, max_idle=0, idle_timeout=60.0, trim_after=0.2,
+                        tcp_keepalive=9.0)
+    pool = HTTP2Pool(Origin.from_url(f"http://127.0.0.1:{port}"), limits)
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as inner:
+            await inner.start(pool.run)
+            exchange = await pool.start(b"GET", b"/json", [], b"")
+            await exchange.read_all(1 << 20)
+            exchange.close()
+            (conn,) = pool._conns
+            assert keepalive_options(conn.raw.socket) == (1, 9, 9, 3)
+            # Past the idle cap (0), but just used: the sweep keeps it until trim_after.
+            assert pool.reap_idle() == 0
+            await trio.sleep(0.3)
+            assert pool.reap_idle() == 1
+            while pool.stats.closed_total == 0:
+                await trio.sleep(0.01)
+            pool.close()
+    assert (pool.stats.opened_total, pool.stats.closed_total) == (1, 1)
+
+
+def test_stream_timeouts_default_to_long_reasoning_and_keepalive_to_30_s() -> None:
+    config = config_from_dict(router_config([{"name": "a", "url": "http://127.0.0.1:9"}]))
+    assert config.request.idle_timeout == 600.0  # a stream's silence between events
+    assert config.request.streaming_timeout == 1800.0
+    assert config.http_client.tcp_keepalive_interval == 30.0
+    off = config_from_dict(router_config([{"name": "a", "url": "http://127.0.0.1:9"}],
+                                         http_client={"tcp_keepalive_interval": 0}))
+    assert off.http_client.tcp_keepalive_interval == 0.0
