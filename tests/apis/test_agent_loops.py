@@ -489,10 +489,10 @@ def round_two_chat(dialect: ChatDialect) -> dict[str, Any]:
     ({"type": "gemini", "gemini_api": "openai"},
      {"limit": "max_tokens", "effort": "high", "reasoning": None,
       "signature": "CsgCAdHtim9xZ8m4QbXzB1n5F0Tk2e7Vw==", "error": "Error: ENOENT: README.md"}),
-    ({"type": "openai", "reasoning": "on", "max_tokens_field": "max_tokens"},
+    ({"type": "openai", "reasoning": "send", "max_tokens_field": "max_tokens"},
      {"limit": "max_tokens", "effort": "high", "reasoning": "Both files are needed.",
       "signature": None, "error": "Error: ENOENT: README.md"}),
-    ({"type": "vllm", "reasoning": "off"},
+    ({"type": "vllm", "reasoning": "drop"},
      {"limit": "max_tokens", "effort": None, "reasoning": None, "signature": None,
       "error": "Error: ENOENT: README.md"}),
 ])

@@ -789,3 +789,20 @@ def test_cli_refuses_header_injection_without_traceback(tmp_path: Path, command:
     assert result.returncode == 2
     assert "backends[0].api_key" in result.stderr and "latin-1" in result.stderr
     assert "Traceback" not in result.stderr and "sk-" not in result.stderr
+
+
+def test_translation_keys_of_a_backend() -> None:
+    """The agent-loop translation keys: their values load, anything else names the key."""
+    cfg = parse_config(
+        "backends:\n  - {name: a, url: 'http://x:1', max_tokens_field: max_completion_tokens,"
+        " reasoning: send, thinking_conflict: reject}\n", source="test.yaml")
+    backend = cfg.backends[0]
+    assert (backend.max_tokens_field, backend.reasoning, backend.thinking_conflict) == (
+        "max_completion_tokens", "send", "reject")
+    default = parse_config("backends:\n  - {name: a, url: 'http://x:1'}\n", source="test.yaml")
+    assert (default.backends[0].max_tokens_field, default.backends[0].reasoning,
+            default.backends[0].thinking_conflict) == ("auto", "auto", "drop")
+    for key, value in (("max_tokens_field", "max_output_tokens"), ("reasoning", "maybe"),
+                       ("thinking_conflict", "ignore")):
+        err = error_of(f"backends:\n  - {{name: a, url: 'http://x:1', {key}: {value}}}\n")
+        assert f"backends[0].{key}: expected one of" in err, err

@@ -171,7 +171,7 @@ def chat_dialect(config: BackendConfig) -> ChatDialect:
         # refuses reasoning_content, and reasoning_effort on its other models.
         map_thinking, history = kind in _LOCAL_TYPES or gemini, kind in _LOCAL_TYPES
     else:
-        map_thinking = history = reasoning == "on"
+        map_thinking = history = reasoning == "send"
     return ChatDialect(
         max_tokens_field=field,
         map_thinking=map_thinking,
