@@ -3,7 +3,7 @@ blocks and signatures, every parallel call, the right stop reason, usage) and wh
 request rebuilds from it, from recorded fixtures in tests/fixtures/agent_loops/, streams split
 at every byte, and hypothesis round trips through the SDKs' own stream accumulators.
 
-The same loops with the official SDKs and a real router are in tests/e2e/test_agent_loops.py.
+The same loops with the official SDKs and a real router are in tests/e2e/test_agent_loops_sdk.py.
 """
 
 from __future__ import annotations
@@ -286,13 +286,22 @@ def test_thinking_blocks_as_content_parts_and_bad_blocks() -> None:
     content = json.loads(openai_to_anthropic_request(dumps(req), model="c").body)[
         "messages"][1]["content"]
     assert [b["type"] for b in content] == ["thinking", "text", "tool_use"]
-    for bad in ({"type": "thinking", "thinking": "a"}, {"type": "redacted_thinking"},
-                {"type": "text", "text": "x"}, "nope"):
+    for bad in ({"type": "thinking", "thinking": 5, "signature": "s"},
+                {"type": "thinking", "thinking": "a", "signature": None},
+                {"type": "redacted_thinking"}, {"type": "text", "text": "x"}, "nope"):
         broken = {**assistant, "content": None, "thinking_blocks": [bad]}
         with pytest.raises(TranslationError) as exc:
             openai_to_anthropic_request(dumps({**req, "messages": _tool_round(broken)}),
                                         model="c")
         assert exc.value.param == "messages[1].thinking_blocks[0]"
+    # a block Anthropic could not have signed cannot go back: left out (and the turn then
+    # has no thinking: thinking is dropped for the request)
+    unsigned = {**assistant, "content": None, "thinking_blocks": [
+        {"type": "thinking", "thinking": "a"}, {"type": "thinking", "thinking": "b",
+                                                "signature": CARRIER + "{}"}]}
+    body = json.loads(openai_to_anthropic_request(
+        dumps({**req, "messages": _tool_round(unsigned)}), model="c").body)
+    assert "thinking" not in body and "thinking" not in json.dumps(body["messages"])
 
 
 @pytest.mark.parametrize(("effort", "budget"), [("xhigh", 32768), ("max", 49152)])

@@ -55,18 +55,22 @@ def carrier_block(call_id: str, signature: str) -> JSON:
     return {"type": "thinking", "thinking": "", "signature": carrier(call_id, signature)}
 
 
-def _block(item: object, where: str) -> JSON:
+def _block(item: object, where: str) -> JSON | None:
     """One thinking block as Anthropic wants it back: its own fields, nothing else (the
-    ``index`` a streaming client accumulated by is dropped)."""
+    ``index`` a streaming client accumulated by is dropped). None for a block Anthropic
+    could not have signed (no signature, or a carrier of a Gemini one): like
+    ``reasoning_content``, it cannot go back."""
     kind = item.get("type") if isinstance(item, dict) else None
     if kind == "thinking":
         assert isinstance(item, dict)
-        thinking, signature = item.get("thinking", ""), item.get("signature")
-        if isinstance(thinking, str) and isinstance(signature, str):
-            return {"type": "thinking", "thinking": thinking, "signature": signature}
-        raise TranslationError(
-            f"{where}: a thinking block needs its 'thinking' text and 'signature' strings",
-            param=where)
+        thinking, signature = item.get("thinking", ""), item.get("signature", "")
+        if not isinstance(thinking, str) or not isinstance(signature, str):
+            raise TranslationError(
+                f"{where}: a thinking block's 'thinking' and 'signature' must be strings",
+                param=where)
+        if not signature or signature.startswith(CARRIER_PREFIX):
+            return None
+        return {"type": "thinking", "thinking": thinking, "signature": signature}
     if kind == "redacted_thinking":
         assert isinstance(item, dict)
         data = item.get("data")
@@ -79,9 +83,8 @@ def _block(item: object, where: str) -> JSON:
 
 
 def thinking_blocks(msg: JSON, where: str) -> list[JSON]:
-    """The thinking blocks of an OpenAI assistant message: its ``thinking_blocks`` (and
-    content parts of those types, which some clients use), in order, for Anthropic.
-    Carriers of Gemini signatures are not Anthropic's: they are left out."""
+    """The thinking blocks of an OpenAI assistant message's ``thinking_blocks``, in order,
+    for Anthropic (blocks it could not have signed are left out)."""
     blocks = msg.get("thinking_blocks")
     if blocks is None:
         return []
@@ -89,10 +92,9 @@ def thinking_blocks(msg: JSON, where: str) -> list[JSON]:
         raise TranslationError(f"{where}.thinking_blocks must be a list",
                                param=f"{where}.thinking_blocks")
     out = [_block(item, f"{where}.thinking_blocks[{i}]") for i, item in enumerate(blocks)]
-    return [b for b in out if read_carrier(b.get("signature")) is None]
+    return [b for b in out if b is not None]
 
 
 def thinking_part(part: JSON, where: str) -> JSON | None:
-    """A thinking content part of an assistant message as a block (None for a carrier)."""
-    block = _block(part, where)
-    return None if read_carrier(block.get("signature")) is not None else block
+    """A thinking content part of an assistant message as a block (None: see _block)."""
+    return _block(part, where)
