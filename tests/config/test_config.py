@@ -795,9 +795,10 @@ def test_translation_keys_of_a_backend() -> None:
     """The agent-loop translation keys: their values load, anything else names the key."""
     cfg = parse_config(
         "backends:\n  - {name: a, url: 'http://x:1', max_tokens_field: max_completion_tokens,"
-        " reasoning: send, thinking_conflict: reject}\n", source="test.yaml")
-    backend = cfg.backends[0]
-    assert (backend.max_tokens_field, backend.reasoning, backend.thinking_conflict) == (
+        " reasoning: send}\n  - {name: c, type: anthropic, thinking_conflict: reject}\n",
+        source="test.yaml")
+    backend, claude = cfg.backends
+    assert (backend.max_tokens_field, backend.reasoning, claude.thinking_conflict) == (
         "max_completion_tokens", "send", "reject")
     default = parse_config("backends:\n  - {name: a, url: 'http://x:1'}\n", source="test.yaml")
     assert (default.backends[0].max_tokens_field, default.backends[0].reasoning,
@@ -806,3 +807,18 @@ def test_translation_keys_of_a_backend() -> None:
                        ("thinking_conflict", "ignore")):
         err = error_of(f"backends:\n  - {{name: a, url: 'http://x:1', {key}: {value}}}\n")
         assert f"backends[0].{key}: expected one of" in err, err
+    # set where no translation reads them, they would be ignored: refused, naming the type
+    for backend, key, value in (
+            ("type: anthropic", "max_tokens_field", "max_tokens"),
+            ("type: anthropic", "reasoning", "send"),
+            ("type: gemini", "reasoning", "drop"),
+            ("type: gemini, gemini_api: native", "max_tokens_field", "max_tokens"),
+            ("type: openai, url: 'http://x:1'", "thinking_conflict", "reject"),
+            ("type: gemini, gemini_api: openai", "thinking_conflict", "reject")):
+        err = error_of(f"backends:\n  - {{name: a, {backend}, {key}: {value}}}\n")
+        assert f"backends[0].{key}: only valid for" in err, err
+    for backend, key, value in (("type: gemini, gemini_api: openai", "reasoning", "send"),
+                                ("type: vllm, url: 'http://x:1'", "max_tokens_field", "auto"),
+                                ("type: anthropic", "thinking_conflict", "drop")):
+        parse_config(f"backends:\n  - {{name: a, {backend}, {key}: {value}}}\n",
+                     source="test.yaml")
