@@ -66,7 +66,7 @@ def test_gemini_native_credentials_and_model_list() -> None:
                           {"name": "models/embed", "supportedGenerationMethods":
                            ["embedContent"]}]}
     assert profile.model_ids(json.dumps(listing).encode()) == ("gemini-x",)
-    with pytest.raises(TranslationError):
+    with pytest.raises(ValueError):  # what the catalog turns into an upstream failure
         profile.model_ids(b"<html>")
 
 
@@ -185,3 +185,26 @@ def test_thinking_conflict_reaches_the_anthropic_call() -> None:
         build_call(CHAT_PATH, backend_profile(backend(type="anthropic",
                                                       thinking_conflict="reject")),
                    "", [], body, "m", False)
+
+
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_a_discovered_list_drops_ids_the_router_could_not_echo(api: str) -> None:
+    ids = ["ok-model", "bad\r\nx-injected: 1", "", "m" * 257, "ok-model", "tab\tname"]
+    if api == "gemini":
+        body = json.dumps({"models": [
+            {"name": f"models/{i}", "supportedGenerationMethods": ["generateContent"]}
+            for i in ids]}).encode()
+        profile = backend_profile(backend(type="gemini"))
+    else:
+        body = json.dumps({"object": "list", "data": [{"id": i} for i in ids]}).encode()
+        profile = backend_profile(backend())
+    assert profile.model_ids(body) == ("ok-model",)
+
+
+def test_an_unreadable_gemini_list_is_a_value_error_like_any_other() -> None:
+    # The catalog maps DecodeError/ValueError to an upstream failure; a TranslationError
+    # escaping it once ended `serve` at start-up.
+    profile = backend_profile(backend(type="gemini"))
+    with pytest.raises(ValueError):
+        profile.model_ids(b"not json")
+    assert profile.model_ids(b'{"models": 3}') == ()
