@@ -19,7 +19,15 @@ from ..core.clock import now as clock
 from ..core.health import HealthState
 from ..core.http import Headers
 from ..net.client.connect import make_ssl_context
-from ..net.client.exchange import ConnectError, Exchange, Origin, Pool, PoolLimits, PoolStats
+from ..net.client.exchange import (
+    ConnectError,
+    Exchange,
+    Origin,
+    Pool,
+    PoolLimits,
+    PoolStats,
+    RequestBody,
+)
 from ..net.client.h2 import HTTP2Pool, open_pool
 from ..net.client.http1_pool import HTTP1Pool
 
@@ -154,6 +162,18 @@ class BackendActor:
         self.requests += 1
         try:
             return await self.pool.start(method, target, headers, body)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+
+    async def start_upload(
+        self, method: bytes, target: bytes, headers: Headers, body: RequestBody
+    ) -> Exchange:
+        """:meth:`start` with a body relayed as it arrives (an upload)."""
+        self.in_flight += 1
+        self.requests += 1
+        try:
+            return await self.pool.start_upload(method, target, headers, body)
         except BaseException:
             self.in_flight -= 1
             raise
