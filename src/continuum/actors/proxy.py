@@ -25,9 +25,11 @@ import msgspec
 import trio
 
 from ..apis.calls import Call, build_call
+from ..apis.files import REFERENCE_MARK
 from ..apis.types import StreamTranslator, TranslationError
 from ..config import Config
 from ..core.clock import now as clock
+from ..core.endpoints import CHAT
 from ..core.errors import (
     RouterError,
     anthropic_error_body,
@@ -182,6 +184,12 @@ class Plan(Protocol):
         ...
 
 
+class FileResolver(Protocol):
+    """Inlines the router's stored files that a request references (``files.enabled``)."""
+
+    async def resolve(self, request: Request) -> None: ...
+
+
 @final
 class _BinaryRelay:
     """A StreamTranslator for bytes that are not SSE: passed on unchanged. A failure has
@@ -284,6 +292,8 @@ class Proxy:
         self.streams: set[ServerConnection] = set()
         #: Set once the router is shutting down: a stream cut now says so.
         self.stopping = False
+        #: File references in chat requests are resolved by it (None: no Files API).
+        self.files: FileResolver | None = None
         #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
         self.tracing = Tracing(config.tracing)
         self._spans = self.tracing.spans
@@ -357,6 +367,9 @@ class Proxy:
             raise RouterError(400, _TOO_DEEP)
         peek = _peek(body)
         model = state.model = peek.model or ""
+        files = self.files
+        if files is not None and REFERENCE_MARK in body and request.path == CHAT:
+            await files.resolve(request)
         chain = self._chain(model, request.path)
         hash_key = self._hash_key(request, peek) if self._hash_key is not None else None
         # request.timeout covers every attempt's connect, head and plain body. When it

@@ -172,6 +172,8 @@ class ResponsesFront:
         proxy = self._proxy
         peek = await proxy.peek(request, state)
         model = state.model
+        if proxy.files is not None:
+            await proxy.files.resolve(request)
         try:
             req = parse_responses_request(request.body)
         except BridgeError as exc:

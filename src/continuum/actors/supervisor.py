@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from ..config import Config
-from ..core.endpoints import ENDPOINTS, RESPONSES, RESPONSES_BRIDGE, UPLOAD_PATHS
+from ..core.endpoints import RESPONSES, RESPONSES_BRIDGE
 from ..core.errors import render_error
 from ..core.messages import ControlMessage, RequestObserved
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
@@ -22,16 +22,14 @@ from ..net.server.listeners import HTTPServer, open_listeners
 from ..observability.metrics import Metrics
 from .backend import BackendActor, backend_endpoints
 from .catalog import ModelCatalog
-from .conversations import RedisConversationStore, open_store
 from .dedup import Deduplicator
-from .ingress import Ingress, Route, RouteMatch
+from .fronts import build_fronts
+from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
 from .prober import HealthProber, probe
 from .proxy import Proxy
-from .responses import ResponsesFront
 from .router import Router
 from .startup import log_startup_summary
-from .uploads import Uploads
 from .workers import WorkerEnvironment, gather_metrics
 
 if TYPE_CHECKING:
@@ -270,29 +268,22 @@ async def _serve(
         dedup_cfg = config.cache.deduplication
         dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
         proxy = Proxy(config, router, dedup)
-        uploads = Uploads(proxy, server_cfg.max_request_body_size)
-        routes: dict[str, tuple[str, Route]] = {
-            path: ("POST", uploads.handle_upload) for path in UPLOAD_PATHS}
-        routes.update({path: ("POST", uploads.handle_binary)
-                       for path, endpoint in ENDPOINTS.items() if endpoint.binary})
-        store = open_store(config.responses)
-        responses = ResponsesFront(proxy, router, store)
-        routes.update(responses.routes())
-        matches: list[RouteMatch] = [responses.match]
+        fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
             max_header_size=server_cfg.max_header_size,
             max_body_size=server_cfg.max_request_body_size,
             request_read_timeout=server_cfg.request_read_timeout,
             keepalive_timeout=server_cfg.keepalive_timeout,
             write_timeout=server_cfg.write_timeout,
-            stream_paths=frozenset(p.encode() for p in UPLOAD_PATHS),
+            stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
             max_upload_size=server_cfg.max_upload_size,
         )
         connections: list[HTTPServer] = []
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
-        ingress = Ingress(config, router, catalog, sink, observe_send, proxy, routes, matches)
+        ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
+                          fronts.matches)
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
@@ -341,6 +332,8 @@ async def _serve(
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
+        for name, task in fronts.tasks:
+            root.start_soon(supervise, name, task)
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
@@ -368,9 +361,7 @@ async def _serve(
             for backend in backends:
                 backend.close()
             ingress.proxy.tracing.shutdown()
-            if isinstance(store, RedisConversationStore):
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await store.aclose()
+            await fronts.aclose()
             root.cancel_scope.cancel()
 
 
