@@ -191,7 +191,7 @@ class HTTP1Pool:
                         raise UpstreamError(f"upstream connection failed: {exc}") from exc
                     status, resp_headers = await conn.receive_head()
                 except UpstreamError:
-                    conn.close()
+                    self._drop(conn)
                     stale = conn.reused and not conn.received_any
                     conn = None
                     if stale and attempt == 0 and body.rewind():
@@ -201,7 +201,7 @@ class HTTP1Pool:
             raise AssertionError("unreachable")
         except BaseException:
             if conn is not None:
-                conn.close()
+                self._drop(conn)
             self._in_use -= 1
             self._slots.release()
             raise
