@@ -16,9 +16,11 @@ import trio
 from ..config import Config
 from ..core.errors import render_error
 from ..core.messages import ControlMessage, RequestObserved
+from ..net.redis import RedisClient, RedisError
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..observability.metrics import Metrics
+from .access import AccessControl, needed, redis_client
 from .backend import BackendActor
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
@@ -271,8 +273,10 @@ async def _serve(
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
+        redis = redis_client(config)
+        access = AccessControl(config, sink.metrics, redis) if needed(config) else None
         ingress = Ingress(config, router, catalog, sink, observe_send,
-                          Proxy(config, router, dedup))
+                          Proxy(config, router, dedup, access), access)
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
@@ -304,6 +308,8 @@ async def _serve(
                     report = await probe(backend, settings.endpoint, settings.timeout)
                     router.apply(report, first=True)
 
+                if redis is not None:  # connects, loads the scripts, says if it cannot
+                    first.start_soon(_first_redis_call, redis)
                 prewarm = config.http_client.prewarm_connections
                 probed = prober.probed()
                 for backend in backends:
@@ -319,6 +325,8 @@ async def _serve(
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
+        if access is not None and access.redis is not None:
+            root.start_soon(supervise, "rate-limit-settler", access.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
 
@@ -348,7 +356,21 @@ async def _serve(
             for backend in backends:
                 backend.close()
             ingress.proxy.tracing.shutdown()
+            if redis is not None:
+                with trio.CancelScope(shield=True):
+                    await redis.aclose()
             root.cancel_scope.cancel()
+
+
+async def _first_redis_call(redis: RedisClient) -> None:
+    """Connect to the rate limits' Redis before serving (its scripts load on connect), so
+    the first requests pay no connect; a Redis that does not answer is logged, not fatal:
+    requests then follow ``on_error`` until it does."""
+    try:
+        await redis.execute("PING")
+    except RedisError as exc:
+        log.warning("rate limits: Redis at %s does not answer at start (%s); requests follow "
+                    "rate_limiting.redis.on_error until it does", redis.options.address, exc)
 
 
 async def _drain_when_cancelled(stop: _Stop) -> None:
