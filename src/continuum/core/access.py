@@ -182,10 +182,13 @@ def parse_address(text: str) -> IPAddress | None:
         address = ipaddress.ip_address(text)
     except ValueError:
         if text.startswith("["):
-            host = text[1:].partition("]")[0]
+            host, _, port = text[1:].partition("]")
+            port = port.removeprefix(":")
         elif text.count(":") == 1:
-            host = text.partition(":")[0]
+            host, _, port = text.partition(":")
         else:
+            return None
+        if not port.isdigit() and not (port == "" and text.endswith("]")):
             return None
         try:
             address = ipaddress.ip_address(host)
@@ -205,7 +208,9 @@ def in_networks(address: IPAddress | None, networks: Sequence[IPNetwork]) -> boo
 @final
 class ClientAddresses:
     """The client's address: the peer's, or — when the peer is a trusted proxy — the
-    rightmost untrusted hop of ``X-Forwarded-For`` (then ``X-Real-IP``)."""
+    rightmost untrusted hop of ``X-Forwarded-For``, else ``X-Real-IP``, else (every hop
+    trusted) the leftmost hop. Past :data:`MAX_FORWARDED_HOPS` hops the next one is taken
+    as it is: a client cannot make the walk longer than that."""
 
     __slots__ = ("trusted",)
 
@@ -221,20 +226,22 @@ class ClientAddresses:
         if not self.trusted or not in_networks(address, self.trusted):
             return (str(address) if address is not None else peer), address
         hops = 0
+        leftmost: tuple[str, IPAddress | None] | None = None
         for value in reversed(forwarded):  # several headers read as one comma-joined list
             for hop in reversed(value.split(b",")):
-                hops += 1
-                if hops > MAX_FORWARDED_HOPS:
-                    return _text_address(hop)
                 text = _text_address(hop)
                 if not text[0]:
                     continue
-                if not in_networks(text[1], self.trusted):
+                hops += 1
+                if hops > MAX_FORWARDED_HOPS or not in_networks(text[1], self.trusted):
                     return text
+                leftmost = text
         if real_ip:
             text = _text_address(real_ip)
             if text[0]:
                 return text
+        if leftmost is not None:  # every hop is a trusted address: the first one sent it
+            return leftmost
         return str(address), address
 
 

@@ -94,6 +94,11 @@ class LimitPlan:
         self._models: dict[str, LimitSpec | None] = {}
         self._keys: dict[str, tuple[_Dimension, _Dimension, _Concurrency]] = {}
 
+    @property
+    def cached_checks(self) -> int:
+        """Checks held in the cache now (at most ``max_cached``)."""
+        return len(self._cache)
+
     # -- what applies ----------------------------------------------------------------------
 
     def key_has_limits(self, key: ApiKey) -> bool:
