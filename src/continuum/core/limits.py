@@ -29,8 +29,9 @@ from typing import Final, final
 from .access import ApiKey
 from .ratelimit import Check, ConcurrencyCheck, Rate, RateCheck
 
-#: Cached checks at most; past it the cache starts again (client addresses are unbounded).
-MAX_CACHED_CHECKS: Final = 65536
+#: Cached checks at most (a few MiB); past it the cache starts again (client addresses are
+#: unbounded, and a check costs about a microsecond to build anyway).
+MAX_CACHED_CHECKS: Final = 16384
 _MAX_CACHED_MODELS: Final = 4096
 
 
