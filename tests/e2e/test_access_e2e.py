@@ -138,6 +138,8 @@ async def test_blocking_mode_refuses_every_bad_key_alike(nursery: trio.Nursery) 
 
 async def test_401_with_the_sdks(nursery: trio.Nursery) -> None:
     _, router = await router_with(nursery, api_keys={"mode": "blocking", "api_keys": KEYS})
+    # Unknown, disabled, expired (no key at all: the SDKs refuse to send a request without
+    # one; the raw HTTP test above covers it).
     for key in ("sk-nope", OFF, OLD):
         async with openai_sdk(router, key) as oai:
             with pytest.raises(openai.AuthenticationError) as info:
@@ -280,13 +282,19 @@ async def test_a_keys_rate_limit(nursery: trio.Nursery) -> None:
         assert await metric(client, "rate_limited_total", limit="requests",
                             scope="api_key") == 2
     async with openai_sdk(router, GOOD) as oai:
-        with pytest.raises(openai.RateLimitError):
+        with pytest.raises(openai.RateLimitError) as info:
             await oai.chat.completions.create(model=MODEL, messages=[
                 {"role": "user", "content": "hi"}])
+        assert info.value.status_code == 429 and info.value.code == "rate_limit_exceeded"
+        assert int(info.value.response.headers["retry-after"]) >= 1
+        assert info.value.response.headers["x-ratelimit-limit-requests"] == "5"
     async with anthropic_sdk(router, GOOD) as ant:
-        with pytest.raises(anthropic.RateLimitError):
+        with pytest.raises(anthropic.RateLimitError) as err:
             await ant.messages.create(model=MODEL, max_tokens=16, messages=[
                 {"role": "user", "content": "hi"}])
+        assert err.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        assert err.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 async def test_streams_carry_the_headers(nursery: trio.Nursery) -> None:
