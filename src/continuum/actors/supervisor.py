@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from ..config import Config
+from ..core.endpoints import RESPONSES, RESPONSES_BRIDGE
 from ..core.errors import render_error
 from ..core.messages import ControlMessage, RequestObserved
 from ..net.redis import RedisClient, RedisError
@@ -21,9 +22,10 @@ from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..observability.metrics import Metrics
 from .access import AccessControl, needed, redis_client
-from .backend import BackendActor
+from .backend import BackendActor, backend_endpoints
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
+from .fronts import build_fronts
 from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
 from .prober import HealthProber, probe
@@ -187,8 +189,13 @@ async def _start_mocks(
     store = ResponseStore()  # one per router: its mocks act as replicas of one provider
     for backend in config.backends:
         if backend.type == "mock":
+            # It serves what the backend says it does (a bridged one has no /v1/responses).
+            served = backend_endpoints(backend, backend.mock.api)
+            if RESPONSES_BRIDGE in served:
+                served -= {RESPONSES}
             upstream = MockUpstream(backend.mock, backend.models or ("mock-model",),
-                                    name=backend.name, responses_store=store)
+                                    name=backend.name, responses_store=store,
+                                    endpoints=served)
             mocks[backend.name] = upstream
             urls[backend.name] = f"http://{await nursery.start(serve_mock, upstream)}"
     return mocks, urls
@@ -260,23 +267,27 @@ async def _serve(
         catalog = ModelCatalog(router, backends, config.cache.model_cache_ttl,
                             config.health_checks.timeout, control_send)
         prober = HealthProber(backends, config.health_checks, control_send)
+        dedup_cfg = config.cache.deduplication
+        dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
+        connections: list[HTTPServer] = []
+        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
+                           lambda: len(connections[0].connections) if connections else 0,
+                           dedup)
+        redis = redis_client(config)
+        access = AccessControl(config, sink.metrics, redis) if needed(config) else None
+        proxy = Proxy(config, router, dedup, access)
+        fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
             max_header_size=server_cfg.max_header_size,
             max_body_size=server_cfg.max_request_body_size,
             request_read_timeout=server_cfg.request_read_timeout,
             keepalive_timeout=server_cfg.keepalive_timeout,
             write_timeout=server_cfg.write_timeout,
+            stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
+            max_upload_size=server_cfg.max_upload_size,
         )
-        connections: list[HTTPServer] = []
-        dedup_cfg = config.cache.deduplication
-        dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
-        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
-                           lambda: len(connections[0].connections) if connections else 0,
-                           dedup)
-        redis = redis_client(config)
-        access = AccessControl(config, sink.metrics, redis) if needed(config) else None
-        ingress = Ingress(config, router, catalog, sink, observe_send,
-                          Proxy(config, router, dedup, access), access)
+        ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
+                          fronts.matches, access=access)
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
@@ -329,6 +340,8 @@ async def _serve(
             root.start_soon(supervise, "rate-limit-settler", access.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
+        for name, task in fronts.tasks:
+            root.start_soon(supervise, name, task)
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
@@ -356,6 +369,7 @@ async def _serve(
             for backend in backends:
                 backend.close()
             ingress.proxy.tracing.shutdown()
+            await fronts.aclose()
             if redis is not None:
                 with trio.CancelScope(shield=True):
                     await redis.aclose()

@@ -27,6 +27,7 @@ from ._schema import Config as Config
 from ._schema import ConfigError as ConfigError
 from ._schema import CorsConfig as CorsConfig
 from ._schema import DeduplicationConfig as DeduplicationConfig
+from ._schema import FilesConfig as FilesConfig
 from ._schema import HealthChecksConfig as HealthChecksConfig
 from ._schema import HttpClientConfig as HttpClientConfig
 from ._schema import LimitConfig as LimitConfig
@@ -39,6 +40,8 @@ from ._schema import RateLimitingConfig as RateLimitingConfig
 from ._schema import RateLimitsConfig as RateLimitsConfig
 from ._schema import RedisConfig as RedisConfig
 from ._schema import RequestConfig as RequestConfig
+from ._schema import ResponsesConfig as ResponsesConfig
+from ._schema import ResponsesRedisConfig as ResponsesRedisConfig
 from ._schema import RoutingConfig as RoutingConfig
 from ._schema import ServerConfig as ServerConfig
 from ._schema import TracingConfig as TracingConfig
@@ -60,6 +63,7 @@ __all__ = [
     "ConfigError",
     "CorsConfig",
     "DeduplicationConfig",
+    "FilesConfig",
     "HealthChecksConfig",
     "HttpClientConfig",
     "LimitConfig",
@@ -72,6 +76,8 @@ __all__ = [
     "RateLimitsConfig",
     "RedisConfig",
     "RequestConfig",
+    "ResponsesConfig",
+    "ResponsesRedisConfig",
     "RoutingConfig",
     "ServerConfig",
     "TracingConfig",

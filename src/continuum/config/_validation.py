@@ -25,12 +25,14 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 
+from ..core.endpoints import ENDPOINTS, backend_api_of
 from ..core.redis_url import parse_redis_url
 from ._schema import (
     ALIASES,
     DEFAULT_URLS,
     HIDDEN,
     ApiKeyEntry,
+    BackendConfig,
     Config,
     ConfigError,
     LimitConfig,
@@ -373,6 +375,22 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def _check_translation_keys(b: BackendConfig, path: str, ctx: Context) -> None:
+    """The agent-loop translation keys only shape a chat request some backends get: set on
+    another backend they would be accepted and ignored, so they are refused."""
+    chat = b.type != "anthropic" and not (b.type == "gemini" and b.gemini_api == "native")
+    if not chat:
+        for key, default in (("max_tokens_field", "auto"), ("reasoning", "auto")):
+            if getattr(b, key) != default:
+                raise ctx.error(
+                    f"{path}.{key}",
+                    "only valid for OpenAI-compatible backends (this backend's type is "
+                    f"{b.type!r}{', gemini_api native' if b.type == 'gemini' else ''})")
+    if b.type != "anthropic" and b.thinking_conflict != "drop":
+        raise ctx.error(f"{path}.thinking_conflict",
+                        f"only valid for type 'anthropic' (this backend's type is {b.type!r})")
+
+
 def _check_header_value(value: str, path: str, ctx: Context) -> None:
     """A value the router sends upstream as (part of) a header: one line of latin-1, or a
     CR/LF would split it into headers of its own (and a non-latin-1 one cannot be sent)."""
@@ -478,6 +496,7 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
                 raise ctx.error(
                     f"{p}.mock", f"only valid for type 'mock' (this backend's type is {b.type!r})"
                 )
+        _check_translation_keys(b, p, ctx)
         for j, model in enumerate(b.models):
             if not model.strip():
                 raise ctx.error(f"{p}.models[{j}]", "model names must not be empty")
@@ -498,7 +517,9 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
         hc = b.health_check
         if hc is not None and hc.endpoint is not None:
             _check_path(hc.endpoint, f"{p}.health_check.endpoint", ctx)
+        _check_endpoints(b, p, ctx)
         backends.append(b)
+    _check_responses_and_files(cfg, ctx)
     for key in cfg.routing.weights:
         if not key:
             raise ctx.error("routing.weights", "keys must be backend names or URLs")
@@ -667,3 +688,40 @@ def _check_cors(cfg: Config, ctx: Context) -> None:
                 continue
             if not _HEADER_NAME.fullmatch(header):
                 raise ctx.error(f"cors.{name}[{i}]", "not a valid HTTP header name")
+
+
+def _check_endpoints(b: BackendConfig, p: str, ctx: Context) -> None:
+    """A backend lists only endpoints its API can reach; ``responses: native`` needs the
+    Responses API itself (an OpenAI-compatible backend)."""
+    api = backend_api_of(b.type, b.gemini_api, b.mock.api)
+    seen: set[str] = set()
+    for j, endpoint in enumerate(b.endpoints or ()):
+        ep = f"{p}.endpoints[{j}]"
+        if endpoint in seen:
+            raise ctx.error(ep, f"{endpoint} is listed twice")
+        seen.add(endpoint)
+        if api not in ENDPOINTS[endpoint].apis:
+            raise ctx.error(ep, f"a backend speaking the {api} API cannot serve {endpoint}")
+    if b.responses == "native" and api != "openai":
+        raise ctx.error(f"{p}.responses", f"native needs an OpenAI-compatible backend (this "
+                        f"one speaks the {api} API); use bridge or auto")
+
+
+def _check_responses_and_files(cfg: Config, ctx: Context) -> None:
+    redis = cfg.responses.redis
+    if cfg.responses.store == "redis":
+        scheme = redis.url.partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            p = "responses.redis.url"
+            raise ctx.error(p, "expected a redis://, rediss:// or unix:// URL, got "
+                               f"{ctx.show(p, mask_url(redis.url))}")
+    files = cfg.files
+    if files.enabled:
+        if not files.directory.strip():
+            raise ctx.error("files.directory", "must not be empty")
+        if files.max_file_size > cfg.server.max_upload_size:
+            raise ctx.error("files.max_file_size",
+                            f"larger than server.max_upload_size "
+                            f"({cfg.server.max_upload_size} bytes), which bounds every upload")
+        if files.max_file_size > files.max_total_size:
+            raise ctx.error("files.max_file_size", "larger than files.max_total_size")
