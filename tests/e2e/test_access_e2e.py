@@ -545,3 +545,38 @@ async def test_cors_any_origin_and_credentials(nursery: trio.Nursery) -> None:
         response = await client.options(CHAT, headers={**origin,
                                                        "access-control-request-method": "POST"})
         assert response.status_code == 405
+
+
+# -- the planned handlers (the Responses bridge) ----------------------------------------------
+
+
+async def test_responses_bridge_keeps_the_keys_models_and_limits(nursery: trio.Nursery) -> None:
+    from continuum.mock import serve_mock
+
+    mock = MockUpstream(None, ("bridged",), name="up", seed=0,
+                        endpoints=("/v1/chat/completions",))
+    address = await nursery.start(serve_mock, mock)
+    keys = [{"key": GOOD, "id": "good", "rate_limit": 2, "tokens_per_minute": 100000},
+            {"key": MINI, "id": "mini", "models": ["gpt-4o-mini*"]}]
+    router = await start_router(nursery, router_config(
+        [{"name": "up", "type": "vllm", "url": f"http://{address}", "api_key": "k",
+          "models": ["bridged"]}],
+        api_keys={"mode": "blocking", "api_keys": keys}))
+    body = {"model": "bridged", "input": "hello", "max_output_tokens": 50}
+    async with http(router) as client:
+        error = openai_error(await client.post("/v1/responses", json=body,
+                                               headers=bearer(MINI)), 403)
+        assert error["code"] == "model_not_allowed"
+        assert mock.requests_by_path.get(CHAT, 0) == 0
+        openai_error(await client.post("/v1/responses", json=body), 401)
+        for remaining in ("1", "0"):
+            response = await client.post("/v1/responses", json=body, headers=bearer(GOOD))
+            assert response.status_code == 200, response.text
+            assert response.headers["x-ratelimit-limit-requests"] == "2"
+            assert response.headers["x-ratelimit-remaining-requests"] == remaining
+            assert response.headers["x-ratelimit-limit-tokens"] == "100000"
+        served = mock.requests_by_path[CHAT]
+        refused = await client.post("/v1/responses", json=body, headers=bearer(GOOD))
+        assert openai_error(refused, 429)["code"] == "rate_limit_exceeded"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert mock.requests_by_path[CHAT] == served == 2
