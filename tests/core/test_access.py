@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from continuum.core import access
 from continuum.core.access import (
     DISABLED,
     EXPIRED,
@@ -44,6 +45,46 @@ def test_lookup_by_digest_and_every_reason() -> None:
     assert table.lookup(b"old", 100.0) == (None, EXPIRED)
     assert table.lookup(b"g" * 100_000, 0.0) == (None, UNKNOWN)  # not even hashed
     assert key_digest(b"good") == hashlib.sha256(b"good").hexdigest()
+
+
+def test_presented_keys_are_remembered_bounded_and_rechecked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = [key(f"k{i}") for i in range(10)]
+    table = KeyTable([*keys, key("off", enabled=False), key("old", expires_at=100.0)],
+                     max_cached=4)
+    hashed: list[bytes] = []
+    real_digest = access.key_digest
+
+    def counting(presented: bytes) -> str:
+        hashed.append(presented)
+        return real_digest(presented)
+
+    monkeypatch.setattr(access, "key_digest", counting)
+    assert table.lookup(b"k1", 0.0)[0] is keys[1]
+    assert table.lookup(b"k1", 0.0)[0] is keys[1]
+    assert hashed == [b"k1"]  # the second time: no hash
+    assert table.cached == 1
+    # Unknown and disabled keys are never remembered (a flood of guesses fills nothing).
+    for i in range(100):
+        assert table.lookup(b"guess%d" % i, 0.0) == (None, UNKNOWN)
+    assert table.lookup(b"off", 0.0) == (None, DISABLED)
+    assert table.lookup(b"off", 0.0) == (None, DISABLED)
+    assert table.cached == 1
+    assert hashed.count(b"off") == 2
+    # Bounded: past max_cached it starts again, and every key is still found.
+    for _ in range(3):
+        for i, k in enumerate(keys):
+            assert table.lookup(b"k%d" % i, 0.0)[0] is k
+            assert table.cached <= 4
+    # A remembered key that expires is refused, and forgotten.
+    assert table.lookup(b"old", 99.0)[0] is not None
+    assert b"old" in table._known
+    assert table.lookup(b"old", 100.0) == (None, EXPIRED)
+    assert b"old" not in table._known
+    assert table.lookup(b"old", 101.0) == (None, EXPIRED)
+    assert table.lookup(b"old", 50.0)[0] is not None  # a clock that went back: found again
+    with pytest.raises(ValueError):
+        KeyTable([], max_cached=0)
 
 
 def test_scopes() -> None:

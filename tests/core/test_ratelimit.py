@@ -23,6 +23,7 @@ from continuum.core.ratelimit import (
     admission_arguments,
     decode_admission,
     format_duration,
+    ratelimit_head,
     ratelimit_headers,
     settlement_arguments,
 )
@@ -408,3 +409,24 @@ async def test_redis_keys_carry_the_prefix_and_expire(redis_server: RedisServer)
         assert 0 < await client.execute("PTTL", "team-a:rl:rq:model:gpt-4o") <= 502
         decision = await _admit(client, checks, "team-a:rl:", now=None)
         assert decision.states[0].remaining == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.5, 1e6), st.integers(1, 10**6), st.booleans(),
+                       st.integers(0, 50_000)), min_size=1, max_size=4),
+    st.floats(0.0, 100.0), st.integers(1, 5),
+)
+def test_the_header_block_is_the_header_pairs_joined(
+        limits: list[tuple[float, int, bool, int]], step: float, calls: int) -> None:
+    """The admitted request's header bytes (one %-format) say exactly what the pairs of
+    ratelimit_headers say, refused or not, under a second or over."""
+    limiter = MemoryLimiter()
+    checks = [RateCheck("api_key", f"k{i}", Rate(rate, burst), cost=float(cost) if tokens
+                        else 1.0, tokens=tokens)
+              for i, (rate, burst, tokens, cost) in enumerate(limits)]
+    for n in range(calls):
+        decision = limiter.admit(checks, now=n * step)
+        pairs = ratelimit_headers(decision)
+        assert ratelimit_head(decision) == b"".join(
+            name + b": " + value + b"\r\n" for name, value in pairs)

@@ -63,6 +63,7 @@ from ..core.ratelimit import (
     RateCheck,
     admission_arguments,
     decode_admission,
+    ratelimit_head,
     ratelimit_headers,
     settlement_arguments,
 )
@@ -205,6 +206,17 @@ class AccessControl:
         self.plan = limit_plan(config)
         self.counts_tokens = self.plan is not None and self.plan.counts_tokens(list(self.keys))
         self.per_backend = self.plan is not None and bool(self.plan.per_backend)
+        # Per-request questions answered once.
+        self._anonymous = not self.keys and not self.blocking
+        plan = self.plan
+        #: Some limit applies to every request, whoever sends it.
+        self._always = plan is not None and (plan.shared or bool(plan.per_client)
+                                             or self.per_backend)
+        #: Some check may be a concurrency check (a request then takes a lease).
+        self._concurrency = plan is not None and (
+            any(s.concurrent for s in (plan.per_client, plan.per_api_key, plan.per_backend,
+                                       plan.global_, *(s for _, s in plan.per_model)))
+            or any(k.max_concurrent for k in self.keys))
         self.default_reservation = float(rl.default_token_reservation)
         self._whitelist = parse_networks(rl.whitelist)
         ids = {k.id for k in self.keys if k.id}
@@ -239,18 +251,17 @@ class AccessControl:
         """The request's key and scope: 401 (blocking mode: no usable key, one message
         whatever the reason) or 403 (a key without the scope the request needs). In
         permissive mode a request without a usable key goes on as anonymous."""
-        keys = self.keys
-        if not keys and not self.blocking:
+        if self._anonymous:
             return Admission(None, presented)
-        key, reason = keys.lookup(presented, time.time())
+        key, reason = self.keys.lookup(presented, time.time())
         if key is None:
             if self.blocking:
                 self._metrics.auth_failures.labels(reason).inc()
                 raise RouterError(401, UNAUTHORIZED,
                                   headers=[(b"www-authenticate", b'Bearer realm="continuum"')])
             return Admission(None, presented)
-        scope = required_scope(request.method, request.path)
-        if not key.may(scope):
+        # A key without scopes may do everything: no need to ask what the request needs.
+        if key.scopes and not key.may(scope := required_scope(request.method, request.path)):
             self._metrics.auth_failures.labels("scope").inc()
             raise RouterError(403, f"This API key ({key.label}) lacks the {scope!r} scope "
                               f"needed for {request.method} {quoted(request.path, 60)}",
@@ -307,7 +318,7 @@ class AccessControl:
         (429 with ``Retry-After``; 503 when Redis fails and ``on_error`` is ``deny``).
         Admitted, its answers carry the ``x-ratelimit-*`` headers."""
         plan = self.plan
-        if plan is None or (not plan.applies(admission.key) and not self.per_backend):
+        if plan is None or not (self._always or plan.applies(admission.key)):
             admission.limited = False
             return
         if self._exempt(admission, request, conn):
@@ -317,12 +328,17 @@ class AccessControl:
         checks = plan.checks(admission.key, admission.client, model, reservation)
         if not checks:
             return
-        decision = await self._admit(checks)
-        if decision is None:  # Redis failed, on_error: allow
-            return
+        memory = self._memory
+        if memory is not None:  # no await: a memory admission never waits
+            decision: Decision | None = memory.admit(checks, clock(), self._lease(checks))
+        else:
+            decision = await self._admit(checks)
+            if decision is None:  # Redis failed, on_error: allow
+                return
+        assert decision is not None
         if decision.allowed:
             admission.decisions.append(decision)
-            conn.extra_head += _head(ratelimit_headers(decision))
+            conn.extra_head += ratelimit_head(decision)
             return
         raise self._refusal(decision, admission, model)
 
@@ -341,8 +357,8 @@ class AccessControl:
         if not decision.allowed:
             return decision
         admission.backend_decisions.append((backend, decision))
-        headers = ratelimit_headers(Decision(True, _states(admission)))
-        conn.extra_head = _replace_ratelimit(conn.extra_head, _head(headers))
+        head = ratelimit_head(Decision(True, _states(admission)))
+        conn.extra_head = _replace_ratelimit(conn.extra_head, head)
         return None
 
     def backend_refusal(self, admission: Admission, refused: Decision, model: str
@@ -350,11 +366,15 @@ class AccessControl:
         """The 429 when every backend of the request was refused by ``per_backend``."""
         return self._refusal(refused, admission, model)
 
+    def _lease(self, checks: Sequence[Check]) -> str | None:
+        """A new lease id when some check counts requests in flight."""
+        if not self._concurrency or not any(type(c) is ConcurrencyCheck for c in checks):
+            return None
+        self._leases += 1
+        return f"{self._lease_prefix}{self._leases:x}"
+
     async def _admit(self, checks: Sequence[Check]) -> Decision | None:
-        lease = None
-        if any(type(c) is ConcurrencyCheck for c in checks):
-            self._leases += 1
-            lease = f"{self._lease_prefix}{self._leases:x}"
+        lease = self._lease(checks)
         memory = self._memory
         if memory is not None:
             return memory.admit(checks, clock(), lease)
@@ -416,7 +436,9 @@ class AccessControl:
     def _settle(self, decision: Decision, tokens_used: int | None) -> None:
         memory = self._memory
         if memory is not None:
-            memory.settle(decision, tokens_used, clock())
+            # Only a lease or a token correction changes anything (settle's own rules).
+            if decision.lease is not None or (tokens_used is not None and self.counts_tokens):
+                memory.settle(decision, tokens_used, clock())
             return
         arguments = settlement_arguments(decision, tokens_used, self._prefix)
         if arguments is None:
@@ -518,10 +540,6 @@ def cors_policy(config: Config) -> CorsPolicy | None:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def _head(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
 def _states(admission: Admission) -> tuple[LimitState, ...]:

@@ -30,6 +30,8 @@ from typing import Final, final
 #: A presented key longer than this is unknown without being hashed (no configured key is
 #: that long; hashing a 64 KiB header would cost tens of microseconds per request).
 MAX_KEY_LENGTH: Final = 512
+#: Presented keys a :class:`KeyTable` remembers at most (each maps to a configured key).
+MAX_CACHED_KEYS: Final = 4096
 #: X-Forwarded-For hops examined from the right at most: a client can send thousands, and
 #: a chain of trusted proxies longer than this is not a real deployment.
 MAX_FORWARDED_HOPS: Final = 32
@@ -135,12 +137,24 @@ def key_label(key_id: str, key: str, digest: str) -> str:
 
 @final
 class KeyTable:
-    """Every configured key by digest."""
+    """Every configured key by digest, and the keys recently presented by their bytes.
 
-    __slots__ = ("_keys",)
+    The second dict saves the SHA-256 of a known key presented again (most requests): a
+    dict probe on the presented bytes instead of hashing them. Only keys that were found
+    enter it, so it holds at most one entry per configured key (and at most
+    ``max_cached``: past that it starts again), and unknown keys cannot fill it. A hit is
+    checked like a miss (disabled, expired) and an expired key leaves it. The probe
+    compares the bytes only after their (keyed, per-process) hashes matched, so it tells
+    an attacker nothing a digest lookup would not."""
 
-    def __init__(self, keys: Iterable[ApiKey]) -> None:
+    __slots__ = ("_keys", "_known", "max_cached")
+
+    def __init__(self, keys: Iterable[ApiKey], max_cached: int = MAX_CACHED_KEYS) -> None:
+        if max_cached < 1:
+            raise ValueError(f"max_cached must be >= 1, got {max_cached}")
         self._keys = {key.digest: key for key in keys}
+        self._known: dict[bytes, ApiKey] = {}
+        self.max_cached = max_cached
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -148,20 +162,33 @@ class KeyTable:
     def __iter__(self) -> Iterator[ApiKey]:
         return iter(self._keys.values())
 
+    @property
+    def cached(self) -> int:
+        """Presented keys remembered now (at most ``max_cached``)."""
+        return len(self._known)
+
     def lookup(self, presented: bytes | None, now: float) -> tuple[ApiKey | None, str]:
         """``(key, "")`` for a usable key, else ``(None, reason)`` with the reason
         (:data:`MISSING`, :data:`UNKNOWN`, :data:`DISABLED`, :data:`EXPIRED`). ``now`` is
         seconds since the epoch."""
         if not presented:
             return None, MISSING
-        if len(presented) > MAX_KEY_LENGTH:
-            return None, UNKNOWN
-        key = self._keys.get(key_digest(presented))
+        key = self._known.get(presented)
         if key is None:
-            return None, UNKNOWN
+            if len(presented) > MAX_KEY_LENGTH:
+                return None, UNKNOWN
+            key = self._keys.get(key_digest(presented))
+            if key is None:
+                return None, UNKNOWN
+            if key.enabled and (key.expires_at is None or now < key.expires_at):
+                known = self._known
+                if len(known) >= self.max_cached:
+                    known.clear()
+                known[bytes(presented)] = key
         if not key.enabled:
             return None, DISABLED
         if key.expires_at is not None and now >= key.expires_at:
+            self._known.pop(presented, None)
             return None, EXPIRED
         return key, ""
 

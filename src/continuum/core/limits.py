@@ -15,8 +15,9 @@ A request answers to, at most:
   the backend is only known then (:meth:`LimitPlan.backend_checks`).
 
 Sans-IO and cheap on purpose: the checks of request limits and concurrency limits are
-immutable and cached per (scope, ident) in a bounded dict, so a request usually builds only
-its token checks (whose cost is its own reservation).
+immutable, built once per key, client address (a bounded dict), model and backend as one
+group in their order, so a request only concatenates tuples and builds its token checks
+(whose cost is its own reservation).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class LimitSpec:
 #: (scope, ident, rate or limit) of one dimension of the client's limits.
 _Dimension = tuple[str, str, Rate] | None
 _Concurrency = tuple[str, str, int] | None
+#: One client's (or model's, ...) checks, built once: those before its token check, its
+#: token limit (the check itself depends on the request's reservation), those after.
+_Group = tuple[tuple[Check, ...], _Dimension, tuple[Check, ...]]
 
 
 @final
@@ -91,13 +95,17 @@ class LimitPlan:
         self.global_ = global_
         self.lease_ttl = lease_ttl
         self._max_cached = max_cached
-        self._cache: dict[tuple[str, str, str], Check] = {}
-        self._models: dict[str, LimitSpec | None] = {}
-        self._keys: dict[str, tuple[_Dimension, _Dimension, _Concurrency]] = {}
+        #: Check groups by client address, by model, by key digest, by backend (keys come from the
+        #: config: that one needs no bound).
+        self._cache: dict[str, _Group] = {}
+        self._models: dict[str, _Group | None] = {}
+        self._keys: dict[str, _Group] = {}
+        self._backends: dict[str, _Group] = {}
+        self._global = _group("global", "", global_, lease_ttl) if global_ else None
 
     @property
     def cached_checks(self) -> int:
-        """Checks held in the cache now (at most ``max_cached``)."""
+        """Client check groups held in the cache now (at most ``max_cached``)."""
         return len(self._cache)
 
     # -- what applies ----------------------------------------------------------------------
@@ -134,78 +142,55 @@ class LimitPlan:
         """The checks of one request before routing: its client (``key``, else the address
         ``client``), its model, global. ``reservation``: the tokens it may use."""
         out: list[Check] = []
+        extend = self._extend
         if key is not None:
-            requests, tokens, concurrent = self._key_dimensions(key)
+            group = self._keys.get(key.digest)
+            if group is None:
+                group = self._key_group(key)
         else:
-            spec = self.per_client
-            requests = ("client", client, spec.requests) if spec.requests else None
-            tokens = ("client", client, spec.tokens) if spec.tokens else None
-            concurrent = ("client", client, spec.concurrent) if spec.concurrent else None
-        self._add(out, requests, tokens, concurrent, reservation)
+            group = self._cache.get(client)
+            if group is None:
+                group = self._client_group(client)
+        extend(out, group, reservation)
         if self.per_model:
-            spec_or_none = self._model_spec(model)
-            if spec_or_none is not None:
-                self._add_spec(out, "model", model, spec_or_none, reservation)
-        if self.global_:
-            self._add_spec(out, "global", "", self.global_, reservation)
+            model_group = self._model_group(model)
+            if model_group is not None:
+                extend(out, model_group, reservation)
+        if self._global is not None:
+            extend(out, self._global, reservation)
         return out
 
     def backend_checks(self, backend: str, reservation: float) -> list[Check]:
         """The checks of ``per_backend`` for the backend routing chose."""
         out: list[Check] = []
-        self._add_spec(out, "backend", backend, self.per_backend, reservation)
+        group = self._backends.get(backend)
+        if group is None:
+            if len(self._backends) >= _MAX_CACHED_MODELS:
+                self._backends.clear()
+            group = self._backends[backend] = _group("backend", backend, self.per_backend,
+                                                     self.lease_ttl)
+        self._extend(out, group, reservation)
         return out
 
-    def _add_spec(
-        self, out: list[Check], scope: str, ident: str, spec: LimitSpec, reservation: float
-    ) -> None:
-        self._add(
-            out,
-            (scope, ident, spec.requests) if spec.requests else None,
-            (scope, ident, spec.tokens) if spec.tokens else None,
-            (scope, ident, spec.concurrent) if spec.concurrent else None,
-            reservation,
-        )
-
-    def _add(
-        self,
-        out: list[Check],
-        requests: _Dimension,
-        tokens: _Dimension,
-        concurrent: _Concurrency,
-        reservation: float,
-    ) -> None:
-        cache = self._cache
-        if requests is not None:
-            scope, ident, rate = requests
-            cached = cache.get(("rq", scope, ident))
-            if cached is None:
-                cached = self._remember(("rq", scope, ident), RateCheck(scope, ident, rate))
-            out.append(cached)
+    @staticmethod
+    def _extend(out: list[Check], group: _Group, reservation: float) -> None:
+        before, tokens, after = group
+        out += before
         if tokens is not None:
             scope, ident, rate = tokens
             # A reservation over the bucket would leave it in debt for the whole request.
             cost = min(reservation, rate.burst)
             out.append(RateCheck(scope, ident, rate, cost=cost, tokens=True))
-        if concurrent is not None:
-            scope, ident, limit = concurrent
-            cached = cache.get(("cc", scope, ident))
-            if cached is None:
-                cached = self._remember(
-                    ("cc", scope, ident), ConcurrencyCheck(scope, ident, limit, self.lease_ttl)
-                )
-            out.append(cached)
+            out += after
 
-    def _remember(self, key: tuple[str, str, str], check: Check) -> Check:
-        if len(self._cache) >= self._max_cached:
-            self._cache.clear()
-        self._cache[key] = check
-        return check
+    def _client_group(self, client: str) -> _Group:
+        cache = self._cache
+        if len(cache) >= self._max_cached:
+            cache.clear()
+        group = cache[client] = _group("client", client, self.per_client, self.lease_ttl)
+        return group
 
-    def _key_dimensions(self, key: ApiKey) -> tuple[_Dimension, _Dimension, _Concurrency]:
-        dims = self._keys.get(key.digest)
-        if dims is not None:
-            return dims
+    def _key_group(self, key: ApiKey) -> _Group:
         ident = key.ident
         shared, client = self.per_api_key, self.per_client
         as_client = "key:" + ident
@@ -230,20 +215,46 @@ class LimitPlan:
             concurrent = ("api_key", ident, shared.concurrent)
         elif client.concurrent:
             concurrent = ("client", as_client, client.concurrent)
-        dims = (requests, tokens, concurrent)
-        self._keys[key.digest] = dims
-        return dims
+        group = _make_group(requests, tokens, concurrent, self.lease_ttl)
+        self._keys[key.digest] = group
+        return group
 
-    def _model_spec(self, model: str) -> LimitSpec | None:
+    def _model_group(self, model: str) -> _Group | None:
         models = self._models
         if model in models:
             return models[model]
         found = None
         for pattern, spec in self.per_model:
             if pattern == model or fnmatch.fnmatchcase(model, pattern):
-                found = spec
+                found = _group("model", model, spec, self.lease_ttl)
                 break
         if len(models) >= _MAX_CACHED_MODELS:
             models.clear()
         models[model] = found
         return found
+
+
+def _group(scope: str, ident: str, spec: LimitSpec, lease_ttl: float) -> _Group:
+    return _make_group(
+        (scope, ident, spec.requests) if spec.requests else None,
+        (scope, ident, spec.tokens) if spec.tokens else None,
+        (scope, ident, spec.concurrent) if spec.concurrent else None,
+        lease_ttl,
+    )
+
+
+def _make_group(
+    requests: _Dimension, tokens: _Dimension, concurrent: _Concurrency, lease_ttl: float
+) -> _Group:
+    """One client's, model's or backend's checks in their order (requests, tokens,
+    concurrency), built once: only the token check depends on the request."""
+    before: list[Check] = []
+    after: list[Check] = []
+    if requests is not None:
+        scope, ident, rate = requests
+        before.append(RateCheck(scope, ident, rate))
+    if concurrent is not None:
+        scope, ident, limit = concurrent
+        (after if tokens is not None else before).append(
+            ConcurrencyCheck(scope, ident, limit, lease_ttl))
+    return tuple(before), tokens, tuple(after)

@@ -108,12 +108,26 @@ class RateCheck:
     #: A token limit (reconciled at settle time) rather than a request limit.
     tokens: bool = False
     key: str = field(init=False, repr=False, compare=False)
+    #: GCRA's constants for this check, computed once (a request limit's check is cached
+    #: and reused by every request): emission interval, tolerance, the units a full
+    #: bucket must hold for the request (the cost, at most the burst), float slack.
+    interval: float = field(init=False, repr=False, compare=False)
+    tolerance: float = field(init=False, repr=False, compare=False)
+    need: float = field(init=False, repr=False, compare=False)
+    slack: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.cost >= 0 and math.isfinite(self.cost)):
             raise ValueError(f"a cost must be >= 0, got {self.cost}")
         kind = "tk" if self.tokens else "rq"
-        object.__setattr__(self, "key", f"{kind}:{self.scope}:{_ident(self.ident)}")
+        setattr_ = object.__setattr__
+        setattr_(self, "key", f"{kind}:{self.scope}:{_ident(self.ident)}")
+        rate = self.rate
+        interval = rate.interval
+        setattr_(self, "interval", interval)
+        setattr_(self, "tolerance", rate.burst * interval)
+        setattr_(self, "need", min(self.cost, rate.burst))
+        setattr_(self, "slack", rate.burst * interval + interval * _EPSILON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,22 +208,26 @@ def _ident(ident: str) -> str:
 
 def _gcra(tat: float, now: float, check: RateCheck) -> tuple[bool, float, LimitState]:
     """One GCRA decision. Returns (allowed, the TAT to store if admitted, state)."""
-    rate = check.rate
-    interval = rate.interval
-    tolerance = rate.burst * interval
-    start = max(tat, now)
-    need = min(check.cost, rate.burst)
-    eps = interval * _EPSILON
-    allowed = start + need * interval - now <= tolerance + eps
+    interval = check.interval
+    tolerance = check.tolerance
+    start = tat if tat > now else now
+    end = start + check.need * interval
+    allowed = end - now <= check.slack
     new_tat = start + check.cost * interval if allowed else start
+    burst = check.rate.burst
     remaining = math.floor((tolerance - (new_tat - now)) / interval + _EPSILON)
+    if remaining < 0:
+        remaining = 0
+    elif remaining > burst:
+        remaining = int(burst)
+    reset = new_tat - now
     state = LimitState(
-        check=check,
-        allowed=allowed,
-        limit=rate.burst,
-        remaining=max(0, min(int(rate.burst), remaining)),
-        reset_after=max(0.0, new_tat - now),
-        retry_after=None if allowed else max(0.0, start + need * interval - tolerance - now),
+        check,
+        allowed,
+        burst,
+        remaining,
+        reset if reset > 0.0 else 0.0,
+        None if allowed else max(0.0, end - tolerance - now),
     )
     return allowed, new_tat, state
 
@@ -512,11 +530,9 @@ def settlement_arguments(
 # -- response headers -------------------------------------------------------------------
 
 
-def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for a decision,
-    from the tightest request limit and the tightest token limit (the one with the fewest
-    units left), plus ``retry-after`` (whole seconds, at least 1) when refused. (Every
-    limited answer pays for this: one pass, no generators.)"""
+def _tightest(decision: Decision) -> tuple[LimitState | None, LimitState | None]:
+    """The tightest request limit and the tightest token limit of a decision: the one
+    with the fewest units left, then the one that takes longest to refill."""
     requests: LimitState | None = None
     tokens: LimitState | None = None
     for state in decision.states:
@@ -530,18 +546,60 @@ def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
                 tokens = state
             else:
                 requests = state
+    return requests, tokens
+
+
+def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for a decision,
+    from the tightest request limit and the tightest token limit (the one with the fewest
+    units left), plus ``retry-after`` (whole seconds, at least 1) when refused."""
+    requests, tokens = _tightest(decision)
     out: list[tuple[bytes, bytes]] = []
     for kind, tightest in ((b"requests", requests), (b"tokens", tokens)):
         if tightest is not None:
             out += [
                 (b"x-ratelimit-limit-" + kind, b"%d" % int(tightest.limit)),
                 (b"x-ratelimit-remaining-" + kind, b"%d" % tightest.remaining),
-                (b"x-ratelimit-reset-" + kind, format_duration(tightest.reset_after).encode()),
+                (b"x-ratelimit-reset-" + kind, _duration(tightest.reset_after)),
             ]
     if not decision.allowed:
         wait = decision.retry_after
         out.append((b"retry-after", b"%d" % max(1, math.ceil(wait or 1.0))))
     return out
+
+
+_REQUESTS_HEAD: Final = (b"x-ratelimit-limit-requests: %d\r\nx-ratelimit-remaining-requests: %d"
+                         b"\r\nx-ratelimit-reset-requests: %s\r\n")
+_TOKENS_HEAD: Final = (b"x-ratelimit-limit-tokens: %d\r\nx-ratelimit-remaining-tokens: %d"
+                       b"\r\nx-ratelimit-reset-tokens: %s\r\n")
+
+
+def ratelimit_head(decision: Decision) -> bytes:
+    """The header lines of :func:`ratelimit_headers`, as the bytes of a response head
+    (``name: value\\r\\n`` each). Every admitted request pays for this, so it is one
+    %-format per kind rather than a list of pairs joined."""
+    requests, tokens = _tightest(decision)
+    head = b""
+    if requests is not None:
+        head = _REQUESTS_HEAD % (int(requests.limit), requests.remaining,
+                                 _duration(requests.reset_after))
+    if tokens is not None:
+        head += _TOKENS_HEAD % (int(tokens.limit), tokens.remaining,
+                                _duration(tokens.reset_after))
+    if not decision.allowed:
+        head += b"retry-after: %d\r\n" % max(1, math.ceil(decision.retry_after or 1.0))
+    return head
+
+
+def _duration(seconds: float) -> bytes:
+    """:func:`format_duration` as bytes; under a second (the usual reset of a request
+    limit) without building a str."""
+    if seconds <= 0:
+        return b"0s"
+    ms = round(seconds * 1000)
+    if ms < 1000:
+        return b"%dms" % (ms if ms > 1 else 1)
+    return format_duration(seconds).encode()
 
 
 def format_duration(seconds: float) -> str:
