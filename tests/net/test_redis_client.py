@@ -290,6 +290,34 @@ async def test_a_cancelled_caller_leaves_the_connection_usable(redis_server: Red
         assert client.statistics().connects == 1
 
 
+async def test_a_shielded_script_call_returns_its_reply_to_a_cancelled_caller(
+        redis_server: RedisServer) -> None:
+    async with RedisClient.from_url(redis_server.url, pool_size=1, timeout=5.0) as client:
+        client.register_script(INCR)
+        # The other call holds the connection's reply back for 0.3 s; the caller is
+        # cancelled after 0.05 s. Shielded, it still gets what its script did, and its
+        # Cancelled at its next checkpoint.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.execute, "BLPOP", "nothing", "0.3")
+            await trio.sleep(0.01)
+            got: list[object] = []
+            with trio.move_on_after(0.05) as scope:
+                got.append(await client.evalsha(INCR, ["shielded"], shielded=True))
+                await trio.lowlevel.checkpoint()
+                got.append("not cancelled")
+        assert scope.cancelled_caught
+        assert got == [1]
+        # Unshielded (the default), the same call's reply is lost to the cancellation.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.execute, "BLPOP", "nothing", "0.3")
+            await trio.sleep(0.01)
+            with trio.move_on_after(0.05) as scope:
+                got.append(await client.evalsha(INCR, ["shielded"]))
+        assert scope.cancelled_caught
+        assert got == [1]
+        assert await client.execute("GET", "shielded") == b"2"
+
+
 # -- failures ---------------------------------------------------------------------------
 
 

@@ -383,11 +383,10 @@ class AccessControl:
         assert redis is not None
         started = clock()
         try:
-            # The client ends every call within its timeout; shielded here so that a
-            # request cancelled meanwhile still learns what the script took (its lease
-            # is then given back by settle).
-            with trio.CancelScope(shield=True):
-                reply = await redis.evalsha(ADMIT, keys, args)
+            # The client ends every call within its timeout; shielded so that a request
+            # cancelled meanwhile still learns what the script took (its lease is then
+            # given back by settle).
+            reply = await redis.evalsha(ADMIT, keys, args, shielded=True)
             decision = decode_admission(checks, reply, lease)
         except (RedisError, ValueError) as exc:
             self._redis_failed("admit", exc)

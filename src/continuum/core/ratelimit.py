@@ -115,6 +115,8 @@ class RateCheck:
     tolerance: float = field(init=False, repr=False, compare=False)
     need: float = field(init=False, repr=False, compare=False)
     slack: float = field(init=False, repr=False, compare=False)
+    #: Its ARGV in :data:`ADMIT_SCRIPT`, made by the first admission that sends it.
+    argv: tuple[str, ...] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if not (self.cost >= 0 and math.isfinite(self.cost)):
@@ -140,6 +142,8 @@ class ConcurrencyCheck:
     #: Seconds a lease lives if never released (a crashed instance's requests).
     ttl: float
     key: str = field(init=False, repr=False, compare=False)
+    #: Its ARGV in :data:`ADMIT_SCRIPT`, made by the first admission that sends it.
+    argv: tuple[str, ...] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -465,15 +469,22 @@ def admission_arguments(
     args = [_now_arg(now), lease or ""]
     for check in checks:
         keys.append(prefix + check.key)
-        if type(check) is RateCheck:
-            interval = check.rate.interval * _US
-            args += ["g", repr(interval), repr(check.rate.burst * interval), repr(check.cost)]
-        else:
-            assert isinstance(check, ConcurrencyCheck)
-            if lease is None:
-                raise ValueError("a concurrency check needs a lease id")
-            args += ["c", str(check.limit), repr(check.ttl * _US), ""]
+        argv = check.argv
+        if argv is None:  # once per check: cached checks are sent many times
+            argv = _argv(check)
+            object.__setattr__(check, "argv", argv)
+        if lease is None and type(check) is ConcurrencyCheck:
+            raise ValueError("a concurrency check needs a lease id")
+        args += argv
     return keys, args
+
+
+def _argv(check: Check) -> tuple[str, ...]:
+    if type(check) is RateCheck:
+        interval = check.rate.interval * _US
+        return "g", repr(interval), repr(check.rate.burst * interval), repr(check.cost)
+    assert isinstance(check, ConcurrencyCheck)
+    return "c", str(check.limit), repr(check.ttl * _US), ""
 
 
 def decode_admission(checks: Sequence[Check], reply: object, lease: str | None) -> Decision:

@@ -172,17 +172,29 @@ class RedisClient:
         return replies
 
     async def evalsha(
-        self, script: Script, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
+        self,
+        script: Script,
+        keys: Sequence[Arg] = (),
+        args: Sequence[Arg] = (),
+        *,
+        shielded: bool = False,
     ) -> Reply:
-        """Run ``script`` by its SHA-1; reloads it (``EVAL``) if the server lost it."""
+        """Run ``script`` by its SHA-1; reloads it (``EVAL``) if the server lost it.
+
+        ``shielded``: a caller cancelled during the call still gets its reply (and its
+        ``Cancelled`` at its next checkpoint), for a script whose effects the caller must
+        learn to undo them; the same as a shielded cancel scope around the call, without
+        one more scope per call."""
         try:
-            return await self._call(_pack(("EVALSHA", script.sha1, len(keys), *keys, *args)))
+            return await self._call(
+                _pack(("EVALSHA", script.sha1, len(keys), *keys, *args)), shielded)
         except RedisNoScriptError:
             self._reloads += 1
             self._scripts.setdefault(script.sha1, script)
-            return await self._call(_pack(("EVAL", script.source, len(keys), *keys, *args)))
+            return await self._call(
+                _pack(("EVAL", script.source, len(keys), *keys, *args)), shielded)
 
-    async def _call(self, command: bytes | list[bytes]) -> Reply:
+    async def _call(self, command: bytes | list[bytes], shielded: bool = False) -> Reply:
         now = trio.current_time()
         if now < self._down_until or self._closed:
             raise self._refusal(now)
@@ -213,8 +225,9 @@ class RedisClient:
             raise error
         if self._backoff:
             self._backoff = 0.0
-        # A caller cancelled meanwhile gets its Cancelled now that the call is complete.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if not shielded:
+            # A caller cancelled meanwhile gets its Cancelled now that the call is complete.
+            await trio.lowlevel.checkpoint_if_cancelled()
         if type(reply) is hiredis.ReplyError:
             raise reply_error(str(reply))
         return reply

@@ -191,11 +191,14 @@ class Connection:
     async def _flush(self) -> bool:
         """Send what is queued; whether it waited for trio.
 
-        The first write is followed by one yield, still holding the role, so that calls
-        made meanwhile go out together in the next write instead of one write each.
-        Measured (benches/redis_client.py, one connection): +10 us per call at concurrency
-        1, but 1.5x the calls per second, half the p50 and 2/3 of the CPU per call at
-        concurrency 16 and 64, where without it each call was a write and a read of its own.
+        Under concurrency (another call is in flight already) the first write is
+        followed by one yield, still holding the role, so that calls made meanwhile go
+        out together in the next write instead of one write each. Measured
+        (benches/redis_client.py, one connection): 1.5x the calls per second, half the
+        p50 and 2/3 of the CPU per call at concurrency 16 and 64, where without it each
+        call was a write and a read of its own. A lone call does not yield: nobody could
+        join its write, and the scheduler pass would only delay its read (it then waits
+        for its reply in ``wait_readable``, which is its yield).
 
         The flusher does not loop for others for ever (a steady stream of calls could keep
         it busy while its own deadline runs out): after two writes it leaves what is queued
@@ -225,10 +228,11 @@ class Connection:
                 else:
                     await self._stream.send_all(data)
                     waited = True
-                if not waited:
+                if not waited and len(self._waiting) > 1:
                     # Yield once, holding the role, as trio's send_all would: calls made
                     # meanwhile go out together in the next write, and the reply has
-                    # usually arrived when this task runs again.
+                    # usually arrived when this task runs again. (``_finish`` yields for
+                    # a lone call whose reply was there at once.)
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     waited = True
         finally:
