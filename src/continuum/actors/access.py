@@ -11,9 +11,10 @@ reservations with the usage the answer reported.
 What a request pays, by configuration:
 
 * nothing, when there are no keys and no limits: the router builds no ``AccessControl``;
-* one SHA-256 and one dict probe when keys are configured;
-* ``storage: memory``: the checks (cached per client), one in-process GCRA step per limit,
-  the ``x-ratelimit-*`` header lines;
+* one dict probe when keys are configured (and a SHA-256 when the presented key was not
+  seen before);
+* ``storage: memory``: the checks (built once per client), one in-process GCRA step per
+  limit, the ``x-ratelimit-*`` header lines (one %-format), no await;
 * ``storage: redis``: one ``EVALSHA`` round trip (all limits at once, atomic across
   instances), and no round trip at all when no limit applies. Settling (leases, tokens)
   goes to a background task with a bounded queue: the answer never waits for it.

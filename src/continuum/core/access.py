@@ -6,9 +6,12 @@ time, the peer address and the header values; the I/O layer decides what to answ
 
 Why keys are looked up by their SHA-256
     The table holds digests only, so a config may carry ``key_sha256`` instead of the key,
-    a memory dump holds no key, and a lookup is one hash and one dict probe (about 1 µs)
-    whatever the number of keys. A digest lookup leaks nothing through timing that helps
-    guess a key (the attacker would need a preimage).
+    and a lookup is one hash and one dict probe (about 1 µs) whatever the number of keys.
+    A key presented again skips the hash: :class:`KeyTable` remembers the valid keys it
+    found by their bytes (process memory then holds the keys clients sent, as it holds
+    every request while it is read; never a key that nobody presented). A digest lookup
+    leaks nothing through timing that helps guess a key (the attacker would need a
+    preimage).
 
 Why the rightmost untrusted hop of X-Forwarded-For
     Every proxy appends the address it received the request from. Hops written by the
