@@ -3,25 +3,17 @@
 
 from __future__ import annotations
 
-import msgspec
 import yaml
 
 from ._schema import Config
-from ._text import is_secret_name, join_path, mask, mask_url
+from ._secrets import masked_builtins
+from ._text import join_path
 
 
 def dump_effective_config(config: Config) -> str:
     """YAML of the effective configuration with every secret shown as ``***``."""
-    data = msgspec.to_builtins(config)
-    source = data.pop("source", "")
-    for b in data["backends"]:
-        b["api_key"] = mask(b["api_key"])
-        b["url"] = mask_url(b["url"])
-        b["headers"] = {k: (mask(v) if is_secret_name(k) else v) for k, v in b["headers"].items()}
-    for entry in data["api_keys"]["api_keys"]:
-        entry["key"] = mask(entry["key"])
-    auth = data["metrics"]["auth"]
-    auth["password"] = mask(auth["password"])
+    data = masked_builtins(config)
+    source = config.source
     head = f"# effective configuration (from {source})\n" if source else ""
     return head + yaml.safe_dump(
         data, sort_keys=False, default_flow_style=False, allow_unicode=True

@@ -196,6 +196,25 @@ class ApiKeysConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     api_keys: tuple[ApiKeyEntry, ...] = ()
 
 
+class AdminAuthConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    method: Literal["none", "bearer_token", "basic", "api_key"] = "none"
+    token: str = ""
+    username: str = ""
+    password: str = ""
+
+
+class AdminConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: A separate ``host:port`` that serves the admin API; None: the main port.
+    bind_address: str | None = None
+    auth: AdminAuthConfig = AdminAuthConfig()
+
+
+class HotReloadConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    #: The config file must be quiet this long before it is read again.
+    debounce: PositiveDuration = 0.5
+
+
 class MockFailure(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     kind: Literal["status", "reset", "reset_mid_stream", "hang", "drip", "malformed"]
     status: HttpStatus = 500
@@ -232,6 +251,8 @@ class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     gemini_api: Literal["native", "openai"] = "native"
     default_max_tokens: PosInt = 4096
     health_check: BackendHealthCheck | None = None
+    #: False keeps the entry but takes the backend out of service (drained, not probed).
+    enabled: bool = True
     max_in_flight: PosInt | None = None
     max_queue: NonNegInt = 256
     mock: MockConfig = MockConfig()
@@ -250,6 +271,8 @@ class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     api_keys: ApiKeysConfig = ApiKeysConfig()
+    admin: AdminConfig = AdminConfig()
+    hot_reload: HotReloadConfig = HotReloadConfig()
     backends: tuple[BackendConfig, ...] = ()
     model_aliases: dict[str, str] = {}
     fallbacks: dict[str, tuple[str, ...]] = {}

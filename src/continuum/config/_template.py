@@ -118,6 +118,18 @@ api_keys:
   #   rate_limit: null              # requests per minute for this key; null = unlimited
   #   expires_at: null              # ISO 8601 time after which the key is rejected
 
+admin:                              # the admin API: /admin/config, /admin/backends, ... (docs/admin-api.md)
+  bind_address: null                # a separate "host:port" for the admin API; null = the main port
+  auth:
+    method: none                    # none (loopback clients only) | bearer_token | basic | api_key
+    token: ""                       # bearer_token: "Authorization: Bearer <token>"; api_key: "X-API-Key: <token>" (use ${VAR})
+    username: ""                    # basic: the user name
+    password: ""                    # basic: the password (use ${VAR}; shown as ***)
+
+hot_reload:
+  enabled: false                    # re-read the config file when it changes (SIGHUP and POST /admin/config/reload always work)
+  debounce: 500ms                   # the file must be quiet this long before it is read
+
 backends:                           # at least one; names must be unique
   - name: local                     # unique name (used in logs, metrics and routing.weights)
     type: vllm                      # openai | vllm | ollama | llamacpp | lmstudio | localai | anthropic | gemini | mock
@@ -133,6 +145,7 @@ backends:                           # at least one; names must be unique
     gemini_api: native              # type: gemini: native (generateContent) | openai (Gemini's OpenAI-compatible endpoint)
     default_max_tokens: 4096        # max_tokens sent to Anthropic when the client sends none
     health_check: null              # per-backend overrides of health_checks, e.g. {endpoint: /health, interval: 10s, timeout: 2s, enabled: true}
+    enabled: true                   # false: out of service (drained, not probed) but kept in the config
     max_in_flight: null             # requests in flight to this backend; null = server.connection_pool_size
     max_queue: 256                  # requests waiting for a slot; past it the backend is skipped (429 when all are full)
   - name: mock                      # an in-process fake backend: no network, no keys
