@@ -105,7 +105,7 @@ class Ingress:
         keys = config.api_keys
         self._blocking = keys.mode == "blocking"
         self._keys = frozenset(k.key.encode() for k in keys.api_keys if k.enabled and k.key)
-        self._metrics_auth = metrics_auth_header(config.metrics)
+        metrics.auth = metrics_auth_header(config.metrics)
         self._access_log = config.logging.access_log
         self._tracing = proxy.tracing
         self._trace = self._tracing.enabled
@@ -124,6 +124,21 @@ class Ingress:
             self._routes[path] = ("POST", proxy.handle)
         if config.metrics.enabled and config.metrics.bind_address is None:
             self._routes[config.metrics.endpoint] = ("GET", self._metrics)
+        #: Subtrees served by one handler that checks methods itself: (prefix, handler,
+        #: the path's metrics label). See :meth:`mount`.
+        self._mounts: list[tuple[str, Route, Callable[[str], str]]] = []
+
+    def mount(self, prefix: str, handler: Route, label: Callable[[str], str]) -> None:
+        """Serve every path under ``prefix`` (that no fixed route takes) with ``handler``,
+        which answers 404 and 405 itself; ``label(path)`` is the path's ``endpoint`` label
+        in the metrics (a route pattern, so the label set stays bounded)."""
+        self._mounts.append((prefix, handler, label))
+
+    def configure(self, config: Config) -> None:
+        """A config reload: the settings the Ingress reads per request (``logging.access_log``;
+        ``metrics.auth`` lives on the MetricsSink)."""
+        self.config = config
+        self._access_log = config.logging.access_log
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -141,12 +156,16 @@ class Ingress:
         return rid
 
     def _route(self, path: str) -> tuple[str, Route | None, str]:
-        """(the method the path takes, its handler or None, the metrics endpoint label)."""
+        """(the method the path takes, "" when its handler checks; its handler or None; the
+        metrics endpoint label)."""
         route = self._routes.get(path)
         if route is not None:
             return route[0], route[1], path
         if path.startswith("/v1/models/"):
             return "GET", self._model, "/v1/models/{id}"
+        for prefix, handler, label in self._mounts:
+            if path.startswith(prefix):
+                return "", handler, label(path)
         return "", None, "other"
 
     async def handle(self, request: Request, conn: ServerConnection) -> None:
@@ -163,7 +182,9 @@ class Ingress:
             if handler is None:
                 raise RouterError(404, f"Unknown path: {request.method} {quoted(path)}",
                                   code="not_found")
-            if request.method != method and not (request.method == "HEAD" and method == "GET"):
+            if method and request.method != method and not (
+                request.method == "HEAD" and method == "GET"
+            ):
                 # HEAD is GET without the body (the connection never sends one for HEAD).
                 allow = b"GET, HEAD" if method == "GET" else method.encode()
                 raise RouterError(
@@ -382,6 +403,6 @@ class Ingress:
     async def _metrics(
         self, request: Request, conn: ServerConnection, state: RequestState
     ) -> None:
-        await serve_metrics_request(self.metrics, self._metrics_auth, request, conn)
+        await serve_metrics_request(self.metrics, self.metrics.auth, request, conn)
 
     # -- the proxy -----------------------------------------------------------------------

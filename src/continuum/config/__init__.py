@@ -35,6 +35,7 @@ from ._schema import ApiKeyEntry as ApiKeyEntry
 from ._schema import ApiKeysConfig as ApiKeysConfig
 from ._schema import BackendConfig as BackendConfig
 from ._schema import CacheConfig as CacheConfig
+from ._schema import CircuitBreakerConfig as CircuitBreakerConfig
 from ._schema import Config as Config
 from ._schema import ConfigError as ConfigError
 from ._schema import DeduplicationConfig as DeduplicationConfig
@@ -69,6 +70,7 @@ __all__ = [
     "BindAddress",
     "CacheConfig",
     "Change",
+    "CircuitBreakerConfig",
     "Config",
     "ConfigError",
     "DeduplicationConfig",
