@@ -7,6 +7,7 @@ several routers run side by side in one process.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Final, final
@@ -22,12 +23,15 @@ from ..observability.metrics import Metrics
 from .backend import BackendActor
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
+from .fleet import WARM_UP_BUDGET, Fleet
 from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
-from .prober import HealthProber, probe
+from .prober import HealthProber
 from .proxy import Proxy
+from .reload import Outcome, Reconfigurer, ReloadHooks, first_version, register_sections
 from .router import Router
 from .startup import log_startup_summary
+from .versions import MemoryVersions
 from .workers import WorkerEnvironment, gather_metrics
 
 if TYPE_CHECKING:
@@ -37,7 +41,7 @@ log = logging.getLogger("continuum.supervisor")
 
 #: The first health/discovery round may delay readiness by at most this much; a backend
 #: slower than that is left to the regular probes.
-STARTUP_PROBE_BUDGET: Final = 2.0
+STARTUP_PROBE_BUDGET: Final = WARM_UP_BUDGET
 _RESTART_MIN: Final = 0.1
 _RESTART_MAX: Final = 10.0
 _CONTROL_BUFFER: Final = 1024
@@ -124,15 +128,14 @@ class RouterHandle:
 
     def __init__(
         self,
-        config: Config,
         server: HTTPServer,
         router: Router,
         catalog: ModelCatalog,
         metrics: MetricsSink,
-        mocks: dict[str, MockUpstream],
         stop: _Stop,
+        reconfigurer: Reconfigurer,
+        fleet: Fleet,
     ) -> None:
-        self.config = config
         self._stop = stop
         #: Bound addresses, e.g. ``["127.0.0.1:8080", "[::1]:8080", "unix:/run/c.sock"]``.
         self.addresses: list[str] = list(server.addresses)
@@ -140,8 +143,22 @@ class RouterHandle:
         self.catalog = catalog
         self.metrics = metrics
         #: In-process mock upstreams of ``type: mock`` backends, by backend name.
-        self.mocks = mocks
+        self.mocks: dict[str, MockUpstream] = fleet.mocks
+        #: The config in force, its versions, and changing it (:meth:`reload`, ``propose``).
+        self.reconfigurer = reconfigurer
+        #: The backends in service and those draining after a change.
+        self.fleet = fleet
         self._server = server
+
+    @property
+    def config(self) -> Config:
+        """The config in force (the latest version: reloads change it)."""
+        return self.reconfigurer.current
+
+    async def reload(self) -> Outcome:
+        """Read the config file again and apply it, as ``SIGHUP`` does (ConfigError when
+        it is invalid: nothing changes)."""
+        return await self.reconfigurer.reload(source="reload", who="embedding program")
 
     @property
     def backends(self) -> dict[str, BackendActor]:
@@ -172,48 +189,44 @@ class RouterHandle:
         self._stop.abort()
 
 
-async def _start_mocks(
-    config: Config, nursery: trio.Nursery
-) -> tuple[dict[str, MockUpstream], dict[str, str]]:
-    """Run an in-process mock upstream for each ``type: mock`` backend."""
-    mocks: dict[str, MockUpstream] = {}
-    urls: dict[str, str] = {}
-    if not any(b.type == "mock" for b in config.backends):
-        return mocks, urls
-    from ..testing._upstream import MockUpstream, ResponseStore, serve_mock
-
-    store = ResponseStore()  # one per router: its mocks act as replicas of one provider
-    for backend in config.backends:
-        if backend.type == "mock":
-            upstream = MockUpstream(backend.mock, backend.models or ("mock-model",),
-                                    name=backend.name, responses_store=store)
-            mocks[backend.name] = upstream
-            urls[backend.name] = f"http://{await nursery.start(serve_mock, upstream)}"
-    return mocks, urls
-
-
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    hooks: ReloadHooks | None = None,
+    task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one router until it is shut down or cancelled (both drain gracefully).
 
     With ``nursery.start`` it returns a :class:`RouterHandle` once every address is bound
     and the first health and discovery round is in.
+
+    ``config_file`` is the file a reload reads again (``SIGHUP``, ``hot_reload``,
+    ``POST /admin/config/reload``); by default the file ``config`` was loaded from, if any.
     """
     server_cfg = config.server
     # Bind first: a taken port is a plain OSError before anything else has started.
     listeners = await open_listeners(server_cfg.bind_address, socket_mode=server_cfg.socket_mode)
     try:
-        await _serve(config, listeners, task_status, None)
+        await _serve(config, listeners, task_status, None, _config_file(config, config_file),
+                     hooks)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+def _config_file(config: Config, given: str | os.PathLike[str] | None) -> str | None:
+    if given is not None:
+        return os.path.abspath(given)
+    return os.path.abspath(config.source) if os.path.isfile(config.source) else None
 
 
 async def serve_worker(
     config: Config,
     worker: WorkerEnvironment,
     *,
+    config_file: str | os.PathLike[str] | None = None,
+    hooks: ReloadHooks | None = None,
     task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``serve`` as one of ``server.workers`` processes (see ``continuum.actors.workers``): TCP
@@ -223,7 +236,8 @@ async def serve_worker(
         inherited=worker.inherited,
     )
     try:
-        await _serve(config, listeners, task_status, worker)
+        await _serve(config, listeners, task_status, worker, _config_file(config, config_file),
+                     hooks)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
@@ -245,11 +259,13 @@ async def _serve(
     listeners: list[trio.SocketListener],
     task_status: trio.TaskStatus[RouterHandle],
     worker: WorkerEnvironment | None,
+    config_file: str | None,
+    hooks: ReloadHooks | None,
 ) -> None:
     server_cfg = config.server
     async with trio.open_nursery() as root:
-        mocks, mock_urls = await _start_mocks(config, root)
-        backends = [BackendActor(b, mock_urls.get(b.name, b.url), config) for b in config.backends]
+        fleet = Fleet(root, supervise)
+        backends = await fleet.open_all(config)
         router = Router(backends, config)
         control_send, control_receive = trio.open_memory_channel[ControlMessage](_CONTROL_BUFFER)
         observe_send, observe_receive = trio.open_memory_channel[RequestObserved](
@@ -285,46 +301,26 @@ async def _serve(
             root.start_soon(_serve_own_metrics, sink, worker.metrics_socket())
         connections.append(server)
 
-        # The upstream protocol of each backend (HTTP/2 by ALPN where configured).
-        with trio.move_on_after(STARTUP_PROBE_BUDGET):
-            async with trio.open_nursery() as opening:
-                for backend in backends:
-                    opening.start_soon(backend.open, root)
-
-        # The first round is applied as each answer arrives, so the table is complete when
-        # we report ready; a backend slower than the budget is left to the regular rounds.
-        with trio.move_on_after(STARTUP_PROBE_BUDGET):
-            async with trio.open_nursery() as first:
-
-                async def first_discovery(backend: BackendActor) -> None:
-                    router.apply(await catalog.fetch(backend), first=True)
-
-                async def first_probe(backend: BackendActor) -> None:
-                    settings = prober.settings(backend)
-                    report = await probe(backend, settings.endpoint, settings.timeout)
-                    router.apply(report, first=True)
-
-                prewarm = config.http_client.prewarm_connections
-                probed = prober.probed()
-                for backend in backends:
-                    if backend in catalog.discovering:
-                        first.start_soon(first_discovery, backend)
-                    if backend in probed:
-                        first.start_soon(first_probe, backend)
-                    if prewarm:
-                        first.start_soon(backend.prewarm, prewarm)
+        # The first round (protocols, probes, model lists, pre-warmed connections) is
+        # applied as each answer arrives, so the table is complete when we report ready.
+        fleet.attach(router, prober, catalog, sink)
+        await fleet.warm_up(backends, config)
 
         root.start_soon(supervise, "router", lambda: router.run(control_receive))
         root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
-        for backend in backends:
-            root.start_soon(supervise, f"backend:{backend.name}", backend.run)
+        fleet.start()
+        reconfigurer = Reconfigurer(MemoryVersions(first_version(config)),
+                                    config_file=config_file, hooks=hooks)
+        register_sections(reconfigurer, fleet=fleet, router=router, proxy=ingress.proxy,
+                          ingress=ingress, catalog=catalog, sink=sink, dedup=dedup)
+        root.start_soon(supervise, "hot-reload", reconfigurer.watch)
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
-        handle = RouterHandle(config, server, router, catalog, sink, mocks, stop)
+        handle = RouterHandle(server, router, catalog, sink, stop, reconfigurer, fleet)
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)
         metrics_cfg = config.metrics
@@ -345,8 +341,7 @@ async def _serve(
                         serving.cancel_scope.cancel()
                 watcher.cancel_scope.cancel()
         finally:
-            for backend in backends:
-                backend.close()
+            fleet.close()
             ingress.proxy.tracing.shutdown()
             root.cancel_scope.cancel()
 
