@@ -40,6 +40,7 @@ from ..core.messages import RequestObserved
 from ..net.server.connection import Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
+from .backend import BackendActor
 from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
 from .proxy import Proxy, RequestState, Served, client_key
@@ -71,6 +72,35 @@ def public_url(url: str) -> str:
 
 
 Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | None"]]
+
+
+def backend_detail(backend: BackendActor) -> dict[str, Any]:
+    """One backend as ``/admin/health`` (and ``/admin/backends``) show it."""
+    snap = backend.snapshot()
+    return {
+        "name": snap.name,
+        "url": public_url(snap.url),
+        "type": snap.type,
+        "healthy": snap.healthy,
+        "status": snap.state,
+        "reason": snap.reason,
+        "circuit_breaker": {
+            "state": snap.circuit.state.value,
+            "consecutive_failures": snap.circuit.consecutive_failures,
+            "failure_rate": round(snap.circuit.failure_rate, 4),
+            "requests_in_window": snap.circuit.requests_in_window,
+            "opened_total": snap.circuit.opened_total,
+            "retry_after": round(snap.circuit.retry_after, 3),
+        },
+        "cooldown_seconds": round(snap.cooldown, 3),
+        "in_flight": snap.in_flight,
+        "latency_ms": snap.latency_ms,
+        "requests": snap.requests,
+        "failures": snap.failures,
+        "models": list(snap.models),
+        "pool": {"in_use": snap.pool.in_use, "idle": snap.pool.idle,
+                 "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total},
+    }
 
 
 def _error_body(status: int, message: str, path: str, *, code: str | None = None,
@@ -116,7 +146,7 @@ class Ingress:
             "/health": ("GET", self._health),
             "/healthz": ("GET", self._health),
             "/ready": ("GET", self._ready),
-            "/admin/health": ("GET", self._admin_health),
+            "/admin/health": ("GET", self.admin_health),
             "/v1/models": ("GET", self._models),
             "/v1/models/": ("GET", self._models),  # clients that join "models/" + ""
         }
@@ -344,36 +374,11 @@ class Ingress:
         await conn.send_response(200, JSON_HEADERS,
                                  b'{"status":"ready","healthy_backends":%d}' % ready)
 
-    async def _admin_health(
+    async def admin_health(
         self, request: Request, conn: ServerConnection, state: RequestState
     ) -> None:
-        backends = []
-        for backend in self.router.backends.values():
-            snap = backend.snapshot()
-            backends.append({
-                "name": snap.name,
-                "url": public_url(snap.url),
-                "type": snap.type,
-                "healthy": snap.healthy,
-                "status": snap.state,
-                "reason": snap.reason,
-                "circuit_breaker": {
-                    "state": snap.circuit.state.value,
-                    "consecutive_failures": snap.circuit.consecutive_failures,
-                    "failure_rate": round(snap.circuit.failure_rate, 4),
-                    "requests_in_window": snap.circuit.requests_in_window,
-                    "opened_total": snap.circuit.opened_total,
-                    "retry_after": round(snap.circuit.retry_after, 3),
-                },
-                "cooldown_seconds": round(snap.cooldown, 3),
-                "in_flight": snap.in_flight,
-                "latency_ms": snap.latency_ms,
-                "requests": snap.requests,
-                "failures": snap.failures,
-                "models": list(snap.models),
-                "pool": {"in_use": snap.pool.in_use, "idle": snap.pool.idle,
-                         "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total},
-            })
+        """``/admin/health``: open, on the main port (and on ``admin.bind_address``)."""
+        backends = [backend_detail(backend) for backend in self.router.backends.values()]
         healthy = sum(1 for b in backends if b["healthy"])
         overall = "healthy" if healthy == len(backends) else "degraded" if healthy else "unhealthy"
         catalog = self.catalog.stats

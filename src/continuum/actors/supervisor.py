@@ -20,6 +20,9 @@ from ..core.messages import ControlMessage, RequestObserved
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..observability.metrics import Metrics
+from .admin import PREFIX as ADMIN_PREFIX
+from .admin import AdminAPI, serve_admin
+from .admin import label as admin_label
 from .backend import BackendActor
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
@@ -135,6 +138,7 @@ class RouterHandle:
         stop: _Stop,
         reconfigurer: Reconfigurer,
         fleet: Fleet,
+        admin: AdminAPI,
     ) -> None:
         self._stop = stop
         #: Bound addresses, e.g. ``["127.0.0.1:8080", "[::1]:8080", "unix:/run/c.sock"]``.
@@ -148,6 +152,8 @@ class RouterHandle:
         self.reconfigurer = reconfigurer
         #: The backends in service and those draining after a change.
         self.fleet = fleet
+        #: The admin API (``admin.set_key_check`` plugs client keys with the admin scope in).
+        self.admin = admin
         self._server = server
 
     @property
@@ -317,10 +323,17 @@ async def _serve(
         register_sections(reconfigurer, fleet=fleet, router=router, proxy=ingress.proxy,
                           ingress=ingress, catalog=catalog, sink=sink, dedup=dedup)
         root.start_soon(supervise, "hot-reload", reconfigurer.watch)
+        admin = AdminAPI(reconfigurer, fleet)
+        if config.admin.bind_address is None:
+            ingress.mount(ADMIN_PREFIX, admin.handle, admin_label)
+        elif worker is None or worker.index == 0:  # one listener; the workers share versions
+            await root.start(partial(serve_admin, admin, config.admin.bind_address,
+                                     ingress.admin_health,
+                                     shutdown_timeout=server_cfg.shutdown_timeout))
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
-        handle = RouterHandle(server, router, catalog, sink, stop, reconfigurer, fleet)
+        handle = RouterHandle(server, router, catalog, sink, stop, reconfigurer, fleet, admin)
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)
         metrics_cfg = config.metrics
