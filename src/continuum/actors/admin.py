@@ -47,7 +47,7 @@ from ..config._changes import MAX_DOCUMENT
 from ..core.credentials import AdminCredentials, AdminKeyCheck
 from ..core.errors import JSON_HEADERS, RouterError, quoted, render_error
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
-from ..net.server.listeners import HTTPServer, open_listeners
+from ..net.server.listeners import serve_alone
 from .fleet import Fleet
 from .ingress import backend_detail
 from .proxy import RequestState
@@ -526,14 +526,8 @@ async def serve_admin(
             if not conn.responded:
                 await conn.send_response(exc.status, JSON_HEADERS + exc.headers, exc.body())
 
-    listeners = await open_listeners([address])
-    server = HTTPServer(listeners, handle, HTTPLimits(max_body_size=MAX_DOCUMENT + 1),
-                        shutdown_timeout=shutdown_timeout, render_error=render_error)
-    log.info("admin API on http://%s%s", server.addresses[0], PREFIX)
-    task_status.started(list(server.addresses))
-    try:
-        await server.run()
-    finally:
-        server.drain()
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
+    await serve_alone(
+        address, handle, HTTPLimits(max_body_size=MAX_DOCUMENT + 1),
+        shutdown_timeout=shutdown_timeout, render_error=render_error,
+        announce=lambda bound: log.info("admin API on http://%s%s", bound, PREFIX),
+        task_status=task_status)

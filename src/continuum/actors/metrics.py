@@ -20,7 +20,7 @@ from ..core.circuit import BreakerState
 from ..core.errors import JSON_HEADERS, RouterError, quoted, render_error
 from ..core.messages import RequestObserved
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
-from ..net.server.listeners import HTTPServer, open_listeners
+from ..net.server.listeners import serve_alone
 from ..observability.metrics import OTHER, Metrics
 from .backend import BackendActor
 from .catalog import ModelCatalog
@@ -262,14 +262,8 @@ async def serve_metrics(
         except RouterError as exc:
             await conn.send_response(exc.status, JSON_HEADERS + exc.headers, exc.body())
 
-    listeners = await open_listeners([config.bind_address])
-    server = HTTPServer(listeners, handle, HTTPLimits(max_body_size=64 * 1024),
-                        shutdown_timeout=shutdown_timeout, render_error=render_error)
-    log.info("metrics on http://%s%s", server.addresses[0], endpoint)
-    task_status.started(list(server.addresses))
-    try:
-        await server.run()
-    finally:
-        server.drain()
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
+    await serve_alone(
+        config.bind_address, handle, HTTPLimits(max_body_size=64 * 1024),
+        shutdown_timeout=shutdown_timeout, render_error=render_error,
+        announce=lambda address: log.info("metrics on http://%s%s", address, endpoint),
+        task_status=task_status)
