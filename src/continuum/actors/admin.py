@@ -165,9 +165,11 @@ class AdminAPI:
     ``admin.bind_address``)."""
 
     def __init__(self, reconfigurer: Reconfigurer, fleet: Fleet,
-                 key_check: AdminKeyCheck | None = None) -> None:
+                 key_check: AdminKeyCheck | None = None, worker: int | None = None) -> None:
         self.reconfigurer = reconfigurer
         self.fleet = fleet
+        #: This process's index among ``server.workers`` (None: a router alone).
+        self.worker = worker
         #: The seam for client keys with the ``admin`` scope (the key store sets it).
         self.key_check = key_check
         self.credentials = self._credentials(reconfigurer.current)
@@ -265,6 +267,7 @@ class AdminAPI:
             "status": ("healthy" if healthy == len(actors) and actors else
                        "degraded" if healthy else "unhealthy"),
             "version": r.version,
+            "worker": self.worker,
             "updated_at": _time(entry.time) if entry else None,
             "source": entry.source if entry else None,
             "config_file": r.config_file,

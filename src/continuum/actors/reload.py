@@ -125,19 +125,19 @@ def first_version(config: Config) -> ConfigVersion:
 
 @final
 class Reconfigurer:
-    def __init__(self, store: VersionStore, *, config_file: str | None = None,
-                 hooks: ReloadHooks | None = None,
+    def __init__(self, store: VersionStore, start: ConfigVersion, *,
+                 config_file: str | None = None, hooks: ReloadHooks | None = None,
                  notify: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
-        latest = store.latest()
-        #: The config in force (its effective values) and its version.
-        self.current: Config = latest.config
-        self.version = latest.version
+        #: The config in force (its effective values) and its version: at first, the
+        #: version the router was built from.
+        self.current: Config = start.config
+        self.version = start.version
         #: The file ``reload`` reads; None when the router was not started from one.
         self.config_file = config_file
         self.hooks = hooks or ReloadHooks()
         #: Key paths of the last change that need a restart to take effect.
-        self.pending_restart: tuple[str, ...] = latest.needs_restart
+        self.pending_restart: tuple[str, ...] = start.needs_restart
         #: The last change that was made (not a dry run), for ``GET /admin/status``.
         self.last: Outcome | None = None
         self._notify = notify
@@ -172,7 +172,9 @@ class Reconfigurer:
         """Make ``candidate`` (already validated) the config in force, as far as it can
         be live; or with ``dry_run`` only say what that would change."""
         async with self._lock:
-            return await self._propose(candidate, source, who, dry_run)
+            outcome = await self._propose(candidate, source, who, dry_run)
+        await self._tell_others(outcome)
+        return outcome
 
     async def rollback(self, version: int, *, who: str) -> Outcome:
         """The config of ``version`` (one of the last 100) again, as a new version;
@@ -215,7 +217,14 @@ class Reconfigurer:
             if pending.outcome is None and pending.error is None:
                 pending.error = RuntimeError("the reload was cancelled")
             pending.done.set()
+        await self._tell_others(pending.outcome)
         return pending.outcome
+
+    async def _tell_others(self, outcome: Outcome) -> None:
+        """Workers: the siblings apply a new version before the change is answered. Done
+        outside the lock: a sibling telling us of its own change meanwhile must get in."""
+        if outcome.changed and not outcome.dry_run and self._notify is not None:
+            await self._notify()
 
     def _read_file(self) -> Config:
         assert self.config_file is not None
@@ -236,8 +245,21 @@ class Reconfigurer:
         """Apply the latest version of a shared store if it is newer than ours (another
         worker made it); returns the version in force."""
         async with self._lock:
-            await self._adopt_latest()
+            with trio.CancelScope(shield=True):
+                await self._adopt_latest()
         return self.version
+
+    async def follow(self, stamp: Callable[[], object], period: float = 1.0) -> None:
+        """Task (workers): look at the shared store every ``period`` and apply a version
+        another worker made, in case its word did not reach us (we were busy or starting)."""
+        seen = stamp()
+        await self.sync()  # a version made while this worker was starting
+        while True:
+            await trio.sleep(period)
+            now = stamp()
+            if now != seen:
+                seen = now
+                await self.sync()
 
     # -- internals -----------------------------------------------------------------------
 
@@ -274,8 +296,6 @@ class Reconfigurer:
                         version, time.time(), source, who, outcome.summary, effective,
                         outcome.needs_restart))
                     await self._apply(effective, version, live)
-            if outcome.changed and self._notify is not None:
-                await self._notify()
         self.pending_restart = outcome.needs_restart
         self.last = outcome
         self._log(outcome, who)

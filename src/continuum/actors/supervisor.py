@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from ..config import Config
-from ..core.errors import render_error
+from ..core.errors import JSON_HEADERS, render_error
 from ..core.messages import ControlMessage, RequestObserved
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
@@ -34,8 +34,8 @@ from .proxy import Proxy
 from .reload import Outcome, Reconfigurer, ReloadHooks, first_version, register_sections
 from .router import Router
 from .startup import log_startup_summary
-from .versions import MemoryVersions
-from .workers import WorkerEnvironment, gather_metrics
+from .versions import ConfigVersion, MemoryVersions, SharedVersions, VersionStore
+from .workers import SYNC_PATH, WorkerEnvironment, gather_metrics, notify_siblings
 
 if TYPE_CHECKING:
     from ..testing._upstream import MockUpstream
@@ -213,9 +213,10 @@ async def serve(
     server_cfg = config.server
     # Bind first: a taken port is a plain OSError before anything else has started.
     listeners = await open_listeners(server_cfg.bind_address, socket_mode=server_cfg.socket_mode)
+    first = first_version(config)
     try:
-        await _serve(config, listeners, task_status, None, _config_file(config, config_file),
-                     hooks)
+        await _serve(first, listeners, task_status, None, _config_file(config, config_file),
+                     hooks, MemoryVersions(first))
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
@@ -241,18 +242,30 @@ async def serve_worker(
         worker.bind, socket_mode=config.server.socket_mode, reuse_port=True,
         inherited=worker.inherited,
     )
+    # The workers share their config versions: the first one up writes version 1, and a
+    # worker (re)started later runs the latest version, not the file.
+    store = SharedVersions(worker.metrics_dir)
+    async with store.exclusive():
+        if not store.exists():
+            store.append(first_version(config))
     try:
-        await _serve(config, listeners, task_status, worker, _config_file(config, config_file),
-                     hooks)
+        await _serve(store.latest(), listeners, task_status, worker,
+                     _config_file(config, config_file), hooks, store)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
 
 
-async def _serve_own_metrics(sink: MetricsSink, path: str) -> None:
-    """A worker's private metrics socket, read by its siblings' /metrics."""
+async def _serve_worker_socket(sink: MetricsSink, reconfigurer: Reconfigurer,
+                               path: str) -> None:
+    """A worker's private socket: its own metrics, read by its siblings' /metrics, and
+    ``POST /config/sync``, by which a sibling that made a config version has us apply it."""
 
     async def handler(request: Request, conn: ServerConnection) -> None:
+        if request.path == SYNC_PATH and request.method == "POST":
+            version = await reconfigurer.sync()
+            await conn.send_response(200, JSON_HEADERS, b'{"version":%d}' % version)
+            return
         body = await sink.render_local()
         await conn.send_response(200, [(b"content-type", b"text/plain; version=0.0.4")], body)
 
@@ -261,13 +274,15 @@ async def _serve_own_metrics(sink: MetricsSink, path: str) -> None:
 
 
 async def _serve(
-    config: Config,
+    start: ConfigVersion,
     listeners: list[trio.SocketListener],
     task_status: trio.TaskStatus[RouterHandle],
     worker: WorkerEnvironment | None,
     config_file: str | None,
     hooks: ReloadHooks | None,
+    store: VersionStore,
 ) -> None:
+    config = start.config
     server_cfg = config.server
     async with trio.open_nursery() as root:
         fleet = Fleet(root, supervise)
@@ -304,7 +319,6 @@ async def _serve(
                             unlink_unix=worker is None)
         if worker is not None:
             sink.gather = partial(gather_metrics, worker)
-            root.start_soon(_serve_own_metrics, sink, worker.metrics_socket())
         connections.append(server)
 
         # The first round (protocols, probes, model lists, pre-warmed connections) is
@@ -318,12 +332,18 @@ async def _serve(
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         fleet.start()
-        reconfigurer = Reconfigurer(MemoryVersions(first_version(config)),
-                                    config_file=config_file, hooks=hooks)
+        reconfigurer = Reconfigurer(
+            store, start, config_file=config_file, hooks=hooks,
+            notify=None if worker is None else partial(notify_siblings, worker))
         register_sections(reconfigurer, fleet=fleet, router=router, proxy=ingress.proxy,
                           ingress=ingress, catalog=catalog, sink=sink, dedup=dedup)
         root.start_soon(supervise, "hot-reload", reconfigurer.watch)
-        admin = AdminAPI(reconfigurer, fleet)
+        if worker is not None:
+            root.start_soon(_serve_worker_socket, sink, reconfigurer, worker.metrics_socket())
+            if isinstance(store, SharedVersions):
+                root.start_soon(supervise, "config-follow",
+                                partial(reconfigurer.follow, store.stamp))
+        admin = AdminAPI(reconfigurer, fleet, worker=None if worker is None else worker.index)
         if config.admin.bind_address is None:
             ingress.mount(ADMIN_PREFIX, admin.handle, admin_label)
         elif worker is None or worker.index == 0:  # one listener; the workers share versions
