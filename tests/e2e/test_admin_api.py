@@ -265,6 +265,7 @@ async def test_reload_endpoint(nursery: trio.Nursery, tmp_path: Path) -> None:
 async def test_backends_list_add_patch_drain_delete(router: RouterHandle,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="continuum.audit")
+    caplog.set_level(logging.INFO, logger="continuum.access")
     entries = router.entries  # type: ignore[attr-defined]
     async with admin(router) as client:
         listed = no_secret(await client.get("/admin/backends")).json()["backends"]
@@ -307,6 +308,9 @@ async def test_backends_list_add_patch_drain_delete(router: RouterHandle,
     assert any("POST /admin/backends/c/drain by bearer token" in line and
                "backends.c.enabled: true -> false" in line for line in audit)
     assert not any(s in caplog.text for s in SECRETS)
+    access = [r.getMessage() for r in caplog.records if r.name == "continuum.access"]
+    assert any(" POST /admin/backends status=201 " in line for line in access), access
+    assert any(" DELETE /admin/backends/a status=422 " in line for line in access)
 
 
 async def test_a_drained_backend_finishes_its_streams(nursery: trio.Nursery) -> None:

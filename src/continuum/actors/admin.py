@@ -50,7 +50,7 @@ from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import serve_alone
 from .fleet import Fleet
 from .ingress import backend_detail
-from .proxy import RequestState
+from .proxy import RequestState, Served
 from .reload import Outcome, Reconfigurer, ReloadUnavailable
 from .versions import ConfigVersion
 
@@ -192,7 +192,9 @@ class AdminAPI:
     # -- dispatch ------------------------------------------------------------------------
 
     async def handle(self, request: Request, conn: ServerConnection,
-                     state: RequestState | None = None) -> None:
+                     state: RequestState | None = None) -> Served:
+        """Answer one admin request; the status is returned for the access log and
+        metrics (RouterErrors are answered by the caller)."""
         who = self._authenticate(request, conn)
         path = request.path
         method = "GET" if request.method == "HEAD" else request.method
@@ -231,7 +233,8 @@ class AdminAPI:
             allow = ", ".join(["GET, HEAD" if m == "GET" else m for m in routes])
             raise RouterError(405, f"Method {request.method} not allowed on {path}; use "
                               f"{allow}", headers=[(b"allow", allow.encode())])
-        await route()
+        status = await route()
+        return Served(status or 200, "", "", 0.0, 0)
 
     def _authenticate(self, request: Request, conn: ServerConnection) -> str:
         """Who the caller is, for the audit line (``bearer token from 10.0.0.5:51234``)."""
@@ -437,7 +440,7 @@ class AdminAPI:
                 return i
         raise self._no_backend(name)
 
-    async def _add_backend(self, request: Request, conn: ServerConnection, who: str) -> None:
+    async def _add_backend(self, request: Request, conn: ServerConnection, who: str) -> int:
         source = "POST /admin/backends"
         dry_run = _flag(_query(request), "dry_run")
         entry = self._document(request, source)
@@ -447,9 +450,11 @@ class AdminAPI:
                               "change it with PATCH /admin/backends/{name}", code="conflict")
         document = editable_document(self.reconfigurer.current)
         document["backends"].append(entry)
+        status = 200 if dry_run else 201
         outcome = await self._change(conn, self._validate(document, source), source, who,
-                                     dry_run, 200 if dry_run else 201)
+                                     dry_run, status)
         log.debug("backend %s added as v%d", name, outcome.version)
+        return status
 
     async def _patch_backend(self, request: Request, conn: ServerConnection, who: str,
                              name: str) -> None:
@@ -466,15 +471,15 @@ class AdminAPI:
         await self._change(conn, self._validate(document, source), source, who, dry_run)
 
     async def _drain(self, request: Request, conn: ServerConnection, who: str,
-                     name: str) -> None:
-        await self._take_out(request, conn, who, name, remove=False)
+                     name: str) -> int:
+        return await self._take_out(request, conn, who, name, remove=False)
 
     async def _delete_backend(self, request: Request, conn: ServerConnection, who: str,
-                              name: str) -> None:
-        await self._take_out(request, conn, who, name, remove=True)
+                              name: str) -> int:
+        return await self._take_out(request, conn, who, name, remove=True)
 
     async def _take_out(self, request: Request, conn: ServerConnection, who: str, name: str,
-                        *, remove: bool) -> None:
+                        *, remove: bool) -> int:
         """Drain (``enabled: false``) or delete a backend: it leaves service at once, its
         requests in flight finish; with ``?wait=S`` the answer waits (up to S seconds)
         until they have: 200 once drained, 202 while requests are still running."""
@@ -493,12 +498,14 @@ class AdminAPI:
                                                   dry_run=dry_run)
         drained = dry_run or await self.fleet.wait_drained(name, wait)
         in_flight = sum(e.actor.in_flight for e in self.fleet.leaving if e.actor.name == name)
+        status = 200 if drained else 202
         await self._send(conn, {
             **_outcome(outcome),
             "backend": name,
             "state": "removed" if remove and drained else "disabled" if drained else "draining",
             "in_flight": in_flight,
-        }, 200 if drained else 202)
+        }, status)
+        return status
 
 
 async def serve_admin(
