@@ -11,10 +11,11 @@ import pytest
 
 from continuum.apis.calls import build_call
 from continuum.apis.profiles import DROPPED_REQUEST_HEADERS, backend_api, backend_profile
-from continuum.apis.types import TranslationError
+from continuum.apis.types import ChatDialect, TranslationError
 from continuum.config import BackendConfig, MockConfig
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+CHAT_PATH = "/v1/chat/completions"
 STREAMED = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                        "stream": True}).encode()
 
@@ -65,7 +66,7 @@ def test_gemini_native_credentials_and_model_list() -> None:
                           {"name": "models/embed", "supportedGenerationMethods":
                            ["embedContent"]}]}
     assert profile.model_ids(json.dumps(listing).encode()) == ("gemini-x",)
-    with pytest.raises(TranslationError):
+    with pytest.raises(ValueError):  # what the catalog turns into an upstream failure
         profile.model_ids(b"<html>")
 
 
@@ -148,3 +149,62 @@ def test_a_pass_through_call_keeps_the_query_and_uses_the_profile_path() -> None
     assert call.target == b"/v1beta/openai/embeddings?a=1"
     assert call.headers == [(b"authorization", b"Bearer g")]
     assert call.translate is None and call.stream is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "dialect"),
+    [
+        ({"type": "openai"}, ChatDialect(max_tokens_field="max_completion_tokens",
+                                         max_stop_sequences=4)),
+        ({"type": "vllm"}, ChatDialect(map_thinking=True, reasoning_content=True)),
+        ({"type": "ollama"}, ChatDialect(map_thinking=True, reasoning_content=True)),
+        ({"type": "mock", "url": ""}, ChatDialect(map_thinking=True, reasoning_content=True)),
+        ({"type": "gemini", "gemini_api": "openai"},
+         ChatDialect(map_thinking=True, max_stop_sequences=5, gemini_signatures=True)),
+        ({"type": "gemini"}, ChatDialect(map_thinking=True, max_stop_sequences=5,
+                                         native_gemini=True)),
+        ({"type": "openai", "reasoning": "send", "max_tokens_field": "max_tokens"},
+         ChatDialect(map_thinking=True, reasoning_content=True, max_stop_sequences=4)),
+        ({"type": "lmstudio", "reasoning": "drop", "max_tokens_field": "max_completion_tokens"},
+         ChatDialect(max_tokens_field="max_completion_tokens")),
+    ],
+)
+def test_chat_dialect_follows_type_and_keys(fields: dict[str, Any], dialect: ChatDialect) -> None:
+    """What a /v1/messages request becomes for each backend (the auto values resolved)."""
+    assert backend_profile(backend(**fields)).chat_dialect == dialect
+
+
+def test_thinking_conflict_reaches_the_anthropic_call() -> None:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                       "reasoning_effort": "low", "tool_choice": "required",
+                       "tools": [{"type": "function", "function": {"name": "f"}}]}).encode()
+    drop = build_call(CHAT_PATH, backend_profile(backend(type="anthropic")), "", [], body,
+                      "m", False)
+    assert "thinking" not in json.loads(drop.body)
+    with pytest.raises(TranslationError):
+        build_call(CHAT_PATH, backend_profile(backend(type="anthropic",
+                                                      thinking_conflict="reject")),
+                   "", [], body, "m", False)
+
+
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_a_discovered_list_drops_ids_the_router_could_not_echo(api: str) -> None:
+    ids = ["ok-model", "bad\r\nx-injected: 1", "", "m" * 257, "ok-model", "tab\tname"]
+    if api == "gemini":
+        body = json.dumps({"models": [
+            {"name": f"models/{i}", "supportedGenerationMethods": ["generateContent"]}
+            for i in ids]}).encode()
+        profile = backend_profile(backend(type="gemini"))
+    else:
+        body = json.dumps({"object": "list", "data": [{"id": i} for i in ids]}).encode()
+        profile = backend_profile(backend())
+    assert profile.model_ids(body) == ("ok-model",)
+
+
+def test_an_unreadable_gemini_list_is_a_value_error_like_any_other() -> None:
+    # The catalog maps DecodeError/ValueError to an upstream failure; a TranslationError
+    # escaping it once ended `serve` at start-up.
+    profile = backend_profile(backend(type="gemini"))
+    with pytest.raises(ValueError):
+        profile.model_ids(b"not json")
+    assert profile.model_ids(b'{"models": 3}') == ()
