@@ -221,3 +221,18 @@ def test_billion_laughs_is_refused_before_anything_walks_it() -> None:
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
     with pytest.raises(ConfigError, match=r"anchors|aliases"):
         parse_document("\n".join(lines).encode(), "application/yaml", "x")
+
+
+def test_the_password_of_the_responses_redis_url_is_masked_and_comes_back() -> None:
+    redis = {"store": "redis", "redis": {"url": "redis://:redis-pw-secret@127.0.0.1:6379/0"}}
+    config = load(base(responses=redis))
+    masked = masked_builtins(config)
+    assert masked["responses"]["redis"]["url"] == "redis://:***@127.0.0.1:6379/0"
+    assert "redis-pw-secret" not in dump_effective_config(config)
+    assert load(restore_secrets(masked, config, "<test>")).responses == config.responses
+    masked["responses"]["redis"]["url"] = "redis://:***@elsewhere:6379/0"
+    with pytest.raises(ConfigError, match="another one") as err:
+        restore_secrets(masked, config, "x")
+    assert err.value.path == "responses.redis.url"
+    changed = load(base(responses={**redis, "redis": {"url": "redis://:other@127.0.0.1/0"}}))
+    assert "redis-pw-secret" not in summarize(diff_configs(config, changed))

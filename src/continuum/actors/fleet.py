@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from ..config import BackendConfig, Config
-from .backend import BackendActor, needs_new_actor, probes_enabled
+from ..core.endpoints import RESPONSES, RESPONSES_BRIDGE
+from .backend import BackendActor, backend_endpoints, needs_new_actor, probes_enabled
 from .catalog import ModelCatalog
 from .metrics import MetricsSink
 from .prober import HealthProber, probe
@@ -118,8 +119,13 @@ class Fleet:
 
         if self._store is None:  # one per router: its mocks act as replicas of one provider
             self._store = ResponseStore()
+        # It serves what the backend says it does (a bridged one has no /v1/responses).
+        served = backend_endpoints(backend, backend.mock.api)
+        if RESPONSES_BRIDGE in served:
+            served -= {RESPONSES}
         upstream = MockUpstream(backend.mock, backend.models or ("mock-model",),
-                                name=backend.name, responses_store=self._store)
+                                name=backend.name, responses_store=self._store,
+                                endpoints=served)
         scope = trio.CancelScope()
 
         async def run_mock(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED

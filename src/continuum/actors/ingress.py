@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -37,7 +37,7 @@ from ..core.errors import (
 from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH
 from ..core.messages import RequestObserved
-from ..net.server.connection import Refusal, Request, ServerConnection
+from ..net.server.connection import ProtocolError, Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
 from .backend import BackendActor
@@ -72,6 +72,10 @@ def public_url(url: str) -> str:
 
 
 Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | None"]]
+#: A route for a family of paths (``/v1/files/{id}``): given a path that is no exact route,
+#: (the methods it takes, its handler, the metrics endpoint label), or None. Methods are
+#: one name or several joined by ", ".
+RouteMatch = Callable[[str], "tuple[str, Route, str] | None"]
 
 
 def backend_detail(backend: BackendActor) -> dict[str, Any]:
@@ -111,6 +115,12 @@ def _error_body(status: int, message: str, path: str, *, code: str | None = None
     return openai_error_body(status, message, code=code, param=param)
 
 
+def _allows(methods: str, method: str) -> bool:
+    """Does a route taking ``methods`` (names joined by ", ") take ``method``?"""
+    allowed = methods.split(", ")
+    return method in allowed or (method == "HEAD" and "GET" in allowed)
+
+
 _TOO_DEEP: Final = (f"Request body nesting too deep: at most {MAX_JSON_DEPTH} levels of arrays "
                     "and objects")
 
@@ -125,6 +135,8 @@ class Ingress:
         metrics: MetricsSink,
         observations: trio.MemorySendChannel[RequestObserved],
         proxy: Proxy,
+        routes: Mapping[str, tuple[str, Route]] | None = None,
+        matches: Sequence[RouteMatch] = (),
     ) -> None:
         self.config = config
         self.proxy = proxy
@@ -152,6 +164,9 @@ class Ingress:
         }
         for path in _PROXY_ENDPOINTS:
             self._routes[path] = ("POST", proxy.handle)
+        if routes:  # other subsystems' endpoints (they may take over a proxied path)
+            self._routes.update(routes)
+        self._matches = tuple(matches)
         if config.metrics.enabled and config.metrics.bind_address is None:
             self._routes[config.metrics.endpoint] = ("GET", self._metrics)
         #: Subtrees served by one handler that checks methods itself: (prefix, handler,
@@ -196,6 +211,10 @@ class Ingress:
         for prefix, handler, label in self._mounts:
             if path.startswith(prefix):
                 return "", handler, label(path)
+        for match in self._matches:
+            found = match(path)
+            if found is not None:
+                return found
         return "", None, "other"
 
     async def handle(self, request: Request, conn: ServerConnection) -> None:
@@ -214,9 +233,9 @@ class Ingress:
                                   code="not_found")
             if method and request.method != method and not (
                 request.method == "HEAD" and method == "GET"
-            ):
+            ) and not _allows(method, request.method):
                 # HEAD is GET without the body (the connection never sends one for HEAD).
-                allow = b"GET, HEAD" if method == "GET" else method.encode()
+                allow = method.replace("GET", "GET, HEAD").encode()
                 raise RouterError(
                     405, f"Method {request.method} not allowed on {path}; use {method}",
                     headers=[(b"allow", allow)],
@@ -233,6 +252,14 @@ class Ingress:
                 await conn.send_response(
                     exc.status, [*JSON_HEADERS, *exc.headers], body
                 )
+        except ProtocolError as exc:
+            # An upload's body failed while a handler read it (408, 413, the client left):
+            # the connection closes once this is answered.
+            status = exc.status
+            conn.closing = True
+            if not conn.responded:
+                await conn.send_response(exc.status, JSON_HEADERS,
+                                         _error_body(exc.status, exc.message, path))
         except RecursionError:
             # Deeper than any decoder here can take, whatever the depth check let through:
             # the request's fault, and never the process's end.

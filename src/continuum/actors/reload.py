@@ -410,7 +410,8 @@ def register_sections(
     """The appliers of the sections a router changes live (see docs/operations.md,
     "Changing a running router"). Everything else needs a restart: ``server.*``,
     ``http_client.*``, ``tracing.*``, ``metrics.enabled``/``endpoint``/``bind_address``,
-    ``admin.bind_address`` and (until the key store plugs in) ``api_keys``."""
+    ``admin.bind_address``, ``responses``, ``files`` and (until the key store plugs in)
+    ``api_keys``."""
     dedups = [dedup]
 
     async def backends(old: Config, new: Config) -> None:

@@ -27,6 +27,7 @@ from .backend import BackendActor
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
 from .fleet import WARM_UP_BUDGET, Fleet
+from .fronts import build_fronts
 from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
 from .prober import HealthProber
@@ -295,21 +296,25 @@ async def _serve(
         catalog = ModelCatalog(router, backends, config.cache.model_cache_ttl,
                             config.health_checks.timeout, control_send)
         prober = HealthProber(backends, config.health_checks, control_send)
+        dedup_cfg = config.cache.deduplication
+        dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
+        proxy = Proxy(config, router, dedup)
+        fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
             max_header_size=server_cfg.max_header_size,
             max_body_size=server_cfg.max_request_body_size,
             request_read_timeout=server_cfg.request_read_timeout,
             keepalive_timeout=server_cfg.keepalive_timeout,
             write_timeout=server_cfg.write_timeout,
+            stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
+            max_upload_size=server_cfg.max_upload_size,
         )
         connections: list[HTTPServer] = []
-        dedup_cfg = config.cache.deduplication
-        dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
-        ingress = Ingress(config, router, catalog, sink, observe_send,
-                          Proxy(config, router, dedup))
+        ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
+                          fronts.matches)
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
@@ -332,6 +337,8 @@ async def _serve(
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         fleet.start()
+        for name, task in fronts.tasks:
+            root.start_soon(supervise, name, task)
         reconfigurer = Reconfigurer(
             store, start, config_file=config_file, hooks=hooks,
             notify=None if worker is None else partial(notify_siblings, worker))
@@ -376,6 +383,7 @@ async def _serve(
         finally:
             fleet.close()
             ingress.proxy.tracing.shutdown()
+            await fronts.aclose()
             root.cancel_scope.cancel()
 
 

@@ -39,6 +39,7 @@ from ._schema import CircuitBreakerConfig as CircuitBreakerConfig
 from ._schema import Config as Config
 from ._schema import ConfigError as ConfigError
 from ._schema import DeduplicationConfig as DeduplicationConfig
+from ._schema import FilesConfig as FilesConfig
 from ._schema import HealthChecksConfig as HealthChecksConfig
 from ._schema import HotReloadConfig as HotReloadConfig
 from ._schema import HttpClientConfig as HttpClientConfig
@@ -48,6 +49,8 @@ from ._schema import MetricsConfig as MetricsConfig
 from ._schema import MockConfig as MockConfig
 from ._schema import MockFailure as MockFailure
 from ._schema import RequestConfig as RequestConfig
+from ._schema import ResponsesConfig as ResponsesConfig
+from ._schema import ResponsesRedisConfig as ResponsesRedisConfig
 from ._schema import RoutingConfig as RoutingConfig
 from ._schema import ServerConfig as ServerConfig
 from ._schema import TracingConfig as TracingConfig
@@ -74,6 +77,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeduplicationConfig",
+    "FilesConfig",
     "HealthChecksConfig",
     "HotReloadConfig",
     "HttpClientConfig",
@@ -84,6 +88,8 @@ __all__ = [
     "MockConfig",
     "MockFailure",
     "RequestConfig",
+    "ResponsesConfig",
+    "ResponsesRedisConfig",
     "RoutingConfig",
     "ServerConfig",
     "TracingConfig",

@@ -7,7 +7,8 @@ config history show is exactly what an edited document may leave as ``***``:
 * ``backends[].api_key``, the password in ``backends[].url``, and ``backends[].headers``
   whose name sounds secret;
 * ``api_keys.api_keys[].key``;
-* ``metrics.auth.password``, ``admin.auth.token`` and ``admin.auth.password``.
+* ``metrics.auth.password``, ``admin.auth.token`` and ``admin.auth.password``;
+* the password in ``responses.redis.url``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ._text import MASK, is_secret_name, join_path, mask, mask_url
 #: ``section.sub``: the secret fields of a nested struct (one level of mapping below a section).
 _NESTED_SECRETS = (("metrics", "auth", "password"), ("admin", "auth", "token"),
                    ("admin", "auth", "password"))
+#: The same for URLs whose password is the secret (the rest of the URL is shown).
+_NESTED_URLS = (("responses", "redis", "url"),)
 
 
 def _lists(value: Any) -> Any:
@@ -52,6 +55,9 @@ def masked_builtins(config: Config) -> dict[str, Any]:
     for section, sub, name in _NESTED_SECRETS:
         node = data[section][sub]
         node[name] = mask(node[name])
+    for section, sub, name in _NESTED_URLS:
+        node = data[section][sub]
+        node[name] = mask_url(node[name])
     return data
 
 
@@ -93,6 +99,18 @@ def restore_secrets(document: dict[str, Any], current: Config, source: str) -> d
             value = getattr(getattr(getattr(current, section), sub), name)
             inner = {**inner, name: _known(value, f"{section}.{sub}.{name}", source)}
             out[section] = {**node, sub: inner}  # type: ignore[dict-item]
+    for section, sub, name in _NESTED_URLS:
+        node = out.get(section)
+        inner = node.get(sub) if isinstance(node, dict) else None
+        given = inner.get(name) if isinstance(inner, dict) else None
+        if isinstance(given, str) and f":{MASK}@" in given:
+            value = getattr(getattr(getattr(current, section), sub), name)
+            if mask_url(value) != given:
+                raise ConfigError(f"{MASK!r} stands for the current URL's password, but the "
+                                  "current URL is another one", source=source,
+                                  path=f"{section}.{sub}.{name}")
+            assert isinstance(node, dict) and isinstance(inner, dict)
+            out[section] = {**node, sub: {**inner, name: value}}
     return out
 
 
