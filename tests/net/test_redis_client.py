@@ -204,16 +204,6 @@ async def test_acl_user(redis_server: RedisServer) -> None:
 
 
 @pytest.fixture
-def tls_files(ca: trustme.CA, tmp_path: Path) -> TLSFiles:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {name: str(tmp_path / f"{name}.pem") for name in ("cert", "key", "ca")}
-    cert.cert_chain_pems[0].write_to_path(paths["cert"])
-    cert.private_key_pem.write_to_path(paths["key"])
-    ca.cert_pem.write_to_path(paths["ca"])
-    return TLSFiles(cert_file=paths["cert"], key_file=paths["key"], ca_file=paths["ca"])
-
-
-@pytest.fixture
 def tls_server(redis_servers: Callable[..., RedisServer], tls_files: TLSFiles) -> RedisServer:
     try:
         return redis_servers(tls=tls_files, password="tls-pw")

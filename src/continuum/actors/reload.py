@@ -410,8 +410,8 @@ def register_sections(
     """The appliers of the sections a router changes live (see docs/operations.md,
     "Changing a running router"). Everything else needs a restart: ``server.*``,
     ``http_client.*``, ``tracing.*``, ``metrics.enabled``/``endpoint``/``bind_address``,
-    ``admin.bind_address``, ``responses``, ``files`` and (until the key store plugs in)
-    ``api_keys``."""
+    ``admin.bind_address``, ``responses``, ``files``, ``cors`` and (until the access
+    control takes a new config) ``api_keys`` and ``rate_limiting``."""
     dedups = [dedup]
 
     async def backends(old: Config, new: Config) -> None:

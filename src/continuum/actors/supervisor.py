@@ -17,9 +17,11 @@ import trio
 from ..config import Config
 from ..core.errors import JSON_HEADERS, render_error
 from ..core.messages import ControlMessage, RequestObserved
+from ..net.redis import RedisClient, RedisError
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..observability.metrics import Metrics
+from .access import AccessControl, needed, redis_client
 from .admin import PREFIX as ADMIN_PREFIX
 from .admin import AdminAPI, serve_admin
 from .admin import label as admin_label
@@ -298,7 +300,13 @@ async def _serve(
         prober = HealthProber(backends, config.health_checks, control_send)
         dedup_cfg = config.cache.deduplication
         dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
-        proxy = Proxy(config, router, dedup)
+        connections: list[HTTPServer] = []
+        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
+                           lambda: len(connections[0].connections) if connections else 0,
+                           dedup)
+        redis = redis_client(config)
+        access = AccessControl(config, sink.metrics, redis) if needed(config) else None
+        proxy = Proxy(config, router, dedup, access)
         fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
             max_header_size=server_cfg.max_header_size,
@@ -309,12 +317,8 @@ async def _serve(
             stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
             max_upload_size=server_cfg.max_upload_size,
         )
-        connections: list[HTTPServer] = []
-        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
-                           lambda: len(connections[0].connections) if connections else 0,
-                           dedup)
         ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
-                          fronts.matches)
+                          fronts.matches, access=access)
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
@@ -328,8 +332,12 @@ async def _serve(
 
         # The first round (protocols, probes, model lists, pre-warmed connections) is
         # applied as each answer arrives, so the table is complete when we report ready.
+        # The rate limits' Redis is connected meanwhile.
         fleet.attach(router, prober, catalog, sink)
-        await fleet.warm_up(backends, config)
+        async with trio.open_nursery() as first:
+            if redis is not None:
+                first.start_soon(_first_redis_call, redis)
+            await fleet.warm_up(backends, config)
 
         root.start_soon(supervise, "router", lambda: router.run(control_receive))
         root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
@@ -337,6 +345,8 @@ async def _serve(
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         fleet.start()
+        if access is not None and access.redis is not None:
+            root.start_soon(supervise, "rate-limit-settler", access.run)
         for name, task in fronts.tasks:
             root.start_soon(supervise, name, task)
         reconfigurer = Reconfigurer(
@@ -384,7 +394,22 @@ async def _serve(
             fleet.close()
             ingress.proxy.tracing.shutdown()
             await fronts.aclose()
+            if redis is not None:
+                with trio.CancelScope(shield=True):
+                    await redis.aclose()
             root.cancel_scope.cancel()
+
+
+async def _first_redis_call(redis: RedisClient) -> None:
+    """Connect to the rate limits' Redis before serving (its scripts load on connect), so
+    the first requests pay no connect; a Redis that does not answer is logged, not fatal:
+    requests then follow ``on_error`` until it does."""
+    try:
+        with trio.move_on_after(STARTUP_PROBE_BUDGET):
+            await redis.execute("PING")
+    except RedisError as exc:
+        log.warning("rate limits: Redis at %s does not answer at start (%s); requests follow "
+                    "rate_limiting.redis.on_error until it does", redis.options.address, exc)
 
 
 async def _drain_when_cancelled(stop: _Stop) -> None:

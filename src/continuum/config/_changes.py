@@ -65,6 +65,13 @@ def diff_configs(old: Config, new: Config) -> list[Change]:
     out: list[Change] = []
     _diff((), plain_builtins(old), plain_builtins(new), masked_builtins(old),
           masked_builtins(new), out)
+    # The keys of api_keys_file are not in the documents (never shown): a changed file
+    # under the same name is one secret change.
+    file_keys = ("api_keys", "api_keys_file")
+    if (old.api_keys.file_entries != new.api_keys.file_entries
+            and not any(c.keys == file_keys for c in out)):
+        name = new.api_keys.api_keys_file
+        out.append(Change(_path(file_keys), "changed", name, name, ("api_keys", "file_entries")))
     return out
 
 

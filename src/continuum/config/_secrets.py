@@ -6,9 +6,13 @@ config history show is exactly what an edited document may leave as ``***``:
 
 * ``backends[].api_key``, the password in ``backends[].url``, and ``backends[].headers``
   whose name sounds secret;
-* ``api_keys.api_keys[].key``;
+* ``api_keys.api_keys[].key`` and ``key_sha256``;
+* ``rate_limiting.bypass_keys`` entries that are keys rather than a key's ``id``;
 * ``metrics.auth.password``, ``admin.auth.token`` and ``admin.auth.password``;
-* the password in ``responses.redis.url``.
+* the password in ``responses.redis.url`` and ``rate_limiting.redis.url``.
+
+The entries read from ``api_keys.api_keys_file`` are not part of a document at all (the file
+is read again whenever the document is loaded), so nothing here ever shows them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from ._text import MASK, is_secret_name, join_path, mask, mask_url
 _NESTED_SECRETS = (("metrics", "auth", "password"), ("admin", "auth", "token"),
                    ("admin", "auth", "password"))
 #: The same for URLs whose password is the secret (the rest of the URL is shown).
-_NESTED_URLS = (("responses", "redis", "url"),)
+_NESTED_URLS = (("responses", "redis", "url"), ("rate_limiting", "redis", "url"))
+#: The secret fields of each ``api_keys.api_keys`` entry.
+_KEY_FIELDS = ("key", "key_sha256")
 
 
 def _lists(value: Any) -> Any:
@@ -40,7 +46,12 @@ def plain_builtins(config: Config) -> dict[str, Any]:
     ``source``: what a config file would hold."""
     data: dict[str, Any] = _lists(msgspec.to_builtins(config))
     data.pop("source", None)
+    data["api_keys"].pop("file_entries", None)  # set by the loader from api_keys_file
     return data
+
+
+def _key_ids(config: Config) -> set[str]:
+    return {entry.id for entry in config.api_keys.entries if entry.id}
 
 
 def masked_builtins(config: Config) -> dict[str, Any]:
@@ -51,7 +62,12 @@ def masked_builtins(config: Config) -> dict[str, Any]:
         b["url"] = mask_url(b["url"])
         b["headers"] = {k: (mask(v) if is_secret_name(k) else v) for k, v in b["headers"].items()}
     for entry in data["api_keys"]["api_keys"]:
-        entry["key"] = mask(entry["key"])
+        for name in _KEY_FIELDS:
+            entry[name] = mask(entry[name])
+    limiting = data["rate_limiting"]
+    ids = _key_ids(config)
+    # A bypass entry is a key's id (shown) or a key itself (a secret).
+    limiting["bypass_keys"] = [v if v in ids else mask(v) for v in limiting["bypass_keys"]]
     for section, sub, name in _NESTED_SECRETS:
         node = data[section][sub]
         node[name] = mask(node[name])
@@ -81,17 +97,32 @@ def restore_secrets(document: dict[str, Any], current: Config, source: str) -> d
     keys = out.get("api_keys")
     if isinstance(keys, dict) and isinstance(keys.get("api_keys"), list):
         current_keys = current.api_keys.api_keys
-        by_id = {k.id: k.key for k in current_keys if k.id}
         entries = []
         for i, entry in enumerate(keys["api_keys"]):
-            if isinstance(entry, dict) and entry.get("key") == MASK:
-                entry = dict(entry)
-                known = by_id.get(entry["id"]) if isinstance(entry.get("id"), str) else None
-                if known is None and i < len(current_keys) and not entry.get("id"):
-                    known = current_keys[i].key
-                entry["key"] = _known(known, f"api_keys.api_keys[{i}].key", source)
+            for name in _KEY_FIELDS:
+                if isinstance(entry, dict) and entry.get(name) == MASK:
+                    entry = dict(entry)
+                    by_id = {k.id: getattr(k, name) for k in current_keys if k.id}
+                    given_id = entry.get("id")
+                    known = by_id.get(given_id) if isinstance(given_id, str) else None
+                    if known is None and i < len(current_keys) and not given_id:
+                        known = getattr(current_keys[i], name)
+                    entry[name] = _known(known, f"api_keys.api_keys[{i}].{name}", source)
             entries.append(entry)
         out["api_keys"] = {**keys, "api_keys": entries}
+    limiting = out.get("rate_limiting")
+    bypass = limiting.get("bypass_keys") if isinstance(limiting, dict) else None
+    if isinstance(bypass, list) and MASK in bypass:
+        # The k-th ``***`` stands for the k-th key (not an id) of the current list.
+        ids = _key_ids(current)
+        hidden = iter([v for v in current.rate_limiting.bypass_keys if v not in ids])
+        restored: list[Any] = []
+        for i, value in enumerate(bypass):
+            if value == MASK:
+                value = _known(next(hidden, None), f"rate_limiting.bypass_keys[{i}]", source)
+            restored.append(value)
+        assert isinstance(limiting, dict)
+        out["rate_limiting"] = {**limiting, "bypass_keys": restored}
     for section, sub, name in _NESTED_SECRETS:
         node = out.get(section)
         inner = node.get(sub) if isinstance(node, dict) else None
