@@ -531,3 +531,17 @@ def test_hostile_replies_never_hang_nor_escape_the_error_family(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+async def test_a_map_keyed_by_an_array_is_a_protocol_error(nursery: trio.Nursery) -> None:
+    payload = b"%1\r\n*0\r\n+v\r\n"  # hiredis cannot make a dict key of a list
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1024)
+        await stream.send_all(payload)
+        await trio.sleep_forever()
+
+    url = await _hostile(nursery, handler)
+    async with RedisClient.from_url(url, timeout=1.0, client_name=None) as client:
+        with trio.fail_after(5), pytest.raises(RedisProtocolError):
+            await client.execute("GET", "k")

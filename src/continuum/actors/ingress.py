@@ -104,7 +104,8 @@ def backend_detail(backend: BackendActor) -> dict[str, Any]:
         "failures": snap.failures,
         "models": list(snap.models),
         "pool": {"in_use": snap.pool.in_use, "idle": snap.pool.idle,
-                 "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total},
+                 "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total,
+                 "closed_total": snap.pool.closed_total},
     }
 
 
