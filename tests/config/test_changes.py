@@ -236,3 +236,31 @@ def test_the_password_of_the_responses_redis_url_is_masked_and_comes_back() -> N
     assert err.value.path == "responses.redis.url"
     changed = load(base(responses={**redis, "redis": {"url": "redis://:other@127.0.0.1/0"}}))
     assert "redis-pw-secret" not in summarize(diff_configs(config, changed))
+
+
+def test_access_control_secrets_are_masked_and_come_back() -> None:
+    digest = "ab" * 32
+    config = load(base(
+        api_keys={"api_keys": [{"key": "client-key-1", "id": "k1"},
+                               {"key_sha256": digest, "id": "k2"}]},
+        rate_limiting={"bypass_keys": ["k1", "sk-raw-bypass", "sk-raw-two"],
+                       "redis": {"url": "redis://:rl-pw-secret@127.0.0.1:6379/0"}}))
+    masked = masked_builtins(config)
+    text = json.dumps(masked) + dump_effective_config(config)
+    for secret in (*SECRETS, digest, "sk-raw-bypass", "sk-raw-two", "rl-pw-secret"):
+        assert secret not in text, secret
+    assert masked["rate_limiting"]["bypass_keys"] == ["k1", "***", "***"]
+    again = load(restore_secrets(masked, config, "<test>"))
+    assert again.api_keys == config.api_keys and again.rate_limiting == config.rate_limiting
+    # the k-th *** is the k-th raw key; one more *** than there are raw keys stands for none
+    masked["rate_limiting"]["bypass_keys"] = ["***", "sk-new", "***", "***"]
+    with pytest.raises(ConfigError) as err:
+        restore_secrets(masked, config, "x")
+    assert err.value.path == "rate_limiting.bypass_keys[3]"
+    masked["rate_limiting"]["bypass_keys"] = ["***", "sk-new"]
+    assert load(restore_secrets(masked, config, "x")).rate_limiting.bypass_keys == (
+        "sk-raw-bypass", "sk-new")
+    masked["api_keys"]["api_keys"].append({"key_sha256": "***", "id": "k3"})
+    with pytest.raises(ConfigError) as err:
+        restore_secrets(masked, config, "x")
+    assert err.value.path == "api_keys.api_keys[2].key_sha256"

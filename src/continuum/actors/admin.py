@@ -23,6 +23,7 @@ import datetime as _dt
 import ipaddress
 import logging
 import math
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, final
@@ -170,14 +171,14 @@ class AdminAPI:
         self.fleet = fleet
         #: This process's index among ``server.workers`` (None: a router alone).
         self.worker = worker
-        #: The seam for client keys with the ``admin`` scope (the key store sets it).
+        #: The seam for client keys with the ``admin`` scope (the access control's).
         self.key_check = key_check
         self.credentials = self._credentials(reconfigurer.current)
         reconfigurer.register(["admin.auth"], self._configure)
 
     def set_key_check(self, key_check: AdminKeyCheck | None) -> None:
         """Let ``admin.auth.method: api_key`` take client keys with the ``admin`` scope
-        (the key store calls this once it is up)."""
+        (the router passes the access control's check at start)."""
         self.key_check = key_check
         self.credentials = self._credentials(self.reconfigurer.current)
 
@@ -379,7 +380,11 @@ class AdminAPI:
     def _validate(self, document: dict[str, Any], source: str) -> Config:
         try:
             restored = restore_secrets(document, self.reconfigurer.current, source)
-            return config_from_dict(restored, source=source)
+            # A relative api_keys_file is next to the config file, as when it is loaded.
+            config_file = self.reconfigurer.config_file
+            directory = None if config_file is None else os.path.dirname(
+                os.path.abspath(config_file))
+            return config_from_dict(restored, source=source, directory=directory)
         except ConfigError as exc:
             raise _invalid(exc) from None
 

@@ -300,10 +300,7 @@ class Proxy:
     def __init__(self, config: Config, router: Router, dedup: Deduplicator | None,
                  access: AccessControl | None = None) -> None:
         self.router = router
-        #: Client keys' models and the limits (None: nothing to check).
-        self.access = access
-        self._decode_peek = (decode_token_peek if access is not None and access.counts_tokens
-                             else decode_peek)
+        self.use_access(access)
         self._rng = random.Random()
         self._chains: dict[tuple[str, str], tuple[str, ...]] = {}
         self._chains_version = -1
@@ -321,6 +318,15 @@ class Proxy:
         self.tracing = Tracing(config.tracing)
         self._spans = self.tracing.spans
         self.configure(config, dedup)
+
+    def use_access(self, access: AccessControl | None) -> None:
+        """Check client keys' models and the limits with ``access`` (None: nothing to
+        check); again after a reload changed them (a request admitted before settles
+        with the AccessControl that admitted it)."""
+        #: Client keys' models and the limits (None: nothing to check).
+        self.access = access
+        self._decode_peek = (decode_token_peek if access is not None and access.counts_tokens
+                             else decode_peek)
 
     def configure(self, config: Config, dedup: Deduplicator | None) -> None:
         """Take the settings read per request (at start, and on a config reload):

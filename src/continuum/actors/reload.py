@@ -47,6 +47,7 @@ from ..config import (
     load_config,
     summarize,
 )
+from .access import AccessControl, needed
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
 from .fleet import Fleet
@@ -406,12 +407,13 @@ def register_sections(
     catalog: ModelCatalog,
     sink: MetricsSink,
     dedup: Deduplicator | None,
+    access: AccessControl,
 ) -> None:
     """The appliers of the sections a router changes live (see docs/operations.md,
     "Changing a running router"). Everything else needs a restart: ``server.*``,
     ``http_client.*``, ``tracing.*``, ``metrics.enabled``/``endpoint``/``bind_address``,
-    ``admin.bind_address``, ``responses``, ``files``, ``cors`` and (until the access
-    control takes a new config) ``api_keys`` and ``rate_limiting``."""
+    ``admin.bind_address``, ``responses``, ``files``, ``cors``, ``rate_limiting.storage``
+    and ``rate_limiting.redis``."""
     dedups = [dedup]
 
     async def backends(old: Config, new: Config) -> None:
@@ -447,4 +449,16 @@ def register_sections(
     reconfigurer.register(["cache.model_cache_ttl"], model_list)
     reconfigurer.register(["logging"], logging_)
     reconfigurer.register(["metrics.auth"], metrics)
+    def keys_and_limits(old: Config, new: Config) -> None:
+        access.configure(new)
+        # Once in use it stays (a request it admitted settles with it); with nothing left
+        # to check it answers at once.
+        active = access if needed(new) or proxy.access is access else None
+        ingress.access = active
+        proxy.use_access(active)
+
+    reconfigurer.register(
+        ["api_keys", "rate_limiting.enabled", "rate_limiting.limits", "rate_limiting.whitelist",
+         "rate_limiting.bypass_keys", "rate_limiting.trusted_proxies",
+         "rate_limiting.default_token_reservation", "request"], keys_and_limits)
     reconfigurer.register(["hot_reload"], lambda old, new: None)  # watch() follows it

@@ -305,7 +305,10 @@ async def _serve(
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
         redis = redis_client(config)
-        access = AccessControl(config, sink.metrics, redis) if needed(config) else None
+        # Built even when nothing is checked yet (a reload may add keys or limits); the
+        # request path sees it only while needed, so switched off it costs nothing.
+        keeper = AccessControl(config, sink.metrics, redis)
+        access = keeper if needed(config) else None
         proxy = Proxy(config, router, dedup, access)
         fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
@@ -335,7 +338,7 @@ async def _serve(
         # The rate limits' Redis is connected meanwhile.
         fleet.attach(router, prober, catalog, sink)
         async with trio.open_nursery() as first:
-            if redis is not None:
+            if redis is not None and keeper.plan is not None:
                 first.start_soon(_first_redis_call, redis)
             await fleet.warm_up(backends, config)
 
@@ -345,22 +348,24 @@ async def _serve(
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         fleet.start()
-        if access is not None and access.redis is not None:
-            root.start_soon(supervise, "rate-limit-settler", access.run)
+        if keeper.redis is not None:
+            root.start_soon(supervise, "rate-limit-settler", keeper.run)
         for name, task in fronts.tasks:
             root.start_soon(supervise, name, task)
         reconfigurer = Reconfigurer(
             store, start, config_file=config_file, hooks=hooks,
             notify=None if worker is None else partial(notify_siblings, worker))
         register_sections(reconfigurer, fleet=fleet, router=router, proxy=ingress.proxy,
-                          ingress=ingress, catalog=catalog, sink=sink, dedup=dedup)
+                          ingress=ingress, catalog=catalog, sink=sink, dedup=dedup,
+                          access=keeper)
         root.start_soon(supervise, "hot-reload", reconfigurer.watch)
         if worker is not None:
             root.start_soon(_serve_worker_socket, sink, reconfigurer, worker.metrics_socket())
             if isinstance(store, SharedVersions):
                 root.start_soon(supervise, "config-follow",
                                 partial(reconfigurer.follow, store.stamp))
-        admin = AdminAPI(reconfigurer, fleet, worker=None if worker is None else worker.index)
+        admin = AdminAPI(reconfigurer, fleet, key_check=keeper.admin_key,
+                         worker=None if worker is None else worker.index)
         if config.admin.bind_address is None:
             ingress.mount(ADMIN_PREFIX, admin.handle, admin_label)
         elif worker is None or worker.index == 0:  # one listener; the workers share versions

@@ -55,6 +55,8 @@ class Context:
     missing: list[tuple[str, str]] = field(default_factory=list)
     # The run that read ``api_keys.api_keys_file`` (its errors name that file).
     key_file: Context | None = None
+    # Where relative file names are taken from when ``source`` is not a file.
+    directory: str | None = None
 
     def error(self, path: str, detail: str) -> ConfigError:
         return ConfigError(detail, source=self.source, path=path)
