@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -37,12 +37,14 @@ from ..core.errors import (
 from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH
 from ..core.messages import RequestObserved
+from ..core.realtime import REALTIME_PATH
 from ..net.server.connection import Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
 from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
 from .proxy import Proxy, RequestState, Served, client_key
+from .realtime import NO_LIMITS, RealtimeServed, RealtimeTicket, realtime_key
 from .router import Router
 
 log = logging.getLogger("continuum.ingress")
@@ -124,6 +126,26 @@ class Ingress:
             self._routes[path] = ("POST", proxy.handle)
         if config.metrics.enabled and config.metrics.bind_address is None:
             self._routes[config.metrics.endpoint] = ("GET", self._metrics)
+
+    def add_routes(self, routes: Mapping[str, tuple[str, Route]]) -> None:
+        """Register a subsystem's routes (path: (method, handler)), e.g. the Realtime
+        relay's ``GET /v1/realtime``. Their ``/v1/`` paths are authenticated like the rest."""
+        self._routes.update(routes)
+
+    def admit_realtime(self, request: Request, key: bytes | None, model: str) -> RealtimeTicket:
+        """Admission of one Realtime session, before any backend is asked (the seam access
+        control plugs into): ``key`` is the client's key from ``Authorization``,
+        ``x-api-key`` or the ``openai-insecure-api-key.<key>`` subprotocol, ``model`` the
+        one in the query. Today: the ``blocking`` key check. Raises ``RouterError`` (401,
+        403, 429) to refuse; the ticket it returns is told each response's token usage
+        (``settle``) and released when the session ends."""
+        if self._blocking:
+            if key is None:
+                raise RouterError(401, "Missing API key: send 'Authorization: Bearer <key>' "
+                                  "or the 'openai-insecure-api-key.<key>' subprotocol")
+            if key not in self._keys:
+                raise RouterError(401, "Invalid API key")
+        return NO_LIMITS
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -222,7 +244,8 @@ class Ingress:
             self._observe(obs)
             if self._access_log:
                 self._log_access(state.id, request.method, path, obs, state.model,
-                                 state.bytes_out)
+                                 state.bytes_out,
+                                 served.session if isinstance(served, RealtimeServed) else None)
             if state.span is not None:
                 self._tracing.end(state.span, status)
 
@@ -257,7 +280,8 @@ class Ingress:
             request.headers.append((b"traceparent", new_traceparent()))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
-                    client_model: str, bytes_out: int) -> None:
+                    client_model: str, bytes_out: int,
+                    extra: Mapping[str, Any] | None = None) -> None:
         """The access line: ids, route, outcome and timings — never keys, never content.
         Client-given values are cut to a bounded length; no body is parsed here (the model
         the client asked for comes from the request's state)."""
@@ -279,6 +303,16 @@ class Ingress:
             "stream": obs.stream,
             "bytes_out": bytes_out,
         }
+        if extra:  # a Realtime session's counters, after the common fields
+            fields.update(extra)
+            access_log.info(
+                _ACCESS_FORMAT + " %s", request_id, method, path, obs.status, model or "-",
+                obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,
+                "yes" if obs.stream else "no", bytes_out,
+                " ".join(f"{k}={'-' if v is None or v == '' else v}" for k, v in extra.items()),
+                extra={"access": fields},
+            )
+            return
         access_log.info(
             _ACCESS_FORMAT, request_id, method, path, obs.status, model or "-",
             obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,
@@ -299,6 +333,8 @@ class Ingress:
         if not self._blocking:
             return
         key = client_key(request)
+        if key is None and request.path == REALTIME_PATH:
+            key = realtime_key(request)  # a browser's key comes as a subprotocol
         if key is None:
             raise RouterError(401, "Missing API key: send 'Authorization: Bearer <key>'")
         if key not in self._keys:

@@ -26,6 +26,7 @@ from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
 from .prober import HealthProber, probe
 from .proxy import Proxy
+from .realtime import RealtimeGateway
 from .router import Router
 from .startup import log_startup_summary
 from .workers import WorkerEnvironment, gather_metrics
@@ -72,9 +73,10 @@ class _Stop:
     error event of its API first (``Proxy.stop_streams``)."""
 
     def __init__(self, server: HTTPServer, proxy: Proxy, front: trio.CancelScope,
-                 timeout: float) -> None:
+                 timeout: float, realtime: RealtimeGateway | None = None) -> None:
         self._server = server
         self._proxy = proxy
+        self._realtime = realtime
         self._front = front
         self._timeout = timeout
         self._draining = False
@@ -103,6 +105,8 @@ class _Stop:
         """From ``at`` on, end the streams still running (again every 50 ms for streams
         that were only starting) until the server cuts every connection at ``until``."""
         await trio.sleep_until(at)
+        if self._realtime is not None:
+            self._realtime.stop()  # both hops of each session get 1001 before the cut
         while True:
             self._proxy.stop_streams()
             if trio.current_time() >= until:
@@ -110,6 +114,8 @@ class _Stop:
             await trio.sleep(_ENDING_RECHECK)
 
     async def _abort(self) -> None:
+        if self._realtime is not None:
+            self._realtime.stop()
         proxy = self._proxy
         with trio.move_on_after(ENDING_GRACE):
             while proxy.streams:  # a stream leaves the set once its ending is written
@@ -273,13 +279,19 @@ async def _serve(
                            dedup)
         ingress = Ingress(config, router, catalog, sink, observe_send,
                           Proxy(config, router, dedup))
+        realtime: RealtimeGateway | None = None
+        if config.realtime.enabled:
+            realtime = RealtimeGateway(config, router, sink, ingress.admit_realtime)
+            ingress.add_routes(realtime.routes())
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
         server = HTTPServer(listeners, ingress.handle, limits,
                             shutdown_timeout=server_cfg.shutdown_timeout,
                             render_error=render_error, refuse=ingress.refuse,
                             timer_resolution=shortest / 10,
-                            unlink_unix=worker is None)
+                            unlink_unix=worker is None,
+                            upgrade_paths=frozenset(realtime.routes()) if realtime else
+                            frozenset())
         if worker is not None:
             sink.gather = partial(gather_metrics, worker)
             root.start_soon(_serve_own_metrics, sink, worker.metrics_socket())
@@ -323,7 +335,7 @@ async def _serve(
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
-        stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
+        stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout, realtime)
         handle = RouterHandle(config, server, router, catalog, sink, mocks, stop)
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)

@@ -32,9 +32,11 @@ from ._schema import MetricsAuthConfig as MetricsAuthConfig
 from ._schema import MetricsConfig as MetricsConfig
 from ._schema import MockConfig as MockConfig
 from ._schema import MockFailure as MockFailure
+from ._schema import RealtimeConfig as RealtimeConfig
 from ._schema import RequestConfig as RequestConfig
 from ._schema import RoutingConfig as RoutingConfig
 from ._schema import ServerConfig as ServerConfig
+from ._schema import ServerTlsConfig as ServerTlsConfig
 from ._schema import TracingConfig as TracingConfig
 from ._template import generate_config as generate_config
 from ._units import DURATION_HELP as DURATION_HELP
@@ -60,9 +62,11 @@ __all__ = [
     "MetricsConfig",
     "MockConfig",
     "MockFailure",
+    "RealtimeConfig",
     "RequestConfig",
     "RoutingConfig",
     "ServerConfig",
+    "ServerTlsConfig",
     "TracingConfig",
     "config_from_dict",
     "config_warnings",

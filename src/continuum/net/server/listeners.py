@@ -142,6 +142,7 @@ class HTTPServer:
         refuse: Refuser | None = None,
         timer_resolution: float | None = None,
         unlink_unix: bool = True,
+        upgrade_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.listeners = listeners
         self.addresses = [listener_address(listener) for listener in listeners]
@@ -151,6 +152,8 @@ class HTTPServer:
         self._shutdown_timeout = shutdown_timeout
         self._render_error = render_error
         self._refuse = refuse
+        #: Paths whose WebSocket upgrades reach the handler (``ServerConnection.upgrade``).
+        self.upgrade_paths = upgrade_paths
         self._dates = DateCache()
         if timer_resolution is None:
             timer_resolution = min(limits.keepalive_timeout, limits.request_read_timeout) / 10
@@ -239,7 +242,7 @@ class HTTPServer:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         conn = ServerConnection(stream, self._limits, self._dates, self._render_error,
-                                self._refuse)
+                                self._refuse, self.upgrade_paths)
         if self._draining.is_set():
             conn.closing = True
         self.connections.add(conn)
