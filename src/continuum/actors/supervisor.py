@@ -7,17 +7,19 @@ several routers run side by side in one process.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..core.errors import render_error
 from ..core.messages import ControlMessage, RequestObserved
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
+from ..net.server.tls import make_server_context, reload_server_context
 from ..observability.metrics import Metrics
 from .backend import BackendActor
 from .catalog import ModelCatalog
@@ -148,6 +150,23 @@ class RouterHandle:
         #: In-process mock upstreams of ``type: mock`` backends, by backend name.
         self.mocks = mocks
         self._server = server
+        #: The client-side TLS context (``server.tls``), None without TLS.
+        self.ssl_context: ssl.SSLContext | None = getattr(server, "ssl_context", None)
+
+    def reload_tls(self) -> bool:
+        """Re-read ``server.tls``'s certificate, key and client CA files: new connections
+        use them, open ones keep theirs. False when TLS is off. Raises ``ConfigError`` for
+        a missing or bad file, and then nothing changed (the files are proven first)."""
+        context = self.ssl_context
+        tls = self.config.server.tls
+        if context is None or tls.cert_file is None:
+            return False
+        try:
+            reload_server_context(context, tls.cert_file, tls.key_file, tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load: {exc}", path="server.tls") from None
+        log.info("server.tls reloaded from %s", tls.cert_file)
+        return True
 
     @property
     def backends(self) -> dict[str, BackendActor]:
@@ -155,7 +174,8 @@ class RouterHandle:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the first TCP address (handy for clients and tests)."""
+        """``http://host:port`` of the first TCP address (``https`` with ``server.tls``;
+        handy for clients and tests)."""
         for address in self.addresses:
             if not address.startswith("unix:"):
                 host, _, port = address.rpartition(":")
@@ -163,7 +183,8 @@ class RouterHandle:
                     host = "127.0.0.1"
                 elif host == "[::]":
                     host = "[::1]"
-                return f"http://{host}:{port}"
+                scheme = "https" if self.ssl_context is not None else "http"
+                return f"{scheme}://{host}:{port}"
         raise LookupError("the router listens on Unix sockets only")
 
     def shutdown(self) -> None:
@@ -207,10 +228,11 @@ async def serve(
     and the first health and discovery round is in.
     """
     server_cfg = config.server
+    tls = server_tls_context(config)  # a bad certificate is refused before anything binds
     # Bind first: a taken port is a plain OSError before anything else has started.
     listeners = await open_listeners(server_cfg.bind_address, socket_mode=server_cfg.socket_mode)
     try:
-        await _serve(config, listeners, task_status, None)
+        await _serve(config, listeners, task_status, None, tls)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
@@ -224,15 +246,31 @@ async def serve_worker(
 ) -> None:
     """``serve`` as one of ``server.workers`` processes (see ``continuum.actors.workers``): TCP
     addresses joined with SO_REUSEPORT, Unix ones inherited, metrics summed over workers."""
+    tls = server_tls_context(config)
     listeners = await open_listeners(
         worker.bind, socket_mode=config.server.socket_mode, reuse_port=True,
         inherited=worker.inherited,
     )
     try:
-        await _serve(config, listeners, task_status, worker)
+        await _serve(config, listeners, task_status, worker, tls)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+def server_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The client-side TLS context of ``server.tls`` (None when it has no ``cert_file``);
+    a file that does not load is a ``ConfigError``."""
+    tls = config.server.tls
+    if tls.cert_file is None:
+        return None
+    alpn = ("h2", "http/1.1") if config.server.frontend == "hypercorn" else ("http/1.1",)
+    try:
+        return make_server_context(tls.cert_file, tls.key_file, tls.client_ca_file,
+                                   tls.min_version, alpn)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load: {exc}", source=config.source,
+                          path="server.tls") from None
 
 
 async def _serve_own_metrics(sink: MetricsSink, path: str) -> None:
@@ -251,6 +289,7 @@ async def _serve(
     listeners: list[trio.SocketListener],
     task_status: trio.TaskStatus[RouterHandle],
     worker: WorkerEnvironment | None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     server_cfg = config.server
     async with trio.open_nursery() as root:
@@ -291,7 +330,7 @@ async def _serve(
                             timer_resolution=shortest / 10,
                             unlink_unix=worker is None,
                             upgrade_paths=frozenset(realtime.routes()) if realtime else
-                            frozenset())
+                            frozenset(), ssl_context=tls)
         if worker is not None:
             sink.gather = partial(gather_metrics, worker)
             root.start_soon(_serve_own_metrics, sink, worker.metrics_socket())
