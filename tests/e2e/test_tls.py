@@ -100,6 +100,7 @@ async def test_a_realtime_session_over_wss(
     assert await in_thread(run) == "response.done"
 
 
+@pytest.mark.native_only  # hypercorn answers h2 (test_hypercorn_front.py)
 async def test_the_alpn_answer_is_http_1_1(
     nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA
 ) -> None:
@@ -144,6 +145,7 @@ def _ca_file(ca: trustme.CA, directory: Path) -> str:
     return str(path)
 
 
+@pytest.mark.native_only  # hypercorn closes the connection
 async def test_plain_http_on_the_tls_port_is_told_so(
     nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA
 ) -> None:
@@ -195,6 +197,7 @@ async def test_reload_tls_rereads_the_certificate(
         await in_thread(lambda: status(client_context(ca)))
 
 
+@pytest.mark.native_only  # hypercorn's own handshake timeout
 async def test_a_tls_handshake_that_never_finishes_is_dropped(
     nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA
 ) -> None:

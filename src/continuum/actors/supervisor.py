@@ -6,11 +6,12 @@ several routers run side by side in one process.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Protocol, final
 
 import trio
 
@@ -34,6 +35,7 @@ from .startup import log_startup_summary
 from .workers import WorkerEnvironment, gather_metrics
 
 if TYPE_CHECKING:
+    from ..net.server.asgi import AsgiFront
     from ..testing._upstream import MockUpstream
 
 log = logging.getLogger("continuum.supervisor")
@@ -50,6 +52,21 @@ _OBSERVATION_BUFFER: Final = 16384
 #: ``abort`` gives streams at most this long to write theirs.
 ENDING_GRACE: Final = 1.0
 _ENDING_RECHECK: Final = 0.05
+
+
+class Front(Protocol):
+    """Who speaks HTTP to clients: ``HTTPServer`` (native), ``HypercornFront``, or the
+    embedded ASGI app's ``_EmbeddedFront``. ``run`` returns once drained."""
+
+    @property
+    def addresses(self) -> list[str]: ...
+
+    @property
+    def connections(self) -> Collection[object]: ...
+
+    def drain(self) -> None: ...
+
+    async def run(self) -> None: ...
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -74,7 +91,7 @@ class _Stop:
     ``abort`` (now). Either way a stream still running is not cut mid-chunk: it gets the
     error event of its API first (``Proxy.stop_streams``)."""
 
-    def __init__(self, server: HTTPServer, proxy: Proxy, front: trio.CancelScope,
+    def __init__(self, server: Front, proxy: Proxy, front: trio.CancelScope,
                  timeout: float, realtime: RealtimeGateway | None = None) -> None:
         self._server = server
         self._proxy = proxy
@@ -133,7 +150,7 @@ class RouterHandle:
     def __init__(
         self,
         config: Config,
-        server: HTTPServer,
+        server: Front,
         router: Router,
         catalog: ModelCatalog,
         metrics: MetricsSink,
@@ -260,7 +277,15 @@ async def serve_worker(
 
 def server_tls_context(config: Config) -> ssl.SSLContext | None:
     """The client-side TLS context of ``server.tls`` (None when it has no ``cert_file``);
-    a file that does not load is a ``ConfigError``."""
+    a file that does not load is a ``ConfigError``, and so is a front whose optional
+    packages are not installed."""
+    server = config.server
+    if server.frontend == "hypercorn" and importlib.util.find_spec("hypercorn") is None:
+        raise ConfigError("hypercorn is not installed: pip install 'trio-continuum[hypercorn]'",
+                          source=config.source, path="server.frontend")
+    if server.http3 and importlib.util.find_spec("aioquic") is None:
+        raise ConfigError("HTTP/3 needs aioquic: pip install 'trio-continuum[http3]'",
+                          source=config.source, path="server.http3")
     tls = config.server.tls
     if tls.cert_file is None:
         return None
@@ -271,6 +296,72 @@ def server_tls_context(config: Config) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load: {exc}", source=config.source,
                           path="server.tls") from None
+
+
+def _asgi_front(
+    config: Config, listeners: list[trio.SocketListener], ingress: Ingress, limits: HTTPLimits,
+    timer_resolution: float, tls: ssl.SSLContext | None, unlink_unix: bool,
+    embed: AsgiFront | None,
+) -> Front:
+    """The ASGI front: the router's handler as an ASGI app (``embed``, when an ASGI server
+    outside runs it: ``continuum.asgi``), or served by hypercorn on ``listeners``."""
+    from ..net.server.asgi import AsgiFront
+
+    if embed is not None:
+        embed.attach(ingress.handle, limits, refuse=ingress.refuse,
+                     timer_resolution=timer_resolution)
+        return _EmbeddedFront(embed, config.server.shutdown_timeout)
+    from ..net.server.hypercorn_front import HypercornFront
+
+    server_cfg = config.server
+    app = AsgiFront(ingress.handle, limits, render_error=render_error, refuse=ingress.refuse,
+                    timer_resolution=timer_resolution)
+    return HypercornFront(
+        listeners, app, shutdown_timeout=server_cfg.shutdown_timeout,
+        keepalive_timeout=server_cfg.keepalive_timeout,
+        max_header_size=server_cfg.max_header_size,
+        handshake_timeout=server_cfg.request_read_timeout,
+        websocket_max_message_size=config.realtime.max_message_size,
+        ssl_context=tls, cert_file=server_cfg.tls.cert_file, key_file=server_cfg.tls.key_file,
+        http3=server_cfg.http3, unlink_unix=unlink_unix,
+    )
+
+
+@final
+class _EmbeddedFront:
+    """The front of a router inside another ASGI server: nothing to accept; ``run`` sweeps
+    the requests' timers until drained and the last request has ended (at most
+    ``shutdown_timeout`` later)."""
+
+    def __init__(self, app: AsgiFront, shutdown_timeout: float) -> None:
+        self.app = app
+        self.addresses: list[str] = []
+        self.connections = app.connections
+        self._timeout = shutdown_timeout
+        self._drained = trio.Event()
+
+    def drain(self) -> None:
+        self.app.drain()
+        self._drained.set()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.app.run)
+            await self._drained.wait()
+            with trio.move_on_after(self._timeout):
+                await self.app.wait_idle()
+            nursery.cancel_scope.cancel()
+
+
+async def serve_asgi(
+    config: Config,
+    app: AsgiFront,
+    *,
+    task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one router whose clients come through ``app``, an ASGI application run by an ASGI
+    server outside (``continuum.asgi``): no listener of its own; otherwise as ``serve``."""
+    await _serve(config, [], task_status, None, None, app)
 
 
 async def _serve_own_metrics(sink: MetricsSink, path: str) -> None:
@@ -290,6 +381,7 @@ async def _serve(
     task_status: trio.TaskStatus[RouterHandle],
     worker: WorkerEnvironment | None,
     tls: ssl.SSLContext | None = None,
+    embed: AsgiFront | None = None,
 ) -> None:
     server_cfg = config.server
     async with trio.open_nursery() as root:
@@ -310,7 +402,7 @@ async def _serve(
             keepalive_timeout=server_cfg.keepalive_timeout,
             write_timeout=server_cfg.write_timeout,
         )
-        connections: list[HTTPServer] = []
+        connections: list[Front] = []
         dedup_cfg = config.cache.deduplication
         dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
@@ -324,13 +416,18 @@ async def _serve(
             ingress.add_routes(realtime.routes())
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
-        server = HTTPServer(listeners, ingress.handle, limits,
-                            shutdown_timeout=server_cfg.shutdown_timeout,
-                            render_error=render_error, refuse=ingress.refuse,
-                            timer_resolution=shortest / 10,
-                            unlink_unix=worker is None,
-                            upgrade_paths=frozenset(realtime.routes()) if realtime else
-                            frozenset(), ssl_context=tls)
+        server: Front
+        if embed is not None or server_cfg.frontend == "hypercorn":
+            server = _asgi_front(config, listeners, ingress, limits, shortest / 10, tls,
+                                 worker is None, embed)
+        else:
+            server = HTTPServer(listeners, ingress.handle, limits,
+                                shutdown_timeout=server_cfg.shutdown_timeout,
+                                render_error=render_error, refuse=ingress.refuse,
+                                timer_resolution=shortest / 10,
+                                unlink_unix=worker is None,
+                                upgrade_paths=frozenset(realtime.routes()) if realtime else
+                                frozenset(), ssl_context=tls)
         if worker is not None:
             sink.gather = partial(gather_metrics, worker)
             root.start_soon(_serve_own_metrics, sink, worker.metrics_socket())

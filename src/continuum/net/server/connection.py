@@ -416,9 +416,11 @@ def _plain_error(status: int, message: str) -> tuple[Headers, bytes]:
     return [(b"content-type", b"text/plain; charset=utf-8")], message.encode() + b"\n"
 
 
-@final
 class ServerConnection:
     """One client connection. Handlers answer through the ``send_*`` methods.
+
+    The handler's whole view of its client: ``continuum.net.server.asgi.AsgiConnection``
+    is the same view over one ASGI request, so the Ingress serves both fronts unchanged.
 
     ``closing`` set by anyone (handler, shutdown) makes the current response the last one.
     """
