@@ -106,12 +106,55 @@ class AsgiConnection(ServerConnection):
         self._asgi_send = send
         self._asgi_receive = receive
         self.websocket = scope["type"] == "websocket"
+        self._head_only = scope.get("method") == "HEAD"
         self._http_refusals = "websocket.http.response" in scope.get("extensions", {})
         #: Headers the ASGI server owns; HTTP/1.1 keeps ``upgrade`` (a 426 names the protocol).
         self._dropped = (_SERVER_HEADERS_H1 if str(scope.get("http_version", "1.1"))[:1] == "1"
                          else _SERVER_HEADERS)
         #: The whole answer has been handed to the ASGI server.
         self.finished = False
+
+    async def read_body(self, limit: int, deadline: float) -> bytes | ProtocolError | None:
+        """The request's body: all of it, the error that refuses it (413 past ``limit``, 408
+        past ``deadline``: the sweeper's timer), or None when the client left."""
+        chunks: list[bytes] = []
+        size = 0
+        error: ProtocolError | None = None
+        self.arm_timer(deadline, _SLOW_CLIENT)
+        with self._scope:
+            while True:
+                message = await self._asgi_receive()
+                if message["type"] != "http.request":
+                    return None  # http.disconnect
+                chunk = bytes(message.get("body", b""))
+                size += len(chunk)
+                if size > limit:
+                    error = _TOO_LARGE
+                    break
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        self.disarm_timer()
+        self._scope = trio.CancelScope()  # a scope serves one ``with``: the handler's is new
+        if self.expired is not None:
+            error, self.expired = self.expired, None
+        if error is not None:
+            return error
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def run(self, handler: Handler, request: Request) -> None:
+        """``handler`` for ``request`` under this request's cancel scope (its timers)."""
+        with self._scope:
+            await handler(request, self)
+
+    def client_left(self) -> None:
+        """The client is gone before its answer was complete: end the request as a 499
+        (nothing more is sent), as the native server's client watch does."""
+        if self.finished:
+            return
+        self.abort()
+        self.arm_timer(-math.inf, CLIENT_GONE)
+        self.expire()
 
     async def _send(self, message: Message) -> None:
         try:
@@ -345,51 +388,27 @@ class AsgiFront:
         started = clock()
         conn = AsgiConnection(self, scope, receive, send)
         method = str(scope["method"])
-        conn._head_only = method == "HEAD"
         if self.draining:
             conn.closing = True
-        body = await self._read_body(conn, receive, scope, method, started)
+        body = await conn.read_body(self.limits.max_body_size,
+                                    started + self.limits.request_read_timeout)
         if body is None:
+            return
+        if isinstance(body, ProtocolError):
+            await self._refuse(conn, body, method, request_path(scope), started)
             return
         await self._serve(conn, self._request(scope, method, body), receive)
 
-    async def _read_body(self, conn: AsgiConnection, receive: Receive, scope: Scope,
-                         method: str, started: float) -> bytes | None:
-        """The whole body within ``request_read_timeout``; None when the request ended here
-        (the client left, or it was refused with 408 or 413)."""
-        limit = self.limits.max_body_size
-        chunks: list[bytes] = []
-        size = 0
-        error: ProtocolError | None = None
-        conn.arm_timer(started + self.limits.request_read_timeout, _SLOW_CLIENT)
-        with conn._scope:
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return None  # http.disconnect
-                chunk = bytes(message.get("body", b""))
-                size += len(chunk)
-                if size > limit:
-                    error = _TOO_LARGE
-                    break
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        conn.disarm_timer()
-        conn._scope = trio.CancelScope()  # a scope serves one ``with``: the handler's is new
-        if conn.expired is not None:
-            error = conn.expired
-        if error is None:
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        conn.expired = None
-        refusal = Refusal(error.status, error.message, method, request_path(scope), started)
+    async def _refuse(self, conn: AsgiConnection, error: ProtocolError, method: str,
+                      path: str, started: float) -> None:
+        """A request no handler saw (408, 413): answered like the native server's."""
+        refusal = Refusal(error.status, error.message, method, path, started)
         if self.refuse is not None:
             headers, body = self.refuse(refusal)
         else:
             headers, body = self.render_error(error.status, error.message)
         with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError):
             await conn.send_response(error.status, headers, body)
-        return None
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -409,8 +428,7 @@ class AsgiFront:
                     nursery.start_soon(_watch_disconnect, conn, receive)
                 handler = self.handler
                 assert handler is not None
-                with conn._scope:
-                    await handler(request, conn)
+                await conn.run(handler, request)
                 nursery.cancel_scope.cancel()
             await self._finish(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -486,11 +504,7 @@ async def _watch_disconnect(conn: AsgiConnection, receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-    if conn.finished:
-        return
-    conn.abort()
-    conn.arm_timer(-math.inf, CLIENT_GONE)
-    conn.expire()
+    conn.client_left()
 
 
 async def _not_running(scope: Scope, receive: Receive, send: Send,
