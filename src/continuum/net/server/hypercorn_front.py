@@ -132,8 +132,9 @@ class HypercornFront:
                 udp = _quic_socket(listener)
                 if udp is not None:
                     quic.append(udp)
-        if quic:
-            self.config._set_quic_addresses(quic)  # for the Alt-Svc header
+        if quic:  # clients learn of HTTP/3 from Alt-Svc on the TCP answers
+            ports = sorted({sock.getsockname()[1] for sock in quic})
+            self.config.alt_svc_headers = [f'h3=":{port}"; ma=3600' for port in ports]
         return Sockets(secure, insecure, quic)
 
     async def run(self) -> None:
