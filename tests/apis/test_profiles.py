@@ -11,7 +11,6 @@ import pytest
 
 from continuum.apis.calls import build_call
 from continuum.apis.profiles import DROPPED_REQUEST_HEADERS, backend_api, backend_profile
-from continuum.apis.types import TranslationError
 from continuum.config import BackendConfig, MockConfig
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -65,7 +64,7 @@ def test_gemini_native_credentials_and_model_list() -> None:
                           {"name": "models/embed", "supportedGenerationMethods":
                            ["embedContent"]}]}
     assert profile.model_ids(json.dumps(listing).encode()) == ("gemini-x",)
-    with pytest.raises(TranslationError):
+    with pytest.raises(ValueError):  # what the catalog turns into an upstream failure
         profile.model_ids(b"<html>")
 
 
@@ -148,3 +147,26 @@ def test_a_pass_through_call_keeps_the_query_and_uses_the_profile_path() -> None
     assert call.target == b"/v1beta/openai/embeddings?a=1"
     assert call.headers == [(b"authorization", b"Bearer g")]
     assert call.translate is None and call.stream is None
+
+
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_a_discovered_list_drops_ids_the_router_could_not_echo(api: str) -> None:
+    ids = ["ok-model", "bad\r\nx-injected: 1", "", "m" * 257, "ok-model", "tab\tname"]
+    if api == "gemini":
+        body = json.dumps({"models": [
+            {"name": f"models/{i}", "supportedGenerationMethods": ["generateContent"]}
+            for i in ids]}).encode()
+        profile = backend_profile(backend(type="gemini"))
+    else:
+        body = json.dumps({"object": "list", "data": [{"id": i} for i in ids]}).encode()
+        profile = backend_profile(backend())
+    assert profile.model_ids(body) == ("ok-model",)
+
+
+def test_an_unreadable_gemini_list_is_a_value_error_like_any_other() -> None:
+    # The catalog maps DecodeError/ValueError to an upstream failure; a TranslationError
+    # escaping it once ended `serve` at start-up.
+    profile = backend_profile(backend(type="gemini"))
+    with pytest.raises(ValueError):
+        profile.model_ids(b"not json")
+    assert profile.model_ids(b'{"models": 3}') == ()

@@ -441,3 +441,37 @@ async def test_all_backends_unhealthy_is_503_with_retry_after(nursery: trio.Nurs
         retry_after = response.headers["retry-after"]
         assert retry_after.isdigit() and int(retry_after) >= 1
     assert chat_count(mock_a) == chat_count(mock_b) == 0
+
+
+async def _garbled_lists(nursery: trio.Nursery) -> str:
+    """An upstream whose every answer is a 200 with a body that is no model list."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await stream.receive_some(65536):
+                body = b"<html>not a list</html>"
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                      b"content-length: %d\r\n\r\n%b" % (len(body), body))
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("kind", ["openai", "gemini"])
+async def test_an_unreadable_model_list_at_start_up_is_a_backend_failure_not_a_crash(
+    nursery: trio.Nursery, kind: str
+) -> None:
+    """Discovery reads upstream input: a garbled list leaves the backend serving no model;
+    `serve` still starts and answers (the Gemini parser's error once ended it)."""
+    url = await _garbled_lists(nursery)
+    _good, good_url = await start_mock(nursery, ("other",))
+    router = await start_router(nursery, router_config([
+        {"name": "garbled", "type": kind, "url": url, "api_key": "k"},
+        {"name": "fine", "url": good_url},
+    ], health_checks={"enabled": True, "interval": "1s"}))
+    with trio.fail_after(10):
+        async with http(router) as client:
+            listed = (await client.get("/v1/models")).json()
+            assert [m["id"] for m in listed["data"]] == ["other"]
+            ok = await client.post(CHAT, json={**chat_body(), "model": "other"})
+            assert ok.status_code == 200, ok.text

@@ -10,6 +10,7 @@ prober and the model catalog read it, so the facts they use are the ones tested 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, Literal, final
 
 import msgspec
@@ -17,6 +18,7 @@ import msgspec
 from ..config import BackendConfig
 from ..core.http import Headers
 from .gemini import gemini_models
+from .types import TranslationError
 
 #: The APIs a backend can speak: every OpenAI-compatible server (and Gemini's
 #: OpenAI-compatible endpoint), Anthropic Messages, Gemini ``generateContent``.
@@ -107,12 +109,28 @@ class BackendProfile:
 
     def model_ids(self, body: bytes) -> tuple[str, ...]:
         """The model ids of a :attr:`models_path` answer, each once, in the listed order
-        (raises ``msgspec.DecodeError``, ``ValueError`` or, for Gemini, ``TranslationError``
-        on an unreadable list)."""
+        (raises ``msgspec.DecodeError`` or ``ValueError`` on an unreadable list).
+
+        An id the router could not echo safely (control characters — it goes back in the
+        ``x-continuum-model`` header — or longer than :data:`MAX_MODEL_ID`) is left out: a
+        backend's list is upstream input like any other."""
         if self.api == "gemini":
-            return gemini_models(body)
-        listing = _decode_model_list(body)
-        return tuple(dict.fromkeys(entry.id for entry in listing.data))
+            try:
+                ids: Iterable[str] = gemini_models(body)
+            except TranslationError as exc:
+                raise ValueError(exc.message) from None
+        else:
+            ids = (entry.id for entry in _decode_model_list(body).data)
+        return tuple(dict.fromkeys(i for i in ids if _servable_id(i)))
+
+
+#: The longest model id a discovered list may carry (OpenAI's and Hugging Face's ids are far
+#: shorter; a longer one is a broken or hostile list).
+MAX_MODEL_ID: Final = 256
+
+
+def _servable_id(model: str) -> bool:
+    return 0 < len(model) <= MAX_MODEL_ID and model.isprintable()
 
 
 def backend_profile(config: BackendConfig) -> BackendProfile:

@@ -130,7 +130,7 @@ class HTTP1Pool:
         """Take a connection opened elsewhere (the ALPN probe of ``http2: auto`` that the
         server answered with HTTP/1.1) as the first idle one."""
         conn = HTTP1Connection(stream, raw, self.limits.max_response_header_size)
-        conn.last_used = trio.current_time()
+        conn.last_used = clock()
         self._idle.append(conn)
         self._opened += 1
 
