@@ -575,7 +575,6 @@ def test_response_prompt_blocked() -> None:
         ("PROHIBITED_CONTENT", False, "content_filter"),
         ("SPII", False, "content_filter"),
         ("OTHER", False, "stop"),
-        ("MALFORMED_FUNCTION_CALL", False, "stop"),
     ],
 )
 def test_finish_reasons(reason: str, calls: bool, expected: str) -> None:

@@ -11,9 +11,11 @@ import pytest
 
 from continuum.apis.calls import build_call
 from continuum.apis.profiles import DROPPED_REQUEST_HEADERS, backend_api, backend_profile
+from continuum.apis.types import ChatDialect, TranslationError
 from continuum.config import BackendConfig, MockConfig
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+CHAT_PATH = "/v1/chat/completions"
 STREAMED = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                        "stream": True}).encode()
 
@@ -147,6 +149,42 @@ def test_a_pass_through_call_keeps_the_query_and_uses_the_profile_path() -> None
     assert call.target == b"/v1beta/openai/embeddings?a=1"
     assert call.headers == [(b"authorization", b"Bearer g")]
     assert call.translate is None and call.stream is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "dialect"),
+    [
+        ({"type": "openai"}, ChatDialect(max_tokens_field="max_completion_tokens",
+                                         max_stop_sequences=4)),
+        ({"type": "vllm"}, ChatDialect(map_thinking=True, reasoning_content=True)),
+        ({"type": "ollama"}, ChatDialect(map_thinking=True, reasoning_content=True)),
+        ({"type": "mock", "url": ""}, ChatDialect(map_thinking=True, reasoning_content=True)),
+        ({"type": "gemini", "gemini_api": "openai"},
+         ChatDialect(map_thinking=True, max_stop_sequences=5, gemini_signatures=True)),
+        ({"type": "gemini"}, ChatDialect(map_thinking=True, max_stop_sequences=5,
+                                         native_gemini=True)),
+        ({"type": "openai", "reasoning": "send", "max_tokens_field": "max_tokens"},
+         ChatDialect(map_thinking=True, reasoning_content=True, max_stop_sequences=4)),
+        ({"type": "lmstudio", "reasoning": "drop", "max_tokens_field": "max_completion_tokens"},
+         ChatDialect(max_tokens_field="max_completion_tokens")),
+    ],
+)
+def test_chat_dialect_follows_type_and_keys(fields: dict[str, Any], dialect: ChatDialect) -> None:
+    """What a /v1/messages request becomes for each backend (the auto values resolved)."""
+    assert backend_profile(backend(**fields)).chat_dialect == dialect
+
+
+def test_thinking_conflict_reaches_the_anthropic_call() -> None:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                       "reasoning_effort": "low", "tool_choice": "required",
+                       "tools": [{"type": "function", "function": {"name": "f"}}]}).encode()
+    drop = build_call(CHAT_PATH, backend_profile(backend(type="anthropic")), "", [], body,
+                      "m", False)
+    assert "thinking" not in json.loads(drop.body)
+    with pytest.raises(TranslationError):
+        build_call(CHAT_PATH, backend_profile(backend(type="anthropic",
+                                                      thinking_conflict="reject")),
+                   "", [], body, "m", False)
 
 
 @pytest.mark.parametrize("api", ["openai", "gemini"])

@@ -789,3 +789,36 @@ def test_cli_refuses_header_injection_without_traceback(tmp_path: Path, command:
     assert result.returncode == 2
     assert "backends[0].api_key" in result.stderr and "latin-1" in result.stderr
     assert "Traceback" not in result.stderr and "sk-" not in result.stderr
+
+
+def test_translation_keys_of_a_backend() -> None:
+    """The agent-loop translation keys: their values load, anything else names the key."""
+    cfg = parse_config(
+        "backends:\n  - {name: a, url: 'http://x:1', max_tokens_field: max_completion_tokens,"
+        " reasoning: send}\n  - {name: c, type: anthropic, thinking_conflict: reject}\n",
+        source="test.yaml")
+    backend, claude = cfg.backends
+    assert (backend.max_tokens_field, backend.reasoning, claude.thinking_conflict) == (
+        "max_completion_tokens", "send", "reject")
+    default = parse_config("backends:\n  - {name: a, url: 'http://x:1'}\n", source="test.yaml")
+    assert (default.backends[0].max_tokens_field, default.backends[0].reasoning,
+            default.backends[0].thinking_conflict) == ("auto", "auto", "drop")
+    for key, value in (("max_tokens_field", "max_output_tokens"), ("reasoning", "maybe"),
+                       ("thinking_conflict", "ignore")):
+        err = error_of(f"backends:\n  - {{name: a, url: 'http://x:1', {key}: {value}}}\n")
+        assert f"backends[0].{key}: expected one of" in err, err
+    # set where no translation reads them, they would be ignored: refused, naming the type
+    for backend, key, value in (
+            ("type: anthropic", "max_tokens_field", "max_tokens"),
+            ("type: anthropic", "reasoning", "send"),
+            ("type: gemini", "reasoning", "drop"),
+            ("type: gemini, gemini_api: native", "max_tokens_field", "max_tokens"),
+            ("type: openai, url: 'http://x:1'", "thinking_conflict", "reject"),
+            ("type: gemini, gemini_api: openai", "thinking_conflict", "reject")):
+        err = error_of(f"backends:\n  - {{name: a, {backend}, {key}: {value}}}\n")
+        assert f"backends[0].{key}: only valid for" in err, err
+    for backend, key, value in (("type: gemini, gemini_api: openai", "reasoning", "send"),
+                                ("type: vllm, url: 'http://x:1'", "max_tokens_field", "auto"),
+                                ("type: anthropic", "thinking_conflict", "drop")):
+        parse_config(f"backends:\n  - {{name: a, {backend}, {key}: {value}}}\n",
+                     source="test.yaml")

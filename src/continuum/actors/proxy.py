@@ -537,6 +537,14 @@ class Proxy:
                 record(None, False, "broken response body")
                 return AttemptResult(
                     error=f"backend '{backend.name}' broke off its answer: {answer.error}")
+            if answer.status != status and answer.status in RETRYABLE_STATUSES:
+                # The translation found a good-looking answer unusable (Gemini's failed
+                # function call, a body that is not the API's): the backend's failure,
+                # and worth another backend like any retryable answer.
+                record(None, False, f"answer unusable ({answer.status})")
+                if not last:
+                    answer.error = f"backend '{backend.name}' gave an unusable answer"
+                return answer
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
             ok = status < 500 and status not in RETRYABLE_STATUSES
@@ -720,6 +728,8 @@ class Proxy:
                                 first = now
                                 head = out
                             last = now
+                            if translator.truncated:
+                                break  # ended with its error event: read no further
                     conn.disarm_timer()
                     if scope.cancelled_caught:
                         if sending:

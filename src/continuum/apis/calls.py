@@ -150,6 +150,7 @@ def build_call(
     if api == "anthropic":
         up = anthropic.openai_to_anthropic_request(
             body, model=model, default_max_tokens=profile.default_max_tokens,
+            thinking_conflict=profile.thinking_conflict,
         )
         usage = stream and _include_usage(body)
         return Call(
@@ -175,7 +176,8 @@ def _messages_call(
     api = profile.api
     if api == "anthropic":
         return Call(b"POST", target, profile.request_headers(client_headers), body)
-    chat_body, _ = anthropic.anthropic_to_openai_request(body, model=model)
+    chat_body, _ = anthropic.anthropic_to_openai_request(body, model=model,
+                                                         dialect=profile.chat_dialect)
 
     def to_messages(status: int, raw: bytes) -> Translated:
         return anthropic.openai_to_anthropic_response(status, raw, model=model)
@@ -197,6 +199,6 @@ def _messages_call(
     return Call(
         up.method, up.path, _with_forwarded(up.headers, profile, client_headers), up.body,
         translate=gemini_to_messages,
-        stream=lambda: _Pipeline(gemini.GeminiToOpenAIStream(model, True),
+        stream=lambda: _Pipeline(gemini.GeminiToOpenAIStream(model, True, early_usage=True),
                                  anthropic.OpenAIToAnthropicStream(model)),
     )

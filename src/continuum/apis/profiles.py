@@ -18,7 +18,7 @@ import msgspec
 from ..config import BackendConfig
 from ..core.http import Headers
 from .gemini import gemini_models
-from .types import TranslationError
+from .types import ChatDialect, TranslationError
 
 #: The APIs a backend can speak: every OpenAI-compatible server (and Gemini's
 #: OpenAI-compatible endpoint), Anthropic Messages, Gemini ``generateContent``.
@@ -33,6 +33,12 @@ DROPPED_REQUEST_HEADERS: Final = frozenset(
         b"x-api-key", b"proxy-authorization", b"accept-encoding", b"cookie",
     }
 )
+
+#: Backend types that are servers run by the user (their chat templates know
+#: ``reasoning_content``; ``reasoning_effort`` is ignored by models without it).
+_LOCAL_TYPES: Final = frozenset({"vllm", "ollama", "llamacpp", "lmstudio", "localai", "mock"})
+#: Most stop sequences a cloud API takes (OpenAI: 4; Gemini: 5).
+_MAX_STOP_SEQUENCES: Final = {"openai": 4, "gemini": 5}
 
 #: Gemini's OpenAI-compatible endpoint: ``/v1/X`` of the OpenAI API is ``/v1beta/openai/X``.
 _GEMINI_OPENAI_PREFIX: Final = b"/v1beta/openai"
@@ -65,11 +71,13 @@ def backend_api(config: BackendConfig) -> BackendApi:
 class BackendProfile:
     """The facts of one backend's API and credentials (built by :func:`backend_profile`)."""
 
-    __slots__ = ("_overridden", "api", "auth", "default_max_tokens", "models_path",
-                 "path_prefix")
+    __slots__ = ("_overridden", "api", "auth", "chat_dialect", "default_max_tokens",
+                 "models_path", "path_prefix", "thinking_conflict")
 
     def __init__(self, api: BackendApi, auth: Headers, *, path_prefix: bytes = b"",
-                 models_path: bytes | None = None, default_max_tokens: int = 4096) -> None:
+                 models_path: bytes | None = None, default_max_tokens: int = 4096,
+                 chat_dialect: ChatDialect | None = None,
+                 thinking_conflict: Literal["drop", "reject"] = "drop") -> None:
         self.api: BackendApi = api
         #: Added to every upstream request: credentials, then the configured headers.
         self.auth = auth
@@ -80,6 +88,10 @@ class BackendProfile:
         self.models_path = self.target(b"/v1/models") if models_path is None else models_path
         #: ``max_tokens`` of a translated request that sets none (Anthropic requires one).
         self.default_max_tokens = default_max_tokens
+        #: How a chat request translated from ``/v1/messages`` must look here.
+        self.chat_dialect = ChatDialect() if chat_dialect is None else chat_dialect
+        #: What to do with thinking Anthropic would refuse: send without it, or a 400.
+        self.thinking_conflict: Literal["drop", "reject"] = thinking_conflict
         self._overridden = frozenset(name for name, _ in auth)
 
     def target(self, path: bytes) -> bytes:
@@ -157,4 +169,31 @@ def backend_profile(config: BackendConfig) -> BackendProfile:
         path_prefix=_GEMINI_OPENAI_PREFIX if config.type == "gemini" else b"",
         models_path=_GEMINI_MODELS if api == "gemini" else None,
         default_max_tokens=config.default_max_tokens,
+        chat_dialect=chat_dialect(config),
+        thinking_conflict=config.thinking_conflict,
+    )
+
+
+def chat_dialect(config: BackendConfig) -> ChatDialect:
+    """The chat a ``/v1/messages`` request becomes for ``config``'s backend: its
+    ``max_tokens_field`` and ``reasoning`` keys, ``auto`` resolved by the backend's type."""
+    kind = config.type
+    gemini = kind == "gemini"
+    field = config.max_tokens_field
+    if field == "auto":
+        field = "max_completion_tokens" if kind == "openai" else "max_tokens"
+    reasoning = config.reasoning
+    if reasoning == "auto":
+        # Local servers take both; Gemini's endpoint takes reasoning_effort only; OpenAI
+        # refuses reasoning_content, and reasoning_effort on its other models.
+        map_thinking, history = kind in _LOCAL_TYPES or gemini, kind in _LOCAL_TYPES
+    else:
+        map_thinking = history = reasoning == "send"
+    return ChatDialect(
+        max_tokens_field=field,
+        map_thinking=map_thinking,
+        reasoning_content=history,
+        max_stop_sequences=_MAX_STOP_SEQUENCES.get(kind),
+        gemini_signatures=gemini and config.gemini_api == "openai",
+        native_gemini=backend_api(config) == "gemini",
     )

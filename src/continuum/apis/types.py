@@ -1,10 +1,11 @@
 """The boundary of translation: what a translator returns (:class:`UpstreamCall`,
-:class:`Translated`, a :class:`StreamTranslator`) and raises (:class:`TranslationError`)."""
+:class:`Translated`, a :class:`StreamTranslator`) and raises (:class:`TranslationError`),
+and what it is told about the backend beyond its API (:class:`ChatDialect`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..core.http import Headers
 
@@ -46,8 +47,10 @@ class StreamTranslator(Protocol):
     stream ended cleanly and returns the closing bytes (e.g. the final usage chunk and
     ``data: [DONE]``); ``error`` returns the bytes that end the client's stream after an
     upstream failure (an error event, then the stream's proper terminator). ``truncated``
-    turns True when ``finish`` found the stream cut short (no finish reason, no end marker):
-    the client still gets a proper end, and the router counts the attempt a failure.
+    turns True when ``finish`` found the stream cut short (no finish reason, no end marker),
+    or a translator found it broken (an answer it cannot express faithfully, past a bound
+    of :mod:`continuum.apis.limits`): the client still gets a proper end, and the router
+    counts the attempt a failure.
     """
 
     @property
@@ -58,3 +61,27 @@ class StreamTranslator(Protocol):
     def finish(self) -> bytes: ...
 
     def error(self, status: int, message: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatDialect:
+    """What the chat request made from an Anthropic Messages request (the ``/v1/messages``
+    front door) must look like for one backend: the facts that differ between
+    OpenAI-compatible servers. The backend's profile builds it from its config."""
+
+    #: The field that carries the token limit: ``max_completion_tokens`` (OpenAI's reasoning
+    #: models refuse ``max_tokens``) or ``max_tokens`` (what most other servers know).
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    #: Anthropic ``thinking`` becomes ``reasoning_effort``.
+    map_thinking: bool = False
+    #: Thinking blocks of assistant turns go back as ``reasoning_content`` (DeepSeek-style
+    #: reasoning APIs want it on tool-call turns; OpenAI's own API refuses it).
+    reasoning_content: bool = False
+    #: Most stop sequences the backend takes (OpenAI: 4); more is a 400 of ours.
+    max_stop_sequences: int | None = None
+    #: Gemini's OpenAI-compatible endpoint: a tool call turn whose first call has no thought
+    #: signature gets Google's placeholder in ``extra_content`` (Gemini 3 requires one).
+    gemini_signatures: bool = False
+    #: The chat body goes on to the native Gemini translator (not to a server): tool errors
+    #: travel as ``is_error`` and thinking as an exact ``thinking_config`` budget.
+    native_gemini: bool = False

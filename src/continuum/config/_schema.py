@@ -270,6 +270,10 @@ class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     anthropic_version: str = "2023-06-01"
     gemini_api: Literal["native", "openai"] = "native"
     default_max_tokens: PosInt = 4096
+    #: Translation choices for agent tool loops (docs/configuration.md, "Translation").
+    max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    reasoning: Literal["auto", "send", "drop"] = "auto"
+    thinking_conflict: Literal["drop", "reject"] = "drop"
     health_check: BackendHealthCheck | None = None
     max_in_flight: PosInt | None = None
     max_queue: NonNegInt = 256

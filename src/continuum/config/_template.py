@@ -149,6 +149,9 @@ backends:                           # at least one; names must be unique
     anthropic_version: "2023-06-01" # anthropic-version header for type: anthropic
     gemini_api: native              # type: gemini: native (generateContent) | openai (Gemini's OpenAI-compatible endpoint)
     default_max_tokens: 4096        # max_tokens sent to Anthropic when the client sends none
+    max_tokens_field: auto          # field for the token limit of a /v1/messages request translated to chat: auto (max_completion_tokens for type: openai, else max_tokens) | max_tokens | max_completion_tokens
+    reasoning: auto                 # /v1/messages to an OpenAI-compatible backend: thinking -> reasoning_effort, thinking blocks -> reasoning_content: auto | send | drop
+    thinking_conflict: drop         # type: anthropic, thinking that Anthropic would refuse (tool_choice required/named, a tool turn without its thinking blocks): drop (send without thinking) | reject (400)
     health_check: null              # per-backend overrides of health_checks, e.g. {endpoint: /health, interval: 10s, timeout: 2s, enabled: true}
     max_in_flight: null             # requests in flight to this backend; null = server.connection_pool_size
     max_queue: 256                  # requests waiting for a slot; past it the backend is skipped (429 when all are full)

@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 
-from ._schema import ALIASES, DEFAULT_URLS, HIDDEN, Config, ConfigError, MockConfig
+from ._schema import (
+    ALIASES,
+    DEFAULT_URLS,
+    HIDDEN,
+    BackendConfig,
+    Config,
+    ConfigError,
+    MockConfig,
+)
 from ._text import is_secret_name, join_path, last_key, mask_url, type_name
 from ._units import DURATION_HELP, SIZE_HELP, parse_bind_address, parse_duration, parse_size
 
@@ -357,6 +365,22 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def _check_translation_keys(b: BackendConfig, path: str, ctx: Context) -> None:
+    """The agent-loop translation keys only shape a chat request some backends get: set on
+    another backend they would be accepted and ignored, so they are refused."""
+    chat = b.type != "anthropic" and not (b.type == "gemini" and b.gemini_api == "native")
+    if not chat:
+        for key, default in (("max_tokens_field", "auto"), ("reasoning", "auto")):
+            if getattr(b, key) != default:
+                raise ctx.error(
+                    f"{path}.{key}",
+                    "only valid for OpenAI-compatible backends (this backend's type is "
+                    f"{b.type!r}{', gemini_api native' if b.type == 'gemini' else ''})")
+    if b.type != "anthropic" and b.thinking_conflict != "drop":
+        raise ctx.error(f"{path}.thinking_conflict",
+                        f"only valid for type 'anthropic' (this backend's type is {b.type!r})")
+
+
 def _check_header_value(value: str, path: str, ctx: Context) -> None:
     """A value the router sends upstream as (part of) a header: one line of latin-1, or a
     CR/LF would split it into headers of its own (and a non-latin-1 one cannot be sent)."""
@@ -505,6 +529,7 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
                 raise ctx.error(
                     f"{p}.mock", f"only valid for type 'mock' (this backend's type is {b.type!r})"
                 )
+        _check_translation_keys(b, p, ctx)
         for j, model in enumerate(b.models):
             if not model.strip():
                 raise ctx.error(f"{p}.models[{j}]", "model names must not be empty")

@@ -4,7 +4,8 @@ and for pass-through.
 * :class:`SSEReader` — the ``data`` payloads of complete events, from bytes split anywhere.
   It follows the SSE line rules: a line ends at CR, LF or CRLF (a CR at the end of one chunk
   and an LF at the start of the next are one line end), ``data:`` lines of an event are
-  joined with LF, a blank line ends the event, other fields and comments are skipped.
+  joined with LF, a blank line ends the event, other fields and comments are skipped. With
+  ``max_event`` it raises :class:`SSETooLarge` rather than hold more of one event.
 * :data:`DONE_MARK` / :data:`DONE_EVENT` — OpenAI's ``[DONE]`` terminator.
 * :data:`END_MARKS` / :data:`EVENT_MARKS` — how a complete stream of each endpoint ends, so
   a clean close without it is a truncation; :class:`PassThrough` forwards a stream's bytes
@@ -29,16 +30,27 @@ DONE_MARK: Final = b"[DONE]"
 DONE_EVENT: Final = b"data: " + DONE_MARK + b"\n\n"
 
 
+class SSETooLarge(Exception):
+    """An upstream event grew past the reader's ``max_event`` bytes."""
+
+
 @final
 class SSEReader:
-    """Feed bytes split anywhere; get the payloads of the events they complete."""
+    """Feed bytes split anywhere; get the payloads of the events they complete.
 
-    __slots__ = ("_data", "_partial", "_skip_lf")
+    ``max_event`` bounds what one event may hold (its unfinished line and its data lines):
+    a translator keeps at most that much of a hostile upstream's endless event, then
+    :class:`SSETooLarge` ends the stream. None: no bound (our own, well-formed streams).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_data", "_held", "_max", "_partial", "_skip_lf")
+
+    def __init__(self, max_event: int | None = None) -> None:
         self._partial = b""  # an unfinished line
         self._data: list[bytes] = []  # data lines of the event being read
         self._skip_lf = False  # the last chunk ended on CR: a leading LF belongs to it
+        self._max = max_event
+        self._held = 0  # bytes of the data lines in ``_data``
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The payloads of the events that ``chunk`` completes (often none or one)."""
@@ -58,11 +70,17 @@ class SSEReader:
             for line in lines:
                 if not line:
                     if data:
+                        if self._max is not None and self._held > self._max:
+                            self._check()
                         events.append(b"\n".join(data))
                         data = self._data = []
+                        self._held = 0
                 elif line[:5] == b"data:":
                     value = line[5:]
                     data.append(value[1:] if value[:1] == b" " else value)
+                    self._held += len(value)
+            if self._max is not None:
+                self._check()
             return events
         pos = 0
         size = len(buf)
@@ -82,7 +100,17 @@ class SSEReader:
             self._line(buf[pos:end], events)
             pos = nxt
         self._partial = buf[pos:]
+        if self._max is not None:
+            self._check()
         return events
+
+    def _check(self) -> None:
+        assert self._max is not None
+        if self._held + len(self._partial) > self._max:
+            self._partial = b""
+            self._data = []
+            self._held = 0
+            raise SSETooLarge(f"an upstream event is larger than {self._max} bytes")
 
     def tail(self) -> list[bytes]:
         """At the end of the stream: the last event if it lacked its blank line."""
@@ -96,11 +124,15 @@ class SSEReader:
     def _line(self, line: bytes, events: list[bytes]) -> None:
         if not line:
             if self._data:
+                if self._max is not None and self._held > self._max:
+                    self._check()
                 events.append(b"\n".join(self._data))
                 self._data = []
+                self._held = 0
         elif line[:5] == b"data:":
             value = line[5:]
             self._data.append(value[1:] if value[:1] == b" " else value)
+            self._held += len(value)
 
 
 # -- how a stream ends --------------------------------------------------------------------

@@ -31,11 +31,14 @@ Mapping decisions (the ones the two APIs leave open):
   messages become ``tool_result`` blocks of a user message, so a run of tool messages and a
   following user message share one user turn, tool results first. Message ``name`` is dropped.
 * ``temperature`` is clamped to Anthropic's 0..1 (OpenAI allows 0..2).
-* ``reasoning_effort`` → ``thinking`` budget: ``low`` 1024, ``medium`` 4096, ``high`` 16384
-  (``minimal``/``none`` → no thinking). When the budget is not below ``max_tokens`` the budget
-  is added to ``max_tokens`` (the client's answer keeps its room). Extended thinking rejects
-  non-default sampling, so ``temperature``/``top_p`` are dropped then. A client's own
-  ``thinking`` field wins over ``reasoning_effort``.
+* ``reasoning_effort`` → ``thinking`` budget: ``low`` 1024, ``medium`` 4096, ``high`` 16384,
+  ``xhigh`` 32768, ``max`` 49152 (``minimal``/``none`` → no thinking). When the budget is not
+  below ``max_tokens`` the budget is added to ``max_tokens`` (the client's answer keeps its
+  room). Extended thinking rejects non-default sampling, so ``temperature``/``top_p`` are
+  dropped then. A client's own ``thinking`` field wins over ``reasoning_effort``. Thinking
+  Anthropic would refuse (a forced ``tool_choice``; a tool loop whose turn came back without
+  its thinking blocks) is dropped for the request, or a TranslationError with
+  ``thinking_conflict="reject"``; with thinking off, thinking blocks leave the history.
 * OpenAI-only knobs with no Anthropic meaning (penalties, seed, logit_bias, store, OpenAI
   ``metadata`` …) are dropped; fields this module does not know pass through untouched
   (``top_k``, ``thinking``, ``service_tier`` …). ``n > 1``, ``logprobs``, a JSON
@@ -43,13 +46,19 @@ Mapping decisions (the ones the two APIs leave open):
 * Usage: OpenAI ``prompt_tokens`` = Anthropic ``input_tokens`` + cache creation + cache read
   tokens (Anthropic's ``input_tokens`` excludes cached ones); cache reads are also reported as
   ``prompt_tokens_details.cached_tokens``. The reverse splits them again.
-* ``thinking`` blocks/deltas become the de-facto ``reasoning_content`` field, and back.
+* ``thinking`` blocks/deltas become the de-facto ``reasoning_content`` field, and the blocks
+  themselves (signatures, ``redacted_thinking``) travel as ``thinking_blocks`` and come back
+  as the assistant turn's first blocks, unmodified (:mod:`._thinking`).
 * Stop reasons: end_turn/stop_sequence/pause_turn → stop, max_tokens and
-  model_context_window_exceeded → length, tool_use → tool_calls, refusal → content_filter;
-  back: stop → end_turn, length → max_tokens, tool_calls/function_call → tool_use,
-  content_filter → refusal.
-* Front door: ``top_k`` and ``thinking`` are dropped (OpenAI itself rejects both) unless
-  ``map_thinking=True``, which maps the budget back to ``reasoning_effort``.
+  model_context_window_exceeded → length, tool_use → tool_calls, refusal → content_filter
+  (pause_turn, refusal and model_context_window_exceeded also as ``native_finish_reason``);
+  back: stop → end_turn (tool_use when calls were made), length → max_tokens,
+  tool_calls/function_call → tool_use, content_filter or a ``refusal`` → refusal.
+* Front door: ``top_k`` is dropped; ``thinking`` becomes ``reasoning_effort`` (or an exact
+  Gemini budget) and thinking blocks ``reasoning_content`` as the backend's
+  :class:`~continuum.apis.types.ChatDialect` says; Gemini thought signatures ride in
+  thinking blocks (:mod:`._thinking`); parallel tool call deltas are assembled by
+  :mod:`._toolcalls`.
 """
 
 from __future__ import annotations

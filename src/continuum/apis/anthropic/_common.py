@@ -49,7 +49,40 @@ _ANTHROPIC_TO_OPENAI_ERROR: Final[dict[str, tuple[str, str | None]]] = {
     "timeout_error": ("timeout_error", "upstream_timeout"),
 }
 
+#: OpenAI error ``type`` (or ``code``) → Anthropic error type, for errors that arrive inside
+#: a chat stream (the status is long gone by then).
+_OPENAI_TO_ANTHROPIC_ERROR: Final[dict[str, str]] = {
+    "invalid_request_error": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "invalid_api_key": "authentication_error",
+    "permission_error": "permission_error",
+    "not_found": "not_found_error",
+    "not_found_error": "not_found_error",
+    "request_too_large": "request_too_large",
+    "rate_limit_error": "rate_limit_error",
+    "rate_limit_exceeded": "rate_limit_error",
+    "insufficient_quota": "rate_limit_error",
+    "billing_error": "billing_error",
+    "service_unavailable": "overloaded_error",
+    "overloaded": "overloaded_error",
+    "overloaded_error": "overloaded_error",
+    "timeout_error": "timeout_error",
+    "upstream_timeout": "timeout_error",
+    "server_error": "api_error",
+    "api_error": "api_error",
+}
 
+
+def anthropic_error_kind(err: object) -> str:
+    """The Anthropic error type for an OpenAI-shaped error object: by its ``code``, else
+    its ``type`` (an Anthropic type is kept as it is), else ``api_error``."""
+    if not isinstance(err, dict):
+        return "api_error"
+    for key in ("code", "type"):
+        value = err.get(key)
+        if isinstance(value, str) and value in _OPENAI_TO_ANTHROPIC_ERROR:
+            return _OPENAI_TO_ANTHROPIC_ERROR[value]
+    return "api_error"
 
 
 def openai_error_dict(etype: str, message: str) -> JSON:
@@ -60,6 +93,3 @@ def openai_error_dict(etype: str, message: str) -> JSON:
 def error_message(body: bytes, status: int) -> str:
     text = body[:500].decode("utf-8", "replace").strip()
     return f"upstream returned HTTP {status}" + (f": {text}" if text else "")
-
-
-

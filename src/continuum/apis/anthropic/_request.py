@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
@@ -12,15 +12,24 @@ from ...core.http import Headers
 from ..content import parse_data_url
 from ..types import TranslationError, UpstreamCall
 from ._common import JSON, decode, encode, load_object, new_id
+from ._thinking import thinking_blocks, thinking_part
 
 #: ``reasoning_effort`` → Anthropic ``thinking.budget_tokens`` (None: thinking stays off).
+#: ``xhigh`` and ``max`` (the openai SDK knows both) stay under the 64k output tokens of
+#: current models once the client's ``max_tokens`` is added.
 REASONING_BUDGETS: Final[dict[str, int | None]] = {
     "none": None,
     "minimal": None,
     "low": 1024,
     "medium": 4096,
     "high": 16384,
+    "xhigh": 32768,
+    "max": 49152,
 }
+
+#: ``tool_choice`` types Anthropic refuses together with thinking (it forces tool use).
+_FORCING_CHOICES: Final = frozenset({"any", "tool"})
+_THINKING_TYPES: Final = frozenset({"thinking", "redacted_thinking"})
 
 #: OpenAI request fields that are translated (or deliberately dropped) here; any other field
 #: passes through to Anthropic untouched.
@@ -164,6 +173,30 @@ def _tool_use_blocks(tool_calls: object, where: str) -> list[JSON]:
     return blocks
 
 
+def _assistant_content(msg: JSON, where: str) -> str | list[JSON]:
+    """An assistant message's blocks: its thinking blocks first, unmodified (Anthropic
+    checks their signatures), then its text, then its tool calls."""
+    content = msg.get("content")
+    thinking = thinking_blocks(msg, where)
+    tool_blocks = _tool_use_blocks(msg.get("tool_calls"), f"{where}.tool_calls")
+    if isinstance(content, str) and not tool_blocks and not thinking:
+        return content
+    blocks: list[JSON] = []
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") in _THINKING_TYPES:
+                block = thinking_part(part, f"{where}.content[{i}]")
+                if block is not None:
+                    thinking.append(block)
+            else:
+                parts.append(part)
+        blocks = _user_blocks(parts, f"{where}.content")
+    elif content != "":
+        blocks = _user_blocks(content, f"{where}.content")
+    return thinking + blocks + tool_blocks
+
+
 def _tool_result_block(msg: JSON, where: str) -> JSON:
     call_id = msg.get("tool_call_id")
     if not isinstance(call_id, str):
@@ -203,12 +236,7 @@ def _convert_messages(messages: object) -> tuple[str | list[JSON] | None, list[J
             )
         elif role == "assistant":
             anth_role = "assistant"
-            tool_blocks = _tool_use_blocks(msg.get("tool_calls"), f"{where}.tool_calls")
-            if isinstance(content, str) and not tool_blocks:
-                new_content = content
-            else:
-                text_blocks = [] if content == "" else _user_blocks(content, f"{where}.content")
-                new_content = text_blocks + tool_blocks
+            new_content = _assistant_content(msg, where)
             if new_content in ("", []):
                 continue  # an empty assistant turn: Anthropic rejects empty content
         elif role == "tool":
@@ -281,17 +309,103 @@ def _convert_tool_choice(choice: object) -> JSON:
     raise TranslationError(f"unsupported tool_choice {choice!r}", param="tool_choice")
 
 
+def _thinking_on(thinking: object) -> bool:
+    return isinstance(thinking, dict) and thinking.get("type", "enabled") != "disabled"
+
+
+def _starts_with_thinking(message: JSON) -> bool:
+    content = message["content"]
+    return (isinstance(content, list) and bool(content)
+            and content[0].get("type") in _THINKING_TYPES)
+
+
+def _has_block(message: JSON, kind: str) -> bool:
+    content = message["content"]
+    return isinstance(content, list) and any(b.get("type") == kind for b in content)
+
+
+def _turn_without_thinking(messages: list[JSON]) -> int | None:
+    """When the conversation ends inside a tool loop (its last message carries tool
+    results), the index of the loop's first assistant message if that one does not start
+    with thinking blocks: Anthropic refuses such a request while thinking is on."""
+    if messages[-1]["role"] != "user" or not _has_block(messages[-1], "tool_result"):
+        return None
+    first: int | None = None
+    for i in range(len(messages) - 2, -1, -1):
+        message = messages[i]
+        if message["role"] == "assistant":
+            first = i
+        elif not _has_block(message, "tool_result"):
+            break  # the user's own turn: the tool loop began after it
+    if first is None or _starts_with_thinking(messages[first]):
+        return None
+    return first
+
+
+def _thinking_refused(out: JSON, conflict: Literal["drop", "reject"]) -> bool:
+    """Whether Anthropic would refuse thinking for this request: a ``tool_choice`` that
+    forces tool use, or a tool loop whose assistant turn came back without its thinking
+    blocks. ``drop``: True (send it without thinking); ``reject``: a clear 400."""
+    choice = out.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in _FORCING_CHOICES:
+        if conflict == "reject":
+            raise TranslationError(
+                "Anthropic backends cannot think when tool_choice forces a tool ('required' "
+                "or a named function): drop reasoning_effort/thinking or use tool_choice "
+                "'auto'", param="tool_choice")
+        return True
+    turn = _turn_without_thinking(out["messages"])
+    if turn is None:
+        return False
+    if conflict == "reject":
+        raise TranslationError(
+            "with thinking on, Anthropic needs the assistant turn that made these tool calls "
+            "back with its thinking blocks first: send the message's 'thinking_blocks' as "
+            "the router returned them, or turn thinking off", param="messages")
+    return True
+
+
+def _strip_thinking(messages: list[JSON]) -> None:
+    """Thinking off: thinking blocks leave the assistant turns (and an assistant turn of
+    nothing else leaves, its neighbours merged)."""
+    changed = False
+    for message in messages:
+        content = message["content"]
+        if message["role"] == "assistant" and isinstance(content, list) and any(
+                b.get("type") in _THINKING_TYPES for b in content):
+            message["content"] = [b for b in content if b.get("type") not in _THINKING_TYPES]
+            changed = True
+    if not changed:
+        return
+    kept: list[JSON] = []
+    for message in messages:
+        if message["content"] in ([], ""):
+            continue
+        if kept and kept[-1]["role"] == message["role"]:
+            kept[-1]["content"] = _as_blocks(kept[-1]["content"]) + _as_blocks(
+                message["content"])
+        else:
+            kept.append(message)
+    messages[:] = kept
+
+
+def _as_blocks(content: str | list[JSON]) -> list[JSON]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
 def openai_to_anthropic_request(
     body: bytes,
     *,
     model: str,
     default_max_tokens: int = 4096,
+    thinking_conflict: Literal["drop", "reject"] = "drop",
 ) -> UpstreamCall:
     """An OpenAI chat request body → the Anthropic ``POST /v1/messages`` call (its
     credentials and ``anthropic-version`` are the backend's :class:`BackendProfile`'s).
 
     The result is an :class:`AnthropicCall`, whose ``stream``/``include_usage`` say how to
-    build the :class:`AnthropicToOpenAIStream`.
+    build the :class:`AnthropicToOpenAIStream`. ``thinking_conflict`` says what happens to
+    thinking Anthropic would refuse (see :func:`_thinking_refused`).
     """
     req = load_object(body, "request body")
     n = req.get("n")
@@ -327,7 +441,7 @@ def openai_to_anthropic_request(
     elif stop is not None:
         raise TranslationError("stop must be a string or a list of strings", param="stop")
 
-    thinking_on = False
+    ours: JSON | None = None  # the thinking reasoning_effort asks for
     if "thinking" not in req:
         effort = req.get("reasoning_effort")
         if effort is not None:
@@ -337,20 +451,7 @@ def openai_to_anthropic_request(
                 )
             budget = REASONING_BUDGETS[effort]
             if budget is not None:
-                thinking_on = True
-                out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-                if max_tokens <= budget:
-                    max_tokens += budget
-    out["max_tokens"] = max_tokens
-
-    if not thinking_on:
-        temperature = req.get("temperature")
-        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
-            out["temperature"] = min(max(float(temperature), 0.0), 1.0)
-        elif temperature is not None:
-            raise TranslationError("temperature must be a number", param="temperature")
-        if req.get("top_p") is not None:
-            out["top_p"] = req["top_p"]
+                ours = {"type": "enabled", "budget_tokens": budget}
 
     tools_param = (
         "tools"
@@ -369,6 +470,28 @@ def openai_to_anthropic_request(
                     tool_choice["disable_parallel_tool_use"] = True
             if tool_choice is not None:
                 out["tool_choice"] = tool_choice
+
+    thinking = ours if ours is not None else req.get("thinking")
+    if _thinking_on(thinking) and _thinking_refused(out, thinking_conflict):
+        thinking = ours = None
+        out.pop("thinking", None)
+        req = {k: v for k, v in req.items() if k != "thinking"}
+    if not _thinking_on(thinking):
+        _strip_thinking(messages)  # Anthropic refuses thinking blocks with thinking off
+    if ours is not None:
+        out["thinking"] = ours
+        if max_tokens <= ours["budget_tokens"]:
+            max_tokens += ours["budget_tokens"]
+    out["max_tokens"] = max_tokens
+
+    if ours is None:  # extended thinking rejects non-default sampling
+        temperature = req.get("temperature")
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            out["temperature"] = min(max(float(temperature), 0.0), 1.0)
+        elif temperature is not None:
+            raise TranslationError("temperature must be a number", param="temperature")
+        if req.get("top_p") is not None:
+            out["top_p"] = req["top_p"]
 
     stream = req.get("stream") is True
     include_usage = False

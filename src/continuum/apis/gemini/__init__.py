@@ -37,7 +37,9 @@ Mapping decisions (request)
   placeholder ``skip_thought_signature_validator`` is sent so Gemini 3 accepts the history.
 * ``tool`` messages → ``functionResponse {name, response}``; the name comes from the earlier
   tool call with the same id (or the message's ``name``). A JSON-object result is the
-  response itself; any other JSON value or plain text is wrapped as ``{"content": ...}``.
+  response itself; any other JSON value or plain text is wrapped as ``{"content": ...}``; a
+  failed tool's (``is_error: true``, which the ``/v1/messages`` front door sets) as
+  ``{"error": ...}``.
 * ``tools`` → one ``{functionDeclarations: [...]}``. JSON Schemas are reduced to the OpenAPI
   subset Gemini accepts: a whitelist of keywords (``additionalProperties``, ``$schema``,
   ``strict``, ``$id``, ``examples``… are dropped), local ``$ref``\\s into ``$defs`` /
@@ -52,7 +54,8 @@ Mapping decisions (request)
   ``top_logprobs``→``logprobs``; ``response_format`` ``json_object`` → ``responseMimeType:
   application/json``, ``json_schema`` → the same plus ``responseSchema`` (reduced as above).
 * ``reasoning_effort`` → ``generationConfig.thinkingConfig.thinkingBudget`` per
-  :data:`REASONING_BUDGETS` (none 0, minimal 512, low 1024, medium 8192, high 24576). The
+  :data:`REASONING_BUDGETS` (none 0, minimal 512, low 1024, medium 8192, high 24576, xhigh
+  and max -1: dynamic). The
   client's own provider field wins over it: ``google.thinking_config`` (how the OpenAI SDK's
   ``extra_body={"google": {...}}`` arrives — also accepted nested under a literal
   ``extra_body``), a top-level ``thinking_config``/``thinkingConfig``, or
@@ -73,8 +76,10 @@ Mapping decisions (response)
   ``call_<responseId>_<n>`` (random hex when there is no ``responseId``).
 * ``finishReason``: STOP→``stop`` (``tool_calls`` when the choice has calls), MAX_TOKENS→
   ``length``, SAFETY/RECITATION/BLOCKLIST/PROHIBITED_CONTENT/SPII/IMAGE_SAFETY→
-  ``content_filter``, anything else→``stop``. A prompt blocked before generation
-  (``promptFeedback.blockReason``, no candidates) is one empty ``content_filter`` choice.
+  ``content_filter``, MALFORMED_FUNCTION_CALL/UNEXPECTED_TOOL_CALL/TOO_MANY_TOOL_CALLS→ a
+  502 error naming it (a stream: an error event, ``truncated``), anything else→``stop``. A
+  prompt blocked before generation (``promptFeedback.blockReason``, no candidates) is one
+  empty ``content_filter`` choice.
 * ``usage``: ``prompt_tokens`` = promptTokenCount; ``completion_tokens`` =
   candidatesTokenCount + thoughtsTokenCount (OpenAI counts reasoning inside completion tokens,
   Gemini does not); ``total_tokens`` = totalTokenCount;

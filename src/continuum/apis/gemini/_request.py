@@ -17,12 +17,17 @@ _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
 #: OpenAI ``reasoning_effort`` → Gemini ``thinkingConfig.thinkingBudget`` (tokens).
+#: ``xhigh`` and ``max`` ask for more than ``high``, which is the most every thinking model
+#: takes (Flash stops at 24576): they get the dynamic budget (-1), the model thinking as
+#: much as it decides, up to its own ceiling.
 REASONING_BUDGETS: Final[dict[str, int]] = {
     "none": 0,
     "minimal": 512,
     "low": 1024,
     "medium": 8192,
     "high": 24576,
+    "xhigh": -1,
+    "max": -1,
 }
 
 #: Google's documented placeholder for a function call whose thought signature is unknown.
@@ -257,7 +262,8 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                     f"{param}.tool_call_id does not match any earlier assistant tool call",
                     f"{param}.tool_call_id",
                 )
-            add("user", [_function_response(name, content, param)])
+            add("user", [_function_response(name, content, param,
+                                            error=msg.get("is_error") is True)])
         elif role == "function":
             name = msg.get("name")
             if not isinstance(name, str) or not name:
@@ -402,7 +408,11 @@ def _signature(call: Any) -> str | None:
     return sig if isinstance(sig, str) and sig else None
 
 
-def _function_response(name: str, content: Any, param: str) -> dict[str, Any]:
+def _function_response(name: str, content: Any, param: str, *, error: bool = False
+                       ) -> dict[str, Any]:
+    """A tool result as Gemini's ``functionResponse``: a JSON object is the response, any
+    other value goes under ``content``; a failed tool's (``is_error``, which the
+    ``/v1/messages`` front door sets) under ``error``, the key Gemini reads as a failure."""
     if isinstance(content, list):
         content = "".join(p["text"] for p in _text_parts(content, param, allow_refusal=False))
     if content is None:
@@ -413,7 +423,10 @@ def _function_response(name: str, content: Any, param: str) -> dict[str, Any]:
         value: Any = _decode(content)
     except msgspec.DecodeError:
         value = content
-    response = value if isinstance(value, dict) else {"content": value}
+    if error:
+        response = {"error": value}
+    else:
+        response = value if isinstance(value, dict) else {"content": value}
     return {"functionResponse": {"name": name, "response": response}}
 
 

@@ -29,6 +29,29 @@ _FINISH: Final[dict[str, str]] = {
 }
 
 
+#: Finish reasons of an answer Gemini could not complete: it started a function call it
+#: could not express. Read as ``stop`` an agent would take "no calls, no text" for "done",
+#: so they are errors the client sees (502, which the router retries elsewhere).
+_FAILED: Final[dict[str, str]] = {
+    "MALFORMED_FUNCTION_CALL": "malformed_function_call",
+    "UNEXPECTED_TOOL_CALL": "unexpected_tool_call",
+    "TOO_MANY_TOOL_CALLS": "too_many_tool_calls",
+}
+
+
+def failed_finish(candidate: dict[str, Any]) -> dict[str, Any] | None:
+    """The OpenAI error object for a candidate that ended in a failure, else None."""
+    reason = candidate.get("finishReason")
+    code = _FAILED.get(reason) if isinstance(reason, str) else None
+    if code is None:
+        return None
+    detail = candidate.get("finishMessage")
+    message = f"Gemini could not complete a function call (finishReason {reason})"
+    if isinstance(detail, str) and detail:
+        message += ": " + detail[:1000]
+    return {"message": message, "type": "server_error", "param": None, "code": code}
+
+
 def finish_reason(reason: Any, has_calls: bool) -> str:
     mapped = _FINISH.get(reason, "stop") if isinstance(reason, str) else "stop"
     return "tool_calls" if mapped == "stop" and has_calls else mapped
@@ -197,6 +220,9 @@ def gemini_to_openai_response(
     for pos, cand in enumerate(candidates if isinstance(candidates, list) else []):
         if not isinstance(cand, dict):
             continue
+        failure = failed_finish(cand)
+        if failure is not None:
+            return Translated(502, _encode({"error": failure}))
         parts = Parts(cand, call_id)
         message: dict[str, Any] = {"role": "assistant", "content": parts.text or None}
         if parts.thoughts:

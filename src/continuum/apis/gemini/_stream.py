@@ -8,8 +8,17 @@ from typing import Any
 import msgspec
 
 from ...core.errors import openai_error_body
-from ...core.sse import DONE_EVENT, SSEReader
-from ._response import Parts, call_ids, error_fields, finish_reason, new_id, openai_usage
+from ...core.sse import DONE_EVENT, SSEReader, SSETooLarge
+from ..limits import MAX_EVENT_BYTES
+from ._response import (
+    Parts,
+    call_ids,
+    error_fields,
+    failed_finish,
+    finish_reason,
+    new_id,
+    openai_usage,
+)
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -22,13 +31,18 @@ class GeminiToOpenAIStream:
     (and ``reasoning_content`` for thought summaries), one chunk per function call carrying the
     whole arguments, and a finish chunk when ``finishReason`` arrives. ``finish`` adds the usage
     chunk (when ``include_usage`` and Gemini reported usage) and ``data: [DONE]``; a stream that
-    ended without any ``finishReason`` is a truncation and ends with an error event instead.
+    ended without any ``finishReason`` is a truncation and ends with an error event instead,
+    and so does a failed function call (``MALFORMED_FUNCTION_CALL`` …) or an event past
+    :data:`MAX_EVENT_BYTES` (both count as the backend's failure). With ``early_usage`` (the
+    chunk stream goes on into another translator, which reports usage at the start) the
+    first chunk also carries the usage Gemini sent with the first event.
     """
 
     __slots__ = (
         "_call_id",
         "_created",
         "_done",
+        "_early_usage",
         "_finished",
         "_id",
         "_include_usage",
@@ -47,13 +61,15 @@ class GeminiToOpenAIStream:
         include_usage: bool,
         *,
         created: int | None = None,
+        early_usage: bool = False,
     ) -> None:
         self._model = model
         self._include_usage = include_usage
+        self._early_usage = early_usage
         self._created = int(time.time()) if created is None else created
         #: True once ``finish`` found the stream cut short (the router counts it a failure).
         self.truncated = False
-        self._reader = SSEReader()
+        self._reader = SSEReader(MAX_EVENT_BYTES)
         self._id: str | None = None
         self._call_id: Any = None
         self._prefix = b""
@@ -69,7 +85,12 @@ class GeminiToOpenAIStream:
         if self._done:
             return b""
         out: list[bytes] = []
-        for payload in self._reader.feed(data):  # event:, id:, retry: carry nothing here
+        try:
+            payloads = self._reader.feed(data)
+        except SSETooLarge as exc:
+            self.truncated = True
+            return self.error(502, f"Gemini stream cannot be translated: {exc}")
+        for payload in payloads:  # event:, id:, retry: carry nothing here
             out.append(self._event(payload))
             if self._done:
                 break
@@ -113,9 +134,12 @@ class GeminiToOpenAIStream:
     def _sse(obj: dict[str, Any]) -> bytes:
         return b"data: " + _encode(obj) + b"\n\n"
 
-    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None,
+               usage: dict[str, Any] | None = None) -> bytes:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self._sse({**self._head(), "choices": [choice]})
+        if usage is None:
+            return self._sse({**self._head(), "choices": [choice]})
+        return self._sse({**self._head(), "choices": [choice], "usage": usage})
 
     def _event(self, payload: bytes) -> bytes:
         try:
@@ -148,8 +172,11 @@ class GeminiToOpenAIStream:
             if index in self._finished:
                 continue
             if index not in self._started:
+                first = not self._started
                 self._started.add(index)
-                out.append(self._chunk(index, {"role": "assistant", "content": ""}))
+                role = self._chunk(index, {"role": "assistant", "content": ""},
+                                   usage=self._usage if first and self._early_usage else None)
+                out.append(role)
             parts = Parts(cand, self._call_id)
             delta: dict[str, Any] = {}
             if parts.thoughts:
@@ -162,6 +189,12 @@ class GeminiToOpenAIStream:
                 k = self._tool_index.get(index, 0)
                 self._tool_index[index] = k + 1
                 out.append(self._chunk(index, {"tool_calls": [{"index": k, **call}]}))
+            failure = failed_finish(cand)
+            if failure is not None:
+                self.truncated = True
+                self._done = True
+                out.append(self._sse({"error": failure}) + DONE_EVENT)
+                break
             reason = cand.get("finishReason")
             if isinstance(reason, str) and reason != "FINISH_REASON_UNSPECIFIED":
                 self._finished.add(index)
