@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,36 @@ def test_untranslatable_requests(body: bytes, param: str | None) -> None:
         openai_to_anthropic_request(body, model=BACKEND_MODEL)
     assert exc.value.param == param
     assert exc.value.message
+
+
+def _file_part(data_url: str) -> dict[str, Any]:
+    return {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "read"},
+        {"type": "file", "file": {"filename": "f", "file_data": data_url}}]}]}
+
+
+def test_file_parts_become_document_blocks() -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 x").decode()
+    blocks = to_anthropic(_file_part(f"data:application/pdf;base64,{pdf}"))
+    assert blocks["messages"][0]["content"][1] == {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}
+    text = base64.b64encode("héllo".encode()).decode()
+    blocks = to_anthropic(_file_part(f"data:text/markdown;base64,{text}"))
+    assert blocks["messages"][0]["content"][1] == {
+        "type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                       "data": "héllo"}}
+
+
+@pytest.mark.parametrize("url", [
+    "data:application/zip;base64,UEsD",  # a kind Anthropic does not read
+    "https://example.com/a.pdf",  # not inline
+    "data:application/pdf;base64",  # no data at all
+])
+def test_file_parts_anthropic_cannot_take(url: str) -> None:
+    with pytest.raises(TranslationError) as exc:
+        to_anthropic(_file_part(url))
+    assert exc.value.param == "messages[0].content[1]"
 
 
 # ---------------------------------------------------------------------------------------

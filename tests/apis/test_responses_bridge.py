@@ -286,7 +286,7 @@ def test_built_in_tools_are_refused_by_name(tool: dict[str, Any]) -> None:
     [
         ({"input": [{"role": "user", "content": [
             {"type": "input_image", "file_id": "file-abc", "detail": "auto"}]}]},
-         "input[0].content[0].file_id", "Files API"),
+         "input[0].content[0].file_id", "/v1/files"),
         ({"input": [{"role": "user", "content": [
             {"type": "input_file", "file_id": "file-abc"}]}]},
          "input[0].content[0]", "file_data"),

@@ -16,10 +16,25 @@ from ..apis.profiles import backend_profile
 from ..config import BackendConfig, Config
 from ..core.circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
 from ..core.clock import now as clock
+from ..core.endpoints import (
+    RESPONSES,
+    RESPONSES_BRIDGE,
+    RESPONSES_NATIVE,
+    default_endpoints,
+    responses_native,
+)
 from ..core.health import HealthState
 from ..core.http import Headers
 from ..net.client.connect import make_ssl_context
-from ..net.client.exchange import ConnectError, Exchange, Origin, Pool, PoolLimits, PoolStats
+from ..net.client.exchange import (
+    ConnectError,
+    Exchange,
+    Origin,
+    Pool,
+    PoolLimits,
+    PoolStats,
+    RequestBody,
+)
 from ..net.client.h2 import HTTP2Pool, open_pool
 from ..net.client.http1_pool import HTTP1Pool
 
@@ -46,6 +61,17 @@ class BackendSnapshot:
     pool: PoolStats
     requests: int
     failures: int
+
+
+def backend_endpoints(config: BackendConfig, api: str) -> frozenset[str]:
+    """What a backend serves, as routing keys (see ``BackendActor.endpoints``)."""
+    listed = config.endpoints
+    endpoints = (frozenset(listed) if listed is not None
+                 else default_endpoints(config.type, api))
+    if RESPONSES in endpoints:
+        native = responses_native(config.type, api, config.responses)
+        endpoints |= {RESPONSES_NATIVE if native else RESPONSES_BRIDGE}
+    return endpoints
 
 
 @final
@@ -114,6 +140,9 @@ class BackendActor:
         #: The API this backend speaks: "openai" (every OpenAI-compatible server, and
         #: Gemini's OpenAI endpoint), "anthropic" (Messages) or "gemini" (generateContent).
         self.api = self.profile.api
+        #: The model-routed endpoints it serves (``endpoints``, or its type's defaults),
+        #: plus the routing key of how it serves ``/v1/responses``, if it does.
+        self.endpoints = backend_endpoints(config, self.api)
 
     # -- routing view --------------------------------------------------------------------
 
@@ -157,6 +186,18 @@ class BackendActor:
         self.requests += 1
         try:
             return await self.pool.start(method, target, headers, body)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+
+    async def start_upload(
+        self, method: bytes, target: bytes, headers: Headers, body: RequestBody
+    ) -> Exchange:
+        """:meth:`start` with a body relayed as it arrives (an upload)."""
+        self.in_flight += 1
+        self.requests += 1
+        try:
+            return await self.pool.start_upload(method, target, headers, body)
         except BaseException:
             self.in_flight -= 1
             raise

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -38,7 +38,7 @@ from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH
 from ..core.messages import RequestObserved
 from ..core.realtime import REALTIME_PATH
-from ..net.server.connection import Refusal, Request, ServerConnection
+from ..net.server.connection import ProtocolError, Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
 from .catalog import ModelCatalog
@@ -73,6 +73,10 @@ def public_url(url: str) -> str:
 
 
 Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | None"]]
+#: A route for a family of paths (``/v1/files/{id}``): given a path that is no exact route,
+#: (the methods it takes, its handler, the metrics endpoint label), or None. Methods are
+#: one name or several joined by ", ".
+RouteMatch = Callable[[str], "tuple[str, Route, str] | None"]
 
 
 def _error_body(status: int, message: str, path: str, *, code: str | None = None,
@@ -81,6 +85,12 @@ def _error_body(status: int, message: str, path: str, *, code: str | None = None
     if is_messages_api(path):
         return anthropic_error_body(status, message)
     return openai_error_body(status, message, code=code, param=param)
+
+
+def _allows(methods: str, method: str) -> bool:
+    """Does a route taking ``methods`` (names joined by ", ") take ``method``?"""
+    allowed = methods.split(", ")
+    return method in allowed or (method == "HEAD" and "GET" in allowed)
 
 
 _TOO_DEEP: Final = (f"Request body nesting too deep: at most {MAX_JSON_DEPTH} levels of arrays "
@@ -97,6 +107,8 @@ class Ingress:
         metrics: MetricsSink,
         observations: trio.MemorySendChannel[RequestObserved],
         proxy: Proxy,
+        routes: Mapping[str, tuple[str, Route]] | None = None,
+        matches: Sequence[RouteMatch] = (),
     ) -> None:
         self.config = config
         self.proxy = proxy
@@ -124,6 +136,9 @@ class Ingress:
         }
         for path in _PROXY_ENDPOINTS:
             self._routes[path] = ("POST", proxy.handle)
+        if routes:  # other subsystems' endpoints (they may take over a proxied path)
+            self._routes.update(routes)
+        self._matches = tuple(matches)
         if config.metrics.enabled and config.metrics.bind_address is None:
             self._routes[config.metrics.endpoint] = ("GET", self._metrics)
 
@@ -169,6 +184,10 @@ class Ingress:
             return route[0], route[1], path
         if path.startswith("/v1/models/"):
             return "GET", self._model, "/v1/models/{id}"
+        for match in self._matches:
+            found = match(path)
+            if found is not None:
+                return found
         return "", None, "other"
 
     async def handle(self, request: Request, conn: ServerConnection) -> None:
@@ -185,9 +204,10 @@ class Ingress:
             if handler is None:
                 raise RouterError(404, f"Unknown path: {request.method} {quoted(path)}",
                                   code="not_found")
-            if request.method != method and not (request.method == "HEAD" and method == "GET"):
+            if (request.method != method and not (request.method == "HEAD" and method == "GET")
+                    and not _allows(method, request.method)):
                 # HEAD is GET without the body (the connection never sends one for HEAD).
-                allow = b"GET, HEAD" if method == "GET" else method.encode()
+                allow = method.replace("GET", "GET, HEAD").encode()
                 raise RouterError(
                     405, f"Method {request.method} not allowed on {path}; use {method}",
                     headers=[(b"allow", allow)],
@@ -204,6 +224,14 @@ class Ingress:
                 await conn.send_response(
                     exc.status, [*JSON_HEADERS, *exc.headers], body
                 )
+        except ProtocolError as exc:
+            # An upload's body failed while a handler read it (408, 413, the client left):
+            # the connection closes once this is answered.
+            status = exc.status
+            conn.closing = True
+            if not conn.responded:
+                await conn.send_response(exc.status, JSON_HEADERS,
+                                         _error_body(exc.status, exc.message, path))
         except RecursionError:
             # Deeper than any decoder here can take, whatever the depth check let through:
             # the request's fault, and never the process's end.

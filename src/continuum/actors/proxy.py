@@ -19,15 +19,17 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, final
 
 import msgspec
 import trio
 
-from ..apis.calls import ENDPOINT_APIS, Call, build_call
+from ..apis.calls import Call, build_call
+from ..apis.files import REFERENCE_MARK
 from ..apis.types import StreamTranslator, TranslationError
 from ..config import Config
 from ..core.clock import now as clock
+from ..core.endpoints import CHAT
 from ..core.errors import (
     RouterError,
     anthropic_error_body,
@@ -43,7 +45,7 @@ from ..core.sse import (
     usage_from_body,
     usage_from_sse_tail,
 )
-from ..net.client.exchange import Exchange, UpstreamError
+from ..net.client.exchange import Exchange, RequestBody, UpstreamError
 from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
 from ..observability.tracing import Tracing
@@ -77,6 +79,22 @@ class Peek(msgspec.Struct):
 
 
 decode_peek = msgspec.json.Decoder(Peek).decode
+_TOO_DEEP: Final = (f"Request body nesting too deep: at most {MAX_JSON_DEPTH} levels of arrays "
+                    "and objects")
+
+
+def _peek(body: bytes) -> Peek:
+    """The fields the router reads of a JSON body; a 400 without a ``model``."""
+    try:
+        peek = decode_peek(body)
+    except msgspec.ValidationError as exc:
+        raise RouterError(400, f"Invalid request body: {exc}") from None
+    except msgspec.DecodeError:
+        raise RouterError(400, "Request body is not valid JSON") from None
+    if not peek.model:
+        raise RouterError(400, "You must provide a 'model' parameter", param="model",
+                          code="missing_model")
+    return peek
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -127,6 +145,67 @@ class Served(msgspec.Struct, frozen=True):
     model: str
     backend_duration: float
     attempts: int
+
+
+#: How a 200 answer is relayed as it arrives, besides a stream the client asked for:
+#: ``sse`` — an event stream (a transcription with ``stream=true``); ``binary`` — any
+#: answer, bytes as they come (audio).
+Relay = Literal["", "sse", "binary"]
+
+
+class Plan(Protocol):
+    """A request whose upstream calls are not the client's body passed to ``build_call``
+    (a Responses request bridged to chat, an upload, a binary answer): what the attempt
+    loop asks of it. Its hooks run before the answer's last bytes reach the client, so
+    whatever they record (a stored response) exists once the client has the answer."""
+
+    #: The routing key: only backends listing it in their ``endpoints`` are tried.
+    endpoint: str
+    relay: Relay
+
+    def call(self, backend: BackendActor, model: str, stream: bool) -> Call:
+        """This attempt's upstream call (raises TranslationError or RouterError)."""
+        ...
+
+    def upload(self) -> RequestBody | None:
+        """The body to relay for the call just made, if it is an upload."""
+        ...
+
+    def can_retry(self) -> bool:
+        """May another attempt follow a failed one? (Not once an upload has flowed.)"""
+        ...
+
+    async def answered(self, answer: AttemptResult) -> None:
+        """A complete 200 answer, in the client's API, before it is sent."""
+        ...
+
+    async def streamed(self, translator: StreamTranslator) -> None:
+        """A stream that completed, before its ending is sent."""
+        ...
+
+
+class FileResolver(Protocol):
+    """Inlines the router's stored files that a request references (``files.enabled``)."""
+
+    async def resolve(self, request: Request) -> None: ...
+
+
+@final
+class _BinaryRelay:
+    """A StreamTranslator for bytes that are not SSE: passed on unchanged. A failure has
+    no in-band signal: the stream's proper end is withheld instead (see ``_stream``)."""
+
+    __slots__ = ()
+    truncated = False
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+    def error(self, status: int, message: str) -> bytes:
+        return b""
 
 
 def _is_event_stream(headers: Headers) -> bool:
@@ -213,6 +292,8 @@ class Proxy:
         self.streams: set[ServerConnection] = set()
         #: Set once the router is shutting down: a stream cut now says so.
         self.stopping = False
+        #: File references in chat requests are resolved by it (None: no Files API).
+        self.files: FileResolver | None = None
         #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
         self.tracing = Tracing(config.tracing)
         self._spans = self.tracing.spans
@@ -240,9 +321,10 @@ class Proxy:
     # -- entry ---------------------------------------------------------------------------
 
     def _chain(self, model: str, path: str) -> tuple[str, ...]:
-        """The models to try for ``model`` on endpoint ``path`` (alias resolved, fallbacks
-        after it, only models some backend able to serve ``path`` has). Cached until the
-        Router's table changes: it is the same answer for every request of a model."""
+        """The models to try for ``model`` on endpoint ``path`` (a routing key: alias
+        resolved, fallbacks after it, only models some backend serving ``path`` has).
+        Cached until the Router's table changes: it is the same answer for every request
+        of a model."""
         router = self.router
         if self._chains_version != router.version:
             self._chains.clear()
@@ -255,14 +337,26 @@ class Proxy:
         if not any(router.candidates(m) for m in full):
             raise RouterError(404, f"The model {quoted(model)} does not exist or no backend "
                               "serves it", code="model_not_found", param="model")
-        apis = ENDPOINT_APIS[path]
-        chain = tuple(m for m in full if any(b.api in apis for b in router.candidates(m)))
+        chain = tuple(m for m in full if any(path in b.endpoints for b in router.candidates(m)))
         if not chain:
-            raise RouterError(404, f"No backend serving model {quoted(model)} supports {path}",
-                              code="unsupported_endpoint", param="model")
+            raise RouterError(
+                404, f"No backend serving model {quoted(model)} supports "
+                f"{path.partition('#')[0]}", code="unsupported_endpoint", param="model")
         if len(self._chains) < _CHAIN_CACHE_MAX:  # client-chosen model names: bounded
             self._chains[key] = chain
         return chain
+
+    def chain(self, model: str, endpoint: str) -> tuple[str, ...]:
+        """The fallback chain of ``model`` among backends serving ``endpoint`` (a 404
+        RouterError when there are none)."""
+        return self._chain(model, endpoint)
+
+    def arm_timeout(self, conn: ServerConnection, path: str) -> None:
+        """Start ``request.timeout`` for a request being proxied (``handle`` does it)."""
+        conn.arm_timer(
+            clock() + self._timeout,
+            self._timeout_error_anthropic if is_messages_api(path) else self._timeout_error,
+        )
 
     async def handle(self, request: Request, conn: ServerConnection,
                      state: RequestState) -> Served:
@@ -270,19 +364,12 @@ class Proxy:
         # Before any decoder sees the body: deep nesting is refused by one fixed rule (see
         # _jsondepth), so no decode of it anywhere can hit Python's recursion limit.
         if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
-            raise RouterError(400, f"Request body nesting too deep: at most {MAX_JSON_DEPTH} "
-                              "levels of arrays and objects")
-        try:
-            peek = decode_peek(body)
-        except msgspec.ValidationError as exc:
-            raise RouterError(400, f"Invalid request body: {exc}") from None
-        except msgspec.DecodeError:
-            raise RouterError(400, "Request body is not valid JSON") from None
-        model = peek.model
-        if not model:
-            raise RouterError(400, "You must provide a 'model' parameter", param="model",
-                              code="missing_model")
-        state.model = model
+            raise RouterError(400, _TOO_DEEP)
+        peek = _peek(body)
+        model = state.model = peek.model or ""
+        files = self.files
+        if files is not None and REFERENCE_MARK in body and request.path == CHAT:
+            await files.resolve(request)
         chain = self._chain(model, request.path)
         hash_key = self._hash_key(request, peek) if self._hash_key is not None else None
         # request.timeout covers every attempt's connect, head and plain body. When it
@@ -303,6 +390,41 @@ class Proxy:
         answer = await (self._forward(request, conn, model, chain, hash_key, stream, state)
                         if self._spans else self._forward_chain(
                             request, conn, model, chain, hash_key, stream, state, None))
+        return await self._answer(conn, state, answer)
+
+    async def peek(self, request: Request, state: RequestState) -> Peek:
+        """What :meth:`handle` reads of a JSON body (``model`` required), for the handlers
+        that proxy through a plan."""
+        body = request.body
+        if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
+            raise RouterError(400, _TOO_DEEP)
+        peek = _peek(body)
+        state.model = peek.model or ""
+        return peek
+
+    def hash_key(self, request: Request, user: str | None = None) -> str | None:
+        """The ConsistentHash key of a request (None without that strategy)."""
+        if self._hash_key is None:
+            return None
+        return self._hash_key(request, Peek(user=user))
+
+    async def handle_planned(
+        self, request: Request, conn: ServerConnection, state: RequestState, model: str,
+        chain: tuple[str, ...], stream: bool, plan: Plan, hash_key: str | None = None,
+    ) -> Served:
+        """Proxy a request through ``plan`` (the caller armed the timeout with
+        :meth:`arm_timeout` and found the ``chain``): same attempts, retries, fallbacks,
+        streaming and accounting as :meth:`handle`, without deduplication."""
+        state.stream = stream
+        answer = await self._forward(request, conn, model, chain, hash_key, stream, state,
+                                     plan)
+        if not answer.streamed and answer.status == 200 and not answer.error:
+            await plan.answered(answer)
+        return await self._answer(conn, state, answer)
+
+    async def _answer(self, conn: ServerConnection, state: RequestState,
+                      answer: AttemptResult) -> Served:
+        """Send the answer the attempt loop returned (unless it was streamed already)."""
         if answer.streamed:
             return answer.served
         conn.disarm_timer()
@@ -339,19 +461,20 @@ class Proxy:
     async def _forward(
         self, request: Request, conn: ServerConnection, client_model: str,
         chain: tuple[str, ...], hash_key: str | None, stream: bool, state: RequestState,
+        plan: Plan | None = None,
     ) -> AttemptResult:
         """Try the chain's models and their backends; return the answer to send, or — when
         it was streamed to the client already — what was served (never a failure: when no
         attempt succeeded, the last retryable answer, or a RouterError)."""
         if not self._spans:
             return await self._forward_chain(request, conn, client_model, chain, hash_key,
-                                             stream, state, None)
+                                             stream, state, None, plan)
         span = self.tracing.start_child(state.span, "routing", {"continuum.model":
                                                                 client_model})
         error = ""
         try:
             return await self._forward_chain(request, conn, client_model, chain, hash_key,
-                                             stream, state, span)
+                                             stream, state, span, plan)
         except RouterError as exc:
             error = exc.message
             raise
@@ -361,28 +484,32 @@ class Proxy:
     async def _forward_chain(
         self, request: Request, conn: ServerConnection, client_model: str,
         chain: tuple[str, ...], hash_key: str | None, stream: bool, state: RequestState,
-        span: Any,
+        span: Any, plan: Plan | None = None,
     ) -> AttemptResult:
         router = self.router
-        apis = ENDPOINT_APIS[request.path]
+        endpoint = request.path if plan is None else plan.endpoint
         retries = 0
         last_error = ""
         timed_out = False  # the last failure was a slow backend, not a broken one
         held: AttemptResult | None = None  # a retryable answer, in case nothing better comes
         previous: BackendActor | None = None  # the last backend that failed
+        final = False  # the plan cannot make another attempt
         for index, model in enumerate(chain):
+            if final:
+                break
             if index:
                 if state.failed_over is None:
                     state.failed_over = []
                 state.failed_over.append(chain[index - 1])
-            body = request.body if model == client_model else with_model(request.body, model)
+            body = (request.body if model == client_model or plan is not None
+                    else with_model(request.body, model))
             tried: list[BackendActor] = []
             for attempt in range(self._max_retries + 1):
                 if retries:
-                    if not router.has_alternative(model, tried, apis):
+                    if not router.has_alternative(model, tried, endpoint=endpoint):
                         break
                     await trio.sleep(self._backoff.delay(retries, self._rng))
-                backend = router.choose(model, tried, hash_key, stream, apis)
+                backend = router.choose(model, tried, hash_key, stream, endpoint=endpoint)
                 if backend is None:
                     break
                 if previous is not None:  # this attempt retries ``previous``'s failure
@@ -394,7 +521,7 @@ class Proxy:
                 retries += 1
                 last = model == chain[-1] and attempt == self._max_retries
                 result = await self._attempt(request, conn, backend, model, body,
-                                             stream, retries, last, state, span)
+                                             stream, retries, last, state, span, plan)
                 if not result.error:
                     return result
                 previous = backend
@@ -405,18 +532,21 @@ class Proxy:
                              last_error)
                 else:
                     log.info("model %s attempt %d: %s", model, retries, last_error)
+                if plan is not None and not plan.can_retry():
+                    final = True
+                    break
         if held is not None:
             return held  # every backend failed; the last retryable answer says why
         if timed_out:
             raise RouterError(504, f"Upstream timeout: {last_error}")
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
-        raise router.unavailable_error(chain, apis, client_model)
+        raise router.unavailable_error(chain, None, client_model, endpoint)
 
     async def _attempt(
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,
         body: bytes, stream: bool, attempt: int, last: bool, state: RequestState,
-        routing_span: Any = None,
+        routing_span: Any = None, plan: Plan | None = None,
     ) -> AttemptResult:
         """One attempt on one backend: the final answer (or what was streamed), or a
         failure to retry after (with the backend's answer when it was a retryable one).
@@ -453,13 +583,21 @@ class Proxy:
         waiting = None if stream else self.clients.waiting
         if waiting is not None:
             waiting.add(conn)
+        relay: Relay = ""
+        upload: RequestBody | None = None
         try:
             try:
-                call = build_call(request.path, backend.profile, request.query, request.headers,
-                                  body, model, stream)
+                if plan is None:
+                    call = build_call(request.path, backend.profile, request.query,
+                                      request.headers, body, model, stream)
+                else:
+                    call = plan.call(backend, model, stream)
+                    upload = plan.upload()
+                    relay = plan.relay
             except TranslationError as exc:
                 record(None, True)  # the request's fault, not the backend's
-                raise RouterError(400, exc.message, param=exc.param) from None
+                raise RouterError(exc.status, exc.message, param=exc.param,
+                                  code=exc.code) from None
             headers = call.headers
             if routing_span is not None:
                 span = self.tracing.start_child(
@@ -478,16 +616,21 @@ class Proxy:
                     # request.timeout leaves time.
                     exchange = None
                     with trio.move_on_after(self._idle_timeout):
-                        exchange = await backend.start(call.method, call.target, headers,
-                                                       call.body)
+                        exchange = await (
+                            backend.start(call.method, call.target, headers, call.body)
+                            if upload is None else
+                            backend.start_upload(call.method, call.target, headers, upload))
                     if exchange is None:
                         return failed(
                             f"backend '{backend.name}' sent no response head within "
                             f"{self._idle_timeout:g}s (request.idle_timeout)", started,
                             timed_out=True)
-                else:
+                elif upload is None:
                     exchange = await backend.start(call.method, call.target, headers,
                                                    call.body)
+                else:
+                    exchange = await backend.start_upload(call.method, call.target, headers,
+                                                          upload)
             except UpstreamError as exc:
                 return failed(f"backend '{backend.name}' failed: {exc}", started)
             if span is not None:
@@ -505,7 +648,12 @@ class Proxy:
                     return AttemptResult(error=message)
                 answer.error = message
                 return answer
-            if stream and status == 200 and _is_event_stream(exchange.headers):
+            if status == 200 and (
+                    relay == "binary"
+                    or ((stream or relay) and _is_event_stream(exchange.headers))):
+                if waiting is not None:  # the stream watches its client itself
+                    waiting.discard(conn)
+                    waiting = None
                 cannot = await self._first_chunk(exchange, backend)
                 if cannot is not None:
                     return failed(cannot.error, started, cannot.timed_out)
@@ -517,13 +665,14 @@ class Proxy:
                                     overhead_ms(started - state.started - state.upstream)))
                 translator: StreamTranslator = (
                     call.stream() if call.stream is not None
+                    else _BinaryRelay() if relay == "binary"
                     else PassThrough(request.path)
                 )
                 streams = self.streams
                 streams.add(conn)
                 try:
                     ok = await self._stream(conn, backend, exchange, out_headers, translator,
-                                            state)
+                                            state, plan)
                 finally:
                     streams.discard(conn)
                 if ok is not None and (ok or not self.stopping):  # a shutdown is no outcome
@@ -660,6 +809,7 @@ class Proxy:
     async def _stream(
         self, conn: ServerConnection, backend: BackendActor, exchange: Exchange,
         headers: Headers, translator: StreamTranslator, state: RequestState,
+        plan: Plan | None = None,
     ) -> bool | None:
         """Forward SSE bytes as they arrive (through ``translator``); end with an error
         event on failure.
@@ -768,6 +918,13 @@ class Proxy:
         if client_gone:
             conn.closing = True
             return None
+        if not ok and type(translator) is _BinaryRelay:
+            # Bytes have no error event: the client sees the body end without its final
+            # chunk (a broken transfer), never a truncated file that looks whole.
+            conn.closing = True
+            return False
+        if ok and plan is not None:
+            await plan.streamed(translator)
         try:
             await conn.end_chunked(ending)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -81,8 +81,10 @@ class Router:
         hash_key: str | None = None,
         stream: bool = False,
         apis: frozenset[str] | None = None,
+        endpoint: str | None = None,
     ) -> BackendActor | None:
         """An available backend for ``model`` not in ``exclude``; None if there is none.
+        Only backends speaking one of ``apis`` and serving ``endpoint`` count, when given.
 
         A half-open circuit breaker admits a few trial requests: the breaker is asked only
         for the backend the strategy picked, and one that refuses is set aside.
@@ -94,6 +96,7 @@ class Router:
         eligible = [
             b for b in candidates
             if b.available(now) and b not in exclude and (apis is None or b.api in apis)
+            and (endpoint is None or endpoint in b.endpoints)
         ]
         key: RouteKey | None = None
         while eligible:
@@ -113,11 +116,13 @@ class Router:
         model: str,
         exclude: Iterable[BackendActor],
         apis: frozenset[str] | None = None,
+        endpoint: str | None = None,
     ) -> bool:
         """Is another backend available for ``model``? (No side effects, unlike choose.)"""
         now = clock()
         return any(
             b.available(now) and b not in exclude and (apis is None or b.api in apis)
+            and (endpoint is None or endpoint in b.endpoints)
             for b in self._table.get(model, ())
         )
 
@@ -152,7 +157,8 @@ class Router:
         backend.breaker.release_trial()
 
     def why_unavailable(
-        self, models: Iterable[str], apis: frozenset[str] | None = None
+        self, models: Iterable[str], apis: frozenset[str] | None = None,
+        endpoint: str | None = None,
     ) -> tuple[str, float]:
         """For the error when no backend of ``models`` (a fallback chain) could be chosen:
         the most telling reason (``overloaded`` beats ``circuit_open`` beats
@@ -168,6 +174,8 @@ class Router:
             for backend in self._table.get(model, ()):
                 if apis is not None and backend.api not in apis:
                     continue
+                if endpoint is not None and endpoint not in backend.endpoints:
+                    continue
                 if not backend.available(now):
                     reasons.append(backend.unavailable_reason(now))
                 elif backend.breaker.state is BreakerState.HALF_OPEN:
@@ -179,11 +187,12 @@ class Router:
         return "unhealthy", 0.0
 
     def unavailable_error(
-        self, models: Sequence[str], apis: frozenset[str] | None, client_model: str
+        self, models: Sequence[str], apis: frozenset[str] | None, client_model: str,
+        endpoint: str | None = None,
     ) -> RouterError:
         """The 429/503 for a request none of whose backends could be chosen, saying why and
         (``Retry-After``, whole seconds rounded up) for how long."""
-        reason, wait = self.why_unavailable(models, apis)
+        reason, wait = self.why_unavailable(models, apis, endpoint)
         name = quoted(client_model)
         seconds = max(1, math.ceil(wait))
         if reason == "overloaded":

@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Final, Protocol, final
 import trio
 
 from ..config import Config, ConfigError
+from ..core.endpoints import RESPONSES, RESPONSES_BRIDGE
 from ..core.errors import render_error
 from ..core.messages import ControlMessage, RequestObserved
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..net.server.tls import make_server_context, reload_server_context
 from ..observability.metrics import Metrics
-from .backend import BackendActor
+from .backend import BackendActor, backend_endpoints
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
+from .fronts import build_fronts
 from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
 from .prober import HealthProber, probe
@@ -229,8 +231,13 @@ async def _start_mocks(
     store = ResponseStore()  # one per router: its mocks act as replicas of one provider
     for backend in config.backends:
         if backend.type == "mock":
+            # It serves what the backend says it does (a bridged one has no /v1/responses).
+            served = backend_endpoints(backend, backend.mock.api)
+            if RESPONSES_BRIDGE in served:
+                served -= {RESPONSES}
             upstream = MockUpstream(backend.mock, backend.models or ("mock-model",),
-                                    name=backend.name, responses_store=store)
+                                    name=backend.name, responses_store=store,
+                                    endpoints=served)
             mocks[backend.name] = upstream
             urls[backend.name] = f"http://{await nursery.start(serve_mock, upstream)}"
     return mocks, urls
@@ -395,21 +402,25 @@ async def _serve(
         catalog = ModelCatalog(router, backends, config.cache.model_cache_ttl,
                             config.health_checks.timeout, control_send)
         prober = HealthProber(backends, config.health_checks, control_send)
+        dedup_cfg = config.cache.deduplication
+        dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
+        proxy = Proxy(config, router, dedup)
+        fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
             max_header_size=server_cfg.max_header_size,
             max_body_size=server_cfg.max_request_body_size,
             request_read_timeout=server_cfg.request_read_timeout,
             keepalive_timeout=server_cfg.keepalive_timeout,
             write_timeout=server_cfg.write_timeout,
+            stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
+            max_upload_size=server_cfg.max_upload_size,
         )
         connections: list[Front] = []
-        dedup_cfg = config.cache.deduplication
-        dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
-        ingress = Ingress(config, router, catalog, sink, observe_send,
-                          Proxy(config, router, dedup))
+        ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
+                          fronts.matches)
         realtime: RealtimeGateway | None = None
         if config.realtime.enabled:
             realtime = RealtimeGateway(config, router, sink, ingress.admit_realtime)
@@ -469,6 +480,8 @@ async def _serve(
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
+        for name, task in fronts.tasks:
+            root.start_soon(supervise, name, task)
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout, realtime)
@@ -496,6 +509,7 @@ async def _serve(
             for backend in backends:
                 backend.close()
             ingress.proxy.tracing.shutdown()
+            await fronts.aclose()
             root.cancel_scope.cancel()
 
 

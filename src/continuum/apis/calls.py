@@ -5,8 +5,10 @@ client's API — for every pair of client API and backend API.
 |---------------------------|-----------------|-------------------|-----------------------|
 | /v1/chat/completions      | pass-through    | chat → Messages   | chat → generateContent|
 | /v1/completions,          | pass-through    | —                 | —                     |
-| /v1/embeddings,           |                 |                   |                       |
-| /v1/responses             |                 |                   |                       |
+| /v1/embeddings, images,   |                 |                   |                       |
+| audio, moderations, rerank|                 |                   |                       |
+| /v1/responses             | pass-through or | Responses → chat  | Responses → chat →    |
+|                           | Responses → chat| → Messages        | generateContent       |
 | /v1/messages              | Messages → chat | pass-through      | Messages → chat →     |
 |                           |                 |                   | generateContent       |
 | /v1/messages/count_tokens | —               | pass-through      | —                     |
@@ -23,19 +25,17 @@ from typing import Final, final
 
 import msgspec
 
+from ..core.endpoints import ENDPOINTS
 from ..core.http import Headers
 from . import anthropic, gemini
 from .profiles import BackendProfile
+from .responses import ChatBridge, ChatToResponsesStream
 from .types import StreamTranslator, Translated
 
-#: Which backend APIs can serve each client endpoint.
+#: Which backend APIs can serve each client endpoint (``/v1/responses`` through the
+#: Responses bridge for the APIs that lack it: see ``continuum.apis.responses``).
 ENDPOINT_APIS: Final[dict[str, frozenset[str]]] = {
-    "/v1/chat/completions": frozenset({"openai", "anthropic", "gemini"}),
-    "/v1/completions": frozenset({"openai"}),
-    "/v1/embeddings": frozenset({"openai"}),
-    "/v1/responses": frozenset({"openai"}),
-    "/v1/messages": frozenset({"openai", "anthropic", "gemini"}),
-    "/v1/messages/count_tokens": frozenset({"anthropic"}),
+    path: endpoint.apis for path, endpoint in ENDPOINTS.items()
 }
 
 #: Client headers worth passing to a backend whose API we translate to (the rest describe
@@ -202,3 +202,31 @@ def _messages_call(
         stream=lambda: _Pipeline(gemini.GeminiToOpenAIStream(model, True, early_usage=True),
                                  anthropic.OpenAIToAnthropicStream(model)),
     )
+
+
+def bridged_responses_call(
+    bridge: ChatBridge, profile: BackendProfile, client_headers: Headers, model: str,
+    on_stream: Callable[[ChatToResponsesStream], None] | None = None,
+) -> Call:
+    """A Responses request bridged onto Chat Completions for a backend of ``profile``: the
+    chat call (passed through, or on to Anthropic or Gemini), its answer turned back into
+    a Response, a stream into the Responses events (``on_stream`` is told each stream
+    translator made, so its final Response can be stored)."""
+    chat = build_call("/v1/chat/completions", profile, "", client_headers, bridge.body, model,
+                      bridge.stream)
+    to_chat = chat.translate
+    chat_stream = chat.stream
+
+    def translate(status: int, raw: bytes) -> Translated:
+        if to_chat is not None:
+            answer = to_chat(status, raw)
+            status, raw = answer.status, answer.body
+        return bridge.translate(status, raw)
+
+    def stream() -> StreamTranslator:
+        events = bridge.stream_translator()
+        if on_stream is not None:
+            on_stream(events)
+        return events if chat_stream is None else _Pipeline(chat_stream(), events)
+
+    return Call(chat.method, chat.target, chat.headers, chat.body, translate, stream)

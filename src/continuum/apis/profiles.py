@@ -11,11 +11,12 @@ prober and the model catalog read it, so the facts they use are the ones tested 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Literal, final
+from typing import Final, Literal, cast, final
 
 import msgspec
 
 from ..config import BackendConfig
+from ..core.endpoints import backend_api_of
 from ..core.http import Headers
 from .gemini import gemini_models
 from .types import ChatDialect, TranslationError
@@ -58,13 +59,7 @@ _decode_model_list = msgspec.json.Decoder(_ModelList).decode
 
 def backend_api(config: BackendConfig) -> BackendApi:
     """The API ``config``'s backend speaks."""
-    if config.type == "anthropic":
-        return "anthropic"
-    if config.type == "gemini":
-        return "gemini" if config.gemini_api == "native" else "openai"
-    if config.type == "mock":
-        return config.mock.api
-    return "openai"
+    return cast(BackendApi, backend_api_of(config.type, config.gemini_api, config.mock.api))
 
 
 @final

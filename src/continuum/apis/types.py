@@ -31,12 +31,16 @@ class Translated:
 
 
 class TranslationError(Exception):
-    """The request cannot be expressed in the target API (answered 400 with ``message``)."""
+    """The request cannot be expressed in the target API (answered ``status``, 400 unless
+    said otherwise, with ``message`` and the OpenAI error ``code`` if any)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, *, code: str | None = None,
+                 status: int = 400) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
+        self.status = status
 
 
 class StreamTranslator(Protocol):

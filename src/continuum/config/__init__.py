@@ -25,6 +25,7 @@ from ._schema import CacheConfig as CacheConfig
 from ._schema import Config as Config
 from ._schema import ConfigError as ConfigError
 from ._schema import DeduplicationConfig as DeduplicationConfig
+from ._schema import FilesConfig as FilesConfig
 from ._schema import HealthChecksConfig as HealthChecksConfig
 from ._schema import HttpClientConfig as HttpClientConfig
 from ._schema import LoggingConfig as LoggingConfig
@@ -34,6 +35,8 @@ from ._schema import MockConfig as MockConfig
 from ._schema import MockFailure as MockFailure
 from ._schema import RealtimeConfig as RealtimeConfig
 from ._schema import RequestConfig as RequestConfig
+from ._schema import ResponsesConfig as ResponsesConfig
+from ._schema import ResponsesRedisConfig as ResponsesRedisConfig
 from ._schema import RoutingConfig as RoutingConfig
 from ._schema import ServerConfig as ServerConfig
 from ._schema import ServerTlsConfig as ServerTlsConfig
@@ -55,6 +58,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeduplicationConfig",
+    "FilesConfig",
     "HealthChecksConfig",
     "HttpClientConfig",
     "LoggingConfig",
@@ -64,6 +68,8 @@ __all__ = [
     "MockFailure",
     "RealtimeConfig",
     "RequestConfig",
+    "ResponsesConfig",
+    "ResponsesRedisConfig",
     "RoutingConfig",
     "ServerConfig",
     "ServerTlsConfig",

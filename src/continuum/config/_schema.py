@@ -12,6 +12,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from ..core.endpoints import EndpointPath
 from ..core.strategies import StrategyName
 
 
@@ -83,6 +84,7 @@ class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     connection_pool_size: PosInt = 100
     keepalive_timeout: PositiveDuration = 75.0
     max_request_body_size: Size = 10485760
+    max_upload_size: Size = 104857600
     max_header_size: Size = 65536
     request_read_timeout: PositiveDuration = 30.0
     write_timeout: PositiveDuration = 60.0
@@ -274,10 +276,43 @@ class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
     reasoning: Literal["auto", "send", "drop"] = "auto"
     thinking_conflict: Literal["drop", "reject"] = "drop"
+    #: The model-routed endpoints this backend serves; None: the defaults of its type.
+    endpoints: tuple[EndpointPath, ...] | None = None
+    responses: Literal["auto", "native", "bridge"] = "auto"
     health_check: BackendHealthCheck | None = None
     max_in_flight: PosInt | None = None
     max_queue: NonNegInt = 256
     mock: MockConfig = MockConfig()
+
+
+class ResponsesRedisConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "continuum:responses:"
+    timeout: PositiveDuration = 1.0
+
+
+class ResponsesConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Stored Responses API answers of bridged backends (``previous_response_id``)."""
+
+    store: Literal["memory", "redis"] = "memory"
+    ttl: PositiveDuration = 86400.0
+    max_entries: PosInt = 10000
+    max_bytes: Size = 67108864
+    redis: ResponsesRedisConfig = ResponsesRedisConfig()
+
+
+class FilesConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The router's own Files API (``/v1/files``) and file references in requests."""
+
+    enabled: bool = False
+    storage: Literal["local"] = "local"
+    directory: str = "./data/files"
+    max_file_size: Size = 104857600
+    max_total_size: Size = 10737418240
+    max_files: PosInt = 10000
+    ttl: Duration = 0.0
+    #: Bytes of files one request may reference (each is inlined into the request).
+    max_resolved_size: Size = 52428800
 
 
 class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -294,6 +329,8 @@ class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tracing: TracingConfig = TracingConfig()
     api_keys: ApiKeysConfig = ApiKeysConfig()
     realtime: RealtimeConfig = RealtimeConfig()
+    responses: ResponsesConfig = ResponsesConfig()
+    files: FilesConfig = FilesConfig()
     backends: tuple[BackendConfig, ...] = ()
     model_aliases: dict[str, str] = {}
     fallbacks: dict[str, tuple[str, ...]] = {}

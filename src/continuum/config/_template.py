@@ -18,6 +18,7 @@ server:
   connection_pool_size: 100         # max upstream connections per backend
   keepalive_timeout: 75s            # close an idle client keep-alive connection after this
   max_request_body_size: 10MiB      # larger request bodies get 413
+  max_upload_size: 100MiB           # multipart uploads (audio, image edits, files) are relayed as they arrive, up to this (else 413)
   max_header_size: 64KiB            # larger request heads get 431
   request_read_timeout: 30s         # a client must deliver a whole request within this (else 408)
   write_timeout: 60s                # a client that accepts no bytes of an answer for this long is disconnected
@@ -135,6 +136,26 @@ realtime:                           # the Realtime API relay: GET /v1/realtime?m
   close_timeout: 5s                 # closing both hops may take this long
   max_sessions: 0                   # sessions at once per process; past it 503; 0 = no limit
 
+responses:                          # stored answers of bridged /v1/responses backends (previous_response_id, GET/DELETE /v1/responses/{id})
+  store: memory                     # memory (per router process) | redis (shared by every router using the same server)
+  ttl: 24h                          # a stored response is forgotten this long after it was made
+  max_entries: 10000                # memory: at most this many responses (oldest evicted first)
+  max_bytes: 64MiB                  # memory: at most this many bytes of them; also the largest one response stored (memory or redis)
+  redis:
+    url: "redis://127.0.0.1:6379/0" # store: redis: the server (redis://, rediss:// for TLS, unix://)
+    key_prefix: "continuum:responses:"  # prefix of every key the store writes
+    timeout: 1s                     # deadline of one Redis call
+
+files:                              # the Files API (/v1/files) and file_id references in chat and Responses requests
+  enabled: false                    # serve /v1/files and resolve file references
+  storage: local                    # local: a directory (point it at shared storage, e.g. an NFS mount, to share files between routers)
+  directory: ./data/files           # where files and their metadata are kept
+  max_file_size: 100MiB             # one upload at most (413 past it); at most server.max_upload_size
+  max_total_size: 10GiB             # all files together (413 for an upload past it)
+  max_files: 10000                  # number of files kept at most
+  ttl: 0s                           # files are deleted this long after upload; 0 = kept until deleted
+  max_resolved_size: 50MiB          # bytes of files one request may reference (each is inlined into the request)
+
 backends:                           # at least one; names must be unique
   - name: local                     # unique name (used in logs, metrics and routing.weights)
     type: vllm                      # openai | vllm | ollama | llamacpp | lmstudio | localai | anthropic | gemini | mock
@@ -152,6 +173,8 @@ backends:                           # at least one; names must be unique
     max_tokens_field: auto          # field for the token limit of a /v1/messages request translated to chat: auto (max_completion_tokens for type: openai, else max_tokens) | max_tokens | max_completion_tokens
     reasoning: auto                 # /v1/messages to an OpenAI-compatible backend: thinking -> reasoning_effort, thinking blocks -> reasoning_content: auto | send | drop
     thinking_conflict: drop         # type: anthropic, thinking that Anthropic would refuse (tool_choice required/named, a tool turn without its thinking blocks): drop (send without thinking) | reject (400)
+    endpoints: null                 # the model-routed endpoints served here, e.g. [/v1/chat/completions, /v1/embeddings]; null = the defaults of its type
+    responses: auto                 # /v1/responses: native (passed through) | bridge (onto chat completions) | auto (native for type openai)
     health_check: null              # per-backend overrides of health_checks, e.g. {endpoint: /health, interval: 10s, timeout: 2s, enabled: true}
     max_in_flight: null             # requests in flight to this backend; null = server.connection_pool_size
     max_queue: 256                  # requests waiting for a slot; past it the backend is skipped (429 when all are full)

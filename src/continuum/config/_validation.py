@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 
+from ..core.endpoints import ENDPOINTS, backend_api_of
 from ._schema import (
     ALIASES,
     DEFAULT_URLS,
@@ -550,7 +551,9 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
         hc = b.health_check
         if hc is not None and hc.endpoint is not None:
             _check_path(hc.endpoint, f"{p}.health_check.endpoint", ctx)
+        _check_endpoints(b, p, ctx)
         backends.append(b)
+    _check_responses_and_files(cfg, ctx)
     for key in cfg.routing.weights:
         if not key:
             raise ctx.error("routing.weights", "keys must be backend names or URLs")
@@ -575,5 +578,38 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
     return msgspec.structs.replace(cfg, backends=tuple(backends))
 
 
+def _check_endpoints(b: BackendConfig, p: str, ctx: Context) -> None:
+    """A backend lists only endpoints its API can reach; ``responses: native`` needs the
+    Responses API itself (an OpenAI-compatible backend)."""
+    api = backend_api_of(b.type, b.gemini_api, b.mock.api)
+    seen: set[str] = set()
+    for j, endpoint in enumerate(b.endpoints or ()):
+        ep = f"{p}.endpoints[{j}]"
+        if endpoint in seen:
+            raise ctx.error(ep, f"{endpoint} is listed twice")
+        seen.add(endpoint)
+        if api not in ENDPOINTS[endpoint].apis:
+            raise ctx.error(ep, f"a backend speaking the {api} API cannot serve {endpoint}")
+    if b.responses == "native" and api != "openai":
+        raise ctx.error(f"{p}.responses", f"native needs an OpenAI-compatible backend (this "
+                        f"one speaks the {api} API); use bridge or auto")
 
 
+def _check_responses_and_files(cfg: Config, ctx: Context) -> None:
+    redis = cfg.responses.redis
+    if cfg.responses.store == "redis":
+        scheme = redis.url.partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            p = "responses.redis.url"
+            raise ctx.error(p, "expected a redis://, rediss:// or unix:// URL, got "
+                               f"{ctx.show(p, mask_url(redis.url))}")
+    files = cfg.files
+    if files.enabled:
+        if not files.directory.strip():
+            raise ctx.error("files.directory", "must not be empty")
+        if files.max_file_size > cfg.server.max_upload_size:
+            raise ctx.error("files.max_file_size",
+                            f"larger than server.max_upload_size "
+                            f"({cfg.server.max_upload_size} bytes), which bounds every upload")
+        if files.max_file_size > files.max_total_size:
+            raise ctx.error("files.max_file_size", "larger than files.max_total_size")

@@ -148,11 +148,17 @@ END_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
 #: holds the final response), so their name is far from the stream's end: they are looked
 #: for in every chunk of that endpoint, as the ``type`` of an event's JSON (which no string
 #: value inside it can fake: its quotes would be escaped).
+def _type_marks(*names: bytes) -> tuple[bytes, ...]:
+    return tuple(b'"type":' + space + b'"' + name + b'"' for name in names
+                 for space in (b"", b" "))
+
+
 EVENT_MARKS: Final[dict[str, tuple[bytes, ...]]] = {
-    "/v1/responses": tuple(
-        b'"type":' + space + b'"response.' + name + b'"'
-        for name in (b"completed", b"incomplete", b"failed") for space in (b"", b" ")
-    ),
+    "/v1/responses": _type_marks(b"response.completed", b"response.incomplete",
+                                 b"response.failed"),
+    # Transcriptions with stream=true end on their last event, with no [DONE].
+    "/v1/audio/transcriptions": _type_marks(b"transcript.text.done"),
+    "/v1/audio/translations": _type_marks(b"transcript.text.done"),
 }
 #: The ``code`` of a pass-through stream's error event, by status.
 _STREAM_ERROR_CODES: Final = {502: "bad_gateway", 503: "shutting_down", 504: "upstream_timeout"}
@@ -228,6 +234,15 @@ class _UsageOnly(msgspec.Struct):
     usage: _Usage | None = None
 
 
+class _UsageEvent(msgspec.Struct):
+    """A stream event with usage: at the top (chat's final chunk, Anthropic's
+    ``message_delta``, a transcription's last event) or in the ``response`` of the
+    Responses API's terminal event."""
+
+    usage: _Usage | None = None
+    response: _UsageOnly | None = None
+
+
 class _MessageStart(msgspec.Struct):
     """An Anthropic ``message_start`` event: the prompt's tokens sit in ``message.usage``."""
 
@@ -235,6 +250,7 @@ class _MessageStart(msgspec.Struct):
 
 
 _decode_usage = msgspec.json.Decoder(_UsageOnly).decode
+_decode_usage_event = msgspec.json.Decoder(_UsageEvent).decode
 _decode_message_start = msgspec.json.Decoder(_MessageStart).decode
 _USAGE_MARK: Final = b'"usage"'
 
@@ -275,9 +291,12 @@ def usage_from_sse_tail(tail: bytes) -> tuple[int, int] | None:
     if not line:
         return None
     try:
-        usage = _decode_usage(line).usage
+        event = _decode_usage_event(line)
     except msgspec.MsgspecError:
         return None
+    usage = event.usage
+    if usage is None and event.response is not None:
+        usage = event.response.usage
     return None if usage is None else _tokens(usage)
 
 

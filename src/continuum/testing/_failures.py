@@ -22,7 +22,10 @@ FAILURE_KINDS: Final = frozenset(
 )
 #: The paths failures apply to unless a queued failure names its own path.
 INFERENCE_PATHS: Final = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+     "/v1/moderations", "/v1/images/generations", "/v1/images/edits",
+     "/v1/images/variations", "/v1/audio/speech", "/v1/audio/transcriptions",
+     "/v1/audio/translations", "/v1/rerank"}
 )
 
 

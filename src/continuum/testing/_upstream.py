@@ -32,7 +32,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, final
 from urllib.parse import parse_qs
@@ -41,11 +41,13 @@ import trio
 
 from ..config import MockConfig, MockFailure
 from ..core.errors import render_error
+from ..core.multipart import MultipartError, form_boundary
 from ..net.server.connection import HTTPLimits, Request, ServerConnection, status_line
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..net.websocket_relay import ReplayStream, handshake_request
 from . import _anthropic as anth
 from . import _gemini as gem
+from . import _media as media
 from . import _openai as oai
 from . import _responses as responses
 from ._failures import INFERENCE_PATHS, Failure, FailurePlan
@@ -67,13 +69,26 @@ _ROUTES: Final[dict[str, tuple[str, ...]]] = {
     "/v1/completions": _POST,
     "/v1/embeddings": _POST,
     "/v1/responses": _POST,
+    "/v1/moderations": _POST,
+    "/v1/images/generations": _POST,
+    "/v1/images/edits": _POST,
+    "/v1/images/variations": _POST,
+    "/v1/audio/speech": _POST,
+    "/v1/audio/transcriptions": _POST,
+    "/v1/audio/translations": _POST,
+    "/v1/rerank": _POST,
     "/v1/models": _GET,
     "/health": _GET,
 }
+#: Paths answered from a multipart form (read as it arrives, see ``_read_form``).
+_FORM_PATHS: Final = frozenset(
+    {"/v1/images/edits", "/v1/images/variations", "/v1/audio/transcriptions",
+     "/v1/audio/translations"})
 _MODELS_PREFIX: Final = "/v1/models/"
 _RESPONSES_PREFIX: Final = "/v1/responses/"
 _GET_DELETE: Final = ("GET", "DELETE")
-_LIMITS: Final = HTTPLimits()
+_LIMITS: Final = HTTPLimits(stream_paths=frozenset(p.encode() for p in _FORM_PATHS),
+                            max_upload_size=1 << 32)
 #: The Realtime API's WebSocket path, served on the same listener (OpenAI API only).
 _REALTIME_PATH: Final = "/v1/realtime"
 _UPGRADE_PATHS: Final = frozenset({_REALTIME_PATH})
@@ -93,6 +108,15 @@ _ANTHROPIC_ROUTES: Final[dict[str, tuple[str, ...]]] = {
 #: A failure-plan key that stands for "an inference request" (see ``_pick_failure``).
 _INFERENCE_KEY: Final = "/v1/chat/completions"
 _GEMINI_METHODS: Final = ("generateContent", "streamGenerateContent", "countTokens")
+
+
+#: The JSON endpoints of :mod:`._media`.
+_MEDIA: Final[dict[str, Callable[[bytes, Settings], Reply | StreamReply | media.BinaryReply]]] = {
+    "/v1/moderations": media.moderations,
+    "/v1/images/generations": media.image_generation,
+    "/v1/audio/speech": media.speech,
+    "/v1/rerank": media.rerank,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +149,7 @@ class MockUpstream:
         drip_delay: float = DEFAULT_DRIP_DELAY,
         api: str | None = None,
         responses_store: ResponseStore | None = None,
+        endpoints: Collection[str] | None = None,
     ) -> None:
         config = config if config is not None else MockConfig()
         chosen = api if api is not None else config.api
@@ -161,6 +186,10 @@ class MockUpstream:
         self.responses = responses_store if responses_store is not None else (
             ResponseStore()
         )
+        #: The OpenAI-API paths it serves besides ``/v1/models`` and ``/health`` (None:
+        #: all of them); others answer 404 as a server without them would.
+        self.endpoints: frozenset[str] | None = (
+            None if endpoints is None else frozenset(endpoints))
 
     def __repr__(self) -> str:
         return f"<MockUpstream {self.name!r} api={self.api} models={list(self.models)!r}>"
@@ -245,6 +274,8 @@ class MockUpstream:
                 allowed = _GET_DELETE
             elif rest.endswith("/input_items") and rest.count("/") == 1 and len(rest) > 12:
                 allowed = _GET
+        if allowed is not None and not self._serves(path):
+            allowed = None
         if allowed is None:
             await self._send(
                 conn, oai.error_reply(404, f"Invalid URL ({request.method} {path})")
@@ -262,6 +293,9 @@ class MockUpstream:
         if failure is not None and failure.kind == "hang":
             await _hang(conn)
             return
+        if path in _FORM_PATHS and request.method == "POST":
+            await self._deliver(conn, await self._form_answer(path, request), failure)
+            return
         await self._deliver(conn, self._answer(path, request.body, request.method), failure)
 
     async def _realtime(self, request: Request, conn: ServerConnection) -> None:
@@ -271,6 +305,35 @@ class MockUpstream:
         head = handshake_request(request.method, target, request.headers)
         stream, rest = conn.detach()
         await self.realtime.serve_stream(ReplayStream(stream, head + rest))
+
+    def _serves(self, path: str) -> bool:
+        served = self.endpoints
+        if served is None or path in ("/v1/models", "/health") or path.startswith(
+                _MODELS_PREFIX):
+            return True
+        if path.startswith(_RESPONSES_PREFIX):
+            path = "/v1/responses"
+        return path in served
+
+    async def _form_answer(self, path: str, request: Request) -> Reply | StreamReply:
+        """An upload's answer: the form read as it arrives (files hashed, never held)."""
+        boundary = form_boundary(request.header(b"content-type"))
+        if boundary is None:
+            return oai.error_reply(400, "Expected a multipart/form-data body with a boundary.")
+        reader = media.FormReader(boundary)
+        try:
+            stream = request.body_stream
+            if stream is None:
+                reader.feed(request.body)
+            else:
+                while data := await stream.receive_some():
+                    reader.feed(data)
+            form = reader.end()
+        except MultipartError as exc:
+            return oai.error_reply(400, f"Malformed multipart body: {exc.message}")
+        if path.startswith("/v1/images/"):
+            return media.image_upload(path, form, self._settings())
+        return media.transcription(path, form, self._settings())
 
     # -- Anthropic and Gemini ------------------------------------------------------------
 
@@ -364,7 +427,9 @@ class MockUpstream:
             failure = self._plan.pick(_INFERENCE_KEY)
         return failure
 
-    def _provider_answer(self, route: _Route, request: Request) -> Reply | StreamReply:
+    def _provider_answer(
+        self, route: _Route, request: Request
+    ) -> Reply | StreamReply | media.BinaryReply:
         kind, body = route.kind, request.body
         if kind == "openai":
             return self._answer(route.arg, body)
@@ -436,7 +501,7 @@ class MockUpstream:
 
     def _answer(
         self, path: str, body: bytes, method: str = "POST"
-    ) -> Reply | StreamReply:
+    ) -> Reply | StreamReply | media.BinaryReply:
         if path == "/v1/chat/completions":
             return oai.chat_completion(body, self._settings())
         if path == "/v1/responses":
@@ -452,6 +517,9 @@ class MockUpstream:
             return oai.text_completion(body, self._settings())
         if path == "/v1/embeddings":
             return oai.embeddings(body, self._settings())
+        media_answer = _MEDIA.get(path)
+        if media_answer is not None:
+            return media_answer(body, self._settings())
         if not 200 <= self.health_status < 300:
             return self._unhealthy()
         if path == "/health":
@@ -495,14 +563,14 @@ class MockUpstream:
     async def _deliver(
         self,
         conn: ServerConnection,
-        reply: Reply | StreamReply,
+        reply: Reply | StreamReply | media.BinaryReply,
         failure: Failure | None,
         dialect: Api = "openai",
     ) -> None:
         kind = failure.kind if failure is not None else None
         if failure is not None and kind == "status":
             reply = self._injected(failure.status, dialect)
-        elif kind == "malformed":
+        elif kind == "malformed" and not isinstance(reply, media.BinaryReply):
             if dialect == "anthropic":
                 reply = anth.malformed(reply)
             elif dialect == "gemini":
@@ -516,6 +584,8 @@ class MockUpstream:
         elif kind == "reset_mid_stream":
             if isinstance(reply, StreamReply):
                 await self._stream(conn, reply, cut_after=RESET_AFTER_EVENTS)
+            elif isinstance(reply, media.BinaryReply):
+                await self._binary(conn, reply, cut_after=1)
             else:
                 await _send_half_then_reset(conn, reply)
         elif kind == "drip":
@@ -527,11 +597,36 @@ class MockUpstream:
         else:
             await self._send(conn, reply)
 
-    async def _send(self, conn: ServerConnection, reply: Reply | StreamReply) -> None:
+    async def _send(
+        self, conn: ServerConnection, reply: Reply | StreamReply | media.BinaryReply
+    ) -> None:
         if isinstance(reply, StreamReply):
             await self._stream(conn, reply)
+        elif isinstance(reply, media.BinaryReply):
+            await self._binary(conn, reply)
         else:
             await conn.send_response(reply.status, reply.header_list(), reply.body)
+
+    async def _binary(
+        self, conn: ServerConnection, reply: media.BinaryReply, *, cut_after: int | None = None
+    ) -> None:
+        """A binary answer, chunk by chunk as it is produced (a reader that stops reading
+        holds the mock back); ends early if the client leaves."""
+        self.active_streams += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, conn, nursery.cancel_scope)
+                await conn.start_chunked(200, [(b"content-type", reply.content_type)])
+                for index, chunk in enumerate(reply.chunks):
+                    if cut_after is not None and index >= cut_after:
+                        await _reset(conn)
+                        break
+                    await conn.send_chunk(chunk)
+                else:
+                    await conn.end_chunked()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.active_streams -= 1
 
     async def _stream(
         self, conn: ServerConnection, reply: StreamReply, *, cut_after: int | None = None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -114,6 +115,26 @@ def _image_block(part: JSON, where: str) -> JSON:
     raise TranslationError(f"{where}: unsupported image URL", param=where)
 
 
+def _document_block(part: JSON, where: str) -> JSON:
+    """A chat ``file`` part with inline ``file_data`` (a PDF, a text file) → a document."""
+    file = part.get("file")
+    data = file.get("file_data") if isinstance(file, dict) else None
+    parsed = parse_data_url(data) if isinstance(data, str) else None
+    if parsed is None:
+        raise TranslationError(f"{where}: only inline file_data (a data: URL) is supported "
+                               "by Anthropic backends", param=where)
+    media_type, encoded = parsed
+    if media_type == "application/pdf":
+        return {"type": "document",
+                "source": {"type": "base64", "media_type": media_type, "data": encoded}}
+    if media_type.startswith("text/"):
+        text = base64.b64decode(encoded).decode("utf-8", "replace")
+        return {"type": "document",
+                "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    raise TranslationError(f"{where}: Anthropic backends take PDF and text files, not "
+                           f"{media_type}", param=where)
+
+
 def _user_blocks(content: object, where: str) -> list[JSON]:
     if content is None:
         return []
@@ -129,6 +150,8 @@ def _user_blocks(content: object, where: str) -> list[JSON]:
             blocks.append({"type": "text", "text": str(part.get("text", ""))})
         elif kind == "image_url":
             blocks.append(_image_block(part, here))
+        elif kind == "file":
+            blocks.append(_document_block(part, here))
         elif kind == "refusal":
             blocks.append({"type": "text", "text": str(part.get("refusal", ""))})
         else:

@@ -34,9 +34,7 @@ class BridgeError(TranslationError):
         self, message: str, param: str | None = None, *, code: str | None = None,
         status: int = 400,
     ) -> None:
-        super().__init__(message, param)
-        self.code = code
-        self.status = status
+        super().__init__(message, param, code=code, status=status)
 
     def body(self) -> bytes:
         """The OpenAI error JSON for this refusal."""

@@ -379,8 +379,9 @@ def _part(part: object, where: str, allowed: frozenset[str]) -> JSON:
     if kind == "input_image":
         if part.get("file_id") is not None:
             raise BridgeError(
-                f"{where}: input_image.file_id needs the Files API, which the Responses "
-                "bridge does not resolve yet; send image_url (an https: or data: URL)",
+                f"{where}: file {part.get('file_id')!r} is not one the router holds (upload "
+                "it to the router's /v1/files with files.enabled), so it cannot be sent to "
+                "this backend; or send image_url (an https: or data: URL)",
                 f"{where}.file_id")
         url = part.get("image_url")
         if not isinstance(url, str) or not url:
@@ -392,8 +393,9 @@ def _part(part: object, where: str, allowed: frozenset[str]) -> JSON:
     if kind == "input_file":
         if part.get("file_id") is not None or part.get("file_url") is not None:
             raise BridgeError(
-                f"{where}: input_file by file_id or file_url is not available through the "
-                "Responses bridge; send file_data", where)
+                f"{where}: input_file by file_url, or by a file_id the router does not hold "
+                "(upload it to the router's /v1/files with files.enabled), cannot be sent "
+                "to this backend; send file_data", where)
         data = part.get("file_data")
         if not isinstance(data, str) or not data:
             raise BridgeError(f"{where}.file_data must be a string", f"{where}.file_data")

@@ -61,6 +61,23 @@ class Exchange(Protocol):
         ...
 
 
+class RequestBody(Protocol):
+    """A request body sent as it is produced (an upload relayed from its client), so it
+    is never held whole."""
+
+    #: Its size when known (sent as ``content-length``); None: sent chunked (HTTP/1.1).
+    length: int | None
+
+    async def receive_some(self) -> bytes:
+        """The next piece; b"" at the end."""
+        ...
+
+    def rewind(self) -> bool:
+        """Start again from the first byte, for a request that must be sent again before
+        the upstream read any of it; False when that is no longer possible."""
+        ...
+
+
 class Pool(Protocol):
     """Connections to one upstream origin, whatever the protocol (:class:`HTTP1Pool`,
     :class:`HTTP2Pool`): the calls a BackendActor makes."""
@@ -78,6 +95,12 @@ class Pool(Protocol):
         self, method: bytes, target: bytes, headers: Headers, body: bytes
     ) -> Exchange:
         """Send a request; return once the response head has arrived."""
+        ...
+
+    async def start_upload(
+        self, method: bytes, target: bytes, headers: Headers, body: RequestBody
+    ) -> Exchange:
+        """:meth:`start` with a body sent as it is produced."""
         ...
 
     async def prewarm(self, count: int) -> int:

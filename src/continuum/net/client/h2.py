@@ -49,7 +49,15 @@ from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 
 from ...core.http import Headers
 from .connect import make_h2_ssl_context, make_ssl_context, open_transport
-from .exchange import ConnectError, Origin, PoolLimits, PoolStats, UpstreamError, read_body
+from .exchange import (
+    ConnectError,
+    Origin,
+    PoolLimits,
+    PoolStats,
+    RequestBody,
+    UpstreamError,
+    read_body,
+)
 from .http1_pool import HTTP1Pool
 
 log = logging.getLogger("continuum.http")
@@ -831,7 +839,8 @@ class HTTP2Pool:
     # -- requests --------------------------------------------------------------------------
 
     def _request_headers(
-        self, method: bytes, target: bytes, headers: Headers, body: bytes
+        self, method: bytes, target: bytes, headers: Headers, body: bytes,
+        upload: RequestBody | None = None,
     ) -> list[tuple[bytes, bytes]]:
         out = [
             (b":method", method),
@@ -846,7 +855,10 @@ class HTTP2Pool:
                     out.append((name, b"trailers"))
                 continue
             out.append((name, value))
-        if body or method in _BODY_METHODS:
+        if upload is not None:
+            if upload.length is not None:
+                out.append((b"content-length", b"%d" % upload.length))
+        elif body or method in _BODY_METHODS:
             out.append((b"content-length", b"%d" % len(body)))
         return out
 
@@ -868,14 +880,31 @@ class HTTP2Pool:
                 raise
         return await self._start_once(method, target, headers, body)
 
+    async def start_upload(
+        self, method: bytes, target: bytes, headers: Headers, body: RequestBody
+    ) -> HTTP2Exchange:
+        """:meth:`start` with a body sent as ``body`` produces it, in DATA frames within
+        the flow-control windows; a refused stream is sent again if the body can start
+        over."""
+        try:
+            return await self._start_once(method, target, headers, b"", body)
+        except ConnectError:
+            raise
+        except UpstreamError as exc:
+            if not exc.sent_nothing or not body.rewind():
+                raise
+        return await self._start_once(method, target, headers, b"", body)
+
     async def _start_once(
-        self, method: bytes, target: bytes, headers: Headers, body: bytes
+        self, method: bytes, target: bytes, headers: Headers, body: bytes,
+        upload: RequestBody | None = None,
     ) -> HTTP2Exchange:
         if self._closed:
             raise ConnectError("backend is shut down", sent_nothing=True)
         if self._nursery is None:
             raise RuntimeError("HTTP2Pool.run() is not running")
-        request = self._request_headers(method, target, headers, body)
+        request = self._request_headers(method, target, headers, body, upload)
+        no_body = not body and upload is None
         while True:
             conn = None if self._waiters else self._pick()
             if conn is not None:
@@ -896,15 +925,17 @@ class HTTP2Pool:
         conn.streams[stream_id] = s
         try:
             try:
-                conn.h2.send_headers(stream_id, request, end_stream=not body)
+                conn.h2.send_headers(stream_id, request, end_stream=no_body)
             except h2.exceptions.H2Error as exc:
                 raise UpstreamError(
                     f"cannot open an HTTP/2 stream: {exc}", sent_nothing=True
                 ) from exc
-            s.sent_end = not body
+            s.sent_end = no_body
             conn.take_output()
             if body:
                 await self._send_body(conn, s, body)
+            elif upload is not None:
+                await self._send_upload(conn, s, upload)
             while not s.status:
                 if s.error is not None:
                     raise s.error
@@ -914,9 +945,24 @@ class HTTP2Pool:
             raise
         return HTTP2Exchange(s)
 
+    @classmethod
+    async def _send_upload(cls, conn: _H2Conn, s: _Stream, upload: RequestBody) -> None:
+        """An upload's pieces as DATA frames as they come, then END_STREAM."""
+        while data := await upload.receive_some():
+            await cls._send_body(conn, s, data, last=False)
+            if s.ended:
+                return  # the server answered already (a refusal, say); close() resets
+        try:
+            conn.h2.end_stream(s.id)
+        except h2.exceptions.H2Error:
+            return
+        s.sent_end = True
+        conn.take_output()
+
     @staticmethod
-    async def _send_body(conn: _H2Conn, s: _Stream, body: bytes) -> None:
-        """DATA frames within the peer's frame size and the stream/connection windows."""
+    async def _send_body(conn: _H2Conn, s: _Stream, body: bytes, last: bool = True) -> None:
+        """DATA frames within the peer's frame size and the stream/connection windows
+        (the last one ends the stream, unless more is to come: not ``last``)."""
         h2c = conn.h2
         view = memoryview(body)
         total = len(body)
@@ -935,7 +981,7 @@ class HTTP2Pool:
             if size <= 0:
                 await conn.wait_window()
                 continue
-            end = offset + size == total
+            end = last and offset + size == total
             try:
                 h2c.send_data(s.id, view[offset : offset + size], end_stream=end)
             except h2.exceptions.H2Error as exc:

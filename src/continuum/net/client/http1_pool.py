@@ -16,7 +16,15 @@ import trio
 from ...core.clock import now as clock
 from ...core.http import Headers
 from .connect import make_ssl_context, open_transport
-from .exchange import ConnectError, Origin, PoolLimits, PoolStats, UpstreamError, read_body
+from .exchange import (
+    ConnectError,
+    Origin,
+    PoolLimits,
+    PoolStats,
+    RequestBody,
+    UpstreamError,
+    read_body,
+)
 from .http1 import HTTP1Connection
 
 
@@ -72,12 +80,16 @@ class HTTP1Pool:
             opened += 1
         return opened
 
-    def _encode(self, method: bytes, target: bytes, headers: Headers, body: bytes) -> bytes:
-        """Head and body as one buffer, for one ``send_all``."""
+    def _encode(self, method: bytes, target: bytes, headers: Headers, body: bytes,
+                framing: bytes | None = None) -> bytes:
+        """Head and body as one buffer, for one ``send_all`` (``framing``: the head's last
+        line when it is not the body's content-length)."""
         parts = [method, b" ", self._target_prefix, target, self._host_line]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
-        if body or method in (b"POST", b"PUT", b"PATCH"):
+        if framing is not None:
+            parts.append(framing)
+        elif body or method in (b"POST", b"PUT", b"PATCH"):
             parts.append(b"content-length: %d\r\n\r\n" % len(body))
         else:
             parts.append(b"\r\n")
@@ -126,6 +138,60 @@ class HTTP1Pool:
             self._slots.release()
             raise
 
+    async def start_upload(
+        self, method: bytes, target: bytes, headers: Headers, body: RequestBody
+    ) -> HTTP1Exchange:
+        """:meth:`start` with a body sent as ``body`` produces it (chunked when its length
+        is unknown). A stale reused connection is retried as in :meth:`start`, if the body
+        can start over. An upstream that answers before it has read the whole body (a 413,
+        say) and closes is answered with that response."""
+        if self._closed:
+            raise ConnectError("backend is shut down", sent_nothing=True)
+        length = body.length
+        chunked = length is None
+        framing = (b"transfer-encoding: chunked\r\n\r\n" if length is None
+                   else b"content-length: %d\r\n\r\n" % length)
+        head = self._encode(method, target, headers, b"", framing)
+        await self._slots.acquire()
+        self._in_use += 1
+        conn: HTTP1Connection | None = None
+        try:
+            for attempt in (0, 1):
+                conn = await self._checkout() if attempt == 0 else await self._connect()
+                conn.reset_for_request()
+                try:
+                    try:
+                        await conn.io.send_all(head)
+                        await _send_body(conn, body, chunked)
+                    except (trio.BrokenResourceError, OSError) as exc:
+                        if not (conn.reused and attempt == 0):
+                            # It may have answered before it stopped reading (a 413, say):
+                            # that answer is the outcome. (The connection is not kept: its
+                            # socket is dead.)
+                            try:
+                                status, resp_headers = await conn.receive_head()
+                            except UpstreamError:
+                                raise UpstreamError("upstream connection failed while "
+                                                    f"sending the body: {exc}") from exc
+                            return HTTP1Exchange(self, conn, status, resp_headers)
+                        raise UpstreamError(f"upstream connection failed: {exc}") from exc
+                    status, resp_headers = await conn.receive_head()
+                except UpstreamError:
+                    conn.close()
+                    stale = conn.reused and not conn.received_any
+                    conn = None
+                    if stale and attempt == 0 and body.rewind():
+                        continue
+                    raise
+                return HTTP1Exchange(self, conn, status, resp_headers)
+            raise AssertionError("unreachable")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            self._in_use -= 1
+            self._slots.release()
+            raise
+
     def adopt(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
         """Take a connection opened elsewhere (the ALPN probe of ``http2: auto`` that the
         server answered with HTTP/1.1) as the first idle one."""
@@ -159,6 +225,15 @@ class HTTP1Pool:
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+async def _send_body(conn: HTTP1Connection, body: RequestBody, chunked: bool) -> None:
+    """``body`` onto ``conn`` as it comes (chunk-framed when ``chunked``)."""
+    send = conn.io.send_all
+    while data := await body.receive_some():
+        await send(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+    if chunked:
+        await send(b"0\r\n\r\n")
 
 
 @final

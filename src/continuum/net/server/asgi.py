@@ -32,6 +32,7 @@ from trio_websocket import CloseReason, ConnectionClosed
 from ...core.clock import now as clock
 from ...core.http import Headers
 from .connection import (
+    BodyStream,
     DateCache,
     ErrorRenderer,
     Handler,
@@ -113,8 +114,11 @@ class AsgiConnection(ServerConnection):
                          else _SERVER_HEADERS)
         #: The whole answer has been handed to the ASGI server.
         self.finished = False
+        #: An upload's body, read by its handler (see :meth:`stream_body`).
+        self.body_stream: BodyStream | None = None
+        self._streamed = 0
 
-    async def read_body(self, limit: int, deadline: float) -> bytes | ProtocolError | None:
+    async def read_whole_body(self, limit: int, deadline: float) -> bytes | ProtocolError | None:
         """The request's body: all of it, the error that refuses it (413 past ``limit``, 408
         past ``deadline``: the sweeper's timer), or None when the client left."""
         chunks: list[bytes] = []
@@ -141,6 +145,58 @@ class AsgiConnection(ServerConnection):
         if error is not None:
             return error
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def stream_body(self, scope: Scope) -> BodyStream | ProtocolError | None:
+        """For an upload (a multipart body on one of ``HTTPLimits.stream_paths``): the
+        :class:`BodyStream` its handler reads as the body arrives, or the 413 of a declared
+        length past ``max_upload_size``; None for any other request (read whole)."""
+        limits = self.limits
+        if not limits.stream_paths or scope.get("method") != "POST":
+            return None
+        content_type = length = None
+        for name, value in scope.get("headers", ()):
+            name = bytes(name).lower()
+            if name == b"content-type":
+                content_type = bytes(value)
+            elif name == b"content-length" and bytes(value).strip().isdigit():
+                length = int(value)
+        if (content_type is None or content_type[:10].lower() != b"multipart/"
+                or request_path(scope).encode("latin-1") not in limits.stream_paths):
+            return None
+        if length is not None and length > limits.max_upload_size:
+            return ProtocolError(413, f"Upload too large: at most {limits.max_upload_size} "
+                                 "bytes")
+        self._streamed = 0
+        self.body_stream = BodyStream(self, length, True)
+        return self.body_stream
+
+    async def read_body(self) -> None:
+        """The next piece of a streamed body from the ASGI server (``ServerConnection``
+        reads it from the socket): 408 after ``request_read_timeout`` without one, 400 when
+        the client leaves, 413 past ``max_upload_size``; the error is the stream's too."""
+        stream = self.body_stream
+        assert stream is not None
+        error: ProtocolError | None = None
+        message: Message = {}
+        with trio.move_on_after(self.limits.request_read_timeout) as waited:
+            message = await self._asgi_receive()
+        if waited.cancelled_caught:
+            error = _SLOW_CLIENT
+        elif message["type"] != "http.request":
+            error = ProtocolError(400, "Client closed the connection mid-request")
+        else:
+            chunk = bytes(message.get("body", b""))
+            self._streamed += len(chunk)
+            if self._streamed > self.limits.max_upload_size:
+                error = ProtocolError(413, "Upload too large: at most "
+                                      f"{self.limits.max_upload_size} bytes")
+            else:
+                if chunk:
+                    stream.pieces.append(chunk)
+                stream.complete = not message.get("more_body", False)
+                return
+        stream.error = error
+        raise error
 
     async def run(self, handler: Handler, request: Request) -> None:
         """``handler`` for ``request`` under this request's cancel scope (its timers)."""
@@ -390,8 +446,17 @@ class AsgiFront:
         method = str(scope["method"])
         if self.draining:
             conn.closing = True
-        body = await conn.read_body(self.limits.max_body_size,
-                                    started + self.limits.request_read_timeout)
+        stream = conn.stream_body(scope)
+        if isinstance(stream, BodyStream):
+            # The handler reads the body, so no watcher shares ``receive`` with it: a client
+            # that leaves mid-body is a 400 from the stream; one that leaves after it is not
+            # noticed before the answer.
+            request = self._request(scope, method, b"")
+            request.body_stream = stream
+            await self._serve(conn, request, None)
+            return
+        body = stream or await conn.read_whole_body(self.limits.max_body_size,
+                                                    started + self.limits.request_read_timeout)
         if body is None:
             return
         if isinstance(body, ProtocolError):

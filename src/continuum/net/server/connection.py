@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
+from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, final
 
@@ -77,13 +78,20 @@ class HTTPLimits:
     keepalive_timeout: float = 75.0
     #: A client that accepts no bytes of an answer for this long is disconnected.
     write_timeout: float = 60.0
+    #: Paths whose ``multipart/*`` bodies are handed to the handler as they arrive
+    #: (:attr:`Request.body_stream`) instead of whole; bounded by ``max_upload_size``.
+    stream_paths: frozenset[bytes] = frozenset()
+    max_upload_size: int = 100 * 1024 * 1024
 
 
 @final
 class Request:
-    """One parsed request. Header names are lower-cased; the body is complete."""
+    """One parsed request. Header names are lower-cased; the body is complete, unless the
+    request came with a :attr:`body_stream` (an upload, see ``HTTPLimits.stream_paths``):
+    then ``body`` is empty and the handler reads the stream."""
 
-    __slots__ = ("body", "headers", "http_version", "keep_alive", "method", "path", "query")
+    __slots__ = ("body", "body_stream", "headers", "http_version", "keep_alive", "method",
+                 "path", "query")
 
     def __init__(
         self,
@@ -94,6 +102,7 @@ class Request:
         body: bytes,
         keep_alive: bool,
         http_version: str,
+        body_stream: BodyStream | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -102,6 +111,7 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.http_version = http_version
+        self.body_stream = body_stream
 
     def header(self, name: bytes) -> bytes | None:
         """First value of header ``name`` (lower-case bytes), or None."""
@@ -203,6 +213,10 @@ class _Parser:
         self._progress = False
         self._stalled = 0
         self.error: ProtocolError | None = None
+        #: The body of the request being parsed goes here instead of ``_body`` (an upload).
+        self.stream: BodyStream | None = None
+        #: Set by the connection: makes the :class:`BodyStream` of a streamed request.
+        self.open_stream: Callable[[int | None, bool], BodyStream] | None = None
 
     @property
     def method(self) -> str:
@@ -255,6 +269,7 @@ class _Parser:
         self._head_completed = True
         hosts = 0
         encoding: bytes | None = None
+        content_type: bytes | None = None
         for name, value in self._headers:
             if name == b"content-length":
                 try:
@@ -267,6 +282,8 @@ class _Parser:
                 encoding = value if encoding is None else encoding + b"," + value
             elif name == b"expect" and value.lower() == b"100-continue":
                 self.expect_continue = True
+            elif name == b"content-type":
+                content_type = value
         if encoding is not None:
             if encoding.strip().lower() != b"chunked":
                 # Only plain chunked framing: a coding we would pass on undecoded
@@ -277,12 +294,54 @@ class _Parser:
         if hosts != 1 and self.parser.get_http_version() == "1.1":
             self._refuse(400, "An HTTP/1.1 request needs exactly one Host header "
                          f"(got {hosts})")
+        if (content_type is not None and self.limits.stream_paths
+                and content_type[:10].lower() == b"multipart/"
+                and self._url.partition(b"?")[0] in self.limits.stream_paths):
+            self._start_stream()
+            return
         if self.content_length is not None and self.content_length > self.limits.max_body_size:
             self._refuse(413, "Request body too large")
+
+    def fail_stream(self, error: ProtocolError) -> None:
+        """The body being streamed cannot be parsed further: its reader gets ``error``."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.error = error
+
+    def _start_stream(self) -> None:
+        """Hand the request over now, its body to follow through a :class:`BodyStream`."""
+        limit = self.limits.max_upload_size
+        if self.content_length is not None and self.content_length > limit:
+            self._refuse(413, f"Upload too large: at most {limit} bytes")
+        assert self.open_stream is not None
+        stream = self.stream = self.open_stream(
+            None if self.chunked else self.content_length, self.parser.should_keep_alive())
+        self.ready.append(self._request(b"", stream))
+
+    def _request(self, body: bytes, stream: BodyStream | None = None) -> Request:
+        path, sep, query = self._url.partition(b"?")
+        parser = self.parser
+        return Request(
+            parser.get_method().decode("latin-1"),
+            path.decode("latin-1"),
+            query.decode("latin-1") if sep else "",
+            self._headers,
+            body,
+            parser.should_keep_alive(),
+            parser.get_http_version(),
+            stream,
+        )
 
     def on_body(self, body: bytes) -> None:
         self._progress = True
         self._body_size += len(body)
+        stream = self.stream
+        if stream is not None:
+            if self._body_size > self.limits.max_upload_size:
+                self._refuse(413, f"Upload too large: at most {self.limits.max_upload_size} "
+                             "bytes")
+            stream.pieces.append(body)
+            return
         if self._body_size > self.limits.max_body_size:
             self._refuse(413, "Request body too large")
         self._body.append(body)
@@ -295,22 +354,14 @@ class _Parser:
 
     def on_message_complete(self) -> None:
         self.in_message = False
-        url = self._url
-        path, sep, query = url.partition(b"?")
-        parser = self.parser
+        stream = self.stream
+        if stream is not None:  # handed over at its head already
+            stream.complete = True
+            self.stream = None
+            return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._body = []  # the pieces go now, not at the next request
-        self.ready.append(
-            Request(
-                parser.get_method().decode("latin-1"),
-                path.decode("latin-1"),
-                query.decode("latin-1") if sep else "",
-                self._headers,
-                body,
-                parser.should_keep_alive(),
-                parser.get_http_version(),
-            )
-        )
+        self.ready.append(self._request(body))
 
     def feed(self, data: bytes | bytearray) -> None:
         size = len(data)
@@ -405,6 +456,62 @@ def _asks_for_websocket(headers: Headers) -> bool:
 
 _SLOW_CLIENT: Final = ProtocolError(408, "Client took too long to send the request")
 
+
+@final
+class BodyStream:
+    """The body of a request handed to its handler at the head (an upload): read it with
+    :meth:`receive_some` as the client sends it.
+
+    Nothing is read from the client until the handler asks (``Expect: 100-continue`` is
+    answered then), and at most one socket read is held at a time, so an upload costs the
+    router a read buffer, not its size. A wait for the client longer than
+    ``request_read_timeout`` raises a 408 :class:`ProtocolError`; so do a client that leaves
+    mid-body (400) and a body past ``max_upload_size`` (413). After any of them the
+    connection closes once the handler has answered.
+    """
+
+    __slots__ = ("_conn", "_keep_alive", "complete", "error", "length", "pieces", "received")
+
+    def __init__(self, conn: ServerConnection, length: int | None, keep_alive: bool) -> None:
+        self._conn = conn
+        self._keep_alive = keep_alive
+        #: The declared ``content-length`` (None for a chunked body).
+        self.length = length
+        #: Body bytes parsed but not yet returned (the parser appends to it).
+        self.pieces: deque[bytes] = deque()
+        #: True once the whole body was parsed.
+        self.complete = length == 0
+        #: Bytes returned so far.
+        self.received = 0
+        #: Why the rest of the body cannot be read (raised once the pieces are used up).
+        self.error: ProtocolError | None = None
+
+    async def receive_some(self) -> bytes:
+        """The next piece of the body; b"" once it is complete."""
+        pieces = self.pieces
+        while not pieces:
+            if self.complete:
+                self._conn.body_read(self._keep_alive)
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self._conn.read_body()
+        data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self.received += len(data)
+        return data
+
+    async def read_all(self, limit: int) -> bytes:
+        """The rest of the body, at most ``limit`` bytes (else a 413 ProtocolError)."""
+        parts: list[bytes] = []
+        size = 0
+        while data := await self.receive_some():
+            size += len(data)
+            if size > limit:
+                raise ProtocolError(413, f"Request body too large: at most {limit} bytes")
+            parts.append(data)
+        return b"".join(parts)
+
 Handler = Callable[["Request", "ServerConnection"], Awaitable[None]]
 ErrorRenderer = Callable[[int, str], tuple[Headers, bytes]]
 #: Builds the answer to a :class:`Refusal` (headers and body); the Ingress gives it a request
@@ -443,6 +550,8 @@ class ServerConnection:
         self._render_error = render_error
         self._refuse = refuse
         self._parser = _Parser(limits, upgrade_paths)
+        if limits.stream_paths:
+            self._parser.open_stream = partial(BodyStream, self)
         #: For a WebSocket upgrade request (on one of ``upgrade_paths``): the bytes read past
         #: its head (see :meth:`detach`); None for every other request.
         self.upgrade: bytes | None = None
@@ -695,6 +804,7 @@ class ServerConnection:
                 if not parser.ready:
                     raise
                 self._deferred = exc  # answer the complete requests before it first
+                parser.fail_stream(exc)
             if parser.in_message and self._request_started is None:
                 # The whole request must arrive within request_read_timeout of its first byte.
                 self._request_started = clock()
@@ -710,6 +820,44 @@ class ServerConnection:
             self.upgrade, parser.upgrade = parser.upgrade, None
             self.closing = True
         return request
+
+    def body_read(self, keep_alive: bool) -> None:
+        """A streamed body was read to its end: the connection may be kept alive again."""
+        if not self._responded:
+            self._keep_alive = keep_alive
+
+    async def read_body(self) -> None:
+        """Read once from the client and parse it: the next piece of a :class:`BodyStream`
+        (see there for the errors it raises)."""
+        parser = self._parser
+        if parser.expect_continue:
+            parser.expect_continue = False
+            await self.io.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        data: bytes | bytearray = b""
+        error: ProtocolError | None = None
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+        else:
+            with trio.move_on_after(self.limits.request_read_timeout) as waited:
+                try:
+                    data = await self.io.receive_some(_RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            if waited.cancelled_caught:
+                error = _SLOW_CLIENT
+            elif not data:
+                self._eof = True
+                error = ProtocolError(400, "Client closed the connection mid-request")
+        if error is None:
+            try:
+                parser.feed(data)
+                return
+            except ProtocolError as exc:
+                error = exc
+        parser.fail_stream(error)
+        raise error
 
     def _request_deadline(self) -> float:
         started = self._request_started
@@ -745,6 +893,8 @@ class ServerConnection:
                     if request is None:
                         return
                     self._keep_alive = request.keep_alive
+                    if request.body_stream is not None and not request.body_stream.complete:
+                        self._keep_alive = False  # until the handler has read it all
                     self._responded = False
                     self._head_only = request.method == "HEAD"
                     self.bytes_out = 0
@@ -758,6 +908,12 @@ class ServerConnection:
                     if not self._responded:
                         self._keep_alive = False
                         await self.send_error(500, "The handler sent no response")
+                    stream = request.body_stream
+                    if stream is not None and not stream.complete:
+                        # The rest of an upload is not read: the connection cannot go on.
+                        self._keep_alive = False
+                        if not self._eof:
+                            await self._linger()
                     if not self._keep_alive or self.closing:
                         return
             expired = self.expired
