@@ -25,6 +25,7 @@ import select
 import socket
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -44,11 +45,14 @@ def build_request(
     method: str = "POST",
     body: bytes = CHAT_BODY,
     content_type: str = "application/json",
+    headers: Sequence[tuple[str, str]] = (),
 ) -> bytes:
-    """The precomputed request bytes every connection sends."""
+    """The precomputed request bytes every connection sends (``headers``: more of them,
+    e.g. an ``Authorization``)."""
     host_header = f"[{host}]" if ":" in host else host
     head = f"{method} {path} HTTP/1.1\r\nHost: {host_header}:{port}\r\n"
     head += "User-Agent: continuum-bench\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers)
     if body or method in ("POST", "PUT", "PATCH"):
         head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body

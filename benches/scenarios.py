@@ -12,6 +12,8 @@ measured in the same run (``run.py --scenarios``; method in ``docs/benchmarks.md
 * ``startup``     -- process start to first 200 on ``/health`` (router vs a bare trio server);
 * ``fronts``      -- the native front vs the hypercorn front: c=64 throughput, c=1 added
   latency, 64 paced streams;
+* ``limits``      -- the router with auth and limits off, in memory, in Redis (issue 11's
+  cost), against the floor in the same run;
 * ``external``    -- ``wrk``/``hey`` against the router when they are installed.
 
 Every scenario returns ``(results, report_lines)``; long ones print progress on stderr.
@@ -776,6 +778,209 @@ def fronts(env: Env) -> Report:
     return out, lines
 
 
+# --- limits (issue 11) -------------------------------------------------------------------------
+
+LIMITS_KEY: Final = "sk-bench-limits-0123456789"
+LIMITS_TARGETS: Final = ("floor", "off", "memory", "redis")
+#: "Memory limits on" costs at most this much throughput (issue 11).
+LIMITS_MEMORY_TARGET: Final = 0.95
+LIMITS_ROUTER: Final = """\
+server:
+  bind_address: "{bind}"
+  connection_pool_size: 256
+health_checks:
+  enabled: false
+logging:
+  level: error
+{extra}backends:
+  - name: upstream
+    url: "{url}"
+    models: ["bench-model"]
+"""
+#: Auth on (one blocking key) and two request limits on every request: the key's own and a
+#: global one, both far above the load (nothing is refused; the work is what is measured).
+LIMITS_ON: Final = f"""\
+api_keys:
+  mode: blocking
+  api_keys: [{{key: "{LIMITS_KEY}", id: bench, rate_limit: 1000000000}}]
+rate_limiting:
+  limits:
+    global: {{requests_per_second: 1000000000, burst_capacity: 1000000000}}
+"""
+
+
+class _RedisServer:
+    """A redis-server child (loopback, nothing on disk) for the limits scenario."""
+
+    def __init__(self, env: Env) -> None:
+        self.binary = shutil.which("redis-server")
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = env.workdir / "limits-redis.log"
+        self.dir = env.workdir / "limits-redis"
+
+    def __enter__(self) -> _RedisServer:
+        assert self.binary is not None
+        self.dir.mkdir(exist_ok=True)
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--bind", self.host, "--port", str(self.port), "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    (self.host, self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.05)
+        self.__exit__()
+        raise BenchError(f"redis-server did not start:\n{self.log.read_text()[-2000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def admission_round_trip(self, calls: int) -> float:
+        """Median microseconds of one ``EVALSHA`` of the router's admission script for two
+        request limits (what a limited request sends), from a bare blocking client: the
+        one round trip the Redis limits may add."""
+        # The only place a bench scenario reads continuum: the script it must time.
+        import hiredis
+
+        from continuum.core.ratelimit import ADMIT_SCRIPT, Rate, RateCheck, admission_arguments
+
+        checks = [RateCheck("api_key", "bench", Rate(1e9, 1e9)),
+                  RateCheck("global", "", Rate(1e9, 1e9))]
+        keys, args = admission_arguments(checks, "bench-rtt:")
+        reader = hiredis.Reader()
+        with socket.create_connection((self.host, self.port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def call(*command: str | int) -> object:
+                sock.sendall(hiredis.pack_command(command))
+                while (reply := reader.gets()) is False:
+                    reader.feed(sock.recv(65536))
+                return reply
+
+            sha = call("SCRIPT", "LOAD", ADMIT_SCRIPT)
+            assert isinstance(sha, bytes), sha
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter_ns()
+                call("EVALSHA", sha.decode(), len(keys), *keys, *args)
+                times.append(time.perf_counter_ns() - started)
+        return statistics.median(times) / 1000.0
+
+
+def limits(env: Env) -> Report:
+    """The router with auth and limits off, with limits in memory, with limits in Redis
+    (a redis-server on loopback), against the floor in the same run: throughput at c=64
+    and p50 at c=1, rounds rotating the target order."""
+    duration = 2.0 if env.quick else 5.0
+    rounds = 1 if env.quick else 3
+    up = env.upstream("limits-upstream")
+    floor = env.floor("limits-floor", up)
+    redis_available = shutil.which("redis-server") is not None
+    targets = [t for t in LIMITS_TARGETS if t != "redis" or redis_available]
+    prog = Progress("limits", rounds * len(targets) * 2 + 1)
+    samples: dict[str, dict[str, list[float]]] = {
+        t: {"rps": [], "p50": [], "p99": []} for t in targets}
+    errors = 0
+    rtt_us = float("nan")
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(_RedisServer(env)) if redis_available else None
+        services: dict[str, Service] = {"floor": floor}
+        for name in targets[1:]:
+            extra = "" if name == "off" else LIMITS_ON
+            if name == "redis":
+                assert redis is not None
+                extra += (f"  storage: redis\n  redis:\n"
+                          f"    url: redis://{redis.host}:{redis.port}/0\n")
+            port = free_port(env.host)
+            config = env.workdir / f"limits-{name}.yaml"
+            config.write_text(LIMITS_ROUTER.format(
+                bind=f"{env.host_in_url}:{port}", url=env.url(up), extra=extra))
+            services[name] = Service(f"limits-{name}", env.router_argv(name, config), env.host,
+                                     port, env.workdir / f"limits-{name}.log",
+                                     env=env.router_env, ready_path="/health")
+        stack.enter_context(running(up, *services.values()))
+        requests = {name: loadgen.build_request(
+            env.host, svc.port, CHAT_PATH, headers=[("Authorization", f"Bearer {LIMITS_KEY}")])
+            for name, svc in services.items()}
+        for name, svc in services.items():  # warm-up (connections, the Redis scripts)
+            loadgen.run_load(env.host, svc.port, requests[name], 64, 0.5)
+            loadgen.run_load(env.host, svc.port, requests[name], 1, 0.3)
+        for r in range(rounds):
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            for c in (64, 1):
+                for name in order:
+                    prog.step(f"round {r + 1}/{rounds} c={c} {name}")
+                    svc = services[name]
+                    res = loadgen.run_load(env.host, svc.port, requests[name], c, duration)
+                    errors += res.error_count
+                    if c == 64:
+                        samples[name]["rps"].append(res.rps)
+                    else:
+                        samples[name]["p50"].append(res.percentile_ms(50))
+                        samples[name]["p99"].append(res.percentile_ms(99))
+        if redis is not None:
+            prog.step("one admission round trip, bare client")
+            rtt_us = redis.admission_round_trip(2000 if env.quick else 10000)
+
+    def ratio(a: str, b: str) -> float:
+        return median([x / y if y else float("nan")
+                       for x, y in zip(samples[a]["rps"], samples[b]["rps"], strict=True)])
+
+    def added(a: str, b: str) -> float:
+        return median([x - y for x, y in zip(samples[a]["p50"], samples[b]["p50"], strict=True)])
+
+    out: dict[str, Any] = {
+        "rounds": rounds, "duration_s": duration, "samples": samples, "errors": errors,
+        "ratio_off_floor": ratio("off", "floor"),
+        "ratio_memory_off": ratio("memory", "off"),
+        "added_p50_ms_memory": added("memory", "off"),
+        "admission_rtt_us": rtt_us,
+    }
+    lines = [
+        "| target | c=64 req/s | vs floor | c=1 p50 ms | c=1 p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in targets:
+        s = samples[name]
+        lines.append(f"| {name} | {median(s['rps']):,.0f} | {ratio(name, 'floor'):.2f} "
+                     f"| {median(s['p50']):.3f} | {median(s['p99']):.3f} |")
+    memory_ratio = out["ratio_memory_off"]
+    lines += [
+        "",
+        f"limits: memory on vs off: throughput x{memory_ratio:.3f} (target >= "
+        f"{LIMITS_MEMORY_TARGET}) {verdict(memory_ratio >= LIMITS_MEMORY_TARGET)}; added p50 "
+        f"c=1 {out['added_p50_ms_memory'] * 1000:+.0f} us (reference)",
+    ]
+    if redis_available:
+        out["ratio_redis_off"] = ratio("redis", "off")
+        out["added_p50_ms_redis"] = added("redis", "off")
+        over_memory_us = (added("redis", "memory")) * 1000
+        ok = over_memory_us <= 1.5 * rtt_us
+        lines.append(
+            f"limits: Redis on vs off: throughput x{out['ratio_redis_off']:.3f} (reference); "
+            f"added p50 c=1 {out['added_p50_ms_redis'] * 1000:+.0f} us, of which "
+            f"{over_memory_us:+.0f} us over memory limits vs one admission round trip "
+            f"{rtt_us:.0f} us from a bare client (target: one round trip, <= 1.5x) "
+            f"{verdict(ok)}")
+    else:
+        lines.append("limits: Redis not measured: redis-server is not installed")
+    return out, lines
+
+
 # --- external tools ----------------------------------------------------------------------------
 
 HEY_BODY: Final = '{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"Hello"}]}'
@@ -842,5 +1047,6 @@ EXTRA: Final[dict[str, Callable[[Env], Report]]] = {
     "startup": startup,
     "workers": workers,
     "fronts": fronts,
+    "limits": limits,
     "external": external,
 }

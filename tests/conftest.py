@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trustme
 
-from continuum.testing.redis_server import RedisServer, find_redis_server
+from continuum.testing.redis_server import RedisServer, TLSFiles, find_redis_server
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +63,14 @@ def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 def redis_server(redis_servers: Callable[..., RedisServer]) -> RedisServer:
     """One plain redis-server on a free port of 127.0.0.1."""
     return redis_servers()
+
+
+@pytest.fixture
+def tls_files(ca: trustme.CA, tmp_path: Path) -> TLSFiles:
+    """A certificate for 127.0.0.1 signed by ``ca``, for a TLS redis-server."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {name: str(tmp_path / f"{name}.pem") for name in ("cert", "key", "ca")}
+    cert.cert_chain_pems[0].write_to_path(paths["cert"])
+    cert.private_key_pem.write_to_path(paths["key"])
+    ca.cert_pem.write_to_path(paths["ca"])
+    return TLSFiles(cert_file=paths["cert"], key_file=paths["key"], ca_file=paths["ca"])

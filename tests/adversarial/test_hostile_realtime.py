@@ -271,3 +271,82 @@ async def test_a_handshake_that_never_completes(router: RouterProcess) -> None:
     for client in clients:
         await client.aclose()
     await assert_bounded(router, before, rss_mib=32)
+
+
+# -- admission (keys and limits at the handshake) -----------------------------------------------
+
+HELD = "sk-realtime-held-0123456789"
+NARROW = "sk-realtime-narrow-0123456789"
+
+
+@pytest.fixture(scope="module")
+def limited_router(upstream: MockServer, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[RouterProcess]:
+    """Blocking keys: one allowed two sessions at once, one allowed another model only."""
+    config = router_config(
+        [{"name": "rt", "url": upstream.url, "models": [MODEL]}],
+        api_keys={"mode": "blocking", "api_keys": [
+            {"key": HELD, "id": "held", "max_concurrent": 2},
+            {"key": NARROW, "id": "narrow", "models": ["gpt-4o"]}]},
+        realtime={"close_timeout": "1s"},
+    )
+    with RouterProcess(config, tmp_path_factory.mktemp("realtime-limited")) as process:
+        yield process
+        process.assert_alive()
+
+
+async def test_handshakes_refused_by_admission_are_answered_at_once(
+    limited_router: RouterProcess, upstream: MockServer
+) -> None:
+    """While a key holds both its sessions, a flood of its handshakes (and of hostile keys:
+    huge, garbage, in the subprotocol, a key refused the model) is each answered at once
+    with 401/403/429 before any upstream is asked; memory and descriptors stay bounded, a
+    second client is served, and the key's slots come back when its sessions end."""
+    router = limited_router
+    held = [await open_session_with(router, HELD) for _ in range(2)]
+    before = Usage.of(router)
+    sessions = upstream.mock.realtime.counters.sessions
+    hostile = [
+        (f"Authorization: Bearer {HELD}\r\n".encode(), 429),
+        (f"Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.{HELD}\r\n".encode(), 429),
+        (f"Authorization: Bearer {NARROW}\r\n".encode(), 403),
+        (b"Authorization: Bearer " + b"k" * 30_000 + b"\r\n", 401),
+        (b"Sec-WebSocket-Protocol: openai-insecure-api-key.\xff\xfe, x\r\n", 401),
+        (b"x-api-key: \tsk-\xfe weird\t\r\n", 401),
+    ]
+    sent = 0
+    async with served_during(router.address, chat=False):
+        deadline = trio.current_time() + 2.0
+        while sent < 60 or trio.current_time() < deadline:
+            extra, status = hostile[sent % len(hostile)]
+            response = await one_request(router.address, upgrade(extra=extra))
+            assert response is not None and response.status == status, (extra[:60], response)
+            assert "error" in response.json()
+            sent += 1
+    assert upstream.mock.realtime.counters.sessions == sessions  # no upstream was asked
+    await assert_bounded(router, before, rss_mib=16)
+    for client in held:
+        await client.aclose()
+    with trio.fail_after(STEP):  # the leases come back once the sessions have ended
+        while True:
+            status, client = await handshake(router, HELD)
+            await client.aclose()
+            if status == 101:
+                break
+            assert status == 429
+            await trio.sleep(0.05)
+
+
+async def handshake(router: RouterProcess, key: str) -> tuple[int, RawClient]:
+    """The status of a session's handshake with ``key``, and its connection."""
+    client = await RawClient.tcp(router.address)
+    await client.send(upgrade(extra=f"Authorization: Bearer {key}\r\n".encode()))
+    with trio.fail_after(STEP):
+        head = await client.read_until(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), client
+
+
+async def open_session_with(router: RouterProcess, key: str) -> RawClient:
+    status, client = await handshake(router, key)
+    assert status == 101, status
+    return client

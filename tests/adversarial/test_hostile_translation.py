@@ -269,14 +269,16 @@ async def test_hostile_translated_stream(router: RouterProcess, name: str) -> No
     async with served_during(router.address):
         deadline = trio.current_time() + ATTACK
         while attempts == 0 or trio.current_time() < deadline:
-            started = trio.current_time()
             response = await one_request(router.address, _request(name, case),
                                          timeout=STREAMING_TIMEOUT + 10)
             assert response is not None and response.status == 200, response
             assert response.header("transfer-encoding") == "chunked"
-            assert case.says in _error_message(response.body, case.anthropic_client)
-            if case.says != "idle_timeout":  # ended by the translator, not by a timer
-                assert trio.current_time() - started < IDLE_TIMEOUT / 2
+            message = _error_message(response.body, case.anthropic_client)
+            assert case.says in message
+            if case.says != "idle_timeout":
+                # Ended by the translator, not by a timer (its message says which; a time
+                # bound here would fail on a loaded machine).
+                assert "idle" not in message.lower(), message
             else:
                 assert len(response.body) > LIVE_BYTES  # all of it went through
             attempts += 1

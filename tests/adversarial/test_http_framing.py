@@ -276,18 +276,20 @@ async def test_many_slowloris_clients_do_not_starve_others(router: RouterProcess
     await assert_bounded(router, before, rss_mib=32)
 
 
-async def test_half_closed_client_gets_its_answer_and_stream(router: RouterProcess) -> None:
-    for body in (chat_body("scripted"), chat_body("scripted", stream=True)):
-        with trio.fail_after(STEP):
-            stream = await trio.open_tcp_stream("127.0.0.1", router.port)
-            client = RawClient(stream)
-            await client.send(http_request("POST", "/v1/chat/completions", body))
-            await stream.send_eof()
-            response = await client.read_response()
-            await client.aclose()
-        assert response.status == 200, response
-        if b"stream" in body:
-            assert response.body.endswith(b"data: [DONE]\n\n"), response
+async def test_half_closed_client_gets_its_stream(router: RouterProcess) -> None:
+    # A half-close after a streamed request is not a departure: the whole stream follows.
+    # (A plain request's half-close counts as gone, as for nginx, once the 0.25 s check sees
+    # it: whether it does depends on the upstream's speed, so it is not asserted here.)
+    with trio.fail_after(STEP):
+        stream = await trio.open_tcp_stream("127.0.0.1", router.port)
+        client = RawClient(stream)
+        await client.send(http_request("POST", "/v1/chat/completions",
+                                       chat_body("scripted", stream=True)))
+        await stream.send_eof()
+        response = await client.read_response()
+        await client.aclose()
+    assert response.status == 200, response
+    assert response.body.endswith(b"data: [DONE]\n\n"), response
 
 
 # -- HEAD, ids and the access log ----------------------------------------------------------------

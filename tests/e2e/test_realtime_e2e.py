@@ -392,6 +392,83 @@ async def test_keys_from_headers_and_from_the_browser_subprotocol(nursery: trio.
     assert await in_thread(with_header) == "session.created"
 
 
+def exchange(router: RouterHandle, key: str, responses: int = 1) -> int:
+    """A session with ``responses`` scripted responses; the tokens they reported."""
+    used = 0
+    with sdk(router, key=key).realtime.connect(model=MODEL) as conn:
+        conn.recv()
+        for _ in range(responses):
+            conn.conversation.item.create(item=user_text("hello router"))
+            conn.response.create()
+            for event in conn:
+                if event.type == "response.done":
+                    assert event.response.usage is not None
+                    used += event.response.usage.total_tokens or 0
+                    break
+    return used
+
+
+async def test_access_control_at_the_handshake(nursery: trio.Nursery) -> None:
+    """The key's models and scopes, and its request, concurrency and token limits, are
+    checked before any backend is asked; a refusal is the handshake's HTTP answer."""
+    keys = [
+        {"key": "sk-narrow", "id": "narrow", "models": ["gpt-4o*"]},
+        {"key": "sk-reader", "id": "reader", "scopes": ["read"]},
+        {"key": "sk-once", "id": "once", "rate_limit": 1},
+        {"key": "sk-conc", "id": "conc", "max_concurrent": 1},
+        {"key": "sk-tokens", "id": "tokens", "tokens_per_minute": 10},
+    ]
+    router, upstream = await mock_router(
+        nursery, api_keys={"mode": "blocking", "api_keys": keys},
+        rate_limiting={"default_token_reservation": 1})
+
+    def bearer(key: str) -> dict[str, Any]:
+        return {"additional_headers": {"Authorization": f"Bearer {key}"}}
+
+    status, _, body = await in_thread(lambda: refusal(ws_url(router), **bearer("sk-narrow")))
+    assert status == 403 and body["error"]["code"] == "model_not_allowed"
+    # Realtime is inference, although a GET: a read-only key may not open a session.
+    status, _, body = await in_thread(lambda: refusal(ws_url(router), **bearer("sk-reader")))
+    assert status == 403 and body["error"]["code"] == "insufficient_scope"
+    assert upstream.realtime.counters.sessions == 0  # no backend was asked
+    # One request a minute: one session, then 429 (the browser's subprotocol key counts too).
+    await in_thread(lambda: exchange(router, "sk-once"))
+    status, headers, body = await in_thread(lambda: refusal(
+        ws_url(router), subprotocols=["realtime", "openai-insecure-api-key.sk-once"]))
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+    assert int(headers["retry-after"]) >= 1
+    # One session at a time: a second is refused while the first lasts, and admitted once
+    # it has ended (its lease went back).
+    opened, release = trio.Event(), trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def hold() -> None:
+        with sdk(router, key="sk-conc").realtime.connect(model=MODEL) as conn:
+            conn.recv()
+            trio.from_thread.run_sync(opened.set, trio_token=token)
+            trio.from_thread.run(release.wait, trio_token=token)
+
+    async with trio.open_nursery() as holding:
+        holding.start_soon(in_thread, hold)
+        await opened.wait()
+        status, _, body = await in_thread(lambda: refusal(ws_url(router), **bearer("sk-conc")))
+        assert status == 429 and "in flight" in body["error"]["message"]
+        release.set()
+    with trio.fail_after(10):
+        while True:
+            try:
+                await in_thread(lambda: exchange(router, "sk-conc"))
+                break
+            except InvalidStatus as exc:  # the first session's end is still being settled
+                assert exc.response.status_code == 429
+                await trio.sleep(0.05)
+    # Tokens: each response's usage counts as it ends (the reservation is 1 token), so a
+    # session whose responses used more than the minute's 10 leaves none for the next.
+    assert await in_thread(lambda: exchange(router, "sk-tokens", responses=2)) > 10
+    status, _, body = await in_thread(lambda: refusal(ws_url(router), **bearer("sk-tokens")))
+    assert status == 429 and "tokens" in body["error"]["message"]
+
+
 async def test_max_sessions_refuses_past_the_cap(nursery: trio.Nursery) -> None:
     router, _ = await mock_router(nursery, realtime={"max_sessions": 1})
     opened = trio.Event()

@@ -204,16 +204,6 @@ async def test_acl_user(redis_server: RedisServer) -> None:
 
 
 @pytest.fixture
-def tls_files(ca: trustme.CA, tmp_path: Path) -> TLSFiles:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {name: str(tmp_path / f"{name}.pem") for name in ("cert", "key", "ca")}
-    cert.cert_chain_pems[0].write_to_path(paths["cert"])
-    cert.private_key_pem.write_to_path(paths["key"])
-    ca.cert_pem.write_to_path(paths["ca"])
-    return TLSFiles(cert_file=paths["cert"], key_file=paths["key"], ca_file=paths["ca"])
-
-
-@pytest.fixture
 def tls_server(redis_servers: Callable[..., RedisServer], tls_files: TLSFiles) -> RedisServer:
     try:
         return redis_servers(tls=tls_files, password="tls-pw")
@@ -541,3 +531,17 @@ def test_hostile_replies_never_hang_nor_escape_the_error_family(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+async def test_a_map_keyed_by_an_array_is_a_protocol_error(nursery: trio.Nursery) -> None:
+    payload = b"%1\r\n*0\r\n+v\r\n"  # hiredis cannot make a dict key of a list
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1024)
+        await stream.send_all(payload)
+        await trio.sleep_forever()
+
+    url = await _hostile(nursery, handler)
+    async with RedisClient.from_url(url, timeout=1.0, client_name=None) as client:
+        with trio.fail_after(5), pytest.raises(RedisProtocolError):
+            await client.execute("GET", "k")

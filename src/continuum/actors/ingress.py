@@ -41,10 +41,11 @@ from ..core.realtime import REALTIME_PATH
 from ..net.server.connection import ProtocolError, Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
+from .access import AccessControl, cors_policy
 from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
 from .proxy import Proxy, RequestState, Served, client_key
-from .realtime import NO_LIMITS, RealtimeServed, RealtimeTicket, realtime_key
+from .realtime import NO_LIMITS, LimitedSession, RealtimeServed, RealtimeTicket, realtime_key
 from .router import Router
 
 log = logging.getLogger("continuum.ingress")
@@ -52,7 +53,7 @@ access_log = logging.getLogger("continuum.access")
 
 _ACCESS_FORMAT: Final = (
     "%s %s %s status=%d model=%s backend=%s duration_ms=%.3f upstream_ms=%.3f "
-    "attempts=%d stream=%s bytes_out=%d"
+    "attempts=%d stream=%s bytes_out=%d key=%s"
 )
 
 _PROXY_ENDPOINTS: Final = tuple(ENDPOINT_APIS)
@@ -109,6 +110,7 @@ class Ingress:
         proxy: Proxy,
         routes: Mapping[str, tuple[str, Route]] | None = None,
         matches: Sequence[RouteMatch] = (),
+        access: AccessControl | None = None,
     ) -> None:
         self.config = config
         self.proxy = proxy
@@ -116,9 +118,9 @@ class Ingress:
         self.catalog = catalog
         self.metrics = metrics
         self._observations = observations
-        keys = config.api_keys
-        self._blocking = keys.mode == "blocking"
-        self._keys = frozenset(k.key.encode() for k in keys.api_keys if k.enabled and k.key)
+        #: Client keys and limits (None: no keys, no limits, nothing to check).
+        self.access = access
+        self._cors = cors_policy(config)
         self._metrics_auth = metrics_auth_header(config.metrics)
         self._access_log = config.logging.access_log
         self._tracing = proxy.tracing
@@ -147,20 +149,26 @@ class Ingress:
         relay's ``GET /v1/realtime``. Their ``/v1/`` paths are authenticated like the rest."""
         self._routes.update(routes)
 
-    def admit_realtime(self, request: Request, key: bytes | None, model: str) -> RealtimeTicket:
-        """Admission of one Realtime session, before any backend is asked (the seam access
-        control plugs into): ``key`` is the client's key from ``Authorization``,
-        ``x-api-key`` or the ``openai-insecure-api-key.<key>`` subprotocol, ``model`` the
-        one in the query. Today: the ``blocking`` key check. Raises ``RouterError`` (401,
-        403, 429) to refuse; the ticket it returns is told each response's token usage
-        (``settle``) and released when the session ends."""
-        if self._blocking:
-            if key is None:
-                raise RouterError(401, "Missing API key: send 'Authorization: Bearer <key>' "
-                                  "or the 'openai-insecure-api-key.<key>' subprotocol")
-            if key not in self._keys:
-                raise RouterError(401, "Invalid API key")
-        return NO_LIMITS
+    async def admit_realtime(self, request: Request, conn: ServerConnection,
+                             state: RequestState, model: str, chain: tuple[str, ...]
+                             ) -> tuple[RealtimeTicket, tuple[str, ...]]:
+        """Admission of one Realtime session, before any backend is asked: the key (checked
+        by :meth:`handle`, from ``Authorization``, ``x-api-key`` or the browser's
+        ``openai-insecure-api-key.<key>`` subprotocol) must be allowed the model (403), and
+        the rate and concurrency limits admit it as one request (429). The ticket counts
+        each response's tokens against the token limits and gives back the session's
+        leases when it ends. Returns the ticket and the models of ``chain`` the key may use."""
+        access = self.access
+        admission = state.access
+        if access is None or admission is None:
+            return NO_LIMITS, chain
+        resolved = self.router.resolve(model)
+        chain = access.allowed_chain(admission, model, resolved, chain)
+        reservation = access.default_reservation if access.counts_tokens else 0.0
+        await access.admit(admission, request, conn, resolved, reservation)
+        if not admission.limited or not admission.decisions:
+            return NO_LIMITS, chain
+        return LimitedSession(access, admission), chain
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -201,6 +209,10 @@ class Ingress:
         if self._trace:
             self._start_trace(request, state)
         try:
+            if self._cors is not None and request.header(b"origin") is not None:
+                status = await self._cors_request(request, conn)
+                if status:
+                    return  # a preflight, answered (observed and logged below)
             if handler is None:
                 raise RouterError(404, f"Unknown path: {request.method} {quoted(path)}",
                                   code="not_found")
@@ -212,8 +224,10 @@ class Ingress:
                     405, f"Method {request.method} not allowed on {path}; use {method}",
                     headers=[(b"allow", allow)],
                 )
-            if path.startswith("/v1/"):
-                self._authenticate(request)
+            if self.access is not None and path.startswith("/v1/"):
+                state.access = self.access.authenticate(
+                    request, client_key(request) if path != REALTIME_PATH
+                    else realtime_key(request))
             served = await handler(request, conn, state)
             status = 200 if served is None else served.status
         except RouterError as exc:
@@ -273,6 +287,7 @@ class Ingress:
             if self._access_log:
                 self._log_access(state.id, request.method, path, obs, state.model,
                                  state.bytes_out,
+                                 state.access.label if state.access is not None else "-",
                                  served.session if isinstance(served, RealtimeServed) else None)
             if state.span is not None:
                 self._tracing.end(state.span, status)
@@ -289,7 +304,7 @@ class Ingress:
         self._observe(obs)
         if self._access_log:
             self._log_access(rid, method, refusal.path or "-", obs, "",
-                             0 if method == "HEAD" else len(body))
+                             0 if method == "HEAD" else len(body), "-")
         return [*JSON_HEADERS, (b"x-request-id", rid)], body
 
     def _start_trace(self, request: Request, state: RequestState) -> None:
@@ -308,9 +323,10 @@ class Ingress:
             request.headers.append((b"traceparent", new_traceparent()))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
-                    client_model: str, bytes_out: int,
+                    client_model: str, bytes_out: int, key: str,
                     extra: Mapping[str, Any] | None = None) -> None:
-        """The access line: ids, route, outcome and timings — never keys, never content.
+        """The access line: ids, route, outcome and timings, the client key's id (its label:
+        never the key) — never content. A Realtime session adds its counters (``extra``).
         Client-given values are cut to a bounded length; no body is parsed here (the model
         the client asked for comes from the request's state)."""
         if not access_log.isEnabledFor(logging.INFO):
@@ -330,13 +346,14 @@ class Ingress:
             "attempts": obs.attempts,
             "stream": obs.stream,
             "bytes_out": bytes_out,
+            "key_id": key,
         }
         if extra:  # a Realtime session's counters, after the common fields
             fields.update(extra)
             access_log.info(
                 _ACCESS_FORMAT + " %s", request_id, method, path, obs.status, model or "-",
                 obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,
-                "yes" if obs.stream else "no", bytes_out,
+                "yes" if obs.stream else "no", bytes_out, key,
                 " ".join(f"{k}={'-' if v is None or v == '' else v}" for k, v in extra.items()),
                 extra={"access": fields},
             )
@@ -344,7 +361,7 @@ class Ingress:
         access_log.info(
             _ACCESS_FORMAT, request_id, method, path, obs.status, model or "-",
             obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,
-            "yes" if obs.stream else "no", bytes_out, extra={"access": fields},
+            "yes" if obs.stream else "no", bytes_out, key, extra={"access": fields},
         )
 
     def _observe(self, obs: RequestObserved) -> None:
@@ -355,18 +372,29 @@ class Ingress:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
-    def _authenticate(self, request: Request) -> None:
-        """``blocking`` mode: a valid key or 401. ``permissive``: anyone passes (clients such
-        as the openai SDK always send some key, so a foreign key is not an error there)."""
-        if not self._blocking:
-            return
-        key = client_key(request)
-        if key is None and request.path == REALTIME_PATH:
-            key = realtime_key(request)  # a browser's key comes as a subprotocol
-        if key is None:
-            raise RouterError(401, "Missing API key: send 'Authorization: Bearer <key>'")
-        if key not in self._keys:
-            raise RouterError(401, "Invalid API key")
+    async def _cors_request(self, request: Request, conn: ServerConnection) -> int:
+        """A browser's request (it has an ``Origin``): a preflight is answered here, without
+        auth (returns its status); an actual request gets the CORS headers on every answer
+        (returns 0)."""
+        cors = self._cors
+        assert cors is not None
+        origin = request.header(b"origin")
+        assert origin is not None
+        method = request.header(b"access-control-request-method")
+        if request.method != "OPTIONS" or method is None:
+            conn.extra_head = cors.response_head(origin)
+            return 0
+        head, refused = cors.preflight(origin, method,
+                                       request.header(b"access-control-request-headers"))
+        if head is None:
+            body = _error_body(403, f"CORS preflight refused: {refused}", request.path,
+                               code="cors_refused")
+            conn.extra_head = b"vary: origin\r\n"
+            await conn.send_response(403, JSON_HEADERS, body)
+            return 403
+        conn.extra_head = head
+        await conn.send_response(204, b"", b"")
+        return 204
 
     # -- simple endpoints ----------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from ..core.errors import (
 )
 from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step
+from ..core.ratelimit import Decision
 from ..core.retry import Backoff, parse_retry_after
 from ..core.sse import (
     PassThrough,
@@ -49,6 +50,7 @@ from ..net.client.exchange import Exchange, RequestBody, UpstreamError
 from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
 from ..observability.tracing import Tracing
+from .access import AccessControl, Admission
 from .dedup import Deduplicator, StoredResponse, dedup_key
 
 if TYPE_CHECKING:
@@ -79,14 +81,32 @@ class Peek(msgspec.Struct):
 
 
 decode_peek = msgspec.json.Decoder(Peek).decode
+
+
+class TokenPeek(Peek):
+    """With token limits: also the answer's size limit, to reserve tokens from (any
+    number; anything else is left to the upstream to refuse)."""
+
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+    max_output_tokens: Any = None
+
+    def reservation(self, default: float) -> float:
+        for value in (self.max_completion_tokens, self.max_tokens, self.max_output_tokens):
+            if type(value) in (int, float) and value > 0:
+                return float(value)
+        return default
+
+
+decode_token_peek = msgspec.json.Decoder(TokenPeek).decode
 _TOO_DEEP: Final = (f"Request body nesting too deep: at most {MAX_JSON_DEPTH} levels of arrays "
                     "and objects")
 
 
-def _peek(body: bytes) -> Peek:
+def _peek(body: bytes, decode: Callable[[bytes], Peek] = decode_peek) -> Peek:
     """The fields the router reads of a JSON body; a 400 without a ``model``."""
     try:
-        peek = decode_peek(body)
+        peek = decode(body)
     except msgspec.ValidationError as exc:
         raise RouterError(400, f"Invalid request body: {exc}") from None
     except msgspec.DecodeError:
@@ -112,8 +132,8 @@ class RequestState:
     """What one request's handling learns on the way, for headers, metrics, logs and
     spans: filled by the Proxy, read by the Ingress when the request ends."""
 
-    __slots__ = ("bytes_out", "completion_tokens", "failed_over", "id", "max_gap", "model",
-                 "prompt_tokens", "retried", "span", "started", "stream", "ttft",
+    __slots__ = ("access", "bytes_out", "completion_tokens", "failed_over", "id", "max_gap",
+                 "model", "prompt_tokens", "retried", "span", "started", "stream", "ttft",
                  "upstream")
 
     def __init__(self, request_id: bytes, started: float) -> None:
@@ -131,6 +151,8 @@ class RequestState:
         self.retried: list[str] | None = None
         self.failed_over: list[str] | None = None
         self.span: Any = None  # the ingress span when tracing exports spans
+        #: Who the client is and what its admission took (None: access control is off).
+        self.access: Admission | None = None
 
 
 def overhead_ms(seconds: float) -> bytes:
@@ -222,6 +244,18 @@ def with_model(body: bytes, model: str) -> bytes:
     return _encode(fields)
 
 
+def _tokens_used(state: RequestState, served: Served | None) -> int | None:
+    """What a finished request used, for its token reservation: the answer's usage; else
+    nothing when it got no good answer; else unknown (the reservation stays charged: a
+    stream that never reported usage)."""
+    used = state.prompt_tokens + state.completion_tokens
+    if used:
+        return used
+    if served is None or served.status != 200:
+        return 0
+    return None
+
+
 def client_key(request: Request) -> bytes | None:
     auth = request.header(b"authorization")
     if auth is not None and auth[:7].lower() == b"bearer ":
@@ -263,8 +297,13 @@ class AttemptResult:
 
 @final
 class Proxy:
-    def __init__(self, config: Config, router: Router, dedup: Deduplicator | None) -> None:
+    def __init__(self, config: Config, router: Router, dedup: Deduplicator | None,
+                 access: AccessControl | None = None) -> None:
         self.router = router
+        #: Client keys' models and the limits (None: nothing to check).
+        self.access = access
+        self._decode_peek = (decode_token_peek if access is not None and access.counts_tokens
+                             else decode_peek)
         self._dedup = dedup
         self._include_nondeterministic = config.cache.deduplication.include_nondeterministic
         request = config.request
@@ -365,12 +404,33 @@ class Proxy:
         # _jsondepth), so no decode of it anywhere can hit Python's recursion limit.
         if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
             raise RouterError(400, _TOO_DEEP)
-        peek = _peek(body)
+        peek = _peek(body, self._decode_peek)
         model = state.model = peek.model or ""
         files = self.files
         if files is not None and REFERENCE_MARK in body and request.path == CHAT:
             await files.resolve(request)
         chain = self._chain(model, request.path)
+        access = self.access
+        admission = state.access
+        if access is None or admission is None:
+            return await self._serve(request, conn, state, peek, model, chain)
+        resolved = self.router.resolve(model)
+        chain = access.allowed_chain(admission, model, resolved, chain)
+        reservation = (peek.reservation(access.default_reservation)
+                       if isinstance(peek, TokenPeek) else 0.0)
+        await access.admit(admission, request, conn, resolved, reservation)
+        served: Served | None = None
+        try:
+            served = await self._serve(request, conn, state, peek, model, chain)
+            return served
+        finally:
+            if admission.limited:
+                access.settle(admission, _tokens_used(state, served),
+                              served.backend if served is not None else "")
+
+    async def _serve(self, request: Request, conn: ServerConnection, state: RequestState,
+                     peek: Peek, model: str, chain: tuple[str, ...]) -> Served:
+        """The admitted request: dedup, then the attempts; the answer is sent from here."""
         hash_key = self._hash_key(request, peek) if self._hash_key is not None else None
         # request.timeout covers every attempt's connect, head and plain body. When it
         # passes, the server's timer sweep cancels the connection and answers 504 for us.
@@ -398,8 +458,10 @@ class Proxy:
         body = request.body
         if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
             raise RouterError(400, _TOO_DEEP)
-        peek = _peek(body)
+        peek = _peek(body, self._decode_peek)
         state.model = peek.model or ""
+        if isinstance(peek, TokenPeek) and state.access is not None and self.access is not None:
+            state.access.reservation = peek.reservation(self.access.default_reservation)
         return peek
 
     def hash_key(self, request: Request, user: str | None = None) -> str | None:
@@ -414,8 +476,34 @@ class Proxy:
     ) -> Served:
         """Proxy a request through ``plan`` (the caller armed the timeout with
         :meth:`arm_timeout` and found the ``chain``): same attempts, retries, fallbacks,
-        streaming and accounting as :meth:`handle`, without deduplication."""
+        streaming and accounting as :meth:`handle`, without deduplication; the key's
+        models and the limits apply as in :meth:`handle` (the token reservation is what
+        :meth:`peek` read, else the default)."""
         state.stream = stream
+        access = self.access
+        admission = state.access
+        if access is None or admission is None:
+            return await self._serve_planned(request, conn, state, model, chain, stream, plan,
+                                             hash_key)
+        resolved = self.router.resolve(model)
+        chain = access.allowed_chain(admission, model, resolved, chain)
+        reservation = admission.reservation or (
+            access.default_reservation if access.counts_tokens else 0.0)
+        await access.admit(admission, request, conn, resolved, reservation)
+        served: Served | None = None
+        try:
+            served = await self._serve_planned(request, conn, state, model, chain, stream,
+                                               plan, hash_key)
+            return served
+        finally:
+            if admission.limited:
+                access.settle(admission, _tokens_used(state, served),
+                              served.backend if served is not None else "")
+
+    async def _serve_planned(
+        self, request: Request, conn: ServerConnection, state: RequestState, model: str,
+        chain: tuple[str, ...], stream: bool, plan: Plan, hash_key: str | None,
+    ) -> Served:
         answer = await self._forward(request, conn, model, chain, hash_key, stream, state,
                                      plan)
         if not answer.streamed and answer.status == 200 and not answer.error:
@@ -494,6 +582,9 @@ class Proxy:
         held: AttemptResult | None = None  # a retryable answer, in case nothing better comes
         previous: BackendActor | None = None  # the last backend that failed
         final = False  # the plan cannot make another attempt
+        access = self.access
+        admission = state.access if access is not None and access.per_backend else None
+        refused: Decision | None = None  # per_backend: the last backend limit that refused
         for index, model in enumerate(chain):
             if final:
                 break
@@ -510,6 +601,9 @@ class Proxy:
                         break
                     await trio.sleep(self._backoff.delay(retries, self._rng))
                 backend = router.choose(model, tried, hash_key, stream, endpoint=endpoint)
+                if admission is not None and admission.limited and backend is not None:
+                    backend, refused = await self._backend_admitted(
+                        admission, conn, backend, model, tried, hash_key, stream, endpoint)
                 if backend is None:
                     break
                 if previous is not None:  # this attempt retries ``previous``'s failure
@@ -537,11 +631,36 @@ class Proxy:
                     break
         if held is not None:
             return held  # every backend failed; the last retryable answer says why
+        if refused is not None and not last_error:
+            assert access is not None and admission is not None
+            raise access.backend_refusal(admission, refused, client_model)
         if timed_out:
             raise RouterError(504, f"Upstream timeout: {last_error}")
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
         raise router.unavailable_error(chain, None, client_model, endpoint)
+
+    async def _backend_admitted(
+        self, admission: Admission, conn: ServerConnection, backend: BackendActor, model: str,
+        tried: list[BackendActor], hash_key: str | None, stream: bool, endpoint: str,
+    ) -> tuple[BackendActor | None, Decision | None]:
+        """``per_backend``: the chosen backend if its limit admits the request, else the next
+        choice that does (a refused backend is skipped, its half-open trial slot given
+        back); ``None`` and the last refusal when none does."""
+        access = self.access
+        assert access is not None
+        skipped = list(tried)
+        refused: Decision | None = None
+        choice: BackendActor | None = backend
+        while choice is not None:
+            denied = await access.admit_backend(admission, conn, choice.name)
+            if denied is None:
+                return choice, refused
+            refused = denied
+            self.router.release(choice)
+            skipped.append(choice)
+            choice = self.router.choose(model, skipped, hash_key, stream, endpoint=endpoint)
+        return None, refused
 
     async def _attempt(
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,

@@ -5,7 +5,9 @@ One session, in order:
 1. the handshake is checked (:meth:`ServerConnection.websocket_problem`) and the model read
    from the query; refusals are ordinary HTTP answers through the Ingress (request id, error
    shape, access log);
-2. admission (:data:`Admit`: the Ingress's ``admit_realtime``) returns a
+2. the key was checked by the Ingress like any ``/v1/`` request's (also from the browser's
+   subprotocol, :func:`realtime_key`); admission (:data:`Admit`: the Ingress's
+   ``admit_realtime``: the key's models, the rate and concurrency limits) returns a
    :class:`RealtimeTicket`, told every ``response.done``'s usage and released at the end;
 3. a backend is chosen like for any request (model aliases and fallbacks, the strategy,
    health, breaker, only backends of the OpenAI API), and the upstream WebSocket opened
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 from urllib.parse import parse_qsl, urlencode
 
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         RelayStats,
         UpstreamConnectError,
     )
+    from .access import AccessControl, Admission
     from .backend import BackendActor
     from .metrics import MetricsSink
     from .router import Router
@@ -78,11 +81,12 @@ class RealtimeTicket(Protocol):
     def release(self) -> None: ...
 
 
-#: Admission of one session: the request (headers, query), the client's key (from
-#: ``Authorization``, ``x-api-key`` or the ``openai-insecure-api-key.<key>`` subprotocol;
-#: None when it sent none) and the model asked for. Raises ``RouterError`` (401, 403, 429...)
-#: to refuse; the refusal is the handshake's answer.
-Admit = Callable[[Request, bytes | None, str], RealtimeTicket]
+#: Admission of one session, once the Ingress has authenticated it (``state.access``):
+#: the request (headers, query, peer), the model asked for and the models that may serve it
+#: (aliases and fallbacks resolved). Returns the ticket and the models the client may use;
+#: raises ``RouterError`` (403, 429, 503...) to refuse: the refusal is the handshake's answer.
+Admit = Callable[[Request, ServerConnection, RequestState, str, tuple[str, ...]],
+                 Awaitable[tuple[RealtimeTicket, tuple[str, ...]]]]
 
 
 @final
@@ -97,6 +101,29 @@ class NoLimits:
 
 
 NO_LIMITS: Final = NoLimits()
+
+
+@final
+class LimitedSession:
+    """The ticket of a session admitted under rate limits: each response's tokens count
+    against the token limits as it ends (``response.done``); the session's end gives back
+    its concurrency leases and refunds the token reservation its admission took."""
+
+    __slots__ = ("_access", "_admission", "_released")
+
+    def __init__(self, access: AccessControl, admission: Admission) -> None:
+        self._access = access
+        self._admission = admission
+        self._released = False
+
+    def settle(self, usage: RealtimeUsage) -> None:
+        tokens = usage.total_tokens or usage.input_tokens + usage.output_tokens
+        self._access.charge(self._admission, tokens)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._access.settle(self._admission, 0, "")
 
 
 def realtime_key(request: Request) -> bytes | None:
@@ -213,12 +240,12 @@ class RealtimeGateway:
             raise RouterError(400, "The 'model' query parameter is missing",
                               code="missing_model", param="model")
         state.model = model
-        ticket = self.admit(request, realtime_key(request), model)
+        if self.max_sessions and len(self.sessions) >= self.max_sessions:
+            raise RouterError(503, f"Too many Realtime sessions (realtime.max_sessions = "
+                              f"{self.max_sessions})", code="overloaded", retry_after=1)
+        ticket, chain = await self.admit(request, conn, state, model, self._chain(model))
         try:
-            if self.max_sessions and len(self.sessions) >= self.max_sessions:
-                raise RouterError(503, f"Too many Realtime sessions (realtime.max_sessions = "
-                                  f"{self.max_sessions})", code="overloaded", retry_after=1)
-            return await self._session(request, conn, state, query, model, ticket)
+            return await self._session(request, conn, state, query, model, chain, ticket)
         finally:
             ticket.release()
 
@@ -235,8 +262,8 @@ class RealtimeGateway:
         return chain
 
     async def _session(self, request: Request, conn: ServerConnection, state: RequestState,
-                       query: dict[str, str], model: str, ticket: RealtimeTicket) -> Served:
-        chain = self._chain(model)
+                       query: dict[str, str], model: str, chain: tuple[str, ...],
+                       ticket: RealtimeTicket) -> Served:
         offered = parse_subprotocols(request.headers)
         _, upstream_protocols = split_subprotocols(offered)
         forwarded = forwarded_headers(request.headers)

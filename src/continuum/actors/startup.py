@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from ..config import Config, unserved_model_warnings
+from ..config import Config, limit_warnings, unserved_model_warnings
+from ..net.redis import RedisOptions
+from .access import limit_plan
 
 if TYPE_CHECKING:
     from .backend import BackendActor
@@ -85,15 +87,31 @@ def _features(config: Config) -> str:
     else:
         features.append("metrics off")
     features.append(f"tracing ({tracing.exporter})" if tracing.enabled else "tracing off")
+    entries = keys.entries
     if keys.mode == "blocking":
-        enabled = sum(1 for k in keys.api_keys if k.enabled)
+        enabled = sum(1 for k in entries if k.enabled)
         features.append(f"client API keys required ({enabled} enabled)")
+    elif entries:
+        features.append(f"client API keys recognised ({len(entries)}), not required")
     else:
         features.append("client API keys not checked")
+    features.append(_limits(config))
+    if config.cors.enabled:
+        features.append("CORS")
     features.append("access log" if config.logging.access_log else "access log off")
     if config.server.workers != 1:
         features.append(f"worker processes: {config.server.workers or 'one per CPU'}")
     return "; ".join(features)
+
+
+def _limits(config: Config) -> str:
+    rl = config.rate_limiting
+    if limit_plan(config) is None:
+        return "rate limits off" if rl.enabled else "rate limits disabled"
+    if rl.storage == "redis":  # the address only: never the URL's password
+        where = RedisOptions.from_url(rl.redis.url).address
+        return f"rate limits in Redis at {where} (on_error: {rl.redis.on_error})"
+    return "rate limits in memory"
 
 
 def startup_summary(config: Config, addresses: Sequence[str], router: Router) -> str:
@@ -121,6 +139,8 @@ def log_startup_summary(config: Config, addresses: Sequence[str], router: Router
         log.info("worker %d: listening on %s", worker, ", ".join(addresses))
         return
     log.info("%s", startup_summary(config, addresses, router))
+    for warning in limit_warnings(config):
+        log.warning("%s: %s", config.source or "config", warning)
     served = set(router.models(healthy_only=False))
     where = "any backend's models (configured or discovered at start)"
     for warning in unserved_model_warnings(config, served, where):

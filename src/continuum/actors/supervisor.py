@@ -19,10 +19,12 @@ from ..config import Config, ConfigError
 from ..core.endpoints import RESPONSES, RESPONSES_BRIDGE
 from ..core.errors import render_error
 from ..core.messages import ControlMessage, RequestObserved
+from ..net.redis import RedisClient, RedisError
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..net.server.tls import make_server_context, reload_server_context
 from ..observability.metrics import Metrics
+from .access import AccessControl, needed, redis_client
 from .backend import BackendActor, backend_endpoints
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
@@ -404,7 +406,13 @@ async def _serve(
         prober = HealthProber(backends, config.health_checks, control_send)
         dedup_cfg = config.cache.deduplication
         dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
-        proxy = Proxy(config, router, dedup)
+        connections: list[Front] = []
+        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
+                           lambda: len(connections[0].connections) if connections else 0,
+                           dedup)
+        redis = redis_client(config)
+        access = AccessControl(config, sink.metrics, redis) if needed(config) else None
+        proxy = Proxy(config, router, dedup, access)
         fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
             max_header_size=server_cfg.max_header_size,
@@ -415,12 +423,8 @@ async def _serve(
             stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
             max_upload_size=server_cfg.max_upload_size,
         )
-        connections: list[Front] = []
-        sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
-                           lambda: len(connections[0].connections) if connections else 0,
-                           dedup)
         ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
-                          fronts.matches)
+                          fronts.matches, access=access)
         realtime: RealtimeGateway | None = None
         if config.realtime.enabled:
             realtime = RealtimeGateway(config, router, sink, ingress.admit_realtime)
@@ -463,6 +467,8 @@ async def _serve(
                     report = await probe(backend, settings.endpoint, settings.timeout)
                     router.apply(report, first=True)
 
+                if redis is not None:  # connects, loads the scripts, says if it cannot
+                    first.start_soon(_first_redis_call, redis)
                 prewarm = config.http_client.prewarm_connections
                 probed = prober.probed()
                 for backend in backends:
@@ -478,6 +484,8 @@ async def _serve(
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
+        if access is not None and access.redis is not None:
+            root.start_soon(supervise, "rate-limit-settler", access.run)
         for backend in backends:
             root.start_soon(supervise, f"backend:{backend.name}", backend.run)
         for name, task in fronts.tasks:
@@ -510,7 +518,21 @@ async def _serve(
                 backend.close()
             ingress.proxy.tracing.shutdown()
             await fronts.aclose()
+            if redis is not None:
+                with trio.CancelScope(shield=True):
+                    await redis.aclose()
             root.cancel_scope.cancel()
+
+
+async def _first_redis_call(redis: RedisClient) -> None:
+    """Connect to the rate limits' Redis before serving (its scripts load on connect), so
+    the first requests pay no connect; a Redis that does not answer is logged, not fatal:
+    requests then follow ``on_error`` until it does."""
+    try:
+        await redis.execute("PING")
+    except RedisError as exc:
+        log.warning("rate limits: Redis at %s does not answer at start (%s); requests follow "
+                    "rate_limiting.redis.on_error until it does", redis.options.address, exc)
 
 
 async def _drain_when_cancelled(stop: _Stop) -> None:

@@ -17,6 +17,7 @@ from ._loading import load_config as load_config
 from ._loading import parse_config as parse_config
 from ._render import config_warnings as config_warnings
 from ._render import dump_effective_config as dump_effective_config
+from ._render import limit_warnings as limit_warnings
 from ._render import unserved_model_warnings as unserved_model_warnings
 from ._schema import ApiKeyEntry as ApiKeyEntry
 from ._schema import ApiKeysConfig as ApiKeysConfig
@@ -24,16 +25,21 @@ from ._schema import BackendConfig as BackendConfig
 from ._schema import CacheConfig as CacheConfig
 from ._schema import Config as Config
 from ._schema import ConfigError as ConfigError
+from ._schema import CorsConfig as CorsConfig
 from ._schema import DeduplicationConfig as DeduplicationConfig
 from ._schema import FilesConfig as FilesConfig
 from ._schema import HealthChecksConfig as HealthChecksConfig
 from ._schema import HttpClientConfig as HttpClientConfig
+from ._schema import LimitConfig as LimitConfig
 from ._schema import LoggingConfig as LoggingConfig
 from ._schema import MetricsAuthConfig as MetricsAuthConfig
 from ._schema import MetricsConfig as MetricsConfig
 from ._schema import MockConfig as MockConfig
 from ._schema import MockFailure as MockFailure
+from ._schema import RateLimitingConfig as RateLimitingConfig
+from ._schema import RateLimitsConfig as RateLimitsConfig
 from ._schema import RealtimeConfig as RealtimeConfig
+from ._schema import RedisConfig as RedisConfig
 from ._schema import RequestConfig as RequestConfig
 from ._schema import ResponsesConfig as ResponsesConfig
 from ._schema import ResponsesRedisConfig as ResponsesRedisConfig
@@ -57,16 +63,21 @@ __all__ = [
     "CacheConfig",
     "Config",
     "ConfigError",
+    "CorsConfig",
     "DeduplicationConfig",
     "FilesConfig",
     "HealthChecksConfig",
     "HttpClientConfig",
+    "LimitConfig",
     "LoggingConfig",
     "MetricsAuthConfig",
     "MetricsConfig",
     "MockConfig",
     "MockFailure",
+    "RateLimitingConfig",
+    "RateLimitsConfig",
     "RealtimeConfig",
+    "RedisConfig",
     "RequestConfig",
     "ResponsesConfig",
     "ResponsesRedisConfig",
@@ -78,6 +89,7 @@ __all__ = [
     "config_warnings",
     "dump_effective_config",
     "generate_config",
+    "limit_warnings",
     "load_config",
     "parse_bind_address",
     "parse_config",

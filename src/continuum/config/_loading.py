@@ -14,6 +14,7 @@ naming the file, the dotted key path and what was expected:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
-from ._schema import Config, ConfigError
+from ._schema import ApiKeyEntry, Config, ConfigError
 from ._text import join_path, type_name
 from ._validation import Context, check_semantics, check_struct
 
@@ -127,15 +128,53 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> ConfigError:
     return ConfigError(f"invalid YAML: {type(exc).__name__}", source=source)
 
 
-_TYPE_INFO: list[mi.StructType] = []
+@functools.cache
+def _struct_type(cls: type) -> mi.StructType:
+    """msgspec's description of a schema Struct, built once (it walks every field)."""
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return info
 
 
-def _config_type() -> mi.StructType:
-    if not _TYPE_INFO:
-        info = mi.type_info(Config)
-        assert isinstance(info, mi.StructType)
-        _TYPE_INFO.append(info)
-    return _TYPE_INFO[0]
+def _read_key_file(checked: dict[str, Any], ctx: Context) -> None:
+    """``api_keys.api_keys_file``: a YAML list of key entries (or a mapping whose
+    ``api_keys`` is one), read now, ``${VAR}`` substituted, each entry checked like an
+    inline one. Its errors name that file and ``api_keys[i]``. A relative path is taken
+    from the config file's directory (the working directory for a config not from a file)."""
+    section = checked.get("api_keys")
+    if not isinstance(section, dict) or not section.get("api_keys_file"):
+        return
+    name = section["api_keys_file"]
+    path = Path(name)
+    if not path.is_absolute() and Path(ctx.source).is_file():
+        path = Path(ctx.source).parent / path
+    file_ctx = Context(source=str(path), env=ctx.env)
+    ctx.key_file = file_ctx
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ctx.error("api_keys.api_keys_file",
+                        f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise file_ctx.error("", f"not UTF-8 text (byte offset {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, str(path)) from None
+    if isinstance(data, dict) and set(data) == {"api_keys"}:
+        data = data["api_keys"]
+    if data is None:
+        data = []
+    if not isinstance(data, list):
+        raise file_ctx.error("", f"expected a list of API key entries (or a mapping with an "
+                                 f"'api_keys' list), got {type_name(data)}")
+    data = _substitute(data, "api_keys", file_ctx)
+    if file_ctx.missing:
+        raise _missing_env_error(file_ctx)
+    section["file_entries"] = [
+        check_struct(item, _struct_type(ApiKeyEntry), join_path("api_keys", i), file_ctx)
+        for i, item in enumerate(data)
+    ]
 
 
 def config_from_dict(
@@ -151,8 +190,9 @@ def config_from_dict(
     substituted = _substitute(dict(data), "", ctx)
     if ctx.missing:
         raise _missing_env_error(ctx)
-    checked = check_struct(substituted, _config_type(), "", ctx)
+    checked = check_struct(substituted, _struct_type(Config), "", ctx)
     checked["source"] = source
+    _read_key_file(checked, ctx)
     try:
         cfg = msgspec.convert(checked, Config)
     except msgspec.ValidationError as exc:  # a backstop: the walk above should catch all

@@ -18,8 +18,17 @@ def dump_effective_config(config: Config) -> str:
         b["api_key"] = mask(b["api_key"])
         b["url"] = mask_url(b["url"])
         b["headers"] = {k: (mask(v) if is_secret_name(k) else v) for k, v in b["headers"].items()}
-    for entry in data["api_keys"]["api_keys"]:
+    keys = data["api_keys"]
+    keys.pop("file_entries", None)  # api_keys_file is read again when this is loaded
+    ids = {entry["id"] for entry in keys["api_keys"] if entry["id"]}
+    ids.update(entry.id for entry in config.api_keys.file_entries if entry.id)
+    for entry in keys["api_keys"]:
         entry["key"] = mask(entry["key"])
+        entry["key_sha256"] = mask(entry["key_sha256"])
+    limiting = data["rate_limiting"]
+    # A bypass entry is a key id (shown) or a key itself (a secret).
+    limiting["bypass_keys"] = [v if v in ids else mask(v) for v in limiting["bypass_keys"]]
+    limiting["redis"]["url"] = mask_url(limiting["redis"]["url"])
     auth = data["metrics"]["auth"]
     auth["password"] = mask(auth["password"])
     head = f"# effective configuration (from {source})\n" if source else ""
@@ -29,17 +38,45 @@ def dump_effective_config(config: Config) -> str:
 
 
 def config_warnings(config: Config) -> list[str]:
-    """What is valid but probably a mistake, each with its key path: today, aliases and
+    """What is valid but probably a mistake, each with its key path: limits that will not
+    hold as written (switched off, or counted per worker process), and aliases and
     fallbacks naming a model no backend lists in its ``models``.
 
     Backends without ``models`` discover theirs at start, which a config alone cannot know:
     a model is only reported when every backend has a static list (the router checks the
     discovered lists again once it has started).
     """
+    warnings = limit_warnings(config)
     if any(not b.models for b in config.backends):
-        return []
+        return warnings
     served = {m for b in config.backends for m in b.models}
-    return unserved_model_warnings(config, served, "any backend's configured models")
+    return warnings + unserved_model_warnings(config, served, "any backend's configured models")
+
+
+def limit_warnings(config: Config) -> list[str]:
+    rl = config.rate_limiting
+    limits = rl.limits
+    keyed = [
+        f"api_keys[{e.id or i}]" for i, e in enumerate(config.api_keys.entries)
+        if e.rate_limit or e.tokens_per_minute or e.max_concurrent
+    ]
+    configured = keyed or not all(
+        lim.empty for lim in (limits.per_client, limits.per_api_key, limits.per_backend,
+                              limits.global_, *limits.per_model.values())
+    )
+    if not configured:
+        return []
+    if not rl.enabled:
+        return ["rate_limiting.enabled: false: no limit is enforced, neither "
+                "rate_limiting.limits nor the keys' rate_limit, tokens_per_minute and "
+                "max_concurrent"]
+    workers = config.server.workers
+    if rl.storage == "memory" and workers != 1:
+        count = "one per CPU" if workers == 0 else str(workers)
+        return [f"rate_limiting.storage: memory with server.workers: {count}: each worker "
+                "process counts on its own, so clients get up to that many times each limit; "
+                "use storage: redis to share the counts"]
+    return []
 
 
 def unserved_model_warnings(config: Config, served: set[str], where: str) -> list[str]:

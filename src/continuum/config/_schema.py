@@ -220,21 +220,124 @@ class RealtimeConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     max_sessions: NonNegInt = 0
 
 
+#: What a client key may do (see ``core.access.required_scope``): ``read`` (GET on /v1),
+#: ``write`` (inference and other POSTs), ``files`` (the Files API), ``admin`` (every scope).
+Scope = Literal["read", "write", "files", "admin"]
+
+
 class ApiKeyEntry(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    key: str
+    #: The secret itself, or (``key_sha256``) its SHA-256 in hex: exactly one of the two.
+    key: str = ""
+    key_sha256: str = ""
     id: str = ""
     name: str = ""
     enabled: bool = True
     user_id: str = ""
     organization_id: str = ""
-    scopes: tuple[str, ...] = ()
-    rate_limit: NonNegInt | None = None
+    #: Empty: every scope.
+    scopes: tuple[Scope, ...] = ()
+    #: Model names or globs (``gpt-4o*``) this key may use, matched after alias resolution;
+    #: empty: every model.
+    models: tuple[str, ...] = ()
+    #: Requests per minute (a minute's worth at once, then evenly).
+    rate_limit: PosInt | None = None
+    tokens_per_minute: PosInt | None = None
+    #: Requests of this key in flight at once (across instances with Redis).
+    max_concurrent: PosInt | None = None
     expires_at: str | None = None
 
 
 class ApiKeysConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     mode: Literal["permissive", "blocking"] = "permissive"
     api_keys: tuple[ApiKeyEntry, ...] = ()
+    #: A YAML file of more entries (a list, or a mapping with an ``api_keys`` list), read once
+    #: at load time; a relative path is relative to the config file.
+    api_keys_file: str | None = None
+    #: The entries read from ``api_keys_file`` (set by the loader, never by a document).
+    file_entries: tuple[ApiKeyEntry, ...] = ()
+
+    @property
+    def entries(self) -> tuple[ApiKeyEntry, ...]:
+        """Every key: the inline ones, then those of ``api_keys_file``."""
+        return self.api_keys + self.file_entries if self.file_entries else self.api_keys
+
+
+class LimitConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One limit (every field optional; an empty one limits nothing)."""
+
+    requests_per_second: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    #: Requests admitted at once from idle; default: one second's worth (at least 1).
+    burst_capacity: Annotated[float, msgspec.Meta(ge=1)] | None = None
+    #: Tokens per minute (reserved from max_tokens, reconciled from usage).
+    tokens_per_minute: PosInt | None = None
+    #: Requests in flight at once.
+    max_concurrent: PosInt | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (self.requests_per_second is None and self.tokens_per_minute is None
+                and self.max_concurrent is None)
+
+
+class RateLimitsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: Each client: its API key when it sent a valid one, else its address.
+    per_client: LimitConfig = LimitConfig()
+    #: Each valid API key, instead of per_client (a key's own limits win over both).
+    per_api_key: LimitConfig = LimitConfig()
+    #: Each backend, checked once routing has chosen it.
+    per_backend: LimitConfig = LimitConfig()
+    #: Model name or glob (after alias resolution) -> its limit; the first match applies.
+    per_model: dict[str, LimitConfig] = {}
+    global_: LimitConfig = msgspec.field(default=LimitConfig(), name="global")
+
+
+class RedisConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "continuum:"
+    #: One admission's round trip, from the call to the complete reply.
+    timeout: PositiveDuration = 0.25
+    connect_timeout: PositiveDuration = 1.0
+    pool_size: PosInt = 4
+    #: When Redis is down or slower than ``timeout``: admit (fail open) or answer 503.
+    on_error: Literal["allow", "deny"] = "allow"
+    ca_file: str | None = None
+    tls_verify: bool = True
+
+
+class RateLimitingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    storage: Literal["memory", "redis"] = "memory"
+    limits: RateLimitsConfig = RateLimitsConfig()
+    #: Client addresses (IPs or CIDRs) never rate limited.
+    whitelist: tuple[str, ...] = ()
+    #: API keys (by ``id``, or the keys themselves) never rate limited.
+    bypass_keys: tuple[str, ...] = ()
+    #: Proxies (IPs or CIDRs) whose X-Forwarded-For / X-Real-IP is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Tokens reserved at admission when the request sets no max_tokens.
+    default_token_reservation: PosInt = 1024
+    redis: RedisConfig = RedisConfig()
+
+
+class CorsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    #: Exact origins (``https://app.example.com``), ``*``, or patterns with ``*``
+    #: (``https://*.example.com``, ``http://localhost:*``).
+    allowed_origins: tuple[str, ...] = ("*",)
+    allowed_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    #: Request headers a browser may send; ``*``: whatever the preflight asks for.
+    allowed_headers: tuple[str, ...] = ("*",)
+    #: Response headers a page's script may read.
+    expose_headers: tuple[str, ...] = (
+        "x-request-id",
+        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens", "retry-after",
+        "x-continuum-backend", "x-continuum-model",
+    )  # fmt: skip
+    allow_credentials: bool = False
+    #: How long a browser may cache a preflight answer.
+    max_age: Duration = 600.0
 
 
 class MockFailure(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -328,6 +431,8 @@ class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     api_keys: ApiKeysConfig = ApiKeysConfig()
+    rate_limiting: RateLimitingConfig = RateLimitingConfig()
+    cors: CorsConfig = CorsConfig()
     realtime: RealtimeConfig = RealtimeConfig()
     responses: ResponsesConfig = ResponsesConfig()
     files: FilesConfig = FilesConfig()
@@ -370,4 +475,7 @@ ALIASES: dict[type, dict[str, tuple[str, ...]]] = {
 
 
 # Fields that exist on the Struct but may not be set from a config document.
-HIDDEN: dict[type, frozenset[str]] = {Config: frozenset({"source"})}
+HIDDEN: dict[type, frozenset[str]] = {
+    Config: frozenset({"source"}),
+    ApiKeysConfig: frozenset({"file_entries"}),
+}

@@ -114,17 +114,58 @@ tracing:
   endpoint: ""                      # OTLP/HTTP traces URL, e.g. http://localhost:4318/v1/traces; "" = the exporter's default
 
 api_keys:
-  mode: permissive                  # permissive: any or no key passes; blocking: a listed, enabled key is required (else 401)
+  mode: permissive                  # permissive: a valid key is recognised, any other request passes as anonymous; blocking: a listed, enabled key is required (else 401)
   api_keys: []                      # client keys; an entry looks like this:
-  # - key: "${CONTINUUM_API_KEY}"   # the secret clients send as "Authorization: Bearer <key>"
-  #   id: key-1                     # identifier used in logs and metrics
+  # - key: "${CONTINUUM_API_KEY}"   # the secret clients send as "Authorization: Bearer <key>" or "x-api-key: <key>"
+  #   key_sha256: ""                # instead of key: its SHA-256 in hex (printf %s KEY | sha256sum), so no plain key sits in a file
+  #   id: key-1                     # identifier used in logs, metrics and limits (never the key)
   #   name: "Production key"        # human-readable label
-  #   enabled: true                 # false rejects the key
+  #   enabled: true                 # false rejects the key (401)
   #   user_id: ""                   # owner (kept for logs and admin output)
   #   organization_id: ""           # owning organization
-  #   scopes: []                    # e.g. [read, write, admin]
-  #   rate_limit: null              # requests per minute for this key; null = unlimited
-  #   expires_at: null              # ISO 8601 time after which the key is rejected
+  #   scopes: []                    # read (GET /v1/...) | write (POST /v1/...) | files (/v1/files) | admin (all); empty = all
+  #   models: []                    # models (or globs like "gpt-4o*") this key may use, after alias resolution; empty = all (else 403)
+  #   rate_limit: null              # requests per minute for this key (a minute's worth at once); null = rate_limiting.limits
+  #   tokens_per_minute: null       # tokens per minute (reserved from max_tokens, reconciled from usage); null = none
+  #   max_concurrent: null          # requests of this key in flight at once (across instances with storage: redis)
+  #   expires_at: null              # ISO 8601 time after which the key is rejected (401)
+  api_keys_file: null               # a YAML file with more entries (a list, or {api_keys: [...]}), read at start; relative to this file
+
+rate_limiting:
+  enabled: true                     # master switch for every limit below and the keys' own limits
+  storage: memory                   # memory (this process) | redis (shared by every instance: see redis below)
+  limits:                           # each limit has four optional keys, shown here for per_client ({} = no limit):
+    per_client: {}                  # each client: its valid API key, else its address; for example:
+    #   requests_per_second: 10     # sustained request rate
+    #   burst_capacity: 20          # requests at once from idle (default: one second's worth)
+    #   tokens_per_minute: 100000   # tokens (reserved from max_tokens, reconciled from the answer's usage)
+    #   max_concurrent: 8           # requests in flight at once
+    per_api_key: {}                 # each valid API key, instead of per_client (a key's own rate_limit/tokens_per_minute/max_concurrent win)
+    per_backend: {}                 # each backend, checked once routing chose it (a refused backend is skipped for another)
+    per_model: {}                   # model name or glob -> limit, after alias resolution, e.g. {gpt-4o: {tokens_per_minute: 100000}}
+    global: {}                      # every request together
+  whitelist: []                     # client IPs or CIDRs never rate limited, e.g. ["10.0.0.0/8"]
+  bypass_keys: []                   # API keys never rate limited: a key's id, or the key itself (shown as *** by `check`)
+  trusted_proxies: []               # proxies whose X-Forwarded-For (rightmost untrusted hop) or X-Real-IP names the client
+  default_token_reservation: 1024   # tokens reserved at admission when a request sets no max_tokens
+  redis:
+    url: "redis://127.0.0.1:6379/0" # redis://[user:password@]host:port/db, rediss:// for TLS, or unix:///path.sock (password shown as *** by `check`)
+    key_prefix: "continuum:"        # prefix of every key the limits use
+    timeout: 250ms                  # one admission's round trip; slower counts as Redis down
+    connect_timeout: 1s             # connecting, TLS and AUTH included
+    pool_size: 4                    # connections (concurrent calls are pipelined on them)
+    on_error: allow                 # Redis down or slow: allow (fail open) | deny (503)
+    ca_file: null                   # CA bundle (PEM) to verify a rediss:// server with
+    tls_verify: true                # verify the rediss:// server's certificate and name
+
+cors:
+  enabled: false                    # answer browsers' preflights (without auth) and add CORS headers to answers
+  allowed_origins: ["*"]            # "*", exact origins, or patterns such as "https://*.example.com", "http://localhost:*"
+  allowed_methods: [GET, POST, OPTIONS]
+  allowed_headers: ["*"]            # "*" allows whatever the preflight asks for
+  expose_headers: [x-request-id, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after, x-continuum-backend, x-continuum-model]
+  allow_credentials: false          # send Access-Control-Allow-Credentials (the origin is then echoed, never "*")
+  max_age: 600s                     # how long a browser may cache a preflight answer
 
 realtime:                           # the Realtime API relay: GET /v1/realtime?model=M WebSocket sessions
   enabled: true                     # false: /v1/realtime is not routed (404)

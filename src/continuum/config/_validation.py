@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import fnmatch
+import hashlib
+import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,16 @@ import msgspec
 import msgspec.inspect as mi
 
 from ..core.endpoints import ENDPOINTS, backend_api_of
+from ..core.redis_url import parse_redis_url
 from ._schema import (
     ALIASES,
     DEFAULT_URLS,
     HIDDEN,
+    ApiKeyEntry,
     BackendConfig,
     Config,
     ConfigError,
+    LimitConfig,
     MockConfig,
 )
 from ._text import is_secret_name, join_path, last_key, mask_url, type_name
@@ -47,6 +53,8 @@ class Context:
     substituted: dict[str, list[str]] = field(default_factory=dict)
     # (path, name) of every ${NAME} without a value or default: reported all at once
     missing: list[tuple[str, str]] = field(default_factory=list)
+    # The run that read ``api_keys.api_keys_file`` (its errors name that file).
+    key_file: Context | None = None
 
     def error(self, path: str, detail: str) -> ConfigError:
         return ConfigError(detail, source=self.source, path=path)
@@ -332,7 +340,8 @@ def check_struct(value: Any, st: mi.StructType, path: str, ctx: Context) -> dict
     if not isinstance(value, dict):
         raise ctx.error(path, f"expected a mapping, got {ctx.show(path, value)}")
     hidden = HIDDEN.get(st.cls, frozenset())
-    fields = {f.name: f for f in st.fields if f.name not in hidden}
+    # Keyed by the name a document uses (``global`` for the field ``global_``).
+    fields = {f.encode_name: f for f in st.fields if f.name not in hidden}
     aliases = ALIASES.get(st.cls, {})
     out: dict[str, Any] = {}
     pending: list[tuple[tuple[str, ...], Any, str]] = []
@@ -356,8 +365,8 @@ def check_struct(value: Any, st: mi.StructType, path: str, ctx: Context) -> dict
     for target, converted, origin in pending:
         _merge(out, target, converted, origin, path, ctx)
     for f in st.fields:
-        if f.required and f.name not in out:
-            raise ctx.error(path or "<top level>", f"missing required key {f.name!r}")
+        if f.required and f.encode_name not in out:
+            raise ctx.error(path or "<top level>", f"missing required key {f.encode_name!r}")
     return out
 
 
@@ -470,36 +479,9 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
         _check_url(endpoint, "tracing.endpoint", ctx)
     _check_server_tls(cfg, ctx)
 
-    keys_seen: dict[str, int] = {}
-    ids_seen: dict[str, int] = {}
-    for i, entry in enumerate(cfg.api_keys.api_keys):
-        p = f"api_keys.api_keys[{i}]"
-        if not entry.key:
-            raise ctx.error(f"{p}.key", "must not be empty")
-        if entry.key in keys_seen:
-            raise ctx.error(
-                f"{p}.key", f"duplicate key (same as api_keys.api_keys[{keys_seen[entry.key]}].key)"
-            )
-        keys_seen[entry.key] = i
-        if entry.id:
-            if entry.id in ids_seen:
-                raise ctx.error(
-                    f"{p}.id",
-                    f"duplicate id {entry.id!r} (also used by "
-                    f"api_keys.api_keys[{ids_seen[entry.id]}])",
-                )
-            ids_seen[entry.id] = i
-        if entry.expires_at is not None:
-            try:
-                _dt.datetime.fromisoformat(entry.expires_at)
-            except ValueError:
-                raise ctx.error(
-                    f"{p}.expires_at",
-                    f"expected an ISO 8601 time such as '2025-12-31T23:59:59Z', "
-                    f"got {ctx.show(f'{p}.expires_at', entry.expires_at)}",
-                ) from None
-    if cfg.api_keys.mode == "blocking" and not any(k.enabled for k in cfg.api_keys.api_keys):
-        raise ctx.error("api_keys.api_keys", "blocking mode needs at least one enabled key")
+    cfg = _check_api_keys(cfg, ctx)
+    _check_rate_limiting(cfg, ctx)
+    _check_cors(cfg, ctx)
 
     if not cfg.backends:
         raise ctx.error("backends", "at least one backend is required")
@@ -576,6 +558,152 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
         if len(set(chain)) != len(chain):
             raise ctx.error(p, "the list names a model twice")
     return msgspec.structs.replace(cfg, backends=tuple(backends))
+
+
+# -- client keys, rate limits, CORS ---------------------------------------------------------
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+#: What a key sent in a header can be: visible ASCII, no spaces.
+_KEY_TEXT = re.compile(r"[\x21-\x7e]+")
+
+
+def key_digest(entry: ApiKeyEntry) -> str:
+    """The entry's SHA-256 in lower-case hex: of ``key``, or ``key_sha256`` as given."""
+    if entry.key:
+        return hashlib.sha256(entry.key.encode()).hexdigest()
+    return entry.key_sha256.lower()
+
+
+def _key_entries(cfg: Config, ctx: Context) -> Iterator[tuple[ApiKeyEntry, Context, str]]:
+    for i, entry in enumerate(cfg.api_keys.api_keys):
+        yield entry, ctx, f"api_keys.api_keys[{i}]"
+    file_ctx = ctx.key_file or ctx
+    for i, entry in enumerate(cfg.api_keys.file_entries):
+        yield entry, file_ctx, f"api_keys[{i}]"
+
+
+def _check_api_keys(cfg: Config, ctx: Context) -> Config:
+    """Each entry (inline or from ``api_keys_file``): exactly one of ``key`` and
+    ``key_sha256``, well formed; ids and keys unique across both lists. Errors name where
+    the entry is; a key is never shown."""
+    digests: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    inline: list[ApiKeyEntry] = []
+    loaded: list[ApiKeyEntry] = []
+    for entry, ectx, p in _key_entries(cfg, ctx):
+        where = p if ectx is ctx else f"{ectx.source}: {p}"
+        if entry.key and entry.key_sha256:
+            raise ectx.error(p, "set either key or key_sha256, not both")
+        if not entry.key and not entry.key_sha256:
+            raise ectx.error(f"{p}.key", "must not be empty (or give key_sha256)")
+        if entry.key and not _KEY_TEXT.fullmatch(entry.key):
+            raise ectx.error(f"{p}.key", "must be printable ASCII without spaces (a trailing "
+                                         "newline from a file or variable?)")
+        if entry.key_sha256:
+            if not _HEX64.fullmatch(entry.key_sha256):
+                raise ectx.error(f"{p}.key_sha256", "expected 64 hexadecimal digits (the "
+                                                    "SHA-256 of the key, e.g. from "
+                                                    "'printf %s KEY | sha256sum')")
+            entry = msgspec.structs.replace(entry, key_sha256=entry.key_sha256.lower())
+        digest = key_digest(entry)
+        if digest in digests:
+            field_name = "key" if entry.key else "key_sha256"
+            raise ectx.error(f"{p}.{field_name}", f"duplicate key (same as {digests[digest]})")
+        digests[digest] = where
+        if entry.id:
+            if _CONTROL.search(entry.id) or not entry.id.strip():
+                raise ectx.error(f"{p}.id", "must be printable text")
+            if entry.id in ids:
+                raise ectx.error(f"{p}.id", f"duplicate id {entry.id!r} (also used by "
+                                            f"{ids[entry.id]})")
+            ids[entry.id] = where
+        for j, pattern in enumerate(entry.models):
+            if not pattern.strip():
+                raise ectx.error(f"{p}.models[{j}]", "model names must not be empty")
+        if entry.expires_at is not None:
+            try:
+                _dt.datetime.fromisoformat(entry.expires_at)
+            except ValueError:
+                raise ectx.error(
+                    f"{p}.expires_at",
+                    f"expected an ISO 8601 time such as '2025-12-31T23:59:59Z', "
+                    f"got {ectx.show(f'{p}.expires_at', entry.expires_at)}",
+                ) from None
+        (inline if ectx is ctx and p.startswith("api_keys.api_keys[") else loaded).append(entry)
+    keys = cfg.api_keys
+    if keys.mode == "blocking" and not any(k.enabled for k in (*inline, *loaded)):
+        raise ctx.error("api_keys.api_keys", "blocking mode needs at least one enabled key")
+    keys = msgspec.structs.replace(keys, api_keys=tuple(inline), file_entries=tuple(loaded))
+    return msgspec.structs.replace(cfg, api_keys=keys)
+
+
+def _check_networks(values: tuple[str, ...], path: str, ctx: Context) -> None:
+    for i, value in enumerate(values):
+        try:
+            ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            p = f"{path}[{i}]"
+            raise ctx.error(p, f"expected an IP address or a CIDR such as '10.0.0.0/8' or "
+                               f"'2001:db8::/32', got {ctx.show(p, value)}") from None
+
+
+def _check_limit(limit: LimitConfig, path: str, ctx: Context) -> None:
+    if limit.burst_capacity is not None and limit.requests_per_second is None:
+        raise ctx.error(f"{path}.burst_capacity", "needs requests_per_second")
+
+
+def _check_rate_limiting(cfg: Config, ctx: Context) -> None:
+    rl = cfg.rate_limiting
+    limits = rl.limits
+    for name in ("per_client", "per_api_key", "per_backend", "global_"):
+        label = name.rstrip("_")
+        _check_limit(getattr(limits, name), f"rate_limiting.limits.{label}", ctx)
+    for model, limit in limits.per_model.items():
+        p = join_path("rate_limiting.limits.per_model", model)
+        if not model.strip():
+            raise ctx.error(p, "model names must not be empty")
+        _check_limit(limit, p, ctx)
+    _check_networks(rl.whitelist, "rate_limiting.whitelist", ctx)
+    _check_networks(rl.trusted_proxies, "rate_limiting.trusted_proxies", ctx)
+    for i, value in enumerate(rl.bypass_keys):
+        if not value:
+            raise ctx.error(f"rate_limiting.bypass_keys[{i}]", "must not be empty")
+    redis = rl.redis
+    try:
+        parse_redis_url(redis.url)
+    except ValueError as exc:
+        raise ctx.error("rate_limiting.redis.url", str(exc)) from None
+    if redis.ca_file is not None and not Path(redis.ca_file).is_file():
+        raise ctx.error("rate_limiting.redis.ca_file", f"file not found: {redis.ca_file!r}")
+    if _CONTROL.search(redis.key_prefix):
+        raise ctx.error("rate_limiting.redis.key_prefix", "must not contain control characters")
+
+
+#: An origin pattern: ``*``, or scheme://host[:port] where ``*`` stands for any characters.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", re.I)
+_METHOD = re.compile(r"[A-Z]+")
+
+
+def _check_cors(cfg: Config, ctx: Context) -> None:
+    cors = cfg.cors
+    for i, origin in enumerate(cors.allowed_origins):
+        p = f"cors.allowed_origins[{i}]"
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ctx.error(p, f"expected '*' or an origin such as 'https://app.example.com' "
+                               f"(with '*' for any part: 'https://*.example.com'), no path; "
+                               f"got {ctx.show(p, origin)}")
+        fnmatch.translate(origin)  # a pattern fnmatch can compile
+    for i, method in enumerate(cors.allowed_methods):
+        if not _METHOD.fullmatch(method):
+            raise ctx.error(f"cors.allowed_methods[{i}]",
+                            f"expected an HTTP method in capitals such as 'POST', got "
+                            f"{ctx.show(f'cors.allowed_methods[{i}]', method)}")
+    for name in ("allowed_headers", "expose_headers"):
+        for i, header in enumerate(getattr(cors, name)):
+            if header == "*" and name == "allowed_headers":
+                continue
+            if not _HEADER_NAME.fullmatch(header):
+                raise ctx.error(f"cors.{name}[{i}]", "not a valid HTTP header name")
 
 
 def _check_endpoints(b: BackendConfig, p: str, ctx: Context) -> None:

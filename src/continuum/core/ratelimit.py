@@ -53,9 +53,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias, final
+
+import msgspec
 
 #: Decisions within a millionth of an interval of the limit go the caller's way (float
 #: arithmetic must not turn "exactly the burst" into a refusal).
@@ -136,9 +138,10 @@ class ConcurrencyCheck:
 Check: TypeAlias = RateCheck | ConcurrencyCheck
 
 
-@dataclass(frozen=True, slots=True)
-class LimitState:
-    """What one limit said about one request: enough for a 429 and the headers."""
+class LimitState(msgspec.Struct, frozen=True):
+    """What one limit said about one request: enough for a 429 and the headers. (Made
+    for every limit of every request: a frozen Struct builds ~10x faster than a frozen
+    dataclass.)"""
 
     check: Check
     allowed: bool
@@ -153,8 +156,7 @@ class LimitState:
     retry_after: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """The outcome of one admission."""
 
     allowed: bool
@@ -513,34 +515,33 @@ def settlement_arguments(
 def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for a decision,
     from the tightest request limit and the tightest token limit (the one with the fewest
-    units left), plus ``retry-after`` (whole seconds, at least 1) when refused."""
-    out: list[tuple[bytes, bytes]] = []
-    for kind, tokens in ((b"requests", False), (b"tokens", True)):
-        tightest = _tightest(
-            s for s in decision.states if type(s.check) is RateCheck and s.check.tokens is tokens
-        )
-        if tightest is None:
+    units left), plus ``retry-after`` (whole seconds, at least 1) when refused. (Every
+    limited answer pays for this: one pass, no generators.)"""
+    requests: LimitState | None = None
+    tokens: LimitState | None = None
+    for state in decision.states:
+        check = state.check
+        if type(check) is not RateCheck:
             continue
-        out += [
-            (b"x-ratelimit-limit-" + kind, b"%d" % int(tightest.limit)),
-            (b"x-ratelimit-remaining-" + kind, b"%d" % tightest.remaining),
-            (b"x-ratelimit-reset-" + kind, format_duration(tightest.reset_after).encode()),
-        ]
+        best = tokens if check.tokens else requests
+        if best is None or state.remaining < best.remaining or (
+                state.remaining == best.remaining and state.reset_after > best.reset_after):
+            if check.tokens:
+                tokens = state
+            else:
+                requests = state
+    out: list[tuple[bytes, bytes]] = []
+    for kind, tightest in ((b"requests", requests), (b"tokens", tokens)):
+        if tightest is not None:
+            out += [
+                (b"x-ratelimit-limit-" + kind, b"%d" % int(tightest.limit)),
+                (b"x-ratelimit-remaining-" + kind, b"%d" % tightest.remaining),
+                (b"x-ratelimit-reset-" + kind, format_duration(tightest.reset_after).encode()),
+            ]
     if not decision.allowed:
         wait = decision.retry_after
         out.append((b"retry-after", b"%d" % max(1, math.ceil(wait or 1.0))))
     return out
-
-
-def _tightest(states: Iterable[LimitState]) -> LimitState | None:
-    best: LimitState | None = None
-    for state in states:
-        if best is None or (state.remaining, -state.reset_after) < (
-            best.remaining,
-            -best.reset_after,
-        ):
-            best = state
-    return best
 
 
 def format_duration(seconds: float) -> str:

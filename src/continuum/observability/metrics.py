@@ -33,6 +33,10 @@ OVERHEAD_BUCKETS: Final = (
 
 #: Realtime sessions: seconds to an hour.
 SESSION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+#: Redis round trips: a loopback call is ~0.1 ms, a slow one is cut at its timeout.
+REDIS_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
 
 #: Label value for anything outside the known set (bounded cardinality).
 OTHER: Final = "other"
@@ -242,4 +246,27 @@ class Metrics:
             "continuum_realtime_bytes",
             "WebSocket payload bytes relayed, by direction, counted when the session ends.",
             ["backend", "direction"], r,
+        )
+        # Access control and rate limits (issue 11). Label values are fixed sets.
+        self.rate_limited = LabeledCounter(
+            "rate_limited",
+            "Requests refused by a rate or concurrency limit: limit = requests | tokens | "
+            "concurrency, scope = api_key | client | model | backend | global.",
+            ["limit", "scope"], r,
+        )
+        self.auth_failures = LabeledCounter(
+            "auth_failures",
+            "Requests refused by client key checks: reason = missing | unknown | disabled | "
+            "expired (401), scope | model (403).", ["reason"], r,
+        )
+        self.redis_latency = LabeledHistogram(
+            "continuum_redis_request_duration_seconds",
+            "Redis round trips of the rate limiter (admission and settling), successful ones.",
+            ["call"], r, buckets=REDIS_BUCKETS,
+        )
+        self.redis_errors = LabeledCounter(
+            "continuum_redis_errors",
+            "Rate limiter calls to Redis that failed: error = timeout | connection | "
+            "unavailable (refused during the back-off after a failure) | reply | protocol.",
+            ["call", "error"], r,
         )

@@ -271,19 +271,26 @@ class Connection:
                     )
                 self._tail = data[-_HEADER_MAX:]
                 reader.feed(data)  # type: ignore[arg-type]  # any buffer works
-                while (reply := reader.gets()) is not _INCOMPLETE:
-                    if type(reply) is hiredis.PushNotification:
-                        continue  # RESP3 out-of-band data; nothing here subscribes
-                    if len(waiting) == self._unsent:
-                        raise RedisProtocolError(
-                            f"Redis at {self.address} sent a reply nobody asked for"
-                        )
-                    waiter = waiting.popleft()
-                    waiter.reply = reply
-                    waiter.done = True
-                    if waiter.event is not None:
-                        waiter.event.set()
-                    self._fed = reader.len()  # what is left belongs to the next reply
+                try:
+                    while (reply := reader.gets()) is not _INCOMPLETE:
+                        if type(reply) is hiredis.PushNotification:
+                            continue  # RESP3 out-of-band data; nothing here subscribes
+                        if len(waiting) == self._unsent:
+                            raise RedisProtocolError(
+                                f"Redis at {self.address} sent a reply nobody asked for"
+                            )
+                        waiter = waiting.popleft()
+                        waiter.reply = reply
+                        waiter.done = True
+                        if waiter.event is not None:
+                            waiter.event.set()
+                        self._fed = reader.len()  # what is left belongs to the next reply
+                except (TypeError, ValueError) as exc:
+                    # hiredis builds RESP3 maps and sets as dicts and sets: a key that is
+                    # an array (``%1\r\n*0\r\n...``) cannot be one. The server's fault.
+                    raise RedisProtocolError(
+                        f"Redis at {self.address} sent a reply that cannot be read: {exc}"
+                    ) from exc
                 if self._fed > self._max_reply_bytes:
                     raise RedisProtocolError(
                         f"Redis at {self.address} sent a reply over {self._max_reply_bytes} bytes"

@@ -1,14 +1,8 @@
 """Where the Redis server is and how to talk to it: options and URL parsing.
 
-Accepted URLs (the forms redis-py and most tools use)::
-
-    redis://[[username]:password@]host[:port][/db]
-    rediss://[[username]:password@]host[:port][/db]      (TLS)
-    unix://[[username]:password@]/path/to/redis.sock[?db=N]
-
-Username and password are percent-decoded. Redis Cluster and Sentinel are not supported (the
-client talks to one server); their URLs are refused here, at configuration time, with a
-message that says so, rather than half-working at run time.
+The URL grammar (``redis://``, ``rediss://``, ``unix://``; Cluster and Sentinel refused) is
+:mod:`continuum.core.redis_url`'s, shared with the configuration's validation, so a bad URL
+is refused at load time rather than half-working at run time.
 """
 
 from __future__ import annotations
@@ -18,16 +12,11 @@ import math
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
+from ...core.redis_url import parse_redis_url
 from ._errors import RedisConfigError
 
 DEFAULT_PORT = 6379
-
-_CLUSTER_OR_SENTINEL = (
-    "Redis Cluster and Sentinel are not supported: point the URL at one server "
-    "(the primary), e.g. redis://host:6379/0"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +92,10 @@ class RedisOptions:
     def from_url(cls, url: str, **options: Any) -> RedisOptions:
         """Options from a URL; keyword arguments set the rest (``timeout=``, ``ca_file=``...)
         and must not repeat what the URL says."""
-        parsed = _parse_url(url)
+        try:
+            parsed = parse_redis_url(url)
+        except ValueError as exc:
+            raise RedisConfigError(str(exc)) from None
         clash = sorted(set(parsed) & set(options))
         if clash:
             raise RedisConfigError(f"Redis option(s) {', '.join(clash)} already set by the URL")
@@ -140,58 +132,3 @@ class RedisOptions:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
-
-
-def _parse_url(url: str) -> dict[str, Any]:
-    try:
-        parts = urlsplit(url)
-        if "," in parts.netloc.rpartition("@")[2]:  # several hosts: a cluster's seed list
-            raise RedisConfigError(_CLUSTER_OR_SENTINEL)
-        port = parts.port
-    except ValueError as exc:
-        raise RedisConfigError(f"invalid Redis URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        if "sentinel" in scheme or "cluster" in scheme:
-            raise RedisConfigError(_CLUSTER_OR_SENTINEL)
-        raise RedisConfigError(
-            f"Redis URL scheme must be redis://, rediss:// or unix://, got {scheme or 'none'}:"
-        )
-    out: dict[str, Any] = {}
-    if parts.username:
-        out["username"] = unquote(parts.username)
-    if parts.password is not None:
-        out["password"] = unquote(parts.password)
-    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
-    if parts.fragment:
-        raise RedisConfigError("a Redis URL takes no #fragment")
-    if scheme == "unix":
-        if not parts.path:
-            raise RedisConfigError("a unix:// Redis URL needs a socket path")
-        out["unix_path"] = parts.path
-        db_text = query.pop("db", [None])[-1]
-        if db_text is not None:
-            out["db"] = _db(db_text)
-    else:
-        host = parts.hostname
-        if not host:
-            raise RedisConfigError("a Redis URL needs a host, e.g. redis://localhost:6379/0")
-        out["host"] = host
-        if port is not None:
-            out["port"] = port
-        path = parts.path.strip("/")
-        if path:
-            out["db"] = _db(path)
-        out["tls"] = scheme == "rediss"
-    if query:
-        raise RedisConfigError(
-            f"unknown Redis URL parameter(s): {', '.join(sorted(query))} "
-            "(set TLS and timeouts as options, not in the URL)"
-        )
-    return out
-
-
-def _db(text: str) -> int:
-    if not text.isdigit():
-        raise RedisConfigError(f"the Redis database must be a number >= 0, got {text!r}")
-    return int(text)

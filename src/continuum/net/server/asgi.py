@@ -108,6 +108,8 @@ class AsgiConnection(ServerConnection):
         self._asgi_receive = receive
         self.websocket = scope["type"] == "websocket"
         self._head_only = scope.get("method") == "HEAD"
+        client = scope.get("client")  # (host, port) or None: the peer for limits by address
+        self._peer = str(client[0]) if client else ""
         self._http_refusals = "websocket.http.response" in scope.get("extensions", {})
         #: Headers the ASGI server owns; HTTP/1.1 keeps ``upgrade`` (a 426 names the protocol).
         self._dropped = (_SERVER_HEADERS_H1 if str(scope.get("http_version", "1.1"))[:1] == "1"
@@ -224,6 +226,8 @@ class AsgiConnection(ServerConnection):
         out: Headers = []
         if self.request_id is not None:
             out.append((b"x-request-id", self.request_id))
+        if self.extra_head:  # CORS and x-ratelimit-* lines, as the native head has them
+            out.extend(_headers(self.extra_head))
         dropped = self._dropped
         out.extend((n, v) for n, v in _headers(headers) if n not in dropped)
         return out

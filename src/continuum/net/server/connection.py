@@ -570,6 +570,10 @@ class ServerConnection:
         #: returns): every answer to it carries it as ``x-request-id``, an error the server
         #: sends on its behalf (a timer's 504) too.
         self.request_id: bytes | None = None
+        #: Header lines (each ending in CRLF) every answer to the current request carries,
+        #: like ``request_id``: CORS and rate-limit headers. Cleared with it.
+        self.extra_head = b""
+        self._peer: str | None = None
         #: Set when a timer ended the connection (status 0: closed without a response).
         self.expired: ProtocolError | None = None
         #: Body bytes of the current answer sent so far (chunk payloads for a stream).
@@ -587,6 +591,8 @@ class ServerConnection:
         head += self._dates.header()
         if self.request_id is not None:  # every answer says which request it answers
             head += b"x-request-id: " + self.request_id + b"\r\n"
+        if self.extra_head:
+            head += self.extra_head
         if isinstance(headers, bytes):
             head += headers
         else:
@@ -640,6 +646,24 @@ class ServerConnection:
     @property
     def responded(self) -> bool:
         return self._responded
+
+    @property
+    def peer(self) -> str:
+        """The client's IP address as text (``""`` for a Unix socket), read once per
+        connection and only when asked (rate limits by address)."""
+        peer = self._peer
+        if peer is None:
+            peer = ""
+            stream = self.stream
+            while isinstance(stream, trio.SSLStream):
+                stream = stream.transport_stream
+            if isinstance(stream, trio.SocketStream):
+                with contextlib.suppress(OSError):
+                    name = stream.socket.getpeername()
+                    if isinstance(name, tuple):
+                        peer = str(name[0])
+            self._peer = peer
+        return peer
 
     # -- reading -------------------------------------------------------------------------
 
@@ -905,6 +929,7 @@ class ServerConnection:
                         await trio.lowlevel.checkpoint()
                     await handler(request, self)
                     self.request_id = None
+                    self.extra_head = b""
                     if not self._responded:
                         self._keep_alive = False
                         await self.send_error(500, "The handler sent no response")
