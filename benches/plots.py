@@ -1,7 +1,8 @@
 """PNG plots of a bench run, when matplotlib is installed (optional: skipped with a note).
 
 ``write_all(results, directory)`` draws what the results hold -- the sweep (req/s and p99 vs
-concurrency), the streaming gaps and TTFB (router vs direct per stream count), the soak RSS
+concurrency), the concurrency scenario (req/s, p50/p99 and CPU per request vs concurrent slow
+requests), the streaming gaps and TTFB (router vs direct per stream count), the soak RSS
 over time -- and returns the files written, or a note saying why none were.
 """
 
@@ -65,6 +66,25 @@ def write_all(results: dict[str, Any], directory: Path) -> list[str]:
             ax.set_xlabel("concurrent streams")
             ax.legend()
         save(fig, "streaming.png")
+
+    conc = results.get("concurrency")
+    if conc:
+        levels = [int(c) for c in conc["table"]]
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+        for target in ("direct", "floor", "router"):
+            rows = [conc["table"][str(c)][target] for c in levels]
+            ax1.plot(levels, [r["rps"] for r in rows], "o-", label=target)
+            ax2.plot(levels, [r["p50_ms"] for r in rows], "x--", label=f"{target} p50")
+            ax2.plot(levels, [r["p99_ms"] for r in rows], "o-", label=f"{target} p99")
+            if target != "direct":
+                ax3.plot(levels, [r["cpu_us_per_req"] for r in rows], "o-", label=target)
+        titles = ("throughput (req/s)", "latency (ms), 500 ms upstream", "CPU per request (us)")
+        for ax, title in zip((ax1, ax2, ax3), titles, strict=True):
+            ax.set_xscale("log")
+            ax.set_xlabel("concurrent requests")
+            ax.set_title(title)
+            ax.legend()
+        save(fig, "concurrency.png")
 
     soak = results.get("soak")
     if soak:

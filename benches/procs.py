@@ -130,8 +130,8 @@ def http_request(
         conn.close()
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` plus all its descendants (a multi-worker router), in MB."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a multi-worker router's workers)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -142,11 +142,31 @@ def rss_mb(pid: int) -> float:
             continue
         ppid = int(stat.rpartition(")")[2].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-    total_kb = 0
+    tree: list[int] = []
     todo = [pid]
     while todo:
         p = todo.pop()
+        tree.append(p)
         todo.extend(children.get(p, ()))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants so far (``/proc/PID/stat``)."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of ``pid`` plus all its descendants (a multi-worker router), in MB."""
+    total_kb = 0
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

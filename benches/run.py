@@ -12,8 +12,9 @@ Starts, as child processes on free ports of ``--host`` (127.0.0.1 by default):
   "LeastLatency within 10% of RoundRobin".
 
 ``--scenarios`` picks what runs (default: all but ``external``): ``core`` and ``strategies``
-here; ``sweep``, ``streaming``, ``translation``, ``idle``, ``soak``, ``startup`` and ``external``
-in ``scenarios.py`` (each starts its own processes, except ``sweep``, which reuses the core ones).
+here; ``sweep``, ``concurrency``, ``streaming``, ``translation``, ``idle``, ``soak``, ``startup``
+and ``external`` in ``scenarios.py`` (each starts its own processes, except ``sweep``, which
+reuses the core ones).
 
 Then: the router's idle RSS, 10,000 requests, its RSS again; a warm-up of each target; and
 ``--rounds`` rounds in which every target (``direct`` = the upstream itself, ``floor``,
@@ -635,6 +636,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="concurrent streams, comma-separated (64,512,2000; quick 64,512)",
     )
     parser.add_argument("--stream-frames", type=int, help="frames per stream (64; quick 16)")
+    parser.add_argument(
+        "--concurrency-levels",
+        type=lambda text: tuple(int(v) for v in text.split(",")),
+        help="concurrency scenario: client counts (100,1000,<fd limit>; quick 50,200)",
+    )
+    parser.add_argument(
+        "--concurrency-duration",
+        type=float,
+        help="concurrency scenario: seconds per point (20, twice that at the top level; quick 1.5)",
+    )
     parser.add_argument("--translation-streams", type=int, help="streams per run (64; quick 32)")
     parser.add_argument(
         "--idle-connections",

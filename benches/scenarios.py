@@ -10,6 +10,9 @@ measured in the same run (``run.py --scenarios``; method in ``docs/benchmarks.md
 * ``idle``        -- 10,000 idle keep-alive client connections: router RSS vs the floor's;
 * ``soak``        -- bounded mixed load, RSS sampled every second, slope (router and floor);
 * ``startup``     -- process start to first 200 on ``/health`` (router vs a bare trio server);
+* ``concurrency`` -- 100, 1,000 and as many concurrent requests as the fd limit allows against
+  a slow (500 ms) upstream: router vs floor vs direct, req/s, p50/p99, CPU per request,
+  upstream connects, 429/503 answers;
 * ``fronts``      -- the native front vs the hypercorn front: c=64 throughput, c=1 added
   latency, 64 paced streams;
 * ``limits``      -- the router with auth and limits off, in memory, in Redis (issue 11's
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -39,7 +44,7 @@ from typing import Any, Final
 
 import loadgen
 import sse_client
-from procs import ROOT, BenchError, Service, free_port, rss_mb
+from procs import ROOT, BenchError, Service, cpu_seconds, free_port, http_request, rss_mb
 
 BENCHES: Final = ROOT / "benches"
 CHAT_PATH: Final = "/v1/chat/completions"
@@ -60,6 +65,35 @@ TRANSLATION_GAP_TARGET_US: Final = 100.0
 IDLE_RSS_TARGET_MB: Final = 200.0
 SOAK_SLOPE_TARGET: Final = 1.0  # MB/min
 STARTUP_TARGET_S: Final = 0.5
+
+# The concurrency scenario (issue 15): many long requests, the shape of LLM traffic.
+CONCURRENCY_LEVELS: Final = (100, 1000)
+CONCURRENCY_LEVELS_QUICK: Final = (50, 200)
+#: The highest level: what the fd limit allows, but no more than this (the ephemeral port
+#: range is shared by the load client's and the proxies' connections).
+CONCURRENCY_MAX: Final = 10_000
+SLOW_UPSTREAM_S: Final = 0.5
+CONCURRENCY_TARGET_C: Final = 1000
+CONC_RPS_RATIO_TARGET: Final = 0.9  # router >= 0.9 x floor throughput
+CONC_CPU_RATIO_TARGET: Final = 1.3  # router CPU per request <= 1.3 x the floor's
+CONC_ADDED_P50_TARGET_MS: Final = 10.0  # router p50 minus direct p50
+#: The router as the operations guide configures it: the pool sized for the concurrency, the
+#: default idle cap (100) -- the case that churned -- and health checks on.
+CONCURRENCY_ROUTER_CONFIG: Final = """\
+server:
+  bind_address: "{bind}"
+  connection_pool_size: {pool}
+  keepalive_timeout: 600s
+logging:
+  level: warning
+  access_log: false
+http_client:
+  pool_max_idle_per_host: 100
+backends:
+  - name: upstream
+    url: "{url}"
+    models: [bench-model]
+"""
 
 Load = Callable[[str, int, float], loadgen.LoadResult]
 Report = tuple[dict[str, Any], list[str]]
@@ -1039,7 +1073,131 @@ def external(env: Env) -> Report:
     return out, lines
 
 
+# --- concurrency -------------------------------------------------------------------------------
+
+
+def concurrency_levels(env: Env) -> tuple[int, ...]:
+    """100 and 1,000, then as many as the fd limit allows: the router holds two sockets per
+    request (client and upstream), plus a margin for everything else."""
+    if env.args.concurrency_levels:
+        return tuple(env.args.concurrency_levels)
+    if env.quick:
+        return CONCURRENCY_LEVELS_QUICK
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    top = min(CONCURRENCY_MAX, (soft - 512) // 2)
+    return CONCURRENCY_LEVELS + ((top,) if top > CONCURRENCY_LEVELS[-1] else ())
+
+
+def upstream_connections(env: Env, upstream: Service) -> int:
+    """Connections the bench upstream accepted so far (``GET /bench/stats``)."""
+    status, body = http_request(env.host, upstream.port, "GET", "/bench/stats")
+    if status != 200:
+        raise BenchError(f"upstream /bench/stats answered {status}")
+    return int(json.loads(body)["connections"])
+
+
+def concurrency(env: Env) -> Report:
+    """c concurrent clients against a 500 ms upstream: direct, floor and router side by side."""
+    levels = concurrency_levels(env)
+    duration = env.args.concurrency_duration or (1.5 if env.quick else 20.0)
+    upstream = env.upstream("conc-upstream", "--latency", str(SLOW_UPSTREAM_S))
+    floor = env.floor("conc-floor", upstream)
+    port = free_port(env.host)
+    config = env.workdir / "conc-router.yaml"
+    config.write_text(CONCURRENCY_ROUTER_CONFIG.format(
+        bind=f"{env.host_in_url}:{port}", pool=max(levels), url=env.url(upstream)))
+    router = Service("conc-router", env.router_argv("conc-router", config), env.host, port,
+                     env.workdir / "conc-router.log", env=env.router_env, ready_path="/health")
+    targets = {"direct": upstream, "floor": floor, "router": router}
+    names = tuple(targets)
+    prog = Progress("concurrency", len(levels) * len(names))
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    with running(upstream, floor, router):
+        for i, c in enumerate(levels):
+            # Long enough for several waves of c requests; at the top level the router may be
+            # CPU-bound, so its clients wait longer than one wave before counting a timeout.
+            seconds = max(duration, 4 * SLOW_UPSTREAM_S) if c <= 1000 else 2 * duration
+            timeout = max(10.0, c / 100)
+            order = names[i % 3:] + names[:i % 3]
+            for name in order:
+                svc = targets[name]
+                prog.step(f"c={c} {name} ({seconds:g} s)")
+                request = loadgen.build_request(env.host, svc.port, CHAT_PATH)
+                # Warm-up: the connections of this concurrency exist before the clock runs.
+                # By request count, so it ends with no request in flight: a client leaving
+                # mid-request makes the router drop that upstream connection (the floor
+                # keeps it), and the measured run would start by reopening them all.
+                loadgen.run_load(env.host, svc.port, request, c, total=2 * c, timeout_s=timeout)
+                connects = upstream_connections(env, upstream)
+                cpu = cpu_seconds(pid_of(svc))
+                res = loadgen.run_load(env.host, svc.port, request, c, seconds, timeout_s=timeout)
+                cpu = cpu_seconds(pid_of(svc)) - cpu
+                # minus one: the second /bench/stats request's own connection
+                connects = upstream_connections(env, upstream) - connects - 1
+                refused = sum(n for k, n in res.errors.items() if k in ("status_429", "status_503"))
+                table.setdefault(str(c), {})[name] = {
+                    "rps": round(res.rps, 1),
+                    "p50_ms": res.percentile_ms(50),
+                    "p99_ms": res.percentile_ms(99),
+                    # The proxy's own CPU; for direct, the upstream's (a reference only).
+                    "cpu_us_per_req": cpu / res.ok * 1e6 if res.ok else float("nan"),
+                    "upstream_connects": connects,
+                    "requests": res.ok,
+                    "refused_429_503": refused,
+                    "errors": res.error_count,
+                    "error_kinds": dict(res.errors),
+                }
+    lines = [
+        f"closed loop, upstream answers after {SLOW_UPSTREAM_S * 1000:.0f} ms; router with "
+        "pool_max_idle_per_host 100 (the guide's default), connection_pool_size = the top "
+        f"level; {duration:g} s per point; added p50 = minus direct's p50; CPU from /proc",
+        "",
+        "| c | direct req/s | floor req/s | router req/s | router/floor | added p50 floor/router "
+        "ms | p99 direct/floor/router ms | CPU us/req floor/router | router/floor CPU "
+        "| upstream connects floor/router | 429+503 router | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts: list[str] = []
+    for conc, row in table.items():
+        d, f, r = row["direct"], row["floor"], row["router"]
+        rps_ratio = r["rps"] / f["rps"] if f["rps"] else float("nan")
+        cpu_ratio = r["cpu_us_per_req"] / f["cpu_us_per_req"] if f["cpu_us_per_req"] else float(
+            "nan")
+        added_f = f["p50_ms"] - d["p50_ms"]
+        added_r = r["p50_ms"] - d["p50_ms"]
+        r.update(ratio_vs_floor=rps_ratio, cpu_ratio_vs_floor=cpu_ratio, added_p50_ms=added_r)
+        f["added_p50_ms"] = added_f
+        errors = d["errors"] + f["errors"] + r["errors"]
+        lines.append(
+            f"| {conc} | {d['rps']:,.0f} | {f['rps']:,.0f} | {r['rps']:,.0f} | {rps_ratio:.2f} "
+            f"| {added_f:+.1f} / {added_r:+.1f} "
+            f"| {d['p99_ms']:.0f} / {f['p99_ms']:.0f} / {r['p99_ms']:.0f} "
+            f"| {f['cpu_us_per_req']:.0f} / {r['cpu_us_per_req']:.0f} | {cpu_ratio:.2f} "
+            f"| {f['upstream_connects']} / {r['upstream_connects']} | {r['refused_429_503']} "
+            f"| {errors} |"
+        )
+        scope = "target" if int(conc) == CONCURRENCY_TARGET_C else "reference"
+        verdicts.append(
+            f"concurrency c={conc} ({scope}): router/floor req/s {rps_ratio:.2f} (>= "
+            f"{CONC_RPS_RATIO_TARGET}) {verdict(rps_ratio >= CONC_RPS_RATIO_TARGET)}; CPU/request "
+            f"{cpu_ratio:.2f} x floor (<= {CONC_CPU_RATIO_TARGET}) "
+            f"{verdict(cpu_ratio <= CONC_CPU_RATIO_TARGET)}; added p50 {added_r:+.1f} ms (<= "
+            f"{CONC_ADDED_P50_TARGET_MS:g}) {verdict(added_r <= CONC_ADDED_P50_TARGET_MS)}; "
+            f"429/503 {r['refused_429_503']} (0) {verdict(r['refused_429_503'] == 0)}"
+        )
+    if CONCURRENCY_TARGET_C not in levels:
+        verdicts.append(f"(the targets are for c={CONCURRENCY_TARGET_C}; this run did not "
+                        "measure it: quick mode or --concurrency-levels)")
+    out: dict[str, Any] = {
+        "levels": list(levels), "duration_s": duration, "latency_s": SLOW_UPSTREAM_S,
+        "table": table,
+        "errors": sum(int(v["errors"]) for row in table.values() for v in row.values()),
+    }
+    return out, [*lines, "", *verdicts]
+
+
 EXTRA: Final[dict[str, Callable[[Env], Report]]] = {
+    "concurrency": concurrency,
     "streaming": streaming,
     "translation": translation,
     "idle": idle,

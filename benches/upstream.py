@@ -13,6 +13,8 @@ requests cost one write). It answers:
   seconds in the body), the last one followed by ``data: [DONE]``;
 * ``GET /v1/models`` -- a model list containing ``bench-model``;
 * ``GET /health`` -- ``{"status":"ok"}``;
+* ``GET /bench/stats`` -- ``{"connections": N}``: connections accepted so far (what the
+  ``concurrency`` scenario reads to count each proxy's upstream connects);
 * anything else -- an OpenAI-shaped 404.
 
 Standalone on purpose: it must not import ``continuum``, so the baseline stays fixed.
@@ -26,7 +28,10 @@ the upstream's cost per frame at a few microseconds, so 2,000 concurrent paced s
 the proxy, not this server.
 
 Usage: ``python benches/upstream.py --port 8001 [--host 127.0.0.1]
-[--stream-frames 64 --stream-interval 0.02]``
+[--stream-frames 64 --stream-interval 0.02] [--latency 0.5]``
+
+``--latency S`` holds every answer S seconds (a slow model: one timer per request, on the
+connection's own task), so many concurrent requests are in flight through a proxy at once.
 """
 
 from __future__ import annotations
@@ -176,7 +181,9 @@ class PacedStream:
 
 
 #: Server-wide defaults for ``"stream": true`` requests (``--stream-frames/--stream-interval``).
-PACING: dict[str, float] = {"frames": 0, "interval": 0.02}
+PACING: dict[str, float] = {"frames": 0, "interval": 0.02, "latency": 0.0}
+#: Counters served on ``GET /bench/stats``.
+STATS: dict[str, int] = {"connections": 0}
 
 
 def _frame(k: int, last: bool) -> bytes:
@@ -329,6 +336,8 @@ class _Connection:
         response: bytes | PacedStream
         if method == b"POST" and path == b"/v1/chat/completions":
             response = _chat_response(b"".join(self.body))
+        elif method == b"GET" and path == b"/bench/stats":
+            response = _json_response("200 OK", {"connections": STATS["connections"]})
         elif method == b"GET":
             response = GET_ROUTES.get(path, NOT_FOUND)
         else:
@@ -347,6 +356,8 @@ async def handle(stream: trio.SocketStream) -> None:
     conn = _Connection()
     feed = conn.parser.feed_data
     out = conn.out
+    latency = PACING["latency"]
+    STATS["connections"] += 1
     try:
         while not conn.close:
             data = await stream.receive_some(READ_SIZE)
@@ -358,6 +369,8 @@ async def handle(stream: trio.SocketStream) -> None:
                 out.append(BAD_REQUEST_CLOSE)
                 conn.close = True
             if out:
+                if latency > 0:
+                    await trio.sleep(latency)
                 if any(isinstance(r, PacedStream) for r in out):
                     if not await _send_mixed(stream, out):
                         break
@@ -406,7 +419,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stream-interval", type=float, default=0.02, help="seconds between paced events"
     )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds every answer is held (0: none)"
+    )
     args = parser.parse_args(argv)
+    PACING["latency"] = args.latency
     PACING["frames"] = args.stream_frames
     PACING["interval"] = args.stream_interval
     try:

@@ -8,6 +8,7 @@ nothing listens); the router under test is a real one, started in-process.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -326,6 +327,9 @@ async def test_single_backend_with_open_breaker_is_503_circuit_open(
             response = await client.post(CHAT, json=chat_body())
             error = assert_openai_error(response, 503)
             assert error["code"] == "circuit_open"
+            # It says why: the failure that opened the breaker.
+            assert error["message"].endswith(
+                "(circuit breaker open) (backend 'a', last failure: answered 502)"), error
             retry_after = response.headers["retry-after"]
             assert retry_after.isdigit() and int(retry_after) >= 1
             metrics = (await client.get("/metrics")).text
@@ -590,6 +594,9 @@ async def test_backpressure_rejects_past_in_flight_and_queue_caps(
         if response.status_code == 429:
             error = assert_openai_error(response, 429)
             assert error["code"] == "overloaded"
+            # It says why: the backend's load against max_in_flight + max_queue.
+            assert re.search(r"backend 'a': [2-9] requests in flight, max_in_flight 1 "
+                             r"\+ max_queue 1\)$", error["message"]), error
             assert int(response.headers["retry-after"]) >= 1
     assert chat_count(mock) == statuses[200]
     assert router.backends["a"].in_flight == 0

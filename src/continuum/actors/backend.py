@@ -93,6 +93,7 @@ class BackendActor:
             idle_timeout=http_client.pool_idle_timeout,
             connect_timeout=http_client.connect_timeout,
             max_response_header_size=http_client.max_response_header_size,
+            tcp_keepalive=http_client.tcp_keepalive_interval,
         )
         origin = Origin.from_url(url)
         ssl_context = None
@@ -135,6 +136,8 @@ class BackendActor:
         self.requests = 0
         #: Attempts that counted against this backend (what its breaker saw as failures).
         self.failures = 0
+        #: Why the last of them failed: what a 503 "circuit breaker open" says.
+        self.last_failure = ""
         #: Its API's facts: credentials, paths, the model list (one home: apis.profiles).
         self.profile = backend_profile(config)
         #: The API this backend speaks: "openai" (every OpenAI-compatible server, and

@@ -443,7 +443,8 @@ class Ingress:
                 "failures": snap.failures,
                 "models": list(snap.models),
                 "pool": {"in_use": snap.pool.in_use, "idle": snap.pool.idle,
-                         "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total},
+                         "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total,
+                         "closed_total": snap.pool.closed_total},
             })
         healthy = sum(1 for b in backends if b["healthy"])
         overall = "healthy" if healthy == len(backends) else "degraded" if healthy else "unhealthy"

@@ -64,6 +64,8 @@ class MetricsSink:
         self._failover_children: dict[str, CounterChild] = {}
         self._overhead = metrics.overhead.labels()
         self._catalog_reported = (0, 0, 0)
+        #: backend name → (opened, closed) connection totals already added to the counters.
+        self._pool_reported: dict[str, tuple[int, int]] = {}
         self._dedup = dedup
         self._dedup_reported = (0, 0, 0)
         self._inbox: trio.MemoryReceiveChannel[RequestObserved] | None = None
@@ -144,6 +146,7 @@ class MetricsSink:
             for state, value in zip(_POOL_STATES, (pool.idle, pool.in_use, pool.waiting),
                                     strict=True):
                 m.pool_connections.labels(backend.name, state).set(value)
+            self._report_churn(backend.name, pool.opened_total, pool.closed_total)
         m.active_connections.set(self._active_connections())
         stats = self._catalog.stats
         last = self._catalog_reported
@@ -163,6 +166,19 @@ class MetricsSink:
                 if now_n > before_n:
                     m.dedup.labels(event).inc(now_n - before_n)
             self._dedup_reported = now_counts
+
+    def _report_churn(self, name: str, opened: int, closed: int) -> None:
+        """Add what a backend's pool opened and closed since the last refresh to the
+        counters. A pool replaced (``http2: auto`` settling on HTTP/2) counts from zero."""
+        before_opened, before_closed = self._pool_reported.get(name, (0, 0))
+        if opened < before_opened or closed < before_closed:
+            before_opened = before_closed = 0
+        m = self.metrics
+        if opened > before_opened:
+            m.upstream_opened.labels(name).inc(opened - before_opened)
+        if closed > before_closed:
+            m.upstream_closed.labels(name).inc(closed - before_closed)
+        self._pool_reported[name] = (opened, closed)
 
     def drain(self) -> None:
         """Apply every observation waiting in the inbox."""

@@ -142,6 +142,8 @@ class Router:
         response head: the whole answer for a plain request, the first token for a stream.
         """
         self.strategy.record(backend.name, _strategy_model(model, stream), latency, ok)
+        if not ok and reason:
+            backend.last_failure = reason
         changed = backend.breaker.record(ok)
         if changed is not None:
             log.warning("backend %s: circuit breaker %s%s", backend.name, changed.value,
@@ -186,6 +188,27 @@ class Router:
                 return wanted, min(waits)
         return "unhealthy", 0.0
 
+    def _why_detail(
+        self, models: Iterable[str], apis: frozenset[str] | None, reason: str
+    ) -> str:
+        """What the error says about the first backend unavailable for ``reason``: its load
+        against its capacity, or the failure that opened its breaker or made it unhealthy."""
+        now = clock()
+        for model in models:
+            for b in self._table.get(model, ()):
+                if apis is not None and b.api not in apis:
+                    continue
+                if reason == "overloaded" and b.in_flight >= b.capacity:
+                    return (f" (backend {quoted(b.name)}: {b.in_flight} requests in flight, "
+                            f"max_in_flight {b.max_in_flight} + max_queue "
+                            f"{b.capacity - b.max_in_flight})")
+                if reason == "circuit_open" and not b.breaker.closed and b.last_failure:
+                    return f" (backend {quoted(b.name)}, last failure: {b.last_failure})"
+                if (reason == "unhealthy" and not b.available(now)
+                        and b.health.last_reason):
+                    return f" (backend {quoted(b.name)}: {b.health.last_reason})"
+        return ""
+
     def unavailable_error(
         self, models: Sequence[str], apis: frozenset[str] | None, client_model: str,
         endpoint: str | None = None,
@@ -195,19 +218,21 @@ class Router:
         reason, wait = self.why_unavailable(models, apis, endpoint)
         name = quoted(client_model)
         seconds = max(1, math.ceil(wait))
+        detail = self._why_detail(models, apis, reason)
         if reason == "overloaded":
-            return RouterError(429, f"Every backend for model {name} is at capacity",
+            return RouterError(429, f"Every backend for model {name} is at capacity{detail}",
                                code="overloaded", retry_after=seconds)
         if reason == "circuit_open":
             return RouterError(503, f"Every backend for model {name} is failing "
-                               "(circuit breaker open)", code="circuit_open", retry_after=seconds)
+                               f"(circuit breaker open){detail}", code="circuit_open",
+                               retry_after=seconds)
         if reason == "cooling_down":
             return RouterError(
                 503, f"Every backend for model {name} is cooling down: the upstream asked to "
                 f"retry later (Retry-After); the first one is available again in {seconds} s",
                 code="cooling_down", retry_after=seconds,
             )
-        return RouterError(503, f"No healthy backend is available for model {name}",
+        return RouterError(503, f"No healthy backend is available for model {name}{detail}",
                            retry_after=seconds)
 
     def models(self, healthy_only: bool = True) -> dict[str, tuple[BackendActor, ...]]:

@@ -99,8 +99,8 @@ class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
 
 class RequestConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     timeout: PositiveDuration = 60.0
-    streaming_timeout: PositiveDuration = 300.0
-    idle_timeout: PositiveDuration = 60.0
+    streaming_timeout: PositiveDuration = 1800.0
+    idle_timeout: PositiveDuration = 600.0
     max_retries: NonNegInt = 2
 
 
@@ -173,6 +173,7 @@ class HttpClientConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=T
     connect_timeout: PositiveDuration = 10.0
     prewarm_connections: NonNegInt = 4
     max_response_header_size: Size = 65536
+    tcp_keepalive_interval: Duration = 30.0
 
 
 class LoggingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -33,8 +33,8 @@ server:
 
 request:
   timeout: 60s                      # upstream deadline for a non-streaming request (504 after it)
-  streaming_timeout: 300s           # upstream deadline for a streaming request
-  idle_timeout: 60s                 # a stream's first-byte timeout (then another backend) and longest gap between chunks (then an SSE error)
+  streaming_timeout: 30m            # upstream deadline for a streaming request
+  idle_timeout: 10m                 # a stream's first-byte timeout (then another backend; request.timeout bounds it too) and longest gap between chunks (then an SSE error): long reasoning models think in silence
   max_retries: 2                    # retries on another backend for failures before the first byte
 
 retry:
@@ -92,6 +92,7 @@ http_client:
   connect_timeout: 10s              # deadline for connecting (and the TLS handshake) to a backend
   prewarm_connections: 4            # connections opened (and probed) per backend at start-up
   max_response_header_size: 64KiB   # a larger upstream response head is a failed attempt (502 when none is left)
+  tcp_keepalive_interval: 30s       # TCP keepalive on upstream sockets: first probe after this idle time, then every interval (3 probes); 0: off
 
 logging:
   level: info                       # trace | debug | info | warn | warning | error | critical

@@ -218,6 +218,16 @@ class Metrics:
             "Upstream connections per backend: idle, in_use; waiting = requests queued for one.",
             ["backend", "state"], registry=r,
         )
+        self.upstream_opened = Counter(
+            "continuum_upstream_connections_opened",
+            "Upstream connections opened per backend (TCP connect, TLS, HTTP/2 preface).",
+            ["backend"], registry=r,
+        )
+        self.upstream_closed = Counter(
+            "continuum_upstream_connections_closed",
+            "Upstream connections closed per backend: trimmed idle, broken, refused reuse.",
+            ["backend"], registry=r,
+        )
         self.observations_dropped = Counter(
             "continuum_observations_dropped",
             "Observations dropped because the metrics sink lagged.", registry=r,

@@ -3,6 +3,7 @@ asks (HTTP/1.1 only, or h2 first), every failure mapped to :class:`ConnectError`
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import trio
@@ -21,15 +22,45 @@ def make_ssl_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSL
     return ctx
 
 
+#: Unanswered keepalive probes before the kernel declares an upstream connection dead.
+KEEPALIVE_PROBES = 3
+
+
+def set_keepalive(sock: trio.socket.SocketType, interval: float) -> None:
+    """TCP keepalive on ``sock``: the first probe after ``interval`` idle seconds, then one
+    every ``interval``; :data:`KEEPALIVE_PROBES` unanswered ones reset the connection. Why:
+    a stream from a model that thinks for minutes is a silent socket, and a NAT or a dead
+    peer on the way must be noticed (and idle pooled connections kept alive through
+    middleboxes) without waiting for the read timeout. ``interval`` <= 0: keepalive off."""
+    if interval <= 0:
+        return
+    seconds = max(1, round(interval))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS has only TCP_KEEPALIVE (the idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+    elif hasattr(socket, "TCP_KEEPALIVE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPALIVE, seconds)
+    if hasattr(socket, "TCP_KEEPINTVL"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, seconds)
+    if hasattr(socket, "TCP_KEEPCNT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
 async def open_transport(
-    origin: Origin, ssl_context: ssl.SSLContext | None, connect_timeout: float
+    origin: Origin, ssl_context: ssl.SSLContext | None, connect_timeout: float,
+    keepalive: float = 0.0,
 ) -> tuple[trio.abc.Stream, trio.SocketStream, str | None]:
     """TCP (and TLS, when given a context) to ``origin``: (stream, raw TCP stream, the ALPN
-    protocol). Every failure — refused, unreachable, TLS, timeout — is a ConnectError, mapped
-    here for every pool."""
+    protocol), with TCP keepalive every ``keepalive`` seconds (0: off). Every failure —
+    refused, unreachable, TLS, timeout — is a ConnectError, mapped here for every pool."""
     try:
         with trio.fail_after(connect_timeout):
             raw = await trio.open_tcp_stream(origin.host, origin.port)
+            try:
+                set_keepalive(raw.socket, keepalive)
+            except BaseException:
+                raw.socket.close()
+                raise
             if ssl_context is None:
                 return raw, raw, None
             tls = trio.SSLStream(

@@ -157,9 +157,15 @@ class Origin:
 @dataclass(frozen=True, slots=True)
 class PoolLimits:
     max_connections: int = 100
+    #: Idle connections kept for good; more stay while they keep being used, and are
+    #: closed by the idle sweep once idle ``trim_after`` seconds (no churn under a wave).
     max_idle: int = 100
     idle_timeout: float = 90.0
     connect_timeout: float = 10.0
+    trim_after: float = 5.0
+    #: TCP keepalive on upstream sockets: idle seconds before the first probe and between
+    #: probes (``http_client.tcp_keepalive_interval``); 0 leaves keepalive off.
+    tcp_keepalive: float = 30.0
     #: Largest response head accepted (HTTP/1.1 bytes; HTTP/2 decoded header list).
     max_response_header_size: int = DEFAULT_MAX_HEAD
 
@@ -170,3 +176,4 @@ class PoolStats:
     idle: int
     waiting: int
     opened_total: int
+    closed_total: int = 0

@@ -607,6 +607,7 @@ class HTTP2Pool:
         self._connecting = 0
         self._retry_connect_at = 0.0
         self._opened = 0
+        self._ended = 0  # connections closed, for whatever reason
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
@@ -659,7 +660,7 @@ class HTTP2Pool:
             in_use += conn.active
             if conn.active == 0 and not conn.dead:
                 idle += 1
-        return PoolStats(in_use, idle, len(self._waiters), self._opened)
+        return PoolStats(in_use, idle, len(self._waiters), self._opened, self._ended)
 
     # -- connections -----------------------------------------------------------------------
 
@@ -727,8 +728,9 @@ class HTTP2Pool:
 
     async def _connect(self) -> _H2Conn:
         origin = self.origin
+        limits = self.limits
         stream, raw, alpn = await open_transport(
-            origin, self._ssl_context, self.limits.connect_timeout
+            origin, self._ssl_context, limits.connect_timeout, limits.tcp_keepalive
         )
         if self._ssl_context is not None and alpn != "h2":
             raw.socket.close()
@@ -781,6 +783,7 @@ class HTTP2Pool:
 
     def connection_ended(self, conn: _H2Conn) -> None:
         """``conn`` is closed: forget it, and give its waiters another connection."""
+        self._ended += 1
         with contextlib.suppress(ValueError):
             self._conns.remove(conn)
         self._check_done()
@@ -1013,16 +1016,19 @@ class HTTP2Pool:
 
     def reap_idle(self) -> int:
         """Close connections without streams idle past ``idle_timeout``, and idle ones
-        beyond ``max_idle`` (least recently used first)."""
+        beyond ``max_idle`` that stayed idle ``trim_after`` (least recently used first)."""
         now = trio.current_time()
+        limits = self.limits
         idle = sorted(
             (c for c in self._conns if c.active == 0 and not c.closing and not c.dead),
             key=lambda c: c.last_used,
         )
-        excess = len(idle) - self.limits.max_idle
+        excess = len(idle) - limits.max_idle
+        trim_after = min(limits.trim_after, limits.idle_timeout)
         closed = 0
         for conn in idle:
-            if excess > 0 or now - conn.last_used >= self.limits.idle_timeout:
+            quiet = now - conn.last_used
+            if (excess > 0 and quiet >= trim_after) or quiet >= limits.idle_timeout:
                 conn.shutdown()
                 excess -= 1
                 closed += 1
@@ -1074,7 +1080,9 @@ async def open_pool(
         await nursery.start(pool.run)
         return pool
     assert tls is not None
-    stream, raw, alpn = await open_transport(origin, tls, limits.connect_timeout)
+    stream, raw, alpn = await open_transport(
+        origin, tls, limits.connect_timeout, limits.tcp_keepalive
+    )
     if alpn == "h2":
         pool = HTTP2Pool(
             origin, limits, tls, ping_interval=ping_interval, ping_timeout=ping_timeout
