@@ -1,9 +1,11 @@
-"""The ``trio-continuum`` command: run, check, generate-config, mock (every subcommand and its
-options; the mock upstream itself is :mod:`continuum.testing`, imported only by ``mock``)."""
+"""The ``trio-continuum`` command: run, check, generate-config, admin, mock (every subcommand
+and its options; the admin client is :mod:`continuum.admin_cli`, the mock upstream itself
+:mod:`continuum.testing`, imported only by ``mock``)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -15,8 +17,10 @@ import msgspec
 import trio
 
 from . import __version__
+from .actors.reload import ReloadHooks
 from .actors.supervisor import RouterHandle, serve, serve_worker
 from .actors.workers import WorkerEnvironment, run_workers
+from .admin_cli import add_admin_arguments, cmd_admin
 from .config import (
     DURATION_HELP,
     Config,
@@ -88,23 +92,37 @@ def _print_warnings(config: Config) -> None:
         print(f"trio-continuum: warning: {config.source}: {warning}", file=sys.stderr)
 
 
-async def _run(config: Config, worker: WorkerEnvironment | None = None) -> None:
-    """Serve; the first SIGINT/SIGTERM drains gracefully, a second one stops at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _reload_on_signal(handle: RouterHandle) -> None:
+    with contextlib.suppress(ConfigError):  # logged: the old config keeps serving
+        await handle.reconfigurer.reload(source="SIGHUP", who="signal")
+
+
+async def _run(config: Config, worker: WorkerEnvironment | None = None,
+               config_file: str | None = None, hooks: ReloadHooks | None = None) -> None:
+    """Serve; the first SIGINT/SIGTERM drains gracefully, a second one stops at once;
+    SIGHUP reloads the config file."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop(
                 task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
             ) -> None:
                 if worker is None:
-                    await serve(config, task_status=task_status)
+                    await serve(config, config_file=config_file, hooks=hooks,
+                                task_status=task_status)
                 else:
-                    await serve_worker(config, worker, task_status=task_status)
+                    await serve_worker(config, worker, config_file=config_file, hooks=hooks,
+                                       task_status=task_status)
                 nursery.cancel_scope.cancel()
 
             handle: RouterHandle = await nursery.start(serve_then_stop)
             drained = False
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if not drained:
+                        log.info("received SIGHUP: reloading %s", config_file)
+                        nursery.start_soon(_reload_on_signal, handle)
+                    continue
                 if drained:
                     log.warning("second signal: stopping now")
                     handle.abort()
@@ -117,6 +135,8 @@ async def _run(config: Config, worker: WorkerEnvironment | None = None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Until the router's loop takes SIGHUP (a reload), one must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = _load(args.config)
     if config is None:
         return 2
@@ -134,7 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             options = ("--log-level", args.log_level) if args.log_level else ()
             return run_workers(args.config, count, config.server.socket_mode,
                                config.server.bind_address, options)
-        trio.run(_run, config, worker)
+        hooks = ReloadHooks(adjust=lambda fresh: _with_overrides(fresh, args),
+                            logging=configure_logging)
+        trio.run(_run, config, worker, args.config, hooks)
     except BaseException as exc:
         leaf = _sole_leaf(exc)
         if isinstance(leaf, ConfigError):  # e.g. a server.tls file that does not load
@@ -363,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Print a complete config with every key, its default "
                          "and what it means.")
     gen.set_defaults(func=cmd_generate_config)
+    admin = sub.add_parser("admin", help="talk to a running router's admin API",
+                           description="Read and change a running router through its admin "
+                           "API (see docs/admin-api.md).")
+    add_admin_arguments(admin)
+    admin.set_defaults(func=cmd_admin)
     mock = sub.add_parser("mock", help="run the mock upstream (OpenAI, Anthropic or Gemini API)",
                           description="Run the mock upstream (for demos, tests, benchmarks).")
     add_mock_arguments(mock)

@@ -1,9 +1,11 @@
 """TLS on the native ingress (``server.tls``): the openai SDK and httpx over ``https://`` and
 ``wss://`` with a test CA (trustme), mutual TLS, a plain-HTTP client on the TLS port, the
-minimum version, and re-reading the certificate (``RouterHandle.reload_tls``)."""
+minimum version, and re-reading the certificate (``RouterHandle.reload_tls``, and on every
+config reload)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 from collections.abc import Callable
@@ -16,9 +18,9 @@ import pytest
 import trio
 import trustme
 
-from continuum import RouterHandle, config_from_dict
+from continuum import RouterHandle, config_from_dict, load_config, serve
 from continuum.config import ConfigError
-from helpers import router_config, start_router
+from helpers import FRONT, router_config, start_router
 
 T = TypeVar("T")
 MODEL = "mock-model"
@@ -192,6 +194,39 @@ async def test_reload_tls_rereads_the_certificate(
     # New files: new connections get the new certificate.
     write_cert(new_ca, tmp_path)
     assert router.reload_tls() is True
+    assert await in_thread(lambda: status(client_context(new_ca))) == 200
+    with pytest.raises(httpx.TransportError):
+        await in_thread(lambda: status(client_context(ca)))
+
+
+async def test_a_reload_rereads_the_certificate(
+    nursery: trio.Nursery, tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config reload (SIGHUP, the file watcher and POST /admin/config/reload all take this
+    path) reads the ``server.tls`` files again; a file that does not load is logged and the
+    certificate in use stays."""
+    cert_file, key_file = write_cert(ca, tmp_path)
+    server: dict[str, Any] = {"tls": {"cert_file": cert_file, "key_file": key_file}}
+    if FRONT.get() != "native":
+        server["frontend"] = FRONT.get()
+    path = tmp_path / "router.yaml"  # YAML is a superset of JSON
+    path.write_text(json.dumps(router_config(
+        [{"name": "m", "type": "mock", "models": [MODEL]}], server=server)))
+    router: RouterHandle = await nursery.start(serve, load_config(path))
+
+    def status(context: ssl.SSLContext) -> int:
+        with httpx.Client(verify=context) as http:
+            return http.get(f"{router.url}/health").status_code
+
+    assert await in_thread(lambda: status(client_context(ca))) == 200
+    Path(key_file).write_text("not a key")
+    outcome = await router.reload()
+    assert not outcome.changed
+    assert "server.tls not reloaded (the certificate in use stays)" in caplog.text
+    assert await in_thread(lambda: status(client_context(ca))) == 200
+    new_ca = trustme.CA()
+    write_cert(new_ca, tmp_path)
+    await router.reload()
     assert await in_thread(lambda: status(client_context(new_ca))) == 200
     with pytest.raises(httpx.TransportError):
         await in_thread(lambda: status(client_context(ca)))

@@ -200,23 +200,9 @@ class AccessControl:
 
     def __init__(self, config: Config, metrics: Metrics, redis: RedisClient | None = None
                  ) -> None:
-        keys_cfg = config.api_keys
-        self.blocking = keys_cfg.mode == "blocking"
-        self.keys = KeyTable(api_key(e) for e in keys_cfg.entries)
         rl = config.rate_limiting
-        self.plan = limit_plan(config)
-        self.counts_tokens = self.plan is not None and self.plan.counts_tokens(list(self.keys))
-        self.per_backend = self.plan is not None and bool(self.plan.per_backend)
-        self.default_reservation = float(rl.default_token_reservation)
-        self._whitelist = parse_networks(rl.whitelist)
-        ids = {k.id for k in self.keys if k.id}
-        self._bypass_ids = frozenset(v for v in rl.bypass_keys if v in ids)
-        self._bypass_digests = frozenset(key_digest(v.encode()) for v in rl.bypass_keys
-                                         if v not in ids)
-        self._addresses = ClientAddresses(parse_networks(rl.trusted_proxies))
-        self._forwarded = bool(rl.trusted_proxies)
-        # Storage.
-        self.redis = redis if self.plan is not None and rl.storage == "redis" else None
+        # Storage (fixed for the router's life: a reload keeps the counts).
+        self.redis = redis if rl.storage == "redis" else None
         self._memory = MemoryLimiter() if self.redis is None else None
         self._prefix = rl.redis.key_prefix
         self._deny = rl.redis.on_error == "deny"
@@ -234,6 +220,36 @@ class AccessControl:
         self._failing_logged = -float("inf")
         #: Settlements dropped (queue full, or Redis failing for too long).
         self.settlements_dropped = 0
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take the keys and the limits of ``config`` (at start, and on a config reload).
+        The counts go on: a client keeps what it has used of a limit that is still there,
+        and a request admitted before settles as it was admitted."""
+        keys_cfg = config.api_keys
+        rl = config.rate_limiting
+        self.blocking = keys_cfg.mode == "blocking"
+        keys = KeyTable(api_key(e) for e in keys_cfg.entries)
+        plan = limit_plan(config)
+        self.counts_tokens = plan is not None and plan.counts_tokens(list(keys))
+        self.per_backend = plan is not None and bool(plan.per_backend)
+        self.default_reservation = float(rl.default_token_reservation)
+        self._whitelist = parse_networks(rl.whitelist)
+        ids = {k.id for k in keys if k.id}
+        self._bypass_ids = frozenset(v for v in rl.bypass_keys if v in ids)
+        self._bypass_digests = frozenset(key_digest(v.encode()) for v in rl.bypass_keys
+                                         if v not in ids)
+        self._addresses = ClientAddresses(parse_networks(rl.trusted_proxies))
+        self._forwarded = bool(rl.trusted_proxies)
+        self.keys = keys
+        self.plan = plan
+
+    def admin_key(self, presented: bytes) -> str | None:
+        """:data:`~continuum.core.credentials.AdminKeyCheck`: the label of a usable client
+        key with the ``admin`` scope, else None (one digest and one dict probe whatever
+        the key)."""
+        key, _ = self.keys.lookup(presented, time.time())
+        return key.label if key is not None and "admin" in key.scopes else None
 
     # -- who: keys, scopes, models ---------------------------------------------------------
 
@@ -508,10 +524,11 @@ class AccessControl:
 
 
 def redis_client(config: Config) -> RedisClient | None:
-    """The Redis client of ``rate_limiting.redis`` when storage is Redis and a limit can
-    apply, with the limiter's scripts registered (loaded on every new connection)."""
+    """The Redis client of ``rate_limiting.redis`` when storage is Redis, with the
+    limiter's scripts registered (loaded on every new connection). It connects on its
+    first call: with no limit set (yet: a reload may add some) it is never called."""
     rl = config.rate_limiting
-    if rl.storage != "redis" or limit_plan(config) is None:
+    if rl.storage != "redis":
         return None
     redis = rl.redis
     options = RedisOptions.from_url(

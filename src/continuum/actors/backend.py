@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass
 from typing import Final, final
 
+import msgspec
 import trio
 
 from ..apis.profiles import backend_profile
-from ..config import BackendConfig, Config
+from ..config import BackendConfig, CircuitBreakerConfig, Config
 from ..core.circuit import BreakerSettings, BreakerSnapshot, BreakerState, CircuitBreaker
 from ..core.clock import now as clock
 from ..core.endpoints import (
@@ -63,6 +64,37 @@ class BackendSnapshot:
     failures: int
 
 
+#: Fields of ``backends[]`` that change on a running actor (:meth:`BackendActor.tune`). Any
+#: other field needs a new pool, profile or mock: a new actor takes over and the old drains.
+TUNABLE_FIELDS: Final = ("weight", "models", "health_check", "max_queue", "enabled")
+
+
+def needs_new_actor(old: BackendConfig, new: BackendConfig) -> bool:
+    """Does going from ``old`` to ``new`` take a new actor (a new URL, type, key, ...)?"""
+    same = {name: getattr(old, name) for name in TUNABLE_FIELDS}
+    return msgspec.structs.replace(new, **same) != old
+
+
+def probes_enabled(config: BackendConfig, root: Config) -> bool:
+    """Is this backend probed (``health_checks.enabled``, or its own override)?"""
+    override = config.health_check
+    if override is None or override.enabled is None:
+        return root.health_checks.enabled
+    return override.enabled
+
+
+def breaker_settings(cb: CircuitBreakerConfig) -> BreakerSettings:
+    return BreakerSettings(
+        enabled=cb.enabled,
+        failure_threshold=cb.failure_threshold,
+        failure_rate_threshold=cb.failure_rate_threshold,
+        minimum_requests=cb.minimum_requests,
+        window=cb.window,
+        open_timeout=cb.timeout,
+        half_open_max_requests=cb.half_open_max_requests,
+    )
+
+
 def backend_endpoints(config: BackendConfig, api: str) -> frozenset[str]:
     """What a backend serves, as routing keys (see ``BackendActor.endpoints``)."""
     listed = config.endpoints
@@ -81,12 +113,10 @@ class BackendActor:
         self.name = config.name
         self.url = url
         self.type = config.type
-        self.weight = root.backend_weight(config)
         http_client = root.http_client
         #: Requests that may be in flight at once (each holds an upstream connection); past
         #: it they queue for a connection, up to ``max_queue``, and then the backend is full.
         self.max_in_flight = config.max_in_flight or root.server.connection_pool_size
-        self.capacity = self.max_in_flight + config.max_queue
         limits = PoolLimits(
             max_connections=self.max_in_flight,
             max_idle=min(http_client.pool_max_idle_per_host, self.max_in_flight),
@@ -104,32 +134,10 @@ class BackendActor:
         self.ssl_context = ssl_context
         #: HTTP/1.1 until ``open`` has settled the protocol (``http2: auto|always``).
         self.pool: Pool = HTTP1Pool(origin, limits, ssl_context)
-        hc = root.health_checks
-        override = config.health_check
-        probed = hc.enabled if override is None or override.enabled is None else override.enabled
-        self.health = HealthState(
-            hc.unhealthy_threshold, hc.healthy_threshold,
-            # Only probes bring a backend back, so without them passive marking would
-            # remove it for good: the circuit breaker (which half-opens) covers that case.
-            passive_threshold=hc.passive_failure_threshold if probed else 0,
-            max_warmup_duration=hc.max_warmup_duration,
-        )
-        cb = root.circuit_breaker
-        self.breaker = CircuitBreaker(
-            BreakerSettings(
-                enabled=cb.enabled,
-                failure_threshold=cb.failure_threshold,
-                failure_rate_threshold=cb.failure_rate_threshold,
-                minimum_requests=cb.minimum_requests,
-                window=cb.window,
-                open_timeout=cb.timeout,
-                half_open_max_requests=cb.half_open_max_requests,
-            ),
-            clock,
-        )
+        self.health = HealthState()
+        self.breaker = CircuitBreaker(breaker_settings(root.circuit_breaker), clock)
         #: Until when an upstream's Retry-After asked us to leave it alone.
         self.cooldown_until = 0.0
-        self.static_models: frozenset[str] = frozenset(config.models)
         self.discovered_models: frozenset[str] = frozenset()
         self.in_flight = 0
         self.latency_ewma: float | None = None
@@ -146,6 +154,28 @@ class BackendActor:
         #: The model-routed endpoints it serves (``endpoints``, or its type's defaults),
         #: plus the routing key of how it serves ``/v1/responses``, if it does.
         self.endpoints = backend_endpoints(config, self.api)
+        self.tune(config, root)
+
+    def tune(self, config: BackendConfig, root: Config) -> None:
+        """Take the settings that change without a new actor (a config reload; see
+        :func:`needs_new_actor`): weight, models, queue length, health-check thresholds
+        and the breaker's settings. Health and breaker states carry on."""
+        self.config = config
+        self.weight = root.backend_weight(config)
+        self.capacity = self.max_in_flight + config.max_queue
+        self.static_models = frozenset(config.models)
+        hc = root.health_checks
+        probed = probes_enabled(config, root)
+        self.health.reconfigure(
+            hc.unhealthy_threshold, hc.healthy_threshold,
+            # Only probes bring a backend back, so without them passive marking would
+            # remove it for good: the circuit breaker (which half-opens) covers that case.
+            passive_threshold=hc.passive_failure_threshold if probed else 0,
+            max_warmup_duration=hc.max_warmup_duration,
+        )
+        if not probed:
+            self.health.reset()  # nothing else would ever bring it back
+        self.breaker.reconfigure(breaker_settings(root.circuit_breaker))
 
     # -- routing view --------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import trio
 from ..core.messages import ControlMessage, DiscoveryFailed, ModelsDiscovered
 from ..net.client.exchange import UpstreamError
 from .backend import BackendActor
+from .loops import PerBackend
 from .router import Router
 
 log = logging.getLogger("continuum.cache")  # its published name
@@ -87,6 +88,7 @@ class ModelCatalog:
         #: Only backends without a static ``models`` list need discovery.
         self.discovering = [b for b in backends if not b.static_models]
         self._router = router_inbox
+        self._loops = PerBackend(self._refresh_loop)
         self._created = int(time.time())
         self._cached: bytes | None = None
         self._cached_version = -1
@@ -171,9 +173,17 @@ class ModelCatalog:
                 nursery.start_soon(one, backend)
         return results
 
+    def update(self, backends: Sequence[BackendActor], model_cache_ttl: float,
+               timeout: float) -> None:
+        """A config reload: these backends, this TTL and timeout from now on. Backends that
+        start or stop needing discovery start or stop their loop; the merged answer is
+        rebuilt on its next request."""
+        self.ttl = model_cache_ttl
+        self.timeout = timeout
+        self.discovering = [b for b in backends if not b.static_models]
+        self._cached = None
+        self._loops.want(self.discovering)
+
     async def run(self) -> None:
-        if not self.discovering:
-            await trio.sleep_forever()
-        async with trio.open_nursery() as nursery:
-            for backend in self.discovering:
-                nursery.start_soon(self._refresh_loop, backend)
+        self._loops.want(self.discovering)
+        await self._loops.run()

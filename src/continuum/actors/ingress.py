@@ -42,6 +42,7 @@ from ..net.server.connection import ProtocolError, Refusal, Request, ServerConne
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
 from .access import AccessControl, cors_policy
+from .backend import BackendActor
 from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
 from .proxy import Proxy, RequestState, Served, client_key
@@ -78,6 +79,36 @@ Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | 
 #: (the methods it takes, its handler, the metrics endpoint label), or None. Methods are
 #: one name or several joined by ", ".
 RouteMatch = Callable[[str], "tuple[str, Route, str] | None"]
+
+
+def backend_detail(backend: BackendActor) -> dict[str, Any]:
+    """One backend as ``/admin/health`` (and ``/admin/backends``) show it."""
+    snap = backend.snapshot()
+    return {
+        "name": snap.name,
+        "url": public_url(snap.url),
+        "type": snap.type,
+        "healthy": snap.healthy,
+        "status": snap.state,
+        "reason": snap.reason,
+        "circuit_breaker": {
+            "state": snap.circuit.state.value,
+            "consecutive_failures": snap.circuit.consecutive_failures,
+            "failure_rate": round(snap.circuit.failure_rate, 4),
+            "requests_in_window": snap.circuit.requests_in_window,
+            "opened_total": snap.circuit.opened_total,
+            "retry_after": round(snap.circuit.retry_after, 3),
+        },
+        "cooldown_seconds": round(snap.cooldown, 3),
+        "in_flight": snap.in_flight,
+        "latency_ms": snap.latency_ms,
+        "requests": snap.requests,
+        "failures": snap.failures,
+        "models": list(snap.models),
+        "pool": {"in_use": snap.pool.in_use, "idle": snap.pool.idle,
+                 "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total,
+                 "closed_total": snap.pool.closed_total},
+    }
 
 
 def _error_body(status: int, message: str, path: str, *, code: str | None = None,
@@ -121,7 +152,7 @@ class Ingress:
         #: Client keys and limits (None: no keys, no limits, nothing to check).
         self.access = access
         self._cors = cors_policy(config)
-        self._metrics_auth = metrics_auth_header(config.metrics)
+        metrics.auth = metrics_auth_header(config.metrics)
         self._access_log = config.logging.access_log
         self._tracing = proxy.tracing
         self._trace = self._tracing.enabled
@@ -132,7 +163,7 @@ class Ingress:
             "/health": ("GET", self._health),
             "/healthz": ("GET", self._health),
             "/ready": ("GET", self._ready),
-            "/admin/health": ("GET", self._admin_health),
+            "/admin/health": ("GET", self.admin_health),
             "/v1/models": ("GET", self._models),
             "/v1/models/": ("GET", self._models),  # clients that join "models/" + ""
         }
@@ -143,6 +174,21 @@ class Ingress:
         self._matches = tuple(matches)
         if config.metrics.enabled and config.metrics.bind_address is None:
             self._routes[config.metrics.endpoint] = ("GET", self._metrics)
+        #: Subtrees served by one handler that checks methods itself: (prefix, handler,
+        #: the path's metrics label). See :meth:`mount`.
+        self._mounts: list[tuple[str, Route, Callable[[str], str]]] = []
+
+    def mount(self, prefix: str, handler: Route, label: Callable[[str], str]) -> None:
+        """Serve every path under ``prefix`` (that no fixed route takes) with ``handler``,
+        which answers 404 and 405 itself; ``label(path)`` is the path's ``endpoint`` label
+        in the metrics (a route pattern, so the label set stays bounded)."""
+        self._mounts.append((prefix, handler, label))
+
+    def configure(self, config: Config) -> None:
+        """A config reload: the settings the Ingress reads per request (``logging.access_log``;
+        ``metrics.auth`` lives on the MetricsSink)."""
+        self.config = config
+        self._access_log = config.logging.access_log
 
     def add_routes(self, routes: Mapping[str, tuple[str, Route]]) -> None:
         """Register a subsystem's routes (path: (method, handler)), e.g. the Realtime
@@ -186,12 +232,16 @@ class Ingress:
         return rid
 
     def _route(self, path: str) -> tuple[str, Route | None, str]:
-        """(the method the path takes, its handler or None, the metrics endpoint label)."""
+        """(the method the path takes, "" when its handler checks; its handler or None; the
+        metrics endpoint label)."""
         route = self._routes.get(path)
         if route is not None:
             return route[0], route[1], path
         if path.startswith("/v1/models/"):
             return "GET", self._model, "/v1/models/{id}"
+        for prefix, handler, label in self._mounts:
+            if path.startswith(prefix):
+                return "", handler, label(path)
         for match in self._matches:
             found = match(path)
             if found is not None:
@@ -216,8 +266,9 @@ class Ingress:
             if handler is None:
                 raise RouterError(404, f"Unknown path: {request.method} {quoted(path)}",
                                   code="not_found")
-            if (request.method != method and not (request.method == "HEAD" and method == "GET")
-                    and not _allows(method, request.method)):
+            if method and request.method != method and not (
+                request.method == "HEAD" and method == "GET"
+            ) and not _allows(method, request.method):
                 # HEAD is GET without the body (the connection never sends one for HEAD).
                 allow = method.replace("GET", "GET, HEAD").encode()
                 raise RouterError(
@@ -415,37 +466,11 @@ class Ingress:
         await conn.send_response(200, JSON_HEADERS,
                                  b'{"status":"ready","healthy_backends":%d}' % ready)
 
-    async def _admin_health(
+    async def admin_health(
         self, request: Request, conn: ServerConnection, state: RequestState
     ) -> None:
-        backends = []
-        for backend in self.router.backends.values():
-            snap = backend.snapshot()
-            backends.append({
-                "name": snap.name,
-                "url": public_url(snap.url),
-                "type": snap.type,
-                "healthy": snap.healthy,
-                "status": snap.state,
-                "reason": snap.reason,
-                "circuit_breaker": {
-                    "state": snap.circuit.state.value,
-                    "consecutive_failures": snap.circuit.consecutive_failures,
-                    "failure_rate": round(snap.circuit.failure_rate, 4),
-                    "requests_in_window": snap.circuit.requests_in_window,
-                    "opened_total": snap.circuit.opened_total,
-                    "retry_after": round(snap.circuit.retry_after, 3),
-                },
-                "cooldown_seconds": round(snap.cooldown, 3),
-                "in_flight": snap.in_flight,
-                "latency_ms": snap.latency_ms,
-                "requests": snap.requests,
-                "failures": snap.failures,
-                "models": list(snap.models),
-                "pool": {"in_use": snap.pool.in_use, "idle": snap.pool.idle,
-                         "waiting": snap.pool.waiting, "opened_total": snap.pool.opened_total,
-                         "closed_total": snap.pool.closed_total},
-            })
+        """``/admin/health``: open, on the main port (and on ``admin.bind_address``)."""
+        backends = [backend_detail(backend) for backend in self.router.backends.values()]
         healthy = sum(1 for b in backends if b["healthy"])
         overall = "healthy" if healthy == len(backends) else "degraded" if healthy else "unhealthy"
         catalog = self.catalog.stats
@@ -475,6 +500,6 @@ class Ingress:
     async def _metrics(
         self, request: Request, conn: ServerConnection, state: RequestState
     ) -> None:
-        await serve_metrics_request(self.metrics, self._metrics_auth, request, conn)
+        await serve_metrics_request(self.metrics, self.metrics.auth, request, conn)
 
     # -- the proxy -----------------------------------------------------------------------

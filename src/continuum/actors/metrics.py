@@ -20,7 +20,7 @@ from ..core.circuit import BreakerState
 from ..core.errors import JSON_HEADERS, RouterError, quoted, render_error
 from ..core.messages import RequestObserved
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
-from ..net.server.listeners import HTTPServer, open_listeners
+from ..net.server.listeners import serve_alone
 from ..observability.metrics import OTHER, Metrics
 from .backend import BackendActor
 from .catalog import ModelCatalog
@@ -71,6 +71,21 @@ class MetricsSink:
         self._inbox: trio.MemoryReceiveChannel[RequestObserved] | None = None
         #: Set by a worker process: merges this process's text with its siblings'.
         self.gather: Callable[[bytes], Awaitable[bytes]] | None = None
+        #: The ``Authorization`` value a scrape must send (``metrics.auth``), or None.
+        self.auth: bytes | None = None
+
+    def set_backends(self, backends: Sequence[BackendActor]) -> None:
+        """A config reload: the backends whose gauges are reported from now on; the gauges
+        of names no longer among them are dropped."""
+        gone = {b.name for b in self.backends} - {b.name for b in backends}
+        self.backends = backends
+        for name in gone:
+            self.metrics.forget_backend(name)
+
+    def use_dedup(self, dedup: Deduplicator | None) -> None:
+        """A config reload switched deduplication on or off (or changed its TTL)."""
+        self._dedup = dedup
+        self._dedup_reported = (0, 0, 0)
 
     def observe(self, obs: RequestObserved) -> None:
         key = (obs.method, obs.endpoint, str(obs.status))
@@ -268,7 +283,6 @@ async def serve_metrics(
     """
     if config.bind_address is None:
         raise ValueError("metrics.bind_address is not set")
-    expected = metrics_auth_header(config)
     endpoint = config.endpoint
 
     async def handle(request: Request, conn: ServerConnection) -> None:
@@ -279,18 +293,12 @@ async def serve_metrics(
             if request.method != "GET":
                 raise RouterError(405, f"Method {request.method} not allowed; use GET",
                                   headers=[(b"allow", b"GET")])
-            await serve_metrics_request(sink, expected, request, conn)
+            await serve_metrics_request(sink, sink.auth, request, conn)
         except RouterError as exc:
             await conn.send_response(exc.status, JSON_HEADERS + exc.headers, exc.body())
 
-    listeners = await open_listeners([config.bind_address])
-    server = HTTPServer(listeners, handle, HTTPLimits(max_body_size=64 * 1024),
-                        shutdown_timeout=shutdown_timeout, render_error=render_error)
-    log.info("metrics on http://%s%s", server.addresses[0], endpoint)
-    task_status.started(list(server.addresses))
-    try:
-        await server.run()
-    finally:
-        server.drain()
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
+    await serve_alone(
+        config.bind_address, handle, HTTPLimits(max_body_size=64 * 1024),
+        shutdown_timeout=shutdown_timeout, render_error=render_error,
+        announce=lambda address: log.info("metrics on http://%s%s", address, endpoint),
+        task_status=task_status)

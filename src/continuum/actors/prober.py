@@ -22,6 +22,7 @@ from ..config import HealthChecksConfig
 from ..core.messages import ControlMessage, HealthReport
 from ..net.client.exchange import UpstreamError
 from .backend import BackendActor
+from .loops import PerBackend
 
 log = logging.getLogger("continuum.health")
 
@@ -97,6 +98,15 @@ class HealthProber:
         self.backends = backends
         self.config = config
         self._router = router_inbox
+        self._loops = PerBackend(self._loop)
+
+    def update(self, backends: Sequence[BackendActor], config: HealthChecksConfig) -> None:
+        """A config reload: probe these backends with these settings from now on. A loop
+        reads its settings on every round, so only backends that start or stop being
+        probed start or stop a loop."""
+        self.backends = backends
+        self.config = config
+        self._loops.want(self.probed())
 
     def settings(self, backend: BackendActor) -> ProbeSettings:
         return probe_settings(backend, self.config)
@@ -135,9 +145,5 @@ class HealthProber:
             await self._router.send(report)
 
     async def run(self) -> None:
-        backends = self.probed()
-        if not backends:
-            await trio.sleep_forever()
-        async with trio.open_nursery() as nursery:
-            for backend in backends:
-                nursery.start_soon(self._loop, backend)
+        self._loops.want(self.probed())
+        await self._loops.run()

@@ -300,29 +300,10 @@ class Proxy:
     def __init__(self, config: Config, router: Router, dedup: Deduplicator | None,
                  access: AccessControl | None = None) -> None:
         self.router = router
-        #: Client keys' models and the limits (None: nothing to check).
-        self.access = access
-        self._decode_peek = (decode_token_peek if access is not None and access.counts_tokens
-                             else decode_peek)
-        self._dedup = dedup
-        self._include_nondeterministic = config.cache.deduplication.include_nondeterministic
-        request = config.request
-        self._timeout = request.timeout
-        self._streaming_timeout = request.streaming_timeout
-        self._idle_timeout = request.idle_timeout
-        self._max_retries = config.max_retries
-        retry = config.retry
-        self._backoff = Backoff(retry.base_delay, retry.max_delay, retry.exponential_backoff,
-                                retry.jitter)
-        self._max_retry_after = retry.max_retry_after
+        self.use_access(access)
         self._rng = random.Random()
         self._chains: dict[tuple[str, str], tuple[str, ...]] = {}
         self._chains_version = -1
-        timeout_message = f"Upstream timeout: no answer within {self._timeout:g}s (request.timeout)"
-        self._timeout_error = ProtocolError(504, timeout_message)
-        self._timeout_error_anthropic = ProtocolError(
-            504, timeout_message, anthropic_error_body(504, timeout_message)
-        )
         self._response_limit = max(config.server.max_request_body_size, 64 * 1024 * 1024)
         #: Connections whose plain request waits upstream; its ``run`` notices clients
         #: that leave meanwhile (the supervisor runs it).
@@ -336,6 +317,37 @@ class Proxy:
         #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
         self.tracing = Tracing(config.tracing)
         self._spans = self.tracing.spans
+        self.configure(config, dedup)
+
+    def use_access(self, access: AccessControl | None) -> None:
+        """Check client keys' models and the limits with ``access`` (None: nothing to
+        check); again after a reload changed them (a request admitted before settles
+        with the AccessControl that admitted it)."""
+        #: Client keys' models and the limits (None: nothing to check).
+        self.access = access
+        self._decode_peek = (decode_token_peek if access is not None and access.counts_tokens
+                             else decode_peek)
+
+    def configure(self, config: Config, dedup: Deduplicator | None) -> None:
+        """Take the settings read per request (at start, and on a config reload):
+        ``request``, ``retry``, the consistent-hash key and deduplication. A request
+        already running keeps what it read when it started."""
+        self._dedup = dedup
+        self._include_nondeterministic = config.cache.deduplication.include_nondeterministic
+        request = config.request
+        self._timeout = request.timeout
+        self._streaming_timeout = request.streaming_timeout
+        self._idle_timeout = request.idle_timeout
+        self._max_retries = config.max_retries
+        retry = config.retry
+        self._backoff = Backoff(retry.base_delay, retry.max_delay, retry.exponential_backoff,
+                                retry.jitter)
+        self._max_retry_after = retry.max_retry_after
+        timeout_message = f"Upstream timeout: no answer within {self._timeout:g}s (request.timeout)"
+        self._timeout_error = ProtocolError(504, timeout_message)
+        self._timeout_error_anthropic = ProtocolError(
+            504, timeout_message, anthropic_error_body(504, timeout_message)
+        )
         ch = config.routing.consistent_hash
         self._hash_key: Callable[[Request, Peek], str | None] | None = None
         if config.routing.strategy == "ConsistentHash":

@@ -15,7 +15,7 @@ from typing import final
 
 import trio
 
-from ..config import Config
+from ..config import Config, RoutingConfig
 from ..core.circuit import BreakerState
 from ..core.clock import now as clock
 from ..core.errors import RouterError, quoted
@@ -39,7 +39,44 @@ def _strategy_model(model: str, stream: bool) -> str:
 class Router:
     def __init__(self, backends: Sequence[BackendActor], config: Config) -> None:
         self.backends: dict[str, BackendActor] = {b.name: b for b in backends}
-        routing = config.routing
+        self._table: dict[str, tuple[BackendActor, ...]] = {}
+        #: Bumped on every change that alters what /v1/models shows (the ModelCatalog's key).
+        self.version = 0
+        self._routing: RoutingConfig | None = None
+        self._weights = self._weights_now()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take ``routing``, ``model_aliases`` and ``fallbacks`` (at start, and on a config
+        reload). A changed ``routing`` gets a new strategy, which starts with no history
+        (cursors, latencies, rings)."""
+        if config.routing != self._routing:
+            self._routing = config.routing
+            self._new_strategy()
+        #: Client model name → served model name.
+        self.aliases: dict[str, str] = dict(config.model_aliases)
+        #: Model → models to try, in order, when none of its backends can answer.
+        self.fallbacks: dict[str, tuple[str, ...]] = dict(config.fallbacks)
+        self._rebuild()
+
+    def set_backends(self, backends: Sequence[BackendActor]) -> None:
+        """The backends in service now, in configuration order (a config reload): requests
+        already on a backend that left finish there; new ones see only these. New weights
+        of backends that stay get a new strategy (ConsistentHash builds its rings from
+        them); backends coming and going do not."""
+        self.backends = {b.name: b for b in backends}
+        weights = self._weights_now()
+        if any(self._weights.get(name, weight) != weight for name, weight in weights.items()):
+            self._new_strategy()
+        self._weights = weights
+        self._rebuild()
+
+    def _weights_now(self) -> dict[str, int]:
+        return {name: b.weight for name, b in self.backends.items()}
+
+    def _new_strategy(self) -> None:
+        routing = self._routing
+        assert routing is not None
         options = StrategyOptions(
             ewma_alpha=routing.least_latency.alpha,
             exploration=routing.least_latency.exploration,
@@ -51,14 +88,6 @@ class Router:
             routing.strategy, routing.fallback_strategy, options=options,
             rng=random.Random(), clock=clock,
         )
-        #: Client model name → served model name.
-        self.aliases: dict[str, str] = dict(config.model_aliases)
-        #: Model → models to try, in order, when none of its backends can answer.
-        self.fallbacks: dict[str, tuple[str, ...]] = dict(config.fallbacks)
-        self._table: dict[str, tuple[BackendActor, ...]] = {}
-        #: Bumped on every change that alters what /v1/models shows (the ModelCatalog's key).
-        self.version = 0
-        self._rebuild()
 
     # -- request path (synchronous) -------------------------------------------------------
 
@@ -279,8 +308,13 @@ class Router:
     def apply(self, message: ControlMessage, *, first: bool = False) -> None:
         """Apply one control message; ``first`` marks the round made before serving."""
         backend = self.backends.get(message.backend)
-        if backend is None:
-            return
+        if backend is not None:
+            self.apply_to(backend, message, first=first)
+
+    def apply_to(self, backend: BackendActor, message: ControlMessage, *,
+                 first: bool = False) -> None:
+        """Apply a message about ``backend``, which need not be in service yet: a backend
+        added by a reload warms up (first probe, first model list) before it is."""
         if isinstance(message, HealthReport):
             health = backend.health
             before = health.state

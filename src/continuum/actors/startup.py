@@ -101,6 +101,12 @@ def _features(config: Config) -> str:
     features.append("access log" if config.logging.access_log else "access log off")
     if config.server.workers != 1:
         features.append(f"worker processes: {config.server.workers or 'one per CPU'}")
+    admin = config.admin
+    where = f" on {admin.bind_address}" if admin.bind_address else ""
+    auth = "local clients only, no auth" if admin.auth.method == "none" else admin.auth.method
+    features.append(f"admin API{where} ({auth})")
+    if config.hot_reload.enabled:
+        features.append(f"hot reload (debounce {_seconds(config.hot_reload.debounce)})")
     return "; ".join(features)
 
 
@@ -119,6 +125,8 @@ def startup_summary(config: Config, addresses: Sequence[str], router: Router) ->
     routing, request = config.routing, config.request
     lines = [f"listening on {', '.join(addresses)}"]
     lines.extend(_backend_line(b) for b in router.backends.values())
+    lines.extend(f"  backend {b.name} ({b.type}): disabled"
+                 for b in config.backends if not b.enabled)
     strategy: str = routing.strategy
     if routing.fallback_strategy != strategy:
         strategy += f" (then {routing.fallback_strategy})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
@@ -16,8 +17,7 @@ from typing import TYPE_CHECKING, Final, Protocol, final
 import trio
 
 from ..config import Config, ConfigError
-from ..core.endpoints import RESPONSES, RESPONSES_BRIDGE
-from ..core.errors import render_error
+from ..core.errors import JSON_HEADERS, render_error
 from ..core.messages import ControlMessage, RequestObserved
 from ..net.redis import RedisClient, RedisError
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
@@ -25,18 +25,24 @@ from ..net.server.listeners import HTTPServer, open_listeners
 from ..net.server.tls import make_server_context, reload_server_context
 from ..observability.metrics import Metrics
 from .access import AccessControl, needed, redis_client
-from .backend import BackendActor, backend_endpoints
+from .admin import PREFIX as ADMIN_PREFIX
+from .admin import AdminAPI, serve_admin
+from .admin import label as admin_label
+from .backend import BackendActor
 from .catalog import ModelCatalog
 from .dedup import Deduplicator
+from .fleet import WARM_UP_BUDGET, Fleet
 from .fronts import build_fronts
 from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
-from .prober import HealthProber, probe
+from .prober import HealthProber
 from .proxy import Proxy
 from .realtime import RealtimeGateway
+from .reload import Outcome, Reconfigurer, ReloadHooks, first_version, register_sections
 from .router import Router
 from .startup import log_startup_summary
-from .workers import WorkerEnvironment, gather_metrics
+from .versions import ConfigVersion, MemoryVersions, SharedVersions, VersionStore
+from .workers import SYNC_PATH, WorkerEnvironment, gather_metrics, notify_siblings
 
 if TYPE_CHECKING:
     from ..net.server.asgi import AsgiFront
@@ -46,7 +52,7 @@ log = logging.getLogger("continuum.supervisor")
 
 #: The first health/discovery round may delay readiness by at most this much; a backend
 #: slower than that is left to the regular probes.
-STARTUP_PROBE_BUDGET: Final = 2.0
+STARTUP_PROBE_BUDGET: Final = WARM_UP_BUDGET
 _RESTART_MIN: Final = 0.1
 _RESTART_MAX: Final = 10.0
 _CONTROL_BUFFER: Final = 1024
@@ -153,15 +159,15 @@ class RouterHandle:
 
     def __init__(
         self,
-        config: Config,
         server: Front,
         router: Router,
         catalog: ModelCatalog,
         metrics: MetricsSink,
-        mocks: dict[str, MockUpstream],
         stop: _Stop,
+        reconfigurer: Reconfigurer,
+        fleet: Fleet,
+        admin: AdminAPI,
     ) -> None:
-        self.config = config
         self._stop = stop
         #: Bound addresses, e.g. ``["127.0.0.1:8080", "[::1]:8080", "unix:/run/c.sock"]``.
         self.addresses: list[str] = list(server.addresses)
@@ -169,7 +175,13 @@ class RouterHandle:
         self.catalog = catalog
         self.metrics = metrics
         #: In-process mock upstreams of ``type: mock`` backends, by backend name.
-        self.mocks = mocks
+        self.mocks: dict[str, MockUpstream] = fleet.mocks
+        #: The config in force, its versions, and changing it (:meth:`reload`, ``propose``).
+        self.reconfigurer = reconfigurer
+        #: The backends in service and those draining after a change.
+        self.fleet = fleet
+        #: The admin API (``admin.set_key_check`` plugs client keys with the admin scope in).
+        self.admin = admin
         self._server = server
         #: The client-side TLS context (``server.tls``), None without TLS.
         self.ssl_context: ssl.SSLContext | None = getattr(server, "ssl_context", None)
@@ -188,6 +200,16 @@ class RouterHandle:
             raise ConfigError(f"cannot load: {exc}", path="server.tls") from None
         log.info("server.tls reloaded from %s", tls.cert_file)
         return True
+
+    @property
+    def config(self) -> Config:
+        """The config in force (the latest version: reloads change it)."""
+        return self.reconfigurer.current
+
+    async def reload(self) -> Outcome:
+        """Read the config file again and apply it, as ``SIGHUP`` does (ConfigError when
+        it is invalid: nothing changes)."""
+        return await self.reconfigurer.reload(source="reload", who="embedding program")
 
     @property
     def backends(self) -> dict[str, BackendActor]:
@@ -220,54 +242,46 @@ class RouterHandle:
         self._stop.abort()
 
 
-async def _start_mocks(
-    config: Config, nursery: trio.Nursery
-) -> tuple[dict[str, MockUpstream], dict[str, str]]:
-    """Run an in-process mock upstream for each ``type: mock`` backend."""
-    mocks: dict[str, MockUpstream] = {}
-    urls: dict[str, str] = {}
-    if not any(b.type == "mock" for b in config.backends):
-        return mocks, urls
-    from ..testing._upstream import MockUpstream, ResponseStore, serve_mock
-
-    store = ResponseStore()  # one per router: its mocks act as replicas of one provider
-    for backend in config.backends:
-        if backend.type == "mock":
-            # It serves what the backend says it does (a bridged one has no /v1/responses).
-            served = backend_endpoints(backend, backend.mock.api)
-            if RESPONSES_BRIDGE in served:
-                served -= {RESPONSES}
-            upstream = MockUpstream(backend.mock, backend.models or ("mock-model",),
-                                    name=backend.name, responses_store=store,
-                                    endpoints=served)
-            mocks[backend.name] = upstream
-            urls[backend.name] = f"http://{await nursery.start(serve_mock, upstream)}"
-    return mocks, urls
-
-
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    hooks: ReloadHooks | None = None,
+    task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one router until it is shut down or cancelled (both drain gracefully).
 
     With ``nursery.start`` it returns a :class:`RouterHandle` once every address is bound
     and the first health and discovery round is in.
+
+    ``config_file`` is the file a reload reads again (``SIGHUP``, ``hot_reload``,
+    ``POST /admin/config/reload``); by default the file ``config`` was loaded from, if any.
     """
     server_cfg = config.server
     tls = server_tls_context(config)  # a bad certificate is refused before anything binds
     # Bind first: a taken port is a plain OSError before anything else has started.
     listeners = await open_listeners(server_cfg.bind_address, socket_mode=server_cfg.socket_mode)
+    first = first_version(config)
     try:
-        await _serve(config, listeners, task_status, None, tls)
+        await _serve(first, listeners, task_status, None, _config_file(config, config_file),
+                     hooks, MemoryVersions(first), tls)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+def _config_file(config: Config, given: str | os.PathLike[str] | None) -> str | None:
+    if given is not None:
+        return os.path.abspath(given)
+    return os.path.abspath(config.source) if os.path.isfile(config.source) else None
 
 
 async def serve_worker(
     config: Config,
     worker: WorkerEnvironment,
     *,
+    config_file: str | os.PathLike[str] | None = None,
+    hooks: ReloadHooks | None = None,
     task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``serve`` as one of ``server.workers`` processes (see ``continuum.actors.workers``): TCP
@@ -277,8 +291,15 @@ async def serve_worker(
         worker.bind, socket_mode=config.server.socket_mode, reuse_port=True,
         inherited=worker.inherited,
     )
+    # The workers share their config versions: the first one up writes version 1, and a
+    # worker (re)started later runs the latest version, not the file.
+    store = SharedVersions(worker.metrics_dir)
+    async with store.exclusive():
+        if not store.exists():
+            store.append(first_version(config))
     try:
-        await _serve(config, listeners, task_status, worker, tls)
+        await _serve(store.latest(), listeners, task_status, worker,
+                     _config_file(config, config_file), hooks, store, tls)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
@@ -370,13 +391,21 @@ async def serve_asgi(
 ) -> None:
     """Run one router whose clients come through ``app``, an ASGI application run by an ASGI
     server outside (``continuum.asgi``): no listener of its own; otherwise as ``serve``."""
-    await _serve(config, [], task_status, None, None, app)
+    first = first_version(config)
+    await _serve(first, [], task_status, None, _config_file(config, None), None,
+                 MemoryVersions(first), None, app)
 
 
-async def _serve_own_metrics(sink: MetricsSink, path: str) -> None:
-    """A worker's private metrics socket, read by its siblings' /metrics."""
+async def _serve_worker_socket(sink: MetricsSink, reconfigurer: Reconfigurer,
+                               path: str) -> None:
+    """A worker's private socket: its own metrics, read by its siblings' /metrics, and
+    ``POST /config/sync``, by which a sibling that made a config version has us apply it."""
 
     async def handler(request: Request, conn: ServerConnection) -> None:
+        if request.path == SYNC_PATH and request.method == "POST":
+            version = await reconfigurer.sync()
+            await conn.send_response(200, JSON_HEADERS, b'{"version":%d}' % version)
+            return
         body = await sink.render_local()
         await conn.send_response(200, [(b"content-type", b"text/plain; version=0.0.4")], body)
 
@@ -385,17 +414,21 @@ async def _serve_own_metrics(sink: MetricsSink, path: str) -> None:
 
 
 async def _serve(
-    config: Config,
+    start: ConfigVersion,
     listeners: list[trio.SocketListener],
     task_status: trio.TaskStatus[RouterHandle],
     worker: WorkerEnvironment | None,
+    config_file: str | None,
+    hooks: ReloadHooks | None,
+    store: VersionStore,
     tls: ssl.SSLContext | None = None,
     embed: AsgiFront | None = None,
 ) -> None:
+    config = start.config
     server_cfg = config.server
     async with trio.open_nursery() as root:
-        mocks, mock_urls = await _start_mocks(config, root)
-        backends = [BackendActor(b, mock_urls.get(b.name, b.url), config) for b in config.backends]
+        fleet = Fleet(root, supervise)
+        backends = await fleet.open_all(config)
         router = Router(backends, config)
         control_send, control_receive = trio.open_memory_channel[ControlMessage](_CONTROL_BUFFER)
         observe_send, observe_receive = trio.open_memory_channel[RequestObserved](
@@ -411,7 +444,10 @@ async def _serve(
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
         redis = redis_client(config)
-        access = AccessControl(config, sink.metrics, redis) if needed(config) else None
+        # Built even when nothing is checked yet (a reload may add keys or limits); the
+        # request path sees it only while needed, so switched off it costs nothing.
+        keeper = AccessControl(config, sink.metrics, redis)
+        access = keeper if needed(config) else None
         proxy = Proxy(config, router, dedup, access)
         fronts = await build_fronts(config, proxy, router)
         limits = HTTPLimits(
@@ -445,55 +481,52 @@ async def _serve(
                                 frozenset(), ssl_context=tls)
         if worker is not None:
             sink.gather = partial(gather_metrics, worker)
-            root.start_soon(_serve_own_metrics, sink, worker.metrics_socket())
         connections.append(server)
 
-        # The upstream protocol of each backend (HTTP/2 by ALPN where configured).
-        with trio.move_on_after(STARTUP_PROBE_BUDGET):
-            async with trio.open_nursery() as opening:
-                for backend in backends:
-                    opening.start_soon(backend.open, root)
-
-        # The first round is applied as each answer arrives, so the table is complete when
-        # we report ready; a backend slower than the budget is left to the regular rounds.
-        with trio.move_on_after(STARTUP_PROBE_BUDGET):
-            async with trio.open_nursery() as first:
-
-                async def first_discovery(backend: BackendActor) -> None:
-                    router.apply(await catalog.fetch(backend), first=True)
-
-                async def first_probe(backend: BackendActor) -> None:
-                    settings = prober.settings(backend)
-                    report = await probe(backend, settings.endpoint, settings.timeout)
-                    router.apply(report, first=True)
-
-                if redis is not None:  # connects, loads the scripts, says if it cannot
-                    first.start_soon(_first_redis_call, redis)
-                prewarm = config.http_client.prewarm_connections
-                probed = prober.probed()
-                for backend in backends:
-                    if backend in catalog.discovering:
-                        first.start_soon(first_discovery, backend)
-                    if backend in probed:
-                        first.start_soon(first_probe, backend)
-                    if prewarm:
-                        first.start_soon(backend.prewarm, prewarm)
+        # The first round (protocols, probes, model lists, pre-warmed connections) is
+        # applied as each answer arrives, so the table is complete when we report ready.
+        # The rate limits' Redis is connected meanwhile.
+        fleet.attach(router, prober, catalog, sink)
+        async with trio.open_nursery() as first:
+            if redis is not None and keeper.plan is not None:
+                first.start_soon(_first_redis_call, redis)
+            await fleet.warm_up(backends, config)
 
         root.start_soon(supervise, "router", lambda: router.run(control_receive))
         root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
-        if access is not None and access.redis is not None:
-            root.start_soon(supervise, "rate-limit-settler", access.run)
-        for backend in backends:
-            root.start_soon(supervise, f"backend:{backend.name}", backend.run)
+        fleet.start()
+        if keeper.redis is not None:
+            root.start_soon(supervise, "rate-limit-settler", keeper.run)
         for name, task in fronts.tasks:
             root.start_soon(supervise, name, task)
+        reconfigurer = Reconfigurer(
+            store, start, config_file=config_file, hooks=hooks,
+            notify=None if worker is None else partial(notify_siblings, worker))
+        register_sections(reconfigurer, fleet=fleet, router=router, proxy=ingress.proxy,
+                          ingress=ingress, catalog=catalog, sink=sink, dedup=dedup,
+                          access=keeper)
+        root.start_soon(supervise, "hot-reload", reconfigurer.watch)
+        if worker is not None:
+            root.start_soon(_serve_worker_socket, sink, reconfigurer, worker.metrics_socket())
+            if isinstance(store, SharedVersions):
+                root.start_soon(supervise, "config-follow",
+                                partial(reconfigurer.follow, store.stamp))
+        admin = AdminAPI(reconfigurer, fleet, key_check=keeper.admin_key,
+                         worker=None if worker is None else worker.index)
+        if config.admin.bind_address is None:
+            ingress.mount(ADMIN_PREFIX, admin.handle, admin_label)
+        elif worker is None or worker.index == 0:  # one listener; the workers share versions
+            await root.start(partial(serve_admin, admin, config.admin.bind_address,
+                                     ingress.admin_health,
+                                     shutdown_timeout=server_cfg.shutdown_timeout))
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout, realtime)
-        handle = RouterHandle(config, server, router, catalog, sink, mocks, stop)
+        handle = RouterHandle(server, router, catalog, sink, stop, reconfigurer, fleet, admin)
+        reconfigurer.add_reload_hook(partial(_reload_tls, handle))
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)
         metrics_cfg = config.metrics
@@ -514,8 +547,7 @@ async def _serve(
                         serving.cancel_scope.cancel()
                 watcher.cancel_scope.cancel()
         finally:
-            for backend in backends:
-                backend.close()
+            fleet.close()
             ingress.proxy.tracing.shutdown()
             await fronts.aclose()
             if redis is not None:
@@ -524,12 +556,23 @@ async def _serve(
             root.cancel_scope.cancel()
 
 
+def _reload_tls(handle: RouterHandle) -> None:
+    """A reload hook (``SIGHUP``, the file watcher, ``POST /admin/config/reload``): read the
+    ``server.tls`` files again, so a renewed certificate is served without a restart. A file
+    that does not load is logged and the certificate in use stays."""
+    try:
+        handle.reload_tls()
+    except ConfigError as exc:
+        log.error("server.tls not reloaded (the certificate in use stays): %s", exc)
+
+
 async def _first_redis_call(redis: RedisClient) -> None:
     """Connect to the rate limits' Redis before serving (its scripts load on connect), so
     the first requests pay no connect; a Redis that does not answer is logged, not fatal:
     requests then follow ``on_error`` until it does."""
     try:
-        await redis.execute("PING")
+        with trio.move_on_after(STARTUP_PROBE_BUDGET):
+            await redis.execute("PING")
     except RedisError as exc:
         log.warning("rate limits: Redis at %s does not answer at start (%s); requests follow "
                     "rate_limiting.redis.on_error until it does", redis.options.address, exc)

@@ -122,10 +122,15 @@ def _prepare_listeners(addresses: Sequence[str], socket_mode: int | None) -> _Li
     return out
 
 
+def _ignore_hangup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def run_workers(config_path: str, count: int, socket_mode: int | None,
                 addresses: Sequence[str], run_options: Sequence[str] = ()) -> int:
-    """Run ``count`` workers until SIGINT/SIGTERM; returns the exit code. ``run_options``
-    are passed on to each worker's ``run`` (e.g. ``--log-level debug``)."""
+    """Run ``count`` workers until SIGINT/SIGTERM (SIGHUP is passed on to each: a
+    reload); returns the exit code. ``run_options`` are passed on to each worker's ``run``
+    (e.g. ``--log-level debug``)."""
     listeners = _prepare_listeners(addresses, socket_mode)
     metrics_dir = tempfile.mkdtemp(prefix="continuum-workers-")
     env = dict(os.environ)
@@ -144,7 +149,14 @@ def run_workers(config_path: str, count: int, socket_mode: int | None,
             if w.process is not None and w.process.poll() is None:
                 w.process.send_signal(signal.SIGKILL if signals_seen > 1 else signal.SIGTERM)
 
+    def on_hangup(signum: int, frame: object) -> None:
+        # A reload: each worker reads the file; the shared store makes it one version.
+        for w in workers:
+            if w.process is not None and w.process.poll() is None:
+                w.process.send_signal(signal.SIGHUP)
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
 
     def spawn(w: _Worker) -> None:
         worker_env = dict(env)
@@ -152,6 +164,9 @@ def run_workers(config_path: str, count: int, socket_mode: int | None,
         w.process = subprocess.Popen(
             [sys.executable, "-m", "continuum", "run", *run_options, config_path],
             env=worker_env, pass_fds=tuple(listeners.inherited.values()),
+            # A SIGHUP before the worker listens for it must not end it: ignored signals
+            # stay ignored across exec, until its trio loop takes SIGHUP over.
+            preexec_fn=_ignore_hangup,
         )
         w.started = time.monotonic()
 
@@ -206,9 +221,9 @@ def run_workers(config_path: str, count: int, socket_mode: int | None,
         os.rmdir(metrics_dir)
 
 
-async def fetch_worker_metrics(path: str, timeout: float = 1.0) -> str | None:
-    """A sibling worker's own metrics, from its private socket; None if it does not answer
-    (restarting, or gone)."""
+async def ask_worker(path: str, request: bytes, timeout: float = 1.0) -> bytes | None:
+    """Send ``request`` (HTTP/1.0) to a sibling worker's private socket; the body of a 200
+    answer, or None if it does not answer so (restarting, or gone)."""
     import trio  # the parent process never needs trio
 
     with trio.move_on_after(timeout):
@@ -217,7 +232,7 @@ async def fetch_worker_metrics(path: str, timeout: float = 1.0) -> str | None:
         except OSError:
             return None
         async with stream:
-            await stream.send_all(b"GET /metrics HTTP/1.0\r\nhost: worker\r\n\r\n")
+            await stream.send_all(request)
             chunks = []
             while data := await stream.receive_some(65536):
                 chunks.append(data)
@@ -225,8 +240,41 @@ async def fetch_worker_metrics(path: str, timeout: float = 1.0) -> str | None:
         head, _, body = raw.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
             return None
-        return body.decode("utf-8", "replace")
+        return body
     return None
+
+
+async def fetch_worker_metrics(path: str, timeout: float = 1.0) -> str | None:
+    """A sibling worker's own metrics, from its private socket; None if it does not answer
+    (restarting, or gone)."""
+    body = await ask_worker(path, b"GET /metrics HTTP/1.0\r\nhost: worker\r\n\r\n", timeout)
+    return None if body is None else body.decode("utf-8", "replace")
+
+
+def sibling_sockets(env: WorkerEnvironment) -> list[str]:
+    """The private sockets of the other workers (of those that are up)."""
+    own = env.metrics_socket()
+    return sorted(
+        os.path.join(env.metrics_dir, name) for name in os.listdir(env.metrics_dir)
+        if name.endswith(".sock") and os.path.join(env.metrics_dir, name) != own
+    )
+
+
+#: The private path a worker answers ``POST`` on by applying the shared store's latest version.
+SYNC_PATH: Final = "/config/sync"
+
+
+async def notify_siblings(env: WorkerEnvironment, timeout: float = 5.0) -> None:
+    """Tell every other worker that the shared store has a new config version, and wait
+    (at most ``timeout``) until each has applied it. One that does not answer (starting,
+    restarting) reads the store at start, or on its next look (``Reconfigurer.follow``)."""
+    import trio
+
+    request = (f"POST {SYNC_PATH} HTTP/1.0\r\nhost: worker\r\ncontent-length: 0\r\n\r\n"
+               .encode())
+    async with trio.open_nursery() as nursery:
+        for path in sibling_sockets(env):
+            nursery.start_soon(ask_worker, path, request, timeout)
 
 
 async def gather_metrics(env: WorkerEnvironment, local: bytes) -> bytes:
@@ -235,11 +283,7 @@ async def gather_metrics(env: WorkerEnvironment, local: bytes) -> bytes:
 
     from ..observability.merge import merge_expositions
 
-    own = env.metrics_socket()
-    paths = sorted(
-        os.path.join(env.metrics_dir, name) for name in os.listdir(env.metrics_dir)
-        if name.endswith(".sock") and os.path.join(env.metrics_dir, name) != own
-    )
+    paths = sibling_sockets(env)
     texts: list[str] = [local.decode("utf-8", "replace")]
 
     async def one(path: str) -> None:

@@ -6,12 +6,23 @@
 build on each other: ``_schema`` (the Structs and :class:`ConfigError`), ``_units``
 (durations, sizes, addresses), ``_text`` (key paths and masking in messages),
 ``_validation`` (the walk along the schema, the cross-field checks), ``_loading`` (YAML and
-``${ENV}``), ``_render`` (the effective config, warnings) and ``_template``
-(``generate_config``).
+``${ENV}``), ``_secrets`` (where secrets are, masked and restored), ``_render`` (the
+effective config, warnings), ``_changes`` (diffs, patches, client documents: what the admin
+API and hot reload build on) and ``_template`` (``generate_config``).
 """
 
 from __future__ import annotations
 
+from ._changes import Change as Change
+from ._changes import Keys as Keys
+from ._changes import canonical_patch as canonical_patch
+from ._changes import carry as carry
+from ._changes import covered as covered
+from ._changes import diff_configs as diff_configs
+from ._changes import editable_document as editable_document
+from ._changes import merge_patch as merge_patch
+from ._changes import parse_document as parse_document
+from ._changes import summarize as summarize
 from ._loading import config_from_dict as config_from_dict
 from ._loading import load_config as load_config
 from ._loading import parse_config as parse_config
@@ -19,16 +30,20 @@ from ._render import config_warnings as config_warnings
 from ._render import dump_effective_config as dump_effective_config
 from ._render import limit_warnings as limit_warnings
 from ._render import unserved_model_warnings as unserved_model_warnings
+from ._schema import AdminAuthConfig as AdminAuthConfig
+from ._schema import AdminConfig as AdminConfig
 from ._schema import ApiKeyEntry as ApiKeyEntry
 from ._schema import ApiKeysConfig as ApiKeysConfig
 from ._schema import BackendConfig as BackendConfig
 from ._schema import CacheConfig as CacheConfig
+from ._schema import CircuitBreakerConfig as CircuitBreakerConfig
 from ._schema import Config as Config
 from ._schema import ConfigError as ConfigError
 from ._schema import CorsConfig as CorsConfig
 from ._schema import DeduplicationConfig as DeduplicationConfig
 from ._schema import FilesConfig as FilesConfig
 from ._schema import HealthChecksConfig as HealthChecksConfig
+from ._schema import HotReloadConfig as HotReloadConfig
 from ._schema import HttpClientConfig as HttpClientConfig
 from ._schema import LimitConfig as LimitConfig
 from ._schema import LoggingConfig as LoggingConfig
@@ -47,6 +62,8 @@ from ._schema import RoutingConfig as RoutingConfig
 from ._schema import ServerConfig as ServerConfig
 from ._schema import ServerTlsConfig as ServerTlsConfig
 from ._schema import TracingConfig as TracingConfig
+from ._secrets import masked_builtins as masked_builtins
+from ._secrets import restore_secrets as restore_secrets
 from ._template import generate_config as generate_config
 from ._units import DURATION_HELP as DURATION_HELP
 from ._units import BindAddress as BindAddress
@@ -56,18 +73,24 @@ from ._units import parse_size as parse_size
 
 __all__ = [
     "DURATION_HELP",
+    "AdminAuthConfig",
+    "AdminConfig",
     "ApiKeyEntry",
     "ApiKeysConfig",
     "BackendConfig",
     "BindAddress",
     "CacheConfig",
+    "Change",
+    "CircuitBreakerConfig",
     "Config",
     "ConfigError",
     "CorsConfig",
     "DeduplicationConfig",
     "FilesConfig",
     "HealthChecksConfig",
+    "HotReloadConfig",
     "HttpClientConfig",
+    "Keys",
     "LimitConfig",
     "LoggingConfig",
     "MetricsAuthConfig",
@@ -85,15 +108,25 @@ __all__ = [
     "ServerConfig",
     "ServerTlsConfig",
     "TracingConfig",
+    "canonical_patch",
+    "carry",
     "config_from_dict",
     "config_warnings",
+    "covered",
+    "diff_configs",
     "dump_effective_config",
+    "editable_document",
     "generate_config",
     "limit_warnings",
     "load_config",
+    "masked_builtins",
+    "merge_patch",
     "parse_bind_address",
     "parse_config",
+    "parse_document",
     "parse_duration",
     "parse_size",
+    "restore_secrets",
+    "summarize",
     "unserved_model_warnings",
 ]

@@ -140,14 +140,17 @@ def _read_key_file(checked: dict[str, Any], ctx: Context) -> None:
     """``api_keys.api_keys_file``: a YAML list of key entries (or a mapping whose
     ``api_keys`` is one), read now, ``${VAR}`` substituted, each entry checked like an
     inline one. Its errors name that file and ``api_keys[i]``. A relative path is taken
-    from the config file's directory (the working directory for a config not from a file)."""
+    from the config file's directory (else ``ctx.directory``, else the working directory)."""
     section = checked.get("api_keys")
     if not isinstance(section, dict) or not section.get("api_keys_file"):
         return
     name = section["api_keys_file"]
     path = Path(name)
-    if not path.is_absolute() and Path(ctx.source).is_file():
-        path = Path(ctx.source).parent / path
+    if not path.is_absolute():
+        if Path(ctx.source).is_file():
+            path = Path(ctx.source).parent / path
+        elif ctx.directory is not None:
+            path = Path(ctx.directory) / path
     file_ctx = Context(source=str(path), env=ctx.env)
     ctx.key_file = file_ctx
     try:
@@ -178,10 +181,13 @@ def _read_key_file(checked: dict[str, Any], ctx: Context) -> None:
 
 
 def config_from_dict(
-    data: Mapping[str, Any], source: str = "<dict>", env: Mapping[str, str] | None = None
+    data: Mapping[str, Any], source: str = "<dict>", env: Mapping[str, str] | None = None,
+    *, directory: str | None = None,
 ) -> Config:
-    """Validate an already-parsed document (``${VAR}`` references are substituted)."""
-    ctx = Context(source=source, env=os.environ if env is None else env)
+    """Validate an already-parsed document (``${VAR}`` references are substituted).
+    ``directory``: where a relative ``api_keys_file`` is when ``source`` is not a file
+    (for a document sent to the admin API, the config file's directory)."""
+    ctx = Context(source=source, env=os.environ if env is None else env, directory=directory)
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"expected a mapping of sections at the top level, got {type_name(data)}",

@@ -3,34 +3,17 @@
 
 from __future__ import annotations
 
-import msgspec
 import yaml
 
 from ._schema import Config
-from ._text import is_secret_name, join_path, mask, mask_url
+from ._secrets import masked_builtins
+from ._text import join_path
 
 
 def dump_effective_config(config: Config) -> str:
     """YAML of the effective configuration with every secret shown as ``***``."""
-    data = msgspec.to_builtins(config)
-    source = data.pop("source", "")
-    for b in data["backends"]:
-        b["api_key"] = mask(b["api_key"])
-        b["url"] = mask_url(b["url"])
-        b["headers"] = {k: (mask(v) if is_secret_name(k) else v) for k, v in b["headers"].items()}
-    keys = data["api_keys"]
-    keys.pop("file_entries", None)  # api_keys_file is read again when this is loaded
-    ids = {entry["id"] for entry in keys["api_keys"] if entry["id"]}
-    ids.update(entry.id for entry in config.api_keys.file_entries if entry.id)
-    for entry in keys["api_keys"]:
-        entry["key"] = mask(entry["key"])
-        entry["key_sha256"] = mask(entry["key_sha256"])
-    limiting = data["rate_limiting"]
-    # A bypass entry is a key id (shown) or a key itself (a secret).
-    limiting["bypass_keys"] = [v if v in ids else mask(v) for v in limiting["bypass_keys"]]
-    limiting["redis"]["url"] = mask_url(limiting["redis"]["url"])
-    auth = data["metrics"]["auth"]
-    auth["password"] = mask(auth["password"])
+    data = masked_builtins(config)
+    source = config.source
     head = f"# effective configuration (from {source})\n" if source else ""
     return head + yaml.safe_dump(
         data, sort_keys=False, default_flow_style=False, allow_unicode=True

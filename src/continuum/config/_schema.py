@@ -341,6 +341,25 @@ class CorsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_age: Duration = 600.0
 
 
+class AdminAuthConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    method: Literal["none", "bearer_token", "basic", "api_key"] = "none"
+    token: str = ""
+    username: str = ""
+    password: str = ""
+
+
+class AdminConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: A separate ``host:port`` that serves the admin API; None: the main port.
+    bind_address: str | None = None
+    auth: AdminAuthConfig = AdminAuthConfig()
+
+
+class HotReloadConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    #: The config file must be quiet this long before it is read again.
+    debounce: PositiveDuration = 0.5
+
+
 class MockFailure(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     kind: Literal["status", "reset", "reset_mid_stream", "hang", "drip", "malformed"]
     status: HttpStatus = 500
@@ -384,6 +403,8 @@ class BackendConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     endpoints: tuple[EndpointPath, ...] | None = None
     responses: Literal["auto", "native", "bridge"] = "auto"
     health_check: BackendHealthCheck | None = None
+    #: False keeps the entry but takes the backend out of service (drained, not probed).
+    enabled: bool = True
     max_in_flight: PosInt | None = None
     max_queue: NonNegInt = 256
     mock: MockConfig = MockConfig()
@@ -432,6 +453,8 @@ class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     api_keys: ApiKeysConfig = ApiKeysConfig()
+    admin: AdminConfig = AdminConfig()
+    hot_reload: HotReloadConfig = HotReloadConfig()
     rate_limiting: RateLimitingConfig = RateLimitingConfig()
     cors: CorsConfig = CorsConfig()
     realtime: RealtimeConfig = RealtimeConfig()

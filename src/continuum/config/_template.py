@@ -178,6 +178,18 @@ realtime:                           # the Realtime API relay: GET /v1/realtime?m
   close_timeout: 5s                 # closing both hops may take this long
   max_sessions: 0                   # sessions at once per process; past it 503; 0 = no limit
 
+admin:                              # the admin API: /admin/config, /admin/backends, ... (docs/admin-api.md)
+  bind_address: null                # a separate "host:port" for the admin API; null = the main port
+  auth:
+    method: none                    # none (loopback clients only) | bearer_token | basic | api_key
+    token: ""                       # bearer_token: "Authorization: Bearer <token>"; api_key: "X-API-Key: <token>" (use ${VAR})
+    username: ""                    # basic: the user name
+    password: ""                    # basic: the password (use ${VAR}; shown as ***)
+
+hot_reload:
+  enabled: false                    # re-read the config file when it changes (SIGHUP and POST /admin/config/reload always work)
+  debounce: 500ms                   # the file must be quiet this long before it is read
+
 responses:                          # stored answers of bridged /v1/responses backends (previous_response_id, GET/DELETE /v1/responses/{id})
   store: memory                     # memory (per router process) | redis (shared by every router using the same server)
   ttl: 24h                          # a stored response is forgotten this long after it was made
@@ -218,6 +230,7 @@ backends:                           # at least one; names must be unique
     endpoints: null                 # the model-routed endpoints served here, e.g. [/v1/chat/completions, /v1/embeddings]; null = the defaults of its type
     responses: auto                 # /v1/responses: native (passed through) | bridge (onto chat completions) | auto (native for type openai)
     health_check: null              # per-backend overrides of health_checks, e.g. {endpoint: /health, interval: 10s, timeout: 2s, enabled: true}
+    enabled: true                   # false: out of service (drained, not probed) but kept in the config
     max_in_flight: null             # requests in flight to this backend; null = server.connection_pool_size
     max_queue: 256                  # requests waiting for a slot; past it the backend is skipped (429 when all are full)
   - name: mock                      # an in-process fake backend: no network, no keys

@@ -55,6 +55,8 @@ class Context:
     missing: list[tuple[str, str]] = field(default_factory=list)
     # The run that read ``api_keys.api_keys_file`` (its errors name that file).
     key_file: Context | None = None
+    # Where relative file names are taken from when ``source`` is not a file.
+    directory: str | None = None
 
     def error(self, path: str, detail: str) -> ConfigError:
         return ConfigError(detail, source=self.source, path=path)
@@ -456,6 +458,30 @@ def _check_server_tls(cfg: Config, ctx: Context) -> None:
         raise ctx.error("server.http3", "HTTP/3 needs server.frontend: hypercorn and server.tls")
 
 
+def _check_tcp_address(address: str | None, path: str, ctx: Context) -> None:
+    """A separate listener's ``host:port`` (metrics, admin)."""
+    if address is None:
+        return
+    try:
+        parsed = parse_bind_address(address)
+    except ValueError as exc:
+        raise ctx.error(path, f"{exc}; got {ctx.show(path, address)}") from None
+    if parsed.kind != "tcp":
+        raise ctx.error(path, f"expected 'host:port', got {ctx.show(path, address)}")
+
+
+def _check_admin(cfg: Config, ctx: Context) -> None:
+    """The admin API's credentials must exist for the method that reads them."""
+    _check_tcp_address(cfg.admin.bind_address, "admin.bind_address", ctx)
+    auth = cfg.admin.auth
+    if auth.method in ("bearer_token", "api_key") and not auth.token:
+        raise ctx.error("admin.auth.token", f"method {auth.method!r} needs a non-empty token")
+    if auth.method == "basic" and (not auth.username or not auth.password):
+        raise ctx.error("admin.auth", "method 'basic' needs a non-empty username and password")
+    if auth.method == "basic" and ":" in auth.username:
+        raise ctx.error("admin.auth.username", "must not contain ':' (basic auth splits on it)")
+
+
 def check_semantics(cfg: Config, ctx: Context) -> Config:
     _check_path(cfg.health_checks.endpoint, "health_checks.endpoint", ctx)
     endpoint = cfg.metrics.endpoint
@@ -465,15 +491,8 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
     auth = cfg.metrics.auth
     if auth.enabled and (not auth.username or not auth.password):
         raise ctx.error("metrics.auth", "enabled auth needs a non-empty username and password")
-    address = cfg.metrics.bind_address
-    if address is not None:
-        p = "metrics.bind_address"
-        try:
-            parsed = parse_bind_address(address)
-        except ValueError as exc:
-            raise ctx.error(p, f"{exc}; got {ctx.show(p, address)}") from None
-        if parsed.kind != "tcp":
-            raise ctx.error(p, f"expected 'host:port', got {ctx.show(p, address)}")
+    _check_tcp_address(cfg.metrics.bind_address, "metrics.bind_address", ctx)
+    _check_admin(cfg, ctx)
     endpoint = cfg.tracing.endpoint
     if endpoint:
         _check_url(endpoint, "tracing.endpoint", ctx)

@@ -214,6 +214,18 @@ class CircuitBreaker:
             retry_after=self.retry_after,
         )
 
+    def reconfigure(self, settings: BreakerSettings) -> None:
+        """New settings for the outcomes to come (a config reload). The state and the
+        window stay, unless the window's width changed (its slots would mean another span:
+        it starts empty) or the breaker was switched off (it closes, so traffic flows)."""
+        previous, self.settings = self.settings, settings
+        if settings.window != previous.window:
+            self._slot_width = settings.window / _WINDOW_SLOTS
+            self._window.clear()
+            self._window_total = self._window_failures = 0
+        if not settings.enabled and self._state is not BreakerState.CLOSED:
+            self._close(self._clock())
+
     # -- the request path ----------------------------------------------------------------
 
     def allow(self) -> bool:

@@ -66,6 +66,29 @@ class HealthState:
         self._warmup_expired = False
         self.last_reason = ""
 
+    def reconfigure(
+        self,
+        unhealthy_threshold: int,
+        healthy_threshold: int,
+        *,
+        passive_threshold: int,
+        max_warmup_duration: float,
+    ) -> None:
+        """New thresholds for the outcomes to come (a config reload); the state and the
+        counts so far stay."""
+        self.unhealthy_threshold = max(1, unhealthy_threshold)
+        self.healthy_threshold = max(1, healthy_threshold)
+        self.passive_threshold = max(0, passive_threshold)
+        self.max_warmup_duration = max(0.0, max_warmup_duration)
+
+    def reset(self) -> bool:
+        """Back to HEALTHY with clean counts: probes were switched off, and nothing else
+        would ever bring the backend back. True when the state changed."""
+        changed = self.state is not Health.HEALTHY
+        self._become(Health.HEALTHY, "")
+        self._warmup_expired = False
+        return changed
+
     @property
     def healthy(self) -> bool:
         return self.state is Health.HEALTHY

@@ -90,3 +90,6 @@ def configure_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[config.level])
+    # Audit lines (changes made through the admin API, reloads) are written whatever the
+    # level: an operator who logs only errors still learns who changed the config.
+    logging.getLogger("continuum.audit").setLevel(min(logging.INFO, _LEVELS[config.level]))

@@ -8,6 +8,7 @@ in the request-path profile. Everything else is plain prometheus-client.
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, Generic, TypeVar, final
@@ -280,3 +281,14 @@ class Metrics:
             "unavailable (refused during the back-off after a failure) | reply | protocol.",
             ["call", "error"], r,
         )
+
+    def forget_backend(self, name: str) -> None:
+        """Drop the gauges of a backend that left the config (a reload): a gauge says how
+        things are now, and a removed backend is not anything now. Counters and histograms
+        keep its series, as Prometheus expects of totals."""
+        for gauge in (self.backend_health, self.backend_in_flight, self.circuit_state):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+        for state in ("idle", "in_use", "waiting"):
+            with contextlib.suppress(KeyError):
+                self.pool_connections.remove(name, state)

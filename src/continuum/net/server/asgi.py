@@ -108,8 +108,9 @@ class AsgiConnection(ServerConnection):
         self._asgi_receive = receive
         self.websocket = scope["type"] == "websocket"
         self._head_only = scope.get("method") == "HEAD"
-        client = scope.get("client")  # (host, port) or None: the peer for limits by address
-        self._peer = str(client[0]) if client else ""
+        #: The scope's ``client``: (host, port), or None when the server does not say.
+        self._client: tuple[str, int] | None = (tuple(scope["client"]) if scope.get("client")
+                                                 else None)
         self._http_refusals = "websocket.http.response" in scope.get("extensions", {})
         #: Headers the ASGI server owns; HTTP/1.1 keeps ``upgrade`` (a 426 names the protocol).
         self._dropped = (_SERVER_HEADERS_H1 if str(scope.get("http_version", "1.1"))[:1] == "1"
@@ -119,6 +120,10 @@ class AsgiConnection(ServerConnection):
         #: An upload's body, read by its handler (see :meth:`stream_body`).
         self.body_stream: BodyStream | None = None
         self._streamed = 0
+
+    def peer_address(self) -> object:
+        """The ASGI server's word for the client's address (the scope's ``client``)."""
+        return self._client
 
     async def read_whole_body(self, limit: int, deadline: float) -> bytes | ProtocolError | None:
         """The request's body: all of it, the error that refuses it (413 past ``limit``, 408

@@ -653,17 +653,21 @@ class ServerConnection:
         connection and only when asked (rate limits by address)."""
         peer = self._peer
         if peer is None:
-            peer = ""
-            stream = self.stream
-            while isinstance(stream, trio.SSLStream):
-                stream = stream.transport_stream
-            if isinstance(stream, trio.SocketStream):
-                with contextlib.suppress(OSError):
-                    name = stream.socket.getpeername()
-                    if isinstance(name, tuple):
-                        peer = str(name[0])
-            self._peer = peer
+            name = self.peer_address()
+            peer = self._peer = str(name[0]) if isinstance(name, tuple) else ""
         return peer
+
+    def peer_address(self) -> object:
+        """What ``getpeername()`` says of the client's socket (looked at through TLS):
+        ``(host, port, ...)`` over TCP, a path (``str``/``bytes``) for a Unix socket, None
+        when unknown."""
+        stream = self.stream
+        while isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if isinstance(stream, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                return stream.socket.getpeername()
+        return None
 
     # -- reading -------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import final
 
 import trio
@@ -265,3 +265,31 @@ class HTTPServer:
             self.connections.discard(conn)
             if not self.connections and self._draining.is_set():
                 self._all_closed.set()
+
+
+async def serve_alone(
+    address: str,
+    handler: Handler,
+    limits: HTTPLimits,
+    *,
+    shutdown_timeout: float = 5.0,
+    render_error: ErrorRenderer = _plain_error,
+    announce: Callable[[str], None] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A listener of its own beside the main ones (``metrics.bind_address``,
+    ``admin.bind_address``): serve ``handler`` on ``address`` until cancelled, then drain.
+    ``announce(bound address)`` runs once it listens; ``nursery.start`` returns the bound
+    addresses."""
+    listeners = await open_listeners([address])
+    server = HTTPServer(listeners, handler, limits, shutdown_timeout=shutdown_timeout,
+                        render_error=render_error)
+    if announce is not None:
+        announce(server.addresses[0])
+    task_status.started(list(server.addresses))
+    try:
+        await server.run()
+    finally:
+        server.drain()
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
