@@ -25,7 +25,7 @@ server:
   shutdown_timeout: 30s             # graceful drain deadline on shutdown
   frontend: native                  # native (the router's own HTTP/1.1 server) | hypercorn (HTTP/2, h2c, HTTP/3; needs the hypercorn extra)
   http3: false                      # hypercorn front with tls: also serve HTTP/3 (QUIC, UDP) on the same ports; needs the http3 extra
-  tls:                              # TLS for clients: on when cert_file is set (RouterHandle.reload_tls() re-reads it)
+  tls:                              # TLS for clients: on when cert_file is set (its files are re-read on every reload)
     cert_file: null                 # certificate chain (PEM)
     key_file: null                  # private key (PEM); null = in cert_file
     client_ca_file: null            # CA bundle (PEM): clients must present a certificate it signed (mutual TLS)
