@@ -1,19 +1,18 @@
-"""Realtime (WebSocket) relay overhead: N concurrent sessions x M messages, each message timed
-from send to the mock's answer, connecting directly to the mock and through the relay, in the
-same run, on 127.0.0.1 only.
+"""Realtime (WebSocket) sessions through the router: N concurrent sessions x M messages, each
+message timed from send to the mock's answer, connecting directly to the mock and through the
+router with each front (native, hypercorn), in the same run, on 127.0.0.1 only.
 
 Each session is closed-loop: it sends ``conversation.item.create`` (``--payload`` characters of
 text), waits for ``conversation.item.added`` (the timed answer) and ``conversation.item.done``,
-and sends the next. The mock and the relay run in their own processes (this one is the client);
-the relay is ``continuum.net.websocket_relay.relay_upgrade`` with a usage observer, as the
-router will run it. Direct and relayed phases alternate for ``--rounds`` rounds, so drift on a
-shared machine hits both alike. The added latency is relayed minus direct at each percentile.
-
-Unlike the other benches it imports ``continuum`` (the relay is not yet served by the router)::
+and sends the next. The mock and the routers run in their own processes (this one is the
+client); the routers are ``python -m continuum run`` with one backend, the mock. The targets
+take turns for ``--rounds`` rounds, so drift on a shared machine hits them alike. The added
+latency is a router's minus direct at each percentile.
 
     python benches/realtime.py                  # 16 sessions x 200 messages, 2 rounds
     python benches/realtime.py --quick          # 4 x 50, 1 round
     python benches/realtime.py --payload 32768  # audio-chunk-sized messages
+    python benches/realtime.py --fronts native  # the native front only
 """
 
 from __future__ import annotations
@@ -21,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import select
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,29 +49,42 @@ async def _serve_mock() -> None:
         print(await nursery.start(serve_mock_realtime, MockRealtime(models=())), flush=True)
 
 
-async def _serve_relay(upstream: str) -> None:
-    from continuum.core.realtime import UsageTally, upstream_target
-    from continuum.net.websocket_relay import RelaySettings, relay_upgrade
+ROUTER_CONFIG: Final = """\
+server:
+  bind_address: "127.0.0.1:{port}"
+  frontend: {front}
+health_checks:
+  enabled: false
+logging:
+  level: error
+backends:
+  - name: mock
+    url: "http://{mock}"
+    models: ["gpt-realtime"]
+"""
 
-    settings = RelaySettings()
 
-    async def handle(stream: trio.SocketStream) -> None:
-        async with stream:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = await stream.receive_some(65536)
-                if not data or len(head) > 65536:
-                    return
-                head += data
-            target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
-            await relay_upgrade(
-                stream, head, upstream_target(upstream, target.partition("?")[2]),
-                settings=settings, observer=UsageTally().observe,
-            )
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    print(f"127.0.0.1:{listeners[0].socket.getsockname()[1]}", flush=True)
-    await trio.serve_listeners(handle, listeners)
+def _router(front: str, mock: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m continuum run`` with ``front``, its only backend the mock; once /health
+    answers, the process and its address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = workdir / f"router-{front}.yaml"
+    config.write_text(ROUTER_CONFIG.format(port=port, front=front, mock=mock))
+    proc = subprocess.Popen([sys.executable, "-m", "continuum", "run", str(config)], cwd=ROOT,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
+                if sock.recv(100).startswith(b"HTTP/1.1 200"):
+                    return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"the {front} router did not start within {START_TIMEOUT_S:g}s")
 
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -132,32 +146,33 @@ def _ms(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def _report(direct: Phase, relayed: Phase, args: argparse.Namespace) -> dict[str, object]:
-    rows = {}
-    for phase in (direct, relayed):
+def _report(phases: list[Phase], args: argparse.Namespace) -> dict[str, object]:
+    rows: dict[str, dict[str, float]] = {}
+    for phase in phases:
         rows[phase.name] = {
             "p50_ms": _ms(phase.rtts, 0.50), "p90_ms": _ms(phase.rtts, 0.90),
             "p99_ms": _ms(phase.rtts, 0.99), "mean_ms": statistics.fmean(phase.rtts) * 1000,
             "messages_per_s": phase.messages / phase.seconds,
         }
-    added = {f"added_{k}": rows["relay"][k] - rows["direct"][k]  # type: ignore[operator]
-             for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+    direct = rows["direct"]
+    added = {name: {k: row[k] - direct[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+             for name, row in rows.items() if name != "direct"}
     return {"sessions": args.sessions, "messages": args.messages, "payload": args.payload,
-            "rounds": args.rounds, **rows, **added}
+            "rounds": args.rounds, "targets": rows, "added": added}
 
 
-async def _bench(args: argparse.Namespace, mock: str, relay: str) -> dict[str, object]:
+async def _bench(args: argparse.Namespace, targets: dict[str, str]) -> dict[str, object]:
     text = "x" * args.payload if args.payload else "hello"
-    direct, relayed = Phase("direct", []), Phase("relay", [])
-    targets = [(direct, f"ws://{mock}/v1/realtime?model={MODEL}"),
-               (relayed, f"ws://{relay}/v1/realtime?model={MODEL}")]
-    # A short warm-up of both, not counted.
-    for _, url in targets:
+    phases = [(Phase(name, []), f"ws://{address}/v1/realtime?model={MODEL}")
+              for name, address in targets.items()]
+    # A short warm-up of each, not counted.
+    for _, url in phases:
         await _phase(Phase("warm-up", []), url, min(args.sessions, 4), 10, text)
     for round_ in range(args.rounds):
-        for phase, url in targets if round_ % 2 == 0 else targets[::-1]:
+        shift = round_ % len(phases)
+        for phase, url in phases[shift:] + phases[:shift]:
             await _phase(phase, url, args.sessions, args.messages, text)
-    return _report(direct, relayed, args)
+    return _report([phase for phase, _ in phases], args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,42 +183,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="direct/relay rounds (2)")
     parser.add_argument("--quick", action="store_true", help="4 sessions x 50 messages, 1 round")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--fronts", default="native,hypercorn",
+                        help="router fronts to measure (native,hypercorn)")
     parser.add_argument("--serve-mock", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-relay", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_mock:
         trio.run(_serve_mock)
-        return 0
-    if args.serve_relay:
-        trio.run(_serve_relay, args.serve_relay)
         return 0
     if args.quick:
         args.sessions, args.messages, args.rounds = 4, 50, 1
     if min(args.sessions, args.messages, args.rounds) < 1 or args.sessions > 512:
         parser.error("sessions (1..512), messages and rounds must be positive")
+    fronts = [f for f in args.fronts.split(",") if f]
+    if not fronts or set(fronts) - {"native", "hypercorn"}:
+        parser.error("--fronts: a comma-separated list of native, hypercorn")
     mock_proc, mock = _spawn("--serve-mock")
-    relay_proc = None
+    procs = [mock_proc]
+    targets = {"direct": mock}
     try:
-        relay_proc, relay = _spawn("--serve-relay", f"http://{mock}")
-        result = trio.run(_bench, args, mock, relay)
+        with tempfile.TemporaryDirectory() as workdir:
+            for front in fronts:
+                proc, address = _router(front, mock, Path(workdir))
+                procs.append(proc)
+                targets[f"router-{front}"] = address
+            result = trio.run(_bench, args, targets)
     finally:
-        for proc in (relay_proc, mock_proc):
-            if proc is not None:
-                proc.kill()
-                proc.wait(5)
+        for proc in reversed(procs):
+            proc.kill()
+            proc.wait(5)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"realtime: {args.sessions} sessions x {args.messages} messages x {args.rounds} rounds, "
           f"payload {args.payload} characters (send -> conversation.item.added)")
-    print(f"{'':8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'msg/s':>9}")
-    for name in ("direct", "relay"):
-        row = result[name]
-        assert isinstance(row, dict)
-        print(f"{name:8} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {row['p99_ms']:8.3f} "
+    print(f"{'':17} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'msg/s':>9}")
+    rows = result["targets"]
+    added = result["added"]
+    assert isinstance(rows, dict) and isinstance(added, dict)
+    for name, row in rows.items():
+        print(f"{name:17} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} {row['p99_ms']:8.3f} "
               f"{row['mean_ms']:8.3f} {row['messages_per_s']:9.0f}")
-    print(f"{'added':8} {result['added_p50_ms']:8.3f} {result['added_p90_ms']:8.3f} "
-          f"{result['added_p99_ms']:8.3f} {result['added_mean_ms']:8.3f}")
+    for name, row in added.items():
+        print(f"{'added ' + name[7:]:17} {row['p50_ms']:8.3f} {row['p90_ms']:8.3f} "
+              f"{row['p99_ms']:8.3f} {row['mean_ms']:8.3f}")
     return 0
 
 

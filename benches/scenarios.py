@@ -13,6 +13,8 @@ measured in the same run (``run.py --scenarios``; method in ``docs/benchmarks.md
 * ``concurrency`` -- 100, 1,000 and as many concurrent requests as the fd limit allows against
   a slow (500 ms) upstream: router vs floor vs direct, req/s, p50/p99, CPU per request,
   upstream connects, 429/503 answers;
+* ``fronts``      -- the native front vs the hypercorn front: c=64 throughput, c=1 added
+  latency, 64 paced streams;
 * ``limits``      -- the router with auth and limits off, in memory, in Redis (issue 11's
   cost), against the floor in the same run;
 * ``external``    -- ``wrk``/``hey`` against the router when they are installed.
@@ -693,6 +695,16 @@ def startup(env: Env) -> Report:
 # --- workers ------------------------------------------------------------------------------------
 
 
+def _router_with(env: Env, name: str, server_key: str, backends: str) -> Service:
+    """A router service on a free port: the streaming config plus one ``server:`` line."""
+    port = free_port(env.host)
+    config = env.workdir / f"{name}.yaml"
+    text = STREAM_ROUTER_CONFIG.replace("{bind}", f"{env.host_in_url}:{port}")
+    config.write_text(text.replace("server:\n", f"server:\n  {server_key}\n", 1) + backends)
+    return Service(name, env.router_argv(name, config), env.host, port,
+                   env.workdir / f"{name}.log", env=env.router_env, ready_path="/health")
+
+
 def workers(env: Env) -> Report:
     """Throughput of the router with ``server.workers`` 1 and 2, same upstream, same load,
     rounds alternating so noise hits both (issue 5: scaling from 1 to 2 workers)."""
@@ -706,14 +718,7 @@ def workers(env: Env) -> Report:
         backends = OPENAI_BACKEND.format(name="upstream", url=env.url(up), models="bench-model")
         services: dict[int, Service] = {}
         for n in (1, 2):
-            port = free_port(env.host)
-            config = env.workdir / f"workers-{n}.yaml"
-            text = STREAM_ROUTER_CONFIG.replace("{bind}", f"{env.host_in_url}:{port}")
-            text = text.replace("server:\n", f"server:\n  workers: {n}\n", 1)
-            config.write_text(text + backends)
-            services[n] = Service(f"router-w{n}", env.router_argv(f"router-w{n}", config),
-                                  env.host, port, env.workdir / f"router-w{n}.log",
-                                  env=env.router_env, ready_path="/health")
+            services[n] = _router_with(env, f"router-w{n}", f"workers: {n}", backends)
         with running(*services.values()):
             for r in range(rounds):
                 for n in ((1, 2) if r % 2 == 0 else (2, 1)):
@@ -731,6 +736,80 @@ def workers(env: Env) -> Report:
         f"a lower bound of what a second core gives)",
     ]
     return {"rps_1": rates[1], "rps_2": rates[2], "scaling": scale, "errors": errors}, lines
+
+
+# --- fronts ---------------------------------------------------------------------------------------
+
+
+def fronts(env: Env) -> Report:
+    """The native front vs the hypercorn front (``server.frontend``), same upstream, same
+    load, in one run: throughput at c=64, added latency at c=1 (router minus direct), and 64
+    paced streams (added TTFB and gap). Both serve HTTP/1.1 here: the cost of the front,
+    not what HTTP/2 buys a client."""
+    seconds = 2.0 if env.quick else 5.0
+    rounds = 1 if env.quick else 3
+    frames = 16 if env.quick else STREAM_FRAMES
+    names = ("native", "hypercorn")
+    prog = Progress("fronts", rounds * 5 + 3)
+    up = env.upstream("fronts-upstream")
+    backends = OPENAI_BACKEND.format(name="upstream", url=env.url(up), models="bench-model")
+    services: dict[str, Service] = {}
+    for name in names:
+        services[name] = _router_with(env, f"front-{name}", f"frontend: {name}", backends)
+    rps: dict[str, list[float]] = {n: [] for n in names}
+    lat: dict[str, dict[str, list[float]]] = {
+        n: {"p50": [], "p99": []} for n in ("direct", *names)}
+    errors = 0
+
+    def load(svc: Service, concurrency: int) -> loadgen.LoadResult:
+        nonlocal errors
+        request = loadgen.build_request(env.host, svc.port, CHAT_PATH)
+        result = loadgen.run_load(env.host, svc.port, request, concurrency, seconds)
+        errors += result.error_count
+        return result
+
+    streams: dict[str, dict[str, Any]] = {}
+    with running(up, *services.values()):
+        for svc in services.values():
+            load(svc, 64)  # warm-up
+        for r in range(rounds):
+            order = names if r % 2 == 0 else names[::-1]
+            for name in order:
+                prog.step(f"round {r + 1}/{rounds}: {name} c=64")
+                rps[name].append(load(services[name], 64).rps)
+            for name, svc in (("direct", up), *((n, services[n]) for n in order)):
+                prog.step(f"round {r + 1}/{rounds}: {name} c=1")
+                result = load(svc, 1)
+                lat[name]["p50"].append(result.percentile_ms(50))
+                lat[name]["p99"].append(result.percentile_ms(99))
+        for name, svc in (("direct", up), *((n, services[n]) for n in names)):
+            prog.step(f"{name}: 64 streams x {frames} frames")
+            _streams(env, svc, "bench-model", 64, 2, 0.001)
+            result = sse_client.summarize(
+                _streams(env, svc, "bench-model", 64, frames, STREAM_INTERVAL), STREAM_INTERVAL)
+            errors += sum(result["errors"].values())
+            streams[name] = result
+    out: dict[str, Any] = {"errors": errors, "rps": rps, "latency_ms": lat, "streams": streams}
+    lines = [
+        f"fronts (HTTP/1.1 clients; {seconds:g} s runs, {rounds} round(s), median): "
+        "added = router minus direct",
+        "",
+        "| front | req/s c=64 | added p50 ms c=1 | added p99 ms c=1 | added TTFB p99 ms "
+        "(64 streams) | added gap p99 ms | stalled |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    direct_stream = streams["direct"]
+    for name in names:
+        added50 = median(lat[name]["p50"]) - median(lat["direct"]["p50"])
+        added99 = median(lat[name]["p99"]) - median(lat["direct"]["p99"])
+        st = streams[name]
+        lines.append(
+            f"| {name} | {median(rps[name]):,.0f} | {added50:.3f} | {added99:.3f} "
+            f"| {_added(st, direct_stream, 'ttfb_p99_ms'):+.3f} "
+            f"| {_added(st, direct_stream, 'gap_p99_ms'):+.3f} | {st['stalled']} |")
+    native, hyper = median(rps["native"]), median(rps["hypercorn"])
+    lines += ["", f"fronts: hypercorn/native throughput {hyper / native if native else 0:.2f}"]
+    return out, lines
 
 
 # --- limits (issue 11) -------------------------------------------------------------------------
@@ -1125,6 +1204,7 @@ EXTRA: Final[dict[str, Callable[[Env], Report]]] = {
     "soak": soak,
     "startup": startup,
     "workers": workers,
+    "fronts": fronts,
     "limits": limits,
     "external": external,
 }

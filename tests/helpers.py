@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import trio
@@ -44,8 +45,17 @@ def router_config(
     return data
 
 
+#: The front ``start_router`` gives a router whose config names none (``server.frontend``):
+#: the end-to-end suites run against both (``tests/e2e/conftest.py``).
+FRONT: ContextVar[str] = ContextVar("FRONT", default="native")
+
+
 async def start_router(nursery: trio.Nursery, data: Mapping[str, Any]) -> RouterHandle:
     """Start a router from a config dict; returns its handle once it is listening."""
+    server = dict(data.get("server", {}))
+    if "frontend" not in server and FRONT.get() != "native":
+        server["frontend"] = FRONT.get()
+        data = {**data, "server": server}
     handle: RouterHandle = await nursery.start(serve, config_from_dict(data, source="<test>"))
     return handle
 

@@ -23,7 +23,7 @@ Embed it in a trio program::
 #   net            trio I/O: the HTTP server, the upstream pools, Redis, WebSocket relay
 #   testing        the mock upstream and other test doubles, public like trio.testing
 #   actors         the router's actors and the request path that runs through them
-#   the face       continuum/__init__.py, __main__.py, cli.py, admin_cli.py, mock.py
+#   the face       continuum/__init__.py, __main__.py, cli.py, admin_cli.py, mock.py, asgi.py
 #
 # A layer imports its own modules and the layers after its name below, nothing else:
 # nothing imports upward, not even under TYPE_CHECKING (declare a Protocol in the lower

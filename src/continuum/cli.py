@@ -159,6 +159,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         trio.run(_run, config, worker, args.config, hooks)
     except BaseException as exc:
         leaf = _sole_leaf(exc)
+        if isinstance(leaf, ConfigError):  # e.g. a server.tls file that does not load
+            print(f"trio-continuum: invalid config: {leaf}", file=sys.stderr)
+            return 2
         if isinstance(leaf, OSError):  # e.g. the port is taken: say so, no traceback
             print(f"trio-continuum: {leaf.strerror or leaf}", file=sys.stderr)
             return 1

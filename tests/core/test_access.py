@@ -92,6 +92,7 @@ def test_scopes() -> None:
     assert required_scope("HEAD", "/v1/models/x") == "read"
     assert required_scope("POST", "/v1/chat/completions") == "write"
     assert required_scope("POST", "/v1/files") == "files"
+    assert required_scope("GET", "/v1/realtime") == "write"  # a session is inference
     assert required_scope("GET", "/v1/files/file-1/content") == "files"
     everything = key("a")
     reader = key("b", scopes=frozenset({"read"}))

@@ -118,8 +118,7 @@ async def test_no_auth_admits_loopback_clients_only(nursery: trio.Nursery) -> No
     api = router.admin
 
     def conn(peer: Any) -> Any:
-        sock = SimpleNamespace(getpeername=lambda: peer)
-        return SimpleNamespace(stream=SimpleNamespace(socket=sock))
+        return SimpleNamespace(peer_address=lambda: peer)
 
     assert peer_of(conn(("10.1.2.3", 5000))) == ("10.1.2.3:5000", False)
     assert peer_of(conn(("::1", 5000, 0, 0))) == ("[::1]:5000", True)

@@ -32,15 +32,22 @@ KEYS = [
 ]
 
 
-def config(redis_url: str, on_error: str) -> dict[str, Any]:
+#: Each test runs once per front (the routers are processes: the autouse front fixture
+#: cannot reach them, so they name their front themselves).
+pytestmark = pytest.mark.front_given
+
+
+def config(redis_url: str, on_error: str, front: str) -> dict[str, Any]:
     return {
-        "server": {"shutdown_timeout": "2s"},
+        "server": {"shutdown_timeout": "2s", "frontend": front},
         "health_checks": {"enabled": False},
         "logging": {"level": "info"},
         "api_keys": {"mode": "blocking", "api_keys": KEYS},
         "rate_limiting": {"storage": "redis",
                           "redis": {"url": redis_url, "on_error": on_error,
-                                    "timeout": "300ms"}},
+                                    "timeout": "300ms",
+                                    # each front's pair counts apart in the one Redis
+                                    "key_prefix": f"continuum-{front}:"}},
         "backends": [
             {"name": "fast", "type": "mock", "models": ["fast"]},
             {"name": "slow", "type": "mock", "models": ["slow"], "mock": {"latency": 1.0}},
@@ -56,14 +63,16 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def routers(redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+@pytest.fixture(scope="module", params=["native", "hypercorn"])
+def routers(request: pytest.FixtureRequest, redis: RedisServer,
+            tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[RouterProcess, RouterProcess]]:
-    workdir: Path = tmp_path_factory.mktemp("shared-routers")
+    front = request.param
+    workdir: Path = tmp_path_factory.mktemp(f"shared-routers-{front}")
     (workdir / "a").mkdir()
     (workdir / "b").mkdir()
-    with RouterProcess(config(redis.url, "allow"), workdir / "a") as a, RouterProcess(
-        config(redis.url, "deny"), workdir / "b"
+    with RouterProcess(config(redis.url, "allow", front), workdir / "a") as a, RouterProcess(
+        config(redis.url, "deny", front), workdir / "b"
     ) as b:
         yield a, b
 

@@ -110,7 +110,13 @@ async def test_translated_stream_cut_short_counts_against_the_backend(
             r = await client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200
     assert b"error" in r.content and r.content.rstrip().endswith(b"data: [DONE]")
-    assert router.backends["claude"].failures == 1  # the cut stream is the backend's failure
+    # The cut stream is the backend's failure (recorded once the ending is handed over, which
+    # the client may read first).
+    with trio.fail_after(HANG_GUARD):
+        while router.backends["claude"].failures != 1:
+            await trio.sleep(0.01)
+    await trio.sleep(0.05)
+    assert router.backends["claude"].failures == 1
 
 
 async def test_timeout_504_carries_the_request_id(nursery: trio.Nursery) -> None:

@@ -311,3 +311,65 @@ async def test_two_mocks_in_one_process_are_independent(nursery: trio.Nursery) -
 
     assert await in_thread(run) == "session.created"
     assert (first.counters.sessions, second.counters.sessions) == (0, 1)
+
+
+# --- on the mock's own HTTP listener ------------------------------------------------------------
+
+
+async def test_the_http_mock_serves_realtime_on_its_own_port(nursery: trio.Nursery) -> None:
+    """A ``MockUpstream`` of the OpenAI API answers ``/v1/realtime`` upgrades on the port of
+    its HTTP API, as a real OpenAI-compatible server does; other paths stay HTTP."""
+    import httpx
+
+    from continuum.testing import MockUpstream, serve_mock
+
+    upstream = MockUpstream(models=[MODEL, "other"])
+    address = await nursery.start(serve_mock, upstream)
+    url = f"http://{address}/v1"
+    client = openai.OpenAI(base_url=url, api_key="sk", max_retries=0,
+                           websocket_base_url=url.replace("http:", "ws:"))
+
+    def run() -> tuple[str, str, int]:
+        with client.realtime.connect(model=MODEL) as conn:
+            created = conn.recv()
+            conn.send_raw(b"\x00\x01binary")
+            echoed = conn.recv_bytes()
+            assert echoed == b"\x00\x01binary"
+            conn.response.create()
+            done = next(e for e in conn if e.type == "response.done")
+            models = httpx.get(f"{url}/models").json()["data"]
+            return created.session.model, done.response.status, len(models)
+
+    model, status, listed = await in_thread(run)
+    assert (model, status, listed) == (MODEL, "completed", 2)
+    assert upstream.realtime.counters.sessions == 1
+    assert upstream.requests_by_path["/v1/realtime"] == 1
+    # Its model list is the HTTP API's; failures are queued on ``upstream.realtime``.
+    upstream.set_models(["other"])
+    status_code, body = await in_thread(
+        lambda: _refusal(f"ws://{address}/v1/realtime?model={MODEL}"))
+    assert status_code == 404 and body["error"]["code"] == "model_not_found"
+    upstream.realtime.fail_next("refuse", status=503)
+    status_code, body = await in_thread(
+        lambda: _refusal(f"ws://{address}/v1/realtime?model=other"))
+    assert status_code == 503 and body["error"]["code"] == "mock_refused"
+
+
+async def test_a_websocket_upgrade_elsewhere_on_the_http_mock_is_refused(
+    nursery: trio.Nursery,
+) -> None:
+    from continuum.testing import MockUpstream, serve_mock
+
+    address = await nursery.start(serve_mock, MockUpstream(models=[MODEL]))
+    status_code, _ = await in_thread(lambda: _refusal(f"ws://{address}/v1/models"))
+    assert status_code == 400
+
+
+def _refusal(url: str) -> tuple[int, Any]:
+    try:
+        with connect(url, open_timeout=20):
+            pass
+    except InvalidStatus as exc:
+        body = exc.response.body or b"{}"
+        return exc.response.status_code, json.loads(body) if body.startswith(b"{") else {}
+    raise AssertionError("the handshake was accepted")

@@ -33,8 +33,10 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Final, final
 
+import msgspec
 import trio
 
 from ..config import ApiKeyEntry, Config, LimitConfig
@@ -447,6 +449,22 @@ class AccessControl:
             self._settle(decision, tokens_used)
         for name, decision in admission.backend_decisions:
             self._settle(decision, tokens_used if name == backend else 0)
+
+    def charge(self, admission: Admission, tokens: int) -> None:
+        """Count ``tokens`` against the token limits an admitted request took, now, leaving
+        its leases and its reservation alone: a Realtime session's responses, as each ends
+        (the session's own :meth:`settle`, at its end, then refunds the reservation)."""
+        if tokens <= 0:
+            return
+        for decision in admission.decisions:
+            # The token limits only, as if admitted at cost 0: settling "used ``tokens``"
+            # against that adds exactly ``tokens`` (in memory and in Redis alike).
+            states = tuple(
+                msgspec.structs.replace(state, check=replace(state.check, cost=0.0))
+                for state in decision.states
+                if type(state.check) is RateCheck and state.check.tokens)
+            if states:
+                self._settle(Decision(True, states), tokens)
 
     def _settle(self, decision: Decision, tokens_used: int | None) -> None:
         memory = self._memory

@@ -72,16 +72,10 @@ def _time(seconds: float) -> str:
 
 
 def peer_of(conn: ServerConnection) -> tuple[str, bool]:
-    """The client's address as text, and whether it is local (loopback or a Unix socket).
-    A stream that wraps another (TLS) is looked through."""
-    stream: Any = conn.stream
-    while not hasattr(stream, "socket") and hasattr(stream, "transport_stream"):
-        stream = stream.transport_stream
-    sock = getattr(stream, "socket", None)
-    try:
-        peer = sock.getpeername() if sock is not None else None
-    except OSError:
-        peer = None
+    """The client's address as text, and whether it is local (loopback or a Unix socket),
+    from ``conn.peer_address()`` (through TLS; the ASGI scope's ``client`` on the hypercorn
+    front)."""
+    peer = conn.peer_address()
     if isinstance(peer, tuple) and peer:
         host = str(peer[0])
         try:
@@ -90,7 +84,7 @@ def peer_of(conn: ServerConnection) -> tuple[str, bool]:
             local = False
         shown = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
         return shown, local
-    if isinstance(peer, str | bytes) or sock is not None:
+    if isinstance(peer, str | bytes):
         return "unix socket", True
     return "unknown", False
 

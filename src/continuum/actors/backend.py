@@ -129,6 +129,9 @@ class BackendActor:
         ssl_context = None
         if origin.scheme == "https":
             ssl_context = make_ssl_context(config.ca_file, config.tls_verify)
+        #: The backend's TLS context (its CA file, verification), for other connections
+        #: than the pool's (the Realtime relay's WebSocket); None for http.
+        self.ssl_context = ssl_context
         #: HTTP/1.1 until ``open`` has settled the protocol (``http2: auto|always``).
         self.pool: Pool = HTTP1Pool(origin, limits, ssl_context)
         self.health = HealthState()

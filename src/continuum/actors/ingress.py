@@ -37,6 +37,7 @@ from ..core.errors import (
 from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH
 from ..core.messages import RequestObserved
+from ..core.realtime import REALTIME_PATH
 from ..net.server.connection import ProtocolError, Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
@@ -45,6 +46,7 @@ from .backend import BackendActor
 from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
 from .proxy import Proxy, RequestState, Served, client_key
+from .realtime import NO_LIMITS, LimitedSession, RealtimeServed, RealtimeTicket, realtime_key
 from .router import Router
 
 log = logging.getLogger("continuum.ingress")
@@ -188,6 +190,32 @@ class Ingress:
         self.config = config
         self._access_log = config.logging.access_log
 
+    def add_routes(self, routes: Mapping[str, tuple[str, Route]]) -> None:
+        """Register a subsystem's routes (path: (method, handler)), e.g. the Realtime
+        relay's ``GET /v1/realtime``. Their ``/v1/`` paths are authenticated like the rest."""
+        self._routes.update(routes)
+
+    async def admit_realtime(self, request: Request, conn: ServerConnection,
+                             state: RequestState, model: str, chain: tuple[str, ...]
+                             ) -> tuple[RealtimeTicket, tuple[str, ...]]:
+        """Admission of one Realtime session, before any backend is asked: the key (checked
+        by :meth:`handle`, from ``Authorization``, ``x-api-key`` or the browser's
+        ``openai-insecure-api-key.<key>`` subprotocol) must be allowed the model (403), and
+        the rate and concurrency limits admit it as one request (429). The ticket counts
+        each response's tokens against the token limits and gives back the session's
+        leases when it ends. Returns the ticket and the models of ``chain`` the key may use."""
+        access = self.access
+        admission = state.access
+        if access is None or admission is None:
+            return NO_LIMITS, chain
+        resolved = self.router.resolve(model)
+        chain = access.allowed_chain(admission, model, resolved, chain)
+        reservation = access.default_reservation if access.counts_tokens else 0.0
+        await access.admit(admission, request, conn, resolved, reservation)
+        if not admission.limited or not admission.decisions:
+            return NO_LIMITS, chain
+        return LimitedSession(access, admission), chain
+
     # -- dispatch ------------------------------------------------------------------------
 
     def _new_id(self) -> bytes:
@@ -248,7 +276,9 @@ class Ingress:
                     headers=[(b"allow", allow)],
                 )
             if self.access is not None and path.startswith("/v1/"):
-                state.access = self.access.authenticate(request, client_key(request))
+                state.access = self.access.authenticate(
+                    request, client_key(request) if path != REALTIME_PATH
+                    else realtime_key(request))
             served = await handler(request, conn, state)
             status = 200 if served is None else served.status
         except RouterError as exc:
@@ -308,7 +338,8 @@ class Ingress:
             if self._access_log:
                 self._log_access(state.id, request.method, path, obs, state.model,
                                  state.bytes_out,
-                                 state.access.label if state.access is not None else "-")
+                                 state.access.label if state.access is not None else "-",
+                                 served.session if isinstance(served, RealtimeServed) else None)
             if state.span is not None:
                 self._tracing.end(state.span, status)
 
@@ -343,9 +374,10 @@ class Ingress:
             request.headers.append((b"traceparent", new_traceparent()))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
-                    client_model: str, bytes_out: int, key: str) -> None:
+                    client_model: str, bytes_out: int, key: str,
+                    extra: Mapping[str, Any] | None = None) -> None:
         """The access line: ids, route, outcome and timings, the client key's id (its label:
-        never the key) — never content.
+        never the key) — never content. A Realtime session adds its counters (``extra``).
         Client-given values are cut to a bounded length; no body is parsed here (the model
         the client asked for comes from the request's state)."""
         if not access_log.isEnabledFor(logging.INFO):
@@ -367,6 +399,16 @@ class Ingress:
             "bytes_out": bytes_out,
             "key_id": key,
         }
+        if extra:  # a Realtime session's counters, after the common fields
+            fields.update(extra)
+            access_log.info(
+                _ACCESS_FORMAT + " %s", request_id, method, path, obs.status, model or "-",
+                obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,
+                "yes" if obs.stream else "no", bytes_out, key,
+                " ".join(f"{k}={'-' if v is None or v == '' else v}" for k, v in extra.items()),
+                extra={"access": fields},
+            )
+            return
         access_log.info(
             _ACCESS_FORMAT, request_id, method, path, obs.status, model or "-",
             obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,

@@ -27,6 +27,7 @@ from .catalog import ModelCatalog
 from .dedup import Deduplicator
 
 if TYPE_CHECKING:
+    from ..net.websocket_relay import RelayStats
     from ..observability.metrics import CounterChild, HistogramChild
 
 log = logging.getLogger("continuum.metrics")
@@ -131,6 +132,24 @@ class MetricsSink:
             if counter is None:
                 counter = self._failover_children[label] = self.metrics.failovers.labels(label)
             counter.inc()
+
+    def realtime_started(self) -> None:
+        """A Realtime session began (called by the relay's gateway; no await)."""
+        self.metrics.realtime_active.inc()
+
+    def realtime_ended(self, backend: str, stats: RelayStats | None) -> None:
+        """A Realtime session that ``realtime_started`` ended; ``stats`` is what its relay
+        did (None: it ended before relaying). Once per session, so applied at once."""
+        m = self.metrics
+        m.realtime_active.dec()
+        if stats is None:
+            return
+        m.realtime_sessions.labels(backend, stats.ended_by).inc()
+        m.realtime_duration.labels(backend).observe(stats.duration)
+        m.realtime_messages.labels(backend, "client_to_upstream").inc(stats.client_messages)
+        m.realtime_messages.labels(backend, "upstream_to_client").inc(stats.upstream_messages)
+        m.realtime_bytes.labels(backend, "client_to_upstream").inc(stats.client_bytes)
+        m.realtime_bytes.labels(backend, "upstream_to_client").inc(stats.upstream_bytes)
 
     def refresh_gauges(self) -> None:
         m = self.metrics

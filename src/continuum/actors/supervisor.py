@@ -6,20 +6,23 @@ several routers run side by side in one process.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Protocol, final
 
 import trio
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..core.errors import JSON_HEADERS, render_error
 from ..core.messages import ControlMessage, RequestObserved
 from ..net.redis import RedisClient, RedisError
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
+from ..net.server.tls import make_server_context, reload_server_context
 from ..observability.metrics import Metrics
 from .access import AccessControl, needed, redis_client
 from .admin import PREFIX as ADMIN_PREFIX
@@ -34,6 +37,7 @@ from .ingress import Ingress
 from .metrics import MetricsSink, serve_metrics
 from .prober import HealthProber
 from .proxy import Proxy
+from .realtime import RealtimeGateway
 from .reload import Outcome, Reconfigurer, ReloadHooks, first_version, register_sections
 from .router import Router
 from .startup import log_startup_summary
@@ -41,6 +45,7 @@ from .versions import ConfigVersion, MemoryVersions, SharedVersions, VersionStor
 from .workers import SYNC_PATH, WorkerEnvironment, gather_metrics, notify_siblings
 
 if TYPE_CHECKING:
+    from ..net.server.asgi import AsgiFront
     from ..testing._upstream import MockUpstream
 
 log = logging.getLogger("continuum.supervisor")
@@ -57,6 +62,21 @@ _OBSERVATION_BUFFER: Final = 16384
 #: ``abort`` gives streams at most this long to write theirs.
 ENDING_GRACE: Final = 1.0
 _ENDING_RECHECK: Final = 0.05
+
+
+class Front(Protocol):
+    """Who speaks HTTP to clients: ``HTTPServer`` (native), ``HypercornFront``, or the
+    embedded ASGI app's ``_EmbeddedFront``. ``run`` returns once drained."""
+
+    @property
+    def addresses(self) -> list[str]: ...
+
+    @property
+    def connections(self) -> Collection[object]: ...
+
+    def drain(self) -> None: ...
+
+    async def run(self) -> None: ...
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -81,10 +101,11 @@ class _Stop:
     ``abort`` (now). Either way a stream still running is not cut mid-chunk: it gets the
     error event of its API first (``Proxy.stop_streams``)."""
 
-    def __init__(self, server: HTTPServer, proxy: Proxy, front: trio.CancelScope,
-                 timeout: float) -> None:
+    def __init__(self, server: Front, proxy: Proxy, front: trio.CancelScope,
+                 timeout: float, realtime: RealtimeGateway | None = None) -> None:
         self._server = server
         self._proxy = proxy
+        self._realtime = realtime
         self._front = front
         self._timeout = timeout
         self._draining = False
@@ -113,6 +134,8 @@ class _Stop:
         """From ``at`` on, end the streams still running (again every 50 ms for streams
         that were only starting) until the server cuts every connection at ``until``."""
         await trio.sleep_until(at)
+        if self._realtime is not None:
+            self._realtime.stop()  # both hops of each session get 1001 before the cut
         while True:
             self._proxy.stop_streams()
             if trio.current_time() >= until:
@@ -120,6 +143,8 @@ class _Stop:
             await trio.sleep(_ENDING_RECHECK)
 
     async def _abort(self) -> None:
+        if self._realtime is not None:
+            self._realtime.stop()
         proxy = self._proxy
         with trio.move_on_after(ENDING_GRACE):
             while proxy.streams:  # a stream leaves the set once its ending is written
@@ -134,7 +159,7 @@ class RouterHandle:
 
     def __init__(
         self,
-        server: HTTPServer,
+        server: Front,
         router: Router,
         catalog: ModelCatalog,
         metrics: MetricsSink,
@@ -158,6 +183,23 @@ class RouterHandle:
         #: The admin API (``admin.set_key_check`` plugs client keys with the admin scope in).
         self.admin = admin
         self._server = server
+        #: The client-side TLS context (``server.tls``), None without TLS.
+        self.ssl_context: ssl.SSLContext | None = getattr(server, "ssl_context", None)
+
+    def reload_tls(self) -> bool:
+        """Re-read ``server.tls``'s certificate, key and client CA files: new connections
+        use them, open ones keep theirs. False when TLS is off. Raises ``ConfigError`` for
+        a missing or bad file, and then nothing changed (the files are proven first)."""
+        context = self.ssl_context
+        tls = self.config.server.tls
+        if context is None or tls.cert_file is None:
+            return False
+        try:
+            reload_server_context(context, tls.cert_file, tls.key_file, tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load: {exc}", path="server.tls") from None
+        log.info("server.tls reloaded from %s", tls.cert_file)
+        return True
 
     @property
     def config(self) -> Config:
@@ -175,7 +217,8 @@ class RouterHandle:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the first TCP address (handy for clients and tests)."""
+        """``http://host:port`` of the first TCP address (``https`` with ``server.tls``;
+        handy for clients and tests)."""
         for address in self.addresses:
             if not address.startswith("unix:"):
                 host, _, port = address.rpartition(":")
@@ -183,7 +226,8 @@ class RouterHandle:
                     host = "127.0.0.1"
                 elif host == "[::]":
                     host = "[::1]"
-                return f"http://{host}:{port}"
+                scheme = "https" if self.ssl_context is not None else "http"
+                return f"{scheme}://{host}:{port}"
         raise LookupError("the router listens on Unix sockets only")
 
     def shutdown(self) -> None:
@@ -214,12 +258,13 @@ async def serve(
     ``POST /admin/config/reload``); by default the file ``config`` was loaded from, if any.
     """
     server_cfg = config.server
+    tls = server_tls_context(config)  # a bad certificate is refused before anything binds
     # Bind first: a taken port is a plain OSError before anything else has started.
     listeners = await open_listeners(server_cfg.bind_address, socket_mode=server_cfg.socket_mode)
     first = first_version(config)
     try:
         await _serve(first, listeners, task_status, None, _config_file(config, config_file),
-                     hooks, MemoryVersions(first))
+                     hooks, MemoryVersions(first), tls)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
@@ -241,6 +286,7 @@ async def serve_worker(
 ) -> None:
     """``serve`` as one of ``server.workers`` processes (see ``continuum.actors.workers``): TCP
     addresses joined with SO_REUSEPORT, Unix ones inherited, metrics summed over workers."""
+    tls = server_tls_context(config)
     listeners = await open_listeners(
         worker.bind, socket_mode=config.server.socket_mode, reuse_port=True,
         inherited=worker.inherited,
@@ -253,10 +299,101 @@ async def serve_worker(
             store.append(first_version(config))
     try:
         await _serve(store.latest(), listeners, task_status, worker,
-                     _config_file(config, config_file), hooks, store)
+                     _config_file(config, config_file), hooks, store, tls)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+def server_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The client-side TLS context of ``server.tls`` (None when it has no ``cert_file``);
+    a file that does not load is a ``ConfigError``, and so is a front whose optional
+    packages are not installed."""
+    server = config.server
+    if server.frontend == "hypercorn" and importlib.util.find_spec("hypercorn") is None:
+        raise ConfigError("hypercorn is not installed: pip install 'trio-continuum[hypercorn]'",
+                          source=config.source, path="server.frontend")
+    if server.http3 and importlib.util.find_spec("aioquic") is None:
+        raise ConfigError("HTTP/3 needs aioquic: pip install 'trio-continuum[http3]'",
+                          source=config.source, path="server.http3")
+    tls = config.server.tls
+    if tls.cert_file is None:
+        return None
+    alpn = ("h2", "http/1.1") if config.server.frontend == "hypercorn" else ("http/1.1",)
+    try:
+        return make_server_context(tls.cert_file, tls.key_file, tls.client_ca_file,
+                                   tls.min_version, alpn)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load: {exc}", source=config.source,
+                          path="server.tls") from None
+
+
+def _asgi_front(
+    config: Config, listeners: list[trio.SocketListener], ingress: Ingress, limits: HTTPLimits,
+    timer_resolution: float, tls: ssl.SSLContext | None, unlink_unix: bool,
+    embed: AsgiFront | None,
+) -> Front:
+    """The ASGI front: the router's handler as an ASGI app (``embed``, when an ASGI server
+    outside runs it: ``continuum.asgi``), or served by hypercorn on ``listeners``."""
+    from ..net.server.asgi import AsgiFront
+
+    if embed is not None:
+        embed.attach(ingress.handle, limits, refuse=ingress.refuse,
+                     timer_resolution=timer_resolution)
+        return _EmbeddedFront(embed, config.server.shutdown_timeout)
+    from ..net.server.hypercorn_front import HypercornFront
+
+    server_cfg = config.server
+    app = AsgiFront(ingress.handle, limits, render_error=render_error, refuse=ingress.refuse,
+                    timer_resolution=timer_resolution)
+    return HypercornFront(
+        listeners, app, shutdown_timeout=server_cfg.shutdown_timeout,
+        keepalive_timeout=server_cfg.keepalive_timeout,
+        max_header_size=server_cfg.max_header_size,
+        handshake_timeout=server_cfg.request_read_timeout,
+        websocket_max_message_size=config.realtime.max_message_size,
+        ssl_context=tls, cert_file=server_cfg.tls.cert_file, key_file=server_cfg.tls.key_file,
+        http3=server_cfg.http3, unlink_unix=unlink_unix,
+    )
+
+
+@final
+class _EmbeddedFront:
+    """The front of a router inside another ASGI server: nothing to accept; ``run`` sweeps
+    the requests' timers until drained and the last request has ended (at most
+    ``shutdown_timeout`` later)."""
+
+    def __init__(self, app: AsgiFront, shutdown_timeout: float) -> None:
+        self.app = app
+        self.addresses: list[str] = []
+        self.connections = app.connections
+        self._timeout = shutdown_timeout
+        self._drained = trio.Event()
+
+    def drain(self) -> None:
+        self.app.drain()
+        self._drained.set()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.app.run)
+            await self._drained.wait()
+            with trio.move_on_after(self._timeout):
+                await self.app.wait_idle()
+            nursery.cancel_scope.cancel()
+
+
+async def serve_asgi(
+    config: Config,
+    app: AsgiFront,
+    *,
+    task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one router whose clients come through ``app``, an ASGI application run by an ASGI
+    server outside (``continuum.asgi``): no listener of its own; otherwise as ``serve``."""
+    first = first_version(config)
+    await _serve(first, [], task_status, None, _config_file(config, None), None,
+                 MemoryVersions(first), None, app)
 
 
 async def _serve_worker_socket(sink: MetricsSink, reconfigurer: Reconfigurer,
@@ -284,6 +421,8 @@ async def _serve(
     config_file: str | None,
     hooks: ReloadHooks | None,
     store: VersionStore,
+    tls: ssl.SSLContext | None = None,
+    embed: AsgiFront | None = None,
 ) -> None:
     config = start.config
     server_cfg = config.server
@@ -300,7 +439,7 @@ async def _serve(
         prober = HealthProber(backends, config.health_checks, control_send)
         dedup_cfg = config.cache.deduplication
         dedup = Deduplicator(dedup_cfg.ttl) if dedup_cfg.enabled else None
-        connections: list[HTTPServer] = []
+        connections: list[Front] = []
         sink = MetricsSink(Metrics(), backends, lambda m: bool(router.candidates(m)), catalog,
                            lambda: len(connections[0].connections) if connections else 0,
                            dedup)
@@ -322,13 +461,24 @@ async def _serve(
         )
         ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
                           fronts.matches, access=access)
+        realtime: RealtimeGateway | None = None
+        if config.realtime.enabled:
+            realtime = RealtimeGateway(config, router, sink, ingress.admit_realtime)
+            ingress.add_routes(realtime.routes())
         shortest = min(limits.keepalive_timeout, limits.request_read_timeout,
                        config.request.timeout, config.request.idle_timeout)
-        server = HTTPServer(listeners, ingress.handle, limits,
-                            shutdown_timeout=server_cfg.shutdown_timeout,
-                            render_error=render_error, refuse=ingress.refuse,
-                            timer_resolution=shortest / 10,
-                            unlink_unix=worker is None)
+        server: Front
+        if embed is not None or server_cfg.frontend == "hypercorn":
+            server = _asgi_front(config, listeners, ingress, limits, shortest / 10, tls,
+                                 worker is None, embed)
+        else:
+            server = HTTPServer(listeners, ingress.handle, limits,
+                                shutdown_timeout=server_cfg.shutdown_timeout,
+                                render_error=render_error, refuse=ingress.refuse,
+                                timer_resolution=shortest / 10,
+                                unlink_unix=worker is None,
+                                upgrade_paths=frozenset(realtime.routes()) if realtime else
+                                frozenset(), ssl_context=tls)
         if worker is not None:
             sink.gather = partial(gather_metrics, worker)
         connections.append(server)
@@ -374,8 +524,9 @@ async def _serve(
                                      shutdown_timeout=server_cfg.shutdown_timeout))
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
-        stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout)
+        stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout, realtime)
         handle = RouterHandle(server, router, catalog, sink, stop, reconfigurer, fleet, admin)
+        reconfigurer.add_reload_hook(partial(_reload_tls, handle))
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)
         metrics_cfg = config.metrics
@@ -403,6 +554,16 @@ async def _serve(
                 with trio.CancelScope(shield=True):
                     await redis.aclose()
             root.cancel_scope.cancel()
+
+
+def _reload_tls(handle: RouterHandle) -> None:
+    """A reload hook (``SIGHUP``, the file watcher, ``POST /admin/config/reload``): read the
+    ``server.tls`` files again, so a renewed certificate is served without a restart. A file
+    that does not load is logged and the certificate in use stays."""
+    try:
+        handle.reload_tls()
+    except ConfigError as exc:
+        log.error("server.tls not reloaded (the certificate in use stays): %s", exc)
 
 
 async def _first_redis_call(redis: RedisClient) -> None:

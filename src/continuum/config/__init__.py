@@ -53,12 +53,14 @@ from ._schema import MockConfig as MockConfig
 from ._schema import MockFailure as MockFailure
 from ._schema import RateLimitingConfig as RateLimitingConfig
 from ._schema import RateLimitsConfig as RateLimitsConfig
+from ._schema import RealtimeConfig as RealtimeConfig
 from ._schema import RedisConfig as RedisConfig
 from ._schema import RequestConfig as RequestConfig
 from ._schema import ResponsesConfig as ResponsesConfig
 from ._schema import ResponsesRedisConfig as ResponsesRedisConfig
 from ._schema import RoutingConfig as RoutingConfig
 from ._schema import ServerConfig as ServerConfig
+from ._schema import ServerTlsConfig as ServerTlsConfig
 from ._schema import TracingConfig as TracingConfig
 from ._secrets import masked_builtins as masked_builtins
 from ._secrets import restore_secrets as restore_secrets
@@ -97,12 +99,14 @@ __all__ = [
     "MockFailure",
     "RateLimitingConfig",
     "RateLimitsConfig",
+    "RealtimeConfig",
     "RedisConfig",
     "RequestConfig",
     "ResponsesConfig",
     "ResponsesRedisConfig",
     "RoutingConfig",
     "ServerConfig",
+    "ServerTlsConfig",
     "TracingConfig",
     "canonical_patch",
     "carry",

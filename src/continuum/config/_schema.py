@@ -62,6 +62,21 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     pass
 
 
+class ServerTlsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """TLS on the client side (``server.tls``): on when ``cert_file`` is set."""
+
+    cert_file: str | None = None
+    #: None: the key is in ``cert_file``.
+    key_file: str | None = None
+    #: A CA bundle (PEM): clients must present a certificate it signed (mutual TLS).
+    client_ca_file: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
 class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     bind_address: BindAddresses = ("0.0.0.0:8080",)
     socket_mode: FileMode = None
@@ -74,6 +89,12 @@ class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     request_read_timeout: PositiveDuration = 30.0
     write_timeout: PositiveDuration = 60.0
     shutdown_timeout: Duration = 30.0
+    #: Who speaks HTTP to clients: the router's own HTTP/1.1 server, or hypercorn (HTTP/2,
+    #: h2c, HTTP/3 with ``http3``) serving ``continuum.asgi``.
+    frontend: Literal["native", "hypercorn"] = "native"
+    tls: ServerTlsConfig = ServerTlsConfig()
+    #: hypercorn front with TLS: also serve HTTP/3 (QUIC, UDP) on the same ports.
+    http3: bool = False
 
 
 class RequestConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -180,6 +201,24 @@ class TracingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     service_name: str = "trio-continuum"
     exporter: Literal["console", "otlp"] = "console"
     endpoint: str = ""  # OTLP/HTTP traces URL; "" lets the exporter use its default
+
+
+class RealtimeConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The Realtime API relay (``GET /v1/realtime`` WebSocket sessions)."""
+
+    enabled: bool = True
+    #: Largest WebSocket message from either side (base64 audio frames are large).
+    max_message_size: Size = 16 * 1024 * 1024
+    #: Messages queued per hop before its socket is no longer read (backpressure).
+    message_queue_size: NonNegInt = 1
+    #: Keep-alive ping period on each hop; 0 sends none.
+    ping_interval: Duration = 20.0
+    ping_timeout: PositiveDuration = 20.0
+    #: Upstream TCP, TLS and WebSocket handshake, per attempt.
+    connect_timeout: PositiveDuration = 10.0
+    close_timeout: PositiveDuration = 5.0
+    #: Sessions at once (per router process); 0 = no limit. Past it: 503.
+    max_sessions: NonNegInt = 0
 
 
 #: What a client key may do (see ``core.access.required_scope``): ``read`` (GET on /v1),
@@ -418,6 +457,7 @@ class Config(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     hot_reload: HotReloadConfig = HotReloadConfig()
     rate_limiting: RateLimitingConfig = RateLimitingConfig()
     cors: CorsConfig = CorsConfig()
+    realtime: RealtimeConfig = RealtimeConfig()
     responses: ResponsesConfig = ResponsesConfig()
     files: FilesConfig = FilesConfig()
     backends: tuple[BackendConfig, ...] = ()

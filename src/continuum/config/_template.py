@@ -23,6 +23,13 @@ server:
   request_read_timeout: 30s         # a client must deliver a whole request within this (else 408)
   write_timeout: 60s                # a client that accepts no bytes of an answer for this long is disconnected
   shutdown_timeout: 30s             # graceful drain deadline on shutdown
+  frontend: native                  # native (the router's own HTTP/1.1 server) | hypercorn (HTTP/2, h2c, HTTP/3; needs the hypercorn extra)
+  http3: false                      # hypercorn front with tls: also serve HTTP/3 (QUIC, UDP) on the same ports; needs the http3 extra
+  tls:                              # TLS for clients: on when cert_file is set (its files are re-read on every reload)
+    cert_file: null                 # certificate chain (PEM)
+    key_file: null                  # private key (PEM); null = in cert_file
+    client_ca_file: null            # CA bundle (PEM): clients must present a certificate it signed (mutual TLS)
+    min_version: "1.2"              # "1.2" | "1.3"
 
 request:
   timeout: 60s                      # upstream deadline for a non-streaming request (504 after it)
@@ -160,6 +167,16 @@ cors:
   expose_headers: [x-request-id, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, retry-after, x-continuum-backend, x-continuum-model]
   allow_credentials: false          # send Access-Control-Allow-Credentials (the origin is then echoed, never "*")
   max_age: 600s                     # how long a browser may cache a preflight answer
+
+realtime:                           # the Realtime API relay: GET /v1/realtime?model=M WebSocket sessions
+  enabled: true                     # false: /v1/realtime is not routed (404)
+  max_message_size: 16MiB           # largest WebSocket message from either side (larger: closed with 1009 / 1011)
+  message_queue_size: 1             # messages queued per hop before its socket is no longer read (backpressure)
+  ping_interval: 20s                # keep-alive ping on each hop; 0 = none
+  ping_timeout: 20s                 # a hop whose pong is this late is taken for dead
+  connect_timeout: 10s              # upstream TCP, TLS and WebSocket handshake, per attempt (then another backend)
+  close_timeout: 5s                 # closing both hops may take this long
+  max_sessions: 0                   # sessions at once per process; past it 503; 0 = no limit
 
 admin:                              # the admin API: /admin/config, /admin/backends, ... (docs/admin-api.md)
   bind_address: null                # a separate "host:port" for the admin API; null = the main port

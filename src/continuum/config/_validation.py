@@ -443,6 +443,21 @@ def _check_url(url: str, path: str, ctx: Context) -> None:
                               f"got {ctx.show(path, mask_url(url))}")
 
 
+def _check_server_tls(cfg: Config, ctx: Context) -> None:
+    """``server.tls`` files exist (they are loaded when the router starts), and the front
+    options that need TLS or hypercorn have them."""
+    server = cfg.server
+    tls = server.tls
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        value = getattr(tls, key)
+        if value is not None and not Path(value).is_file():
+            raise ctx.error(f"server.tls.{key}", f"file not found: {value!r}")
+    if not tls.enabled and (tls.key_file is not None or tls.client_ca_file is not None):
+        raise ctx.error("server.tls.cert_file", "key_file and client_ca_file need a cert_file")
+    if server.http3 and (server.frontend != "hypercorn" or not tls.enabled):
+        raise ctx.error("server.http3", "HTTP/3 needs server.frontend: hypercorn and server.tls")
+
+
 def _check_tcp_address(address: str | None, path: str, ctx: Context) -> None:
     """A separate listener's ``host:port`` (metrics, admin)."""
     if address is None:
@@ -481,6 +496,7 @@ def check_semantics(cfg: Config, ctx: Context) -> Config:
     endpoint = cfg.tracing.endpoint
     if endpoint:
         _check_url(endpoint, "tracing.endpoint", ctx)
+    _check_server_tls(cfg, ctx)
 
     cfg = _check_api_keys(cfg, ctx)
     _check_rate_limiting(cfg, ctx)

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
+from .realtime import REALTIME_PATH
+
 #: A presented key longer than this is unknown without being hashed (no configured key is
 #: that long; hashing a 64 KiB header would cost tens of microseconds per request).
 MAX_KEY_LENGTH: Final = 512
@@ -60,10 +62,11 @@ def key_digest(key: bytes) -> str:
 
 def required_scope(method: str, path: str) -> str:
     """The scope a request needs: ``files`` for the Files API, ``read`` to look
-    (GET, HEAD), ``write`` for everything else (inference creates content)."""
+    (GET, HEAD), ``write`` for everything else (inference creates content; a Realtime
+    session, although a GET, is inference)."""
     if path.startswith("/v1/files"):
         return "files"
-    if method in ("GET", "HEAD"):
+    if method in ("GET", "HEAD") and path != REALTIME_PATH:
         return "read"
     return "write"
 

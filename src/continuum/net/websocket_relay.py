@@ -36,7 +36,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import trio
 import trio_websocket
@@ -98,6 +98,26 @@ class RelaySettings:
 
 
 DEFAULT_SETTINGS: Final = RelaySettings()
+
+
+class MessageConnection(Protocol):
+    """What the relay needs of each hop: trio-websocket's ``WebSocketConnection`` has it, and
+    so does the ASGI front's WebSocket (``continuum.net.server.asgi``). A closed hop raises
+    ``trio_websocket.ConnectionClosed``."""
+
+    @property
+    def closed(self) -> CloseReason | None: ...
+
+    @property
+    def subprotocol(self) -> str | None: ...
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str | bytes) -> None: ...
+
+    async def ping(self, payload: bytes | None = None) -> None: ...
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 # --- the client's side ---------------------------------------------------------------------
@@ -419,7 +439,7 @@ def _code_and_reason(reason: CloseReason | None) -> tuple[int, str | None]:
     return (1006, None) if reason is None else (reason.code, reason.reason)
 
 
-async def _cut(connection: WebSocketConnection) -> None:
+async def _cut(connection: MessageConnection) -> None:
     """Close ``connection`` without waiting for its peer: trio-websocket's ``aclose`` closes
     the stream when it is cancelled (a no-op on a connection already closed)."""
     with trio.CancelScope(shield=True), trio.move_on_after(0):
@@ -433,8 +453,8 @@ class _Relay:
 
     def __init__(
         self,
-        client: WebSocketConnection,
-        upstream: WebSocketConnection,
+        client: MessageConnection,
+        upstream: MessageConnection,
         settings: RelaySettings,
         observer: Observer | None,
     ) -> None:
@@ -455,7 +475,7 @@ class _Relay:
         #: A pump is inside send_message (it may be held there by a peer that does not read).
         self.sending_up = False
         self.sending_down = False
-        self._unresponsive: WebSocketConnection | None = None
+        self._unresponsive: MessageConnection | None = None
         self._scope: trio.CancelScope | None = None
 
     def _end(self, ended_by: str, code: int | None, reason: str | None) -> None:
@@ -546,7 +566,7 @@ class _Relay:
         A dead hop sends nothing, so its pump is idle and it is blamed itself."""
         return self.sending_down if is_upstream else self.sending_up
 
-    async def _keepalive(self, connection: WebSocketConnection, is_upstream: bool) -> None:
+    async def _keepalive(self, connection: MessageConnection, is_upstream: bool) -> None:
         interval, timeout = self.settings.ping_interval, self.settings.ping_timeout
         while True:
             await trio.sleep(interval)
@@ -631,11 +651,12 @@ class _Relay:
 
 
 async def relay(
-    client: WebSocketConnection,
-    upstream: WebSocketConnection,
+    client: MessageConnection,
+    upstream: MessageConnection,
     *,
     settings: RelaySettings = DEFAULT_SETTINGS,
     observer: Observer | None = None,
+    report: Callable[[RelayStats], None] | None = None,
 ) -> RelayStats:
     """Relay messages both ways until a side ends; close the other side accordingly; return
     the counters. Text and binary messages go through as they are. ``observer`` sees every
@@ -646,7 +667,8 @@ async def relay(
     upstream that vanishes (no close frame), sends a message larger than ``max_message_size``
     or misses a ping gives the client an ``error`` event and a 1011 close. A client that
     vanishes or misses a ping closes the upstream with 1001. Cancelling ``relay`` closes both
-    with 1001. Both connections are closed when it returns.
+    with 1001. Both connections are closed when it returns. ``report`` gets the counters too,
+    even when ``relay`` is cancelled (then it raises instead of returning them).
     """
     session = _Relay(client, upstream, settings, observer)
     started = trio.current_time()
@@ -654,6 +676,8 @@ async def relay(
         await session.run()
     finally:
         await session.close()
+        if report is not None:
+            report(session.stats(trio.current_time() - started))
     return session.stats(trio.current_time() - started)
 
 

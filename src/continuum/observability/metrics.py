@@ -32,6 +32,8 @@ OVERHEAD_BUCKETS: Final = (
     0.5, 1.0, 2.5, 5.0,
 )
 
+#: Realtime sessions: seconds to an hour.
+SESSION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 #: Redis round trips: a loopback call is ~0.1 ms, a slow one is cut at its timeout.
 REDIS_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -230,6 +232,31 @@ class Metrics:
         self.observations_dropped = Counter(
             "continuum_observations_dropped",
             "Observations dropped because the metrics sink lagged.", registry=r,
+        )
+        # The Realtime relay (WebSocket sessions), applied once per session.
+        self.realtime_active = Gauge(
+            "continuum_realtime_sessions_active", "Realtime sessions being relayed now.",
+            registry=r,
+        )
+        self.realtime_sessions = LabeledCounter(
+            "continuum_realtime_sessions",
+            "Realtime sessions relayed, by backend and by how they ended (client, upstream, "
+            "upstream_error, client_timeout, cancelled).", ["backend", "ended_by"], r,
+        )
+        self.realtime_duration = LabeledHistogram(
+            "continuum_realtime_session_duration_seconds",
+            "Realtime sessions: from the relay's start to both hops closed.", ["backend"], r,
+            buckets=SESSION_BUCKETS,
+        )
+        self.realtime_messages = LabeledCounter(
+            "continuum_realtime_messages",
+            "WebSocket messages relayed (client_to_upstream, upstream_to_client), counted "
+            "when the session ends.", ["backend", "direction"], r,
+        )
+        self.realtime_bytes = LabeledCounter(
+            "continuum_realtime_bytes",
+            "WebSocket payload bytes relayed, by direction, counted when the session ends.",
+            ["backend", "direction"], r,
         )
         # Access control and rate limits (issue 11). Label values are fixed sets.
         self.rate_limited = LabeledCounter(

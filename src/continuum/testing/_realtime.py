@@ -22,7 +22,9 @@ each after a given number of server events; and ``drip`` (a delay before every e
 
 It imports only trio, trio-websocket, msgspec and the standard library, and serves its own
 listener (:func:`serve_mock_realtime`); :meth:`MockRealtime.serve_stream` takes any accepted
-trio stream, so another listener can hand connections to it. No module-level state.
+trio stream, so another listener can hand connections to it: every ``MockUpstream`` of the
+OpenAI API has one (``upstream.realtime``) on its own HTTP port, as a real OpenAI-compatible
+server would. No module-level state.
 """
 
 from __future__ import annotations
@@ -147,11 +149,12 @@ class _Line(trio.abc.Stream):
 
     async def reset(self) -> None:
         """Close with a TCP RST where possible: the peer sees the connection die, no close."""
-        if isinstance(self.stream, trio.SocketStream):
+        inner: object = self.stream
+        while not isinstance(inner, trio.SocketStream) and hasattr(inner, "stream"):
+            inner = inner.stream  # a wrapper (the HTTP listener's replay of the head)
+        if isinstance(inner, trio.SocketStream):
             with contextlib.suppress(OSError):
-                self.stream.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
+                inner.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await trio.aclose_forcefully(self.stream)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:

@@ -44,12 +44,14 @@ from ..core.errors import render_error
 from ..core.multipart import MultipartError, form_boundary
 from ..net.server.connection import HTTPLimits, Request, ServerConnection, status_line
 from ..net.server.listeners import HTTPServer, open_listeners
+from ..net.websocket_relay import ReplayStream, handshake_request
 from . import _anthropic as anth
 from . import _gemini as gem
 from . import _media as media
 from . import _openai as oai
 from . import _responses as responses
 from ._failures import INFERENCE_PATHS, Failure, FailurePlan
+from ._realtime import MockRealtime
 from ._replies import SSE_HEADERS, Reply, Settings, StreamReply, json_reply
 from ._responses import ResponseStore
 
@@ -87,6 +89,9 @@ _RESPONSES_PREFIX: Final = "/v1/responses/"
 _GET_DELETE: Final = ("GET", "DELETE")
 _LIMITS: Final = HTTPLimits(stream_paths=frozenset(p.encode() for p in _FORM_PATHS),
                             max_upload_size=1 << 32)
+#: The Realtime API's WebSocket path, served on the same listener (OpenAI API only).
+_REALTIME_PATH: Final = "/v1/realtime"
+_UPGRADE_PATHS: Final = frozenset({_REALTIME_PATH})
 
 Api = Literal["openai", "anthropic", "gemini"]
 APIS: Final[tuple[Api, ...]] = ("openai", "anthropic", "gemini")
@@ -153,6 +158,9 @@ class MockUpstream:
         #: The API this upstream speaks (fixed at construction).
         self.api: Api = chosen
         self.name = name
+        #: The Realtime API (WebSocket) on the same listener: ``GET /v1/realtime?model=M``
+        #: with ``Upgrade: websocket`` (OpenAI API only). Its own failures and counters.
+        self.realtime = MockRealtime(models, name=f"{name}-realtime")
         self.models: tuple[str, ...] = ()
         self.set_models(models)
         self.latency = 0.0
@@ -234,6 +242,7 @@ class MockUpstream:
         if isinstance(models, str):
             raise TypeError("models must be a sequence of model names, not a string")
         self.models = tuple(models)
+        self.realtime.models = frozenset(self.models)
 
     def set_health_status(self, status: int) -> None:
         """What ``GET /health`` and ``GET /v1/models`` answer with (e.g. 503 = warming up)."""
@@ -248,6 +257,9 @@ class MockUpstream:
         path = request.path
         self.requests += 1
         self.requests_by_path[path] = self.requests_by_path.get(path, 0) + 1
+        if conn.upgrade is not None and self.api == "openai":
+            await self._realtime(request, conn)
+            return
         if request.method == "POST":
             self._record(request)
         if self.api != "openai":
@@ -285,6 +297,14 @@ class MockUpstream:
             await self._deliver(conn, await self._form_answer(path, request), failure)
             return
         await self._deliver(conn, self._answer(path, request.body, request.method), failure)
+
+    async def _realtime(self, request: Request, conn: ServerConnection) -> None:
+        """A WebSocket upgrade on ``/v1/realtime``: the session goes to :attr:`realtime`
+        (which answers the handshake itself, refusals included)."""
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        head = handshake_request(request.method, target, request.headers)
+        stream, rest = conn.detach()
+        await self.realtime.serve_stream(ReplayStream(stream, head + rest))
 
     def _serves(self, path: str) -> bool:
         served = self.endpoints
@@ -704,7 +724,8 @@ async def open_mock_server(upstream: MockUpstream, bind: str = "127.0.0.1:0") ->
     here."""
     listeners = await open_listeners([bind])
     return HTTPServer(
-        listeners, upstream.handle, _LIMITS, shutdown_timeout=0.0, render_error=render_error
+        listeners, upstream.handle, _LIMITS, shutdown_timeout=0.0, render_error=render_error,
+        upgrade_paths=_UPGRADE_PATHS,
     )
 
 

@@ -32,14 +32,18 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 import httptools
 import trio
 
 from ...core.clock import now as clock
 from ...core.http import Headers
+from ...core.realtime import handshake_problem
 from ..fastio import FastStream
+
+if TYPE_CHECKING:
+    from ..websocket_relay import MessageConnection, RelaySettings
 
 log = logging.getLogger("continuum.http")
 
@@ -184,8 +188,13 @@ class _Parser:
     chunk line that never ends) is counted against ``max_header_size`` too.
     """
 
-    def __init__(self, limits: HTTPLimits) -> None:
+    def __init__(self, limits: HTTPLimits, upgrade_paths: frozenset[str] = frozenset()) -> None:
         self.limits = limits
+        #: Paths whose WebSocket upgrade requests go to the handler (others are refused).
+        self.upgrade_paths = upgrade_paths
+        #: Set once a WebSocket upgrade request was queued (the last one the parser will
+        #: give): the bytes that followed its head, which belong to the new protocol.
+        self.upgrade: bytes | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.ready: deque[Request] = deque()
         self.in_message = False
@@ -360,7 +369,10 @@ class _Parser:
         if size <= _HEAD_PIECE and not (self.in_message and self.headers_done):
             # The usual read: one small request (or the start of one), in one piece.
             self._head_completed = False
-            self._feed(data)
+            try:
+                self._feed(data)
+            except _Upgraded:
+                return
             self._count_head(size, limit)
             return
         view = memoryview(data)
@@ -388,7 +400,12 @@ class _Parser:
             # Between requests or inside a head: a piece at a time, counted.
             end = pos + _HEAD_PIECE
             self._head_completed = False
-            self._feed(view[pos:end])
+            try:
+                self._feed(view[pos:end])
+            except _Upgraded:
+                assert self.upgrade is not None
+                self.upgrade += bytes(view[end:])  # what follows this piece is theirs too
+                return
             piece = min(end, size) - pos
             pos += piece
             self._count_head(piece, limit)
@@ -408,16 +425,33 @@ class _Parser:
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # llhttp stops at an upgrade: the request it queued has no body read. Refuse it;
-            # the complete requests before it are still answered.
-            if self.ready:
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops at an upgrade, after the request. A WebSocket upgrade on a path
+            # that takes one is queued for the handler with the bytes after it; any other
+            # is refused (the complete requests before it are still answered).
+            request = self.ready[-1] if self.ready and not self.in_message else None
+            if (request is not None and request.path in self.upgrade_paths
+                    and _asks_for_websocket(request.headers)):
+                self.upgrade = bytes(data[exc.args[0]:])
+                raise _Upgraded from None
+            if self.ready and not self.in_message:
                 self.ready.pop()
             raise ProtocolError(400, "Protocol upgrades are not supported") from None
         except httptools.HttpParserError as exc:
             if self.error is not None:
                 raise self.error from None
             raise ProtocolError(400, f"Malformed HTTP request: {exc}") from None
+
+
+class _Upgraded(Exception):
+    """The parser stopped at an accepted upgrade (``_Parser.upgrade`` holds the rest)."""
+
+
+def _asks_for_websocket(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"upgrade":
+            return b"websocket" in value.lower()
+    return False
 
 
 _SLOW_CLIENT: Final = ProtocolError(408, "Client took too long to send the request")
@@ -489,9 +523,11 @@ def _plain_error(status: int, message: str) -> tuple[Headers, bytes]:
     return [(b"content-type", b"text/plain; charset=utf-8")], message.encode() + b"\n"
 
 
-@final
 class ServerConnection:
     """One client connection. Handlers answer through the ``send_*`` methods.
+
+    The handler's whole view of its client: ``continuum.net.server.asgi.AsgiConnection``
+    is the same view over one ASGI request, so the Ingress serves both fronts unchanged.
 
     ``closing`` set by anyone (handler, shutdown) makes the current response the last one.
     """
@@ -503,6 +539,7 @@ class ServerConnection:
         dates: DateCache,
         render_error: ErrorRenderer = _plain_error,
         refuse: Refuser | None = None,
+        upgrade_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.stream = stream
         self.io = FastStream(stream, limits.write_timeout)
@@ -512,9 +549,12 @@ class ServerConnection:
         self._dates = dates
         self._render_error = render_error
         self._refuse = refuse
-        self._parser = _Parser(limits)
+        self._parser = _Parser(limits, upgrade_paths)
         if limits.stream_paths:
             self._parser.open_stream = partial(BodyStream, self)
+        #: For a WebSocket upgrade request (on one of ``upgrade_paths``): the bytes read past
+        #: its head (see :meth:`detach`); None for every other request.
+        self.upgrade: bytes | None = None
         self._pending: list[bytes | bytearray] = []
         self._pending_size = 0
         #: A parse error met behind complete requests: raised once they are answered.
@@ -613,17 +653,21 @@ class ServerConnection:
         connection and only when asked (rate limits by address)."""
         peer = self._peer
         if peer is None:
-            peer = ""
-            stream = self.stream
-            while isinstance(stream, trio.SSLStream):
-                stream = stream.transport_stream
-            if isinstance(stream, trio.SocketStream):
-                with contextlib.suppress(OSError):
-                    name = stream.socket.getpeername()
-                    if isinstance(name, tuple):
-                        peer = str(name[0])
-            self._peer = peer
+            name = self.peer_address()
+            peer = self._peer = str(name[0]) if isinstance(name, tuple) else ""
         return peer
+
+    def peer_address(self) -> object:
+        """What ``getpeername()`` says of the client's socket (looked at through TLS):
+        ``(host, port, ...)`` over TCP, a path (``str``/``bytes``) for a Unix socket, None
+        when unknown."""
+        stream = self.stream
+        while isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if isinstance(stream, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                return stream.socket.getpeername()
+        return None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -656,6 +700,49 @@ class ServerConnection:
         self.closing = True
         if self.idle:
             self._scope.cancel()
+
+    def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        """Hand the connection over to the protocol an upgrade request asked for: returns the
+        stream and the bytes already read past the request's head (they belong to the new
+        protocol). Timers are disarmed and nothing more is written or read here; the stream
+        is closed when the handler returns."""
+        rest = (self.upgrade or b"") + b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        self.upgrade = b""
+        self._responded = True
+        self._keep_alive = False
+        self.closing = True
+        self.deadline = _INF
+        return self.stream, rest
+
+    def websocket_problem(self, request: Request) -> tuple[int, str] | None:
+        """Why ``request`` cannot become a WebSocket here, as (status, message); None when
+        it can. Checked before :meth:`accept_websocket`, so the refusal is an ordinary
+        answer: once wsproto has refused a handshake, trio-websocket waits forever."""
+        if self.upgrade is None:
+            return 426, "This endpoint needs a WebSocket upgrade (Upgrade: websocket)"
+        return handshake_problem(request.method, request.headers)
+
+    async def accept_websocket(
+        self,
+        request: Request,
+        nursery: trio.Nursery,
+        subprotocol: str | None,
+        headers: Headers,
+        settings: RelaySettings,
+    ) -> MessageConnection:
+        """Complete the WebSocket handshake of ``request`` (an upgrade with no
+        :meth:`websocket_problem`) with ``subprotocol`` and extra response ``headers``; the
+        connection's reader runs in ``nursery``. Raises :class:`HandshakeFailed` or
+        ``trio_websocket.ConnectionClosed`` when the client is gone or wsproto refused it."""
+        from ..websocket_relay import accept_client, handshake_request
+
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        head = handshake_request(request.method, target, request.headers)
+        stream, rest = self.detach()
+        pending = await accept_client(nursery, stream, head + rest, settings)
+        return await pending.accept(subprotocol=subprotocol, extra_headers=headers)
 
     def use_stream(self, stream: trio.abc.Stream) -> trio.abc.Stream:
         """Write through ``stream`` from now on (e.g. a wrapper); returns the previous one."""
@@ -754,7 +841,13 @@ class ServerConnection:
         self._idle_deadline = None
         # A pipelined request already begun has its clock running from now.
         self._request_started = clock() if parser.in_message else None
-        return parser.ready.popleft()
+        request = parser.ready.popleft()
+        if parser.upgrade is not None and not parser.ready:
+            # The upgrade request, the parser's last: whatever it is answered with, nothing
+            # on this connection is HTTP/1.1 after it.
+            self.upgrade, parser.upgrade = parser.upgrade, None
+            self.closing = True
+        return request
 
     def body_read(self, keep_alive: bool) -> None:
         """A streamed body was read to its end: the connection may be kept alive again."""

@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import final
@@ -23,6 +24,7 @@ from .connection import (
     ServerConnection,
     _plain_error,
 )
+from .tls import accept_tls
 
 log = logging.getLogger("continuum.http")
 
@@ -142,6 +144,8 @@ class HTTPServer:
         refuse: Refuser | None = None,
         timer_resolution: float | None = None,
         unlink_unix: bool = True,
+        upgrade_paths: frozenset[str] = frozenset(),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.listeners = listeners
         self.addresses = [listener_address(listener) for listener in listeners]
@@ -151,6 +155,11 @@ class HTTPServer:
         self._shutdown_timeout = shutdown_timeout
         self._render_error = render_error
         self._refuse = refuse
+        #: Paths whose WebSocket upgrades reach the handler (``ServerConnection.upgrade``).
+        self.upgrade_paths = upgrade_paths
+        #: TLS for every connection when set (``server.tls``): the handshake, within
+        #: ``request_read_timeout``, runs in the connection's task, never the accept loop.
+        self.ssl_context = ssl_context
         self._dates = DateCache()
         if timer_resolution is None:
             timer_resolution = min(limits.keepalive_timeout, limits.request_read_timeout) / 10
@@ -238,8 +247,15 @@ class HTTPServer:
                 raise
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = ServerConnection(stream, self._limits, self._dates, self._render_error,
-                                self._refuse)
+        client: trio.abc.Stream = stream
+        if self.ssl_context is not None:
+            tls = await accept_tls(stream, self.ssl_context, self._limits.request_read_timeout)
+            if tls is None:
+                await trio.aclose_forcefully(stream)
+                return
+            client = tls
+        conn = ServerConnection(client, self._limits, self._dates, self._render_error,
+                                self._refuse, self.upgrade_paths)
         if self._draining.is_set():
             conn.closing = True
         self.connections.add(conn)

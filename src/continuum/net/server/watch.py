@@ -30,7 +30,8 @@ _GONE_EVENTS: Final = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.
 
 
 def _fileno(conn: ServerConnection) -> int:
-    sock = getattr(conn.stream, "socket", None)  # a SocketStream; other streams are skipped
+    stream = getattr(conn.stream, "transport_stream", conn.stream)  # under TLS, the TCP one
+    sock = getattr(stream, "socket", None)  # a SocketStream; other streams are skipped
     return sock.fileno() if sock is not None else -1
 
 
