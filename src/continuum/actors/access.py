@@ -258,8 +258,8 @@ class AccessControl:
 
     def admin_key(self, presented: bytes) -> str | None:
         """:data:`~continuum.core.credentials.AdminKeyCheck`: the label of a usable client
-        key with the ``admin`` scope, else None (one digest and one dict probe whatever
-        the key)."""
+        key with the ``admin`` scope, else None (the key table's lookup: a digest and a
+        dict probe, or one probe of its cache for a key already seen)."""
         key, _ = self.keys.lookup(presented, time.time())
         return key.label if key is not None and "admin" in key.scopes else None
 
