@@ -68,6 +68,10 @@ def is_websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return b"websocket" in _tokens(_header(headers, b"upgrade"))
 
 
+#: The refusal of a request to a WebSocket endpoint that asks for no upgrade.
+NOT_AN_UPGRADE: Final = (426, "This endpoint needs a WebSocket upgrade (Upgrade: websocket)")
+
+
 def handshake_problem(
     method: str, headers: Sequence[tuple[bytes, bytes]]
 ) -> tuple[int, str] | None:
@@ -77,7 +81,7 @@ def handshake_problem(
     if method != "GET":
         return 405, "A WebSocket handshake must use GET"
     if not is_websocket_upgrade(headers):
-        return 426, "This endpoint needs a WebSocket upgrade (Upgrade: websocket)"
+        return NOT_AN_UPGRADE
     if b"upgrade" not in _tokens(_header(headers, b"connection")):
         return 400, "A WebSocket handshake needs 'Connection: Upgrade'"
     if _header(headers, b"sec-websocket-version") != b"13":

@@ -31,6 +31,7 @@ from trio_websocket import CloseReason, ConnectionClosed
 
 from ...core.clock import now as clock
 from ...core.http import Headers
+from ...core.realtime import NOT_AN_UPGRADE
 from .connection import (
     BodyStream,
     DateCache,
@@ -284,7 +285,7 @@ class AsgiConnection(ServerConnection):
     def websocket_problem(self, request: Request) -> tuple[int, str] | None:
         if self.websocket:
             return None  # the ASGI server checked the handshake (HTTP/1.1 or HTTP/2)
-        return 426, "This endpoint needs a WebSocket upgrade (Upgrade: websocket)"
+        return NOT_AN_UPGRADE
 
     async def accept_websocket(
         self,

@@ -39,7 +39,7 @@ import trio
 
 from ...core.clock import now as clock
 from ...core.http import Headers
-from ...core.realtime import handshake_problem
+from ...core.realtime import NOT_AN_UPGRADE, handshake_problem
 from ..fastio import FastStream
 
 if TYPE_CHECKING:
@@ -721,7 +721,7 @@ class ServerConnection:
         it can. Checked before :meth:`accept_websocket`, so the refusal is an ordinary
         answer: once wsproto has refused a handshake, trio-websocket waits forever."""
         if self.upgrade is None:
-            return 426, "This endpoint needs a WebSocket upgrade (Upgrade: websocket)"
+            return NOT_AN_UPGRADE
         return handshake_problem(request.method, request.headers)
 
     async def accept_websocket(
