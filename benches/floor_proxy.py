@@ -12,9 +12,15 @@ chunked responses both work; a small response is one ``send_all``).
 A reused pooled connection that turns out to be closed by the upstream is retried once on a
 fresh connection; any other upstream failure before the first byte is a 502 JSON error.
 
+With ``--pipe`` it is the *streaming* floor instead: a bare byte pipe. Each client connection
+gets its own fresh upstream connection and the bytes are moved both ways with
+``receive_some``/``send_all``, nothing parsed. That is the least a trio process can do per
+forwarded SSE frame (one receive and one send, each a scheduler trip), so the router's CPU per
+frame and its TTFB are compared against it (the ``streaming`` scenario).
+
 Standalone on purpose: it must not import ``continuum``, so the baseline stays fixed.
 
-Usage: ``python benches/floor_proxy.py --port 8002 --upstream 127.0.0.1:8001``
+Usage: ``python benches/floor_proxy.py --port 8002 --upstream 127.0.0.1:8001 [--pipe]``
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import trio
 
 READ_SIZE: Final = 65536
 MAX_IDLE: Final = 512
+SPARES: Final = 256  # --pipe: upstream connections kept open ahead of need
+REFILL_DELAY: Final = 0.1  # --pipe: seconds between a spare taken and the refill
 HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
@@ -239,14 +247,83 @@ async def handle_client(client: trio.SocketStream, pool: UpstreamPool) -> None:
         await client.aclose()
 
 
-async def serve(host: str, port: int, upstream_host: str, upstream_port: int) -> None:
-    """Listen on ``host:port`` and proxy everything to the upstream, forever."""
+async def _copy(source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope) -> None:
+    """Move bytes from ``source`` to ``sink`` until either side ends, then end the pipe."""
+    try:
+        while data := await source.receive_some(READ_SIZE):
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        done.cancel()
+
+
+class SpareConnections:
+    """Upstream connections opened ahead of need, one per piped client connection.
+
+    A pipe cannot reuse an upstream connection (it does not parse, so it never knows where a
+    response ends), but it need not connect while the client waits: a background task keeps
+    ``target`` connections open in advance, so the floor's TTFB is not its connect time (the
+    router's pool gives it warm connections too). The connect cost is still this process's
+    CPU, counted in its CPU per frame.
+    """
+
+    def __init__(self, host: str, port: int, target: int = SPARES) -> None:
+        self.host = host
+        self.port = port
+        self.target = target
+        self._spares: list[trio.SocketStream] = []
+        self._wanted = trio.Event()
+
+    async def keep_filled(self) -> None:
+        while True:
+            while len(self._spares) < self.target:
+                try:
+                    self._spares.append(await trio.open_tcp_stream(self.host, self.port))
+                except OSError:
+                    await trio.sleep(0.1)  # the upstream is down: the clients get a 502
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            await trio.sleep(REFILL_DELAY)  # let a burst of clients start before refilling
+
+    async def take(self) -> trio.SocketStream:
+        self._wanted.set()
+        if self._spares:
+            return self._spares.pop()
+        return await trio.open_tcp_stream(self.host, self.port)
+
+
+async def pipe_client(client: trio.SocketStream, spares: SpareConnections) -> None:
+    """Serve one client connection as a bare byte pipe to its own upstream connection."""
+    async with client:
+        try:
+            upstream = await spares.take()
+        except OSError:
+            with trio.move_on_after(1):
+                await client.send_all(BAD_GATEWAY)
+            return
+        async with upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(_copy, client, upstream, nursery.cancel_scope)
+            nursery.start_soon(_copy, upstream, client, nursery.cancel_scope)
+
+
+async def serve(
+    host: str, port: int, upstream_host: str, upstream_port: int, pipe: bool = False
+) -> None:
+    """Listen on ``host:port`` and proxy (or, with ``pipe``, pipe) to the upstream, forever."""
     pool = UpstreamPool(upstream_host, upstream_port)
+    spares = SpareConnections(upstream_host, upstream_port)
 
     async def handler(client: trio.SocketStream) -> None:
-        await handle_client(client, pool)
+        if pipe:
+            await pipe_client(client, spares)
+        else:
+            await handle_client(client, pool)
 
-    await trio.serve_tcp(handler, port, host=host, backlog=4096)
+    async with trio.open_nursery() as nursery:
+        if pipe:
+            nursery.start_soon(spares.keep_filled)
+        await trio.serve_tcp(handler, port, host=host, backlog=4096)
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -261,10 +338,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", type=_host_port, required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--pipe",
+        action="store_true",
+        help="the streaming floor: a bare byte pipe per connection, no HTTP parsing",
+    )
     args = parser.parse_args(argv)
     upstream_host, upstream_port = args.upstream
     try:
-        trio.run(serve, args.host, args.port, upstream_host, upstream_port)
+        trio.run(serve, args.host, args.port, upstream_host, upstream_port, args.pipe)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -61,6 +61,11 @@ IDLE_CONNECTIONS: Final = 10_000
 ADDED_TTFB_P99_TARGET_MS: Final = 1.0
 ADDED_GAP_P99_TARGET_MS: Final = 0.1
 NO_STALL_STREAMS: Final = 512
+# The streaming floor (issue 15 item 5): the router against a bare trio byte pipe.
+PIPE_STREAMS: Final = 100
+PIPE_ROUNDS: Final = 3
+PIPE_CPU_RATIO_TARGET: Final = 0.6  # router CPU per forwarded frame <= 0.6 x the pipe's
+PIPE_TTFB_MARGIN_MS: Final = 1.0  # router TTFB p99 <= the pipe's + 1 ms
 TRANSLATION_GAP_TARGET_US: Final = 100.0
 IDLE_RSS_TARGET_MB: Final = 200.0
 SOAK_SLOPE_TARGET: Final = 1.0  # MB/min
@@ -188,6 +193,12 @@ class Env:
         argv += ["--port", str(port), "--upstream", f"{self.host_in_url}:{upstream.port}"]
         return Service(name, argv, self.host, port, self.workdir / f"{name}.log")
 
+    def pipe(self, name: str, upstream: Service) -> Service:
+        """The streaming floor: ``floor_proxy.py --pipe``, a bare trio byte pipe."""
+        svc = self.floor(name, upstream)
+        svc.argv.append("--pipe")
+        return svc
+
     def mock(self, name: str, api: str, model: str, frames: int, interval: float) -> Service:
         port = free_port(self.host)
         argv = [sys.executable, "-m", "continuum", "mock", "--bind", f"{self.host_in_url}:{port}"]
@@ -308,7 +319,8 @@ def streaming(env: Env) -> Report:
     upstream = env.upstream("stream-upstream")
     backends = OPENAI_BACKEND.format(name="upstream", url=env.url(upstream), models="bench-model")
     router = env.router("stream-router", backends)
-    prog = Progress("streaming", 4 * len(counts))
+    pipe = env.pipe("stream-pipe", upstream)
+    prog = Progress("streaming", 4 * len(counts) + 2 * PIPE_ROUNDS)
     out: dict[str, Any] = {"frames": frames, "interval_s": interval, "runs": {}}
     lines = [
         f"streams of {frames} frames at {interval * 1000:.0f} ms; added = router minus direct, "
@@ -318,7 +330,7 @@ def streaming(env: Env) -> Report:
         "| added gap p50/p99 ms | direct gap p99 ms | stalled direct/router | errors |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    with running(upstream, router):
+    with running(upstream, router, pipe):
         for i, n in enumerate(counts):
             order = [("direct", upstream), ("router", router)]
             if i % 2:
@@ -346,6 +358,7 @@ def streaming(env: Env) -> Report:
                 f"| {added['gap_p50_ms']:+.3f} / {added['gap_p99_ms']:+.3f} "
                 f"| {d['gap_p99_ms']:.3f} | {d['stalled']} / {r['stalled']} | {errs} |"
             )
+        floor_out, floor_lines = _vs_pipe(env, router, pipe, frames, interval, prog)
     lines.append("")
     for n_key, run in out["runs"].items():
         a = run["added"]
@@ -362,9 +375,68 @@ def streaming(env: Env) -> Report:
                 else " (reference)"
             )
         )
+    out["vs_pipe"] = floor_out
+    lines += ["", *floor_lines]
     out["errors"] = sum(
         sum(run[t]["errors"].values()) for run in out["runs"].values() for t in ("direct", "router")
-    )
+    ) + sum(floor_out["errors"].values())
+    return out, lines
+
+
+def _vs_pipe(
+    env: Env, router: Service, pipe: Service, frames: int, interval: float, prog: Progress
+) -> Report:
+    """The router against the streaming floor (a bare trio byte pipe): CPU per forwarded frame
+    and TTFB p99 of ``PIPE_STREAMS`` concurrent paced streams, rounds interleaved."""
+    per: dict[str, dict[str, list[float]]] = {
+        name: {"cpu_us_per_frame": [], "ttfb_p99_ms": []} for name in ("pipe", "router")
+    }
+    errors: dict[str, int] = {"pipe": 0, "router": 0}
+    for rnd in range(PIPE_ROUNDS):
+        order = [("pipe", pipe), ("router", router)]
+        if rnd % 2:
+            order.reverse()
+        for name, svc in order:
+            prog.step(f"vs pipe round {rnd + 1}/{PIPE_ROUNDS}: {name} {PIPE_STREAMS} streams")
+            _streams(env, svc, "bench-model", PIPE_STREAMS, 2, 0.001)  # warm-up
+            cpu = cpu_seconds(pid_of(svc))
+            res = _streams(env, svc, "bench-model", PIPE_STREAMS, frames, interval)
+            cpu = cpu_seconds(pid_of(svc)) - cpu
+            n_frames = len(res.gaps_ns) + res.ok
+            errors[name] += PIPE_STREAMS - res.ok  # streams that did not end properly
+            per[name]["cpu_us_per_frame"].append(cpu / n_frames * 1e6 if n_frames else float("nan"))
+            per[name]["ttfb_p99_ms"].append(sse_client.percentile(res.ttfb_ns, 99) / 1e6)
+    fig = {name: {k: median(v) for k, v in d.items()} for name, d in per.items()}
+    p, r = fig["pipe"], fig["router"]
+    cpu_ratio = r["cpu_us_per_frame"] / p["cpu_us_per_frame"]
+    ttfb_added = r["ttfb_p99_ms"] - p["ttfb_p99_ms"]
+    out: dict[str, Any] = {
+        "streams": PIPE_STREAMS,
+        "rounds": PIPE_ROUNDS,
+        "pipe": p,
+        "router": r,
+        "per_round": per,
+        "cpu_ratio": cpu_ratio,
+        "ttfb_p99_added_ms": ttfb_added,
+        "errors": errors,
+    }
+    lines = [
+        f"streaming floor: {PIPE_STREAMS} streams x {frames} frames, router vs a bare trio byte "
+        f"pipe (`floor_proxy.py --pipe`), median of {PIPE_ROUNDS} interleaved rounds",
+        "",
+        "| target | CPU us / forwarded frame | TTFB p99 ms | failed streams |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {fig[name]['cpu_us_per_frame']:.1f} | {fig[name]['ttfb_p99_ms']:.2f} "
+            f"| {errors[name]} |"
+            for name in ("pipe", "router")
+        ),
+        "",
+        f"streaming floor: router CPU per frame {cpu_ratio:.2f} x the pipe's (target <= "
+        f"{PIPE_CPU_RATIO_TARGET}) {verdict(cpu_ratio <= PIPE_CPU_RATIO_TARGET)}; TTFB p99 "
+        f"{ttfb_added:+.2f} ms vs the pipe (target <= +{PIPE_TTFB_MARGIN_MS:.0f} ms) "
+        f"{verdict(ttfb_added <= PIPE_TTFB_MARGIN_MS)}",
+    ]
     return out, lines
 
 
