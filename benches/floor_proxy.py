@@ -18,14 +18,24 @@ gets its own fresh upstream connection and the bytes are moved both ways with
 forwarded SSE frame (one receive and one send, each a scheduler trip), so the router's CPU per
 frame and its TTFB are compared against it (the ``streaming`` scenario).
 
+With ``--pump`` it is the same pipe with every socket moved by one task: the sockets sit in a
+private epoll set that trio watches as a single fd (``wait_readable`` on the epoll fd), and
+ready bytes move with non-blocking ``recv_into``/``send``, a batch per wake-up. That is the
+ceiling of forwarding with fewer scheduler trips (issue 15 item 5): what such a pump could save
+in the router before any of the router's own work (timeouts, SSE framing, metrics). A peer
+that does not read stops its source from being read (the rest of the write waits for
+``EPOLLOUT``), so nothing is buffered without bound.
+
 Standalone on purpose: it must not import ``continuum``, so the baseline stays fixed.
 
-Usage: ``python benches/floor_proxy.py --port 8002 --upstream 127.0.0.1:8001 [--pipe]``
+Usage: ``python benches/floor_proxy.py --port 8002 --upstream 127.0.0.1:8001 [--pipe|--pump]``
 """
 
 from __future__ import annotations
 
 import argparse
+import select
+import socket
 import sys
 from typing import Final
 
@@ -307,22 +317,136 @@ async def pipe_client(client: trio.SocketStream, spares: SpareConnections) -> No
             nursery.start_soon(_copy, upstream, client, nursery.cancel_scope)
 
 
+_READABLE: Final = select.EPOLLIN | select.EPOLLRDHUP
+
+
+def _raw(stream: trio.SocketStream) -> socket.socket:
+    raw = getattr(stream.socket, "_sock", None)  # trio's socket wraps a stdlib one
+    assert isinstance(raw, socket.socket)
+    return raw
+
+
+class Pump:
+    """``--pump``: every piped connection pair moved by one task over a private epoll set."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        #: fd -> (its socket, the peer's socket, the pair's done event)
+        self._pairs: dict[int, tuple[socket.socket, socket.socket, trio.Event]] = {}
+        #: fd of a socket that did not take a whole write -> the rest of it
+        self._pending: dict[int, bytes] = {}
+
+    def add(self, a: trio.SocketStream, b: trio.SocketStream) -> trio.Event:
+        """Pipe ``a`` and ``b``; the event is set once either side ended."""
+        done = trio.Event()
+        raw_a, raw_b = _raw(a), _raw(b)
+        for raw, peer in ((raw_a, raw_b), (raw_b, raw_a)):
+            self._pairs[raw.fileno()] = (raw, peer, done)
+            self._epoll.register(raw.fileno(), _READABLE)
+        return done
+
+    def _end(self, fd: int) -> None:
+        pair = self._pairs.get(fd)
+        if pair is None:
+            return
+        raw, peer, done = pair
+        for end in (raw, peer):
+            self._pairs.pop(end.fileno(), None)
+            self._pending.pop(end.fileno(), None)
+            self._epoll.unregister(end.fileno())
+        done.set()  # the handler closes both sockets through trio
+
+    async def run(self) -> None:
+        epoll, buffer, view, pairs, pending = (
+            self._epoll,
+            self._buffer,
+            self._view,
+            self._pairs,
+            self._pending,
+        )
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            for fd, events in epoll.poll(0, 512):
+                pair = pairs.get(fd)
+                if pair is None:
+                    continue  # ended earlier in this batch
+                raw, peer, _ = pair
+                if fd in pending:  # a write was waiting for room
+                    if not events & select.EPOLLOUT:
+                        self._end(fd)  # hung up or failed
+                        continue
+                    rest = pending.pop(fd)
+                    try:
+                        sent = raw.send(rest)
+                    except OSError:
+                        self._end(fd)
+                        continue
+                    if sent < len(rest):
+                        pending[fd] = rest[sent:]
+                    else:
+                        epoll.modify(fd, _READABLE)
+                        epoll.modify(peer.fileno(), _READABLE)  # read its source again
+                    continue
+                try:
+                    n = raw.recv_into(buffer)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._end(fd)
+                    continue
+                if not n:
+                    self._end(fd)
+                    continue
+                try:
+                    sent = peer.send(view[:n])
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self._end(fd)
+                    continue
+                if sent < n:  # backpressure: read no more of this side until the peer drains
+                    pending[peer.fileno()] = bytes(view[sent:n])
+                    epoll.modify(fd, 0)
+                    epoll.modify(peer.fileno(), select.EPOLLOUT)
+
+
+async def pump_client(client: trio.SocketStream, spares: SpareConnections, pump: Pump) -> None:
+    """Serve one client connection through the pump, joined to its own upstream connection."""
+    async with client:
+        try:
+            upstream = await spares.take()
+        except OSError:
+            with trio.move_on_after(1):
+                await client.send_all(BAD_GATEWAY)
+            return
+        async with upstream:
+            await pump.add(client, upstream).wait()
+
+
 async def serve(
-    host: str, port: int, upstream_host: str, upstream_port: int, pipe: bool = False
+    host: str, port: int, upstream_host: str, upstream_port: int, mode: str = "proxy"
 ) -> None:
-    """Listen on ``host:port`` and proxy (or, with ``pipe``, pipe) to the upstream, forever."""
+    """Listen on ``host:port`` and proxy (``mode`` "proxy"), pipe ("pipe") or pump ("pump")
+    to the upstream, forever."""
     pool = UpstreamPool(upstream_host, upstream_port)
     spares = SpareConnections(upstream_host, upstream_port)
+    pump = Pump()
 
     async def handler(client: trio.SocketStream) -> None:
-        if pipe:
+        if mode == "pipe":
             await pipe_client(client, spares)
+        elif mode == "pump":
+            await pump_client(client, spares, pump)
         else:
             await handle_client(client, pool)
 
     async with trio.open_nursery() as nursery:
-        if pipe:
+        if mode != "proxy":
             nursery.start_soon(spares.keep_filled)
+        if mode == "pump":
+            nursery.start_soon(pump.run)
         await trio.serve_tcp(handler, port, host=host, backlog=4096)
 
 
@@ -338,15 +462,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", type=_host_port, required=True, metavar="HOST:PORT")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--pipe",
-        action="store_true",
+        dest="mode",
+        action="store_const",
+        const="pipe",
         help="the streaming floor: a bare byte pipe per connection, no HTTP parsing",
+    )
+    mode.add_argument(
+        "--pump",
+        dest="mode",
+        action="store_const",
+        const="pump",
+        help="the pipe with all sockets moved by one task over a private epoll set",
     )
     args = parser.parse_args(argv)
     upstream_host, upstream_port = args.upstream
     try:
-        trio.run(serve, args.host, args.port, upstream_host, upstream_port, args.pipe)
+        trio.run(serve, args.host, args.port, upstream_host, upstream_port, args.mode or "proxy")
     except KeyboardInterrupt:
         sys.exit(130)
 
