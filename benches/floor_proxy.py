@@ -303,20 +303,6 @@ class SpareConnections:
         return await trio.open_tcp_stream(self.host, self.port)
 
 
-async def pipe_client(client: trio.SocketStream, spares: SpareConnections) -> None:
-    """Serve one client connection as a bare byte pipe to its own upstream connection."""
-    async with client:
-        try:
-            upstream = await spares.take()
-        except OSError:
-            with trio.move_on_after(1):
-                await client.send_all(BAD_GATEWAY)
-            return
-        async with upstream, trio.open_nursery() as nursery:
-            nursery.start_soon(_copy, client, upstream, nursery.cancel_scope)
-            nursery.start_soon(_copy, upstream, client, nursery.cancel_scope)
-
-
 _READABLE: Final = select.EPOLLIN | select.EPOLLRDHUP
 
 
@@ -412,8 +398,11 @@ class Pump:
                     epoll.modify(peer.fileno(), select.EPOLLOUT)
 
 
-async def pump_client(client: trio.SocketStream, spares: SpareConnections, pump: Pump) -> None:
-    """Serve one client connection through the pump, joined to its own upstream connection."""
+async def piped_client(
+    client: trio.SocketStream, spares: SpareConnections, pump: Pump | None
+) -> None:
+    """Serve one client connection as a bare byte pipe to its own upstream connection:
+    two copying tasks (``--pipe``), or through the pump (``--pump``)."""
     async with client:
         try:
             upstream = await spares.take()
@@ -422,7 +411,12 @@ async def pump_client(client: trio.SocketStream, spares: SpareConnections, pump:
                 await client.send_all(BAD_GATEWAY)
             return
         async with upstream:
-            await pump.add(client, upstream).wait()
+            if pump is not None:
+                await pump.add(client, upstream).wait()
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_copy, client, upstream, nursery.cancel_scope)
+                nursery.start_soon(_copy, upstream, client, nursery.cancel_scope)
 
 
 async def serve(
@@ -435,12 +429,10 @@ async def serve(
     pump = Pump()
 
     async def handler(client: trio.SocketStream) -> None:
-        if mode == "pipe":
-            await pipe_client(client, spares)
-        elif mode == "pump":
-            await pump_client(client, spares, pump)
-        else:
+        if mode == "proxy":
             await handle_client(client, pool)
+        else:
+            await piped_client(client, spares, pump if mode == "pump" else None)
 
     async with trio.open_nursery() as nursery:
         if mode != "proxy":
