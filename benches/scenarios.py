@@ -17,6 +17,8 @@ measured in the same run (``run.py --scenarios``; method in ``docs/benchmarks.md
   latency, 64 paced streams;
 * ``limits``      -- the router with auth and limits off, in memory, in Redis (issue 11's
   cost), against the floor in the same run;
+* ``features``    -- the router with the newer features off and with auth + limits + metrics
+  + tracing on, next to the ``core`` router and the floor in the same run (issue 15);
 * ``external``    -- ``wrk``/``hey`` against the router when they are installed.
 
 Every scenario returns ``(results, report_lines)``; long ones print progress on stderr.
@@ -93,6 +95,22 @@ backends:
   - name: upstream
     url: "{url}"
     models: [bench-model]
+"""
+
+#: The bench router: one backend, health checks off, logging at error. ``run.py``'s ``core``
+#: router is this with no ``{extra}``; ``limits`` and ``features`` put top-level blocks there.
+ROUTER_CONFIG: Final = """\
+server:
+  bind_address: "{bind}"
+  connection_pool_size: 256
+health_checks:
+  enabled: false
+logging:
+  level: error
+{extra}backends:
+  - name: upstream
+    url: "{upstream_url}"
+    models: ["bench-model"]
 """
 
 Load = Callable[[str, int, float], loadgen.LoadResult]
@@ -818,19 +836,6 @@ LIMITS_KEY: Final = "sk-bench-limits-0123456789"
 LIMITS_TARGETS: Final = ("floor", "off", "memory", "redis")
 #: "Memory limits on" costs at most this much throughput (issue 11).
 LIMITS_MEMORY_TARGET: Final = 0.95
-LIMITS_ROUTER: Final = """\
-server:
-  bind_address: "{bind}"
-  connection_pool_size: 256
-health_checks:
-  enabled: false
-logging:
-  level: error
-{extra}backends:
-  - name: upstream
-    url: "{url}"
-    models: ["bench-model"]
-"""
 #: Auth on (one blocking key) and two request limits on every request: the key's own and a
 #: global one, both far above the load (nothing is refused; the work is what is measured).
 LIMITS_ON: Final = f"""\
@@ -915,6 +920,64 @@ class _RedisServer:
         return statistics.median(times) / 1000.0
 
 
+def _bench_router(env: Env, name: str, upstream: Service, extra: str) -> Service:
+    """A router on a free port: ``ROUTER_CONFIG`` with the top-level blocks ``extra``."""
+    port = free_port(env.host)
+    config = env.workdir / f"{name}.yaml"
+    config.write_text(ROUTER_CONFIG.format(
+        bind=f"{env.host_in_url}:{port}", upstream_url=env.url(upstream), extra=extra))
+    return Service(name, env.router_argv(name, config), env.host, port,
+                   env.workdir / f"{name}.log", env=env.router_env, ready_path="/health")
+
+
+Samples = dict[str, dict[str, list[float]]]
+
+
+def _interleaved(env: Env, services: dict[str, Service], requests: dict[str, bytes],
+                 prog: Progress, duration: float, rounds: int) -> tuple[Samples, int]:
+    """Same-run comparison of ``services`` (running): a warm-up each, then ``rounds`` rounds
+    of c=64 (throughput) and c=1 (latency) on every target, the order rotating per round.
+    Per target and round: ``rps`` at c=64, ``p50``/``p99`` at c=1, and ``cpu64``/``cpu1``,
+    the process tree's CPU µs per answered request (``/proc``) at each. Returns the samples
+    and the request errors."""
+    targets = list(services)
+    samples: Samples = {
+        t: {"rps": [], "p50": [], "p99": [], "cpu64": [], "cpu1": []} for t in targets}
+    errors = 0
+    for name, svc in services.items():  # warm-up (connections, caches, Redis scripts)
+        loadgen.run_load(env.host, svc.port, requests[name], 64, 0.5)
+        loadgen.run_load(env.host, svc.port, requests[name], 1, 0.3)
+    for r in range(rounds):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for c in (64, 1):
+            for name in order:
+                prog.step(f"round {r + 1}/{rounds} c={c} {name}")
+                svc = services[name]
+                cpu = cpu_seconds(pid_of(svc))
+                res = loadgen.run_load(env.host, svc.port, requests[name], c, duration)
+                cpu = cpu_seconds(pid_of(svc)) - cpu
+                errors += res.error_count
+                s = samples[name]
+                s[f"cpu{c}"].append(cpu / res.ok * 1e6 if res.ok else float("nan"))
+                if c == 64:
+                    s["rps"].append(res.rps)
+                else:
+                    s["p50"].append(res.percentile_ms(50))
+                    s["p99"].append(res.percentile_ms(99))
+    return samples, errors
+
+
+def _paired_ratio(samples: Samples, a: str, b: str, key: str = "rps") -> float:
+    """Median over rounds of a/b, each round's pair measured back to back."""
+    return median([x / y if y else float("nan")
+                   for x, y in zip(samples[a][key], samples[b][key], strict=True)])
+
+
+def _paired_diff(samples: Samples, a: str, b: str, key: str = "p50") -> float:
+    """Median over rounds of a - b."""
+    return median([x - y for x, y in zip(samples[a][key], samples[b][key], strict=True)])
+
+
 def limits(env: Env) -> Report:
     """The router with auth and limits off, with limits in memory, with limits in Redis
     (a redis-server on loopback), against the floor in the same run: throughput at c=64
@@ -926,9 +989,6 @@ def limits(env: Env) -> Report:
     redis_available = shutil.which("redis-server") is not None
     targets = [t for t in LIMITS_TARGETS if t != "redis" or redis_available]
     prog = Progress("limits", rounds * len(targets) * 2 + 1)
-    samples: dict[str, dict[str, list[float]]] = {
-        t: {"rps": [], "p50": [], "p99": []} for t in targets}
-    errors = 0
     rtt_us = float("nan")
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(_RedisServer(env)) if redis_available else None
@@ -939,43 +999,21 @@ def limits(env: Env) -> Report:
                 assert redis is not None
                 extra += (f"  storage: redis\n  redis:\n"
                           f"    url: redis://{redis.host}:{redis.port}/0\n")
-            port = free_port(env.host)
-            config = env.workdir / f"limits-{name}.yaml"
-            config.write_text(LIMITS_ROUTER.format(
-                bind=f"{env.host_in_url}:{port}", url=env.url(up), extra=extra))
-            services[name] = Service(f"limits-{name}", env.router_argv(name, config), env.host,
-                                     port, env.workdir / f"limits-{name}.log",
-                                     env=env.router_env, ready_path="/health")
+            services[name] = _bench_router(env, f"limits-{name}", up, extra)
         stack.enter_context(running(up, *services.values()))
         requests = {name: loadgen.build_request(
             env.host, svc.port, CHAT_PATH, headers=[("Authorization", f"Bearer {LIMITS_KEY}")])
             for name, svc in services.items()}
-        for name, svc in services.items():  # warm-up (connections, the Redis scripts)
-            loadgen.run_load(env.host, svc.port, requests[name], 64, 0.5)
-            loadgen.run_load(env.host, svc.port, requests[name], 1, 0.3)
-        for r in range(rounds):
-            order = targets[r % len(targets):] + targets[:r % len(targets)]
-            for c in (64, 1):
-                for name in order:
-                    prog.step(f"round {r + 1}/{rounds} c={c} {name}")
-                    svc = services[name]
-                    res = loadgen.run_load(env.host, svc.port, requests[name], c, duration)
-                    errors += res.error_count
-                    if c == 64:
-                        samples[name]["rps"].append(res.rps)
-                    else:
-                        samples[name]["p50"].append(res.percentile_ms(50))
-                        samples[name]["p99"].append(res.percentile_ms(99))
+        samples, errors = _interleaved(env, services, requests, prog, duration, rounds)
         if redis is not None:
             prog.step("one admission round trip, bare client")
             rtt_us = redis.admission_round_trip(2000 if env.quick else 10000)
 
     def ratio(a: str, b: str) -> float:
-        return median([x / y if y else float("nan")
-                       for x, y in zip(samples[a]["rps"], samples[b]["rps"], strict=True)])
+        return _paired_ratio(samples, a, b)
 
     def added(a: str, b: str) -> float:
-        return median([x - y for x, y in zip(samples[a]["p50"], samples[b]["p50"], strict=True)])
+        return _paired_diff(samples, a, b)
 
     out: dict[str, Any] = {
         "rounds": rounds, "duration_s": duration, "samples": samples, "errors": errors,
@@ -1012,6 +1050,97 @@ def limits(env: Env) -> Report:
             f"{verdict(ok)}")
     else:
         lines.append("limits: Redis not measured: redis-server is not installed")
+    return out, lines
+
+
+# --- features (issue 15, item 8) ----------------------------------------------------------------
+
+FEATURES_TARGETS: Final = ("floor", "core", "off", "on")
+#: Blocks added to ``ROUTER_CONFIG``: ``core`` is the ``core`` scenario's router as it is
+#: (defaults: metrics on); ``off`` switches off what can be (metrics; api keys, limits and
+#: tracing are off by default); ``on`` has a blocking key and two memory limits (``limits``'
+#: set-up), metrics and tracing.
+FEATURES_CONFIG: Final = {
+    "core": "",
+    "off": "metrics:\n  enabled: false\n",
+    "on": LIMITS_ON + "metrics:\n  enabled: true\ntracing:\n  enabled: true\n",
+}
+#: "Off costs nothing": off/floor >= core/floor x (1 - this). The two routers differ in one
+#: switch, so a real cost of "off" shows as a ratio below 1; 5% is the margin two identical
+#: routers keep between each other in a 3-round median on the shared 2-core machine.
+FEATURES_OFF_TOLERANCE: Final = 0.05
+#: "On costs little": on/off throughput at c=64.
+FEATURES_ON_TARGET: Final = 0.9
+
+
+def _otel_sdk_installed(env: Env) -> bool:
+    """Can the router's interpreter import the OpenTelemetry SDK (spans), or does
+    ``tracing.enabled`` only generate and forward ``traceparent``?"""
+    probe = [sys.executable, "-c", "import opentelemetry.sdk.trace"]
+    return subprocess.run(probe, env=env.router_env, capture_output=True, check=False,
+                          timeout=30).returncode == 0
+
+
+def features(env: Env) -> Report:
+    """The router with the newer issues' features off and on, next to the ``core`` router
+    and the floor in the same run (issue 15, item 8): throughput at c=64, latency at c=1,
+    CPU per request, rounds rotating the target order."""
+    duration = 2.0 if env.quick else 5.0
+    rounds = 1 if env.quick else 3
+    up = env.upstream("features-upstream")
+    services: dict[str, Service] = {"floor": env.floor("features-floor", up)}
+    for name, extra in FEATURES_CONFIG.items():
+        services[name] = _bench_router(env, f"features-{name}", up, extra)
+    spans = _otel_sdk_installed(env)
+    tracing = ("spans (opentelemetry-sdk installed, console exporter) and traceparent" if spans
+               else "traceparent only (opentelemetry-sdk not installed)")
+    prog = Progress("features", rounds * len(FEATURES_TARGETS) * 2)
+    with running(up, *services.values()):
+        # Every target gets the same request bytes: the key is what ``on`` requires.
+        requests = {name: loadgen.build_request(
+            env.host, svc.port, CHAT_PATH, headers=[("Authorization", f"Bearer {LIMITS_KEY}")])
+            for name, svc in services.items()}
+        samples, errors = _interleaved(env, services, requests, prog, duration, rounds)
+    ratios = {f"{a}_{b}": _paired_ratio(samples, a, b)
+              for a, b in (("core", "floor"), ("off", "floor"), ("on", "floor"),
+                           ("off", "core"), ("on", "off"))}
+    cpu = {f"{a}_{b}": _paired_ratio(samples, a, b, "cpu64")
+           for a, b in (("off", "core"), ("on", "off"))}
+    added_p50_us = _paired_diff(samples, "on", "off") * 1000
+    off_ok = ratios["off_core"] >= 1 - FEATURES_OFF_TOLERANCE
+    on_ok = ratios["on_off"] >= FEATURES_ON_TARGET
+    out: dict[str, Any] = {
+        "rounds": rounds, "duration_s": duration, "samples": samples, "errors": errors,
+        "tracing": "spans" if spans else "traceparent", "ratios": ratios,
+        "cpu_ratios": cpu, "added_p50_us_on_off": added_p50_us,
+        "off_tolerance": FEATURES_OFF_TOLERANCE, "on_target": FEATURES_ON_TARGET,
+        "pass": {"off": off_ok, "on": on_ok},
+    }
+    lines = [
+        f"core = the core scenario's router; off = metrics off too (keys, limits, tracing off "
+        f"by default); on = a blocking key + two memory limits + metrics + tracing: {tracing}. "
+        f"{duration:g} s per run, {rounds} round(s), medians; CPU from /proc",
+        "",
+        "| target | c=64 req/s | vs floor | CPU us/req c=64 | CPU us/req c=1 | c=1 p50 ms "
+        "| c=1 p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in FEATURES_TARGETS:
+        s = samples[name]
+        lines.append(
+            f"| {name} | {median(s['rps']):,.0f} | {_paired_ratio(samples, name, 'floor'):.2f} "
+            f"| {median(s['cpu64']):.0f} | {median(s['cpu1']):.0f} | {median(s['p50']):.3f} "
+            f"| {median(s['p99']):.3f} |")
+    lines += [
+        "",
+        f"features off costs nothing: off/floor {ratios['off_floor']:.2f} vs core/floor "
+        f"{ratios['core_floor']:.2f}: off/core x{ratios['off_core']:.3f} (target >= "
+        f"{1 - FEATURES_OFF_TOLERANCE:.2f}, the noise tolerance) {verdict(off_ok)}; CPU/request "
+        f"off/core x{cpu['off_core']:.2f} (reference)",
+        f"features on costs little: on/floor {ratios['on_floor']:.2f}; on/off throughput "
+        f"x{ratios['on_off']:.3f} (target >= {FEATURES_ON_TARGET}) {verdict(on_ok)}; CPU/request "
+        f"on/off x{cpu['on_off']:.2f}, added p50 c=1 {added_p50_us:+.0f} us (reference)",
+    ]
     return out, lines
 
 
@@ -1206,5 +1335,6 @@ EXTRA: Final[dict[str, Callable[[Env], Report]]] = {
     "workers": workers,
     "fronts": fronts,
     "limits": limits,
+    "features": features,
     "external": external,
 }
