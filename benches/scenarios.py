@@ -723,37 +723,129 @@ def _router_with(env: Env, name: str, server_key: str, backends: str) -> Service
                    env.workdir / f"{name}.log", env=env.router_env, ready_path="/health")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process (and so every child) may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_counts(cpus: int) -> tuple[int, ...]:
+    """``server.workers`` values to measure: 1, the powers of two below ``cpus``, ``cpus``."""
+    counts = {1, max(1, cpus)}
+    n = 2
+    while n < cpus:
+        counts.add(n)
+        n *= 2
+    return tuple(sorted(counts))
+
+
+def _own_cpu_seconds() -> float:
+    """This process's CPU time plus its finished children's (loadgen ``--workers``)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used so far (``/proc/stat``), NaN
+    where unavailable: what the bench's own processes did not use went to others."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait; guest time is already in user
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+#: A process using this many cores or more is saturated (the upstream and each load
+#: generator process are single-threaded).
+SATURATED_CORES: Final = 0.9
+
+
 def workers(env: Env) -> Report:
-    """Throughput of the router with ``server.workers`` 1 and 2, same upstream, same load,
-    rounds alternating so noise hits both (issue 5: scaling from 1 to 2 workers)."""
+    """Throughput of the router with ``server.workers`` 1, 2, 4 ... up to the CPUs this run
+    sees, same upstream, same load (c=64), rounds rotating the order; per-core efficiency
+    req/s(N) / (N x req/s(1)), and the cores the router, the upstream and the load generator
+    each used (``/proc`` and ``getrusage``), since all of them share the same CPUs."""
     seconds = 2.0 if env.quick else 5.0
     rounds = 1 if env.quick else 3
-    prog = Progress("workers", 2 * rounds)
+    cpus = usable_cpus()
+    counts = worker_counts(cpus)
+    load_procs: int = env.args.workers
+    prog = Progress("workers", len(counts) * rounds)
     up = env.upstream("workers-upstream")
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    keys = ("rps", "router", "upstream", "loadgen", "machine")
+    runs: dict[int, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in counts}
     errors = 0
-    with running(up):
-        backends = OPENAI_BACKEND.format(name="upstream", url=env.url(up), models="bench-model")
-        services: dict[int, Service] = {}
-        for n in (1, 2):
-            services[n] = _router_with(env, f"router-w{n}", f"workers: {n}", backends)
-        with running(*services.values()):
-            for r in range(rounds):
-                for n in ((1, 2) if r % 2 == 0 else (2, 1)):
-                    prog.step(f"round {r + 1}/{rounds}: {n} worker(s)")
-                    svc = services[n]
-                    request = loadgen.build_request(env.host, svc.port, CHAT_PATH)
-                    result = loadgen.run_load(env.host, svc.port, request, 64, seconds)
-                    rates[n].append(result.rps)
-                    errors += result.error_count
-    one, two = median(rates[1]), median(rates[2])
-    scale = two / one if one else 0.0
+    backends = OPENAI_BACKEND.format(name="upstream", url=env.url(up), models="bench-model")
+    services = {n: _router_with(env, f"router-w{n}", f"workers: {n}", backends) for n in counts}
+    with running(up, *services.values()):
+        for r in range(rounds):
+            for n in counts[r % len(counts):] + counts[:r % len(counts)]:
+                prog.step(f"round {r + 1}/{rounds}: {n} worker(s)")
+                svc = services[n]
+                request = loadgen.build_request(env.host, svc.port, CHAT_PATH)
+                before = (cpu_seconds(pid_of(svc)), cpu_seconds(pid_of(up)),
+                          _own_cpu_seconds(), _machine_busy_seconds())
+                result = loadgen.run_load_parallel(env.host, svc.port, request, 64, seconds,
+                                                   workers=load_procs)
+                after = (cpu_seconds(pid_of(svc)), cpu_seconds(pid_of(up)),
+                         _own_cpu_seconds(), _machine_busy_seconds())
+                wall = result.elapsed_s or seconds
+                runs[n]["rps"].append(result.rps)
+                for key, b, a in zip(keys[1:], before, after, strict=True):
+                    runs[n][key].append((a - b) / wall)
+                errors += result.error_count
+    table = {n: {k: median(v) for k, v in runs[n].items()} for n in counts}
+    one = table[1]["rps"]
+    for n, row in table.items():
+        row["scaling"] = row["rps"] / one if one else float("nan")
+        row["efficiency"] = row["scaling"] / n
+        row["others"] = row["machine"] - row["router"] - row["upstream"] - row["loadgen"]
+        row["rps_per_router_core"] = row["rps"] / row["router"] if row["router"] else float("nan")
     lines = [
-        f"workers: 1 worker {one:,.0f} req/s, 2 workers {two:,.0f} req/s: scaling x{scale:.2f} "
-        f"(c=64; the 2 cores are shared with the upstream and the load generator, so this is "
-        f"a lower bound of what a second core gives)",
+        f"{cpus} CPUs usable by this run (os.cpu_count() {os.cpu_count()}), all shared by the "
+        f"router's workers, the upstream (one process) and the load generator ({load_procs} "
+        f"process{'es' if load_procs > 1 else ''}); c=64, {seconds:g} s per run, {rounds} "
+        "round(s), medians; cores = CPU seconds / wall seconds of each; other processes = "
+        "the machine's busy time (/proc/stat) minus these three",
+        "",
+        "| workers | req/s | x 1 worker | per-core efficiency | req/s per router core "
+        "| router cores | upstream cores | loadgen cores | other processes | machine busy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    return {"rps_1": rates[1], "rps_2": rates[2], "scaling": scale, "errors": errors}, lines
+    for n, row in table.items():
+        lines.append(
+            f"| {n} | {row['rps']:,.0f} | {row['scaling']:.2f} | {row['efficiency']:.2f} "
+            f"| {row['rps_per_router_core']:,.0f} | {row['router']:.2f} | {row['upstream']:.2f} "
+            f"| {row['loadgen']:.2f} | {row['others']:.2f} | {row['machine']:.2f} / {cpus} |")
+    top = table[counts[-1]]
+    limits_seen = [
+        name for name, cores in (("the upstream", top["upstream"]),
+                                 ("the load generator", top["loadgen"] / load_procs))
+        if cores >= SATURATED_CORES]
+    if top["machine"] >= SATURATED_CORES * cpus:
+        limits_seen.append("all CPUs" + (f" ({top['others']:.2f} cores to other processes)"
+                                         if top["others"] >= 0.1 else ""))
+    bound = (f"; saturated at {counts[-1]} workers: {', '.join(limits_seen)}, so the scaling "
+             "is a lower bound of what the router's workers would give on free cores"
+             if limits_seen else "")
+    lines += [
+        "",
+        f"workers: 1 -> {counts[-1]} workers x{top['scaling']:.2f}, per-core efficiency "
+        f"{top['efficiency']:.2f} (reference: 1.00 = linear); req/s per router core "
+        f"{top['rps_per_router_core'] / table[1]['rps_per_router_core']:.2f} x 1 worker's{bound}",
+    ]
+    out: dict[str, Any] = {
+        "cpus": cpus, "cpu_count": os.cpu_count(), "counts": list(counts),
+        "loadgen_processes": load_procs, "seconds": seconds, "rounds": rounds,
+        "runs": {str(n): v for n, v in runs.items()},
+        "table": {str(n): v for n, v in table.items()},
+        "saturated": limits_seen, "errors": errors,
+    }
+    return out, lines
 
 
 # --- fronts ---------------------------------------------------------------------------------------
