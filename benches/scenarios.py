@@ -1157,11 +1157,16 @@ FEATURES_CONFIG: Final = {
     "off": "metrics:\n  enabled: false\n",
     "on": LIMITS_ON + "metrics:\n  enabled: true\ntracing:\n  enabled: true\n",
 }
-#: "Off costs nothing": off/floor >= core/floor x (1 - this). The two routers differ in one
-#: switch, so a real cost of "off" shows as a ratio below 1; 5% is the margin two identical
-#: routers keep between each other in a 3-round median on the shared 2-core machine.
-FEATURES_OFF_TOLERANCE: Final = 0.05
-#: "On costs little": on/off throughput at c=64.
+#: "Off costs nothing": off/floor >= core/floor x (1 - this), i.e. off/core >= 0.9 (median of
+#: per-round ratios). Three identical routers measured this way on the shared 2-core machine
+#: (load average ~5) gave medians of 0.90 to 1.07 of each other over 3 rounds: throughput
+#: noise is +-10% there, so a smaller tolerance would report noise.
+FEATURES_OFF_TOLERANCE: Final = 0.10
+#: ... and off's CPU per request <= core's x (1 + this). The same identical routers stayed
+#: within 1.3% of each other in CPU per request, the steadier figure.
+FEATURES_OFF_CPU_TOLERANCE: Final = 0.05
+#: "On costs little": on/off throughput at c=64 (and, steadier, CPU per request on/off at
+#: most its inverse).
 FEATURES_ON_TARGET: Final = 0.9
 
 
@@ -1200,13 +1205,16 @@ def features(env: Env) -> Report:
            for a, b in (("off", "core"), ("on", "off"))}
     added_p50_us = _paired_diff(samples, "on", "off") * 1000
     off_ok = ratios["off_core"] >= 1 - FEATURES_OFF_TOLERANCE
+    off_cpu_ok = cpu["off_core"] <= 1 + FEATURES_OFF_CPU_TOLERANCE
     on_ok = ratios["on_off"] >= FEATURES_ON_TARGET
+    on_cpu_ok = cpu["on_off"] <= 1 / FEATURES_ON_TARGET
     out: dict[str, Any] = {
         "rounds": rounds, "duration_s": duration, "samples": samples, "errors": errors,
         "tracing": "spans" if spans else "traceparent", "ratios": ratios,
         "cpu_ratios": cpu, "added_p50_us_on_off": added_p50_us,
-        "off_tolerance": FEATURES_OFF_TOLERANCE, "on_target": FEATURES_ON_TARGET,
-        "pass": {"off": off_ok, "on": on_ok},
+        "off_tolerance": FEATURES_OFF_TOLERANCE,
+        "off_cpu_tolerance": FEATURES_OFF_CPU_TOLERANCE, "on_target": FEATURES_ON_TARGET,
+        "pass": {"off": off_ok, "off_cpu": off_cpu_ok, "on": on_ok, "on_cpu": on_cpu_ok},
     }
     lines = [
         f"core = the core scenario's router; off = metrics off too (keys, limits, tracing off "
@@ -1227,11 +1235,13 @@ def features(env: Env) -> Report:
         "",
         f"features off costs nothing: off/floor {ratios['off_floor']:.2f} vs core/floor "
         f"{ratios['core_floor']:.2f}: off/core x{ratios['off_core']:.3f} (target >= "
-        f"{1 - FEATURES_OFF_TOLERANCE:.2f}, the noise tolerance) {verdict(off_ok)}; CPU/request "
-        f"off/core x{cpu['off_core']:.2f} (reference)",
+        f"{1 - FEATURES_OFF_TOLERANCE:.2f}: the noise tolerance) {verdict(off_ok)}; CPU/request "
+        f"off/core x{cpu['off_core']:.3f} (target <= {1 + FEATURES_OFF_CPU_TOLERANCE:.2f}) "
+        f"{verdict(off_cpu_ok)}",
         f"features on costs little: on/floor {ratios['on_floor']:.2f}; on/off throughput "
         f"x{ratios['on_off']:.3f} (target >= {FEATURES_ON_TARGET}) {verdict(on_ok)}; CPU/request "
-        f"on/off x{cpu['on_off']:.2f}, added p50 c=1 {added_p50_us:+.0f} us (reference)",
+        f"on/off x{cpu['on_off']:.3f} (the same target in CPU: <= {1 / FEATURES_ON_TARGET:.2f}) "
+        f"{verdict(on_cpu_ok)}; added p50 c=1 {added_p50_us:+.0f} us (reference)",
     ]
     return out, lines
 
