@@ -1170,6 +1170,23 @@ FEATURES_OFF_CPU_TOLERANCE: Final = 0.05
 FEATURES_ON_TARGET: Final = 0.9
 
 
+#: What each router answers when its switches took: (a chat request without the key,
+#: ``GET /metrics``). Checked before measuring, so a config that silently did not apply
+#: cannot pass for "features on".
+FEATURES_EXPECT: Final = {"core": (200, 200), "off": (200, 404), "on": (401, 200)}
+
+
+def _check_features(env: Env, services: dict[str, Service]) -> None:
+    for name, expected in FEATURES_EXPECT.items():
+        port = services[name].port
+        got = (http_request(env.host, port, "POST", CHAT_PATH, loadgen.CHAT_BODY)[0],
+               http_request(env.host, port, "GET", "/metrics")[0])
+        if got != expected:
+            raise BenchError(
+                f"features: {name} answered a chat request without the key and GET /metrics "
+                f"with {got}, expected {expected}: its config did not take effect")
+
+
 def _otel_sdk_installed(env: Env) -> bool:
     """Can the router's interpreter import the OpenTelemetry SDK (spans), or does
     ``tracing.enabled`` only generate and forward ``traceparent``?"""
@@ -1193,6 +1210,7 @@ def features(env: Env) -> Report:
                else "traceparent only (opentelemetry-sdk not installed)")
     prog = Progress("features", rounds * len(FEATURES_TARGETS) * 2)
     with running(up, *services.values()):
+        _check_features(env, services)
         # Every target gets the same request bytes: the key is what ``on`` requires.
         requests = {name: loadgen.build_request(
             env.host, svc.port, CHAT_PATH, headers=[("Authorization", f"Bearer {LIMITS_KEY}")])
