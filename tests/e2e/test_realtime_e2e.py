@@ -562,3 +562,82 @@ async def test_shutdown_closes_sessions_with_1001(nursery: trio.Nursery) -> None
     seen, code, reason = await in_thread(lambda: closed_with(run))
     assert seen == ["session.created"]
     assert (code, reason) == (1001, "the router is shutting down")
+
+
+async def test_per_backend_limits_and_ratelimit_headers_on_the_handshake(
+    nursery: trio.Nursery, front: str
+) -> None:
+    """``per_backend`` limits admit a session on the backend it opens on: a backend at its
+    limit is skipped for another, and 429 comes when none has room; the 101 carries the
+    ``x-ratelimit-*`` headers any other answer would."""
+    router = await start_router(nursery, router_config(
+        [{"name": f"rt{n}", "type": "mock", "models": [MODEL]} for n in (1, 2)],
+        rate_limiting={"limits": {"per_backend": {"max_concurrent": 1},
+                                  "per_client": {"requests_per_second": 100,
+                                                 "burst_capacity": 1000}}}))
+    opened = [trio.Event(), trio.Event()]
+    release = trio.Event()
+    backends: list[str] = []
+    token = trio.lowlevel.current_trio_token()
+
+    def hold(n: int) -> None:
+        with connect(ws_url(router), open_timeout=30) as ws:
+            headers = ws.response.headers
+            assert headers["x-ratelimit-limit-requests"] == "1000"
+            assert int(headers["x-ratelimit-remaining-requests"]) < 1000
+            backends.append(headers["x-continuum-backend"])
+            ws.recv(timeout=30)  # session.created
+            trio.from_thread.run_sync(opened[n].set, trio_token=token)
+            trio.from_thread.run(release.wait, trio_token=token)
+
+    async with trio.open_nursery() as holding:
+        holding.start_soon(in_thread, partial(hold, 0))
+        await opened[0].wait()
+        holding.start_soon(in_thread, partial(hold, 1))
+        await opened[1].wait()
+        # Both backends hold one session each: the first went to one, the second was
+        # moved to the other, and a third has nowhere to go.
+        assert sorted(backends) == ["rt1", "rt2"]
+        status, headers, body = await in_thread(lambda: refusal(ws_url(router)))
+        assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+        assert "in flight" in body["error"]["message"]
+        assert int(headers["retry-after"]) >= 1
+        release.set()
+    # The slots went back when the sessions ended.
+    with trio.fail_after(10):
+        while True:
+            try:
+                await in_thread(lambda: connect(ws_url(router), open_timeout=30).close())
+                break
+            except InvalidStatus as exc:  # the sessions' ends are still being settled
+                assert exc.response.status_code == 429
+                await trio.sleep(0.05)
+
+
+async def test_per_backend_slot_of_a_failed_connect_goes_back(nursery: trio.Nursery) -> None:
+    """A backend the session could not open on gives its per_backend slot back at once."""
+    router = await start_router(nursery, router_config(
+        [{"name": "dead", "url": refused_url(nursery), "models": [MODEL]},
+         {"name": "rt", "type": "mock", "models": [MODEL]}],
+        routing={"strategy": "RoundRobin"},
+        rate_limiting={"limits": {"per_backend": {"max_concurrent": 1}}}))
+    release = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    held = trio.Event()
+
+    def hold() -> None:
+        with connect(ws_url(router), open_timeout=30) as ws:
+            assert ws.response.headers["x-continuum-backend"] == "rt"
+            ws.recv(timeout=30)
+            trio.from_thread.run_sync(held.set, trio_token=token)
+            trio.from_thread.run(release.wait, trio_token=token)
+
+    async with trio.open_nursery() as holding:
+        holding.start_soon(in_thread, hold)
+        await held.wait()
+        # "rt" is held; "dead" refuses connections. Had the failed attempt kept its slot on
+        # "dead", this session would be refused by the limit (429) rather than by the
+        # upstream (502), which is what tells them apart.
+        status, _, body = await in_thread(lambda: refusal(ws_url(router)))
+        assert status == 502, (status, body)
+        release.set()

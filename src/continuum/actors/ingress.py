@@ -212,7 +212,7 @@ class Ingress:
         chain = access.allowed_chain(admission, model, resolved, chain)
         reservation = access.default_reservation if access.counts_tokens else 0.0
         await access.admit(admission, request, conn, resolved, reservation)
-        if not admission.limited or not admission.decisions:
+        if not admission.limited or not (admission.decisions or access.per_backend):
             return NO_LIMITS, chain
         return LimitedSession(access, admission), chain
 
