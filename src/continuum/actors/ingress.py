@@ -190,6 +190,10 @@ class Ingress:
         self.config = config
         self._access_log = config.logging.access_log
 
+    def use_cors(self, config: Config) -> None:
+        """A config reload changed ``cors``: the next request is answered by it."""
+        self._cors = cors_policy(config)
+
     def add_routes(self, routes: Mapping[str, tuple[str, Route]]) -> None:
         """Register a subsystem's routes (path: (method, handler)), e.g. the Realtime
         relay's ``GET /v1/realtime``. Their ``/v1/`` paths are authenticated like the rest."""

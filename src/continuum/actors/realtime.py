@@ -231,6 +231,15 @@ class RealtimeGateway:
         self.router = router
         self.metrics = metrics
         self.admit = admit
+        #: The cancel scopes of the sessions being relayed (see :meth:`stop`).
+        self.sessions: set[trio.CancelScope] = set()
+        self._rng = random.Random()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take ``realtime.*``, ``request.max_retries`` and ``retry`` (at start, and on a
+        config reload): new sessions use them, open ones keep the settings they started
+        with."""
         self.max_sessions = config.realtime.max_sessions
         self.max_retries = config.max_retries
         retry = config.retry
@@ -238,9 +247,6 @@ class RealtimeGateway:
                                 retry.jitter)
         self._settings: RelaySettings | None = None
         self._config = config
-        #: The cancel scopes of the sessions being relayed (see :meth:`stop`).
-        self.sessions: set[trio.CancelScope] = set()
-        self._rng = random.Random()
 
     @property
     def settings(self) -> RelaySettings:
