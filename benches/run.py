@@ -12,9 +12,9 @@ Starts, as child processes on free ports of ``--host`` (127.0.0.1 by default):
   "LeastLatency within 10% of RoundRobin".
 
 ``--scenarios`` picks what runs (default: all but ``external``): ``core`` and ``strategies``
-here; ``sweep``, ``concurrency``, ``streaming``, ``translation``, ``idle``, ``soak``, ``startup``
-and ``external`` in ``scenarios.py`` (each starts its own processes, except ``sweep``, which
-reuses the core ones).
+here; ``sweep``, ``concurrency``, ``streaming``, ``translation``, ``idle``, ``soak``, ``startup``,
+``workers``, ``fronts``, ``limits``, ``features`` and ``external`` in ``scenarios.py`` (each
+starts its own processes, except ``sweep``, which reuses the core ones).
 
 Then: the router's idle RSS, 10,000 requests, its RSS again; a warm-up of each target; and
 ``--rounds`` rounds in which every target (``direct`` = the upstream itself, ``floor``,
@@ -101,31 +101,13 @@ STRATEGY_RATIO_TARGET: Final = 0.9  # issue 3: LeastLatency(5) within 10% of Rou
 ISSUE15_RATIO_TARGET: Final = 0.8  # issue 15 item 3: router/floor at c=64
 BUSY_WARN: Final = 0.25  # warn when the CPUs are this busy before the bench starts
 
-CONFIG_TEMPLATE: Final = """\
-server:
-  bind_address: "{bind}"
-  connection_pool_size: 256
-health_checks:
-  enabled: false
-logging:
-  level: error
-backends:
-  - name: upstream
-    url: "{upstream_url}"
-    models: ["bench-model"]
-"""
+#: The core router: the scenarios' bench router config with no extra blocks.
+CONFIG_TEMPLATE: Final = scenarios_mod.ROUTER_CONFIG.replace("{extra}", "")
 
-STRATEGY_CONFIG_HEAD: Final = """\
-server:
-  bind_address: "{bind}"
-  connection_pool_size: 256
-health_checks:
-  enabled: false
-logging:
-  level: error
-routing: {routing}
-backends:
-"""
+#: The strategy routers: the same head with a ``routing:`` block, backends appended.
+STRATEGY_CONFIG_HEAD: Final = (
+    scenarios_mod.ROUTER_CONFIG.partition("{extra}")[0] + "routing: {routing}\nbackends:\n"
+)
 STRATEGY_BACKEND: Final = """\
   - name: b{n}
     url: "{upstream_url}"
