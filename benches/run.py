@@ -98,6 +98,7 @@ ADDED_P99_TARGET_MS: Final = 0.5
 IDLE_RSS_TARGET_MB: Final = 40.0
 HEADROOM_TARGET: Final = 3.0
 STRATEGY_RATIO_TARGET: Final = 0.9  # issue 3: LeastLatency(5) within 10% of RoundRobin(5)
+ISSUE15_RATIO_TARGET: Final = 0.8  # issue 15 item 3: router/floor at c=64
 BUSY_WARN: Final = 0.25  # warn when the CPUs are this busy before the bench starts
 
 #: The core router: the scenarios' bench router config with no extra blocks.
@@ -550,6 +551,11 @@ def core_report(results: dict[str, Any], conc: int) -> str:
             f"loadgen headroom: direct {t['direct'][str(conc)]['rps']:,.0f} req/s = {head:.1f}x "
             f"the router (goal >= {HEADROOM_TARGET:.0f}x) {verdict(head >= HEADROOM_TARGET)}",
             f"floor/direct throughput: {results['ratio_floor_direct']:.2f}",
+            f"issue 15: router/floor at c={conc}: {ratio:.2f} (target >= "
+            f"{ISSUE15_RATIO_TARGET:.2f}) {verdict(ratio >= ISSUE15_RATIO_TARGET)}",
+            f"issue 15: added p99 at c=1, router {add_r['p99']:.3f} ms vs floor "
+            f"{add_f['p99']:.3f} ms (target router <= floor) "
+            f"{verdict(add_r['p99'] <= add_f['p99'])}",
         ]
     strat = results.get("strategies")
     if strat:
