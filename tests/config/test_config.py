@@ -817,7 +817,9 @@ def test_translation_keys_of_a_backend() -> None:
             ("type: gemini", "reasoning", "drop"),
             ("type: gemini, gemini_api: native", "max_tokens_field", "max_tokens"),
             ("type: openai, url: 'http://x:1'", "thinking_conflict", "reject"),
-            ("type: gemini, gemini_api: openai", "thinking_conflict", "reject")):
+            ("type: gemini, gemini_api: openai", "thinking_conflict", "reject"),
+            ("type: openai, url: 'http://x:1'", "gemini_api", "openai"),
+            ("type: anthropic", "gemini_api", "openai")):
         err = error_of(f"backends:\n  - {{name: a, {backend}, {key}: {value}}}\n")
         assert f"backends[0].{key}: only valid for" in err, err
     for backend, key, value in (("type: gemini, gemini_api: openai", "reasoning", "send"),

@@ -220,6 +220,12 @@ async def test_separate_metrics_listener(nursery: trio.Nursery) -> None:
         assert m["http_requests_total"][
             labels(method="POST", endpoint=CHAT, status="200")] == 1.0
         assert (await mc.get("/v1/models", auth=("prom", "pw"))).status_code == 404
+        # HEAD like GET without a body, as on the main port; other methods name both.
+        head = await mc.head("/metrics", auth=("prom", "pw"))
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] != "0"
+        post = await mc.post("/metrics", auth=("prom", "pw"))
+        assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
 
 
 def test_metrics_bind_address_is_validated() -> None:

@@ -290,9 +290,9 @@ async def serve_metrics(
             if request.path != endpoint:
                 raise RouterError(404, f"Unknown path: {request.method} {quoted(request.path)}",
                                   code="not_found")
-            if request.method != "GET":
+            if request.method not in ("GET", "HEAD"):  # HEAD: the connection drops the body
                 raise RouterError(405, f"Method {request.method} not allowed; use GET",
-                                  headers=[(b"allow", b"GET")])
+                                  headers=[(b"allow", b"GET, HEAD")])
             await serve_metrics_request(sink, sink.auth, request, conn)
         except RouterError as exc:
             await conn.send_response(exc.status, JSON_HEADERS + exc.headers, exc.body())

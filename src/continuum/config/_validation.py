@@ -388,6 +388,9 @@ def _check_translation_keys(b: BackendConfig, path: str, ctx: Context) -> None:
                     f"{path}.{key}",
                     "only valid for OpenAI-compatible backends (this backend's type is "
                     f"{b.type!r}{', gemini_api native' if b.type == 'gemini' else ''})")
+    if b.type != "gemini" and b.gemini_api != "native":
+        raise ctx.error(f"{path}.gemini_api",
+                        f"only valid for type 'gemini' (this backend's type is {b.type!r})")
     if b.type != "anthropic" and b.thinking_conflict != "drop":
         raise ctx.error(f"{path}.thinking_conflict",
                         f"only valid for type 'anthropic' (this backend's type is {b.type!r})")
