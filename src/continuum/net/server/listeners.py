@@ -294,23 +294,22 @@ class HTTPServer:
             if self._draining.is_set():
                 conn.closing = True
             self.served.add(conn)
+            received = b""
             try:
                 await conn.serve(self._handler)
             finally:
                 self.served.discard(conn)
-                if not self.served and self._draining.is_set():
+                if conn.parked:
+                    idle_deadline, received = conn.parked_state()
+                    if not received:  # else: bytes arrived as it was parked, served below
+                        sock = raw_socket(conn.stream)
+                        assert sock is not None and self._parking is not None
+                        self._parking.park(sock, idle_deadline)
+                if not received and not self.served and self._draining.is_set():
                     self._all_closed.set()
-            if not conn.parked:
-                return
-            idle_deadline, received = conn.parked_state()
-            client = conn.stream
             if not received:
-                sock = raw_socket(client)
-                assert sock is not None  # only plain TCP connections are parked
-                assert self._parking is not None
-                self._parking.park(sock, idle_deadline)
                 return
-            # Bytes arrived as it was parked: carry on in this task.
+            client = conn.stream
 
 
 async def serve_alone(
