@@ -14,12 +14,13 @@ import pytest
 import trio
 
 from continuum import RouterHandle
-from continuum.net.server.parking import PARK_AFTER, can_park
+from continuum.net.server.parking import can_park
 from helpers import router_config, start_mock, start_router
 
 pytestmark = pytest.mark.skipif(not can_park(), reason="parking needs epoll (Linux)")
 
 FLOOD = 1000
+PARK_AFTER = 0.3  # server.idle_park_after here
 HANG_GUARD = 30
 HEALTH = b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n"
 
@@ -36,6 +37,7 @@ async def router(nursery: trio.Nursery, keepalive: float, read_timeout: float) -
     config = router_config(
         [{"name": "mock", "url": url, "models": ["m"]}],
         server={"frontend": "native", "keepalive_timeout": keepalive,
+                "idle_park_after": PARK_AFTER,
                 "request_read_timeout": read_timeout},
     )
     return await start_router(nursery, config)

@@ -6,7 +6,6 @@ behaviour: the task count, what a client sees on the wire, what the server count
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
@@ -15,12 +14,14 @@ import trio
 from adversarial.harness import RawClient
 from continuum.net.server.connection import HTTPLimits, Request, ServerConnection
 from continuum.net.server.listeners import HTTPServer, listener_address, open_listeners
-from continuum.net.server.parking import PARK_AFTER, can_park
+from continuum.net.server.parking import can_park
 from helpers import router_config, start_mock, start_router
 
 pytestmark = pytest.mark.skipif(not can_park(), reason="parking needs epoll (Linux)")
 
 HANG_GUARD = 15
+#: ``park_after`` / ``server.idle_park_after`` in these tests.
+PARK_AFTER = 0.3
 
 
 def tasks() -> int:
@@ -37,6 +38,7 @@ async def echo_path(request: Request, conn: ServerConnection) -> None:
 
 async def start_server(nursery: trio.Nursery, **limits: Any) -> tuple[HTTPServer, str]:
     listeners = await open_listeners(["127.0.0.1:0"])
+    limits.setdefault("park_after", PARK_AFTER)
     server = HTTPServer(listeners, echo_path, HTTPLimits(**limits), shutdown_timeout=2.0,
                         timer_resolution=0.02)
     nursery.start_soon(server.run)
@@ -169,7 +171,7 @@ async def test_active_connections_metric_counts_parked_connections(
 ) -> None:
     _, url = await start_mock(nursery, ["m"])
     config = router_config([{"name": "mock", "url": url, "models": ["m"]}],
-                           server={"frontend": "native"})
+                           server={"frontend": "native", "idle_park_after": PARK_AFTER})
     handle = await start_router(nursery, config)
     address = handle.url.removeprefix("http://")
     with trio.fail_after(HANG_GUARD):
@@ -187,7 +189,48 @@ async def test_active_connections_metric_counts_parked_connections(
             await client.aclose()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="epoll")
+async def test_park_after_zero_keeps_every_connection_on_its_task(
+    nursery: trio.Nursery,
+) -> None:
+    server, address = await start_server(nursery, park_after=0)
+    with trio.fail_after(HANG_GUARD):
+        client = await RawClient.tcp(address)
+        await ask(client, "/x")
+        await trio.sleep(PARK_AFTER + 0.3)
+        assert len(server.served) == 1 and len(server.connections) == 1
+        await ask(client, "/y")
+        await client.aclose()
+
+
+async def test_idle_park_after_zero_in_the_config_switches_parking_off(
+    nursery: trio.Nursery,
+) -> None:
+    _, url = await start_mock(nursery, ["m"])
+    handles = []
+    for park_after in (0, PARK_AFTER):
+        config = router_config([{"name": "mock", "url": url, "models": ["m"]}],
+                               server={"frontend": "native", "idle_park_after": park_after})
+        handles.append(await start_router(nursery, config))
+    with trio.fail_after(HANG_GUARD):
+        await trio.sleep(0.2)
+        counts = []
+        for handle in handles:
+            before = tasks()
+            clients = [await RawClient.tcp(handle.url.removeprefix("http://"))
+                       for _ in range(20)]
+            for client in clients:
+                await client.send(get("/health"))
+                assert (await client.read_response()).status == 200
+            await trio.sleep(PARK_AFTER + 0.6)  # a sweep (every 0.5 s at most) after it
+            counts.append(tasks() - before)
+            for client in clients:
+                await client.aclose()
+            while tasks() > before:  # their connections' tasks end
+                await trio.sleep(0.05)
+        kept, parked = counts
+        assert parked < 5 and kept >= 20, counts
+
+
 async def test_tls_connections_are_not_parked(nursery: trio.Nursery) -> None:
     trustme = pytest.importorskip("trustme")
     import ssl

@@ -76,6 +76,9 @@ class HTTPLimits:
     max_body_size: int = 10 * 1024 * 1024
     request_read_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    #: A connection idle this long between requests is parked without a task
+    #: (``.parking``); 0: never.
+    park_after: float = 1.0
     #: A client that accepts no bytes of an answer for this long is disconnected.
     write_timeout: float = 60.0
     #: Paths whose ``multipart/*`` bodies are handed to the handler as they arrive

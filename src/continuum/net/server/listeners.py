@@ -26,7 +26,7 @@ from .connection import (
     ServerConnection,
     _plain_error,
 )
-from .parking import PARK_AFTER, IdleParking, OpenConnections, can_park
+from .parking import IdleParking, OpenConnections, can_park
 from .tls import accept_tls
 
 log = logging.getLogger("continuum.http")
@@ -155,7 +155,8 @@ class HTTPServer:
         #: Connections served by a task; idle plain-TCP ones are parked after a while
         #: (``.parking``: no task, no parser) and counted in :attr:`connections` only.
         self.served: set[ServerConnection] = set()
-        self._parking = IdleParking() if can_park() and ssl_context is None else None
+        parks = limits.park_after > 0 and ssl_context is None and can_park()
+        self._parking = IdleParking() if parks else None
         self.connections = OpenConnections(self.served, self._parking)
         self._handler = handler
         self._limits = limits
@@ -220,11 +221,12 @@ class HTTPServer:
         """Fire connection timers (idle keep-alive, slow client, request deadlines)."""
         parking = self._parking
         keepalive = self._limits.keepalive_timeout
+        park_after = self._limits.park_after
         while True:
             await trio.sleep(self.timer_resolution)
             now = clock()
             # An idle connection's deadline is when it fell idle + keepalive_timeout.
-            park_by = now + keepalive - PARK_AFTER
+            park_by = now + keepalive - park_after
             for conn in list(self.served):
                 if conn.deadline <= now:
                     conn.expire()

@@ -7,7 +7,8 @@ clients cost ~95 MB for doing nothing. Parked, a connection is its stdlib socket
 keep-alive deadline (~0.3 KB); everything else is dropped and built again when it sends.
 
 How: the server's sweeper parks a plain-TCP connection that has waited between requests
-for :data:`PARK_AFTER` (a connection that talks more often never pays the round trip). Its
+for ``HTTPLimits.park_after`` (``server.idle_park_after``, 1 s): a connection that talks
+more often never pays the round trip, which costs about 0.2 ms of CPU per wake-up. Its
 socket goes into a private level-triggered epoll set; one task per server waits on that
 set's fd with ``trio.lowlevel.wait_readable`` and hands every socket that becomes readable
 (a request, an EOF, an error) back to the server, which serves it in a new task. The
@@ -26,8 +27,6 @@ from typing import Final, final
 
 import trio
 
-#: A connection idle this long (seconds) between requests may be parked by the sweeper.
-PARK_AFTER: Final = 0.25
 #: Sockets handed back per wake-up at most (then other tasks get a turn).
 _WAKE_BATCH: Final = 256
 
