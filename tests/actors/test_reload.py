@@ -211,6 +211,27 @@ async def test_changes_that_need_a_restart_are_reported_and_kept(nursery: trio.N
     assert not only.changed and only.version == 2 and only.needs_restart
 
 
+async def test_cors_applies_live(nursery: trio.Nursery) -> None:
+    _, entries = await mocks(nursery, "a")
+    data = router_config([entries["a"]])
+    router = await start_router(nursery, data)
+    origin = {"origin": "https://app.example.com"}
+    async with http(router) as client:
+        plain = await client.post(CHAT, json=chat(), headers=origin)
+        assert "access-control-allow-origin" not in plain.headers
+        outcome = await propose(router, {**data, "cors": {
+            "enabled": True, "allowed_origins": ["https://*.example.com"]}})
+        assert not outcome.needs_restart
+        allowed = await client.post(CHAT, json=chat(), headers=origin)
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+        preflight = await client.options(CHAT, headers={
+            **origin, "access-control-request-method": "POST"})
+        assert preflight.status_code == 204
+        await propose(router, data)
+        after = await client.post(CHAT, json=chat(), headers=origin)
+        assert "access-control-allow-origin" not in after.headers
+
+
 async def test_metrics_auth_logging_and_dedup_apply_live(nursery: trio.Nursery) -> None:
     ups, entries = await mocks(nursery, "a")
     data = router_config([entries["a"]])

@@ -92,6 +92,24 @@ def test_openai_model_list_reads_each_id_once() -> None:
         profile.model_ids(b"<html>")
 
 
+def test_paged_model_lists_name_their_next_page() -> None:
+    gemini = backend_profile(backend(type="gemini", api_key="g"))
+    assert gemini.models_page_path() == b"/v1beta/models?pageSize=1000"
+    assert gemini.models_page_path("a b&c") == b"/v1beta/models?pageSize=1000&pageToken=a%20b%26c"
+    page = {"models": [{"name": "models/g1"}], "nextPageToken": "t2"}
+    assert gemini.model_page(json.dumps(page).encode()) == (("g1",), "t2")
+    assert gemini.model_page(b'{"models": [], "nextPageToken": ""}') == ((), None)
+    claude = backend_profile(backend(type="anthropic"))
+    assert claude.models_page_path() == b"/v1/models?limit=1000"
+    assert claude.models_page_path("m-2") == b"/v1/models?limit=1000&after_id=m-2"
+    body = b'{"data": [{"id": "m-1"}, {"id": "m-2"}], "has_more": true, "last_id": "m-2"}'
+    assert claude.model_page(body) == (("m-1", "m-2"), "m-2")
+    assert claude.model_page(body.replace(b"true", b"false")) == (("m-1", "m-2"), None)
+    openai = backend_profile(backend())
+    assert openai.models_page_path("ignored") == b"/v1/models"
+    assert openai.model_page(b'{"data": [{"id": "a"}], "has_more": true}') == (("a",), None)
+
+
 def test_the_in_process_mock_gets_a_key_of_its_own() -> None:
     profile = backend_profile(BackendConfig(name="m", type="mock",
                                             mock=MockConfig(api="gemini")))

@@ -931,3 +931,21 @@ async def test_responses_bridged_for_anthropic_and_gemini_only_models(
                     "Mock reply to: hi")
     assert a_mock.requests_by_path["/v1/messages"] == 1
     assert g_mock.requests == 1
+
+
+@pytest.mark.parametrize("api", ["gemini", "anthropic"])
+async def test_discovery_reads_every_page_of_a_model_list(nursery: trio.Nursery,
+                                                          api: str) -> None:
+    """Gemini's and Anthropic's model lists come in pages (at most 1,000 entries each): a
+    backend with more models than one page is discovered whole."""
+    models = tuple(f"{api}-{n:04d}" for n in range(1003))
+    _, url = await start_api_mock(nursery, api, models)
+    backend = gemini_backend(url) if api == "gemini" else anthropic_backend(url)
+    del backend["models"]
+    router = await router_with(nursery, backend)
+    async with oai(router) as client:
+        listed = {m.id for m in (await client.models.list()).data}
+        assert set(models) <= listed
+        reply = await client.chat.completions.create(
+            model=models[-1], messages=[{"role": "user", "content": "last page"}])
+    assert reply.model == models[-1]

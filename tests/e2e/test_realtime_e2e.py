@@ -12,7 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
 
@@ -392,6 +393,33 @@ async def test_keys_from_headers_and_from_the_browser_subprotocol(nursery: trio.
     assert await in_thread(with_header) == "session.created"
 
 
+@asynccontextmanager
+async def sessions_held(router: RouterHandle, count: int = 1, **kwargs: Any
+                        ) -> AsyncIterator[list[Any]]:
+    """``count`` sessions opened one after another (each past its ``session.created``) and
+    held until the block ends; yields their handshake answers' headers."""
+    release = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    headers: list[Any] = []
+
+    def hold(opened: trio.Event) -> None:
+        with connect(ws_url(router), open_timeout=30, **kwargs) as ws:
+            ws.recv(timeout=30)
+            headers.append(ws.response.headers)
+            trio.from_thread.run_sync(opened.set, trio_token=token)
+            trio.from_thread.run(release.wait, trio_token=token)
+
+    async with trio.open_nursery() as holding:
+        for _ in range(count):
+            opened = trio.Event()
+            holding.start_soon(in_thread, partial(hold, opened))
+            await opened.wait()
+        try:
+            yield headers
+        finally:
+            release.set()
+
+
 def exchange(router: RouterHandle, key: str, responses: int = 1) -> int:
     """A session with ``responses`` scripted responses; the tokens they reported."""
     used = 0
@@ -439,21 +467,9 @@ async def test_access_control_at_the_handshake(nursery: trio.Nursery) -> None:
     assert int(headers["retry-after"]) >= 1
     # One session at a time: a second is refused while the first lasts, and admitted once
     # it has ended (its lease went back).
-    opened, release = trio.Event(), trio.Event()
-    token = trio.lowlevel.current_trio_token()
-
-    def hold() -> None:
-        with sdk(router, key="sk-conc").realtime.connect(model=MODEL) as conn:
-            conn.recv()
-            trio.from_thread.run_sync(opened.set, trio_token=token)
-            trio.from_thread.run(release.wait, trio_token=token)
-
-    async with trio.open_nursery() as holding:
-        holding.start_soon(in_thread, hold)
-        await opened.wait()
+    async with sessions_held(router, **bearer("sk-conc")):
         status, _, body = await in_thread(lambda: refusal(ws_url(router), **bearer("sk-conc")))
         assert status == 429 and "in flight" in body["error"]["message"]
-        release.set()
     with trio.fail_after(10):
         while True:
             try:
@@ -471,22 +487,10 @@ async def test_access_control_at_the_handshake(nursery: trio.Nursery) -> None:
 
 async def test_max_sessions_refuses_past_the_cap(nursery: trio.Nursery) -> None:
     router, _ = await mock_router(nursery, realtime={"max_sessions": 1})
-    opened = trio.Event()
-    release = trio.Event()
-    token = trio.lowlevel.current_trio_token()
-
-    def hold() -> None:
-        with sdk(router).realtime.connect(model=MODEL) as conn:
-            conn.recv()
-            trio.from_thread.run_sync(opened.set, trio_token=token)
-            trio.from_thread.run(release.wait, trio_token=token)
-
-    nursery.start_soon(in_thread, hold)
-    await opened.wait()
-    status, headers, body = await in_thread(lambda: refusal(ws_url(router)))
-    assert status == 503 and headers["retry-after"] == "1"
-    assert "realtime.max_sessions" in body["error"]["message"]
-    release.set()
+    async with sessions_held(router):
+        status, headers, body = await in_thread(lambda: refusal(ws_url(router)))
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "realtime.max_sessions" in body["error"]["message"]
 
 
 async def test_realtime_disabled_is_not_routed(nursery: trio.Nursery, front: str) -> None:
@@ -562,3 +566,68 @@ async def test_shutdown_closes_sessions_with_1001(nursery: trio.Nursery) -> None
     seen, code, reason = await in_thread(lambda: closed_with(run))
     assert seen == ["session.created"]
     assert (code, reason) == (1001, "the router is shutting down")
+
+
+async def test_per_backend_limits_and_ratelimit_headers_on_the_handshake(
+    nursery: trio.Nursery, front: str
+) -> None:
+    """``per_backend`` limits admit a session on the backend it opens on: a backend at its
+    limit is skipped for another, and 429 comes when none has room; the 101 carries the
+    ``x-ratelimit-*`` headers any other answer would."""
+    router = await start_router(nursery, router_config(
+        [{"name": f"rt{n}", "type": "mock", "models": [MODEL]} for n in (1, 2)],
+        rate_limiting={"limits": {"per_backend": {"max_concurrent": 1},
+                                  "per_client": {"requests_per_second": 100,
+                                                 "burst_capacity": 1000}}}))
+    async with sessions_held(router, 2) as held:
+        for headers in held:
+            assert headers["x-ratelimit-limit-requests"] == "1000"
+            assert int(headers["x-ratelimit-remaining-requests"]) < 1000
+        # Both backends hold one session each: the first went to one, the second was
+        # moved to the other, and a third has nowhere to go.
+        assert sorted(h["x-continuum-backend"] for h in held) == ["rt1", "rt2"]
+        status, headers, body = await in_thread(lambda: refusal(ws_url(router)))
+        assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+        assert "in flight" in body["error"]["message"]
+        assert int(headers["retry-after"]) >= 1
+    # The slots went back when the sessions ended.
+    with trio.fail_after(10):
+        while True:
+            try:
+                await in_thread(lambda: connect(ws_url(router), open_timeout=30).close())
+                break
+            except InvalidStatus as exc:  # the sessions' ends are still being settled
+                assert exc.response.status_code == 429
+                await trio.sleep(0.05)
+
+
+async def test_per_backend_slot_of_a_failed_connect_goes_back(nursery: trio.Nursery) -> None:
+    """A backend the session could not open on gives its per_backend slot back at once."""
+    router = await start_router(nursery, router_config(
+        [{"name": "dead", "url": refused_url(nursery), "models": [MODEL]},
+         {"name": "rt", "type": "mock", "models": [MODEL]}],
+        routing={"strategy": "RoundRobin"},
+        rate_limiting={"limits": {"per_backend": {"max_concurrent": 1}}}))
+    async with sessions_held(router) as held:
+        assert held[0]["x-continuum-backend"] == "rt"
+        # "rt" is held; "dead" refuses connections. Had the failed attempt kept its slot on
+        # "dead", this session would be refused by the limit (429) rather than by the
+        # upstream (502), which is what tells them apart.
+        status, _, body = await in_thread(lambda: refusal(ws_url(router)))
+        assert status == 502, (status, body)
+
+
+async def test_realtime_settings_apply_live(nursery: trio.Nursery) -> None:
+    """``realtime.max_sessions`` (and the relay's timings) change for the next session; the
+    settings fixed at start are reported as needing a restart."""
+    data = router_config([{"name": "rt", "type": "mock", "models": [MODEL]}])
+    router = await start_router(nursery, data)
+    outcome = await router.reconfigurer.propose(config_from_dict(
+        {**data, "realtime": {"max_sessions": 1, "ping_interval": 5, "max_message_size": 4096}},
+        source="<test>"), source="test", who="tester")
+    assert sorted(c.path for c in outcome.changes) == ["realtime.max_sessions",
+                                                       "realtime.ping_interval"]
+    assert "realtime.max_message_size" in outcome.needs_restart
+    async with sessions_held(router):
+        status, _, body = await in_thread(lambda: refusal(ws_url(router)))
+        assert status == 503 and "realtime.max_sessions" in body["error"]["message"]

@@ -450,13 +450,17 @@ class AccessControl:
         for name, decision in admission.backend_decisions:
             self._settle(decision, tokens_used if name == backend else 0)
 
-    def charge(self, admission: Admission, tokens: int) -> None:
-        """Count ``tokens`` against the token limits an admitted request took, now, leaving
-        its leases and its reservation alone: a Realtime session's responses, as each ends
-        (the session's own :meth:`settle`, at its end, then refunds the reservation)."""
+    def charge(self, admission: Admission, tokens: int, backend: str = "") -> None:
+        """Count ``tokens`` against the token limits an admitted request took (and those of
+        its admission on ``backend``), now, leaving its leases and its reservation alone: a
+        Realtime session's responses, as each ends (the session's own :meth:`settle`, at its
+        end, then refunds the reservation)."""
         if tokens <= 0:
             return
-        for decision in admission.decisions:
+        decisions = admission.decisions
+        if backend:
+            decisions = [*decisions, *(d for n, d in admission.backend_decisions if n == backend)]
+        for decision in decisions:
             # The token limits only, as if admitted at cost 0: settling "used ``tokens``"
             # against that adds exactly ``tokens`` (in memory and in Redis alike).
             states = tuple(
@@ -465,6 +469,17 @@ class AccessControl:
                 if type(state.check) is RateCheck and state.check.tokens)
             if states:
                 self._settle(Decision(True, states), tokens)
+
+    def release_backend(self, admission: Admission, backend: str) -> None:
+        """The request's admission on ``backend`` is over before the request is (a Realtime
+        session that could not open there): its lease and reservation go back now."""
+        kept = []
+        for name, decision in admission.backend_decisions:
+            if name == backend:
+                self._settle(decision, 0)
+            else:
+                kept.append((name, decision))
+        admission.backend_decisions = kept
 
     def _settle(self, decision: Decision, tokens_used: int | None) -> None:
         memory = self._memory

@@ -24,6 +24,8 @@ from .router import Router
 log = logging.getLogger("continuum.cache")  # its published name
 
 _LIST_LIMIT = 16 * 1024 * 1024
+#: Pages of a model list read at most (20,000 models at the largest page size).
+_MAX_PAGES = 20
 _RETRY_FAILED = 5.0
 
 
@@ -61,15 +63,28 @@ class CatalogStats:
 
 
 async def fetch_models(backend: BackendActor, timeout: float) -> tuple[str, ...]:
+    """The backend's model list, every page of it (at most :data:`_MAX_PAGES`: a list that
+    never ends is kept as far as it was read)."""
     profile = backend.profile
-    status, body = await backend.get(profile.models_path, timeout, _LIST_LIMIT)
-    path = profile.models_path.decode()
-    if status != 200:
-        raise UpstreamError(f"GET {path} answered {status}")
-    try:
-        return profile.model_ids(body)
-    except (msgspec.DecodeError, ValueError) as exc:
-        raise UpstreamError(f"GET {path} returned an unreadable list: {exc}") from None
+    ids: dict[str, None] = {}
+    cursor: str | None = None
+    for _ in range(_MAX_PAGES):
+        target = profile.models_page_path(cursor)
+        status, body = await backend.get(target, timeout, _LIST_LIMIT)
+        path = target.decode("latin-1")
+        if status != 200:
+            raise UpstreamError(f"GET {path} answered {status}")
+        try:
+            page, cursor = profile.model_page(body)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise UpstreamError(f"GET {path} returned an unreadable list: {exc}") from None
+        ids.update(dict.fromkeys(page))
+        if cursor is None:
+            break
+    else:
+        log.warning("backend %s: its model list goes on past %d pages; using the first %d "
+                    "ids", backend.name, _MAX_PAGES, len(ids))
+    return tuple(ids)
 
 
 @final

@@ -190,6 +190,10 @@ class Ingress:
         self.config = config
         self._access_log = config.logging.access_log
 
+    def use_cors(self, config: Config) -> None:
+        """A config reload changed ``cors``: the next request is answered by it."""
+        self._cors = cors_policy(config)
+
     def add_routes(self, routes: Mapping[str, tuple[str, Route]]) -> None:
         """Register a subsystem's routes (path: (method, handler)), e.g. the Realtime
         relay's ``GET /v1/realtime``. Their ``/v1/`` paths are authenticated like the rest."""
@@ -212,7 +216,7 @@ class Ingress:
         chain = access.allowed_chain(admission, model, resolved, chain)
         reservation = access.default_reservation if access.counts_tokens else 0.0
         await access.admit(admission, request, conn, resolved, reservation)
-        if not admission.limited or not admission.decisions:
+        if not admission.limited or not (admission.decisions or access.per_backend):
             return NO_LIMITS, chain
         return LimitedSession(access, admission), chain
 

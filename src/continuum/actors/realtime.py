@@ -80,6 +80,16 @@ class RealtimeTicket(Protocol):
 
     def release(self) -> None: ...
 
+    async def admit_backend(self, conn: ServerConnection, backend: str, model: str
+                            ) -> RouterError | None:
+        """``per_backend`` limits: the refusal when ``backend``'s limit is reached (the
+        session tries another), else ``None``: the session now holds a slot on it."""
+        ...
+
+    def backend_failed(self, backend: str) -> None:
+        """The session could not open on ``backend``: its per-backend slot goes back now."""
+        ...
+
 
 #: Admission of one session, once the Ingress has authenticated it (``state.access``):
 #: the request (headers, query, peer), the model asked for and the models that may serve it
@@ -99,6 +109,13 @@ class NoLimits:
     def release(self) -> None:
         pass
 
+    async def admit_backend(self, conn: ServerConnection, backend: str, model: str
+                            ) -> RouterError | None:
+        return None
+
+    def backend_failed(self, backend: str) -> None:
+        pass
+
 
 NO_LIMITS: Final = NoLimits()
 
@@ -109,16 +126,32 @@ class LimitedSession:
     against the token limits as it ends (``response.done``); the session's end gives back
     its concurrency leases and refunds the token reservation its admission took."""
 
-    __slots__ = ("_access", "_admission", "_released")
+    __slots__ = ("_access", "_admission", "_backend", "_released")
 
     def __init__(self, access: AccessControl, admission: Admission) -> None:
         self._access = access
         self._admission = admission
+        self._backend = ""  # the backend per_backend limits admitted the session on
         self._released = False
 
     def settle(self, usage: RealtimeUsage) -> None:
         tokens = usage.total_tokens or usage.input_tokens + usage.output_tokens
-        self._access.charge(self._admission, tokens)
+        self._access.charge(self._admission, tokens, self._backend)
+
+    async def admit_backend(self, conn: ServerConnection, backend: str, model: str
+                            ) -> RouterError | None:
+        access = self._access
+        if not access.per_backend:
+            return None
+        refused = await access.admit_backend(self._admission, conn, backend)
+        if refused is not None:
+            return access.backend_refusal(self._admission, refused, model)
+        self._backend = backend
+        return None
+
+    def backend_failed(self, backend: str) -> None:
+        if self._access.per_backend:
+            self._access.release_backend(self._admission, backend)
 
     def release(self) -> None:
         if not self._released:
@@ -198,6 +231,15 @@ class RealtimeGateway:
         self.router = router
         self.metrics = metrics
         self.admit = admit
+        #: The cancel scopes of the sessions being relayed (see :meth:`stop`).
+        self.sessions: set[trio.CancelScope] = set()
+        self._rng = random.Random()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take ``realtime.*``, ``request.max_retries`` and ``retry`` (at start, and on a
+        config reload): new sessions use them, open ones keep the settings they started
+        with."""
         self.max_sessions = config.realtime.max_sessions
         self.max_retries = config.max_retries
         retry = config.retry
@@ -205,9 +247,6 @@ class RealtimeGateway:
                                 retry.jitter)
         self._settings: RelaySettings | None = None
         self._config = config
-        #: The cancel scopes of the sessions being relayed (see :meth:`stop`).
-        self.sessions: set[trio.CancelScope] = set()
-        self._rng = random.Random()
 
     @property
     def settings(self) -> RelaySettings:
@@ -276,8 +315,8 @@ class RealtimeGateway:
             self.metrics.realtime_started()
             try:
                 async with trio.open_nursery() as nursery:
-                    outcome = await self._connect(nursery, chain, query, upstream_protocols,
-                                                  forwarded, state, model)
+                    outcome = await self._connect(nursery, conn, ticket, chain, query,
+                                                  upstream_protocols, forwarded, state, model)
                     if isinstance(outcome, _Opened):
                         await self._run(request, conn, nursery, outcome, offered, tally,
                                         ticket, ended.append)
@@ -355,11 +394,14 @@ class RealtimeGateway:
                       refused.attempts)
 
     async def _connect(
-        self, nursery: trio.Nursery, chain: tuple[str, ...], query: dict[str, str],
-        subprotocols: list[str], forwarded: Headers, state: RequestState, client_model: str,
+        self, nursery: trio.Nursery, conn: ServerConnection, ticket: RealtimeTicket,
+        chain: tuple[str, ...], query: dict[str, str], subprotocols: list[str],
+        forwarded: Headers, state: RequestState, client_model: str,
     ) -> _Opened | _Refused | RouterError:
         """Open an upstream session for the first model of ``chain`` that has a backend
-        able to; a retryable failure moves on to another backend (then the next model)."""
+        able to; a retryable failure moves on to another backend (then the next model). A
+        backend at its ``per_backend`` limit is skipped for another (429 when none has room,
+        as on the HTTP path)."""
         from ..net.websocket_relay import UpstreamConnectError, open_upstream
 
         router = self.router
@@ -369,6 +411,7 @@ class RealtimeGateway:
         failed: BackendActor | None = None  # the backend of ``last``
         last_model = client_model
         previous: BackendActor | None = None
+        refused: RouterError | None = None  # per_backend: the last backend limit that refused
         for index, model in enumerate(chain):
             if index:
                 if state.failed_over is None:
@@ -381,6 +424,15 @@ class RealtimeGateway:
                         break
                     await trio.sleep(self._backoff.delay(attempts, self._rng))
                 backend = router.choose(model, tried, None, False, _APIS)
+                skipped = list(tried)
+                while backend is not None:
+                    refusal = await ticket.admit_backend(conn, backend.name, model)
+                    if refusal is None:
+                        break
+                    refused = refusal
+                    router.release(backend)  # not asked: a half-open trial slot goes back
+                    skipped.append(backend)
+                    backend = router.choose(model, skipped, None, False, _APIS)
                 if backend is None:
                     break
                 if previous is not None:
@@ -403,6 +455,7 @@ class RealtimeGateway:
                     )
                 except UpstreamConnectError as exc:
                     state.upstream += clock() - started
+                    ticket.backend_failed(backend.name)
                     if not exc.retryable:  # the client's doing (404 model, 401 key...)
                         router.record(backend, model, clock() - started, True)
                         return _Refused(exc.status or 502, exc.body, backend, model, attempts)
@@ -423,6 +476,8 @@ class RealtimeGateway:
             return _Refused(last.status, last.body, failed, last_model, attempts)
         if last is not None:
             return RouterError(504 if last.timeout else 502, f"Upstream failed: {last.message}")
+        if refused is not None:
+            return refused
         return router.unavailable_error(chain, _APIS, client_model)
 
 

@@ -54,6 +54,7 @@ from .fleet import Fleet
 from .ingress import Ingress
 from .metrics import MetricsSink, metrics_auth_header
 from .proxy import Proxy
+from .realtime import RealtimeGateway
 from .router import Router
 from .versions import ConfigVersion, VersionStore
 
@@ -408,12 +409,13 @@ def register_sections(
     sink: MetricsSink,
     dedup: Deduplicator | None,
     access: AccessControl,
+    realtime: RealtimeGateway | None = None,
 ) -> None:
     """The appliers of the sections a router changes live (see docs/operations.md,
     "Changing a running router"). Everything else needs a restart: ``server.*``,
     ``http_client.*``, ``tracing.*``, ``metrics.enabled``/``endpoint``/``bind_address``,
-    ``admin.bind_address``, ``responses``, ``files``, ``cors``, ``rate_limiting.storage``
-    and ``rate_limiting.redis``."""
+    ``admin.bind_address``, ``responses``, ``files``, ``realtime.enabled``/
+    ``max_message_size``, ``rate_limiting.storage`` and ``rate_limiting.redis``."""
     dedups = [dedup]
 
     async def backends(old: Config, new: Config) -> None:
@@ -461,4 +463,12 @@ def register_sections(
         ["api_keys", "rate_limiting.enabled", "rate_limiting.limits", "rate_limiting.whitelist",
          "rate_limiting.bypass_keys", "rate_limiting.trusted_proxies",
          "rate_limiting.default_token_reservation", "request"], keys_and_limits)
+    reconfigurer.register(["cors"], lambda old, new: ingress.use_cors(new))
+    if realtime is not None:
+        rt = realtime
+        reconfigurer.register(
+            ["request", "retry", *(f"realtime.{key}" for key in (
+                "max_sessions", "message_queue_size", "ping_interval", "ping_timeout",
+                "connect_timeout", "close_timeout"))],
+            lambda old, new: rt.configure(new))
     reconfigurer.register(["hot_reload"], lambda old, new: None)  # watch() follows it

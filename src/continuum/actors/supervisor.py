@@ -508,7 +508,7 @@ async def _serve(
             notify=None if worker is None else partial(notify_siblings, worker))
         register_sections(reconfigurer, fleet=fleet, router=router, proxy=ingress.proxy,
                           ingress=ingress, catalog=catalog, sink=sink, dedup=dedup,
-                          access=keeper)
+                          access=keeper, realtime=realtime)
         root.start_soon(supervise, "hot-reload", reconfigurer.watch)
         if worker is not None:
             root.start_soon(_serve_worker_socket, sink, reconfigurer, worker.metrics_socket())

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Final, Literal, cast, final
+from urllib.parse import quote
 
 import msgspec
 
 from ..config import BackendConfig
 from ..core.endpoints import backend_api_of
 from ..core.http import Headers
-from .gemini import gemini_models
+from .gemini import gemini_model_page
 from .types import ChatDialect, TranslationError
 
 #: The APIs a backend can speak: every OpenAI-compatible server (and Gemini's
@@ -52,6 +53,9 @@ class _ModelEntry(msgspec.Struct):
 
 class _ModelList(msgspec.Struct):
     data: list[_ModelEntry]
+    #: Anthropic's paging (OpenAI's lists have one page).
+    has_more: bool = False
+    last_id: str | None = None
 
 
 _decode_model_list = msgspec.json.Decoder(_ModelList).decode
@@ -121,14 +125,39 @@ class BackendProfile:
         An id the router could not echo safely (control characters — it goes back in the
         ``x-continuum-model`` header — or longer than :data:`MAX_MODEL_ID`) is left out: a
         backend's list is upstream input like any other."""
+        return self.model_page(body)[0]
+
+    def models_page_path(self, cursor: str | None = None) -> bytes:
+        """Where one page of the model list is: Gemini's and Anthropic's lists come in pages
+        (50 and 20 entries by default), asked for at their largest (1,000), ``cursor`` being
+        what the previous page said comes next. OpenAI's list is one page."""
+        if self.api == "gemini":
+            query = b"?pageSize=1000"
+            if cursor is not None:
+                query += b"&pageToken=" + quote(cursor, safe="").encode()
+        elif self.api == "anthropic":
+            query = b"?limit=1000"
+            if cursor is not None:
+                query += b"&after_id=" + quote(cursor, safe="").encode()
+        else:
+            return self.models_path
+        return self.models_path + query
+
+    def model_page(self, body: bytes) -> tuple[tuple[str, ...], str | None]:
+        """:meth:`model_ids` of one page, and the cursor of the next (``None``: the last)."""
+        cursor: str | None = None
         if self.api == "gemini":
             try:
-                ids: Iterable[str] = gemini_models(body)
+                ids: Iterable[str]
+                ids, cursor = gemini_model_page(body)
             except TranslationError as exc:
                 raise ValueError(exc.message) from None
         else:
-            ids = (entry.id for entry in _decode_model_list(body).data)
-        return tuple(dict.fromkeys(i for i in ids if _servable_id(i)))
+            listing = _decode_model_list(body)
+            ids = (entry.id for entry in listing.data)
+            if listing.has_more and listing.last_id:
+                cursor = listing.last_id
+        return tuple(dict.fromkeys(i for i in ids if _servable_id(i))), cursor
 
 
 #: The longest model id a discovered list may carry (OpenAI's and Hugging Face's ids are far

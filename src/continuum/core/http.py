@@ -10,3 +10,14 @@ from __future__ import annotations
 from typing import TypeAlias
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
+
+
+def head_lines(head: bytes) -> Headers:
+    """Pre-encoded ``name: value\\r\\n`` lines (a response's extra head: CORS, x-ratelimit-*)
+    as pairs, for a writer that takes pairs (an ASGI server, a WebSocket handshake)."""
+    out: Headers = []
+    for line in head.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep:
+            out.append((name.strip().lower(), value.strip()))
+    return out

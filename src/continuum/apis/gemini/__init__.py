@@ -96,6 +96,7 @@ from __future__ import annotations
 from ._request import REASONING_BUDGETS as REASONING_BUDGETS
 from ._request import SKIP_SIGNATURE as SKIP_SIGNATURE
 from ._request import openai_to_gemini_request as openai_to_gemini_request
+from ._response import gemini_model_page as gemini_model_page
 from ._response import gemini_models as gemini_models
 from ._response import gemini_to_openai_response as gemini_to_openai_response
 from ._stream import GeminiToOpenAIStream as GeminiToOpenAIStream
@@ -103,6 +104,7 @@ from ._stream import GeminiToOpenAIStream as GeminiToOpenAIStream
 __all__ = [
     "REASONING_BUDGETS",
     "GeminiToOpenAIStream",
+    "gemini_model_page",
     "gemini_models",
     "gemini_to_openai_response",
     "openai_to_gemini_request",

@@ -264,10 +264,16 @@ def gemini_to_openai_response(
 
 def gemini_models(body: bytes) -> tuple[str, ...]:
     """Model ids from a ``models.list`` answer, keeping those that can ``generateContent``."""
+    return gemini_model_page(body)[0]
+
+
+def gemini_model_page(body: bytes) -> tuple[tuple[str, ...], str | None]:
+    """:func:`gemini_models` of one page, and its ``nextPageToken`` (``None`` on the last)."""
     try:
         data = _decode(body)
     except msgspec.DecodeError:
         raise TranslationError("models list is not valid JSON") from None
+    token = data.get("nextPageToken") if isinstance(data, dict) else None
     models = data.get("models") if isinstance(data, dict) else None
     out: list[str] = []
     for entry in models if isinstance(models, list) else []:
@@ -278,4 +284,4 @@ def gemini_models(body: bytes) -> tuple[str, ...]:
             continue
         name: str = entry["name"]
         out.append(name.removeprefix("models/"))
-    return tuple(out)
+    return tuple(out), token if isinstance(token, str) and token else None

@@ -30,7 +30,7 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed
 
 from ...core.clock import now as clock
-from ...core.http import Headers
+from ...core.http import Headers, head_lines
 from ...core.realtime import NOT_AN_UPGRADE
 from .connection import (
     BodyStream,
@@ -90,14 +90,7 @@ _NO_STREAM: Final = _NoStream()
 
 def _headers(headers: Headers | bytes) -> Headers:
     """``headers`` as a list (the handler may hand over pre-encoded lines)."""
-    if not isinstance(headers, bytes):
-        return headers
-    out: Headers = []
-    for line in headers.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if sep:
-            out.append((name.strip().lower(), value.strip()))
-    return out
+    return head_lines(headers) if isinstance(headers, bytes) else headers
 
 
 class AsgiConnection(ServerConnection):
@@ -297,6 +290,8 @@ class AsgiConnection(ServerConnection):
     ) -> MessageConnection:
         self._responded = True
         self.finished = True
+        if self.extra_head:  # CORS and x-ratelimit-* lines, as on any other answer
+            headers = [*headers, *head_lines(self.extra_head)]
         message: Message = {"type": "websocket.accept", "headers": headers}
         if subprotocol is not None:
             message["subprotocol"] = subprotocol

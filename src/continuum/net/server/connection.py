@@ -38,7 +38,7 @@ import httptools
 import trio
 
 from ...core.clock import now as clock
-from ...core.http import Headers
+from ...core.http import Headers, head_lines
 from ...core.realtime import NOT_AN_UPGRADE, handshake_problem
 from ..fastio import FastStream
 
@@ -767,6 +767,8 @@ class ServerConnection:
 
         target = f"{request.path}?{request.query}" if request.query else request.path
         head = handshake_request(request.method, target, request.headers)
+        if self.extra_head:  # CORS and x-ratelimit-* lines, as on any other answer
+            headers = [*headers, *head_lines(self.extra_head)]
         stream, rest = self.detach()
         pending = await accept_client(nursery, stream, head + rest, settings)
         return await pending.accept(subprotocol=subprotocol, extra_headers=headers)
