@@ -283,7 +283,11 @@ class HTTPServer:
 
     def _resume(self, conns: trio.Nursery, sock: socket.socket, deadline: float) -> None:
         """A parked socket became readable: serve it again in a task of its own."""
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        try:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        except OSError:  # reset meanwhile: nothing to serve
+            sock.close()
+            return
         conns.start_soon(self._serve, stream, deadline)
 
     async def _serve(self, client: trio.abc.Stream, idle_deadline: float | None = None,

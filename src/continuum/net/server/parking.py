@@ -64,7 +64,7 @@ class IdleParking:
         fd = sock.fileno()
         try:
             self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
-        except OSError:
+        except (OSError, ValueError):  # gone meanwhile (-1 is a ValueError)
             sock.close()
             return
         self._parked[fd] = (sock, deadline)
