@@ -12,9 +12,9 @@ Starts, as child processes on free ports of ``--host`` (127.0.0.1 by default):
   "LeastLatency within 10% of RoundRobin".
 
 ``--scenarios`` picks what runs (default: all but ``external``): ``core`` and ``strategies``
-here; ``sweep``, ``concurrency``, ``streaming``, ``translation``, ``idle``, ``soak``, ``startup``
-and ``external`` in ``scenarios.py`` (each starts its own processes, except ``sweep``, which
-reuses the core ones).
+here; ``sweep``, ``concurrency``, ``streaming``, ``translation``, ``idle``, ``soak``, ``startup``,
+``workers``, ``fronts``, ``limits``, ``features`` and ``external`` in ``scenarios.py`` (each
+starts its own processes, except ``sweep``, which reuses the core ones).
 
 Then: the router's idle RSS, 10,000 requests, its RSS again; a warm-up of each target; and
 ``--rounds`` rounds in which every target (``direct`` = the upstream itself, ``floor``,
@@ -98,33 +98,16 @@ ADDED_P99_TARGET_MS: Final = 0.5
 IDLE_RSS_TARGET_MB: Final = 40.0
 HEADROOM_TARGET: Final = 3.0
 STRATEGY_RATIO_TARGET: Final = 0.9  # issue 3: LeastLatency(5) within 10% of RoundRobin(5)
+ISSUE15_RATIO_TARGET: Final = 0.8  # issue 15 item 3: router/floor at c=64
 BUSY_WARN: Final = 0.25  # warn when the CPUs are this busy before the bench starts
 
-CONFIG_TEMPLATE: Final = """\
-server:
-  bind_address: "{bind}"
-  connection_pool_size: 256
-health_checks:
-  enabled: false
-logging:
-  level: error
-backends:
-  - name: upstream
-    url: "{upstream_url}"
-    models: ["bench-model"]
-"""
+#: The core router: the scenarios' bench router config with no extra blocks.
+CONFIG_TEMPLATE: Final = scenarios_mod.ROUTER_CONFIG.replace("{extra}", "")
 
-STRATEGY_CONFIG_HEAD: Final = """\
-server:
-  bind_address: "{bind}"
-  connection_pool_size: 256
-health_checks:
-  enabled: false
-logging:
-  level: error
-routing: {routing}
-backends:
-"""
+#: The strategy routers: the same head with a ``routing:`` block, backends appended.
+STRATEGY_CONFIG_HEAD: Final = (
+    scenarios_mod.ROUTER_CONFIG.partition("{extra}")[0] + "routing: {routing}\nbackends:\n"
+)
 STRATEGY_BACKEND: Final = """\
   - name: b{n}
     url: "{upstream_url}"
@@ -568,6 +551,11 @@ def core_report(results: dict[str, Any], conc: int) -> str:
             f"loadgen headroom: direct {t['direct'][str(conc)]['rps']:,.0f} req/s = {head:.1f}x "
             f"the router (goal >= {HEADROOM_TARGET:.0f}x) {verdict(head >= HEADROOM_TARGET)}",
             f"floor/direct throughput: {results['ratio_floor_direct']:.2f}",
+            f"issue 15: router/floor at c={conc}: {ratio:.2f} (target >= "
+            f"{ISSUE15_RATIO_TARGET:.2f}) {verdict(ratio >= ISSUE15_RATIO_TARGET)}",
+            f"issue 15: added p99 at c=1, router {add_r['p99']:.3f} ms vs floor "
+            f"{add_f['p99']:.3f} ms (target router <= floor) "
+            f"{verdict(add_r['p99'] <= add_f['p99'])}",
         ]
     strat = results.get("strategies")
     if strat:

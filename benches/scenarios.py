@@ -17,6 +17,8 @@ measured in the same run (``run.py --scenarios``; method in ``docs/benchmarks.md
   latency, 64 paced streams;
 * ``limits``      -- the router with auth and limits off, in memory, in Redis (issue 11's
   cost), against the floor in the same run;
+* ``features``    -- the router with the newer features off and with auth + limits + metrics
+  + tracing on, next to the ``core`` router and the floor in the same run (issue 15);
 * ``external``    -- ``wrk``/``hey`` against the router when they are installed.
 
 Every scenario returns ``(results, report_lines)``; long ones print progress on stderr.
@@ -93,6 +95,22 @@ backends:
   - name: upstream
     url: "{url}"
     models: [bench-model]
+"""
+
+#: The bench router: one backend, health checks off, logging at error. ``run.py``'s ``core``
+#: router is this with no ``{extra}``; ``limits`` and ``features`` put top-level blocks there.
+ROUTER_CONFIG: Final = """\
+server:
+  bind_address: "{bind}"
+  connection_pool_size: 256
+health_checks:
+  enabled: false
+logging:
+  level: error
+{extra}backends:
+  - name: upstream
+    url: "{upstream_url}"
+    models: ["bench-model"]
 """
 
 Load = Callable[[str, int, float], loadgen.LoadResult]
@@ -705,37 +723,129 @@ def _router_with(env: Env, name: str, server_key: str, backends: str) -> Service
                    env.workdir / f"{name}.log", env=env.router_env, ready_path="/health")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process (and so every child) may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_counts(cpus: int) -> tuple[int, ...]:
+    """``server.workers`` values to measure: 1, the powers of two below ``cpus``, ``cpus``."""
+    counts = {1, max(1, cpus)}
+    n = 2
+    while n < cpus:
+        counts.add(n)
+        n *= 2
+    return tuple(sorted(counts))
+
+
+def _own_cpu_seconds() -> float:
+    """This process's CPU time plus its finished children's (loadgen ``--workers``)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used so far (``/proc/stat``), NaN
+    where unavailable: what the bench's own processes did not use went to others."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait; guest time is already in user
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+#: A process using this many cores or more is saturated (the upstream and each load
+#: generator process are single-threaded).
+SATURATED_CORES: Final = 0.9
+
+
 def workers(env: Env) -> Report:
-    """Throughput of the router with ``server.workers`` 1 and 2, same upstream, same load,
-    rounds alternating so noise hits both (issue 5: scaling from 1 to 2 workers)."""
+    """Throughput of the router with ``server.workers`` 1, 2, 4 ... up to the CPUs this run
+    sees, same upstream, same load (c=64), rounds rotating the order; per-core efficiency
+    req/s(N) / (N x req/s(1)), and the cores the router, the upstream and the load generator
+    each used (``/proc`` and ``getrusage``), since all of them share the same CPUs."""
     seconds = 2.0 if env.quick else 5.0
     rounds = 1 if env.quick else 3
-    prog = Progress("workers", 2 * rounds)
+    cpus = usable_cpus()
+    counts = worker_counts(cpus)
+    load_procs: int = env.args.workers
+    prog = Progress("workers", len(counts) * rounds)
     up = env.upstream("workers-upstream")
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    keys = ("rps", "router", "upstream", "loadgen", "machine")
+    runs: dict[int, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in counts}
     errors = 0
-    with running(up):
-        backends = OPENAI_BACKEND.format(name="upstream", url=env.url(up), models="bench-model")
-        services: dict[int, Service] = {}
-        for n in (1, 2):
-            services[n] = _router_with(env, f"router-w{n}", f"workers: {n}", backends)
-        with running(*services.values()):
-            for r in range(rounds):
-                for n in ((1, 2) if r % 2 == 0 else (2, 1)):
-                    prog.step(f"round {r + 1}/{rounds}: {n} worker(s)")
-                    svc = services[n]
-                    request = loadgen.build_request(env.host, svc.port, CHAT_PATH)
-                    result = loadgen.run_load(env.host, svc.port, request, 64, seconds)
-                    rates[n].append(result.rps)
-                    errors += result.error_count
-    one, two = median(rates[1]), median(rates[2])
-    scale = two / one if one else 0.0
+    backends = OPENAI_BACKEND.format(name="upstream", url=env.url(up), models="bench-model")
+    services = {n: _router_with(env, f"router-w{n}", f"workers: {n}", backends) for n in counts}
+    with running(up, *services.values()):
+        for r in range(rounds):
+            for n in counts[r % len(counts):] + counts[:r % len(counts)]:
+                prog.step(f"round {r + 1}/{rounds}: {n} worker(s)")
+                svc = services[n]
+                request = loadgen.build_request(env.host, svc.port, CHAT_PATH)
+                before = (cpu_seconds(pid_of(svc)), cpu_seconds(pid_of(up)),
+                          _own_cpu_seconds(), _machine_busy_seconds())
+                result = loadgen.run_load_parallel(env.host, svc.port, request, 64, seconds,
+                                                   workers=load_procs)
+                after = (cpu_seconds(pid_of(svc)), cpu_seconds(pid_of(up)),
+                         _own_cpu_seconds(), _machine_busy_seconds())
+                wall = result.elapsed_s or seconds
+                runs[n]["rps"].append(result.rps)
+                for key, b, a in zip(keys[1:], before, after, strict=True):
+                    runs[n][key].append((a - b) / wall)
+                errors += result.error_count
+    table = {n: {k: median(v) for k, v in runs[n].items()} for n in counts}
+    one = table[1]["rps"]
+    for n, row in table.items():
+        row["scaling"] = row["rps"] / one if one else float("nan")
+        row["efficiency"] = row["scaling"] / n
+        row["others"] = row["machine"] - row["router"] - row["upstream"] - row["loadgen"]
+        row["rps_per_router_core"] = row["rps"] / row["router"] if row["router"] else float("nan")
     lines = [
-        f"workers: 1 worker {one:,.0f} req/s, 2 workers {two:,.0f} req/s: scaling x{scale:.2f} "
-        f"(c=64; the 2 cores are shared with the upstream and the load generator, so this is "
-        f"a lower bound of what a second core gives)",
+        f"{cpus} CPUs usable by this run (os.cpu_count() {os.cpu_count()}), all shared by the "
+        f"router's workers, the upstream (one process) and the load generator ({load_procs} "
+        f"process{'es' if load_procs > 1 else ''}); c=64, {seconds:g} s per run, {rounds} "
+        "round(s), medians; cores = CPU seconds / wall seconds of each; other processes = "
+        "the machine's busy time (/proc/stat) minus these three",
+        "",
+        "| workers | req/s | x 1 worker | per-core efficiency | req/s per router core "
+        "| router cores | upstream cores | loadgen cores | other processes | machine busy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    return {"rps_1": rates[1], "rps_2": rates[2], "scaling": scale, "errors": errors}, lines
+    for n, row in table.items():
+        lines.append(
+            f"| {n} | {row['rps']:,.0f} | {row['scaling']:.2f} | {row['efficiency']:.2f} "
+            f"| {row['rps_per_router_core']:,.0f} | {row['router']:.2f} | {row['upstream']:.2f} "
+            f"| {row['loadgen']:.2f} | {row['others']:.2f} | {row['machine']:.2f} / {cpus} |")
+    top = table[counts[-1]]
+    limits_seen = [
+        name for name, cores in (("the upstream", top["upstream"]),
+                                 ("the load generator", top["loadgen"] / load_procs))
+        if cores >= SATURATED_CORES]
+    if top["machine"] >= SATURATED_CORES * cpus:
+        limits_seen.append("all CPUs" + (f" ({top['others']:.2f} cores to other processes)"
+                                         if top["others"] >= 0.1 else ""))
+    bound = (f"; saturated at {counts[-1]} workers: {', '.join(limits_seen)}, so the scaling "
+             "is a lower bound of what the router's workers would give on free cores"
+             if limits_seen else "")
+    lines += [
+        "",
+        f"workers: 1 -> {counts[-1]} workers x{top['scaling']:.2f}, per-core efficiency "
+        f"{top['efficiency']:.2f} (reference: 1.00 = linear); req/s per router core "
+        f"{top['rps_per_router_core'] / table[1]['rps_per_router_core']:.2f} x 1 worker's{bound}",
+    ]
+    out: dict[str, Any] = {
+        "cpus": cpus, "cpu_count": os.cpu_count(), "counts": list(counts),
+        "loadgen_processes": load_procs, "seconds": seconds, "rounds": rounds,
+        "runs": {str(n): v for n, v in runs.items()},
+        "table": {str(n): v for n, v in table.items()},
+        "saturated": limits_seen, "errors": errors,
+    }
+    return out, lines
 
 
 # --- fronts ---------------------------------------------------------------------------------------
@@ -818,19 +928,6 @@ LIMITS_KEY: Final = "sk-bench-limits-0123456789"
 LIMITS_TARGETS: Final = ("floor", "off", "memory", "redis")
 #: "Memory limits on" costs at most this much throughput (issue 11).
 LIMITS_MEMORY_TARGET: Final = 0.95
-LIMITS_ROUTER: Final = """\
-server:
-  bind_address: "{bind}"
-  connection_pool_size: 256
-health_checks:
-  enabled: false
-logging:
-  level: error
-{extra}backends:
-  - name: upstream
-    url: "{url}"
-    models: ["bench-model"]
-"""
 #: Auth on (one blocking key) and two request limits on every request: the key's own and a
 #: global one, both far above the load (nothing is refused; the work is what is measured).
 LIMITS_ON: Final = f"""\
@@ -915,6 +1012,64 @@ class _RedisServer:
         return statistics.median(times) / 1000.0
 
 
+def _bench_router(env: Env, name: str, upstream: Service, extra: str) -> Service:
+    """A router on a free port: ``ROUTER_CONFIG`` with the top-level blocks ``extra``."""
+    port = free_port(env.host)
+    config = env.workdir / f"{name}.yaml"
+    config.write_text(ROUTER_CONFIG.format(
+        bind=f"{env.host_in_url}:{port}", upstream_url=env.url(upstream), extra=extra))
+    return Service(name, env.router_argv(name, config), env.host, port,
+                   env.workdir / f"{name}.log", env=env.router_env, ready_path="/health")
+
+
+Samples = dict[str, dict[str, list[float]]]
+
+
+def _interleaved(env: Env, services: dict[str, Service], requests: dict[str, bytes],
+                 prog: Progress, duration: float, rounds: int) -> tuple[Samples, int]:
+    """Same-run comparison of ``services`` (running): a warm-up each, then ``rounds`` rounds
+    of c=64 (throughput) and c=1 (latency) on every target, the order rotating per round.
+    Per target and round: ``rps`` at c=64, ``p50``/``p99`` at c=1, and ``cpu64``/``cpu1``,
+    the process tree's CPU µs per answered request (``/proc``) at each. Returns the samples
+    and the request errors."""
+    targets = list(services)
+    samples: Samples = {
+        t: {"rps": [], "p50": [], "p99": [], "cpu64": [], "cpu1": []} for t in targets}
+    errors = 0
+    for name, svc in services.items():  # warm-up (connections, caches, Redis scripts)
+        loadgen.run_load(env.host, svc.port, requests[name], 64, 0.5)
+        loadgen.run_load(env.host, svc.port, requests[name], 1, 0.3)
+    for r in range(rounds):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for c in (64, 1):
+            for name in order:
+                prog.step(f"round {r + 1}/{rounds} c={c} {name}")
+                svc = services[name]
+                cpu = cpu_seconds(pid_of(svc))
+                res = loadgen.run_load(env.host, svc.port, requests[name], c, duration)
+                cpu = cpu_seconds(pid_of(svc)) - cpu
+                errors += res.error_count
+                s = samples[name]
+                s[f"cpu{c}"].append(cpu / res.ok * 1e6 if res.ok else float("nan"))
+                if c == 64:
+                    s["rps"].append(res.rps)
+                else:
+                    s["p50"].append(res.percentile_ms(50))
+                    s["p99"].append(res.percentile_ms(99))
+    return samples, errors
+
+
+def _paired_ratio(samples: Samples, a: str, b: str, key: str = "rps") -> float:
+    """Median over rounds of a/b, each round's pair measured back to back."""
+    return median([x / y if y else float("nan")
+                   for x, y in zip(samples[a][key], samples[b][key], strict=True)])
+
+
+def _paired_diff(samples: Samples, a: str, b: str, key: str = "p50") -> float:
+    """Median over rounds of a - b."""
+    return median([x - y for x, y in zip(samples[a][key], samples[b][key], strict=True)])
+
+
 def limits(env: Env) -> Report:
     """The router with auth and limits off, with limits in memory, with limits in Redis
     (a redis-server on loopback), against the floor in the same run: throughput at c=64
@@ -926,9 +1081,6 @@ def limits(env: Env) -> Report:
     redis_available = shutil.which("redis-server") is not None
     targets = [t for t in LIMITS_TARGETS if t != "redis" or redis_available]
     prog = Progress("limits", rounds * len(targets) * 2 + 1)
-    samples: dict[str, dict[str, list[float]]] = {
-        t: {"rps": [], "p50": [], "p99": []} for t in targets}
-    errors = 0
     rtt_us = float("nan")
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(_RedisServer(env)) if redis_available else None
@@ -939,43 +1091,21 @@ def limits(env: Env) -> Report:
                 assert redis is not None
                 extra += (f"  storage: redis\n  redis:\n"
                           f"    url: redis://{redis.host}:{redis.port}/0\n")
-            port = free_port(env.host)
-            config = env.workdir / f"limits-{name}.yaml"
-            config.write_text(LIMITS_ROUTER.format(
-                bind=f"{env.host_in_url}:{port}", url=env.url(up), extra=extra))
-            services[name] = Service(f"limits-{name}", env.router_argv(name, config), env.host,
-                                     port, env.workdir / f"limits-{name}.log",
-                                     env=env.router_env, ready_path="/health")
+            services[name] = _bench_router(env, f"limits-{name}", up, extra)
         stack.enter_context(running(up, *services.values()))
         requests = {name: loadgen.build_request(
             env.host, svc.port, CHAT_PATH, headers=[("Authorization", f"Bearer {LIMITS_KEY}")])
             for name, svc in services.items()}
-        for name, svc in services.items():  # warm-up (connections, the Redis scripts)
-            loadgen.run_load(env.host, svc.port, requests[name], 64, 0.5)
-            loadgen.run_load(env.host, svc.port, requests[name], 1, 0.3)
-        for r in range(rounds):
-            order = targets[r % len(targets):] + targets[:r % len(targets)]
-            for c in (64, 1):
-                for name in order:
-                    prog.step(f"round {r + 1}/{rounds} c={c} {name}")
-                    svc = services[name]
-                    res = loadgen.run_load(env.host, svc.port, requests[name], c, duration)
-                    errors += res.error_count
-                    if c == 64:
-                        samples[name]["rps"].append(res.rps)
-                    else:
-                        samples[name]["p50"].append(res.percentile_ms(50))
-                        samples[name]["p99"].append(res.percentile_ms(99))
+        samples, errors = _interleaved(env, services, requests, prog, duration, rounds)
         if redis is not None:
             prog.step("one admission round trip, bare client")
             rtt_us = redis.admission_round_trip(2000 if env.quick else 10000)
 
     def ratio(a: str, b: str) -> float:
-        return median([x / y if y else float("nan")
-                       for x, y in zip(samples[a]["rps"], samples[b]["rps"], strict=True)])
+        return _paired_ratio(samples, a, b)
 
     def added(a: str, b: str) -> float:
-        return median([x - y for x, y in zip(samples[a]["p50"], samples[b]["p50"], strict=True)])
+        return _paired_diff(samples, a, b)
 
     out: dict[str, Any] = {
         "rounds": rounds, "duration_s": duration, "samples": samples, "errors": errors,
@@ -1012,6 +1142,129 @@ def limits(env: Env) -> Report:
             f"{verdict(ok)}")
     else:
         lines.append("limits: Redis not measured: redis-server is not installed")
+    return out, lines
+
+
+# --- features (issue 15, item 8) ----------------------------------------------------------------
+
+FEATURES_TARGETS: Final = ("floor", "core", "off", "on")
+#: Blocks added to ``ROUTER_CONFIG``: ``core`` is the ``core`` scenario's router as it is
+#: (defaults: metrics on); ``off`` switches off what can be (metrics; api keys, limits and
+#: tracing are off by default); ``on`` has a blocking key and two memory limits (``limits``'
+#: set-up), metrics and tracing.
+FEATURES_CONFIG: Final = {
+    "core": "",
+    "off": "metrics:\n  enabled: false\n",
+    "on": LIMITS_ON + "metrics:\n  enabled: true\ntracing:\n  enabled: true\n",
+}
+#: "Off costs nothing": off/floor >= core/floor x (1 - this), i.e. off/core >= 0.9 (median of
+#: per-round ratios). Three identical routers measured this way on the shared 2-core machine
+#: (load average ~5) gave medians of 0.90 to 1.07 of each other over 3 rounds: throughput
+#: noise is +-10% there, so a smaller tolerance would report noise.
+FEATURES_OFF_TOLERANCE: Final = 0.10
+#: ... and off's CPU per request <= core's x (1 + this). The same identical routers stayed
+#: within 1.3% of each other in CPU per request, the steadier figure.
+FEATURES_OFF_CPU_TOLERANCE: Final = 0.05
+#: "On costs little": on/off throughput at c=64 (and, steadier, CPU per request on/off at
+#: most its inverse).
+FEATURES_ON_TARGET: Final = 0.9
+
+
+#: What each router answers when its switches took: (a chat request without the key,
+#: ``GET /metrics``). Checked before measuring, so a config that silently did not apply
+#: cannot pass for "features on".
+FEATURES_EXPECT: Final = {"core": (200, 200), "off": (200, 404), "on": (401, 200)}
+
+
+def _check_features(env: Env, services: dict[str, Service]) -> list[str]:
+    """The routers whose answers do not match ``FEATURES_EXPECT``, each as a sentence."""
+    wrong = []
+    for name, expected in FEATURES_EXPECT.items():
+        port = services[name].port
+        got = (http_request(env.host, port, "POST", CHAT_PATH, loadgen.CHAT_BODY)[0],
+               http_request(env.host, port, "GET", "/metrics")[0])
+        if got != expected:
+            wrong.append(f"features: {name} answered a chat request without the key and GET "
+                         f"/metrics with {got}, expected {expected}: its config did not take "
+                         "effect; not measured")
+    return wrong
+
+
+def _otel_sdk_installed(env: Env) -> bool:
+    """Can the router's interpreter import the OpenTelemetry SDK (spans), or does
+    ``tracing.enabled`` only generate and forward ``traceparent``?"""
+    probe = [sys.executable, "-c", "import opentelemetry.sdk.trace"]
+    return subprocess.run(probe, env=env.router_env, capture_output=True, check=False,
+                          timeout=30).returncode == 0
+
+
+def features(env: Env) -> Report:
+    """The router with the newer issues' features off and on, next to the ``core`` router
+    and the floor in the same run (issue 15, item 8): throughput at c=64, latency at c=1,
+    CPU per request, rounds rotating the target order."""
+    duration = 2.0 if env.quick else 5.0
+    rounds = 1 if env.quick else 3
+    up = env.upstream("features-upstream")
+    services: dict[str, Service] = {"floor": env.floor("features-floor", up)}
+    for name, extra in FEATURES_CONFIG.items():
+        services[name] = _bench_router(env, f"features-{name}", up, extra)
+    spans = _otel_sdk_installed(env)
+    tracing = ("spans (opentelemetry-sdk installed, console exporter) and traceparent" if spans
+               else "traceparent only (opentelemetry-sdk not installed)")
+    prog = Progress("features", rounds * len(FEATURES_TARGETS) * 2)
+    with running(up, *services.values()):
+        if wrong := _check_features(env, services):  # e.g. --router-cmd runs something else
+            return {"errors": len(wrong), "not_measured": wrong}, wrong
+        # Every target gets the same request bytes: the key is what ``on`` requires.
+        requests = {name: loadgen.build_request(
+            env.host, svc.port, CHAT_PATH, headers=[("Authorization", f"Bearer {LIMITS_KEY}")])
+            for name, svc in services.items()}
+        samples, errors = _interleaved(env, services, requests, prog, duration, rounds)
+    ratios = {f"{a}_{b}": _paired_ratio(samples, a, b)
+              for a, b in (("core", "floor"), ("off", "floor"), ("on", "floor"),
+                           ("off", "core"), ("on", "off"))}
+    cpu = {f"{a}_{b}": _paired_ratio(samples, a, b, "cpu64")
+           for a, b in (("off", "core"), ("on", "off"))}
+    added_p50_us = _paired_diff(samples, "on", "off") * 1000
+    off_ok = ratios["off_core"] >= 1 - FEATURES_OFF_TOLERANCE
+    off_cpu_ok = cpu["off_core"] <= 1 + FEATURES_OFF_CPU_TOLERANCE
+    on_ok = ratios["on_off"] >= FEATURES_ON_TARGET
+    on_cpu_ok = cpu["on_off"] <= 1 / FEATURES_ON_TARGET
+    out: dict[str, Any] = {
+        "rounds": rounds, "duration_s": duration, "samples": samples, "errors": errors,
+        "tracing": "spans" if spans else "traceparent", "ratios": ratios,
+        "cpu_ratios": cpu, "added_p50_us_on_off": added_p50_us,
+        "off_tolerance": FEATURES_OFF_TOLERANCE,
+        "off_cpu_tolerance": FEATURES_OFF_CPU_TOLERANCE, "on_target": FEATURES_ON_TARGET,
+        "pass": {"off": off_ok, "off_cpu": off_cpu_ok, "on": on_ok, "on_cpu": on_cpu_ok},
+    }
+    lines = [
+        f"core = the core scenario's router; off = metrics off too (keys, limits, tracing off "
+        f"by default); on = a blocking key + two memory limits + metrics + tracing: {tracing}. "
+        f"{duration:g} s per run, {rounds} round(s), medians; CPU from /proc",
+        "",
+        "| target | c=64 req/s | vs floor | CPU us/req c=64 | CPU us/req c=1 | c=1 p50 ms "
+        "| c=1 p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in FEATURES_TARGETS:
+        s = samples[name]
+        lines.append(
+            f"| {name} | {median(s['rps']):,.0f} | {_paired_ratio(samples, name, 'floor'):.2f} "
+            f"| {median(s['cpu64']):.0f} | {median(s['cpu1']):.0f} | {median(s['p50']):.3f} "
+            f"| {median(s['p99']):.3f} |")
+    lines += [
+        "",
+        f"features off costs nothing: off/floor {ratios['off_floor']:.2f} vs core/floor "
+        f"{ratios['core_floor']:.2f}: off/core x{ratios['off_core']:.3f} (target >= "
+        f"{1 - FEATURES_OFF_TOLERANCE:.2f}: the noise tolerance) {verdict(off_ok)}; CPU/request "
+        f"off/core x{cpu['off_core']:.3f} (target <= {1 + FEATURES_OFF_CPU_TOLERANCE:.2f}) "
+        f"{verdict(off_cpu_ok)}",
+        f"features on costs little: on/floor {ratios['on_floor']:.2f}; on/off throughput "
+        f"x{ratios['on_off']:.3f} (target >= {FEATURES_ON_TARGET}) {verdict(on_ok)}; CPU/request "
+        f"on/off x{cpu['on_off']:.3f} (the same target in CPU: <= {1 / FEATURES_ON_TARGET:.2f}) "
+        f"{verdict(on_cpu_ok)}; added p50 c=1 {added_p50_us:+.0f} us (reference)",
+    ]
     return out, lines
 
 
@@ -1206,5 +1459,6 @@ EXTRA: Final[dict[str, Callable[[Env], Report]]] = {
     "workers": workers,
     "fronts": fronts,
     "limits": limits,
+    "features": features,
     "external": external,
 }

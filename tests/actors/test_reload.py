@@ -443,3 +443,24 @@ async def test_hot_reload_follows_the_file_however_it_is_written(
     write(path, {**data, "hot_reload": {"enabled": False}, "routing": {"strategy": "Random"}})
     await trio.sleep(1.0)
     assert router.reconfigurer.version == 4
+
+
+async def test_the_applied_hook_runs_after_each_version_is_in_force(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    _, entries = await mocks(nursery, "a")
+    path = tmp_path / "router.yaml"
+    data = router_config([entries["a"]])
+    write(path, data)
+    seen: list[int] = []
+    router: RouterHandle = await nursery.start(
+        lambda task_status: serve(load_config(path), task_status=task_status,
+                                  hooks=ReloadHooks(applied=lambda: seen.append(
+                                      router.reconfigurer.version))))
+    await router.reload()  # nothing changed: nothing applied
+    assert seen == []
+    write(path, {**data, "routing": {"strategy": "LeastLatency"}})
+    await router.reload()
+    await propose(router, {**data, "request": {"timeout": 9}})
+    await router.reconfigurer.rollback(1, who="tester")
+    assert seen == [2, 3, 4]  # the version in force when it ran

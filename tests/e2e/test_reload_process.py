@@ -375,3 +375,31 @@ async def test_workers_apply_the_same_versions(
             assert [b["name"] for b in config["config"]["backends"]] == ["a", "b"]
     assert run.stop() == 0
     assert "Traceback" not in run.log()
+
+
+async def test_the_process_freezes_its_heap_after_start_up_and_each_change(
+    nursery: trio.Nursery, tmp_path: Path, runs: list[RouterRun]
+) -> None:
+    """The CLI owns its process: what start-up built is frozen out of the collector's walks
+    (core.heap), and again after a change is applied (old cycles collected first)."""
+    _, url = await start_mock(nursery, (MODEL,), name="a")
+    path = tmp_path / "router.yaml"
+    data = base_config([{"name": "a", "url": url, "models": [MODEL]}],
+                       logging={"level": "debug", "access_log": False})
+    write(path, data)
+    run = RouterRun(path, tmp_path / "router.log")
+    runs.append(run)
+    await run.started()
+    settled = re.compile(r"heap settled: (\d+) objects frozen")
+    with trio.fail_after(STEP):
+        while (found := settled.search(run.log())) is None:
+            await trio.sleep(0.05)
+    assert int(found.group(1)) > 1000  # modules, the config, the tables: not a handful
+    write(path, {**data, "routing": {"strategy": "LeastLatency"}})
+    run.process.send_signal(signal.SIGHUP)
+    resettled = re.compile(r"heap resettled after a config change: (\d+) objects frozen")
+    with trio.fail_after(STEP):
+        while (found := resettled.search(run.log())) is None:
+            await trio.sleep(0.05)
+    assert int(found.group(1)) > 1000
+    assert run.stop() == 0

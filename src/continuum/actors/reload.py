@@ -80,6 +80,10 @@ class ReloadHooks:
     #: Applies ``logging`` (level, format). Logging is process-wide: an embedding program
     #: configures it itself, and without this hook ``logging.level``/``format`` are its own.
     logging: Callable[[LoggingConfig], None] | None = None
+    #: Runs after a new version is in force (whoever made it: a reload, the admin API, a
+    #: rollback, a sibling worker). The CLI re-freezes the heap here (``core.heap``):
+    #: process-wide, like logging, so an embedding program decides for itself.
+    applied: Callable[[], None] | None = None
 
 
 class ReloadUnavailable(Exception):
@@ -328,6 +332,11 @@ class Reconfigurer:
         self.version = version
         self._applied.set()
         self._applied = trio.Event()
+        if self.hooks.applied is not None:
+            try:
+                self.hooks.applied()
+            except Exception:
+                log.exception("the hook run after applying v%d failed", version)
 
     def _log(self, outcome: Outcome, who: str) -> None:
         if outcome.changed:
