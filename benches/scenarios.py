@@ -69,7 +69,7 @@ PIPE_ROUNDS: Final = 3  # each target once per round; the median is taken
 PIPE_CPU_RATIO_TARGET: Final = 0.6  # router CPU per forwarded frame <= 0.6 x the pipe's
 PIPE_TTFB_MARGIN_MS: Final = 1.0  # router TTFB p99 <= the pipe's + 1 ms
 TRANSLATION_GAP_TARGET_US: Final = 100.0
-IDLE_RSS_TARGET_MB: Final = 200.0
+IDLE_RSS_TARGET_MB: Final = 100.0  # issue 15 item 6
 SOAK_SLOPE_TARGET: Final = 1.0  # MB/min
 STARTUP_TARGET_S: Final = 0.5
 

@@ -455,6 +455,7 @@ async def _serve(
             max_body_size=server_cfg.max_request_body_size,
             request_read_timeout=server_cfg.request_read_timeout,
             keepalive_timeout=server_cfg.keepalive_timeout,
+            park_after=server_cfg.idle_park_after,
             write_timeout=server_cfg.write_timeout,
             stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
             max_upload_size=server_cfg.max_upload_size,

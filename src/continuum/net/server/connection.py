@@ -76,6 +76,9 @@ class HTTPLimits:
     max_body_size: int = 10 * 1024 * 1024
     request_read_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    #: A connection idle this long between requests is parked without a task
+    #: (``.parking``); 0: never.
+    park_after: float = 1.0
     #: A client that accepts no bytes of an answer for this long is disconnected.
     write_timeout: float = 60.0
     #: Paths whose ``multipart/*`` bodies are handed to the handler as they arrive
@@ -579,6 +582,8 @@ class ServerConnection:
         #: Body bytes of the current answer sent so far (chunk payloads for a stream).
         self.bytes_out = 0
         self._eof = False
+        #: Set by :meth:`park`: the task ends and leaves the socket open (see ``.parking``).
+        self.parked = False
         self._scope = trio.CancelScope()
         self._responded = False
         self._keep_alive = True
@@ -700,6 +705,28 @@ class ServerConnection:
         self.closing = True
         if self.idle:
             self._scope.cancel()
+
+    def park(self) -> None:
+        """Let this connection's task end, leaving the socket open for the server's idle
+        parking (:mod:`.parking`). Only the sweeper calls it, while the connection waits
+        between requests (``idle``): then no request is in flight, and bytes the wait has
+        already received stay for :meth:`parked_state`."""
+        self.parked = True
+        self._scope.cancel()
+
+    def parked_state(self) -> tuple[float, bytes]:
+        """After :meth:`serve` returned parked: the keep-alive deadline and the bytes
+        received meanwhile (they begin the next request)."""
+        deadline = self._idle_deadline
+        return (deadline if deadline is not None else _INF), b"".join(self._pending)
+
+    def resume(self, idle_deadline: float, received: bytes) -> None:
+        """Carry on a parked connection: its keep-alive deadline is the one it fell idle
+        with, and ``received`` is parsed first."""
+        self._idle_deadline = idle_deadline
+        if received:
+            self._pending.append(received)
+            self._pending_size = len(received)
 
     def detach(self) -> tuple[trio.abc.Stream, bytes]:
         """Hand the connection over to the protocol an upgrade request asked for: returns the
@@ -824,6 +851,13 @@ class ServerConnection:
                     data = await self.io.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
+                if self.parked:
+                    # Parked while this wait ended (its bytes go with the socket), or the
+                    # client left: then the connection simply closes.
+                    if data:
+                        self._pending.append(data)
+                        return None
+                    self.parked = False
                 if not data:
                     self._eof = True
                     continue
@@ -963,7 +997,9 @@ class ServerConnection:
             if rest is not None:
                 raise rest from None
         finally:
-            await trio.aclose_forcefully(self.stream)
+            if not self.parked:
+                self.idle = False  # never parked from here on: the socket is closing
+                await trio.aclose_forcefully(self.stream)
 
     async def _send_refusal(self, error: ProtocolError) -> None:
         self._keep_alive = False

@@ -10,11 +10,13 @@ import socket
 import ssl
 import stat
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import final
 
 import trio
 
 from ...core.clock import now as clock
+from ..fastio import raw_socket
 from .connection import (
     DateCache,
     ErrorRenderer,
@@ -24,6 +26,7 @@ from .connection import (
     ServerConnection,
     _plain_error,
 )
+from .parking import IdleParking, OpenConnections, can_park
 from .tls import accept_tls
 
 log = logging.getLogger("continuum.http")
@@ -149,7 +152,12 @@ class HTTPServer:
     ) -> None:
         self.listeners = listeners
         self.addresses = [listener_address(listener) for listener in listeners]
-        self.connections: set[ServerConnection] = set()
+        #: Connections served by a task; idle plain-TCP ones are parked after a while
+        #: (``.parking``: no task, no parser) and counted in :attr:`connections` only.
+        self.served: set[ServerConnection] = set()
+        parks = limits.park_after > 0 and ssl_context is None and can_park()
+        self._parking = IdleParking() if parks else None
+        self.connections = OpenConnections(self.served, self._parking)
         self._handler = handler
         self._limits = limits
         self._shutdown_timeout = shutdown_timeout
@@ -176,13 +184,18 @@ class HTTPServer:
     def drain(self) -> None:
         self._draining.set()
         self._accept_scope.cancel()
-        for conn in list(self.connections):
+        if self._parking is not None:
+            self._parking.close()
+        for conn in list(self.served):
             conn.close_if_idle()
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as conns:
                 conns.start_soon(self._sweep_timers)
+                if self._parking is not None:
+                    resume = partial(self._resume, conns)
+                    conns.start_soon(self._parking.run, resume)
                 with self._accept_scope:
                     async with trio.open_nursery() as accepters:
                         for listener in self.listeners:
@@ -194,22 +207,34 @@ class HTTPServer:
                         os.unlink(path)
                 # Draining: connections finish their current request, then close.
                 conns.cancel_scope.deadline = trio.current_time() + self._shutdown_timeout
-                if self.connections:
+                if self.served:
                     await self._all_closed.wait()
                 conns.cancel_scope.cancel()  # the sweeper
         finally:
+            if self._parking is not None:
+                self._parking.close()
             for listener in self.listeners:
                 with contextlib.suppress(Exception):
                     await listener.aclose()
 
     async def _sweep_timers(self) -> None:
         """Fire connection timers (idle keep-alive, slow client, request deadlines)."""
+        parking = self._parking
+        keepalive = self._limits.keepalive_timeout
+        park_after = self._limits.park_after
         while True:
             await trio.sleep(self.timer_resolution)
             now = clock()
-            for conn in list(self.connections):
+            # An idle connection's deadline is when it fell idle + keepalive_timeout.
+            park_by = now + keepalive - park_after
+            for conn in list(self.served):
                 if conn.deadline <= now:
                     conn.expire()
+                elif (parking is not None and conn.idle and conn.deadline <= park_by
+                      and raw_socket(conn.stream) is not None):
+                    conn.park()
+            if parking is not None:
+                parking.expire(now)
 
     async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
         """Accept every pending connection at once, then wait for more.
@@ -254,17 +279,43 @@ class HTTPServer:
                 await trio.aclose_forcefully(stream)
                 return
             client = tls
-        conn = ServerConnection(client, self._limits, self._dates, self._render_error,
-                                self._refuse, self.upgrade_paths)
-        if self._draining.is_set():
-            conn.closing = True
-        self.connections.add(conn)
+        await self._serve(client)
+
+    def _resume(self, conns: trio.Nursery, sock: socket.socket, deadline: float) -> None:
+        """A parked socket became readable: serve it again in a task of its own."""
         try:
-            await conn.serve(self._handler)
-        finally:
-            self.connections.discard(conn)
-            if not self.connections and self._draining.is_set():
-                self._all_closed.set()
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        except OSError:  # reset meanwhile: nothing to serve
+            sock.close()
+            return
+        conns.start_soon(self._serve, stream, deadline)
+
+    async def _serve(self, client: trio.abc.Stream, idle_deadline: float | None = None,
+                     received: bytes = b"") -> None:
+        while True:
+            conn = ServerConnection(client, self._limits, self._dates, self._render_error,
+                                    self._refuse, self.upgrade_paths)
+            if idle_deadline is not None:
+                conn.resume(idle_deadline, received)
+            if self._draining.is_set():
+                conn.closing = True
+            self.served.add(conn)
+            received = b""
+            try:
+                await conn.serve(self._handler)
+            finally:
+                self.served.discard(conn)
+                if conn.parked:
+                    idle_deadline, received = conn.parked_state()
+                    if not received:  # else: bytes arrived as it was parked, served below
+                        sock = raw_socket(conn.stream)
+                        assert sock is not None and self._parking is not None
+                        self._parking.park(sock, idle_deadline)
+                if not received and not self.served and self._draining.is_set():
+                    self._all_closed.set()
+            if not received:
+                return
+            client = conn.stream
 
 
 async def serve_alone(
