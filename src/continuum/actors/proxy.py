@@ -19,6 +19,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, final
 
 import msgspec
@@ -612,10 +613,15 @@ class Proxy:
                     if not router.has_alternative(model, tried, endpoint=endpoint):
                         break
                     await trio.sleep(self._backoff.delay(retries, self._rng))
-                backend = router.choose(model, tried, hash_key, stream, endpoint=endpoint)
-                if admission is not None and admission.limited and backend is not None:
-                    backend, refused = await self._backend_admitted(
-                        admission, conn, backend, model, tried, hash_key, stream, endpoint)
+                if admission is not None and admission.limited:
+                    assert access is not None
+                    backend, refusal = await router.choose_admitted(
+                        model, tried, partial(access.admit_backend, admission, conn),
+                        hash_key, stream, endpoint=endpoint)
+                    if refusal is not None:
+                        refused = refusal
+                else:
+                    backend = router.choose(model, tried, hash_key, stream, endpoint=endpoint)
                 if backend is None:
                     break
                 if previous is not None:  # this attempt retries ``previous``'s failure
@@ -651,28 +657,6 @@ class Proxy:
         if last_error:
             raise RouterError(502, f"Upstream failed: {last_error}")
         raise router.unavailable_error(chain, None, client_model, endpoint)
-
-    async def _backend_admitted(
-        self, admission: Admission, conn: ServerConnection, backend: BackendActor, model: str,
-        tried: list[BackendActor], hash_key: str | None, stream: bool, endpoint: str,
-    ) -> tuple[BackendActor | None, Decision | None]:
-        """``per_backend``: the chosen backend if its limit admits the request, else the next
-        choice that does (a refused backend is skipped, its half-open trial slot given
-        back); ``None`` and the last refusal when none does."""
-        access = self.access
-        assert access is not None
-        skipped = list(tried)
-        refused: Decision | None = None
-        choice: BackendActor | None = backend
-        while choice is not None:
-            denied = await access.admit_backend(admission, conn, choice.name)
-            if denied is None:
-                return choice, refused
-            refused = denied
-            self.router.release(choice)
-            skipped.append(choice)
-            choice = self.router.choose(model, skipped, hash_key, stream, endpoint=endpoint)
-        return None, refused
 
     async def _attempt(
         self, request: Request, conn: ServerConnection, backend: BackendActor, model: str,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 from urllib.parse import parse_qsl, urlencode
 
@@ -423,16 +424,11 @@ class RealtimeGateway:
                     if not router.has_alternative(model, tried, _APIS):
                         break
                     await trio.sleep(self._backoff.delay(attempts, self._rng))
-                backend = router.choose(model, tried, None, False, _APIS)
-                skipped = list(tried)
-                while backend is not None:
-                    refusal = await ticket.admit_backend(conn, backend.name, model)
-                    if refusal is None:
-                        break
+                backend, refusal = await router.choose_admitted(
+                    model, tried, partial(ticket.admit_backend, conn, model=model), None, False,
+                    _APIS)
+                if refusal is not None:
                     refused = refusal
-                    router.release(backend)  # not asked: a half-open trial slot goes back
-                    skipped.append(backend)
-                    backend = router.choose(model, skipped, None, False, _APIS)
                 if backend is None:
                     break
                 if previous is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
-from typing import final
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar, final
 
 import trio
 
@@ -22,6 +22,8 @@ from ..core.errors import RouterError, quoted
 from ..core.messages import ControlMessage, DiscoveryFailed, HealthReport, ModelsDiscovered
 from ..core.strategies import RouteKey, Strategy, StrategyOptions, make_strategy
 from .backend import BackendActor
+
+_Refusal = TypeVar("_Refusal")
 
 log = logging.getLogger("continuum.router")
 
@@ -139,6 +141,32 @@ class Router:
                 return backend
             eligible.remove(backend)
         return None
+
+    async def choose_admitted(
+        self,
+        model: str,
+        exclude: Iterable[BackendActor],
+        admit: Callable[[str], Awaitable[_Refusal | None]],
+        hash_key: str | None = None,
+        stream: bool = False,
+        apis: frozenset[str] | None = None,
+        endpoint: str | None = None,
+    ) -> tuple[BackendActor | None, _Refusal | None]:
+        """:meth:`choose`, with each choice's name put to ``admit`` (``per_backend`` limits): one it
+        refuses is skipped for the next choice (its half-open trial slot given back). Returns
+        the admitted backend (None when none was) and the last refusal (None when none)."""
+        skipped = list(exclude)
+        refused: _Refusal | None = None
+        choice = self.choose(model, skipped, hash_key, stream, apis, endpoint)
+        while choice is not None:
+            denied = await admit(choice.name)
+            if denied is None:
+                return choice, refused
+            refused = denied
+            self.release(choice)
+            skipped.append(choice)
+            choice = self.choose(model, skipped, hash_key, stream, apis, endpoint)
+        return None, refused
 
     def has_alternative(
         self,
