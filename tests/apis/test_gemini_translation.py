@@ -15,7 +15,7 @@ from continuum.apis.gemini import (
     REASONING_BUDGETS,
     SKIP_SIGNATURE,
     GeminiToOpenAIStream,
-    gemini_models,
+    gemini_model_page,
     gemini_to_openai_response,
     openai_to_gemini_request,
 )
@@ -843,12 +843,13 @@ def test_stream_invalid_json_event() -> None:
 
 
 def test_models_list() -> None:
-    assert gemini_models(fixture("models_list.json")) == ("gemini-2.5-flash", "gemini-2.5-pro")
+    assert gemini_model_page(fixture("models_list.json"))[0] == (
+        "gemini-2.5-flash", "gemini-2.5-pro")
     no_methods = json.dumps({"models": [{"name": "models/a"}, {"name": "b"}]}).encode()
-    assert gemini_models(no_methods) == ("a", "b")
-    assert gemini_models(b"{}") == ()
+    assert gemini_model_page(no_methods)[0] == ("a", "b")
+    assert gemini_model_page(b"{}")[0] == ()
     with pytest.raises(TranslationError):
-        gemini_models(b"<html>")
+        gemini_model_page(b"<html>")
     # Where the list is fetched, with which key, and the OpenAI-compatible endpoint's paths
     # are the backend profile's: tests/apis/test_profiles.py.
 

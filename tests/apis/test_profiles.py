@@ -65,9 +65,9 @@ def test_gemini_native_credentials_and_model_list() -> None:
                            ["generateContent"]},
                           {"name": "models/embed", "supportedGenerationMethods":
                            ["embedContent"]}]}
-    assert profile.model_ids(json.dumps(listing).encode()) == ("gemini-x",)
+    assert profile.model_page(json.dumps(listing).encode())[0] == ("gemini-x",)
     with pytest.raises(ValueError):  # what the catalog turns into an upstream failure
-        profile.model_ids(b"<html>")
+        profile.model_page(b"<html>")
 
 
 def test_gemini_openai_compatible_endpoint() -> None:
@@ -87,9 +87,9 @@ def test_gemini_openai_compatible_endpoint() -> None:
 def test_openai_model_list_reads_each_id_once() -> None:
     profile = backend_profile(backend())
     body = b'{"object": "list", "data": [{"id": "a"}, {"id": "b"}, {"id": "a"}]}'
-    assert profile.model_ids(body) == ("a", "b")
+    assert profile.model_page(body)[0] == ("a", "b")
     with pytest.raises(msgspec.DecodeError):
-        profile.model_ids(b"<html>")
+        profile.model_page(b"<html>")
 
 
 def test_paged_model_lists_name_their_next_page() -> None:
@@ -216,7 +216,7 @@ def test_a_discovered_list_drops_ids_the_router_could_not_echo(api: str) -> None
     else:
         body = json.dumps({"object": "list", "data": [{"id": i} for i in ids]}).encode()
         profile = backend_profile(backend())
-    assert profile.model_ids(body) == ("ok-model",)
+    assert profile.model_page(body)[0] == ("ok-model",)
 
 
 def test_an_unreadable_gemini_list_is_a_value_error_like_any_other() -> None:
@@ -224,5 +224,5 @@ def test_an_unreadable_gemini_list_is_a_value_error_like_any_other() -> None:
     # escaping it once ended `serve` at start-up.
     profile = backend_profile(backend(type="gemini"))
     with pytest.raises(ValueError):
-        profile.model_ids(b"not json")
-    assert profile.model_ids(b'{"models": 3}') == ()
+        profile.model_page(b"not json")
+    assert profile.model_page(b'{"models": 3}')[0] == ()

@@ -82,8 +82,9 @@ class BackendProfile:
         self.auth = auth
         #: Put in front of the OpenAI API's paths (``/v1/...`` → ``prefix/...``).
         self.path_prefix = path_prefix
-        #: Where the backend lists its models (read by :meth:`model_ids`); by default the
-        #: OpenAI API's ``/v1/models``, under the path prefix.
+        #: Where the backend lists its models (paged by :meth:`models_page_path`, read by
+        #: :meth:`model_page`); by default the OpenAI API's ``/v1/models``, under the path
+        #: prefix.
         self.models_path = self.target(b"/v1/models") if models_path is None else models_path
         #: ``max_tokens`` of a translated request that sets none (Anthropic requires one).
         self.default_max_tokens = default_max_tokens
@@ -118,15 +119,6 @@ class BackendProfile:
             return self.models_path
         return endpoint.encode()
 
-    def model_ids(self, body: bytes) -> tuple[str, ...]:
-        """The model ids of a :attr:`models_path` answer, each once, in the listed order
-        (raises ``msgspec.DecodeError`` or ``ValueError`` on an unreadable list).
-
-        An id the router could not echo safely (control characters — it goes back in the
-        ``x-continuum-model`` header — or longer than :data:`MAX_MODEL_ID`) is left out: a
-        backend's list is upstream input like any other."""
-        return self.model_page(body)[0]
-
     def models_page_path(self, cursor: str | None = None) -> bytes:
         """Where one page of the model list is: Gemini's and Anthropic's lists come in pages
         (50 and 20 entries by default), asked for at their largest (1,000), ``cursor`` being
@@ -144,7 +136,13 @@ class BackendProfile:
         return self.models_path + query
 
     def model_page(self, body: bytes) -> tuple[tuple[str, ...], str | None]:
-        """:meth:`model_ids` of one page, and the cursor of the next (``None``: the last)."""
+        """The model ids of one page of the model list, each once, in the listed order, and
+        the cursor of the next page (``None``: the last); raises ``msgspec.DecodeError`` or
+        ``ValueError`` on an unreadable list.
+
+        An id the router could not echo safely (control characters — it goes back in the
+        ``x-continuum-model`` header — or longer than :data:`MAX_MODEL_ID`) is left out: a
+        backend's list is upstream input like any other."""
         cursor: str | None = None
         if self.api == "gemini":
             try:

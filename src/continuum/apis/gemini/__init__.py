@@ -11,7 +11,8 @@ BackendActor does the I/O. Four pieces:
   → an OpenAI ``chat.completion`` (or OpenAI-shaped error), keeping the HTTP status.
 * :class:`GeminiToOpenAIStream` — Gemini SSE → OpenAI ``chat.completion.chunk`` SSE,
   incrementally (events may be split at any byte).
-* :func:`gemini_models` — a ``models.list`` answer → the model ids that can generate content.
+* :func:`gemini_model_page` — a ``models.list`` page → the model ids that can generate
+  content, and the next page's token.
 
 Gemini's own OpenAI-compatible endpoint (``gemini_api: openai``) is a pass-through: its
 path prefix and credentials are facts of the backend's profile (:mod:`continuum.apis.profiles`).
@@ -97,7 +98,6 @@ from ._request import REASONING_BUDGETS as REASONING_BUDGETS
 from ._request import SKIP_SIGNATURE as SKIP_SIGNATURE
 from ._request import openai_to_gemini_request as openai_to_gemini_request
 from ._response import gemini_model_page as gemini_model_page
-from ._response import gemini_models as gemini_models
 from ._response import gemini_to_openai_response as gemini_to_openai_response
 from ._stream import GeminiToOpenAIStream as GeminiToOpenAIStream
 
@@ -105,7 +105,6 @@ __all__ = [
     "REASONING_BUDGETS",
     "GeminiToOpenAIStream",
     "gemini_model_page",
-    "gemini_models",
     "gemini_to_openai_response",
     "openai_to_gemini_request",
 ]

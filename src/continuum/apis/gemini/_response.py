@@ -262,13 +262,9 @@ def gemini_to_openai_response(
     return Translated(200, _encode(out))
 
 
-def gemini_models(body: bytes) -> tuple[str, ...]:
-    """Model ids from a ``models.list`` answer, keeping those that can ``generateContent``."""
-    return gemini_model_page(body)[0]
-
-
 def gemini_model_page(body: bytes) -> tuple[tuple[str, ...], str | None]:
-    """:func:`gemini_models` of one page, and its ``nextPageToken`` (``None`` on the last)."""
+    """Model ids from one page of a ``models.list`` answer, keeping those that can
+    ``generateContent``, and its ``nextPageToken`` (``None`` on the last page)."""
     try:
         data = _decode(body)
     except msgspec.DecodeError:
