@@ -160,5 +160,18 @@ class FastStream:
                     self._budget = YIELD_EVERY_BYTES
                     await trio.lowlevel.checkpoint()
                 return data
+            # Wait for the socket here rather than through ``SocketStream.receive_some``:
+            # that tries the same ``recv`` once more and holds four more coroutine frames
+            # (~1 KB) for as long as the wait lasts, which is most of an idle connection's
+            # life. A second reader still gets trio's BusyResourceError from the wait.
+            self._budget = YIELD_EVERY_BYTES  # the wait yields
+            while True:
+                await trio.lowlevel.wait_readable(raw)
+                try:
+                    return raw.recv(max_bytes)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise _broken(exc) from exc
         self._budget = YIELD_EVERY_BYTES  # trio's receive waits, and yields
         return await self.stream.receive_some(max_bytes)

@@ -199,7 +199,9 @@ class _Parser:
         #: give): the bytes that followed its head, which belong to the new protocol.
         self.upgrade: bytes | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.ready: deque[Request] = deque()
+        #: A list, not a deque: an empty deque holds a 64-slot block (~0.7 KB) per
+        #: connection for its whole life; pipelined requests rarely queue more than a few.
+        self.ready: list[Request] = []
         self.in_message = False
         self.headers_done = False
         self.expect_continue = False
@@ -877,7 +879,7 @@ class ServerConnection:
         self._idle_deadline = None
         # A pipelined request already begun has its clock running from now.
         self._request_started = clock() if parser.in_message else None
-        request = parser.ready.popleft()
+        request = parser.ready.pop(0)
         if parser.upgrade is not None and not parser.ready:
             # The upgrade request, the parser's last: whatever it is answered with, nothing
             # on this connection is HTTP/1.1 after it.
