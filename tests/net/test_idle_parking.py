@@ -253,3 +253,47 @@ async def test_tls_connections_are_not_parked(nursery: trio.Nursery) -> None:
         assert len(server.served) == 1  # still served by its task: TLS state lives there
         await ask(client, "/tls-again")
         await client.aclose()
+
+
+async def test_parking_does_not_wait_for_a_coarse_timer_sweep(nursery: trio.Nursery) -> None:
+    """Asked for a 30 s timer resolution, the server still sweeps at half of
+    ``park_after``: a burst of idle clients must not keep their tasks for a whole sweep."""
+    listeners = await open_listeners(["127.0.0.1:0"])
+    server = HTTPServer(listeners, echo_path, HTTPLimits(park_after=PARK_AFTER),
+                        shutdown_timeout=2.0, timer_resolution=30.0)
+    assert server.timer_resolution <= PARK_AFTER / 2
+    nursery.start_soon(server.run)
+    address = listener_address(listeners[0])
+    with trio.fail_after(HANG_GUARD):
+        clients = [await RawClient.tcp(address) for _ in range(3)]
+        for client in clients:
+            await ask(client, "/x")
+        await all_parked(server, 3)
+        for client in clients:
+            await ask(client, "/y")  # woken, served
+            await client.aclose()
+
+
+async def test_a_request_racing_the_park_is_answered(nursery: trio.Nursery) -> None:
+    """Clients that send their next request right around ``park_after``: whichever way
+    each race goes (parked first, or bytes first), every request is answered once, in
+    order, and the connection stays usable."""
+    server, address = await start_server(nursery)
+    with trio.fail_after(HANG_GUARD):
+        clients = [await RawClient.tcp(address) for _ in range(20)]
+        for i, client in enumerate(clients):
+            await ask(client, f"/a/{i}")
+        # Spread over the sweep that parks them: some land before, some after it.
+        for step in range(6):
+            await trio.sleep(PARK_AFTER / 3)
+            for i, client in enumerate(clients):
+                if i % 6 == step:
+                    await client.send(get(f"/b/{i}") + get(f"/c/{i}"))
+        for i, client in enumerate(clients):
+            for path in (f"/b/{i}", f"/c/{i}"):
+                response = await client.read_response()
+                assert response.body == path.encode()
+            await ask(client, f"/d/{i}")
+        assert len(server.connections) == 20  # none was lost on the way
+        for client in clients:
+            await client.aclose()

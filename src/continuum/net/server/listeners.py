@@ -171,6 +171,10 @@ class HTTPServer:
         self._dates = DateCache()
         if timer_resolution is None:
             timer_resolution = min(limits.keepalive_timeout, limits.request_read_timeout) / 10
+        if parks:
+            # Parked within half of ``park_after`` of it passing, not a whole sweep later:
+            # in a burst of new clients the tasks of those not yet parked are the peak.
+            timer_resolution = min(timer_resolution, limits.park_after / 2)
         #: How often connection timers are checked: timeouts fire up to this much late.
         self.timer_resolution = min(max(timer_resolution, 0.005), 0.5)
         self._accept_scope = trio.CancelScope()
@@ -231,8 +235,8 @@ class HTTPServer:
                 if conn.deadline <= now:
                     conn.expire()
                 elif (parking is not None and conn.idle and conn.deadline <= park_by
-                      and raw_socket(conn.stream) is not None):
-                    conn.park()
+                      and (sock := raw_socket(conn.stream)) is not None):
+                    conn.park(sock)
             if parking is not None:
                 parking.expire(now)
 
