@@ -58,6 +58,9 @@ STALL_FACTOR: Final = 10.0
 STREAM_COUNTS: Final = (64, 512, 2000)
 STREAM_COUNTS_QUICK: Final = (64, 512)
 IDLE_CONNECTIONS: Final = 10_000
+#: The `idle` scenario's second router takes its clients over this long (the first: all
+#: at once); how fast they arrive decides how many hold a task before any is parked.
+IDLE_SPREAD_S: Final = 5.0
 
 # Targets (the performance budget in docs/design.md, issue 4).
 ADDED_TTFB_P99_TARGET_MS: Final = 1.0
@@ -564,23 +567,49 @@ def translation(env: Env) -> Report:
 # --- idle connections --------------------------------------------------------------------------
 
 
+def open_spread(
+    host: str, port: int, count: int, seconds: float
+) -> tuple[list[socket.socket], dict[str, int]]:
+    """``sse_client.open_idle`` paced: ``count`` connections in 20 steps over ``seconds``."""
+    socks: list[socket.socket] = []
+    errors: dict[str, int] = {}
+    steps = 20
+    t0 = time.monotonic()
+    for i in range(steps):
+        n = count * (i + 1) // steps - count * i // steps
+        more, errs = sse_client.open_idle(host, port, n)
+        socks += more
+        for key, value in errs.items():
+            errors[key] = errors.get(key, 0) + value
+        time.sleep(max(0.0, t0 + seconds * (i + 1) / steps - time.monotonic()))
+    return socks, errors
+
+
 def idle(env: Env) -> Report:
-    """10,000 idle keep-alive client connections: router RSS, the floor's as the baseline."""
+    """10,000 idle keep-alive client connections: router RSS, the floor's as the baseline.
+
+    Two routers: one whose clients all arrive at once (a burst: every connection holds a
+    task before the first is parked, the target's case) and one whose clients arrive over
+    :data:`IDLE_SPREAD_S` (most are parked before the last arrive)."""
     count = env.args.idle_connections or IDLE_CONNECTIONS
     upstream = env.upstream("idle-upstream")
     floor = env.floor("idle-floor", upstream)
     backends = OPENAI_BACKEND.format(name="upstream", url=env.url(upstream), models="bench-model")
     router = env.router("idle-router", backends)
-    prog = Progress("idle", 2)
+    spread = env.router("idle-router-spread", backends)
+    prog = Progress("idle", 3)
     out: dict[str, Any] = {"connections": count}
-    with running(upstream, floor, router):
-        for svc in (router, floor):
+    with running(upstream, floor, router, spread):
+        for svc in (router, spread, floor):
             name = svc.name.removeprefix("idle-")
             time.sleep(0.3)
             before = rss_mb(pid_of(svc))
             prog.step(f"{name}: opening {count} keep-alive connections")
             t0 = time.monotonic()
-            socks, errors = sse_client.open_idle(env.host, svc.port, count)
+            if svc is spread:
+                socks, errors = open_spread(env.host, svc.port, count, IDLE_SPREAD_S)
+            else:
+                socks, errors = sse_client.open_idle(env.host, svc.port, count)
             opened_s = time.monotonic() - t0
             time.sleep(1.0)  # idle: nothing in flight
             after = rss_mb(pid_of(svc))
@@ -594,25 +623,30 @@ def idle(env: Env) -> Report:
                 "open_s": round(opened_s, 2),
                 "kb_per_connection": round((after - before) * 1024 / max(1, len(socks)), 2),
             }
-    r, f = out["router"], out["floor"]
+    r, sp, f = out["router"], out["router-spread"], out["floor"]
     lines = [
-        "| process | connections open | RSS before MB | RSS with them MB | KB per connection |",
-        "|---|---:|---:|---:|---:|",
+        "| process | clients arrive | connections open | RSS before MB | RSS with them MB "
+        "| KB per connection |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for name in ("router", "floor"):
+    for name in ("router", "router-spread", "floor"):
         s = out[name]
+        how = "over" if name == "router-spread" else "all at once, in"
         lines.append(
-            f"| {name} | {s['open']:,} | {s['rss_before_mb']:.1f} | {s['rss_after_mb']:.1f} "
+            f"| {name.removesuffix('-spread')} | {how} {s['open_s']:.1f} s | {s['open']:,} "
+            f"| {s['rss_before_mb']:.1f} | {s['rss_after_mb']:.1f} "
             f"| {s['kb_per_connection']:.1f} |"
         )
     lines += [
         "",
         f"idle connections: router RSS with {r['open']:,} idle keep-alive connections "
-        f"{r['rss_after_mb']:.0f} MB (target < {IDLE_RSS_TARGET_MB:.0f} MB) "
+        f"arriving at once {r['rss_after_mb']:.0f} MB (target < {IDLE_RSS_TARGET_MB:.0f} MB) "
         f"{verdict(r['rss_after_mb'] < IDLE_RSS_TARGET_MB and r['open'] == count)}; "
-        f"{r['kb_per_connection']:.1f} KB/connection vs floor {f['kb_per_connection']:.1f}",
+        f"{r['kb_per_connection']:.1f} KB/connection vs floor {f['kb_per_connection']:.1f}; "
+        f"arriving over {sp['open_s']:.0f} s {sp['rss_after_mb']:.0f} MB",
     ]
-    out["errors"] = sum(r["errors"].values()) + sum(f["errors"].values())
+    names = ("router", "router-spread", "floor")
+    out["errors"] = sum(sum(out[n]["errors"].values()) for n in names)
     return out, lines
 
 
