@@ -84,7 +84,7 @@ class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     connection_pool_size: PosInt = 100
     keepalive_timeout: PositiveDuration = 75.0
     #: An idle client connection is parked (no task, no parser) after this; 0: never.
-    idle_park_after: Duration = 1.0
+    idle_park_after: Duration = 0.25
     max_request_body_size: Size = 10485760
     max_upload_size: Size = 104857600
     max_header_size: Size = 65536

@@ -17,7 +17,7 @@ server:
   workers: 1                        # worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU
   connection_pool_size: 100         # max upstream connections per backend
   keepalive_timeout: 75s            # close an idle client keep-alive connection after this
-  idle_park_after: 1s               # an idle client connection then costs its socket only (no task); 0 = never
+  idle_park_after: 250ms            # an idle client connection then costs its socket only (no task); 0 = never
   max_request_body_size: 10MiB      # larger request bodies get 413
   max_upload_size: 100MiB           # multipart uploads (audio, image edits, files) are relayed as they arrive, up to this (else 413)
   max_header_size: 64KiB            # larger request heads get 431

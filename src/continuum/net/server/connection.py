@@ -79,7 +79,7 @@ class HTTPLimits:
     keepalive_timeout: float = 75.0
     #: A connection idle this long between requests is parked without a task
     #: (``.parking``); 0: never.
-    park_after: float = 1.0
+    park_after: float = 0.25
     #: A client that accepts no bytes of an answer for this long is disconnected.
     write_timeout: float = 60.0
     #: Paths whose ``multipart/*`` bodies are handed to the handler as they arrive

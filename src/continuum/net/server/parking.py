@@ -7,13 +7,16 @@ clients cost ~95 MB for doing nothing. Parked, a connection is its stdlib socket
 keep-alive deadline (~0.3 KB); everything else is dropped and built again when it sends.
 
 How: the server's sweeper parks a plain-TCP connection that has waited between requests
-for ``HTTPLimits.park_after`` (``server.idle_park_after``, 1 s): a connection that talks
-more often never pays the round trip, which costs about 0.2 ms of CPU per wake-up. Its
-socket goes into a private level-triggered epoll set; one task per server waits on that
-set's fd with ``trio.lowlevel.wait_readable`` and hands every socket that becomes readable
-(a request, an EOF, an error) back to the server, which serves it in a new task. The
-keep-alive deadline set when the connection fell idle travels with it: parking neither
-extends nor shortens it. Linux only (epoll); elsewhere nothing is parked.
+for ``HTTPLimits.park_after`` (``server.idle_park_after``, 0.25 s): a connection that talks
+more often never pays the round trip (a park and a wake, ~0.1 ms of CPU). The default is
+short because what a burst of new clients' waiting tasks took stays with the process: what
+counts is how many wait in a task at once. The wait in the connection's task is ended with
+``notify_closing`` (no cancel) and its socket goes into a private level-triggered epoll set;
+one task per server waits on that set's fd with ``trio.lowlevel.wait_readable`` and hands
+every socket that becomes readable (a request, an EOF, an error) back to the server, which
+serves it in a new task. The keep-alive deadline set when the connection fell idle travels
+with it: parking neither extends nor shortens it. Linux only (epoll); elsewhere nothing is
+parked.
 """
 
 from __future__ import annotations
