@@ -6,6 +6,7 @@ behaviour: the task count, what a client sees on the wire, what the server count
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -297,3 +298,31 @@ async def test_a_request_racing_the_park_is_answered(nursery: trio.Nursery) -> N
         assert len(server.connections) == 20  # none was lost on the way
         for client in clients:
             await client.aclose()
+
+
+async def test_a_connection_waiting_for_its_next_request_holds_no_request_body(
+    nursery: trio.Nursery,
+) -> None:
+    """The last request (its body may be megabytes) is let go once answered, not kept
+    until the next one arrives: a connection that is never parked waits holding nothing
+    of it."""
+    _server, address = await start_server(nursery, park_after=0)
+    body = b"x" * (4 << 20)
+    head = (f"POST /big HTTP/1.1\r\nhost: test\r\ncontent-length: {len(body)}\r\n\r\n"
+            .encode())
+    with trio.fail_after(HANG_GUARD):
+        client = await RawClient.tcp(address)
+        await ask(client, "/warm")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            await client.send(head + body)
+            response = await client.read_response()
+            assert response.body == b"/big"
+            await trio.sleep(0.1)  # the server is back waiting for the next request
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert held < len(body) // 4, held
+        await ask(client, "/after")
+        await client.aclose()

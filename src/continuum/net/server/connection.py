@@ -989,6 +989,8 @@ class ServerConnection:
                         self._keep_alive = False
                         if not self._eof:
                             await self._linger()
+                    # Not held while the next request is awaited (its body may be large).
+                    request = stream = None
                     if not self._keep_alive or self.closing:
                         return
             expired = self.expired
