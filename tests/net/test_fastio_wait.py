@@ -1,5 +1,6 @@
-"""``FastStream.receive_some`` on a plain socket waits for it itself (not through
-``SocketStream.receive_some``): what trio's path guaranteed still holds."""
+"""``FastStream.receive_some`` on a plain socket when the bytes are not there yet: it waits,
+a second reader is refused, and ``notify_closing`` (how idle parking ends the wait of a
+connection's task) ends the wait with ``ClosedResourceError`` and leaves the socket usable."""
 
 from __future__ import annotations
 

@@ -144,6 +144,19 @@ class FastStream:
         if scope.cancelled_caught:
             raise WriteTimeout(f"the peer accepted nothing for {self._write_timeout:g}s")
 
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What a plain socket holds now (b"" at EOF), None when nothing is ready: the read
+        of a task that waits for readiness elsewhere (``continuum.net.stream_pump``)."""
+        raw = self._raw
+        if raw is None:
+            raise trio.ClosedResourceError("not a plain socket")
+        try:
+            return raw.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _broken(exc) from exc
+
     async def receive_some(self, max_bytes: int) -> bytes | bytearray:
         raw = self._raw
         if raw is not None:
@@ -160,18 +173,5 @@ class FastStream:
                     self._budget = YIELD_EVERY_BYTES
                     await trio.lowlevel.checkpoint()
                 return data
-            # Wait for the socket here rather than through ``SocketStream.receive_some``:
-            # that tries the same ``recv`` once more and holds four more coroutine frames
-            # (~1 KB) for as long as the wait lasts, which is most of an idle connection's
-            # life. A second reader still gets trio's BusyResourceError from the wait.
-            self._budget = YIELD_EVERY_BYTES  # the wait yields
-            while True:
-                await trio.lowlevel.wait_readable(raw)
-                try:
-                    return raw.recv(max_bytes)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise _broken(exc) from exc
         self._budget = YIELD_EVERY_BYTES  # trio's receive waits, and yields
         return await self.stream.receive_some(max_bytes)
