@@ -38,7 +38,7 @@ from ..core.errors import (
     quoted,
 )
 from ..core.http import Headers
-from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step
+from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step, shallow
 from ..core.ratelimit import Decision
 from ..core.retry import Backoff, parse_retry_after
 from ..core.sse import (
@@ -415,7 +415,7 @@ class Proxy:
         body = request.body
         # Before any decoder sees the body: deep nesting is refused by one fixed rule (see
         # _jsondepth), so no decode of it anywhere can hit Python's recursion limit.
-        if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
+        if not shallow(body) and await json_too_deep_yielding(body):
             raise RouterError(400, _TOO_DEEP)
         peek = _peek(body, self._decode_peek)
         model = state.model = peek.model or ""
@@ -469,7 +469,7 @@ class Proxy:
         """What :meth:`handle` reads of a JSON body (``model`` required), for the handlers
         that proxy through a plan."""
         body = request.body
-        if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
+        if not shallow(body) and await json_too_deep_yielding(body):
             raise RouterError(400, _TOO_DEEP)
         peek = _peek(body, self._decode_peek)
         state.model = peek.model or ""
@@ -915,7 +915,7 @@ class Proxy:
     @staticmethod
     def _response_headers(upstream: Headers, backend: BackendActor, model: str) -> Headers:
         headers = [(n, v) for n, v in upstream if n not in _DROPPED_RESPONSE_HEADERS]
-        headers.append((b"x-continuum-backend", backend.name.encode()))
+        headers.append(backend.name_header)
         headers.append((b"x-continuum-model", model.encode()))
         return headers
 

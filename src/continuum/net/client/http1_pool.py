@@ -74,15 +74,20 @@ class HTTP1Pool:
         self._opened += 1
         return HTTP1Connection(stream, raw, self.limits.max_response_header_size)
 
-    async def _checkout(self) -> HTTP1Connection:
+    def _reuse(self) -> HTTP1Connection | None:
+        """The most recently used idle connection still within ``idle_timeout`` (the
+        others on the way are closed); None when a new one must be opened."""
         idle = self._idle
+        if not idle:
+            return None
         now = clock()
+        timeout = self.limits.idle_timeout
         while idle:
             conn = idle.pop()
-            if now - conn.last_used < self.limits.idle_timeout:
+            if now - conn.last_used < timeout:
                 return conn
             self._drop(conn)
-        return await self._connect()
+        return None
 
     async def prewarm(self, count: int) -> int:
         """Open up to ``count`` idle connections now, so first requests skip the connect."""
@@ -129,7 +134,7 @@ class HTTP1Pool:
         conn: HTTP1Connection | None = None
         try:
             for attempt in (0, 1):
-                conn = await self._checkout() if attempt == 0 else await self._connect()
+                conn = (self._reuse() if attempt == 0 else None) or await self._connect()
                 conn.reset_for_request()
                 try:
                     await conn.io.send_all(request)
@@ -171,7 +176,7 @@ class HTTP1Pool:
         conn: HTTP1Connection | None = None
         try:
             for attempt in (0, 1):
-                conn = await self._checkout() if attempt == 0 else await self._connect()
+                conn = (self._reuse() if attempt == 0 else None) or await self._connect()
                 conn.reset_for_request()
                 try:
                     try:
@@ -277,6 +282,13 @@ class HTTP1Exchange:
         return await conn.receive_some()
 
     async def read_all(self, limit: int) -> bytes:
+        conn = self._conn
+        if conn is not None:
+            body = conn.whole_body()  # the usual small answer: no receive loop
+            if body is not None:
+                if len(body) > limit:
+                    raise UpstreamError(f"upstream response larger than {limit} bytes")
+                return body
         return await read_body(self.receive_some, limit)
 
     def unread(self, data: bytes) -> None:
