@@ -252,6 +252,36 @@ async def test_a_waiter_cancelled_in_the_queue_neither_takes_nor_loses_a_slot(
     pool.close()
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["with-the-head", "after-the-head"])
+async def test_response_limit_holds_however_the_body_arrives(
+    nursery: trio.Nursery, split: bool,
+) -> None:
+    """A body that came in with its head is taken without a receive loop: the response
+    limit applies to it all the same, and a whole one leaves the connection reusable."""
+    body = b"x" * 100
+
+    async def handler(stream: trio.SocketStream) -> None:
+        reader = RequestReader(stream)
+        while await reader.read() is not None:
+            answer = ok(body)
+            if split:
+                await stream.send_all(answer[:-len(body)])
+                await trio.sleep(0.05)
+                answer = body
+            await stream.send_all(answer)
+
+    pool = pool_for(await raw_server(nursery, handler))
+    with trio.fail_after(HANG_GUARD):
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        assert await exchange.read_all(100) == body
+        exchange.close()
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        with pytest.raises(UpstreamError, match="larger than 99 bytes"):
+            await exchange.read_all(99)
+        exchange.close()
+    assert pool.stats.opened_total == 1  # the first answer's connection served the second
+
+
 # -- idle timeout ---------------------------------------------------------------------------------
 
 
