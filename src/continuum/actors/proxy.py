@@ -980,8 +980,11 @@ class Proxy:
         if outcome == UPSTREAM_FAILED:
             return (translator.error(502, f"Upstream stream failed: {stream.error}"), False,
                     False, stream)
-        if outcome == STOPPED:
-            return translator.error(503, _SHUTTING_DOWN), False, False, stream
+        if outcome == STOPPED:  # the pump's task ended under the stream
+            if self.stopping:
+                return translator.error(503, _SHUTTING_DOWN), False, False, stream
+            return (translator.error(502, "Stream forwarding stopped"), False, False,
+                    stream)
         ending = translator.finish()
         return ending, not translator.truncated, False, stream
 

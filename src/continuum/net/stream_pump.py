@@ -34,6 +34,7 @@ their trio streams; the pump only moves bytes while it holds them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import socket
 from collections.abc import Callable
@@ -44,6 +45,8 @@ import trio
 from ..core.clock import now as clock
 from .client.exchange import UpstreamError
 
+log = logging.getLogger("continuum.proxy")
+
 #: Ready sockets handled per wake-up at most (the rest wait for the next one).
 BATCH: Final = 512
 
@@ -52,7 +55,7 @@ RUNNING: Final = 0
 COMPLETE: Final = 1  # the body ended (or ``feed`` found the stream truncated)
 UPSTREAM_FAILED: Final = 2  # ``error`` says why
 CLIENT_GONE: Final = 3
-STOPPED: Final = 4  # the pump stopped (the router is shutting down)
+STOPPED: Final = 4  # the pump's task ended (the router stopping, or a crash)
 
 _UPSTREAM: Final = select.EPOLLIN
 _CLIENT: Final = select.EPOLLRDHUP
@@ -170,8 +173,12 @@ class StreamPump:
         self.pumped += 1
         streams = self._streams
         streams[stream.upstream_fd] = streams[stream.client_fd] = stream
-        epoll.register(stream.upstream_fd, _UPSTREAM)
-        epoll.register(stream.client_fd, _CLIENT)
+        try:
+            epoll.register(stream.upstream_fd, _UPSTREAM)
+            epoll.register(stream.client_fd, _CLIENT)
+        except BaseException:
+            self.detach(stream)
+            raise
         now = clock()
         timer.deadline = now + idle
         body = upstream.take_body()
@@ -314,12 +321,17 @@ class StreamPump:
                     stream = streams.get(fd)
                     if stream is None:
                         continue  # ended earlier in this batch
-                    if fd == stream.upstream_fd:
-                        self._upstream_event(stream, now)
-                    else:
-                        self._client_event(stream, events, now)
+                    try:
+                        if fd == stream.upstream_fd:
+                            self._upstream_event(stream, now)
+                        else:
+                            self._client_event(stream, events, now)
+                    except Exception:  # a defect: end this stream, keep the others going
+                        log.exception("stream pump: forwarding failed")
+                        self._end(stream, UPSTREAM_FAILED, "stream forwarding failed")
         finally:
             for stream in list(streams.values()):
                 self._end(stream, STOPPED)
             self._epoll = None
+            trio.lowlevel.notify_closing(epoll.fileno())
             epoll.close()
