@@ -1019,6 +1019,10 @@ class Proxy:
         half-closes (EOF after its request) still gets the whole stream. While the client
         does not read, the upstream is not read either: the forwarder is blocked in the
         write, and TCP (or HTTP/2 flow control) holds the backend back.
+
+        A stream the pump can forward (:meth:`_handover`) is moved by it instead of this
+        task's loop, with the same behaviour (:meth:`_pumped`); the ending is this task's
+        either way.
         """
         ending = b""
         ok = False
