@@ -106,7 +106,7 @@ class Upstream:
         finally:
             self.closed += 1
             self.closed_event.set()
-            stream.socket.close()
+            await trio.aclose_forcefully(stream)
 
     async def wait_closed(self, count: int) -> None:
         while self.closed < count:
@@ -274,6 +274,29 @@ async def test_streams_to_a_tls_client_are_not_pumped(
         async with httpx.AsyncClient(verify=context, timeout=HANG_GUARD) as client:
             r = await client.post(f"https://{router.addresses[0]}{CHAT}", content=REQUEST,
                                   headers={"content-type": "application/json"})
+    assert r.content == WHOLE
+    assert router.pump is not None and router.pump.pumped == 0
+
+
+async def test_streams_from_an_https_backend_are_not_pumped(
+    nursery: trio.Nursery, ca: trustme.CA, ca_file: str
+) -> None:
+    upstream = Upstream(paced(0))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, context, server_side=True)
+        await upstream.handle(tls)  # type: ignore[arg-type]  # the same calls
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handle, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    router = await start_router(nursery, router_config([
+        {"name": "up", "url": f"https://127.0.0.1:{port}", "models": [MODEL],
+         "ca_file": ca_file, "http2": "never"}]))
+    with trio.fail_after(HANG_GUARD):
+        r = await post(router)
     assert r.content == WHOLE
     assert router.pump is not None and router.pump.pumped == 0
 
