@@ -10,7 +10,9 @@ memory is not the router's):
   reached, nothing buffered past it;
 * a ping flood from a client that reads nothing: pongs back up into TCP, not into memory;
 * malformed upgrade requests: every one answered at once with a 4xx in OpenAI's shape;
-* many sessions abandoned without a close frame: every descriptor comes back.
+* many sessions abandoned without a close frame: every descriptor comes back;
+* at a ``per_backend`` limit: sessions dropped again and again give their slots back, and a
+  handshake flood while both backends are full is answered 429 without asking an upstream.
 
 A second client is served promptly throughout (``served_during`` / ``case_guard``).
 """
@@ -338,9 +340,9 @@ async def test_handshakes_refused_by_admission_are_answered_at_once(
 
 
 async def handshake(router: RouterProcess, key: str) -> tuple[int, RawClient]:
-    """The status of a session's handshake with ``key``, and its connection."""
+    """The status of a session's handshake with ``key`` ("": none), and its connection."""
     client = await RawClient.tcp(router.address)
-    await client.send(upgrade(extra=f"Authorization: Bearer {key}\r\n".encode()))
+    await client.send(upgrade(extra=f"Authorization: Bearer {key}\r\n".encode() if key else b""))
     with trio.fail_after(STEP):
         head = await client.read_until(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), client
@@ -350,3 +352,69 @@ async def open_session_with(router: RouterProcess, key: str) -> RawClient:
     status, client = await handshake(router, key)
     assert status == 101, status
     return client
+
+
+@pytest.fixture(scope="module")
+def per_backend_router(upstream: MockServer, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[RouterProcess]:
+    """Two Realtime backends (the same mock under two names), one session each at most."""
+    config = router_config(
+        [{"name": name, "url": upstream.url, "models": [MODEL]} for name in ("rt1", "rt2")],
+        rate_limiting={"limits": {"per_backend": {"max_concurrent": 1}}},
+        realtime={"close_timeout": "1s"},
+    )
+    with RouterProcess(config, tmp_path_factory.mktemp("realtime-per-backend")) as process:
+        yield process
+        process.assert_alive()
+
+
+async def test_per_backend_limits_hold_under_a_handshake_flood_and_abandoned_sessions(
+    per_backend_router: RouterProcess, upstream: MockServer
+) -> None:
+    """Sessions opened and dropped without a close frame, again and again, never leak a
+    ``per_backend`` slot; while both backends hold their one session, a flood of handshakes
+    is answered 429 at once without asking any upstream; memory and descriptors stay bounded
+    and a second client is served throughout."""
+    router = per_backend_router
+    before = Usage.of(router)
+    async with served_during(router.address, chat=False):
+        deadline = trio.current_time() + 1.0
+        rounds = 0
+        while rounds < 5 or trio.current_time() < deadline:
+            rounds += 1
+            for client in await both_slots(router):
+                await client.aclose()  # no close frame: the TCP connection just ends
+        held = await both_slots(router)
+        sessions = upstream.mock.realtime.counters.sessions
+        refused = 0
+        deadline = trio.current_time() + 1.0
+        while refused < 40 or trio.current_time() < deadline:
+            response = await one_request(router.address, upgrade())
+            assert response is not None and response.status == 429, response
+            assert response.json()["error"]["code"] == "rate_limit_exceeded"
+            refused += 1
+        assert upstream.mock.realtime.counters.sessions == sessions  # no upstream was asked
+        for client in held:
+            await client.aclose()
+        for client in await both_slots(router):
+            await client.aclose()
+    assert await settle_fds(router, before.fds + 8) <= before.fds + 8
+    await assert_bounded(router, before, rss_mib=32)
+
+
+async def both_slots(router: RouterProcess) -> list[RawClient]:
+    """Two sessions open at once, one per backend: waits (429 meanwhile) while the slots of
+    sessions that just ended are being given back; a leaked slot never comes back."""
+    with trio.fail_after(STEP):
+        while True:
+            pair: list[RawClient] = []
+            status = 101
+            while status == 101 and len(pair) < 2:
+                status, client = await handshake(router, "")
+                pair.append(client)
+            if status == 101:
+                return pair
+            assert status == 429, status
+            for client in pair:
+                await client.aclose()
+            await trio.sleep(0.05)
