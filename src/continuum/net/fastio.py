@@ -144,6 +144,19 @@ class FastStream:
         if scope.cancelled_caught:
             raise WriteTimeout(f"the peer accepted nothing for {self._write_timeout:g}s")
 
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What a plain socket holds now (b"" at EOF), None when nothing is ready: the read
+        of a task that waits for readiness elsewhere (``continuum.net.stream_pump``)."""
+        raw = self._raw
+        if raw is None:
+            raise trio.ClosedResourceError("not a plain socket")
+        try:
+            return raw.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _broken(exc) from exc
+
     async def receive_some(self, max_bytes: int) -> bytes | bytearray:
         raw = self._raw
         if raw is not None:

@@ -283,6 +283,15 @@ class HTTP1Exchange:
         if self._conn is not None:
             self._conn.unread(data)
 
+    def pump_connection(self) -> HTTP1Connection | None:
+        """The connection this body is read from, when a stream pump can move it: a plain
+        socket, the body not complete yet. The pump reads and parses through it, so the
+        connection's state (parser, body bytes already read) stays the exchange's."""
+        conn = self._conn
+        if conn is None or conn.complete or conn.pump_socket() is None:
+            return None
+        return conn
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,7 @@ import trio
 from ...core.clock import now as clock
 from ...core.http import Headers, head_lines
 from ...core.realtime import NOT_AN_UPGRADE, handshake_problem
-from ..fastio import FastStream
+from ..fastio import FastStream, raw_socket
 
 if TYPE_CHECKING:
     from ..websocket_relay import MessageConnection, RelaySettings
@@ -647,6 +648,12 @@ class ServerConnection:
             await self.io.send_all(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last))
         else:
             await self.io.send_all(b"0\r\n\r\n")
+
+    def pump_socket(self) -> socket.socket | None:
+        """The plain socket a stream pump may write this streamed answer's chunks to
+        (``continuum.net.stream_pump``, counting them in ``bytes_out``); None under TLS,
+        through a wrapper stream, or for a HEAD request (no body is sent)."""
+        return None if self._head_only else raw_socket(self.stream)
 
     @property
     def responded(self) -> bool:
