@@ -375,7 +375,7 @@ class Ingress:
                 request.method, request.path, traceparent, request.header(b"tracestate"))
             state.span.set_attribute("continuum.request_id", state.id.decode("latin-1"))
         elif traceparent is None:
-            request.headers.append((b"traceparent", new_traceparent()))
+            request.headers.append((b"traceparent", new_traceparent(self._tracing.rng)))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
                     client_model: str, bytes_out: int, key: str,
