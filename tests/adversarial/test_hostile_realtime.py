@@ -66,10 +66,16 @@ class MockServer:
             task_status.started(self.address)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[MockServer]:
+def threaded_mock() -> Iterator[MockServer]:
     with ThreadedUpstream(MockServer()) as server:  # type: ignore[arg-type]
         yield server  # type: ignore[misc]
+
+
+#: The admission cases count the sessions their upstream opened, so each router has a mock of
+#: its own: a session another case's router is still opening cannot change the count.
+upstream = pytest.fixture(scope="module")(threaded_mock)
+limited_upstream = pytest.fixture(scope="module")(threaded_mock)
+per_backend_upstream = pytest.fixture(scope="module")(threaded_mock)
 
 
 @pytest.fixture(scope="module")
@@ -282,11 +288,11 @@ NARROW = "sk-realtime-narrow-0123456789"
 
 
 @pytest.fixture(scope="module")
-def limited_router(upstream: MockServer, tmp_path_factory: pytest.TempPathFactory
+def limited_router(limited_upstream: MockServer, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[RouterProcess]:
     """Blocking keys: one allowed two sessions at once, one allowed another model only."""
     config = router_config(
-        [{"name": "rt", "url": upstream.url, "models": [MODEL]}],
+        [{"name": "rt", "url": limited_upstream.url, "models": [MODEL]}],
         api_keys={"mode": "blocking", "api_keys": [
             {"key": HELD, "id": "held", "max_concurrent": 2},
             {"key": NARROW, "id": "narrow", "models": ["gpt-4o"]}]},
@@ -298,7 +304,7 @@ def limited_router(upstream: MockServer, tmp_path_factory: pytest.TempPathFactor
 
 
 async def test_handshakes_refused_by_admission_are_answered_at_once(
-    limited_router: RouterProcess, upstream: MockServer
+    limited_router: RouterProcess, limited_upstream: MockServer
 ) -> None:
     """While a key holds both its sessions, a flood of its handshakes (and of hostile keys:
     huge, garbage, in the subprotocol, a key refused the model) is each answered at once
@@ -307,7 +313,7 @@ async def test_handshakes_refused_by_admission_are_answered_at_once(
     router = limited_router
     held = [await open_session_with(router, HELD) for _ in range(2)]
     before = Usage.of(router)
-    sessions = upstream.mock.realtime.counters.sessions
+    sessions = await upstream_sessions(limited_upstream, 2)
     hostile = [
         (f"Authorization: Bearer {HELD}\r\n".encode(), 429),
         (f"Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.{HELD}\r\n".encode(), 429),
@@ -325,7 +331,7 @@ async def test_handshakes_refused_by_admission_are_answered_at_once(
             assert response is not None and response.status == status, (extra[:60], response)
             assert "error" in response.json()
             sent += 1
-    assert upstream.mock.realtime.counters.sessions == sessions  # no upstream was asked
+    assert limited_upstream.mock.realtime.counters.sessions == sessions  # no upstream was asked
     await assert_bounded(router, before, rss_mib=16)
     for client in held:
         await client.aclose()
@@ -337,6 +343,16 @@ async def test_handshakes_refused_by_admission_are_answered_at_once(
                 break
             assert status == 429
             await trio.sleep(0.05)
+
+
+async def upstream_sessions(upstream: MockServer, opened: int) -> int:
+    """The upstream's session count once it counts the ``opened`` sessions the router
+    answered 101 for: the mock counts one just after its handshake, which may be after the
+    router's 101 reached the client."""
+    with trio.fail_after(STEP):
+        while upstream.mock.realtime.counters.sessions < opened:
+            await trio.sleep(0.01)
+    return upstream.mock.realtime.counters.sessions
 
 
 async def handshake(router: RouterProcess, key: str) -> tuple[int, RawClient]:
@@ -355,11 +371,13 @@ async def open_session_with(router: RouterProcess, key: str) -> RawClient:
 
 
 @pytest.fixture(scope="module")
-def per_backend_router(upstream: MockServer, tmp_path_factory: pytest.TempPathFactory
+def per_backend_router(per_backend_upstream: MockServer,
+                       tmp_path_factory: pytest.TempPathFactory
                        ) -> Iterator[RouterProcess]:
     """Two Realtime backends (the same mock under two names), one session each at most."""
     config = router_config(
-        [{"name": name, "url": upstream.url, "models": [MODEL]} for name in ("rt1", "rt2")],
+        [{"name": name, "url": per_backend_upstream.url, "models": [MODEL]}
+         for name in ("rt1", "rt2")],
         rate_limiting={"limits": {"per_backend": {"max_concurrent": 1}}},
         realtime={"close_timeout": "1s"},
     )
@@ -369,7 +387,7 @@ def per_backend_router(upstream: MockServer, tmp_path_factory: pytest.TempPathFa
 
 
 async def test_per_backend_limits_hold_under_a_handshake_flood_and_abandoned_sessions(
-    per_backend_router: RouterProcess, upstream: MockServer
+    per_backend_router: RouterProcess, per_backend_upstream: MockServer
 ) -> None:
     """Sessions opened and dropped without a close frame, again and again, never leak a
     ``per_backend`` slot; while both backends hold their one session, a flood of handshakes
@@ -377,15 +395,16 @@ async def test_per_backend_limits_hold_under_a_handshake_flood_and_abandoned_ses
     and a second client is served throughout."""
     router = per_backend_router
     before = Usage.of(router)
+    opened = [0]  # sessions answered 101
     async with served_during(router.address, chat=False):
         deadline = trio.current_time() + 1.0
         rounds = 0
         while rounds < 5 or trio.current_time() < deadline:
             rounds += 1
-            for client in await both_slots(router):
+            for client in await both_slots(router, opened):
                 await client.aclose()  # no close frame: the TCP connection just ends
-        held = await both_slots(router)
-        sessions = upstream.mock.realtime.counters.sessions
+        held = await both_slots(router, opened)
+        sessions = await upstream_sessions(per_backend_upstream, opened[0])
         refused = 0
         deadline = trio.current_time() + 1.0
         while refused < 40 or trio.current_time() < deadline:
@@ -393,18 +412,20 @@ async def test_per_backend_limits_hold_under_a_handshake_flood_and_abandoned_ses
             assert response is not None and response.status == 429, response
             assert response.json()["error"]["code"] == "rate_limit_exceeded"
             refused += 1
-        assert upstream.mock.realtime.counters.sessions == sessions  # no upstream was asked
+        # No upstream was asked.
+        assert per_backend_upstream.mock.realtime.counters.sessions == sessions
         for client in held:
             await client.aclose()
-        for client in await both_slots(router):
+        for client in await both_slots(router, opened):
             await client.aclose()
     assert await settle_fds(router, before.fds + 8) <= before.fds + 8
     await assert_bounded(router, before, rss_mib=32)
 
 
-async def both_slots(router: RouterProcess) -> list[RawClient]:
+async def both_slots(router: RouterProcess, opened: list[int]) -> list[RawClient]:
     """Two sessions open at once, one per backend: waits (429 meanwhile) while the slots of
-    sessions that just ended are being given back; a leaked slot never comes back."""
+    sessions that just ended are being given back; a leaked slot never comes back. Every
+    101 is counted in ``opened[0]``."""
     with trio.fail_after(STEP):
         while True:
             pair: list[RawClient] = []
@@ -412,6 +433,7 @@ async def both_slots(router: RouterProcess) -> list[RawClient]:
             while status == 101 and len(pair) < 2:
                 status, client = await handshake(router, "")
                 pair.append(client)
+                opened[0] += status == 101
             if status == 101:
                 return pair
             assert status == 429, status

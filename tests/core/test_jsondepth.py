@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from continuum.actors.proxy import json_too_deep_yielding
-from continuum.core.jsondepth import MAX_JSON_DEPTH, json_too_deep, scan
+from continuum.core.jsondepth import MAX_JSON_DEPTH, json_too_deep, scan, shallow
 
 
 def depth(value: Any) -> int:
@@ -100,3 +100,15 @@ async def test_the_yielding_form_agrees() -> None:
     with trio.fail_after(10):
         assert await json_too_deep_yielding(deep)
         assert not await json_too_deep_yielding(b'{"model": "m"}')
+
+
+def test_shallow_answers_only_what_counting_proves() -> None:
+    """The request path skips the scan when ``shallow`` says so: never for a body that could
+    nest too deep."""
+    deep = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
+    assert not shallow(deep) and json_too_deep(deep)
+    wide = b"[" + b"[]," * MAX_JSON_DEPTH + b"[]]"  # many brackets, depth 2: the scan decides
+    assert not shallow(wide) and not json_too_deep(wide)
+    small = b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 200 + b'"}]}'
+    assert shallow(small) and not json_too_deep(small)
+    assert shallow(b"[" * MAX_JSON_DEPTH)  # too short to nest deeper than the limit

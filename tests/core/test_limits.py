@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from continuum.core.access import ApiKey
@@ -13,7 +15,7 @@ def api_key(ident: str = "", **limits: int) -> ApiKey:
     return ApiKey(digest=(ident or "d").ljust(64, "0"), id=ident, label=ident, **limits)  # type: ignore[arg-type]
 
 
-def described(checks: list[RateCheck | ConcurrencyCheck]) -> list[tuple[str, str, str]]:
+def described(checks: Sequence[RateCheck | ConcurrencyCheck]) -> list[tuple[str, str, str]]:
     out = []
     for check in checks:
         kind = "cc" if isinstance(check, ConcurrencyCheck) else "tk" if check.tokens else "rq"
@@ -45,6 +47,24 @@ def test_a_keys_own_limits_then_per_api_key_then_per_client() -> None:
     assert described(plan.checks(None, "1.2.3.4", "m", 100)) == [
         ("rq", "client", "1.2.3.4"), ("tk", "client", "1.2.3.4"), ("cc", "client", "1.2.3.4")]
     assert plan.needs_address(None) and not plan.needs_address(plain)
+
+
+def test_a_keys_checks_are_built_once_when_no_request_changes_them() -> None:
+    plan = LimitPlan(global_=LimitSpec.of(100))
+    key = api_key("k", rate_limit=60, max_concurrent=2)
+    first = plan.checks(key, "", "m", 0)
+    assert described(first) == [("rq", "api_key", "k"), ("cc", "api_key", "k"),
+                                ("rq", "global", "")]
+    assert plan.checks(key, "", "other", 500) is first  # the same checks, not a copy
+    # A token limit's check carries the request's reservation: built per request.
+    tokens = api_key("t", tokens_per_minute=6000)
+    assert plan.checks(tokens, "", "m", 10) is not plan.checks(tokens, "", "m", 10)
+    assert [c.cost for c in plan.checks(tokens, "", "m", 10)] == [10, 1]  # type: ignore[union-attr]
+    # per_model: the model decides, so nothing is kept per key.
+    by_model = LimitPlan(per_model=[("m", LimitSpec.of(1))])
+    assert by_model.checks(key, "", "m", 0) is not by_model.checks(key, "", "m", 0)
+    assert described(by_model.checks(key, "", "x", 0)) == [("rq", "api_key", "k"),
+                                                           ("cc", "api_key", "k")]
 
 
 def test_model_global_and_backend() -> None:

@@ -572,6 +572,7 @@ async def test_an_exception_in_the_ingress_access_log_does_not_end_the_router(
             raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(Ingress, "_log_access", exploding)
+    caplog.set_level(logging.INFO, logger="continuum.access")  # else the line is not built
     handle, _ = await router_with_mock(nursery)
     client = await connect(handle)
     with trio.fail_after(HANG_GUARD):

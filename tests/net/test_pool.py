@@ -210,6 +210,78 @@ async def test_waiters_are_served_in_fifo_order(nursery: trio.Nursery) -> None:
     assert pool.stats.opened_total == 1
 
 
+async def test_a_waiter_cancelled_in_the_queue_neither_takes_nor_loses_a_slot(
+    nursery: trio.Nursery,
+) -> None:
+    release_first = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        reader = RequestReader(stream)
+        while (request := await reader.read()) is not None:
+            if request[0]["x-id"] == "first":
+                await release_first.wait()
+            await stream.send_all(ok(request[0]["x-id"].encode()))
+
+    pool = pool_for(await raw_server(nursery, handler), max_connections=1)
+    bodies: list[bytes] = []
+
+    async def one(name: bytes) -> None:
+        exchange = await pool.start(b"GET", b"/", [(b"x-id", name)], b"")
+        bodies.append(await exchange.read_all(1024))
+        exchange.close()
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as requests:
+            requests.start_soon(one, b"first")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as waiting:
+                waiting.cancel()  # cancelled once it queues: the slot is the first's
+                await one(b"cancelled")
+            assert pool.stats.waiting == 0 and pool.stats.in_use == 1
+            # Cancelled in the queue at the very moment the slot is released: the release
+            # must not hand the slot to the waiter that is gone.
+            async with trio.open_nursery() as queue:
+                queue.start_soon(one, b"gone")
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats.waiting == 1
+                queue.cancel_scope.cancel()
+                release_first.set()
+            await one(b"after")  # gets the slot back; a lost slot would hang here
+    assert bodies == [b"first", b"after"]
+    assert pool.stats.in_use == 0 and pool.stats.waiting == 0
+    pool.close()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["with-the-head", "after-the-head"])
+async def test_response_limit_holds_however_the_body_arrives(
+    nursery: trio.Nursery, split: bool,
+) -> None:
+    """A body that came in with its head is taken without a receive loop: the response
+    limit applies to it all the same, and a whole one leaves the connection reusable."""
+    body = b"x" * 100
+
+    async def handler(stream: trio.SocketStream) -> None:
+        reader = RequestReader(stream)
+        while await reader.read() is not None:
+            answer = ok(body)
+            if split:
+                await stream.send_all(answer[:-len(body)])
+                await trio.sleep(0.05)
+                answer = body
+            await stream.send_all(answer)
+
+    pool = pool_for(await raw_server(nursery, handler))
+    with trio.fail_after(HANG_GUARD):
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        assert await exchange.read_all(100) == body
+        exchange.close()
+        exchange = await pool.start(b"GET", b"/", [], b"")
+        with pytest.raises(UpstreamError, match="larger than 99 bytes"):
+            await exchange.read_all(99)
+        exchange.close()
+    assert pool.stats.opened_total == 1  # the first answer's connection served the second
+
+
 # -- idle timeout ---------------------------------------------------------------------------------
 
 

@@ -497,6 +497,32 @@ async def test_dripping_server_times_out(nursery: trio.Nursery) -> None:
             await client.execute("GET", "k")
 
 
+async def test_a_call_on_an_open_connection_is_bounded_and_shielded(
+        nursery: trio.Nursery) -> None:
+    # Calls on a connection already open: one whose reply comes late still gets it when its
+    # caller is cancelled meanwhile; one whose reply never comes ends at its own timeout.
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1024)
+        await stream.send_all(b"+PONG\r\n")
+        await stream.receive_some(1024)
+        await trio.sleep(0.2)
+        await stream.send_all(b"+LATE\r\n")
+        await stream.receive_some(1024)
+        await trio.sleep_forever()  # the third call is never answered
+
+    url = await _hostile(nursery, handler)
+    async with RedisClient.from_url(url, timeout=0.5, client_name=None) as client:
+        assert await client.execute("PING") == b"PONG"
+        got: list[object] = []
+        with trio.move_on_after(0.05) as scope:
+            got.append(await client.evalsha(Script("return 1"), shielded=True))
+            await trio.lowlevel.checkpoint()
+        assert scope.cancelled_caught and got == [b"LATE"]
+        with trio.fail_after(5), pytest.raises(RedisTimeoutError, match="no reply within"):
+            await client.execute("PING")
+        assert client.statistics().connects == 1 and client.statistics().timeouts == 1
+
+
 async def test_server_closing_mid_reply(nursery: trio.Nursery) -> None:
     async def handler(stream: trio.SocketStream) -> None:
         await stream.receive_some(1024)

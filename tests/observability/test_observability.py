@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import random
 import re
 from collections import defaultdict
 from typing import Any
@@ -330,7 +331,7 @@ async def test_tracing_without_sdk_warns_and_generates_traceparent(
         assert valid_traceparent(generated.encode())
         await client.post(CHAT, json=chat_body())
         assert mock.last_request_headers["traceparent"].split("-")[1] != generated.split("-")[1]
-        parent = new_traceparent().decode()
+        parent = new_traceparent(random.Random()).decode()
         await client.post(CHAT, json=chat_body(), headers={"traceparent": parent})
         assert mock.last_request_headers["traceparent"] == parent
 
@@ -350,8 +351,25 @@ async def test_tracing_with_sdk_parents_the_upstream_call(nursery: trio.Nursery)
     assert upstream.split("-")[2] != parent.split("-")[2]  # the attempt span is the parent
 
 
+class _ZeroRandom(random.Random):
+    """A generator whose every draw is 0: the one case where an id would be all zeros."""
+
+    def getrandbits(self, k: int, /) -> int:
+        return 0
+
+
+def test_generated_traceparents_are_valid_and_distinct() -> None:
+    rng = random.Random()
+    parents = {new_traceparent(rng) for _ in range(1000)}
+    assert len(parents) == 1000 and all(valid_traceparent(p) for p in parents)
+    assert len({p.split(b"-")[1] for p in parents}) == 1000  # a new trace id each time
+    # An all-zero draw would be an invalid id (W3C): it becomes 1 instead.
+    assert new_traceparent(_ZeroRandom()) == b"00-%032x-%016x-01" % (1, 1)
+    assert valid_traceparent(new_traceparent(_ZeroRandom()))
+
+
 def test_traceparent_validation() -> None:
-    assert valid_traceparent(new_traceparent())
+    assert valid_traceparent(new_traceparent(random.Random()))
     assert valid_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
     assert not valid_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01")
     assert not valid_traceparent(b"garbage")

@@ -243,6 +243,9 @@ class AccessControl:
                                          if v not in ids)
         self._addresses = ClientAddresses(parse_networks(rl.trusted_proxies))
         self._forwarded = bool(rl.trusted_proxies)
+        #: Whether :meth:`_exempt` has anything to do (an exemption, or addresses to resolve).
+        self._exemptions = bool(self._bypass_ids or self._bypass_digests or self._whitelist
+                                or (plan is not None and plan.per_client))
         # Per-request questions answered once.
         self._anonymous = not keys and not self.blocking
         #: Some limit applies to every request, whoever sends it.
@@ -339,7 +342,7 @@ class AccessControl:
         if plan is None or not (self._always or plan.applies(admission.key)):
             admission.limited = False
             return
-        if self._exempt(admission, request, conn):
+        if self._exemptions and self._exempt(admission, request, conn):
             admission.limited = False
             return
         admission.reservation = reservation
@@ -348,7 +351,8 @@ class AccessControl:
             return
         memory = self._memory
         if memory is not None:  # no await: a memory admission never waits
-            decision: Decision | None = memory.admit(checks, clock(), self._lease(checks))
+            decision: Decision | None = memory.admit(
+                checks, clock(), self._lease(checks) if self._concurrency else None)
         else:
             decision = await self._admit(checks)
             if decision is None:  # Redis failed, on_error: allow

@@ -111,6 +111,8 @@ class BackendActor:
     def __init__(self, config: BackendConfig, url: str, root: Config) -> None:
         self.config = config
         self.name = config.name
+        #: The ``x-continuum-backend`` header of its answers, encoded once.
+        self.name_header = (b"x-continuum-backend", config.name.encode())
         self.url = url
         self.type = config.type
         http_client = root.http_client

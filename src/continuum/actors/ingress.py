@@ -339,7 +339,7 @@ class Ingress:
                     failed_over=() if state.failed_over is None else tuple(state.failed_over),
                 )
             self._observe(obs)
-            if self._access_log:
+            if self._access_log and access_log.isEnabledFor(logging.INFO):
                 self._log_access(state.id, request.method, path, obs, state.model,
                                  state.bytes_out,
                                  state.access.label if state.access is not None else "-",
@@ -357,7 +357,7 @@ class Ingress:
         endpoint = self._route(refusal.path)[2]
         obs = RequestObserved(method, endpoint, refusal.status, clock() - refusal.started)
         self._observe(obs)
-        if self._access_log:
+        if self._access_log and access_log.isEnabledFor(logging.INFO):
             self._log_access(rid, method, refusal.path or "-", obs, "",
                              0 if method == "HEAD" else len(body), "-")
         return [*JSON_HEADERS, (b"x-request-id", rid)], body
@@ -375,7 +375,7 @@ class Ingress:
                 request.method, request.path, traceparent, request.header(b"tracestate"))
             state.span.set_attribute("continuum.request_id", state.id.decode("latin-1"))
         elif traceparent is None:
-            request.headers.append((b"traceparent", new_traceparent()))
+            request.headers.append((b"traceparent", new_traceparent(self._tracing.rng)))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
                     client_model: str, bytes_out: int, key: str,
@@ -383,9 +383,8 @@ class Ingress:
         """The access line: ids, route, outcome and timings, the client key's id (its label:
         never the key) — never content. A Realtime session adds its counters (``extra``).
         Client-given values are cut to a bounded length; no body is parsed here (the model
-        the client asked for comes from the request's state)."""
-        if not access_log.isEnabledFor(logging.INFO):
-            return
+        the client asked for comes from the request's state). Callers check first that
+        the access logger takes INFO lines (not built at all when it does not)."""
         request_id = loggable(rid.decode("latin-1"))
         path = loggable(path)
         model = loggable(obs.model or client_model)

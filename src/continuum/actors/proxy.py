@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, final
@@ -38,7 +39,7 @@ from ..core.errors import (
     quoted,
 )
 from ..core.http import Headers
-from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step
+from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step, shallow
 from ..core.ratelimit import Decision
 from ..core.retry import Backoff, parse_retry_after
 from ..core.sse import (
@@ -48,8 +49,11 @@ from ..core.sse import (
     usage_from_sse_tail,
 )
 from ..net.client.exchange import Exchange, RequestBody, UpstreamError
+from ..net.client.http1 import HTTP1Connection
+from ..net.client.http1_pool import HTTP1Exchange
 from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
+from ..net.stream_pump import CLIENT_GONE, STOPPED, UPSTREAM_FAILED, PumpedStream, StreamPump
 from ..observability.tracing import Tracing
 from .access import AccessControl, Admission
 from .dedup import Deduplicator, StoredResponse, dedup_key
@@ -70,6 +74,7 @@ _DROPPED_RESPONSE_HEADERS: Final = frozenset(
      b"trailer", b"upgrade", b"proxy-connection", b"date", b"server"}
 )
 _CHAIN_CACHE_MAX: Final = 4096
+_SHUTTING_DOWN: Final = "The router is shutting down"
 _NO_DEADLINE: Final = math.inf
 
 
@@ -231,6 +236,11 @@ class _BinaryRelay:
         return b""
 
 
+#: The translators whose ``feed`` does no more than the pump allows: bytes out as they came
+#: in, and never a truncation found mid-stream (only at ``finish``).
+_PUMPED_TRANSLATORS: Final = (PassThrough, _BinaryRelay)
+
+
 def _is_event_stream(headers: Headers) -> bool:
     for name, value in headers:
         if name == b"content-type":
@@ -313,6 +323,8 @@ class Proxy:
         self.streams: set[ServerConnection] = set()
         #: Set once the router is shutting down: a stream cut now says so.
         self.stopping = False
+        #: Forwards pass-through streams with one task (its ``run`` is the supervisor's).
+        self.pump = StreamPump()
         #: File references in chat requests are resolved by it (None: no Files API).
         self.files: FileResolver | None = None
         #: Tracing (propagation, and spans when the OpenTelemetry SDK is there).
@@ -415,7 +427,7 @@ class Proxy:
         body = request.body
         # Before any decoder sees the body: deep nesting is refused by one fixed rule (see
         # _jsondepth), so no decode of it anywhere can hit Python's recursion limit.
-        if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
+        if not shallow(body) and await json_too_deep_yielding(body):
             raise RouterError(400, _TOO_DEEP)
         peek = _peek(body, self._decode_peek)
         model = state.model = peek.model or ""
@@ -469,7 +481,7 @@ class Proxy:
         """What :meth:`handle` reads of a JSON body (``model`` required), for the handlers
         that proxy through a plan."""
         body = request.body
-        if len(body) > MAX_JSON_DEPTH and await json_too_deep_yielding(body):
+        if not shallow(body) and await json_too_deep_yielding(body):
             raise RouterError(400, _TOO_DEEP)
         peek = _peek(body, self._decode_peek)
         state.model = peek.model or ""
@@ -915,11 +927,78 @@ class Proxy:
     @staticmethod
     def _response_headers(upstream: Headers, backend: BackendActor, model: str) -> Headers:
         headers = [(n, v) for n, v in upstream if n not in _DROPPED_RESPONSE_HEADERS]
-        headers.append((b"x-continuum-backend", backend.name.encode()))
+        headers.append(backend.name_header)
         headers.append((b"x-continuum-model", model.encode()))
         return headers
 
     # -- streaming -----------------------------------------------------------------------
+
+    def _handover(
+        self, conn: ServerConnection, exchange: Exchange, translator: StreamTranslator
+    ) -> tuple[HTTP1Connection, socket.socket, socket.socket] | None:
+        """What the stream pump needs to forward this stream, when it can: the pump runs,
+        the answer is passed through unchanged (no per-chunk work of a translation), and
+        both sides are plain HTTP/1.1 sockets (the native front; not TLS, not HTTP/2).
+        None: the stream takes the task's own loop."""
+        if (type(translator) not in _PUMPED_TRANSLATORS or not self.pump.running
+                or type(exchange) is not HTTP1Exchange or type(conn) is not ServerConnection):
+            return None
+        upstream = exchange.pump_connection()
+        if upstream is None:
+            return None
+        upstream_sock, client = upstream.pump_socket(), conn.pump_socket()
+        if upstream_sock is None or client is None:
+            return None
+        return upstream, upstream_sock, client
+
+    async def _pumped(
+        self, conn: ServerConnection, translator: StreamTranslator, upstream: HTTP1Connection,
+        upstream_sock: socket.socket, client: socket.socket,
+    ) -> tuple[bytes, bool, bool, PumpedStream]:
+        """Forward a stream through the pump (see :meth:`_stream`): this task only waits,
+        under the stream's own deadline, for the pump to finish it or for a timer (idle,
+        write, ``stop_streams``) to cut it. Returns the ending to send, whether the stream
+        completed, whether the client is gone, and the stream's metrics."""
+        pump = self.pump
+        end = trio.current_time() + self._streaming_timeout
+        with trio.CancelScope(deadline=end) as scope:
+            conn.arm_timer(_NO_DEADLINE, scope=scope)  # the pump moves it per frame
+            stream = pump.add(upstream, upstream_sock, client, translator.feed, conn,
+                              self._idle_timeout, conn.limits.write_timeout)
+            try:
+                await stream.done.wait()
+            finally:
+                pump.detach(stream)
+                conn.disarm_timer()
+        outcome = stream.outcome
+        if scope.cancelled_caught:
+            if stream.blocked:  # cut while the client held up a write
+                return b"", False, True, stream
+            return self._cut(translator, end), False, False, stream
+        if outcome == CLIENT_GONE:
+            return b"", False, True, stream
+        if outcome == UPSTREAM_FAILED:
+            return (translator.error(502, f"Upstream stream failed: {stream.error}"), False,
+                    False, stream)
+        if outcome == STOPPED:  # the pump's task ended under the stream
+            if self.stopping:
+                return translator.error(503, _SHUTTING_DOWN), False, False, stream
+            return (translator.error(502, "Stream forwarding stopped"), False, False,
+                    stream)
+        ending = translator.finish()
+        return ending, not translator.truncated, False, stream
+
+    def _cut(self, translator: StreamTranslator, end: float) -> bytes:
+        """The ending of a stream its timer cut: shutdown, streaming or idle timeout."""
+        status = 504
+        if self.stopping:  # stop_streams: the drain deadline is near
+            status, message = 503, _SHUTTING_DOWN
+        elif trio.current_time() >= end:
+            message = (f"Stream exceeded request.streaming_timeout "
+                       f"({self._streaming_timeout:g}s)")
+        else:
+            message = f"Upstream sent nothing for {self._idle_timeout:g}s (request.idle_timeout)"
+        return translator.error(status, message)
 
     async def _stream(
         self, conn: ServerConnection, backend: BackendActor, exchange: Exchange,
@@ -940,6 +1019,10 @@ class Proxy:
         half-closes (EOF after its request) still gets the whole stream. While the client
         does not read, the upstream is not read either: the forwarder is blocked in the
         write, and TCP (or HTTP/2 flow control) holds the backend back.
+
+        A stream the pump can forward (:meth:`_handover`) is moved by it instead of this
+        task's loop, with the same behaviour (:meth:`_pumped`); the ending is this task's
+        either way.
         """
         ending = b""
         ok = False
@@ -953,72 +1036,70 @@ class Proxy:
         head = c1 = c2 = c3 = b""
         try:
             await conn.start_chunked(200, headers)
-            async with trio.open_nursery() as nursery:
+            handover = self._handover(conn, exchange, translator)
+            if handover is not None:
+                ending, ok, client_gone, pumped = await self._pumped(conn, translator,
+                                                                     *handover)
+                first, max_gap, head = pumped.first, pumped.max_gap, pumped.head
+                c1, c2, c3 = pumped.c1, pumped.c2, pumped.c3
+            else:
+                async with trio.open_nursery() as nursery:
 
-                async def watch() -> None:
-                    nonlocal client_gone
-                    if await conn.watch_disconnect():
-                        client_gone = True
-                        nursery.cancel_scope.cancel()
-                    # A clean EOF is a half-close: the answer still goes out.
+                    async def watch() -> None:
+                        nonlocal client_gone
+                        if await conn.watch_disconnect():
+                            client_gone = True
+                            nursery.cancel_scope.cancel()
+                        # A clean EOF is a half-close: the answer still goes out.
 
-                nursery.start_soon(watch)
-                end = trio.current_time() + self._streaming_timeout
-                idle = self._idle_timeout
-                try:
-                    # One scope for the stream; the idle gap between chunks is a connection
-                    # timer moved per chunk (a float write), not a trio deadline. It covers
-                    # the upstream read only: writes have server.write_timeout.
-                    with trio.CancelScope(deadline=end) as scope:
-                        receive, send, feed = (exchange.receive_some, conn.send_chunk,
-                                               translator.feed)
-                        now = last = clock()
-                        while True:
-                            conn.arm_timer(now + idle, scope=scope)
-                            data = await receive()
-                            conn.deadline = _NO_DEADLINE
-                            if not data:
-                                break
-                            out = feed(data)
-                            if out:
-                                sending = True
-                                await send(out)
-                                sending = False
-                                c1, c2, c3 = c2, c3, out
-                            now = clock()
-                            if first:
-                                if now - last > max_gap:
-                                    max_gap = now - last
+                    nursery.start_soon(watch)
+                    end = trio.current_time() + self._streaming_timeout
+                    idle = self._idle_timeout
+                    try:
+                        # One scope for the stream; the idle gap between chunks is a connection
+                        # timer moved per chunk (a float write), not a trio deadline. It covers
+                        # the upstream read only: writes have server.write_timeout.
+                        with trio.CancelScope(deadline=end) as scope:
+                            receive, send, feed = (exchange.receive_some, conn.send_chunk,
+                                                   translator.feed)
+                            now = last = clock()
+                            while True:
+                                conn.arm_timer(now + idle, scope=scope)
+                                data = await receive()
+                                conn.deadline = _NO_DEADLINE
+                                if not data:
+                                    break
+                                out = feed(data)
+                                if out:
+                                    sending = True
+                                    await send(out)
+                                    sending = False
+                                    c1, c2, c3 = c2, c3, out
+                                now = clock()
+                                if first:
+                                    if now - last > max_gap:
+                                        max_gap = now - last
+                                else:
+                                    first = now
+                                    head = out
+                                last = now
+                                if translator.truncated:
+                                    break  # ended with its error event: read no further
+                        conn.disarm_timer()
+                        if scope.cancelled_caught:
+                            if sending:
+                                client_gone = True  # cut while the client held up a write
                             else:
-                                first = now
-                                head = out
-                            last = now
-                            if translator.truncated:
-                                break  # ended with its error event: read no further
-                    conn.disarm_timer()
-                    if scope.cancelled_caught:
-                        if sending:
-                            client_gone = True  # cut while the client held up a write
+                                ending = self._cut(translator, end)
                         else:
-                            status = 504
-                            if self.stopping:  # stop_streams: the drain deadline is near
-                                status, message = 503, "The router is shutting down"
-                            elif trio.current_time() >= end:
-                                message = (f"Stream exceeded request.streaming_timeout "
-                                           f"({self._streaming_timeout:g}s)")
-                            else:
-                                message = (f"Upstream sent nothing for {idle:g}s "
-                                           "(request.idle_timeout)")
-                            ending = translator.error(status, message)
-                    else:
-                        ending = translator.finish()
-                        ok = not translator.truncated
-                except UpstreamError as exc:
-                    conn.disarm_timer()
-                    ending = translator.error(502, f"Upstream stream failed: {exc}")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    client_gone = True
-                nursery.cancel_scope.cancel()
+                            ending = translator.finish()
+                            ok = not translator.truncated
+                    except UpstreamError as exc:
+                        conn.disarm_timer()
+                        ending = translator.error(502, f"Upstream stream failed: {exc}")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        client_gone = True
+                    nursery.cancel_scope.cancel()
         except BaseException:
             conn.disarm_timer()
             backend.finish(exchange, None)

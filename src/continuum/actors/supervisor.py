@@ -23,6 +23,7 @@ from ..net.redis import RedisClient, RedisError
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
 from ..net.server.tls import make_server_context, reload_server_context
+from ..net.stream_pump import StreamPump
 from ..observability.metrics import Metrics
 from .access import AccessControl, needed, redis_client
 from .admin import PREFIX as ADMIN_PREFIX
@@ -167,6 +168,7 @@ class RouterHandle:
         reconfigurer: Reconfigurer,
         fleet: Fleet,
         admin: AdminAPI,
+        pump: StreamPump,
     ) -> None:
         self._stop = stop
         #: Bound addresses, e.g. ``["127.0.0.1:8080", "[::1]:8080", "unix:/run/c.sock"]``.
@@ -182,6 +184,8 @@ class RouterHandle:
         self.fleet = fleet
         #: The admin API (``admin.set_key_check`` plugs client keys with the admin scope in).
         self.admin = admin
+        #: The stream pump of pass-through streams (``pump.pumped``: how many it took).
+        self.pump = pump
         self._server = server
         #: The client-side TLS context (``server.tls``), None without TLS.
         self.ssl_context: ssl.SSLContext | None = getattr(server, "ssl_context", None)
@@ -498,6 +502,7 @@ async def _serve(
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
+        root.start_soon(supervise, "stream-pump", ingress.proxy.pump.run)
         fleet.start()
         if keeper.redis is not None:
             root.start_soon(supervise, "rate-limit-settler", keeper.run)
@@ -526,7 +531,8 @@ async def _serve(
 
         front = trio.CancelScope(shield=True)  # drains even when the caller is cancelled
         stop = _Stop(server, ingress.proxy, front, server_cfg.shutdown_timeout, realtime)
-        handle = RouterHandle(server, router, catalog, sink, stop, reconfigurer, fleet, admin)
+        handle = RouterHandle(server, router, catalog, sink, stop, reconfigurer, fleet, admin,
+                              ingress.proxy.pump)
         reconfigurer.add_reload_hook(partial(_reload_tls, handle))
         log_startup_summary(config, server.addresses, router,
                             None if worker is None else worker.index)

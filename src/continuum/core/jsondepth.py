@@ -51,6 +51,14 @@ _SMALL: Final = 4096
 _STEP: Final = 1 << 20
 
 
+def shallow(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``body`` cannot nest deeper than ``limit`` by its size or its bracket
+    count alone: the common case, answered without starting a :func:`scan`."""
+    size = len(body)
+    return size <= limit or (
+        size <= _SMALL and body.count(b"[") + body.count(b"{") <= limit)
+
+
 def scan(body: bytes, limit: int = MAX_JSON_DEPTH) -> Generator[None, None, bool]:
     """Whether ``body`` nests arrays/objects more than ``limit`` deep (the generator's
     return value); it yields between steps of bounded work.
@@ -59,10 +67,8 @@ def scan(body: bytes, limit: int = MAX_JSON_DEPTH) -> Generator[None, None, bool
     (``[[[[...`` never closed: a decoder would recurse that deep before noticing), else False
     and the decoder reports the invalid JSON itself.
     """
-    if len(body) <= limit:
+    if shallow(body, limit):
         return False
-    if len(body) <= _SMALL and body.count(b"[") + body.count(b"{") <= limit:
-        return False  # the common case: too few brackets to nest that deep
     if b'\\"' in body:
         # Escaped quotes do not end strings. Drop escaped backslashes first, then escaped
         # quotes: left to right and in pairs, as a JSON decoder reads them. (Without any

@@ -100,6 +100,9 @@ class LimitPlan:
         self._cache: dict[str, _Group] = {}
         self._models: dict[str, _Group | None] = {}
         self._keys: dict[str, _Group] = {}
+        #: A key's whole list of checks when it does not depend on the request (no token
+        #: limit, no per_model): most keyed requests then build nothing.
+        self._fixed: dict[str, tuple[Check, ...]] = {}
         self._backends: dict[str, _Group] = {}
         self._global = _group("global", "", global_, lease_ttl) if global_ else None
 
@@ -138,15 +141,23 @@ class LimitPlan:
 
     def checks(
         self, key: ApiKey | None, client: str, model: str, reservation: float
-    ) -> list[Check]:
+    ) -> Sequence[Check]:
         """The checks of one request before routing: its client (``key``, else the address
         ``client``), its model, global. ``reservation``: the tokens it may use."""
+        if key is not None:
+            fixed = self._fixed.get(key.digest)
+            if fixed is not None:
+                return fixed
         out: list[Check] = []
         extend = self._extend
         if key is not None:
             group = self._keys.get(key.digest)
             if group is None:
                 group = self._key_group(key)
+                glob = self._global
+                if not self.per_model and group[1] is None and (glob is None or glob[1] is None):
+                    fixed = self._fixed[key.digest] = group[0] + (glob[0] if glob else ())
+                    return fixed
         else:
             group = self._cache.get(client)
             if group is None:

@@ -172,6 +172,9 @@ class LimitState(msgspec.Struct, frozen=True):
     #: When refused: seconds until this request would fit (``None`` for concurrency,
     #: which frees up when some request ends, not at a known time).
     retry_after: float | None
+    #: In memory, a rate limit's theoretical arrival time once admitted (what admitting
+    #: stores; 0.0 otherwise).
+    tat: float = 0.0
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -207,35 +210,6 @@ def _ident(ident: str) -> str:
     return "sha256:" + hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-# -- the GCRA step, shared by memory and the decoding of Redis replies ------------------
-
-
-def _gcra(tat: float, now: float, check: RateCheck) -> tuple[bool, float, LimitState]:
-    """One GCRA decision. Returns (allowed, the TAT to store if admitted, state)."""
-    interval = check.interval
-    tolerance = check.tolerance
-    start = tat if tat > now else now
-    end = start + check.need * interval
-    allowed = end - now <= check.slack
-    new_tat = start + check.cost * interval if allowed else start
-    burst = check.rate.burst
-    remaining = math.floor((tolerance - (new_tat - now)) / interval + _EPSILON)
-    if remaining < 0:
-        remaining = 0
-    elif remaining > burst:
-        remaining = int(burst)
-    reset = new_tat - now
-    state = LimitState(
-        check,
-        allowed,
-        burst,
-        remaining,
-        reset if reset > 0.0 else 0.0,
-        None if allowed else max(0.0, end - tolerance - now),
-    )
-    return allowed, new_tat, state
-
-
 # -- in memory --------------------------------------------------------------------------
 
 
@@ -263,39 +237,72 @@ class MemoryLimiter:
 
     def admit(self, checks: Sequence[Check], now: float, lease: str | None = None) -> Decision:
         """Check every limit; take from all of them only if all admit the request.
-        ``lease`` (unique per request) is required when a concurrency check is given."""
+        ``lease`` (unique per request) is required when a concurrency check is given.
+
+        Every limited request runs this, so the sweep and the GCRA step are written out
+        here, without a call or a tuple per check."""
         tats = self._tats
-        self._sweep(now)
+        # The sweep: the two least recently charged keys go if they are idle.
+        if tats:
+            oldest = next(iter(tats))
+            if tats[oldest] <= now:
+                del tats[oldest]
+                if tats:
+                    oldest = next(iter(tats))
+                    if tats[oldest] <= now:
+                        del tats[oldest]
         states: list[LimitState] = []
-        updates: list[tuple[str, float]] = []
         allowed = True
+        concurrency = False
         for check in checks:
             if type(check) is RateCheck:
-                ok, new_tat, state = _gcra(tats.get(check.key, now), now, check)
-                if ok:
-                    updates.append((check.key, new_tat))
+                # GCRA: admitted when the request's units fit before the tolerance.
+                tat = tats.get(check.key, now)
+                start = tat if tat > now else now
+                interval = check.interval
+                end = start + check.need * interval
+                if end - now <= check.slack:
+                    new_tat = start + check.cost * interval
+                    retry: float | None = None
+                    ok = True
+                else:
+                    new_tat = start
+                    retry = end - check.tolerance - now
+                    if retry < 0.0:
+                        retry = 0.0
+                    ok = allowed = False
+                burst = check.rate.burst
+                reset = new_tat - now
+                remaining = math.floor((check.tolerance - reset) / interval + _EPSILON)
+                if remaining < 0:
+                    remaining = 0
+                elif remaining > burst:
+                    remaining = int(burst)
+                # The state keeps the TAT to store (now + reset is not always new_tat).
+                states.append(LimitState(check, ok, burst, remaining,
+                                         reset if reset > 0.0 else 0.0, retry, new_tat))
             else:
                 assert isinstance(check, ConcurrencyCheck)
                 if lease is None:
                     raise ValueError("a concurrency check needs a lease id")
                 state = self._slots(check, now)
-                ok = state.allowed
-            allowed = allowed and ok
-            states.append(state)
+                if not state.allowed:
+                    allowed = False
+                concurrency = True
+                states.append(state)
         if not allowed:
             return Decision(False, tuple(states))
-        for key, new_tat in updates:
-            tats.pop(key, None)  # re-insert at the end: the order is "last charged"
-            tats[key] = new_tat
-        taken = False
-        for check in checks:
-            if type(check) is ConcurrencyCheck:
-                assert lease is not None
+        for state in states:
+            check = state.check
+            if type(check) is RateCheck:
+                tats.pop(check.key, None)  # re-insert at the end: the order is "last charged"
+                tats[check.key] = state.tat
+            else:
+                assert lease is not None and isinstance(check, ConcurrencyCheck)
                 self._leases.setdefault(check.key, {})[lease] = now + check.ttl
-                taken = True
         while len(tats) > self.max_keys:
             del tats[next(iter(tats))]
-        return Decision(True, tuple(states), lease if taken else None)
+        return Decision(True, tuple(states), lease if concurrency else None)
 
     def settle(self, decision: Decision, tokens_used: int | None, now: float) -> None:
         """After the request: release its leases, and correct its token reservations by
@@ -331,16 +338,6 @@ class MemoryLimiter:
             reset_after=0.0,
             retry_after=None,
         )
-
-    def _sweep(self, now: float) -> None:
-        tats = self._tats
-        for _ in range(2):
-            if not tats:
-                return
-            key = next(iter(tats))
-            if tats[key] > now:
-                return
-            del tats[key]
 
 
 # -- over Redis -------------------------------------------------------------------------

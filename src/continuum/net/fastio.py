@@ -159,19 +159,32 @@ class FastStream:
 
     async def receive_some(self, max_bytes: int) -> bytes | bytearray:
         raw = self._raw
-        if raw is not None:
+        if raw is None:
+            return await self.stream.receive_some(max_bytes)
+        try:
+            data = raw.recv(max_bytes)
+        except BlockingIOError:
+            return await self._receive_later(raw, max_bytes)
+        except OSError as exc:
+            raise _broken(exc) from exc
+        self._budget -= len(data) + _RECEIVE_COST
+        if self._budget < 0:
+            # Data was ready every time for a while: let the other tasks run.
+            self._budget = YIELD_EVERY_BYTES
+            await trio.lowlevel.checkpoint()
+        return data
+
+    async def _receive_later(self, raw: socket.socket, max_bytes: int) -> bytes:
+        """Nothing to read yet: wait for the socket, then read. (Straight to the wait:
+        trio's ``receive_some`` would try the read once more first, a second syscall that
+        fails the same way, under two context managers.) A close of the socket by another
+        task ends the wait with ``ClosedResourceError``, as trio's receive does."""
+        self._budget = YIELD_EVERY_BYTES  # the wait yields
+        while True:
+            await trio.lowlevel.wait_readable(raw)
             try:
-                data = raw.recv(max_bytes)
+                return raw.recv(max_bytes)
             except BlockingIOError:
-                pass
+                continue  # woken without data after all
             except OSError as exc:
                 raise _broken(exc) from exc
-            else:
-                self._budget -= len(data) + _RECEIVE_COST
-                if self._budget < 0:
-                    # Data was ready every time for a while: let the other tasks run.
-                    self._budget = YIELD_EVERY_BYTES
-                    await trio.lowlevel.checkpoint()
-                return data
-        self._budget = YIELD_EVERY_BYTES  # trio's receive waits, and yields
-        return await self.stream.receive_some(max_bytes)

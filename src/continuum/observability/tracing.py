@@ -22,15 +22,18 @@ from ..config import TracingConfig
 
 log = logging.getLogger("continuum.tracing")
 
-_rng = random.SystemRandom()
 _VERSION: Final = b"00"
+_SPAN_BITS: Final = 64
+_SPAN_MASK: Final = (1 << _SPAN_BITS) - 1
 
 
-def new_traceparent() -> bytes:
-    """A new sampled ``traceparent`` with a random trace id and parent id."""
-    trace_id = _rng.getrandbits(128) or 1
-    span_id = _rng.getrandbits(64) or 1
-    return b"00-%032x-%016x-01" % (trace_id, span_id)
+def new_traceparent(rng: random.Random) -> bytes:
+    """A new sampled ``traceparent`` with a random trace id and parent id, both from one
+    draw of ``rng``. Trace context asks for random ids, not secret ones (they travel in
+    clear to every upstream), so a seeded PRNG does: ``SystemRandom`` made this two
+    ``getrandom`` syscalls per request."""
+    bits = rng.getrandbits(128 + _SPAN_BITS)
+    return b"00-%032x-%016x-01" % ((bits >> _SPAN_BITS) or 1, (bits & _SPAN_MASK) or 1)
 
 
 def valid_traceparent(value: bytes) -> bool:
@@ -61,6 +64,9 @@ class Tracing:
     def __init__(self, config: TracingConfig) -> None:
         self.enabled = config.enabled
         self.spans = False
+        #: Ids of generated ``traceparent``s: one generator per router, seeded from the OS
+        #: (each worker process seeds its own).
+        self.rng = random.Random()
         self._tracer: Any = None
         self._provider: Any = None
         if not config.enabled:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from typing import final
 
@@ -10,10 +11,15 @@ import httptools
 import trio
 
 from ...core.http import Headers
-from ..fastio import FastStream
+from ..fastio import FastStream, raw_socket
 from .exchange import DEFAULT_MAX_HEAD, UpstreamError
 
 _RECEIVE_SIZE = 65536
+
+
+def _failed(exc: BaseException) -> UpstreamError:
+    return UpstreamError(f"upstream connection failed: {exc or type(exc).__name__}",
+                         sent_nothing=False)
 
 
 @final
@@ -118,10 +124,23 @@ class HTTP1Connection:
         try:
             data = await self.io.receive_some(_RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise UpstreamError(
-                f"upstream connection failed: {exc or type(exc).__name__}",
-                sent_nothing=False,
-            ) from exc
+            raise _failed(exc) from exc
+        self._received(data)
+
+    def receive_ready(self) -> bool:
+        """Read and parse what the socket holds now, without waiting: the stream pump's
+        read once epoll said the socket is readable (plain sockets only). False when
+        nothing was ready; the body parsed is taken with :meth:`take_body`."""
+        try:
+            data = self.io.receive_nowait(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _failed(exc) from exc
+        if data is None:
+            return False
+        self._received(data)
+        return True
+
+    def _received(self, data: bytes | bytearray) -> None:
         if not data:
             if self.headers_done and not self._content_length and not self._chunked:
                 self.complete = True  # close-delimited body
@@ -212,9 +231,35 @@ class HTTP1Connection:
             await self._receive()
         return self._status, self._headers
 
+    def whole_body(self) -> bytes | None:
+        """The body when the response is already complete (a small answer usually arrives
+        with its head), taken without a receive; None while more is to come."""
+        if not self.complete:
+            return None
+        body = self._body
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        return data
+
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of the body (see :meth:`Exchange.unread`)."""
         self._body.appendleft(data)
+
+    def pump_socket(self) -> socket.socket | None:
+        """The plain socket under this connection, for the stream pump to watch (it reads
+        through :meth:`receive_ready`); None under TLS."""
+        return raw_socket(self.stream)
+
+    def take_body(self) -> bytes:
+        """The body bytes parsed and not yet returned (b"" if none), without waiting."""
+        body = self._body
+        if not body:
+            return b""
+        if len(body) == 1:
+            return body.popleft()
+        data = b"".join(body)
+        body.clear()
+        return data
 
     async def receive_some(self) -> bytes:
         body = self._body
@@ -222,10 +267,6 @@ class HTTP1Connection:
             if self.complete:
                 return b""
             await self._receive()
-        if len(body) == 1:
-            return body.popleft()
-        data = b"".join(body)
-        body.clear()
-        return data
+        return self.take_body()
 
 

@@ -50,7 +50,13 @@ class HTTP1Pool:
         self._target_prefix = origin.base_path.encode()
         self._host_line = b" HTTP/1.1\r\nhost: " + origin.host_header + b"\r\n"
         self._idle: deque[HTTP1Connection] = deque()
-        self._slots = trio.Semaphore(limits.max_connections)
+        #: Connections in use are capped at ``max_connections``; past it, requests wait
+        #: here in arrival order and each release hands its slot to the first of them.
+        #: (A counter and a ParkingLot: trio's Semaphore costs a KI-protected call on
+        #: both sides of every request.)
+        self._max_in_use = limits.max_connections
+        self._queue = trio.lowlevel.ParkingLot()
+        self._queued = 0  # tasks that parked in ``_queue`` and have not returned yet
         self._in_use = 0
         self._opened = 0
         self._dropped = 0  # connections closed, for whatever reason
@@ -58,7 +64,7 @@ class HTTP1Pool:
 
     @property
     def stats(self) -> PoolStats:
-        waiting = self._slots.statistics().tasks_waiting
+        waiting = self._queue.statistics().tasks_waiting
         return PoolStats(self._in_use, len(self._idle), waiting, self._opened, self._dropped)
 
     def _drop(self, conn: HTTP1Connection) -> None:
@@ -74,15 +80,20 @@ class HTTP1Pool:
         self._opened += 1
         return HTTP1Connection(stream, raw, self.limits.max_response_header_size)
 
-    async def _checkout(self) -> HTTP1Connection:
+    def _reuse(self) -> HTTP1Connection | None:
+        """The most recently used idle connection still within ``idle_timeout`` (the
+        others on the way are closed); None when a new one must be opened."""
         idle = self._idle
+        if not idle:
+            return None
         now = clock()
+        timeout = self.limits.idle_timeout
         while idle:
             conn = idle.pop()
-            if now - conn.last_used < self.limits.idle_timeout:
+            if now - conn.last_used < timeout:
                 return conn
             self._drop(conn)
-        return await self._connect()
+        return None
 
     async def prewarm(self, count: int) -> int:
         """Open up to ``count`` idle connections now, so first requests skip the connect."""
@@ -121,15 +132,14 @@ class HTTP1Pool:
         if self._closed:
             raise ConnectError("backend is shut down", sent_nothing=True)
         request = self._encode(method, target, headers, body)
-        try:
-            self._slots.acquire_nowait()  # the common case, without a scheduler round trip
-        except trio.WouldBlock:
-            await self._slots.acquire()  # FIFO among waiters
-        self._in_use += 1
+        if self._in_use < self._max_in_use:  # the common case: no scheduler round trip
+            self._in_use += 1
+        else:
+            await self._wait_for_slot()
         conn: HTTP1Connection | None = None
         try:
             for attempt in (0, 1):
-                conn = await self._checkout() if attempt == 0 else await self._connect()
+                conn = (self._reuse() if attempt == 0 else None) or await self._connect()
                 conn.reset_for_request()
                 try:
                     await conn.io.send_all(request)
@@ -148,8 +158,7 @@ class HTTP1Pool:
         except BaseException:
             if conn is not None:
                 self._drop(conn)
-            self._in_use -= 1
-            self._slots.release()
+            self._free_slot()
             raise
 
     async def start_upload(
@@ -166,12 +175,14 @@ class HTTP1Pool:
         framing = (b"transfer-encoding: chunked\r\n\r\n" if length is None
                    else b"content-length: %d\r\n\r\n" % length)
         head = self._encode(method, target, headers, b"", framing)
-        await self._slots.acquire()
-        self._in_use += 1
+        if self._in_use < self._max_in_use:
+            self._in_use += 1
+        else:
+            await self._wait_for_slot()
         conn: HTTP1Connection | None = None
         try:
             for attempt in (0, 1):
-                conn = await self._checkout() if attempt == 0 else await self._connect()
+                conn = (self._reuse() if attempt == 0 else None) or await self._connect()
                 conn.reset_for_request()
                 try:
                     try:
@@ -202,8 +213,7 @@ class HTTP1Pool:
         except BaseException:
             if conn is not None:
                 self._drop(conn)
-            self._in_use -= 1
-            self._slots.release()
+            self._free_slot()
             raise
 
     def adopt(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
@@ -214,11 +224,26 @@ class HTTP1Pool:
         self._idle.append(conn)
         self._opened += 1
 
+    async def _wait_for_slot(self) -> None:
+        """Every connection is in use: wait for a release to hand its slot over (FIFO)."""
+        self._queued += 1
+        try:
+            await self._queue.park()
+        finally:
+            self._queued -= 1
+
+    def _free_slot(self) -> None:
+        """A request is done with its slot: to the first waiter (``_in_use`` unchanged),
+        or back to the count. ``_queued`` may still count a waiter just cancelled (out of
+        the lot already), so the lot itself says whether the slot was taken."""
+        if self._queued and self._queue.unpark():
+            return
+        self._in_use -= 1
+
     def release(self, conn: HTTP1Connection) -> None:
         """Return a connection: kept if its response was read whole and keep-alive holds,
         whatever the number already idle (``reap_idle`` trims the ones past ``max_idle``)."""
-        self._in_use -= 1
-        self._slots.release()
+        self._free_slot()
         if conn.keep_alive and not self._closed:
             conn.reused = True
             conn.last_used = clock()
@@ -277,11 +302,27 @@ class HTTP1Exchange:
         return await conn.receive_some()
 
     async def read_all(self, limit: int) -> bytes:
+        conn = self._conn
+        if conn is not None:
+            body = conn.whole_body()  # the usual small answer: no receive loop
+            if body is not None:
+                if len(body) > limit:
+                    raise UpstreamError(f"upstream response larger than {limit} bytes")
+                return body
         return await read_body(self.receive_some, limit)
 
     def unread(self, data: bytes) -> None:
         if self._conn is not None:
             self._conn.unread(data)
+
+    def pump_connection(self) -> HTTP1Connection | None:
+        """The connection this body is read from, when a stream pump can move it: a plain
+        socket, the body not complete yet. The pump reads and parses through it, so the
+        connection's state (parser, body bytes already read) stays the exchange's."""
+        conn = self._conn
+        if conn is None or conn.complete or conn.pump_socket() is None:
+            return None
+        return conn
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

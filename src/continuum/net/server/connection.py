@@ -41,7 +41,7 @@ import trio
 from ...core.clock import now as clock
 from ...core.http import Headers, head_lines
 from ...core.realtime import NOT_AN_UPGRADE, handshake_problem
-from ..fastio import FastStream
+from ..fastio import FastStream, raw_socket
 
 if TYPE_CHECKING:
     from ..websocket_relay import MessageConnection, RelaySettings
@@ -180,6 +180,11 @@ class DateCache:
             self._second = now
             self._header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return self._header
+
+
+#: Method names as ``str``, decoded once rather than per request.
+_METHODS: Final = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH",
+                                           "DELETE")}
 
 
 class _Parser:
@@ -327,8 +332,9 @@ class _Parser:
     def _request(self, body: bytes, stream: BodyStream | None = None) -> Request:
         path, sep, query = self._url.partition(b"?")
         parser = self.parser
+        method = parser.get_method()
         return Request(
-            parser.get_method().decode("latin-1"),
+            _METHODS.get(method) or method.decode("latin-1"),
             path.decode("latin-1"),
             query.decode("latin-1") if sep else "",
             self._headers,
@@ -594,39 +600,42 @@ class ServerConnection:
 
     # -- writing -------------------------------------------------------------------------
 
-    def _head(self, status: int, headers: Headers | bytes, extra: bytes) -> bytearray:
-        head = bytearray(status_line(status))
-        head += self._dates.header()
+    def _head(self, status: int, headers: Headers | bytes, extra: bytes,
+              body: bytes = b"") -> bytes:
+        """The response head (and ``body`` behind it): parts joined once, with no
+        intermediate buffers."""
+        parts = [status_line(status), self._dates.header()]
         if self.request_id is not None:  # every answer says which request it answers
-            head += b"x-request-id: " + self.request_id + b"\r\n"
+            parts += (b"x-request-id: ", self.request_id, b"\r\n")
         if self.extra_head:
-            head += self.extra_head
+            parts.append(self.extra_head)
         if isinstance(headers, bytes):
-            head += headers
+            parts.append(headers)
         else:
             for name, value in headers:
-                head += name + b": " + value + b"\r\n"
-        head += extra
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(extra)
         if not self._keep_alive or self.closing:
-            head += b"connection: close\r\n"
-        head += b"\r\n"
-        return head
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if body:
+            parts.append(body)
+        return b"".join(parts)
 
     async def send_response(self, status: int, headers: Headers | bytes, body: bytes) -> None:
         """Head and body: one ``send`` for small bodies, one ``sendmsg`` (no copy of the
         body) for large ones; a HEAD request gets the head only. ``headers`` may be
         pre-encoded lines."""
         self._responded = True
-        head = self._head(status, headers, b"content-length: %d\r\n" % len(body))
+        length = b"content-length: %d\r\n" % len(body)
         if self._head_only or not body:
-            await self.io.send_all(head)
+            await self.io.send_all(self._head(status, headers, length))
             return
         self.bytes_out += len(body)
         if len(body) <= _COPY_BODY_MAX:
-            head += body
-            await self.io.send_all(head)
+            await self.io.send_all(self._head(status, headers, length, body))
         else:
-            await self.io.send_all_parts((head, body))
+            await self.io.send_all_parts((self._head(status, headers, length), body))
 
     async def send_error(self, status: int, message: str) -> None:
         headers, body = self._render_error(status, message)
@@ -650,6 +659,12 @@ class ServerConnection:
             await self.io.send_all(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last))
         else:
             await self.io.send_all(b"0\r\n\r\n")
+
+    def pump_socket(self) -> socket.socket | None:
+        """The plain socket a stream pump may write this streamed answer's chunks to
+        (``continuum.net.stream_pump``, counting them in ``bytes_out``); None under TLS,
+        through a wrapper stream, or for a HEAD request (no body is sent)."""
+        return None if self._head_only else raw_socket(self.stream)
 
     @property
     def responded(self) -> bool:
