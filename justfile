@@ -11,7 +11,7 @@ test *ARGS:
 adversarial *ARGS:
     {{python}} -m pytest tests/adversarial {{ARGS}}
 
-# Check the code: ruff lint on src, tests and benches, then mypy (strict)
+# Check the code: ruff lint on src, tests and benches, then mypy (strict, src and benches)
 lint:
     {{python}} -m ruff check src tests benches
     {{python}} -m mypy

@@ -77,7 +77,8 @@ class Bare:
     def __init__(self, stream: trio.SocketStream, script: Script, keys: list[str], argv: list[str]):
         self.stream = stream
         self.reader = hiredis.Reader()
-        self.command = hiredis.pack_command(("EVALSHA", script.sha1, len(keys), *keys, *argv))
+        self.command = hiredis.pack_command(  # the stub types a 1-tuple
+            ("EVALSHA", script.sha1, len(keys), *keys, *argv))  # type: ignore[arg-type]
 
     async def call(self) -> Any:
         await self.stream.send_all(self.command)
@@ -94,7 +95,7 @@ async def open_target(
     """A zero-argument call for ``name`` and its closer."""
     if name == "bare":
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        setup = hiredis.pack_command(("SCRIPT", "LOAD", script.source))
+        setup = hiredis.pack_command(("SCRIPT", "LOAD", script.source))  # type: ignore[arg-type]
         await stream.send_all(setup)
         await stream.receive_some(1024)
         bare = Bare(stream, script, keys, argv)

@@ -1019,10 +1019,12 @@ def fronts(env: Env) -> Report:
         for name, svc in (("direct", up), *((n, services[n]) for n in names)):
             prog.step(f"{name}: 64 streams x {frames} frames")
             _streams(env, svc, "bench-model", 64, 2, 0.001)
-            result = sse_client.summarize(
+            summary = sse_client.summarize(
                 _streams(env, svc, "bench-model", 64, frames, STREAM_INTERVAL), STREAM_INTERVAL)
-            errors += sum(result["errors"].values())
-            streams[name] = result
+            failed = summary["errors"]
+            assert isinstance(failed, dict)
+            errors += sum(failed.values())
+            streams[name] = summary
     out: dict[str, Any] = {"errors": errors, "rps": rps, "latency_ms": lat, "streams": streams}
     lines = [
         f"fronts (HTTP/1.1 clients; {seconds:g} s runs, {rounds} round(s), median): "
@@ -1121,7 +1123,7 @@ class _RedisServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def call(*command: str | int) -> object:
-                sock.sendall(hiredis.pack_command(command))
+                sock.sendall(hiredis.pack_command(command))  # type: ignore[arg-type]
                 while (reply := reader.gets()) is False:
                     reader.feed(sock.recv(65536))
                 return reply
