@@ -229,6 +229,27 @@ async def test_separate_metrics_listener(nursery: trio.Nursery) -> None:
         assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
 
 
+async def test_metrics_disabled_feeds_nothing(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``metrics.enabled: false``: no endpoint, and requests are not observed at all (the
+    registry stays empty: a switched-off feature costs the request path nothing); the
+    access log still has its line."""
+    _mock, url = await start_mock(nursery, (MODEL,))
+    router = await start_router(nursery, router_config(
+        [{"name": "m", "url": url, "models": [MODEL]}], metrics={"enabled": False}))
+    caplog.set_level(logging.INFO, logger="continuum.access")
+    async with http(router) as client:
+        for _ in range(3):
+            assert (await client.post(CHAT, json=chat_body())).status_code == 200
+        assert (await client.get("/metrics")).status_code == 404
+    access = [r for r in caplog.records if r.name == "continuum.access"]
+    assert len([r for r in access if CHAT in r.getMessage()]) == 3
+    rendered = parse_metrics((await router.metrics.render_local()).decode())
+    assert not rendered.get("http_requests_total")
+    assert not rendered.get("http_request_duration_seconds_count")
+
+
 def test_metrics_bind_address_is_validated() -> None:
     from continuum import config_from_dict
     from continuum.config import ConfigError

@@ -148,7 +148,9 @@ class Ingress:
         self.router = router
         self.catalog = catalog
         self.metrics = metrics
-        self._observations = observations
+        #: Where each request's observation goes; with ``metrics.enabled: false`` nowhere
+        #: (the setting needs a restart, so this is fixed for the Ingress's life).
+        self._observations = observations if config.metrics.enabled else None
         #: Client keys and limits (None: no keys, no limits, nothing to check).
         self.access = access
         self._cors = cors_policy(config)
@@ -419,8 +421,11 @@ class Ingress:
         )
 
     def _observe(self, obs: RequestObserved) -> None:
+        observations = self._observations
+        if observations is None:
+            return  # metrics off: the registry is not fed
         try:
-            self._observations.send_nowait(obs)
+            observations.send_nowait(obs)
         except trio.WouldBlock:
             self.metrics.metrics.observations_dropped.inc()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
