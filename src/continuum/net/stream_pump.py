@@ -211,12 +211,8 @@ class StreamPump:
         if out:
             frame = b"%x\r\n%b\r\n" % (len(out), out)
             stream.timer.bytes_out += len(out)
-            try:
-                sent = stream.client.send(frame)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._end(stream, CLIENT_GONE)
+            sent = self._send(stream, frame)
+            if sent < 0:
                 return
             stream.c1, stream.c2, stream.c3 = stream.c2, stream.c3, out
             if sent < len(frame):
@@ -229,6 +225,17 @@ class StreamPump:
             stream.head = out
         stream.last = now
         self._after(stream, now)
+
+    def _send(self, stream: PumpedStream, data: bytes) -> int:
+        """A non-blocking send to the client: the bytes it took (0 when its buffer is
+        full), or -1 when it is gone (the stream is ended)."""
+        try:
+            return stream.client.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._end(stream, CLIENT_GONE)
+            return -1
 
     def _after(self, stream: PumpedStream, now: float) -> None:
         if stream.upstream.complete:
@@ -272,12 +279,8 @@ class StreamPump:
         if not (events & select.EPOLLOUT and stream.blocked):
             return
         rest = stream.pending
-        try:
-            sent = stream.client.send(rest)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._end(stream, CLIENT_GONE)
+        sent = self._send(stream, rest)
+        if sent < 0:
             return
         if sent < len(rest):
             stream.pending = rest[sent:]

@@ -234,12 +234,7 @@ class HTTP1Connection:
     def whole_body(self) -> bytes | None:
         """The body when the response is already complete (a small answer usually arrives
         with its head), taken without a receive; None while more is to come."""
-        if not self.complete:
-            return None
-        body = self._body
-        data = body.popleft() if len(body) == 1 else b"".join(body)
-        body.clear()
-        return data
+        return self.take_body() if self.complete else None
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of the body (see :meth:`Exchange.unread`)."""
