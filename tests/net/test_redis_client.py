@@ -318,6 +318,78 @@ async def test_a_shielded_script_call_returns_its_reply_to_a_cancelled_caller(
         assert await client.execute("GET", "shielded") == b"2"
 
 
+class _Steps(trio.abc.Instrument):
+    """Counts the steps of one task: a call that never yields runs within one."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_lone_shielded_call_can_finish_without_a_scheduler_pass(
+        redis_server: RedisServer) -> None:
+    """With nothing else in flight, a call waits for a fast reply in a short blocking poll
+    instead of trio's wait (a scheduler pass and a wake-up each): a shielded call (the
+    admission script) then completes without yielding at all."""
+    async with RedisClient.from_url(redis_server.url, pool_size=1) as client:
+        client.register_script(INCR)
+        await client.execute("PING")  # connected
+        counter = _Steps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(counter)
+        try:
+            without_yield = 0
+            # A reply later than the poll's bound (a busy machine) sends the next calls
+            # the usual way for a while: enough calls that some are lone ones.
+            for n in range(1, 400):
+                before = counter.steps
+                assert await client.evalsha(INCR, ["lone"], shielded=True) == n
+                if counter.steps == before:
+                    without_yield += 1
+                    if without_yield == 3:
+                        break
+            assert without_yield == 3
+            # Unshielded, a lone call still yields (a checkpoint, as trio's calls are).
+            before = counter.steps
+            assert await client.execute("ECHO", "x") == b"x"
+            assert counter.steps > before
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+
+
+async def test_a_late_reply_to_a_lone_call_is_waited_for_through_trio(
+        nursery: trio.Nursery) -> None:
+    """A reply that is not there within the lone call's short poll is waited for the usual
+    way (other tasks run meanwhile); the calls after it too."""
+    async def handler(stream: trio.SocketStream) -> None:
+        while True:
+            data = await stream.receive_some(1024)
+            if not data:
+                return
+            await trio.sleep(0.05)
+            await stream.send_all(b"+PONG\r\n" * data.count(b"PING"))
+
+    url = await _hostile(nursery, handler)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0.005)
+
+    async with RedisClient.from_url(url, timeout=5, client_name=None) as client:
+        nursery.start_soon(ticker)
+        for _ in range(3):
+            before = ticks
+            assert await client.execute("PING") == b"PONG"
+            assert ticks > before  # the loop ran while the call waited
+        assert client.statistics().connects == 1
+
+
 # -- failures ---------------------------------------------------------------------------
 
 

@@ -51,6 +51,8 @@ _NEVER: Final = -math.inf
 #: (benches/redis_client.py), one pipelined connection served about twice the calls per
 #: second of one connection per call (Redis executes commands one at a time anyway).
 _PIPELINE_DEPTH: Final = 32
+#: Calls in a row that found nothing else in flight before a call is made as a lone call.
+_LONE_AFTER: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class RedisClient:
         self._backoff = 0.0
         self._rng = random.Random()
         self._closed = False
+        #: Calls in a row that found no other call in flight (see ``_lone``).
+        self._sequential = 0
         self.last_error: RedisError | None = None
         self._calls = 0
         self._failures = 0
@@ -184,7 +188,9 @@ class RedisClient:
         ``shielded``: a caller cancelled during the call still gets its reply (and its
         ``Cancelled`` at its next checkpoint), for a script whose effects the caller must
         learn to undo them; the same as a shielded cancel scope around the call, without
-        one more scope per call."""
+        one more scope per call. A shielded lone call whose reply came within its short
+        blocking wait does not yield (the rate limits' admission: the request's upstream
+        call that follows does); any other call is a checkpoint, as trio's calls are."""
         try:
             return await self._call(
                 _pack(("EVALSHA", script.sha1, len(keys), *keys, *args)), shielded)
@@ -199,16 +205,29 @@ class RedisClient:
         if now < self._down_until or self._closed:
             raise self._refusal(now)
         self._calls += 1
+        sent: Connection | None = None  # the lone call's connection, its reply not in yet
+        waiter = None
+        if type(command) is bytes and not self._connecting and (lone := self._lone()):
+            try:
+                waiter = lone.lone_call(command)
+            except RedisError as exc:
+                self._fail(exc)
+                raise
+            if waiter is not None:
+                if waiter.done:
+                    return await self._done(waiter.reply, shielded, lone_call=True)
+                sent = lone
         with trio.CancelScope(deadline=now + self._timeout, shield=True) as scope:
-            conn = self._pick()
+            conn = sent or self._pick()
             # A connection that sat idle may have been closed by the server (its idle
             # timeout, a restart) without us noticing: such a call gets one more try.
-            retry = conn is not None and not conn.load
+            retry = conn is not None and (sent is not None or not conn.load)
             try:
                 if conn is None:
                     conn = await self._connection(scope)
                 try:
-                    reply = await _roundtrip(conn, command)
+                    reply = await (conn.wait(waiter) if sent is not None and waiter is not None
+                                   else _roundtrip(conn, command))
                 except RedisConnectionError:
                     if not retry or self._closed:
                         raise
@@ -223,14 +242,39 @@ class RedisClient:
             )
             self._fail(error)
             raise error
+        return await self._done(reply, shielded)
+
+    async def _done(self, reply: Reply, shielded: bool, lone_call: bool = False) -> Reply:
+        """A call's reply is in: reset the back-off, deliver a caller's cancellation
+        (unless ``shielded``), raise an error reply."""
         if self._backoff:
             self._backoff = 0.0
         if not shielded:
-            # A caller cancelled meanwhile gets its Cancelled now that the call is complete.
-            await trio.lowlevel.checkpoint_if_cancelled()
+            # A caller cancelled meanwhile gets its Cancelled now that the call is
+            # complete. A lone call finished without trio yields here as trio's calls do.
+            if lone_call:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+        # A shielded lone call (the admission script) does not yield: its caller goes on to
+        # an upstream call, which does.
         if type(reply) is hiredis.ReplyError:
             raise reply_error(str(reply))
         return reply
+
+    def _lone(self) -> Connection | None:
+        """The connection for a lone call (:meth:`Connection.lone_call`): the first one,
+        when no call is in flight on any and none was for the last ``_LONE_AFTER`` calls.
+        Under concurrency the calls go the usual way, where they share writes, reads and
+        wake-ups, and one blocked in ``poll`` would hold up the others' requests."""
+        for conn in self._conns:
+            if conn.load:
+                self._sequential = 0
+                return None
+        if self._sequential < _LONE_AFTER:
+            self._sequential += 1
+            return None
+        return self._conns[0] if self._conns else None
 
     def _refusal(self, now: float) -> RedisError:
         if self._closed:
