@@ -346,16 +346,21 @@ async def test_a_lone_shielded_call_can_finish_without_a_scheduler_pass(
             # the usual way for a while: enough calls that some are lone ones.
             for n in range(1, 400):
                 before = counter.steps
-                assert await client.evalsha(INCR, ["lone"], shielded=True) == n
+                assert await client.evalsha(INCR, ["lone"], shielded=True, lone=True) == n
                 if counter.steps == before:
                     without_yield += 1
                     if without_yield == 3:
                         break
             assert without_yield == 3
-            # Unshielded, a lone call still yields (a checkpoint, as trio's calls are).
+            # Unshielded, a lone call still yields (a checkpoint, as trio's calls are);
+            # without ``lone`` (the caller does not know it is alone) calls go through trio.
             before = counter.steps
-            assert await client.execute("ECHO", "x") == b"x"
+            assert await client.evalsha(INCR, ["lone"], lone=True) == n + 1
             assert counter.steps > before
+            for _ in range(20):
+                before = counter.steps
+                await client.evalsha(INCR, ["lone"], shielded=True)
+                assert counter.steps > before
         finally:
             trio.lowlevel.remove_instrument(counter)
 
@@ -370,7 +375,7 @@ async def test_a_late_reply_to_a_lone_call_is_waited_for_through_trio(
             if not data:
                 return
             await trio.sleep(0.05)
-            await stream.send_all(b"+PONG\r\n" * data.count(b"PING"))
+            await stream.send_all(b"+PONG\r\n" * data.count(b"EVALSHA"))
 
     url = await _hostile(nursery, handler)
     ticks = 0
@@ -385,7 +390,7 @@ async def test_a_late_reply_to_a_lone_call_is_waited_for_through_trio(
         nursery.start_soon(ticker)
         for _ in range(3):
             before = ticks
-            assert await client.execute("PING") == b"PONG"
+            assert await client.evalsha(INCR, shielded=True, lone=True) == b"PONG"
             assert ticks > before  # the loop ran while the call waited
         assert client.statistics().connects == 1
 

@@ -178,8 +178,8 @@ class Admission:
     """One request's access facts: who it is, and what its admissions took (for the
     access log, for settling, and for the per-backend admission)."""
 
-    __slots__ = ("backend_decisions", "client", "decisions", "key", "label", "limited",
-                 "presented", "reservation")
+    __slots__ = ("backend_decisions", "client", "counted", "decisions", "key", "label",
+                 "limited", "presented", "reservation")
 
     def __init__(self, key: ApiKey | None, presented: bytes | None) -> None:
         self.key = key
@@ -193,6 +193,8 @@ class Admission:
         self.decisions: list[Decision] = []
         #: (backend name, decision) of each per_backend admission.
         self.backend_decisions: list[tuple[str, Decision]] = []
+        #: Admitted by Redis and counted in ``AccessControl.admitted`` until settled.
+        self.counted = False
 
 
 @final
@@ -222,6 +224,9 @@ class AccessControl:
         self._failing_logged = -float("inf")
         #: Settlements dropped (queue full, or Redis failing for too long).
         self.settlements_dropped = 0
+        #: Requests admitted by Redis and not settled yet (a Realtime session admitted
+        #: without limits is never counted): with none, an admission is a lone call.
+        self.admitted = 0
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -354,9 +359,14 @@ class AccessControl:
             decision: Decision | None = memory.admit(
                 checks, clock(), self._lease(checks) if self._concurrency else None)
         else:
-            decision = await self._admit(checks)
+            # Alone (no other admitted request in flight), the call may wait for its reply
+            # without trio's wait path (see RedisClient.evalsha).
+            decision = await self._admit(checks, lone=not self.admitted)
             if decision is None:  # Redis failed, on_error: allow
                 return
+            if decision.allowed:
+                self.admitted += 1
+                admission.counted = True
         assert decision is not None
         if decision.allowed:
             admission.decisions.append(decision)
@@ -395,7 +405,7 @@ class AccessControl:
         self._leases += 1
         return f"{self._lease_prefix}{self._leases:x}"
 
-    async def _admit(self, checks: Sequence[Check]) -> Decision | None:
+    async def _admit(self, checks: Sequence[Check], lone: bool = False) -> Decision | None:
         lease = self._lease(checks)
         memory = self._memory
         if memory is not None:
@@ -408,7 +418,7 @@ class AccessControl:
             # The client ends every call within its timeout; shielded so that a request
             # cancelled meanwhile still learns what the script took (its lease is then
             # given back by settle).
-            reply = await redis.evalsha(ADMIT, keys, args, shielded=True)
+            reply = await redis.evalsha(ADMIT, keys, args, shielded=True, lone=lone)
             decision = decode_admission(checks, reply, lease)
         except (RedisError, ValueError) as exc:
             self._redis_failed("admit", exc)
@@ -449,6 +459,9 @@ class AccessControl:
         ``tokens_used`` (``None``: unknown, the reservation stays charged). A backend
         admission of an attempt that did not answer (``backend`` is the one that did) is
         refunded. Never awaits (it runs in ``finally``); Redis settles in the background."""
+        if admission.counted:
+            admission.counted = False
+            self.admitted -= 1
         for decision in admission.decisions:
             self._settle(decision, tokens_used)
         for name, decision in admission.backend_decisions:

@@ -51,8 +51,6 @@ _NEVER: Final = -math.inf
 #: (benches/redis_client.py), one pipelined connection served about twice the calls per
 #: second of one connection per call (Redis executes commands one at a time anyway).
 _PIPELINE_DEPTH: Final = 32
-#: Calls in a row that found nothing else in flight before a call is made as a lone call.
-_LONE_AFTER: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +100,6 @@ class RedisClient:
         self._backoff = 0.0
         self._rng = random.Random()
         self._closed = False
-        #: Calls in a row that found no other call in flight (see ``_lone``).
-        self._sequential = 0
         self.last_error: RedisError | None = None
         self._calls = 0
         self._failures = 0
@@ -182,41 +178,50 @@ class RedisClient:
         args: Sequence[Arg] = (),
         *,
         shielded: bool = False,
+        lone: bool = False,
     ) -> Reply:
         """Run ``script`` by its SHA-1; reloads it (``EVAL``) if the server lost it.
 
         ``shielded``: a caller cancelled during the call still gets its reply (and its
         ``Cancelled`` at its next checkpoint), for a script whose effects the caller must
         learn to undo them; the same as a shielded cancel scope around the call, without
-        one more scope per call. A shielded lone call whose reply came within its short
-        blocking wait does not yield (the rate limits' admission: the request's upstream
-        call that follows does); any other call is a checkpoint, as trio's calls are."""
+        one more scope per call.
+
+        ``lone``: the caller knows that nothing else waits on this call (no other request
+        of its kind in flight): with no other call in flight either, the call waits for
+        its reply in a blocking ``poll`` of at most a millisecond instead of going through
+        trio (:meth:`Connection.lone_call`), which costs a loopback round trip about as
+        much again. A shielded lone call whose reply came that way does not yield (the
+        rate limits' admission: the request's upstream call that follows does); any other
+        call is a checkpoint, as trio's calls are."""
         try:
             return await self._call(
-                _pack(("EVALSHA", script.sha1, len(keys), *keys, *args)), shielded)
+                _pack(("EVALSHA", script.sha1, len(keys), *keys, *args)), shielded, lone)
         except RedisNoScriptError:
             self._reloads += 1
             self._scripts.setdefault(script.sha1, script)
             return await self._call(
                 _pack(("EVAL", script.source, len(keys), *keys, *args)), shielded)
 
-    async def _call(self, command: bytes | list[bytes], shielded: bool = False) -> Reply:
+    async def _call(self, command: bytes | list[bytes], shielded: bool = False,
+                    lone: bool = False) -> Reply:
         now = trio.current_time()
         if now < self._down_until or self._closed:
             raise self._refusal(now)
         self._calls += 1
         sent: Connection | None = None  # the lone call's connection, its reply not in yet
         waiter = None
-        if type(command) is bytes and not self._connecting and (lone := self._lone()):
+        if lone and not self._connecting and (alone := self._lone()) is not None:
+            assert type(command) is bytes
             try:
-                waiter = lone.lone_call(command)
+                waiter = alone.lone_call(command)
             except RedisError as exc:
                 self._fail(exc)
                 raise
             if waiter is not None:
                 if waiter.done:
                     return await self._done(waiter.reply, shielded, lone_call=True)
-                sent = lone
+                sent = alone
         with trio.CancelScope(deadline=now + self._timeout, shield=True) as scope:
             conn = sent or self._pick()
             # A connection that sat idle may have been closed by the server (its idle
@@ -264,16 +269,10 @@ class RedisClient:
 
     def _lone(self) -> Connection | None:
         """The connection for a lone call (:meth:`Connection.lone_call`): the first one,
-        when no call is in flight on any and none was for the last ``_LONE_AFTER`` calls.
-        Under concurrency the calls go the usual way, where they share writes, reads and
-        wake-ups, and one blocked in ``poll`` would hold up the others' requests."""
+        when no call is in flight on any."""
         for conn in self._conns:
             if conn.load:
-                self._sequential = 0
                 return None
-        if self._sequential < _LONE_AFTER:
-            self._sequential += 1
-            return None
         return self._conns[0] if self._conns else None
 
     def _refusal(self, now: float) -> RedisError:
