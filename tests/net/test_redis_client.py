@@ -344,7 +344,7 @@ async def test_a_lone_shielded_call_can_finish_without_a_scheduler_pass(
             without_yield = 0
             # A reply later than the poll's bound (a busy machine) sends the next calls
             # the usual way for a while: enough calls that some are lone ones.
-            for n in range(1, 400):
+            for n in range(1, 2000):
                 before = counter.steps
                 assert await client.evalsha(INCR, ["lone"], shielded=True, lone=True) == n
                 if counter.steps == before:
