@@ -53,7 +53,7 @@ from ..net.client.http1 import HTTP1Connection
 from ..net.client.http1_pool import HTTP1Exchange
 from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
-from ..net.stream_pump import CLIENT_GONE, STOPPED, UPSTREAM_FAILED, PumpedStream, StreamPump
+from ..net.stream_pump import CLIENT_GONE, STOPPED, UPSTREAM_FAILED, StreamPump
 from ..observability.tracing import Tracing
 from .access import AccessControl, Admission
 from .dedup import Deduplicator, StoredResponse, dedup_key
@@ -216,6 +216,35 @@ class FileResolver(Protocol):
     """Inlines the router's stored files that a request references (``files.enabled``)."""
 
     async def resolve(self, request: Request) -> None: ...
+
+
+class StreamTail(Protocol):
+    """What a forwarded stream leaves for its accounting: the first chunk's time and the
+    longest gap (seconds, clock), the first chunk and the last three (for the usage scan).
+    The pump's ``PumpedStream`` is one; the task's own loop makes a :class:`_LoopTail`."""
+
+    @property
+    def first(self) -> float: ...
+    @property
+    def max_gap(self) -> float: ...
+    @property
+    def head(self) -> bytes: ...
+    @property
+    def c1(self) -> bytes: ...
+    @property
+    def c2(self) -> bytes: ...
+    @property
+    def c3(self) -> bytes: ...
+
+
+@final
+class _LoopTail:
+    __slots__ = ("c1", "c2", "c3", "first", "head", "max_gap")
+
+    def __init__(self, first: float, max_gap: float, head: bytes, c1: bytes, c2: bytes,
+                 c3: bytes) -> None:
+        self.first, self.max_gap, self.head = first, max_gap, head
+        self.c1, self.c2, self.c3 = c1, c2, c3
 
 
 @final
@@ -954,7 +983,7 @@ class Proxy:
     async def _pumped(
         self, conn: ServerConnection, translator: StreamTranslator, upstream: HTTP1Connection,
         upstream_sock: socket.socket, client: socket.socket,
-    ) -> tuple[bytes, bool, bool, PumpedStream]:
+    ) -> tuple[bytes, bool, bool, StreamTail]:
         """Forward a stream through the pump (see :meth:`_stream`): this task only waits,
         under the stream's own deadline, for the pump to finish it or for a timer (idle,
         write, ``stop_streams``) to cut it. Returns the ending to send, whether the stream
@@ -987,6 +1016,82 @@ class Proxy:
                     stream)
         ending = translator.finish()
         return ending, not translator.truncated, False, stream
+
+    async def _looped(
+        self, conn: ServerConnection, exchange: Exchange, translator: StreamTranslator,
+    ) -> tuple[bytes, bool, bool, StreamTail]:
+        """Forward a stream with this task's own loop (see :meth:`_stream`), one receive and
+        one send per chunk, with a watcher task for the client's reset. Returns what
+        :meth:`_pumped` returns: the ending to send, whether the stream completed, whether
+        the client is gone, and the stream's metrics."""
+        ending = b""
+        ok = False
+        client_gone = False
+        sending = False  # a write to the client is under way (it may be cut mid-chunk)
+        # Stream metrics cost a few float operations per chunk (the clock is read anyway
+        # for the idle timer): the first chunk's time, the longest gap, and the last three
+        # chunks kept by reference for the usage scan at the end.
+        first = 0.0
+        max_gap = -1.0
+        head = c1 = c2 = c3 = b""
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal client_gone
+                if await conn.watch_disconnect():
+                    client_gone = True
+                    nursery.cancel_scope.cancel()
+                # A clean EOF is a half-close: the answer still goes out.
+
+            nursery.start_soon(watch)
+            end = trio.current_time() + self._streaming_timeout
+            idle = self._idle_timeout
+            try:
+                # One scope for the stream; the idle gap between chunks is a connection
+                # timer moved per chunk (a float write), not a trio deadline. It covers
+                # the upstream read only: writes have server.write_timeout.
+                with trio.CancelScope(deadline=end) as scope:
+                    receive, send, feed = (exchange.receive_some, conn.send_chunk,
+                                           translator.feed)
+                    now = last = clock()
+                    while True:
+                        conn.arm_timer(now + idle, scope=scope)
+                        data = await receive()
+                        conn.deadline = _NO_DEADLINE
+                        if not data:
+                            break
+                        out = feed(data)
+                        if out:
+                            sending = True
+                            await send(out)
+                            sending = False
+                            c1, c2, c3 = c2, c3, out
+                        now = clock()
+                        if first:
+                            if now - last > max_gap:
+                                max_gap = now - last
+                        else:
+                            first = now
+                            head = out
+                        last = now
+                        if translator.truncated:
+                            break  # ended with its error event: read no further
+                conn.disarm_timer()
+                if scope.cancelled_caught:
+                    if sending:
+                        client_gone = True  # cut while the client held up a write
+                    else:
+                        ending = self._cut(translator, end)
+                else:
+                    ending = translator.finish()
+                    ok = not translator.truncated
+            except UpstreamError as exc:
+                conn.disarm_timer()
+                ending = translator.error(502, f"Upstream stream failed: {exc}")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                client_gone = True
+            nursery.cancel_scope.cancel()
+        return ending, ok, client_gone, _LoopTail(first, max_gap, head, c1, c2, c3)
 
     def _cut(self, translator: StreamTranslator, end: float) -> bytes:
         """The ending of a stream its timer cut: shutdown, streaming or idle timeout."""
@@ -1024,82 +1129,12 @@ class Proxy:
         task's loop, with the same behaviour (:meth:`_pumped`); the ending is this task's
         either way.
         """
-        ending = b""
-        ok = False
-        client_gone = False
-        sending = False  # a write to the client is under way (it may be cut mid-chunk)
-        # Stream metrics cost a few float operations per chunk (the clock is read anyway
-        # for the idle timer): the first chunk's time, the longest gap, and the last three
-        # chunks kept by reference for the usage scan at the end.
-        first = 0.0
-        max_gap = -1.0
-        head = c1 = c2 = c3 = b""
         try:
             await conn.start_chunked(200, headers)
             handover = self._handover(conn, exchange, translator)
-            if handover is not None:
-                ending, ok, client_gone, pumped = await self._pumped(conn, translator,
-                                                                     *handover)
-                first, max_gap, head = pumped.first, pumped.max_gap, pumped.head
-                c1, c2, c3 = pumped.c1, pumped.c2, pumped.c3
-            else:
-                async with trio.open_nursery() as nursery:
-
-                    async def watch() -> None:
-                        nonlocal client_gone
-                        if await conn.watch_disconnect():
-                            client_gone = True
-                            nursery.cancel_scope.cancel()
-                        # A clean EOF is a half-close: the answer still goes out.
-
-                    nursery.start_soon(watch)
-                    end = trio.current_time() + self._streaming_timeout
-                    idle = self._idle_timeout
-                    try:
-                        # One scope for the stream; the idle gap between chunks is a connection
-                        # timer moved per chunk (a float write), not a trio deadline. It covers
-                        # the upstream read only: writes have server.write_timeout.
-                        with trio.CancelScope(deadline=end) as scope:
-                            receive, send, feed = (exchange.receive_some, conn.send_chunk,
-                                                   translator.feed)
-                            now = last = clock()
-                            while True:
-                                conn.arm_timer(now + idle, scope=scope)
-                                data = await receive()
-                                conn.deadline = _NO_DEADLINE
-                                if not data:
-                                    break
-                                out = feed(data)
-                                if out:
-                                    sending = True
-                                    await send(out)
-                                    sending = False
-                                    c1, c2, c3 = c2, c3, out
-                                now = clock()
-                                if first:
-                                    if now - last > max_gap:
-                                        max_gap = now - last
-                                else:
-                                    first = now
-                                    head = out
-                                last = now
-                                if translator.truncated:
-                                    break  # ended with its error event: read no further
-                        conn.disarm_timer()
-                        if scope.cancelled_caught:
-                            if sending:
-                                client_gone = True  # cut while the client held up a write
-                            else:
-                                ending = self._cut(translator, end)
-                        else:
-                            ending = translator.finish()
-                            ok = not translator.truncated
-                    except UpstreamError as exc:
-                        conn.disarm_timer()
-                        ending = translator.error(502, f"Upstream stream failed: {exc}")
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        client_gone = True
-                    nursery.cancel_scope.cancel()
+            ending, ok, client_gone, tail = await (
+                self._pumped(conn, translator, *handover) if handover is not None
+                else self._looped(conn, exchange, translator))
         except BaseException:
             conn.disarm_timer()
             backend.finish(exchange, None)
@@ -1108,9 +1143,9 @@ class Proxy:
         # that left or could not keep up is no failure of the backend's (the outcome is
         # recorded by the caller).
         backend.finish(exchange, None)
-        if first:
-            state.ttft = first - state.started
-            state.max_gap = max_gap
+        if tail.first:
+            state.ttft = tail.first - state.started
+            state.max_gap = tail.max_gap
         if client_gone:
             conn.closing = True
             return None
@@ -1126,10 +1161,10 @@ class Proxy:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.closing = True  # the upstream's outcome stands; the client left at the end
         if ok:
-            tokens = usage_from_sse_tail(c1 + c2 + c3 + ending)
+            tokens = usage_from_sse_tail(tail.c1 + tail.c2 + tail.c3 + ending)
             if tokens is not None:
                 prompt, completion = tokens
-                if not prompt and head:
-                    prompt = prompt_tokens_from_message_start(head)
+                if not prompt and tail.head:
+                    prompt = prompt_tokens_from_message_start(tail.head)
                 state.prompt_tokens, state.completion_tokens = prompt, completion
         return ok
