@@ -164,9 +164,14 @@ class FastStream:
         try:
             data = raw.recv(max_bytes)
         except BlockingIOError:
-            return await self._receive_later(raw, max_bytes)
+            # Waited for outside the handler: inside it the exception and its traceback
+            # would live as long as the wait (two objects more for the collector per
+            # waiting connection, and the __context__ of whatever the wait raises).
+            data = None
         except OSError as exc:
             raise _broken(exc) from exc
+        if data is None:
+            return await self._receive_later(raw, max_bytes)
         self._budget -= len(data) + _RECEIVE_COST
         if self._budget < 0:
             # Data was ready every time for a while: let the other tasks run.
