@@ -711,27 +711,12 @@ class Proxy:
         ``Router.release`` (none: cancelled, or the client left), so a half-open breaker's
         trial slot is never lost.
         """
-        router = self.router
+        # Every outcome goes through _record, with ``recorded`` set beside it; a failure's
+        # message also ends the span (``span_error``). Plain locals rather than closures:
+        # an attempt in flight holds no function or cell objects for the collector.
         recorded = False
-
-        def record(latency: float | None, ok: bool, reason: str = "") -> None:
-            nonlocal recorded
-            recorded = True
-            if not ok:
-                backend.failures += 1
-            router.record(backend, model, latency, ok, reason, stream)
-
         span: Any = None
-
-        def failed(message: str, started: float, timed_out: bool = False) -> AttemptResult:
-            """An attempt that ended without an answer: the backend's failure."""
-            nonlocal span
-            state.upstream += clock() - started
-            record(None, False, message)
-            if span is not None:
-                self.tracing.end(span, None, message)
-                span = None
-            return AttemptResult(error=message, timed_out=timed_out)
+        span_error = ""
 
         # A plain request's client is watched while the upstream works (a stream watches
         # its own, see _stream): one that leaves ends the request as a 499, upstream call
@@ -751,7 +736,8 @@ class Proxy:
                     upload = plan.upload()
                     relay = plan.relay
             except TranslationError as exc:
-                record(None, True)  # the request's fault, not the backend's
+                recorded = True
+                self._record(backend, model, stream, None, True)  # the request's fault
                 raise RouterError(exc.status, exc.message, param=exc.param,
                                   code=exc.code) from None
             headers = call.headers
@@ -777,10 +763,11 @@ class Proxy:
                             if upload is None else
                             backend.start_upload(call.method, call.target, headers, upload))
                     if exchange is None:
-                        return failed(
-                            f"backend '{backend.name}' sent no response head within "
-                            f"{self._idle_timeout:g}s (request.idle_timeout)", started,
-                            timed_out=True)
+                        recorded = True
+                        span_error = (f"backend '{backend.name}' sent no response head within "
+                                      f"{self._idle_timeout:g}s (request.idle_timeout)")
+                        return self._failed(backend, model, stream, state, span_error,
+                                            started, timed_out=True)
                 elif upload is None:
                     exchange = await backend.start(call.method, call.target, headers,
                                                    call.body)
@@ -788,7 +775,9 @@ class Proxy:
                     exchange = await backend.start_upload(call.method, call.target, headers,
                                                           upload)
             except UpstreamError as exc:
-                return failed(f"backend '{backend.name}' failed: {exc}", started)
+                recorded = True
+                span_error = f"backend '{backend.name}' failed: {exc}"
+                return self._failed(backend, model, stream, state, span_error, started)
             if span is not None:
                 span.set_attribute("http.response.status_code", exchange.status)
             status = exchange.status
@@ -798,7 +787,8 @@ class Proxy:
             if status in RETRYABLE_STATUSES and not last:
                 answer = await self._read(exchange, backend, model, call, started, attempt,
                                           state)
-                record(None, False, f"answered {status}")
+                recorded = True
+                self._record(backend, model, stream, None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
                 if answer.error:  # broken off: no answer to keep
                     return AttemptResult(error=message)
@@ -812,7 +802,10 @@ class Proxy:
                     waiting = None
                 cannot = await self._first_chunk(exchange, backend)
                 if cannot is not None:
-                    return failed(cannot.error, started, cannot.timed_out)
+                    recorded = True
+                    span_error = cannot.error
+                    return self._failed(backend, model, stream, state, span_error, started,
+                                        cannot.timed_out)
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
                 out_headers = self._response_headers(exchange.headers, backend, model)
                 # Router time so far: everything before this attempt's upstream call
@@ -832,28 +825,35 @@ class Proxy:
                 finally:
                     streams.discard(conn)
                 if ok is not None and (ok or not self.stopping):  # a shutdown is no outcome
-                    record(to_head if ok else None, ok, "" if ok else "stream failed")
+                    recorded = True
+                    self._record(backend, model, stream, to_head if ok else None, ok,
+                                 "" if ok else "stream failed")
                 elapsed = clock() - started
                 state.upstream += elapsed
                 return AttemptResult(Served(status, backend.name, model, elapsed, attempt),
                                      streamed=True)
             answer = await self._read(exchange, backend, model, call, started, attempt, state)
             if answer.error:
-                record(None, False, "broken response body")
+                recorded = True
+                self._record(backend, model, stream, None, False, "broken response body")
                 return AttemptResult(
                     error=f"backend '{backend.name}' broke off its answer: {answer.error}")
             if answer.status != status and answer.status in RETRYABLE_STATUSES:
                 # The translation found a good-looking answer unusable (Gemini's failed
                 # function call, a body that is not the API's): the backend's failure,
                 # and worth another backend like any retryable answer.
-                record(None, False, f"answer unusable ({answer.status})")
+                recorded = True
+                self._record(backend, model, stream, None, False,
+                             f"answer unusable ({answer.status})")
                 if not last:
                     answer.error = f"backend '{backend.name}' gave an unusable answer"
                 return answer
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
             ok = status < 500 and status not in RETRYABLE_STATUSES
-            record(to_head if ok else None, ok, "" if ok else f"answered {status}")
+            recorded = True
+            self._record(backend, model, stream, to_head if ok else None, ok,
+                         "" if ok else f"answered {status}")
             return answer
         finally:
             if waiting is not None:
@@ -863,11 +863,26 @@ class Proxy:
                 if expired is not None and expired.status == 504:
                     # request.timeout passed during this attempt: the backend's failure
                     # (a backend that hangs must lose traffic, not only the probes' say).
-                    record(None, False, "request.timeout passed")
+                    self._record(backend, model, stream, None, False,
+                                 "request.timeout passed")
                 else:
-                    router.release(backend)
+                    self.router.release(backend)
             if span is not None:
-                self.tracing.end(span)
+                self.tracing.end(span, None, span_error)
+
+    def _record(self, backend: BackendActor, model: str, stream: bool, latency: float | None,
+                ok: bool, reason: str = "") -> None:
+        """An attempt's outcome (exactly one per attempt, see :meth:`_attempt`)."""
+        if not ok:
+            backend.failures += 1
+        self.router.record(backend, model, latency, ok, reason, stream)
+
+    def _failed(self, backend: BackendActor, model: str, stream: bool, state: RequestState,
+                message: str, started: float, timed_out: bool = False) -> AttemptResult:
+        """An attempt that ended without an answer: the backend's failure."""
+        state.upstream += clock() - started
+        self._record(backend, model, stream, None, False, message)
+        return AttemptResult(error=message, timed_out=timed_out)
 
     def stop_streams(self) -> int:
         """Shutdown: end every stream now forwarding chunks with an error event (and
