@@ -639,9 +639,12 @@ class Proxy:
         access = self.access
         admission = state.access if access is not None and access.per_backend else None
         refused: Decision | None = None  # per_backend: the last backend limit that refused
-        for index, model in enumerate(chain):
+        # Indexed, not enumerate(): the loop waits on the backend, and an enumerate and its
+        # tuple iterator would be two more objects per request in flight for the collector.
+        for index in range(len(chain)):
             if final:
                 break
+            model = chain[index]
             if index:
                 if state.failed_over is None:
                     state.failed_over = []
