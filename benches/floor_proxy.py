@@ -24,7 +24,8 @@ ready bytes move with non-blocking ``recv_into``/``send``, a batch per wake-up. 
 ceiling of forwarding with fewer scheduler trips (issue 15 item 5): what such a pump could save
 in the router before any of the router's own work (timeouts, SSE framing, metrics). A peer
 that does not read stops its source from being read (the rest of the write waits for
-``EPOLLOUT``), so nothing is buffered without bound.
+``EPOLLOUT``), so nothing is buffered without bound; a paused source that resets meanwhile
+still ends the pair (epoll reports ``EPOLLERR``/``EPOLLHUP`` even with no interest set).
 
 Standalone on purpose: it must not import ``continuum``, so the baseline stays fixed.
 
@@ -374,6 +375,13 @@ class Pump:
                     else:
                         epoll.modify(fd, _READABLE)
                         epoll.modify(peer.fileno(), _READABLE)  # read its source again
+                    continue
+                if peer.fileno() in pending:
+                    # Paused (interest 0) while its peer drains. EPOLLERR and EPOLLHUP are
+                    # reported whatever the interest: the source reset or is gone, and
+                    # reading it now would replace the bytes still waiting for the peer.
+                    if events & (select.EPOLLERR | select.EPOLLHUP):
+                        self._end(fd)
                     continue
                 try:
                     n = raw.recv_into(buffer)

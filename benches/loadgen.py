@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import select
 import socket
@@ -80,7 +81,7 @@ class LoadResult:
         lat = sorted(self.latencies_ns)
         if not lat:
             return float("nan")
-        rank = max(1, min(len(lat), round(q / 100 * len(lat) + 0.5)))
+        rank = max(1, min(len(lat), math.ceil(q / 100 * len(lat))))
         return lat[rank - 1] / 1e6
 
     def summary(self) -> dict[str, float | int | dict[str, int]]:

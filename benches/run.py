@@ -190,6 +190,17 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a/b, each round's pair measured back to back (a round with
+    b = 0 counts as no sample)."""
+    return median([x / y if y else float("nan") for x, y in zip(a, b, strict=True)])
+
+
+def paired_diff(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a - b."""
+    return median([x - y for x, y in zip(a, b, strict=True)])
+
+
 @contextlib.contextmanager
 def terminate_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into SystemExit so ``finally`` blocks (which stop children) run."""
@@ -427,16 +438,12 @@ def measure(
     def per_round(target: str, c: int, key: str) -> list[float]:
         return [float(s[key]) for s in samples[target][c]]
 
-    def ratio(a: list[float], b: list[float]) -> float:
-        return median([x / y if y else float("nan") for x, y in zip(a, b, strict=True)])
-
     def diff(target: str, base: str, key: str) -> float:
         """Median over rounds of (target - base) at concurrency 1, for a latency ``key``."""
-        pairs = zip(per_round(target, 1, key), per_round(base, 1, key), strict=True)
-        return median([x - y for x, y in pairs])
+        return paired_diff(per_round(target, 1, key), per_round(base, 1, key))
 
     def rps_ratio(a: str, b: str) -> float:
-        return ratio(per_round(a, conc, "rps"), per_round(b, conc, "rps"))
+        return paired_ratio(per_round(a, conc, "rps"), per_round(b, conc, "rps"))
 
     results["table"] = {
         t: {

@@ -630,6 +630,33 @@ def test_frontdoor_bad_requests() -> None:
             anthropic_to_openai_request(body)
 
 
+def test_frontdoor_document_blocks() -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 x").decode()
+    body = dumps({"max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "document", "title": "paper.pdf",
+         "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                        "data": pdf}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                        "data": "the notes"}},
+    ]}]})
+    parts = json.loads(anthropic_to_openai_request(body)[0])["messages"][0]["content"]
+    assert parts == [
+        {"type": "file", "file": {"filename": "paper.pdf",
+                                  "file_data": f"data:application/pdf;base64,{pdf}"}},
+        {"type": "file", "file": {"filename": "document.pdf",
+                                  "file_data": f"data:application/pdf;base64,{pdf}"}},
+        {"type": "text", "text": "the notes"},
+    ]
+    for source in ({"type": "file", "file_id": "file_abc"}, {"type": "url", "url": "x"},
+                   {"type": "base64", "media_type": "image/png", "data": pdf}, "nope"):
+        bad = dumps({"max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": source}]}]})
+        with pytest.raises(TranslationError) as caught:
+            anthropic_to_openai_request(bad)
+        assert caught.value.param == "messages[0].content[0]"
+
+
 # ---------------------------------------------------------------------------------------
 # front door: OpenAI response → Anthropic response
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -216,3 +217,114 @@ async def test_files_api_off_by_default(nursery: trio.Nursery) -> None:
         [{"name": "up", "url": f"http://{address}", "models": [MODEL]}]))
     with trio.fail_after(HANG_GUARD), pytest.raises(openai.NotFoundError):
         await sdk(router).files.create(file=("a.bin", b"x"), purpose="user_data")
+
+
+# -- Anthropic Messages: {"type": "image" | "document", "source": {"type": "file"}} ------
+
+TEXT = "plain notes, ünïcode\n".encode()
+
+
+def claude(router: RouterHandle, key: str = "x") -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=router.url, api_key=key, max_retries=0,
+                                    timeout=20.0)
+
+
+def file_block(kind: str, file_id: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "source": {"type": "file", "file_id": file_id}, **extra}
+
+
+async def upload_three(router: RouterHandle, key: str = "x") -> tuple[str, str, str]:
+    client = sdk(router, key)
+    image = await client.files.create(file=("pic.png", PNG), purpose="vision")
+    pdf = await client.files.create(file=("paper.pdf", PDF), purpose="user_data")
+    text = await client.files.create(file=("notes.txt", TEXT), purpose="user_data")
+    return image.id, pdf.id, text.id
+
+
+async def test_messages_file_blocks_reach_an_anthropic_backend_inlined(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    mock, router = await files_router(nursery, tmp_path, api="anthropic")
+    with trio.fail_after(HANG_GUARD):
+        image, pdf, text = await upload_three(router)
+        answer = await claude(router).messages.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": [
+                {"type": "text", "text": "read these"},
+                file_block("image", image, cache_control={"type": "ephemeral"}),
+                file_block("document", pdf, title="The paper", citations={"enabled": True}),
+                file_block("document", text),
+                # The media type decides: an image named by a document block is an image.
+                file_block("document", image, title="dropped"),
+            ]}, {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "look", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                              "content": [file_block("image", image)]}]}])
+    assert answer.content
+    sent = json.loads(mock.last_request_body or b"{}")["messages"]
+    png = base64.b64encode(PNG).decode()
+    image_block = {"type": "image", "source": {
+        "type": "base64", "media_type": "image/png", "data": png}}
+    blocks = sent[0]["content"]
+    assert blocks[1] == {**image_block, "cache_control": {"type": "ephemeral"}}
+    assert blocks[2] == {"type": "document", "title": "The paper",
+                         "citations": {"enabled": True}, "source": {
+                             "type": "base64", "media_type": "application/pdf",
+                             "data": base64.b64encode(PDF).decode()}}
+    assert blocks[3] == {"type": "document", "source": {
+        "type": "text", "media_type": "text/plain", "data": TEXT.decode()}}
+    assert blocks[4] == image_block
+    assert sent[2]["content"][0]["content"] == [image_block]
+
+
+async def test_messages_file_blocks_translated_for_an_openai_backend(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    mock, router = await files_router(nursery, tmp_path)
+    with trio.fail_after(HANG_GUARD):
+        image, pdf, text = await upload_three(router)
+        answer = await claude(router).messages.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": [
+                {"type": "text", "text": "read these"},
+                file_block("image", image), file_block("document", pdf, title="paper.pdf"),
+                file_block("document", text)]}])
+    assert answer.content
+    parts = json.loads(mock.last_request_body or b"{}")["messages"][0]["content"]
+    assert parts[1] == {"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(PNG).decode()}}
+    assert parts[2] == {"type": "file", "file": {
+        "filename": "paper.pdf",
+        "file_data": "data:application/pdf;base64," + base64.b64encode(PDF).decode()}}
+    assert parts[3] == {"type": "text", "text": TEXT.decode()}
+
+
+async def test_messages_ids_the_router_does_not_hold_pass_untouched(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    mock, router = await files_router(nursery, tmp_path, api="anthropic")
+    blocks = [{"type": "text", "text": "x"},
+              file_block("document", "file-AbCdEfGhIjKlMnOpQrSt"),  # ours in shape, unknown
+              file_block("image", "file_011CNha8iCJcU1wXNR6q4V8w")]  # Anthropic's own
+    with trio.fail_after(HANG_GUARD):
+        await claude(router).messages.create(model=MODEL, max_tokens=16, messages=[
+            {"role": "user", "content": blocks}])  # type: ignore[typeddict-item]
+    assert json.loads(mock.last_request_body or b"{}")["messages"][0]["content"] == blocks
+
+
+async def test_messages_refusals_in_anthropic_shape(nursery: trio.Nursery,
+                                                    tmp_path: Path) -> None:
+    _, router = await files_router(nursery, tmp_path, api="anthropic",
+                                   files={"max_resolved_size": 20_000})
+    client = sdk(router)
+    with trio.fail_after(HANG_GUARD):
+        data = await client.files.create(file=("rows.json", b'{"a": 1}'), purpose="user_data")
+        big = await client.files.create(file=("big.pdf", PDF * 5), purpose="user_data")
+        with pytest.raises(anthropic.BadRequestError) as unsupported:
+            await claude(router).messages.create(model=MODEL, max_tokens=16, messages=[
+                {"role": "user", "content": [{"type": "text", "text": "x"},
+                                             file_block("document", data.id)]}])
+        with pytest.raises(anthropic.APIStatusError) as oversized:
+            await claude(router).messages.create(model=MODEL, max_tokens=16, messages=[
+                {"role": "user", "content": [file_block("document", big.id)]}])
+    assert "messages[0].content[1]" in unsupported.value.message
+    assert "application/json" in unsupported.value.message
+    assert unsupported.value.body["type"] == "error"  # type: ignore[index]
+    assert oversized.value.status_code == 413
+    assert oversized.value.body["type"] == "error"  # type: ignore[index]
+    assert "max_resolved_size" in oversized.value.message

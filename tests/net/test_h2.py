@@ -546,9 +546,9 @@ def test_header_block_is_refused_before_it_is_decoded() -> None:
     END_HEADERS (h2 would buffer 64 frames and then spend ~0.4 s decoding them)."""
     from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-    from continuum.net.client.h2 import _BoundedHeaderBlocks
+    from continuum.net.client.h2_protocol import BoundedHeaderBlocks
 
-    buffer = _BoundedHeaderBlocks(4096)
+    buffer = BoundedHeaderBlocks(4096)
     buffer.max_frame_size = 16384
     first = HeadersFrame(1)
     first.data = b"\x00" * 3000

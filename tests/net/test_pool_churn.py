@@ -209,3 +209,36 @@ def test_stream_timeouts_default_to_long_reasoning_and_keepalive_to_30_s() -> No
     off = config_from_dict(router_config([{"name": "a", "url": "http://127.0.0.1:9"}],
                                          http_client={"tcp_keepalive_interval": 0}))
     assert off.http_client.tcp_keepalive_interval == 0.0
+
+
+async def test_counts_carry_over_a_backend_replaced_by_a_reload(nursery: trio.Nursery) -> None:
+    """A reload that replaces backend ``a`` (another URL: a new actor and pool, the old one
+    drains): its connection counters go on from where they were, counting both pools."""
+    _, first = await start_mock(nursery, [MODEL], name="first")
+    _, second = await start_mock(nursery, [MODEL], name="second")
+    data = router_config([{"name": "a", "url": first, "models": [MODEL]}],
+                         http_client={"prewarm_connections": 0})
+    router = await start_router(nursery, data)
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(base_url=router.url, timeout=10.0) as client:
+
+        async def counts() -> tuple[float, float]:
+            text = (await client.get("/metrics")).text
+            return (counter(text, "continuum_upstream_connections_opened_total").get("a", 0.0),
+                    counter(text, "continuum_upstream_connections_closed_total").get("a", 0.0))
+
+        with trio.fail_after(HANG_GUARD):
+            assert (await client.post("/v1/chat/completions", json=payload)).is_success
+            assert await counts() == (1.0, 0.0)
+            old = router.backends["a"]
+            await router.reconfigurer.propose(config_from_dict(
+                {**data, "backends": [{"name": "a", "url": second, "models": [MODEL]}]},
+                source="<test>"), source="test", who="tester")
+            assert router.backends["a"] is not old
+            assert (await client.post("/v1/chat/completions", json=payload)).is_success
+            # The new pool opened one: 2 in all, not the old figure again.
+            assert (await counts())[0] == 2.0
+            # The old pool closes its connection once drained: counted too.
+            while (await counts())[1] < 1.0:
+                await trio.sleep(0.05)
+            assert await counts() == (2.0, 1.0)

@@ -34,13 +34,17 @@ from ..apis.files import (
     clean_filename,
     file_references,
     inline_files,
+    inline_message_files,
     media_type,
+    message_file_references,
+    message_refusal,
     new_file_id,
     valid_file_id,
 )
 from ..apis.listing import list_page, page_query
 from ..apis.types import TranslationError
 from ..config import FilesConfig
+from ..core.endpoints import MESSAGES
 from ..core.errors import JSON_HEADERS, RouterError, quoted
 from ..core.multipart import (
     MultipartError,
@@ -439,24 +443,54 @@ class FilesFront:
     # -- resolution --------------------------------------------------------------------
 
     async def resolve(self, request: Request) -> None:
-        """Inline the stored files a chat or Responses request references (its body is
-        replaced); references the router does not hold stay as they are."""
+        """Inline the stored files a chat, Responses or Messages request references (its
+        body is replaced); references the router does not hold stay as they are."""
+        if request.path == MESSAGES:
+            await self._resolve_messages(request)
+            return
         found = file_references(request.body)
         if found is None:
             return
         parsed, references = found
         owner = _owner(request, self._blocking)
-        budget = self._config.max_resolved_size
+        total = 0
         inlined: dict[str, Inlined] = {}
         for file_id in references:
             meta = await self.store.get(file_id)
             if meta is None or meta.owner != owner:
                 continue
-            budget -= meta.bytes
-            if budget < 0:
-                raise RouterError(413, "The files this request references are larger than "
-                                  f"files.max_resolved_size ({self._config.max_resolved_size} "
-                                  "bytes)", code="files_too_large")
+            total += meta.bytes
+            self._within_budget(total)
             inlined[file_id] = Inlined.of(meta, await self.store.read(meta))
         if inlined:
             request.body = inline_files(parsed, references, inlined.get)
+
+    async def _resolve_messages(self, request: Request) -> None:
+        found = message_file_references(request.body)
+        if found is None:
+            return
+        parsed, references = found
+        owner = _owner(request, self._blocking)
+        held: dict[str, FileMeta] = {}
+        for file_id, blocks in references.items():
+            meta = await self.store.get(file_id)
+            if meta is None or meta.owner != owner:
+                continue
+            refusal = message_refusal(meta)
+            if refusal is not None:
+                where = blocks[0][0]
+                raise RouterError(400, f"{where}: {refusal}", param=where)
+            held[file_id] = meta
+        if not held:
+            return
+        self._within_budget(sum(meta.bytes for meta in held.values()))
+        contents = {file_id: (meta, await self.store.read(meta))
+                    for file_id, meta in held.items()}
+        request.body = inline_message_files(parsed, references, contents.get)
+
+    def _within_budget(self, size: int) -> None:
+        limit = self._config.max_resolved_size
+        if size > limit:
+            raise RouterError(413, "The files this request references are larger than "
+                              f"files.max_resolved_size ({limit} bytes)",
+                              code="files_too_large")

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, final
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import msgspec
 import trio
@@ -38,6 +38,7 @@ from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH
 from ..core.messages import RequestObserved
 from ..core.realtime import REALTIME_PATH
+from ..core.urls import without_userinfo
 from ..net.server.connection import ProtocolError, Refusal, Request, ServerConnection
 from ..observability.logs import loggable
 from ..observability.tracing import new_traceparent, valid_traceparent
@@ -62,18 +63,6 @@ _PROXY_ENDPOINTS: Final = tuple(ENDPOINT_APIS)
 _encode = msgspec.json.Encoder().encode
 
 
-def public_url(url: str) -> str:
-    """A backend URL without any ``user:password@`` part."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 Route = Callable[[Request, ServerConnection, RequestState], Awaitable["Served | None"]]
 #: A route for a family of paths (``/v1/files/{id}``): given a path that is no exact route,
 #: (the methods it takes, its handler, the metrics endpoint label), or None. Methods are
@@ -86,7 +75,7 @@ def backend_detail(backend: BackendActor) -> dict[str, Any]:
     snap = backend.snapshot()
     return {
         "name": snap.name,
-        "url": public_url(snap.url),
+        "url": without_userinfo(snap.url),
         "type": snap.type,
         "healthy": snap.healthy,
         "status": snap.state,

@@ -64,8 +64,13 @@ class MetricsSink:
         self._failover_children: dict[str, CounterChild] = {}
         self._overhead = metrics.overhead.labels()
         self._catalog_reported = (0, 0, 0)
-        #: backend name → (opened, closed) connection totals already added to the counters.
-        self._pool_reported: dict[str, tuple[int, int]] = {}
+        #: pool → (opened, closed) connection totals already added to its backend's
+        #: counters. Keyed by the pool, not the name: a pool that replaces another (a reload
+        #: replacing the backend, ``http2: auto`` settling on HTTP/2) counts from zero.
+        self._pool_reported: dict[object, tuple[int, int]] = {}
+        #: Backends a reload replaced (same name, a new actor), reported until their pool
+        #: has closed its last connection, so its closes while draining are counted.
+        self._retiring: list[BackendActor] = []
         self._dedup = dedup
         self._dedup_reported = (0, 0, 0)
         self._inbox: trio.MemoryReceiveChannel[RequestObserved] | None = None
@@ -77,7 +82,10 @@ class MetricsSink:
     def set_backends(self, backends: Sequence[BackendActor]) -> None:
         """A config reload: the backends whose gauges are reported from now on; the gauges
         of names no longer among them are dropped."""
-        gone = {b.name for b in self.backends} - {b.name for b in backends}
+        now = {b.name: b for b in backends}
+        gone = {b.name for b in self.backends} - now.keys()
+        self._retiring = [b for b in (*self._retiring, *self.backends)
+                          if now.get(b.name, b) is not b]
         self.backends = backends
         for name in gone:
             self.metrics.forget_backend(name)
@@ -161,7 +169,7 @@ class MetricsSink:
             for state, value in zip(_POOL_STATES, (pool.idle, pool.in_use, pool.waiting),
                                     strict=True):
                 m.pool_connections.labels(backend.name, state).set(value)
-            self._report_churn(backend.name, pool.opened_total, pool.closed_total)
+        self._report_churn()
         m.active_connections.set(self._active_connections())
         stats = self._catalog.stats
         last = self._catalog_reported
@@ -182,18 +190,25 @@ class MetricsSink:
                     m.dedup.labels(event).inc(now_n - before_n)
             self._dedup_reported = now_counts
 
-    def _report_churn(self, name: str, opened: int, closed: int) -> None:
-        """Add what a backend's pool opened and closed since the last refresh to the
-        counters. A pool replaced (``http2: auto`` settling on HTTP/2) counts from zero."""
-        before_opened, before_closed = self._pool_reported.get(name, (0, 0))
-        if opened < before_opened or closed < before_closed:
-            before_opened = before_closed = 0
+    def _report_churn(self) -> None:
+        """Add what each backend's pool (and a replaced backend's, while it drains) opened
+        and closed since the last refresh to the counters of the backend's name."""
+        reported = self._pool_reported
+        now: dict[object, tuple[int, int]] = {}
         m = self.metrics
-        if opened > before_opened:
-            m.upstream_opened.labels(name).inc(opened - before_opened)
-        if closed > before_closed:
-            m.upstream_closed.labels(name).inc(closed - before_closed)
-        self._pool_reported[name] = (opened, closed)
+        for backend in (*self._retiring, *self.backends):
+            pool = backend.pool
+            stats = pool.stats
+            before_opened, before_closed = reported.get(pool, (0, 0))
+            if stats.opened_total > before_opened:
+                m.upstream_opened.labels(backend.name).inc(stats.opened_total - before_opened)
+            if stats.closed_total > before_closed:
+                m.upstream_closed.labels(backend.name).inc(stats.closed_total - before_closed)
+            now[pool] = (stats.opened_total, stats.closed_total)
+        self._pool_reported = now
+        if self._retiring:
+            self._retiring = [b for b in self._retiring
+                              if b.pool.stats.in_use or b.pool.stats.idle]
 
     def drain(self) -> None:
         """Apply every observation waiting in the inbox."""

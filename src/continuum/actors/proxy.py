@@ -31,7 +31,7 @@ from ..apis.files import REFERENCE_MARK
 from ..apis.types import StreamTranslator, TranslationError
 from ..config import Config
 from ..core.clock import now as clock
-from ..core.endpoints import CHAT
+from ..core.endpoints import CHAT, MESSAGES
 from ..core.errors import (
     RouterError,
     anthropic_error_body,
@@ -461,7 +461,8 @@ class Proxy:
         peek = _peek(body, self._decode_peek)
         model = state.model = peek.model or ""
         files = self.files
-        if files is not None and REFERENCE_MARK in body and request.path == CHAT:
+        if files is not None and REFERENCE_MARK in body and (
+                request.path == CHAT or request.path == MESSAGES):
             await files.resolve(request)
         chain = self._chain(model, request.path)
         access = self.access

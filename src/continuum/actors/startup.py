@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Config, limit_warnings, unserved_model_warnings
+from ..core.urls import origin_and_path
 from ..net.redis import RedisOptions
 from .access import limit_plan
 
@@ -25,20 +25,6 @@ log = logging.getLogger("continuum.supervisor")
 
 #: Models shown per backend; the rest is counted.
 _MODELS_SHOWN: Final = 8
-
-
-def safe_url(url: str) -> str:
-    """``url`` without ``user:password@``, query or fragment (where keys could hide)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "(unparsable URL)"
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -68,7 +54,7 @@ def _backend_line(backend: BackendActor) -> str:
     if not health.healthy and health.last_reason:
         state += f": {health.last_reason}"
     kind = backend.type if backend.type == backend.api else f"{backend.type}, {backend.api} API"
-    return (f"  backend {backend.name} ({kind}) {safe_url(backend.url)}: "
+    return (f"  backend {backend.name} ({kind}) {origin_and_path(backend.url)}: "
             f"models {_models(backend)} [{state}]")
 
 

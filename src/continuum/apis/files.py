@@ -14,7 +14,11 @@ References resolved (others, such as ids of a provider's own Files API, pass unt
 * chat ``{"type": "image_file", "image_file": {"file_id", "detail"}}`` → ``image_url``;
 * Responses ``{"type": "input_image", "file_id"}`` → ``input_image`` with ``image_url``;
 * Responses ``{"type": "input_file", "file_id"}`` → ``input_file`` with ``file_data`` (an
-  image becomes an ``input_image``).
+  image becomes an ``input_image``);
+* Anthropic Messages ``{"type": "image" | "document", "source": {"type": "file", "file_id"}}``
+  (in a message's content or a ``tool_result``'s) → the block its media type calls for: an
+  image a base64 ``image``, a PDF a base64 ``document``, plain text a ``text`` document; any
+  other media type is refused (400 naming the block), as Anthropic takes no other.
 """
 
 from __future__ import annotations
@@ -150,16 +154,23 @@ def _reference(part: JSON) -> str | None:
     return ident if isinstance(ident, str) and valid_file_id(ident) else None
 
 
-def file_references(body: bytes) -> tuple[JSON, dict[str, list[JSON]]] | None:
-    """The decoded request and its parts that reference router file ids (by id), or None
-    when it references none (a byte search first: most requests are never decoded)."""
+def _referencing(body: bytes) -> JSON | None:
+    """The decoded request when its bytes may name a router file id (a byte search first:
+    most requests are never decoded), else None."""
     if REFERENCE_MARK not in body:
         return None
     try:
         request = _decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(request, dict):
+    return request if isinstance(request, dict) else None
+
+
+def file_references(body: bytes) -> tuple[JSON, dict[str, list[JSON]]] | None:
+    """The decoded request and its parts that reference router file ids (by id), or None
+    when it references none."""
+    request = _referencing(body)
+    if request is None:
         return None
     found: dict[str, list[JSON]] = {}
     for key in ("messages", "input"):
@@ -203,4 +214,95 @@ def inline_files(request: JSON, references: dict[str, list[JSON]],
             continue
         for part in parts:
             _rewrite(part, file)
+    return _encode(request)
+
+
+# -- Anthropic Messages ------------------------------------------------------------------
+
+#: Where a file-sourced block sits in a Messages request (``messages[0].content[1]``), and
+#: the block itself.
+Located = tuple[str, JSON]
+
+_MESSAGE_KINDS: Final = ("image", "document")
+
+
+def _message_reference(block: object) -> str | None:
+    """The router file id an Anthropic ``image`` / ``document`` block's source names."""
+    if not isinstance(block, dict) or block.get("type") not in _MESSAGE_KINDS:
+        return None
+    source = block.get("source")
+    if not isinstance(source, dict) or source.get("type") != "file":
+        return None
+    ident = source.get("file_id")
+    return ident if isinstance(ident, str) and valid_file_id(ident) else None
+
+
+def message_file_references(body: bytes) -> tuple[JSON, dict[str, list[Located]]] | None:
+    """The decoded Messages request and its blocks that reference router file ids (by id,
+    each with where it is), or None when it references none. Blocks are looked for where
+    Anthropic takes them: a message's content and a ``tool_result``'s content."""
+    request = _referencing(body)
+    if request is None or not isinstance(messages := request.get("messages"), list):
+        return None
+    found: dict[str, list[Located]] = {}
+
+    def visit(blocks: object, where: str) -> None:
+        if not isinstance(blocks, list):
+            return
+        for j, block in enumerate(blocks):
+            here = f"{where}[{j}]"
+            ident = _message_reference(block)
+            if ident is not None:
+                found.setdefault(ident, []).append((here, block))
+            elif isinstance(block, dict) and block.get("type") == "tool_result":
+                visit(block.get("content"), here + ".content")
+
+    for i, message in enumerate(messages):
+        if isinstance(message, dict):
+            visit(message.get("content"), f"messages[{i}].content")
+    return (request, found) if found else None
+
+
+def message_refusal(meta: FileMeta) -> str | None:
+    """Why a stored file cannot be inlined into an Anthropic request, or None when it can
+    (checked before its content is read)."""
+    kind = meta.media_type
+    if kind.startswith("image/") or kind in ("application/pdf", "text/plain"):
+        return None
+    return (f"file {meta.id} is {kind}: Anthropic messages take images, PDFs and plain "
+            "text only")
+
+
+def _message_block(old: JSON, meta: FileMeta, content: bytes) -> JSON:
+    kind = meta.media_type
+    block: JSON
+    if kind == "text/plain":
+        block = {"type": "document", "source": {
+            "type": "text", "media_type": kind, "data": content.decode("utf-8", "replace")}}
+    else:
+        block = {"type": "image" if kind.startswith("image/") else "document", "source": {
+            "type": "base64", "media_type": kind,
+            "data": base64.b64encode(content).decode("ascii")}}
+    # What the client said of the block stays (a document's title, context, citations only
+    # on a document).
+    for key, value in old.items():
+        if key not in ("type", "source") and (
+                key == "cache_control" or block["type"] == "document"):
+            block[key] = value
+    return block
+
+
+def inline_message_files(request: JSON, references: dict[str, list[Located]],
+                         lookup: Callable[[str], tuple[FileMeta, bytes] | None]) -> bytes:
+    """The Messages request with every block whose file ``lookup`` knows replaced by one
+    carrying the file (the caller checked each with :func:`message_refusal`)."""
+    for ident, blocks in references.items():
+        held = lookup(ident)
+        if held is None:
+            continue
+        meta, content = held
+        for _, block in blocks:
+            new = _message_block(block, meta, content)
+            block.clear()
+            block.update(new)
     return _encode(request)

@@ -4,7 +4,8 @@ key names, and masking (``***``) for secrets and URL passwords."""
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+
+from ..core.urls import mask_password
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credential")
@@ -58,13 +59,5 @@ def mask(value: str | None) -> str | None:
 
 
 def mask_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = f"{parts.username or ''}:{MASK}@{parts.hostname or ''}"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return url
+    """``url`` with its password shown as ``***`` (see :func:`mask_password`)."""
+    return mask_password(url, MASK)

@@ -426,7 +426,7 @@ def _check_url(url: str, path: str, ctx: Context) -> None:
         parts = urlsplit(url)
         port_ok = parts.port is None or 0 < parts.port <= 65535
     except ValueError:
-        raise ctx.error(path, f"{expected}, got {ctx.show(path, url)}") from None
+        raise ctx.error(path, f"{expected}, got {ctx.show(path, mask_url(url))}") from None
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname

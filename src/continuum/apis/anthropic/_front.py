@@ -62,6 +62,22 @@ def _image_part(block: JSON, where: str) -> JSON:
     raise TranslationError(f"{where}: unsupported image source", param=where)
 
 
+def _document_part(block: JSON, where: str) -> JSON:
+    """A document block → a chat ``file`` part (a PDF) or a text part (plain text)."""
+    source = block.get("source")
+    if isinstance(source, dict):
+        data = source.get("data")
+        if (source.get("type") == "base64" and source.get("media_type") == "application/pdf"
+                and isinstance(data, str)):
+            title = block.get("title")
+            name = title if isinstance(title, str) and title else "document.pdf"
+            return {"type": "file", "file": {
+                "filename": name, "file_data": f"data:application/pdf;base64,{data}"}}
+        if source.get("type") == "text" and isinstance(data, str):
+            return {"type": "text", "text": data}
+    raise TranslationError(f"{where}: unsupported document source", param=where)
+
+
 def _system_text(system: object) -> str | None:
     if system is None:
         return None
@@ -178,6 +194,8 @@ def _convert_anthropic_messages(messages: object, dialect: ChatDialect) -> list[
                 parts.append({"type": "text", "text": str(block.get("text", ""))})
             elif kind == "image" and role == "user":
                 parts.append(_image_part(block, here))
+            elif kind == "document" and role == "user":
+                parts.append(_document_part(block, here))
             elif kind == "tool_result" and role == "user":
                 tool_msg, images = _tool_result_message(block, here, dialect)
                 tool_msgs.append(tool_msg)
