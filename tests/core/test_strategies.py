@@ -457,3 +457,31 @@ def test_least_connections_rotates_ties() -> None:
     seq = picks(s, cs, 4)
     assert "b" not in seq
     assert Counter(seq) == {"a": 2, "c": 2}
+
+
+# -- learns: whether the Router has to call record at all ---------------------------------
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_learns_is_true_only_where_record_keeps_something(name: str) -> None:
+    """``learns`` False lets the Router skip ``record`` per attempt, so it must be False
+    only for strategies whose choices no outcome changes: LeastLatency learns, and a
+    ConsistentHash learns exactly when its fallback does."""
+    s = make_strategy(name, "RoundRobin", rng=random.Random(1))
+    assert s.learns is (name == "LeastLatency")
+    over_latency = make_strategy(name, "LeastLatency", rng=random.Random(1))
+    assert over_latency.learns is (name in ("LeastLatency", "ConsistentHash"))
+
+
+def test_a_strategy_that_learns_nothing_chooses_the_same_whatever_is_recorded() -> None:
+    """What ``learns = False`` promises: records change none of the choices."""
+    cs = backends("a", "b", "c")
+    for name in STRATEGY_NAMES:
+        quiet = make_strategy(name, "RoundRobin", rng=random.Random(7))
+        if quiet.learns:
+            continue
+        told = make_strategy(name, "RoundRobin", rng=random.Random(7))
+        for _ in range(20):
+            told.record("a", "m", None, False)
+            told.record("b", "m", 0.001, True)
+        assert picks(quiet, cs, 30) == picks(told, cs, 30), name

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from continuum.net.fastio import FastStream
 
@@ -61,5 +62,30 @@ async def test_a_second_reader_is_refused_and_a_closing_notice_ends_the_wait() -
         # The socket itself is untouched: the next receive works.
         await peer.send_all(b"more")
         assert await fast.receive_some(100) == b"more"
+    await fast.stream.aclose()
+    await peer.aclose()
+
+
+async def test_a_waiting_receive_holds_no_would_block_error() -> None:
+    """The wait happens outside the ``BlockingIOError`` handler: the error does not live as
+    long as the wait (an object more per waiting connection for the collector) and is not
+    the ``__context__`` of what ends the wait."""
+    fast, peer = await pair()
+    sock = fast.stream.socket
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            ended: list[BaseException] = []
+
+            async def receive() -> None:
+                try:
+                    await fast.receive_some(100)
+                except trio.ClosedResourceError as exc:
+                    ended.append(exc)
+
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.notify_closing(sock)
+        assert len(ended) == 1
+        assert ended[0].__context__ is None, repr(ended[0].__context__)
     await fast.stream.aclose()
     await peer.aclose()

@@ -53,7 +53,7 @@ from ..net.client.http1 import HTTP1Connection
 from ..net.client.http1_pool import HTTP1Exchange
 from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
-from ..net.stream_pump import CLIENT_GONE, STOPPED, UPSTREAM_FAILED, PumpedStream, StreamPump
+from ..net.stream_pump import CLIENT_GONE, STOPPED, UPSTREAM_FAILED, StreamPump
 from ..observability.tracing import Tracing
 from .access import AccessControl, Admission
 from .dedup import Deduplicator, StoredResponse, dedup_key
@@ -216,6 +216,35 @@ class FileResolver(Protocol):
     """Inlines the router's stored files that a request references (``files.enabled``)."""
 
     async def resolve(self, request: Request) -> None: ...
+
+
+class StreamTail(Protocol):
+    """What a forwarded stream leaves for its accounting: the first chunk's time and the
+    longest gap (seconds, clock), the first chunk and the last three (for the usage scan).
+    The pump's ``PumpedStream`` is one; the task's own loop makes a :class:`_LoopTail`."""
+
+    @property
+    def first(self) -> float: ...
+    @property
+    def max_gap(self) -> float: ...
+    @property
+    def head(self) -> bytes: ...
+    @property
+    def c1(self) -> bytes: ...
+    @property
+    def c2(self) -> bytes: ...
+    @property
+    def c3(self) -> bytes: ...
+
+
+@final
+class _LoopTail:
+    __slots__ = ("c1", "c2", "c3", "first", "head", "max_gap")
+
+    def __init__(self, first: float, max_gap: float, head: bytes, c1: bytes, c2: bytes,
+                 c3: bytes) -> None:
+        self.first, self.max_gap, self.head = first, max_gap, head
+        self.c1, self.c2, self.c3 = c1, c2, c3
 
 
 @final
@@ -611,9 +640,12 @@ class Proxy:
         access = self.access
         admission = state.access if access is not None and access.per_backend else None
         refused: Decision | None = None  # per_backend: the last backend limit that refused
-        for index, model in enumerate(chain):
+        # Indexed, not enumerate(): the loop waits on the backend, and an enumerate and its
+        # tuple iterator would be two more objects per request in flight for the collector.
+        for index in range(len(chain)):
             if final:
                 break
+            model = chain[index]
             if index:
                 if state.failed_over is None:
                     state.failed_over = []
@@ -683,27 +715,12 @@ class Proxy:
         ``Router.release`` (none: cancelled, or the client left), so a half-open breaker's
         trial slot is never lost.
         """
-        router = self.router
+        # Every outcome goes through _record, with ``recorded`` set beside it; a failure's
+        # message also ends the span (``span_error``). Plain locals rather than closures:
+        # an attempt in flight holds no function or cell objects for the collector.
         recorded = False
-
-        def record(latency: float | None, ok: bool, reason: str = "") -> None:
-            nonlocal recorded
-            recorded = True
-            if not ok:
-                backend.failures += 1
-            router.record(backend, model, latency, ok, reason, stream)
-
         span: Any = None
-
-        def failed(message: str, started: float, timed_out: bool = False) -> AttemptResult:
-            """An attempt that ended without an answer: the backend's failure."""
-            nonlocal span
-            state.upstream += clock() - started
-            record(None, False, message)
-            if span is not None:
-                self.tracing.end(span, None, message)
-                span = None
-            return AttemptResult(error=message, timed_out=timed_out)
+        span_error = ""
 
         # A plain request's client is watched while the upstream works (a stream watches
         # its own, see _stream): one that leaves ends the request as a 499, upstream call
@@ -723,7 +740,8 @@ class Proxy:
                     upload = plan.upload()
                     relay = plan.relay
             except TranslationError as exc:
-                record(None, True)  # the request's fault, not the backend's
+                recorded = True
+                self._record(backend, model, stream, None, True)  # the request's fault
                 raise RouterError(exc.status, exc.message, param=exc.param,
                                   code=exc.code) from None
             headers = call.headers
@@ -749,10 +767,11 @@ class Proxy:
                             if upload is None else
                             backend.start_upload(call.method, call.target, headers, upload))
                     if exchange is None:
-                        return failed(
-                            f"backend '{backend.name}' sent no response head within "
-                            f"{self._idle_timeout:g}s (request.idle_timeout)", started,
-                            timed_out=True)
+                        recorded = True
+                        span_error = (f"backend '{backend.name}' sent no response head within "
+                                      f"{self._idle_timeout:g}s (request.idle_timeout)")
+                        return self._failed(backend, model, stream, state, span_error,
+                                            started, timed_out=True)
                 elif upload is None:
                     exchange = await backend.start(call.method, call.target, headers,
                                                    call.body)
@@ -760,7 +779,9 @@ class Proxy:
                     exchange = await backend.start_upload(call.method, call.target, headers,
                                                           upload)
             except UpstreamError as exc:
-                return failed(f"backend '{backend.name}' failed: {exc}", started)
+                recorded = True
+                span_error = f"backend '{backend.name}' failed: {exc}"
+                return self._failed(backend, model, stream, state, span_error, started)
             if span is not None:
                 span.set_attribute("http.response.status_code", exchange.status)
             status = exchange.status
@@ -770,7 +791,8 @@ class Proxy:
             if status in RETRYABLE_STATUSES and not last:
                 answer = await self._read(exchange, backend, model, call, started, attempt,
                                           state)
-                record(None, False, f"answered {status}")
+                recorded = True
+                self._record(backend, model, stream, None, False, f"answered {status}")
                 message = f"backend '{backend.name}' answered {status}"
                 if answer.error:  # broken off: no answer to keep
                     return AttemptResult(error=message)
@@ -784,7 +806,10 @@ class Proxy:
                     waiting = None
                 cannot = await self._first_chunk(exchange, backend)
                 if cannot is not None:
-                    return failed(cannot.error, started, cannot.timed_out)
+                    recorded = True
+                    span_error = cannot.error
+                    return self._failed(backend, model, stream, state, span_error, started,
+                                        cannot.timed_out)
                 conn.disarm_timer()  # streams have streaming_timeout and idle_timeout
                 out_headers = self._response_headers(exchange.headers, backend, model)
                 # Router time so far: everything before this attempt's upstream call
@@ -804,28 +829,35 @@ class Proxy:
                 finally:
                     streams.discard(conn)
                 if ok is not None and (ok or not self.stopping):  # a shutdown is no outcome
-                    record(to_head if ok else None, ok, "" if ok else "stream failed")
+                    recorded = True
+                    self._record(backend, model, stream, to_head if ok else None, ok,
+                                 "" if ok else "stream failed")
                 elapsed = clock() - started
                 state.upstream += elapsed
                 return AttemptResult(Served(status, backend.name, model, elapsed, attempt),
                                      streamed=True)
             answer = await self._read(exchange, backend, model, call, started, attempt, state)
             if answer.error:
-                record(None, False, "broken response body")
+                recorded = True
+                self._record(backend, model, stream, None, False, "broken response body")
                 return AttemptResult(
                     error=f"backend '{backend.name}' broke off its answer: {answer.error}")
             if answer.status != status and answer.status in RETRYABLE_STATUSES:
                 # The translation found a good-looking answer unusable (Gemini's failed
                 # function call, a body that is not the API's): the backend's failure,
                 # and worth another backend like any retryable answer.
-                record(None, False, f"answer unusable ({answer.status})")
+                recorded = True
+                self._record(backend, model, stream, None, False,
+                             f"answer unusable ({answer.status})")
                 if not last:
                     answer.error = f"backend '{backend.name}' gave an unusable answer"
                 return answer
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
             ok = status < 500 and status not in RETRYABLE_STATUSES
-            record(to_head if ok else None, ok, "" if ok else f"answered {status}")
+            recorded = True
+            self._record(backend, model, stream, to_head if ok else None, ok,
+                         "" if ok else f"answered {status}")
             return answer
         finally:
             if waiting is not None:
@@ -835,11 +867,26 @@ class Proxy:
                 if expired is not None and expired.status == 504:
                     # request.timeout passed during this attempt: the backend's failure
                     # (a backend that hangs must lose traffic, not only the probes' say).
-                    record(None, False, "request.timeout passed")
+                    self._record(backend, model, stream, None, False,
+                                 "request.timeout passed")
                 else:
-                    router.release(backend)
+                    self.router.release(backend)
             if span is not None:
-                self.tracing.end(span)
+                self.tracing.end(span, None, span_error)
+
+    def _record(self, backend: BackendActor, model: str, stream: bool, latency: float | None,
+                ok: bool, reason: str = "") -> None:
+        """An attempt's outcome (exactly one per attempt, see :meth:`_attempt`)."""
+        if not ok:
+            backend.failures += 1
+        self.router.record(backend, model, latency, ok, reason, stream)
+
+    def _failed(self, backend: BackendActor, model: str, stream: bool, state: RequestState,
+                message: str, started: float, timed_out: bool = False) -> AttemptResult:
+        """An attempt that ended without an answer: the backend's failure."""
+        state.upstream += clock() - started
+        self._record(backend, model, stream, None, False, message)
+        return AttemptResult(error=message, timed_out=timed_out)
 
     def stop_streams(self) -> int:
         """Shutdown: end every stream now forwarding chunks with an error event (and
@@ -955,7 +1002,7 @@ class Proxy:
     async def _pumped(
         self, conn: ServerConnection, translator: StreamTranslator, upstream: HTTP1Connection,
         upstream_sock: socket.socket, client: socket.socket,
-    ) -> tuple[bytes, bool, bool, PumpedStream]:
+    ) -> tuple[bytes, bool, bool, StreamTail]:
         """Forward a stream through the pump (see :meth:`_stream`): this task only waits,
         under the stream's own deadline, for the pump to finish it or for a timer (idle,
         write, ``stop_streams``) to cut it. Returns the ending to send, whether the stream
@@ -988,6 +1035,82 @@ class Proxy:
                     stream)
         ending = translator.finish()
         return ending, not translator.truncated, False, stream
+
+    async def _looped(
+        self, conn: ServerConnection, exchange: Exchange, translator: StreamTranslator,
+    ) -> tuple[bytes, bool, bool, StreamTail]:
+        """Forward a stream with this task's own loop (see :meth:`_stream`), one receive and
+        one send per chunk, with a watcher task for the client's reset. Returns what
+        :meth:`_pumped` returns: the ending to send, whether the stream completed, whether
+        the client is gone, and the stream's metrics."""
+        ending = b""
+        ok = False
+        client_gone = False
+        sending = False  # a write to the client is under way (it may be cut mid-chunk)
+        # Stream metrics cost a few float operations per chunk (the clock is read anyway
+        # for the idle timer): the first chunk's time, the longest gap, and the last three
+        # chunks kept by reference for the usage scan at the end.
+        first = 0.0
+        max_gap = -1.0
+        head = c1 = c2 = c3 = b""
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal client_gone
+                if await conn.watch_disconnect():
+                    client_gone = True
+                    nursery.cancel_scope.cancel()
+                # A clean EOF is a half-close: the answer still goes out.
+
+            nursery.start_soon(watch)
+            end = trio.current_time() + self._streaming_timeout
+            idle = self._idle_timeout
+            try:
+                # One scope for the stream; the idle gap between chunks is a connection
+                # timer moved per chunk (a float write), not a trio deadline. It covers
+                # the upstream read only: writes have server.write_timeout.
+                with trio.CancelScope(deadline=end) as scope:
+                    receive, send, feed = (exchange.receive_some, conn.send_chunk,
+                                           translator.feed)
+                    now = last = clock()
+                    while True:
+                        conn.arm_timer(now + idle, scope=scope)
+                        data = await receive()
+                        conn.deadline = _NO_DEADLINE
+                        if not data:
+                            break
+                        out = feed(data)
+                        if out:
+                            sending = True
+                            await send(out)
+                            sending = False
+                            c1, c2, c3 = c2, c3, out
+                        now = clock()
+                        if first:
+                            if now - last > max_gap:
+                                max_gap = now - last
+                        else:
+                            first = now
+                            head = out
+                        last = now
+                        if translator.truncated:
+                            break  # ended with its error event: read no further
+                conn.disarm_timer()
+                if scope.cancelled_caught:
+                    if sending:
+                        client_gone = True  # cut while the client held up a write
+                    else:
+                        ending = self._cut(translator, end)
+                else:
+                    ending = translator.finish()
+                    ok = not translator.truncated
+            except UpstreamError as exc:
+                conn.disarm_timer()
+                ending = translator.error(502, f"Upstream stream failed: {exc}")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                client_gone = True
+            nursery.cancel_scope.cancel()
+        return ending, ok, client_gone, _LoopTail(first, max_gap, head, c1, c2, c3)
 
     def _cut(self, translator: StreamTranslator, end: float) -> bytes:
         """The ending of a stream its timer cut: shutdown, streaming or idle timeout."""
@@ -1025,82 +1148,12 @@ class Proxy:
         task's loop, with the same behaviour (:meth:`_pumped`); the ending is this task's
         either way.
         """
-        ending = b""
-        ok = False
-        client_gone = False
-        sending = False  # a write to the client is under way (it may be cut mid-chunk)
-        # Stream metrics cost a few float operations per chunk (the clock is read anyway
-        # for the idle timer): the first chunk's time, the longest gap, and the last three
-        # chunks kept by reference for the usage scan at the end.
-        first = 0.0
-        max_gap = -1.0
-        head = c1 = c2 = c3 = b""
         try:
             await conn.start_chunked(200, headers)
             handover = self._handover(conn, exchange, translator)
-            if handover is not None:
-                ending, ok, client_gone, pumped = await self._pumped(conn, translator,
-                                                                     *handover)
-                first, max_gap, head = pumped.first, pumped.max_gap, pumped.head
-                c1, c2, c3 = pumped.c1, pumped.c2, pumped.c3
-            else:
-                async with trio.open_nursery() as nursery:
-
-                    async def watch() -> None:
-                        nonlocal client_gone
-                        if await conn.watch_disconnect():
-                            client_gone = True
-                            nursery.cancel_scope.cancel()
-                        # A clean EOF is a half-close: the answer still goes out.
-
-                    nursery.start_soon(watch)
-                    end = trio.current_time() + self._streaming_timeout
-                    idle = self._idle_timeout
-                    try:
-                        # One scope for the stream; the idle gap between chunks is a connection
-                        # timer moved per chunk (a float write), not a trio deadline. It covers
-                        # the upstream read only: writes have server.write_timeout.
-                        with trio.CancelScope(deadline=end) as scope:
-                            receive, send, feed = (exchange.receive_some, conn.send_chunk,
-                                                   translator.feed)
-                            now = last = clock()
-                            while True:
-                                conn.arm_timer(now + idle, scope=scope)
-                                data = await receive()
-                                conn.deadline = _NO_DEADLINE
-                                if not data:
-                                    break
-                                out = feed(data)
-                                if out:
-                                    sending = True
-                                    await send(out)
-                                    sending = False
-                                    c1, c2, c3 = c2, c3, out
-                                now = clock()
-                                if first:
-                                    if now - last > max_gap:
-                                        max_gap = now - last
-                                else:
-                                    first = now
-                                    head = out
-                                last = now
-                                if translator.truncated:
-                                    break  # ended with its error event: read no further
-                        conn.disarm_timer()
-                        if scope.cancelled_caught:
-                            if sending:
-                                client_gone = True  # cut while the client held up a write
-                            else:
-                                ending = self._cut(translator, end)
-                        else:
-                            ending = translator.finish()
-                            ok = not translator.truncated
-                    except UpstreamError as exc:
-                        conn.disarm_timer()
-                        ending = translator.error(502, f"Upstream stream failed: {exc}")
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        client_gone = True
-                    nursery.cancel_scope.cancel()
+            ending, ok, client_gone, tail = await (
+                self._pumped(conn, translator, *handover) if handover is not None
+                else self._looped(conn, exchange, translator))
         except BaseException:
             conn.disarm_timer()
             backend.finish(exchange, None)
@@ -1109,9 +1162,9 @@ class Proxy:
         # that left or could not keep up is no failure of the backend's (the outcome is
         # recorded by the caller).
         backend.finish(exchange, None)
-        if first:
-            state.ttft = first - state.started
-            state.max_gap = max_gap
+        if tail.first:
+            state.ttft = tail.first - state.started
+            state.max_gap = tail.max_gap
         if client_gone:
             conn.closing = True
             return None
@@ -1127,10 +1180,10 @@ class Proxy:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.closing = True  # the upstream's outcome stands; the client left at the end
         if ok:
-            tokens = usage_from_sse_tail(c1 + c2 + c3 + ending)
+            tokens = usage_from_sse_tail(tail.c1 + tail.c2 + tail.c3 + ending)
             if tokens is not None:
                 prompt, completion = tokens
-                if not prompt and head:
-                    prompt = prompt_tokens_from_message_start(head)
+                if not prompt and tail.head:
+                    prompt = prompt_tokens_from_message_start(tail.head)
                 state.prompt_tokens, state.completion_tokens = prompt, completion
         return ok

@@ -198,7 +198,9 @@ class Router:
         client caused (a 4xx) is ok for the backend. ``latency`` is the time to the
         response head: the whole answer for a plain request, the first token for a stream.
         """
-        self.strategy.record(backend.name, _strategy_model(model, stream), latency, ok)
+        strategy = self.strategy
+        if strategy.learns:
+            strategy.record(backend.name, _strategy_model(model, stream), latency, ok)
         if not ok and reason:
             backend.last_failure = reason
         changed = backend.breaker.record(ok)

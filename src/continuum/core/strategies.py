@@ -96,6 +96,9 @@ class RouteKey:
 
 class Strategy(Protocol):
     name: str
+    #: Does ``record`` learn anything? False lets the Router skip the call per attempt
+    #: (the rotations and random choice keep no outcome).
+    learns: bool
 
     def choose(self, key: RouteKey, candidates: Sequence[C]) -> C:
         """One of ``candidates``, which is never empty and keeps a stable order between
@@ -151,6 +154,7 @@ class RoundRobin:
 
     __slots__ = ("_cursors",)
     name = "RoundRobin"
+    learns = False
 
     def __init__(self) -> None:
         self._cursors: dict[str, int] = {}
@@ -181,6 +185,7 @@ class WeightedRoundRobin:
 
     __slots__ = ("_current",)
     name = "WeightedRoundRobin"
+    learns = False
 
     def __init__(self) -> None:
         self._current: dict[str, dict[str, int]] = {}
@@ -213,6 +218,7 @@ class RandomChoice:
 
     __slots__ = ("_rng",)
     name = "Random"
+    learns = False
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
@@ -232,6 +238,7 @@ class LeastConnections:
 
     __slots__ = ("_cursors",)
     name = "LeastConnections"
+    learns = False
 
     def __init__(self) -> None:
         self._cursors: dict[str, int] = {}
@@ -310,6 +317,7 @@ class LeastLatency:
     __slots__ = ("_alpha", "_clock", "_exploration", "_fallback", "_rng", "_stale_after",
                  "_stats")
     name = "LeastLatency"
+    learns = True
 
     def __init__(
         self,
@@ -429,11 +437,12 @@ class ConsistentHash:
     read when a ring is built.
     """
 
-    __slots__ = ("_factor", "_fallback", "_points", "_rings", "_virtual_nodes")
+    __slots__ = ("_factor", "_fallback", "_points", "_rings", "_virtual_nodes", "learns")
     name = "ConsistentHash"
 
     def __init__(self, fallback: Strategy, options: StrategyOptions) -> None:
         self._fallback = fallback
+        self.learns = fallback.learns  # it records only for its fallback
         self._factor = options.hash_load_factor
         self._virtual_nodes = options.virtual_nodes
         self._rings: dict[tuple[str, ...], _Ring] = {}

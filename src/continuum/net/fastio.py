@@ -161,30 +161,36 @@ class FastStream:
         raw = self._raw
         if raw is None:
             return await self.stream.receive_some(max_bytes)
+        data: bytes | None
         try:
             data = raw.recv(max_bytes)
         except BlockingIOError:
-            return await self._receive_later(raw, max_bytes)
+            # Waited for outside the handler: inside it the exception and its traceback
+            # would live as long as the wait (two objects more for the collector per
+            # waiting connection, and the __context__ of whatever the wait raises).
+            data = None
         except OSError as exc:
             raise _broken(exc) from exc
+        if data is None:
+            # Nothing to read yet: wait for the socket, then read. Straight to the wait:
+            # trio's ``receive_some`` would try the read once more first, a second syscall
+            # that fails the same way, under two context managers. In this coroutine, not
+            # a helper: a connection waiting here holds one coroutine object less. A close
+            # of the socket by another task ends the wait with ``ClosedResourceError``, as
+            # trio's receive does.
+            self._budget = YIELD_EVERY_BYTES  # the wait yields
+            while data is None:
+                await trio.lowlevel.wait_readable(raw)
+                try:
+                    data = raw.recv(max_bytes)
+                except BlockingIOError:
+                    pass  # woken without data after all
+                except OSError as exc:
+                    raise _broken(exc) from exc
+            return data
         self._budget -= len(data) + _RECEIVE_COST
         if self._budget < 0:
             # Data was ready every time for a while: let the other tasks run.
             self._budget = YIELD_EVERY_BYTES
             await trio.lowlevel.checkpoint()
         return data
-
-    async def _receive_later(self, raw: socket.socket, max_bytes: int) -> bytes:
-        """Nothing to read yet: wait for the socket, then read. (Straight to the wait:
-        trio's ``receive_some`` would try the read once more first, a second syscall that
-        fails the same way, under two context managers.) A close of the socket by another
-        task ends the wait with ``ClosedResourceError``, as trio's receive does."""
-        self._budget = YIELD_EVERY_BYTES  # the wait yields
-        while True:
-            await trio.lowlevel.wait_readable(raw)
-            try:
-                return raw.recv(max_bytes)
-            except BlockingIOError:
-                continue  # woken without data after all
-            except OSError as exc:
-                raise _broken(exc) from exc

@@ -138,7 +138,7 @@ class HTTP1Pool:
             await self._wait_for_slot()
         conn: HTTP1Connection | None = None
         try:
-            for attempt in (0, 1):
+            for attempt in range(2):  # not a tuple: its iterator would outlive the wait
                 conn = (self._reuse() if attempt == 0 else None) or await self._connect()
                 conn.reset_for_request()
                 try:
@@ -181,7 +181,7 @@ class HTTP1Pool:
             await self._wait_for_slot()
         conn: HTTP1Connection | None = None
         try:
-            for attempt in (0, 1):
+            for attempt in range(2):  # not a tuple: its iterator would outlive the wait
                 conn = (self._reuse() if attempt == 0 else None) or await self._connect()
                 conn.reset_for_request()
                 try:
