@@ -11,8 +11,9 @@ call needs them:
   its own has arrived; the next waiter in line then takes the role over.
 
 At concurrency 1 a call is one write and one read, as with a plain client: a *lone call*
-(the client saw no other call in flight for a while) waits for its reply in a blocking
-``poll`` of at most a millisecond instead of going through trio (:meth:`Connection.lone_call`).
+(its caller knows no other call is in flight: an admission with no other limited request
+being served) waits for its reply in a blocking ``poll`` of at most a millisecond instead of
+going through trio (:meth:`Connection.lone_call`).
 Under load the writes and reads batch up, and a few connections carry many concurrent calls.
 
 A call must not be interrupted half-way (a half-sent command or an unread reply would put
