@@ -209,30 +209,31 @@ class RedisClient:
         if now < self._down_until or self._closed:
             raise self._refusal(now)
         self._calls += 1
-        sent: Connection | None = None  # the lone call's connection, its reply not in yet
+        # A lone call sent on ``alone`` whose reply is not in yet: its waiter (else None).
+        alone = self._lone() if lone and not self._connecting else None
         waiter = None
-        if lone and not self._connecting and (alone := self._lone()) is not None:
+        if alone is not None:
             assert type(command) is bytes
             try:
                 waiter = alone.lone_call(command)
             except RedisError as exc:
                 self._fail(exc)
                 raise
-            if waiter is not None:
-                if waiter.done:
-                    return await self._done(waiter.reply, shielded, lone_call=True)
-                sent = alone
+            if waiter is None:
+                alone = None  # not sent: the usual way
+            elif waiter.done:
+                return await self._done(waiter.reply, shielded, lone_call=True)
         with trio.CancelScope(deadline=now + self._timeout, shield=True) as scope:
-            conn = sent or self._pick()
+            conn = alone or self._pick()
             # A connection that sat idle may have been closed by the server (its idle
             # timeout, a restart) without us noticing: such a call gets one more try.
-            retry = conn is not None and (sent is not None or not conn.load)
+            retry = conn is not None and (alone is not None or not conn.load)
             try:
                 if conn is None:
                     conn = await self._connection(scope)
                 try:
-                    reply = await (conn.wait(waiter) if sent is not None and waiter is not None
-                                   else _roundtrip(conn, command))
+                    reply = await (_roundtrip(conn, command) if waiter is None
+                                   else conn.wait(waiter))
                 except RedisConnectionError:
                     if not retry or self._closed:
                         raise
