@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -662,6 +664,59 @@ def test_hostile_replies_never_hang_nor_escape_the_error_family(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def _threaded_redis(payload: bytes, close: bool) -> tuple[str, threading.Thread]:
+    """A one-connection server on its own thread, so that it answers while the client's
+    event loop is blocked in a lone call's poll (an in-loop server could not): ``+PONG``
+    to the first command, ``payload`` to the second; then it closes, or waits for the
+    client to. Every socket operation is bounded by a timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+
+    def serve() -> None:
+        with listener, contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                conn.recv(1024)
+                conn.sendall(b"+PONG\r\n")
+                conn.recv(1024)
+                conn.sendall(payload)
+                if not close:
+                    while conn.recv(1024):
+                        pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"redis://127.0.0.1:{listener.getsockname()[1]}/0", thread
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(payload=_replies(), close=st.booleans())
+def test_hostile_replies_to_a_lone_call_never_hang_nor_escape_the_error_family(
+    payload: bytes, close: bool
+) -> None:
+    """The same replies answering a lone call, which reads its reply in a blocking poll
+    outside trio (Connection.lone_call) and falls back to trio's wait for a reply not
+    complete at once."""
+    url, thread = _threaded_redis(payload, close)
+
+    async def main() -> None:
+        options = {"timeout": 0.05, "max_reply_bytes": 4096, "client_name": None}
+        async with RedisClient.from_url(url, **options) as client:
+            with trio.fail_after(5):
+                assert await client.execute("PING") == b"PONG"  # a connection to be alone on
+                with contextlib.suppress(RedisError):
+                    await client.evalsha(INCR, shielded=True, lone=True)
+
+    trio.run(main)
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 async def test_a_map_keyed_by_an_array_is_a_protocol_error(nursery: trio.Nursery) -> None:

@@ -218,9 +218,11 @@ class Connection:
             return None
         try:
             self._take(data)
-        except RedisError as exc:
-            self.fail(exc)
-            raise
+        except Exception as exc:  # hiredis's own errors too, as in :meth:`_finish`
+            error = self._broken_by(exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
         return waiter
 
     async def wait(self, waiter: _Waiter) -> Reply:
@@ -261,13 +263,20 @@ class Connection:
             self.fail(RedisTimeoutError(f"Redis at {self.address} did not answer in time"))
             raise
         except BaseException as exc:
-            error = as_redis_error(exc, f"Redis at {self.address}")
-            self.fail(error or RedisConnectionError(f"Redis at {self.address}: {exc!r}"))
+            error = self._broken_by(exc)
             if error is None or error is exc:
                 raise
             raise error from exc
         if waiter.error is not None:
             raise _fresh(waiter.error)
+
+    def _broken_by(self, exc: BaseException) -> RedisError | None:
+        """A call failed with ``exc`` mid-way: the connection is out of step, so it is
+        failed. Returns the :class:`RedisError` to raise for ``exc`` (``exc`` itself when
+        it is one), or None for what is not an I/O or protocol failure (raised as is)."""
+        error = as_redis_error(exc, f"Redis at {self.address}")
+        self.fail(error or RedisConnectionError(f"Redis at {self.address}: {exc!r}"))
+        return error
 
     async def _flush(self) -> bool:
         """Send what is queued; whether it waited for trio.
