@@ -126,7 +126,6 @@ class Ingress:
         router: Router,
         catalog: ModelCatalog,
         metrics: MetricsSink,
-        observations: trio.MemorySendChannel[RequestObserved],
         proxy: Proxy,
         routes: Mapping[str, tuple[str, Route]] | None = None,
         matches: Sequence[RouteMatch] = (),
@@ -137,9 +136,11 @@ class Ingress:
         self.router = router
         self.catalog = catalog
         self.metrics = metrics
-        #: Where each request's observation goes; with ``metrics.enabled: false`` nowhere
-        #: (the setting needs a restart, so this is fixed for the Ingress's life).
-        self._observations = observations if config.metrics.enabled else None
+        #: Where each request's observation goes (the sink's pending list); with
+        #: ``metrics.enabled: false`` nowhere (the setting needs a restart, so this is fixed
+        #: for the Ingress's life).
+        self._observations = metrics.pending if config.metrics.enabled else None
+        self._observations_limit = metrics.pending_limit
         #: Client keys and limits (None: no keys, no limits, nothing to check).
         self.access = access
         self._cors = cors_policy(config)
@@ -413,12 +414,10 @@ class Ingress:
         observations = self._observations
         if observations is None:
             return  # metrics off: the registry is not fed
-        try:
-            observations.send_nowait(obs)
-        except trio.WouldBlock:
+        if len(observations) < self._observations_limit:  # MetricsSink.post, inlined
+            observations.append(obs)
+        else:
             self.metrics.metrics.observations_dropped.inc()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     async def _cors_request(self, request: Request, conn: ServerConnection) -> int:
         """A browser's request (it has an ``Origin``): a preflight is answered here, without

@@ -18,7 +18,7 @@ import trio
 
 from ..config import Config, ConfigError
 from ..core.errors import JSON_HEADERS, render_error
-from ..core.messages import ControlMessage, RequestObserved
+from ..core.messages import ControlMessage
 from ..net.redis import RedisClient, RedisError
 from ..net.server.connection import HTTPLimits, Request, ServerConnection
 from ..net.server.listeners import HTTPServer, open_listeners
@@ -57,7 +57,6 @@ STARTUP_PROBE_BUDGET: Final = WARM_UP_BUDGET
 _RESTART_MIN: Final = 0.1
 _RESTART_MAX: Final = 10.0
 _CONTROL_BUFFER: Final = 1024
-_OBSERVATION_BUFFER: Final = 16384
 #: Streams still running this long before the drain deadline (half the deadline when it is
 #: shorter) are ended with an error event, so the event is out before connections are cut;
 #: ``abort`` gives streams at most this long to write theirs.
@@ -435,9 +434,6 @@ async def _serve(
         backends = await fleet.open_all(config)
         router = Router(backends, config)
         control_send, control_receive = trio.open_memory_channel[ControlMessage](_CONTROL_BUFFER)
-        observe_send, observe_receive = trio.open_memory_channel[RequestObserved](
-            _OBSERVATION_BUFFER
-        )
         catalog = ModelCatalog(router, backends, config.cache.model_cache_ttl,
                             config.health_checks.timeout, control_send)
         prober = HealthProber(backends, config.health_checks, control_send)
@@ -464,7 +460,7 @@ async def _serve(
             stream_paths=frozenset(p.encode() for p in fronts.stream_paths),
             max_upload_size=server_cfg.max_upload_size,
         )
-        ingress = Ingress(config, router, catalog, sink, observe_send, proxy, fronts.routes,
+        ingress = Ingress(config, router, catalog, sink, proxy, fronts.routes,
                           fronts.matches, access=access)
         realtime: RealtimeGateway | None = None
         if config.realtime.enabled:
@@ -498,7 +494,7 @@ async def _serve(
             await fleet.warm_up(backends, config)
 
         root.start_soon(supervise, "router", lambda: router.run(control_receive))
-        root.start_soon(supervise, "metrics", lambda: sink.run(observe_receive))
+        root.start_soon(supervise, "metrics", sink.run)
         root.start_soon(supervise, "health", prober.run)
         root.start_soon(supervise, "catalog", catalog.run)
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
