@@ -430,3 +430,17 @@ def test_the_header_block_is_the_header_pairs_joined(
         pairs = ratelimit_headers(decision)
         assert ratelimit_head(decision) == b"".join(
             name + b": " + value + b"\r\n" for name, value in pairs)
+
+
+def test_only_a_decision_with_leases_or_token_reservations_settles() -> None:
+    """``settles`` lets the caller skip settling an admission of request limits only; a
+    token reservation or a lease makes it settle (the settle tests above rely on that)."""
+    limiter = MemoryLimiter()
+    requests = RateCheck("api_key", "k", Rate(10.0, 10.0))
+    tokens = RateCheck("api_key", "k", Rate(100.0, 100.0), cost=50, tokens=True)
+    slots = ConcurrencyCheck("api_key", "k", limit=2, ttl=30.0)
+    assert not limiter.admit([requests], now=0.0).settles
+    assert limiter.admit([requests, tokens], now=0.0).settles
+    assert limiter.admit([requests, slots], now=0.0, lease="a").settles
+    # Built elsewhere (Redis replies, a Realtime session's charge): settled as before.
+    assert Decision(True, ()).settles

@@ -503,7 +503,7 @@ class AccessControl:
         if memory is not None:
             # Only a lease or a token correction changes anything (settle's own rules;
             # the decision's own checks decide, whatever a reload changed since).
-            if decision.lease is not None or tokens_used is not None:
+            if decision.settles and (decision.lease is not None or tokens_used is not None):
                 memory.settle(decision, tokens_used, clock())
             return
         arguments = settlement_arguments(decision, tokens_used, self._prefix)

@@ -185,6 +185,9 @@ class Decision(msgspec.Struct, frozen=True):
     #: The lease id taken on every concurrency check (``None`` if there was none or the
     #: request was refused); pass the decision back to ``settle`` to release it.
     lease: str | None = None
+    #: False when settling cannot change anything (an admission in memory of request rate
+    #: limits only: no lease, no token reservation), so the caller skips it.
+    settles: bool = True
 
     @property
     def denied(self) -> tuple[LimitState, ...]:
@@ -253,9 +256,11 @@ class MemoryLimiter:
                         del tats[oldest]
         states: list[LimitState] = []
         allowed = True
-        concurrency = False
+        concurrency = tokens = False
         for check in checks:
             if type(check) is RateCheck:
+                if check.tokens:
+                    tokens = True
                 # GCRA: admitted when the request's units fit before the tolerance.
                 tat = tats.get(check.key, now)
                 start = tat if tat > now else now
@@ -302,7 +307,8 @@ class MemoryLimiter:
                 self._leases.setdefault(check.key, {})[lease] = now + check.ttl
         while len(tats) > self.max_keys:
             del tats[next(iter(tats))]
-        return Decision(True, tuple(states), lease if concurrency else None)
+        return Decision(True, tuple(states), lease if concurrency else None,
+                        concurrency or tokens)
 
     def settle(self, decision: Decision, tokens_used: int | None, now: float) -> None:
         """After the request: release its leases, and correct its token reservations by
