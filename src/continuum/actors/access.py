@@ -190,9 +190,11 @@ class Admission:
         self.limited = True
         self.client = ""
         self.reservation = 0.0
-        self.decisions: list[Decision] = []
+        #: Tuples, grown by one per admission (one or two per request): no list made for
+        #: every request.
+        self.decisions: tuple[Decision, ...] = ()
         #: (backend name, decision) of each per_backend admission.
-        self.backend_decisions: list[tuple[str, Decision]] = []
+        self.backend_decisions: tuple[tuple[str, Decision], ...] = ()
         #: Admitted by Redis and counted in ``AccessControl.admitted`` until settled.
         self.counted = False
 
@@ -369,7 +371,7 @@ class AccessControl:
                 admission.counted = True
         assert decision is not None
         if decision.allowed:
-            admission.decisions.append(decision)
+            admission.decisions += (decision,)
             conn.extra_head += ratelimit_head(decision)
             return
         raise self._refusal(decision, admission, model)
@@ -388,7 +390,7 @@ class AccessControl:
             return None
         if not decision.allowed:
             return decision
-        admission.backend_decisions.append((backend, decision))
+        admission.backend_decisions += ((backend, decision),)
         head = ratelimit_head(Decision(True, _states(admission)))
         conn.extra_head = _replace_ratelimit(conn.extra_head, head)
         return None
@@ -462,10 +464,13 @@ class AccessControl:
         if admission.counted:
             admission.counted = False
             self.admitted -= 1
+        # ``settles`` is False for a memory admission of request limits only (most of them).
         for decision in admission.decisions:
-            self._settle(decision, tokens_used)
+            if decision.settles:
+                self._settle(decision, tokens_used)
         for name, decision in admission.backend_decisions:
-            self._settle(decision, tokens_used if name == backend else 0)
+            if decision.settles:
+                self._settle(decision, tokens_used if name == backend else 0)
 
     def charge(self, admission: Admission, tokens: int, backend: str = "") -> None:
         """Count ``tokens`` against the token limits an admitted request took (and those of
@@ -476,7 +481,7 @@ class AccessControl:
             return
         decisions = admission.decisions
         if backend:
-            decisions = [*decisions, *(d for n, d in admission.backend_decisions if n == backend)]
+            decisions = (*decisions, *(d for n, d in admission.backend_decisions if n == backend))
         for decision in decisions:
             # The token limits only, as if admitted at cost 0: settling "used ``tokens``"
             # against that adds exactly ``tokens`` (in memory and in Redis alike).
@@ -496,14 +501,14 @@ class AccessControl:
                 self._settle(decision, 0)
             else:
                 kept.append((name, decision))
-        admission.backend_decisions = kept
+        admission.backend_decisions = tuple(kept)
 
     def _settle(self, decision: Decision, tokens_used: int | None) -> None:
         memory = self._memory
         if memory is not None:
             # Only a lease or a token correction changes anything (settle's own rules;
             # the decision's own checks decide, whatever a reload changed since).
-            if decision.settles and (decision.lease is not None or tokens_used is not None):
+            if decision.lease is not None or tokens_used is not None:
                 memory.settle(decision, tokens_used, clock())
             return
         arguments = settlement_arguments(decision, tokens_used, self._prefix)

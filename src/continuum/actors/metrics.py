@@ -61,7 +61,7 @@ class MetricsSink:
         self._catalog = catalog
         self._active_connections = active_connections
         # Label children cached per label tuple: .labels() costs ~10x an observe.
-        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._backend_children: dict[tuple[str, str], _BackendChildren] = {}
         self._retry_children: dict[str, CounterChild] = {}
         self._failover_children: dict[str, CounterChild] = {}
@@ -105,12 +105,12 @@ class MetricsSink:
         self._dedup_reported = (0, 0, 0)
 
     def observe(self, obs: RequestObserved) -> None:
-        key = (obs.method, obs.endpoint, str(obs.status))
+        key = (obs.method, obs.endpoint, obs.status)  # the status made a str once, below
         children = self._request_children.get(key)
         if children is None:
             m = self.metrics
             children = (
-                m.requests.labels(*key),
+                m.requests.labels(obs.method, obs.endpoint, str(obs.status)),
                 m.request_duration.labels(obs.method, obs.endpoint),
             )
             self._request_children[key] = children

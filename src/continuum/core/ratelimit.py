@@ -553,13 +553,15 @@ def _tightest(decision: Decision) -> tuple[LimitState | None, LimitState | None]
         check = state.check
         if type(check) is not RateCheck:
             continue
-        best = tokens if check.tokens else requests
-        if best is None or state.remaining < best.remaining or (
-                state.remaining == best.remaining and state.reset_after > best.reset_after):
-            if check.tokens:
+        if check.tokens:
+            if tokens is None or state.remaining < tokens.remaining or (
+                    state.remaining == tokens.remaining
+                    and state.reset_after > tokens.reset_after):
                 tokens = state
-            else:
-                requests = state
+        elif requests is None or state.remaining < requests.remaining or (
+                state.remaining == requests.remaining
+                and state.reset_after > requests.reset_after):
+            requests = state
     return requests, tokens
 
 
