@@ -2,8 +2,8 @@
 
 The request path itself sends none of these through a channel round trip: it calls the
 Router's and BackendActors' synchronous methods (trio is single-threaded, so a method that
-does not await is atomic) and drops one :class:`RequestObserved` into the MetricsSink with
-``send_nowait``. Channels carry control traffic: health, model lists, observations.
+does not await is atomic) and appends one :class:`RequestObserved` to the MetricsSink's
+pending list. Channels carry control traffic: health, model lists.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class RequestObserved(msgspec.Struct, frozen=True):
     """Ingress → MetricsSink, once per request, never blocking (dropped when the sink lags).
 
     Everything the MetricsSink needs for the request's series travels here, so the request
-    path does one ``send_nowait`` and no metric work of its own.
+    path does one append and no metric work of its own.
     """
 
     method: str
