@@ -3,8 +3,8 @@
 The hot path per proxied request: decode only ``model``/``stream`` (msgspec), ask the Router
 for a backend (a synchronous call), start the exchange on that backend's pool from this very
 task, and forward the answer: whole for plain responses (one ``send_all``), chunk by chunk
-as it arrives for SSE. One ``send_nowait`` to the MetricsSink at the end, and one access-log
-call when ``logging.access_log`` is on.
+as it arrives for SSE. One observation appended to the MetricsSink's inbox at the end, and
+one access-log call when ``logging.access_log`` is on.
 
 Every request gets a request id: the client's ``x-request-id`` or ``<router prefix>-<n>``
 (a random per-router prefix and a counter). A generated id (and, with tracing on, a generated

@@ -1,4 +1,4 @@
-"""MetricsSink: owns the Prometheus registry; the request path only ``send_nowait``s to it.
+"""MetricsSink: owns the Prometheus registry; the request path only appends to its inbox.
 
 Also the metrics endpoint itself — on the main port (through the Ingress) or on its own
 listener (``metrics.bind_address``, :func:`serve_metrics`).
