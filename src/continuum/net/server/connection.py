@@ -380,8 +380,12 @@ class _Parser:
         )
 
     def on_body(self, body: bytes) -> None:
-        self._progress = True
         self._body_size += len(body)
+        if not self.chunked and self.stream is None:
+            # Within content-length, and that was checked against max_body_size at the head.
+            self._body.append(body)
+            return
+        self._progress = True
         stream = self.stream
         if stream is not None:
             if self._body_size > self.limits.max_upload_size:
