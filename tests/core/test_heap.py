@@ -55,9 +55,9 @@ def _in_generation(obj: object, generation: int) -> bool:
 
 
 def test_a_waiting_request_outlives_young_collections_without_reaching_the_oldest() -> None:
-    """Twenty young collections pass while a request waits (~600 ms of them at c=1000):
-    under CPython's middle threshold (10) its objects would reach the oldest generation,
-    which every full collection walks; under the router's they stay in the middle one."""
+    """Twenty young collections pass while a request waits: under CPython's middle
+    threshold (10) its objects would reach the oldest generation, which every full
+    collection walks; under the router's they stay in the middle one."""
     settle()
     assert gc.get_threshold() == THRESHOLDS
     gc.collect(1)  # young and middle generations empty, their counts at zero

@@ -10,18 +10,20 @@ walks, so later collections see only what requests allocate, which is small and 
 The collector is process-wide: only the program that owns the process calls these (the CLI,
 in each worker); a router embedded in someone else's program leaves the collector to it.
 
-The young threshold stays CPython's (700): a larger young generation only makes each pause
-longer. The middle one is raised from 10 to 100 young collections. A router's live set is
-its requests in flight, and LLM requests wait hundreds of milliseconds on their backend:
-with 1,000 of them a young collection runs every ~30 ms, so with CPython's 10 the middle
-generation is collected every ~300 ms, shorter than the wait, and promotes every waiting
-request's objects to the oldest generation, which full collections then walk again and
-again (one every ~3 s at c=1000). Collected every ~3 s instead, the middle generation finds
-most of those requests finished and freed; a tenth as many objects reach the oldest
-generation and full collections nearly stop: the collector's CPU at c=1000 with a 500 ms
-upstream about halved (docs/benchmarks.md, "the collector at c=1000"). Memory stays bounded:
-a full collection still follows every 10 middle ones, and the cycles that reached the oldest
-generation (closed client connections') wait for it at most that long (~10 MB at c=1000).
+A router's live set is its requests in flight, and LLM requests wait hundreds of
+milliseconds on their backend, so CPython's thresholds (700, 10, 10) fit it badly. With
+1,000 such requests a young collection ran every ~35 requests and the middle generation
+every ~300 ms, shorter than the wait: every waiting request's objects were promoted to the
+oldest generation, which a full collection then walked every ~3 s. The middle threshold
+is 100: collected every few seconds, the middle generation finds most of those requests
+finished and freed, a tenth as many objects are promoted and full collections nearly stop.
+The young threshold is 2,000: what requests allocate and free mostly cancels out within
+that window, so young collections run 3-5x less often, each a longer pause (1.6-3.5 ms of
+CPU measured at c=1000 on a busy machine, against ~0.8 ms at 700); at c=1 none runs at all.
+At c=1000 with a 500 ms upstream the collector's CPU fell from ~59 to ~20 ms per 1,000
+requests (docs/benchmarks.md, "the collector at c=1000"). Memory stays bounded: a full
+collection still follows every 10 middle ones, and the cycles that reach the oldest
+generation (closed client connections') wait for it at most that long.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Final
 __all__ = ["THRESHOLDS", "resettle", "settle"]
 
 #: ``gc.set_threshold`` for a router's process: young, middle, oldest (see above).
-THRESHOLDS: Final = (700, 100, 10)
+THRESHOLDS: Final = (2000, 100, 10)
 
 
 def settle() -> int:
