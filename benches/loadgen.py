@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import select
 import socket
@@ -34,6 +33,8 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import httptools
+
+from percentiles import nearest_rank
 
 READ_SIZE: Final = 262144
 CHAT_BODY: Final = b'{"model":"bench-model","messages":[{"role":"user","content":"Hello"}]}'
@@ -78,11 +79,7 @@ class LoadResult:
 
     def percentile_ms(self, q: float) -> float:
         """Nearest-rank percentile (``q`` in 0..100) of the latencies, in milliseconds."""
-        lat = sorted(self.latencies_ns)
-        if not lat:
-            return float("nan")
-        rank = max(1, min(len(lat), math.ceil(q / 100 * len(lat))))
-        return lat[rank - 1] / 1e6
+        return nearest_rank(self.latencies_ns, q) / 1e6
 
     def summary(self) -> dict[str, float | int | dict[str, int]]:
         """A JSON-friendly digest: req/s, p50/p90/p99/max in ms, counts and errors."""

@@ -33,6 +33,8 @@ from typing import Final
 import trio
 import trio_websocket
 
+from percentiles import nearest_rank
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 MODEL: Final = "gpt-realtime"
 START_TIMEOUT_S: Final = 20.0
@@ -142,8 +144,7 @@ async def _phase(phase: Phase, url: str, sessions: int, messages: int, text: str
 
 
 def _ms(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+    return nearest_rank(values, q * 100) * 1000
 
 
 def _report(phases: list[Phase], args: argparse.Namespace) -> dict[str, object]:

@@ -38,14 +38,11 @@ import trio
 from continuum.core import ratelimit as rl
 from continuum.net.redis import RedisClient, Script
 from continuum.testing.redis_server import RedisServer
+from percentiles import nearest_rank
 
 INCR = Script("return redis.call('INCR', KEYS[1])")
 
 Call = Callable[[], Awaitable[Any]]
-
-
-def percentile(sorted_ns: list[int], q: float) -> float:
-    return sorted_ns[min(len(sorted_ns) - 1, int(len(sorted_ns) * q))] / 1000.0
 
 
 async def timed(
@@ -185,9 +182,8 @@ async def run(args: argparse.Namespace) -> int:
     p50: dict[tuple[str, int], float] = {}
     p99: dict[tuple[str, int], float] = {}
     for (name, conc), ns in samples.items():
-        ns.sort()
-        p50[name, conc] = percentile(ns, 0.50)
-        p99[name, conc] = percentile(ns, 0.99)
+        p50[name, conc] = nearest_rank(ns, 50) / 1000.0
+        p99[name, conc] = nearest_rank(ns, 99) / 1000.0
         rate = statistics.median(rates[name, conc])
         cpu_us = statistics.median(cpus[name, conc]) * 1e6
         print(

@@ -46,6 +46,7 @@ from typing import Any, Final
 
 import loadgen
 import sse_client
+from percentiles import nearest_rank
 from procs import ROOT, BenchError, Service, cpu_seconds, free_port, http_request, rss_mb
 
 BENCHES: Final = ROOT / "benches"
@@ -440,7 +441,7 @@ def _vs_pipe(
             n_frames = len(res.gaps_ns) + res.ok
             errors[name] += PIPE_STREAMS - res.ok  # streams that did not end properly
             per[name]["cpu_us_per_frame"].append(cpu / n_frames * 1e6 if n_frames else float("nan"))
-            per[name]["ttfb_p99_ms"].append(sse_client.percentile(res.ttfb_ns, 99) / 1e6)
+            per[name]["ttfb_p99_ms"].append(nearest_rank(res.ttfb_ns, 99) / 1e6)
     fig = {name: {k: median(v) for k, v in d.items()} for name, d in per.items()}
     p, r = fig["pipe"], fig["router"]
     cpu_ratio = r["cpu_us_per_frame"] / p["cpu_us_per_frame"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import resource
 import selectors
@@ -41,6 +40,8 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import httptools
+
+from percentiles import nearest_rank
 
 READ_SIZE: Final = 65536
 CONTENT_RE: Final = re.compile(rb'"content":"[^"]')
@@ -98,15 +99,6 @@ class StreamResult:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-def percentile(values: list[int] | list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100); NaN when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return float(ordered[rank - 1])
-
-
 def summarize(res: StreamResult, interval_s: float) -> dict[str, float | int | dict[str, int]]:
     """TTFB and gap (inter-arrival minus pacing) percentiles in ms, counts."""
     pace_ns = interval_s * 1e9
@@ -115,11 +107,11 @@ def summarize(res: StreamResult, interval_s: float) -> dict[str, float | int | d
         "streams": res.streams,
         "ok": res.ok,
         "stalled": res.stalled,
-        "ttfb_p50_ms": percentile(res.ttfb_ns, 50) / 1e6,
-        "ttfb_p99_ms": percentile(res.ttfb_ns, 99) / 1e6,
-        "gap_p50_ms": percentile(gaps, 50) / 1e6,
-        "gap_p99_ms": percentile(gaps, 99) / 1e6,
-        "gap_max_ms": percentile(gaps, 100) / 1e6,
+        "ttfb_p50_ms": nearest_rank(res.ttfb_ns, 50) / 1e6,
+        "ttfb_p99_ms": nearest_rank(res.ttfb_ns, 99) / 1e6,
+        "gap_p50_ms": nearest_rank(gaps, 50) / 1e6,
+        "gap_p99_ms": nearest_rank(gaps, 99) / 1e6,
+        "gap_max_ms": nearest_rank(gaps, 100) / 1e6,
         "gap_mean_ms": statistics.fmean(gaps) / 1e6 if gaps else float("nan"),
         "frames": len(res.gaps_ns) + res.ok,
         "errors": dict(res.errors),

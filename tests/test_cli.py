@@ -29,13 +29,14 @@ HANG_GUARD = 20.0
 SUBCOMMANDS = ("run", "check", "generate-config", "mock")
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "continuum", *args],
         capture_output=True,
         text=True,
         timeout=HANG_GUARD,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
     )
 
@@ -109,13 +110,14 @@ class Lines:
 
 
 class Running:
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "continuum", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
         )
         assert self.process.stdout is not None and self.process.stderr is not None
@@ -369,6 +371,89 @@ def test_run_serves_and_drains_on_sigterm(tmp_path: Path, running: list[Running]
     stderr = proc.stderr.rest()
     assert "Traceback" not in stderr
     assert port_is_free(port)
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """The environment with a home of its own (no user config dir found by accident), and
+    the source tree importable from another working directory."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"}
+    return {**env, "HOME": str(home), "PYTHONPATH": str(ROOT / "src")}
+
+
+def test_run_finds_a_toml_config_and_reloads_it(tmp_path: Path, running: list[Running]) -> None:
+    """No config named: ``run`` takes ./config.toml (before the user's directory), serves
+    it, and a SIGHUP reads the TOML file again."""
+    config = continuum.load_config(demo_copy(tmp_path, "127.0.0.1:0"))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    toml_text = continuum.dump_effective_config(config, "toml")
+    (workdir / "config.toml").write_text(toml_text)
+    env = isolated_env(tmp_path)
+    user_dir = Path(env["HOME"]) / ".config" / "continuum-router"
+    user_dir.mkdir(parents=True)
+    (user_dir / "config.yaml").write_text("not: [a, valid, config")
+    proc = Running(["run"], env=env, cwd=workdir)
+    running.append(proc)
+    port = listening_port(proc.stderr)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HANG_GUARD) as client:
+        reply = client.post("/v1/chat/completions", json={
+            "model": "demo-chat", "messages": [{"role": "user", "content": "hi toml"}]})
+        assert reply.status_code == 200, reply.text
+        assert "demo-toml-added" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
+        (workdir / "config.toml").write_text(toml_text.replace(
+            '"demo-chat",', '"demo-chat",\n    "demo-toml-added",', 1))
+        proc.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + HANG_GUARD
+        while time.monotonic() < deadline:
+            models = {m["id"] for m in client.get("/v1/models").json()["data"]}
+            if "demo-toml-added" in models:
+                break
+            time.sleep(0.05)
+        assert "demo-toml-added" in models
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(timeout=HANG_GUARD) == 0
+    assert "Traceback" not in proc.stderr.rest()
+
+
+def test_config_discovery_order_and_clear_errors(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    # Nothing anywhere: exit 2, every place named, no traceback.
+    result = cli("check", env=env, cwd=workdir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "none found" in result.stderr
+    assert f"{env['HOME']}/.config/continuum-router/config.toml" in result.stderr
+    assert "/etc/continuum-router/config.yaml" in result.stderr
+    # The user's directory: YAML before TOML; $XDG_CONFIG_HOME moves it.
+    demo = demo_copy(tmp_path, "127.0.0.1:0").read_text()
+    xdg = tmp_path / "xdg" / "continuum-router"
+    xdg.mkdir(parents=True)
+    (xdg / "config.toml").write_text("this is not toml")
+    (xdg / "config.yaml").write_text(demo)
+    result = cli("check", env={**env, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert f"{xdg / 'config.yaml'}: OK" in result.stderr
+    # The working directory comes first.
+    (workdir / "config.yml").write_text(demo)
+    result = cli("check", env={**env, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}, cwd=workdir)
+    assert result.returncode == 0 and "# config.yml: OK" in result.stderr, result.stderr
+    # --config is the argument's other spelling; both at once is an error.
+    result = cli("check", "--config", str(xdg / "config.yaml"), env=env, cwd=workdir)
+    assert result.returncode == 0 and f"{xdg / 'config.yaml'}: OK" in result.stderr
+    result = cli("check", "a.yaml", "--config", "b.yaml", env=env, cwd=workdir)
+    assert result.returncode == 2 and "name the config once" in result.stderr
+
+
+def test_check_prints_toml_that_loads_back(tmp_path: Path) -> None:
+    as_toml = cli("check", str(DEMO), "--format", "toml")
+    assert as_toml.returncode == 0, as_toml.stderr
+    path = write(tmp_path, "effective.toml", as_toml.stdout)
+    again = cli("check", str(path))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[1:] == cli("check", str(DEMO)).stdout.splitlines()[1:]
 
 
 def test_run_finishes_in_flight_request_after_sigterm(

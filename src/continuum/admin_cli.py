@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from .config import dump_toml
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 ENV_URL = "CONTINUUM_ADMIN_URL"
 ENV_TOKEN = "CONTINUUM_ADMIN_TOKEN"
@@ -73,6 +75,8 @@ def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
     command("reload", "read the config file again and apply it")
     config = command("config", "print the config in force (secrets masked)")
     config.add_argument("--section", help="only this section, e.g. routing or backends")
+    config.add_argument("--toml", action="store_true",
+                        help="print the config as TOML instead of YAML")
     command("history", "the last config versions")
     rollback = command("rollback", "make an earlier version the config again")
     rollback.add_argument("version", help="a version number from history (3 or v3)")
@@ -184,11 +188,14 @@ def _reload(args: argparse.Namespace) -> tuple[Any, str]:
 def _config(args: argparse.Namespace) -> tuple[Any, str]:
     if args.section:
         answer = _call(args, "GET", "/admin/config", {"section": args.section})
+        if args.toml:
+            return answer, dump_toml(answer["config"]).rstrip()
         return answer, yaml.safe_dump(answer["config"], sort_keys=False).rstrip()
     if args.json:
         answer = _call(args, "GET", "/admin/config")
         return answer, ""
-    text = _call(args, "GET", "/admin/config/export", {"format": "yaml"})
+    form = "toml" if args.toml else "yaml"
+    text = _call(args, "GET", "/admin/config/export", {"format": form})
     return None, str(text).rstrip()
 
 

@@ -28,6 +28,7 @@ from .config import (
     LoggingConfig,
     MockConfig,
     MockFailure,
+    config_search_path,
     config_warnings,
     dump_effective_config,
     generate_config,
@@ -44,7 +45,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("continuum")
 
 
-def _load(path: str) -> Config | None:
+def _config_file(args: argparse.Namespace) -> str | None:
+    """The config file named on the command line (as the argument or ``--config``), else
+    the first of :func:`config_search_path` that exists; None (said on stderr) when there is
+    none or both ways name one."""
+    named: list[str] = [p for p in (args.config, args.config_option) if p is not None]
+    if len(named) == 2:
+        print("trio-continuum: name the config once: as the argument or with --config",
+              file=sys.stderr)
+        return None
+    if named:
+        return named[0]
+    candidates = config_search_path()
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    print("trio-continuum: no config file named and none found; looked for "
+          + ", ".join(map(str, candidates))
+          + " (name one: trio-continuum run CONFIG; a sample: trio-continuum generate-config)",
+          file=sys.stderr)
+    return None
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    """The config the command line names (or discovery finds), loaded; None (said on
+    stderr) when there is none or it is invalid. ``args.config`` becomes its path."""
+    path = _config_file(args)
+    if path is None:
+        return None
+    args.config = path
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -145,7 +174,7 @@ def _resettle() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     # Until the router's loop takes SIGHUP (a reload), one must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = _load(args.config)
+    config = _load(args)
     if config is None:
         return 2
     try:
@@ -187,10 +216,10 @@ def _sole_leaf(exc: BaseException) -> BaseException:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args)
     if config is None:
         return 2
-    sys.stdout.write(dump_effective_config(config))
+    sys.stdout.write(dump_effective_config(config, args.format))
     _print_warnings(config)
     print(f"# {args.config}: OK ({len(config.backends)} backend(s))", file=sys.stderr)
     return 0
@@ -366,6 +395,16 @@ def mock_main(argv: Sequence[str] | None = None) -> int:
     return run_mock_from_args(parser.parse_args(argv))
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?",
+                        help="the config file, YAML or TOML (.toml), e.g. configs/demo.yaml; "
+                        "without it, the first config.yaml, config.yml or config.toml in "
+                        "the working directory, ~/.config/continuum-router/ or "
+                        "/etc/continuum-router/")
+    parser.add_argument("--config", dest="config_option", metavar="CONFIG",
+                        help="the same as the argument")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-continuum",
@@ -376,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="serve with a config file",
                          description="Run the router until SIGINT/SIGTERM (graceful drain).")
-    run.add_argument("config", help="path to the YAML config, e.g. configs/demo.yaml")
+    _config_arguments(run)
     run.add_argument("--bind", action="append", metavar="ADDR",
                      help="listen here instead of server.bind_address: 'host:port', "
                      "'[::1]:port' or 'unix:/path'; repeat it or give a comma-separated list")
@@ -387,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print it (secrets masked)",
                            description="Validate CONFIG; print the effective config with "
                            "secrets masked; exit non-zero if it is invalid.")
-    check.add_argument("config")
+    _config_arguments(check)
+    check.add_argument("--format", choices=("yaml", "toml"), default="yaml",
+                       help="print the effective config as YAML (default) or TOML")
     check.set_defaults(func=cmd_check)
     gen = sub.add_parser("generate-config", help="print a complete, commented config",
                          description="Print a complete config with every key, its default "

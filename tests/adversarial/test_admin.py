@@ -68,6 +68,9 @@ async def test_huge_and_deep_documents_are_refused_and_change_nothing(
     start = await version(router)
     deep_json = b"{\"routing\":" * 50_000 + b"1" + b"}" * 50_000
     deep_yaml = b"routing: " + b"[" * 5000 + b"]" * 5000
+    deep_toml_arrays = b"routing = " + b"[" * 5000 + b"]" * 5000 + b"\n"
+    deep_toml_tables = b"routing = " + b"{a = " * 3000 + b"1" + b"}" * 3000 + b"\n"
+    deep_toml_keys = b"routing." + b"a." * 100_000 + b"b = 1\n"
     bomb = (b'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
             + b"".join(b"%c: &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]\n"
                        % ((c, c) + (c - 1,) * 9) for c in range(ord("b"), ord("j"))))
@@ -77,6 +80,14 @@ async def test_huge_and_deep_documents_are_refused_and_change_nothing(
         ("PATCH", "/admin/config", deep_json, "json", 400),
         ("PUT", "/admin/config", deep_yaml, "application/yaml", 400),
         ("PUT", "/admin/config", bomb, "application/yaml", 400),
+        ("PUT", "/admin/config", deep_toml_arrays, "application/toml", 400),
+        ("PATCH", "/admin/config", deep_toml_tables, "application/toml", 400),
+        ("PATCH", "/admin/config", deep_toml_keys, "application/toml", 400),
+        ("PATCH", "/admin/config", b"[routing\n" * 1000, "application/toml", 400),
+        ("PATCH", "/admin/config", b'[routing]\nstrategy = 1979-05-27T07:32:00Z\n',
+         "application/toml", 422),
+        ("PUT", "/admin/config", b'x = "' + b"y" * (MAX_DOCUMENT - 100) + b'"\n',
+         "application/toml", 422),
         ("POST", "/admin/backends", b'{"name": "' + b"x" * (MAX_DOCUMENT - 100) + b'"}',
          "json", 422),
         ("PATCH", "/admin/config", b"\xff\xfe{}", "json", 400),

@@ -7,7 +7,7 @@ import pytest
 import continuum
 from continuum.config import ConfigError
 from continuum.config._text import mask_url
-from continuum.core.urls import UNPARSABLE, mask_password, origin_and_path, without_userinfo
+from continuum.core.urls import UNPARSABLE, mask_secrets, origin_and_path, without_userinfo
 
 SECRET = "s3cret"
 
@@ -20,9 +20,15 @@ SECRET = "s3cret"
     ("http://u:s3cret@MyHost/Path", "http://u:***@MyHost/Path"),
     # An @ in the password: the last one ends the user info.
     ("http://u:p@ss@host/x", "http://u:***@host/x"),
-    # No password: nothing to mask (a user name alone stays).
-    ("http://u@host/v1", "http://u@host/v1"),
-    ("http://host:8080/v1?key=1", "http://host:8080/v1?key=1"),
+    # A user name alone is usually a token: masked too.
+    ("http://u@host/v1", "http://***@host/v1"),
+    ("https://sk-abc@host", "https://***@host"),
+    # Query values whose name sounds secret; the others and the fragment stay.
+    ("http://host:8080/v1?key=1", "http://host:8080/v1?key=***"),
+    ("http://u:s3cret@host/v1?x=1&api_key=s3cret&Access%5FToken=s3cret#key=f",
+     "http://u:***@host/v1?x=1&api_key=***&Access%5FToken=***#key=f"),
+    ("http://host/v1?keyless&x=", "http://host/v1?keyless&x="),
+    ("http://host/v1#?key=frag", "http://host/v1#?key=frag"),
     # An @ after the authority is not user info.
     ("http://host/a:b@c", "http://host/a:b@c"),
     ("http://host?u:p@x", "http://host?u:p@x"),
@@ -32,10 +38,12 @@ SECRET = "s3cret"
     # Unparsable URLs are masked too.
     ("http://u:s3cret@host:badport/v1", "http://u:***@host:badport/v1"),
     ("http://u:s3cret@[::1/v1", "http://u:***@[::1/v1"),
+    ("http://u:s3cret@host:badport/v1?token=s3cret", "http://u:***@host:badport/v1?token=***"),
 ])
-def test_mask_password(url: str, masked: str) -> None:
-    assert mask_password(url, "***") == masked
+def test_mask_secrets(url: str, masked: str) -> None:
+    assert mask_secrets(url, "***") == masked
     assert mask_url(url) == masked
+    assert mask_url(masked) == masked  # masking twice changes nothing: a masked URL matches
 
 
 @pytest.mark.parametrize(("url", "shown"), [
@@ -43,7 +51,9 @@ def test_mask_password(url: str, masked: str) -> None:
     ("http://u@host/v1", "http://host/v1"),
     ("http://:s3cret@host", "http://host"),
     ("https://u:s3cret@[2001:db8::1]:443/v1", "https://[2001:db8::1]:443/v1"),
-    ("http://host:8080/v1?key=1", "http://host:8080/v1?key=1"),  # unchanged: no user info
+    ("http://host:8080/v1?key=1", "http://host:8080/v1?key=***"),
+    ("http://host:8080/v1?x=1&signature=s3cret#f", "http://host:8080/v1?x=1&signature=***#f"),
+    ("http://host:8080/v1?x=1", "http://host:8080/v1?x=1"),
     ("http://[::1]:8000", "http://[::1]:8000"),
     ("http://u:s3cret@host:badport/v1", UNPARSABLE),
     ("http://u:s3cret@[::1/v1", UNPARSABLE),

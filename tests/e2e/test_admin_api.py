@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -384,3 +385,25 @@ async def test_status(router: RouterHandle) -> None:
 def test_basic_header_helper_is_what_httpx_sends() -> None:
     token = base64.b64encode(b"ops:pw").decode()
     assert httpx.BasicAuth("ops", "pw")._auth_header == f"Basic {token}"
+
+
+async def test_toml_export_and_documents(router: RouterHandle) -> None:
+    async with admin(router) as client:
+        exported = no_secret(await client.get("/admin/config/export",
+                                              params={"format": "toml"}))
+        assert exported.headers["content-type"].startswith("application/toml")
+        document = tomllib.loads(exported.text)
+        assert document["backends"][0]["api_key"] == "***"
+        # sent back as TOML, it changes nothing (its *** restored, its absent nulls defaults)
+        r = await client.put("/admin/config", content=exported.content,
+                             headers={"content-type": "application/toml"})
+        assert r.status_code == 200 and not r.json()["changed"], r.text
+        r = await client.patch("/admin/config", content=b'[routing]\nstrategy = "Random"\n',
+                               headers={"content-type": "application/toml"})
+        assert r.status_code == 200 and router.config.routing.strategy == "Random"
+        r = await client.patch("/admin/config", content=b"[routing\n",
+                               headers={"content-type": "application/toml"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_document"
+        assert "invalid TOML" in r.json()["error"]["message"]
+        r = await client.get("/admin/config/export", params={"format": "xml"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "format"

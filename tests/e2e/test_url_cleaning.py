@@ -1,6 +1,7 @@
 """A backend URL with credentials and a query, through a real router: the startup summary
 in the log shows only scheme, host, port and path; ``/admin/health`` shows it without user
-info; ``/admin/config`` shows it with the password masked."""
+info and with the query's key masked; ``/admin/config`` shows it with both secrets masked,
+and that masked document sent back keeps them."""
 
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ async def test_each_audience_sees_its_cleaned_url(nursery: trio.Nursery,
                                      headers={"authorization": f"Bearer {TOKEN}"}) as admin:
             health = (await admin.get("/admin/health")).json()
             config = (await admin.get("/admin/config")).json()
+            put = await admin.put("/admin/config", json=config["config"])
+            assert put.status_code == 200 and not put.json()["changed"], put.text
+            assert router.config.backends[0].url == dirty  # the masks stood for the secrets
     summary = "\n".join(r.getMessage() for r in caplog.records if "backend a" in r.getMessage())
     assert f"http://{host}/v1:" in summary
     assert PASSWORD not in caplog.text and QUERY_KEY not in summary
     shown = [b["url"] for b in health["backends"] if b["name"] == "a"]
-    assert shown == [f"http://{host}/v1?key={QUERY_KEY}"]
-    assert PASSWORD not in str(health)
+    assert shown == [f"http://{host}/v1?key=***"]
+    assert PASSWORD not in str(health) and QUERY_KEY not in str(health)
     backends = config["config"]["backends"] if "config" in config else config["backends"]
-    assert [b["url"] for b in backends] == [f"http://user:***@{host}/v1?key={QUERY_KEY}"]
+    assert [b["url"] for b in backends] == [f"http://user:***@{host}/v1?key=***"]
+    assert QUERY_KEY not in str(config)

@@ -38,6 +38,7 @@ from ..config import (
     ConfigError,
     canonical_patch,
     config_from_dict,
+    dump_toml,
     editable_document,
     masked_builtins,
     merge_patch,
@@ -62,7 +63,10 @@ PREFIX: Final = "/admin/"
 MAX_WAIT: Final = 300.0
 
 _encode = msgspec.json.Encoder().encode
-_YAML_HEADERS: Final = [(b"content-type", b"application/yaml; charset=utf-8")]
+_TEXT_HEADERS: Final = {
+    "yaml": [(b"content-type", b"application/yaml; charset=utf-8")],
+    "toml": [(b"content-type", b"application/toml; charset=utf-8")],
+}
 _UNAUTHORIZED: Final = "Admin API: missing or invalid credentials"
 _SECTIONS: Final = tuple(f.name for f in msgspec.structs.fields(Config) if f.name != "source")
 
@@ -304,8 +308,8 @@ class AdminAPI:
     async def _export(self, request: Request, conn: ServerConnection) -> None:
         query = _query(request)
         form = query.get("format", "yaml").lower()
-        if form not in ("yaml", "json"):
-            raise RouterError(400, f"?format= takes yaml or json, got {quoted(form)}",
+        if form not in ("yaml", "json", "toml"):
+            raise RouterError(400, f"?format= takes yaml, json or toml, got {quoted(form)}",
                               param="format")
         config = self.reconfigurer.current
         if "version" in query:
@@ -318,9 +322,12 @@ class AdminAPI:
         if form == "json":
             await self._send(conn, document)
             return
-        text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False,
-                              allow_unicode=True)
-        await conn.send_response(200, _YAML_HEADERS, text.encode())
+        if form == "toml":
+            text = dump_toml(document)
+        else:
+            text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False,
+                                  allow_unicode=True)
+        await conn.send_response(200, _TEXT_HEADERS[form], text.encode())
 
     async def _backends(self, conn: ServerConnection) -> None:
         await self._send(conn, {"version": self.reconfigurer.version,

@@ -1,14 +1,15 @@
-"""Configuration: the schema (frozen msgspec Structs), units, validation, loading (YAML,
-``${ENV}``) and rendering with secrets masked.
+"""Configuration: the schema (frozen msgspec Structs), units, validation, loading (YAML or
+TOML, ``${ENV}``) and rendering with secrets masked.
 
 ``config`` sits at the bottom of the package, next to ``core``: it imports nothing of
 ``continuum`` but ``core``, and every other layer may read it. Its modules, in the order they
 build on each other: ``_schema`` (the Structs and :class:`ConfigError`), ``_units``
 (durations, sizes, addresses), ``_text`` (key paths and masking in messages),
-``_validation`` (the walk along the schema, the cross-field checks), ``_loading`` (YAML and
-``${ENV}``), ``_secrets`` (where secrets are, masked and restored), ``_render`` (the
-effective config, warnings), ``_changes`` (diffs, patches, client documents: what the admin
-API and hot reload build on) and ``_template`` (``generate_config``).
+``_validation`` (the walk along the schema, the cross-field checks), ``_toml`` (TOML read
+and written), ``_loading`` (YAML or TOML, and ``${ENV}``), ``_secrets`` (where secrets are,
+masked and restored), ``_render`` (the effective config, warnings), ``_changes`` (diffs,
+patches, client documents: what the admin API and hot reload build on) and ``_template``
+(``generate_config``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ._changes import merge_patch as merge_patch
 from ._changes import parse_document as parse_document
 from ._changes import summarize as summarize
 from ._loading import config_from_dict as config_from_dict
+from ._loading import config_search_path as config_search_path
 from ._loading import load_config as load_config
 from ._loading import parse_config as parse_config
 from ._render import config_warnings as config_warnings
@@ -65,6 +67,7 @@ from ._schema import TracingConfig as TracingConfig
 from ._secrets import masked_builtins as masked_builtins
 from ._secrets import restore_secrets as restore_secrets
 from ._template import generate_config as generate_config
+from ._toml import dump_toml as dump_toml
 from ._units import DURATION_HELP as DURATION_HELP
 from ._units import BindAddress as BindAddress
 from ._units import parse_bind_address as parse_bind_address
@@ -111,10 +114,12 @@ __all__ = [
     "canonical_patch",
     "carry",
     "config_from_dict",
+    "config_search_path",
     "config_warnings",
     "covered",
     "diff_configs",
     "dump_effective_config",
+    "dump_toml",
     "editable_document",
     "generate_config",
     "limit_warnings",

@@ -20,6 +20,7 @@ from ._loading import _Loader, _yaml_error
 from ._schema import ALIASES, Config, ConfigError
 from ._secrets import masked_builtins, plain_builtins
 from ._text import join_path, type_name
+from ._toml import parse_toml
 
 #: A key path as components: field names, dict keys and (in ``backends``) backend names.
 Keys = tuple[str, ...]
@@ -240,9 +241,27 @@ class _UntrustedLoader(_Loader):
             self._depth = depth
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether parsed data nests more than ``limit`` tables and arrays deep (walked with a
+    stack, not recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_document(body: bytes, content_type: str, source: str) -> dict[str, Any]:
-    """A config document (or patch) sent by a client: JSON, or YAML when the content type
-    says so. Bounded: at most :data:`MAX_DOCUMENT` bytes and :data:`MAX_DOCUMENT_DEPTH`
+    """A config document (or patch) sent by a client: JSON, or YAML or TOML when the content
+    type says so. Bounded: at most :data:`MAX_DOCUMENT` bytes and :data:`MAX_DOCUMENT_DEPTH`
     levels, YAML without anchors or aliases. Problems are :class:`ConfigError`s."""
     if len(body) > MAX_DOCUMENT:
         raise ConfigError(f"the document is larger than {MAX_DOCUMENT // 1024} KiB",
@@ -251,7 +270,12 @@ def parse_document(body: bytes, content_type: str, source: str) -> dict[str, Any
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte offset {exc.start})", source=source) from None
-    if "yaml" in content_type.lower():
+    kind = content_type.lower()
+    if "toml" in kind:
+        data = parse_toml(text, source)
+        if _deeper_than(data, MAX_DOCUMENT_DEPTH):
+            raise ConfigError(f"nested deeper than {MAX_DOCUMENT_DEPTH} levels", source=source)
+    elif "yaml" in kind:
         try:
             data = yaml.load(text, Loader=_UntrustedLoader)  # a SafeLoader
         except yaml.YAMLError as exc:

@@ -1,10 +1,11 @@
-"""Loading a configuration: YAML (PyYAML, safe loading, duplicate keys rejected),
-``${VAR}`` / ``${VAR:-default}`` substitution, then validation into a :class:`Config`.
+"""Loading a configuration: YAML (PyYAML, safe loading, duplicate keys rejected) or TOML
+(a ``.toml`` file), ``${VAR}`` / ``${VAR:-default}`` substitution, then validation into a
+:class:`Config`.
 
 Loading happens in four steps, each of which reports problems as a :class:`ConfigError`
 naming the file, the dotted key path and what was expected:
 
-1. parse the YAML (syntax errors name the line; duplicate keys are rejected);
+1. parse the YAML or TOML (syntax errors name the line; duplicate keys are rejected);
 2. substitute ``${VAR}`` / ``${VAR:-default}`` in every string scalar (every unset variable
    is reported at once);
 3. walk the data along the schema (:func:`._validation.check_struct`);
@@ -19,7 +20,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import msgspec.inspect as mi
@@ -27,6 +28,7 @@ import yaml
 
 from ._schema import ApiKeyEntry, Config, ConfigError
 from ._text import join_path, type_name
+from ._toml import Syntax, parse_toml, syntax_of
 from ._validation import Context, check_semantics, check_struct
 
 _VAR_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
@@ -160,10 +162,7 @@ def _read_key_file(checked: dict[str, Any], ctx: Context) -> None:
                         f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise file_ctx.error("", f"not UTF-8 text (byte offset {exc.start})") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, str(path)) from None
+    data = _parse_text(text, str(path), syntax_of(str(path)))
     if isinstance(data, dict) and set(data) == {"api_keys"}:
         data = data["api_keys"]
     if data is None:
@@ -228,14 +227,22 @@ def _translate(exc: msgspec.ValidationError, ctx: Context) -> ConfigError:
     return ctx.error(path, detail[:1].lower() + detail[1:])
 
 
-def parse_config(
-    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
-) -> Config:
-    """Parse and validate a YAML document."""
+def _parse_text(text: str, source: str, syntax: Syntax) -> Any:
+    """``text`` parsed; None for an empty document (as YAML reads one)."""
+    if syntax == "toml":
+        return parse_toml(text, source) or None
     try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source) from None
+
+
+def parse_config(
+    text: str, source: str = "<string>", env: Mapping[str, str] | None = None,
+    *, syntax: Syntax = "yaml",
+) -> Config:
+    """Parse and validate a document written in ``syntax`` (YAML or TOML)."""
+    data = _parse_text(text, source, syntax)
     if data is None:
         raise ConfigError(
             "the configuration is empty (at least 'backends' is required)", source=source
@@ -249,7 +256,8 @@ def parse_config(
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read, substitute, validate and return the config at ``path``."""
+    """Read, substitute, validate and return the config at ``path`` (TOML when its name
+    ends in ``.toml``, else YAML)."""
     source = os.fspath(path)
     try:
         raw = Path(source).read_bytes()
@@ -261,4 +269,20 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte offset {exc.start})", source=source) from None
-    return parse_config(text, source=source, env=env)
+    return parse_config(text, source=source, env=env, syntax=syntax_of(source))
+
+
+#: Where ``trio-continuum run`` looks for a config when none is named, in order (the
+#: Continuum Router's places); at each, ``config.yaml``, ``config.yml``, then ``config.toml``.
+CONFIG_NAMES: Final = ("config.yaml", "config.yml", "config.toml")
+
+
+def config_search_path(env: Mapping[str, str] | None = None) -> list[Path]:
+    """The files a config is looked for in when none is named: the working directory,
+    the user's config directory (``$XDG_CONFIG_HOME`` or ``~/.config``) under
+    ``continuum-router``, then ``/etc/continuum-router``."""
+    env = os.environ if env is None else env
+    home = env.get("HOME") or str(Path.home())
+    user = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    places = [Path("."), Path(user) / "continuum-router", Path("/etc/continuum-router")]
+    return [place / name for place in places for name in CONFIG_NAMES]

@@ -1,4 +1,4 @@
-"""A configuration as output: the effective config as YAML with every secret masked
+"""A configuration as output: the effective config as YAML or TOML with every secret masked
 (``trio-continuum check``), and the warnings about what is valid but probably a mistake."""
 
 from __future__ import annotations
@@ -8,13 +8,17 @@ import yaml
 from ._schema import Config
 from ._secrets import masked_builtins
 from ._text import join_path
+from ._toml import Syntax, dump_toml
 
 
-def dump_effective_config(config: Config) -> str:
-    """YAML of the effective configuration with every secret shown as ``***``."""
+def dump_effective_config(config: Config, syntax: Syntax = "yaml") -> str:
+    """The effective configuration in ``syntax`` (YAML or TOML) with every secret shown as
+    ``***``; it loads back as the same configuration (secrets aside)."""
     data = masked_builtins(config)
     source = config.source
     head = f"# effective configuration (from {source})\n" if source else ""
+    if syntax == "toml":
+        return head + dump_toml(data)
     return head + yaml.safe_dump(
         data, sort_keys=False, default_flow_style=False, allow_unicode=True
     )

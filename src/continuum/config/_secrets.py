@@ -4,12 +4,13 @@ when a masked document comes in again.
 One list of places, read both ways, so what ``check``, ``GET /admin/config`` and the
 config history show is exactly what an edited document may leave as ``***``:
 
-* ``backends[].api_key``, the password in ``backends[].url``, and ``backends[].headers``
-  whose name sounds secret;
+* ``backends[].api_key``, the secrets in ``backends[].url`` (password, a user name alone,
+  query values whose name sounds secret), and ``backends[].headers`` whose name sounds
+  secret;
 * ``api_keys.api_keys[].key`` and ``key_sha256``;
 * ``rate_limiting.bypass_keys`` entries that are keys rather than a key's ``id``;
 * ``metrics.auth.password``, ``admin.auth.token`` and ``admin.auth.password``;
-* the password in ``responses.redis.url`` and ``rate_limiting.redis.url``.
+* the secrets in ``responses.redis.url`` and ``rate_limiting.redis.url``.
 
 The entries read from ``api_keys.api_keys_file`` are not part of a document at all (the file
 is read again whenever the document is loaded), so nothing here ever shows them.
@@ -27,7 +28,7 @@ from ._text import MASK, is_secret_name, join_path, mask, mask_url
 #: ``section.sub``: the secret fields of a nested struct (one level of mapping below a section).
 _NESTED_SECRETS = (("metrics", "auth", "password"), ("admin", "auth", "token"),
                    ("admin", "auth", "password"))
-#: The same for URLs whose password is the secret (the rest of the URL is shown).
+#: The same for URLs, whose secrets are masked in place (the rest of the URL is shown).
 _NESTED_URLS = (("responses", "redis", "url"), ("rate_limiting", "redis", "url"))
 #: The secret fields of each ``api_keys.api_keys`` entry.
 _KEY_FIELDS = ("key", "key_sha256")
@@ -134,10 +135,10 @@ def restore_secrets(document: dict[str, Any], current: Config, source: str) -> d
         node = out.get(section)
         inner = node.get(sub) if isinstance(node, dict) else None
         given = inner.get(name) if isinstance(inner, dict) else None
-        if isinstance(given, str) and f":{MASK}@" in given:
+        if isinstance(given, str) and MASK in given:
             value = getattr(getattr(getattr(current, section), sub), name)
             if mask_url(value) != given:
-                raise ConfigError(f"{MASK!r} stands for the current URL's password, but the "
+                raise ConfigError(f"{MASK!r} stands for the current URL's secrets, but the "
                                   "current URL is another one", source=source,
                                   path=f"{section}.{sub}.{name}")
             assert isinstance(node, dict) and isinstance(inner, dict)
@@ -155,9 +156,9 @@ def _restore_backend(entry: dict[str, Any], by_name: dict[str, Any], path: str,
     if entry.get("api_key") == MASK:
         entry["api_key"] = _known(current and current.api_key, f"{path}.api_key", source)
     url = entry.get("url")
-    if isinstance(url, str) and f":{MASK}@" in url:
+    if isinstance(url, str) and MASK in url:
         if current is None or mask_url(current.url) != url:
-            raise ConfigError(f"{MASK!r} stands for the current URL's password, but the "
+            raise ConfigError(f"{MASK!r} stands for the current URL's secrets, but the "
                               "current backend of this name has another URL",
                               source=source, path=f"{path}.url")
         entry["url"] = current.url
@@ -175,7 +176,7 @@ def _restore_backend(entry: dict[str, Any], by_name: dict[str, Any], path: str,
 
 def _has_mask(entry: dict[str, Any]) -> bool:
     headers = entry.get("headers")
-    return (entry.get("api_key") == MASK or f":{MASK}@" in str(entry.get("url", ""))
+    return (entry.get("api_key") == MASK or MASK in str(entry.get("url", ""))
             or (isinstance(headers, dict) and MASK in headers.values()))
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from ..core.urls import mask_password
+from ..core.secret_names import is_secret_name as is_secret_name
+from ..core.urls import mask_secrets
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credential")
 
 
 def join_path(path: str, key: object) -> str:
@@ -24,11 +24,6 @@ def last_key(path: str) -> str:
     if m is None:
         return ""
     return m.group(1) or m.group(3) or ""
-
-
-def is_secret_name(name: str) -> bool:
-    low = name.lower()
-    return any(word in low for word in _SECRET_WORDS)
 
 
 def type_name(value: object) -> str:
@@ -59,5 +54,5 @@ def mask(value: str | None) -> str | None:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password shown as ``***`` (see :func:`mask_password`)."""
-    return mask_password(url, MASK)
+    """``url`` with its secrets shown as ``***`` (see :func:`mask_secrets`)."""
+    return mask_secrets(url, MASK)
