@@ -55,7 +55,7 @@ def _in_generation(obj: object, generation: int) -> bool:
 
 
 def test_a_waiting_request_outlives_young_collections_without_reaching_the_oldest() -> None:
-    """Twenty young collections pass while a request waits: under CPython's middle
+    """Fifteen young collections pass while a request waits: under CPython's middle
     threshold (10) its objects would reach the oldest generation, which every full
     collection walks; under the router's they stay in the middle one."""
     settle()
@@ -72,7 +72,7 @@ def test_a_waiting_request_outlives_young_collections_without_reaching_the_oldes
     gc.callbacks.append(count)
     try:
         held: list[list[object]] = []
-        while young < 20:  # what other requests allocate meanwhile, kept alive
+        while young < 15:  # what other requests allocate meanwhile, kept alive
             held.append([])
     finally:
         gc.callbacks.remove(count)
