@@ -253,6 +253,31 @@ async def test_headers_over_limit_are_431(nursery: trio.Nursery) -> None:
     await client.aclose()
 
 
+async def test_head_over_limit_across_pieces_is_431(nursery: trio.Nursery) -> None:
+    # Each piece is within the limit (its fields are counted only once the head goes on
+    # past the piece it began in); together they are not.
+    handle, _ = await router_with_mock(nursery, max_header_size=1024)
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        # The first piece ends inside the second field: the first is complete in it.
+        await client.send(
+            b"GET /health HTTP/1.1\r\nhost: test\r\nx-one: " + b"a" * 700 + b"\r\nx-tw")
+        await trio.sleep(0.05)  # usually a read of its own (either way: too large)
+        await client.send(b"o: " + b"b" * 400 + b"\r\n\r\n")
+        response = await client.read_response()
+        assert_openai_error(response, 431)
+        assert await client.at_eof()
+    await client.aclose()
+    # A pipelined pair in one piece: the second head counted from its own first byte.
+    client = await connect(handle)
+    with trio.fail_after(HANG_GUARD):
+        small = b"GET /health HTTP/1.1\r\nhost: test\r\nx-fill: " + b"c" * 400 + b"\r\n\r\n"
+        await client.send(small * 2)
+        assert (await client.read_response()).status == 200
+        assert (await client.read_response()).status == 200
+    await client.aclose()
+
+
 # -- timeouts -------------------------------------------------------------------------------------
 
 

@@ -136,29 +136,30 @@ async def json_too_deep_yielding(body: bytes, limit: int = MAX_JSON_DEPTH) -> bo
 @final
 class RequestState:
     """What one request's handling learns on the way, for headers, metrics, logs and
-    spans: filled by the Proxy, read by the Ingress when the request ends."""
+    spans: filled by the Proxy, read by the Ingress when the request ends.
 
-    __slots__ = ("access", "bytes_out", "completion_tokens", "failed_over", "id", "max_gap",
-                 "model", "prompt_tokens", "retried", "span", "started", "stream", "ttft",
-                 "upstream")
+    Only the id and start are set per request: every other field starts as the class's
+    default and is written only by the request that learns it (a plain pass-through
+    request writes a few of them), not twelve stores per request."""
+
+    upstream = 0.0  # seconds spent in upstream calls, every attempt
+    stream = False
+    ttft = -1.0
+    max_gap = -1.0
+    prompt_tokens = 0
+    completion_tokens = 0
+    bytes_out = 0
+    #: The model the client asked for (for the access log: no body is parsed twice).
+    model = ""
+    retried: list[str] | None = None
+    failed_over: list[str] | None = None
+    span: Any = None  # the ingress span when tracing exports spans
+    #: Who the client is and what its admission took (None: access control is off).
+    access: Admission | None = None
 
     def __init__(self, request_id: bytes, started: float) -> None:
         self.id = request_id
         self.started = started  # clock() when the request was parsed
-        self.upstream = 0.0  # seconds spent in upstream calls, every attempt
-        self.stream = False
-        self.ttft = -1.0
-        self.max_gap = -1.0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.bytes_out = 0
-        #: The model the client asked for (for the access log: no body is parsed twice).
-        self.model = ""
-        self.retried: list[str] | None = None
-        self.failed_over: list[str] | None = None
-        self.span: Any = None  # the ingress span when tracing exports spans
-        #: Who the client is and what its admission took (None: access control is off).
-        self.access: Admission | None = None
 
 
 def overhead_ms(seconds: float) -> bytes:
@@ -786,9 +787,10 @@ class Proxy:
                 span.set_attribute("http.response.status_code", exchange.status)
             status = exchange.status
             to_head = clock() - started
-            if status in RETRYABLE_STATUSES:
+            retryable = status in RETRYABLE_STATUSES
+            if retryable:
                 self._cool_down(backend, exchange.headers)
-            if status in RETRYABLE_STATUSES and not last:
+            if retryable and not last:
                 answer = await self._read(exchange, backend, model, call, started, attempt,
                                           state)
                 recorded = True
@@ -854,7 +856,7 @@ class Proxy:
                 return answer
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
-            ok = status < 500 and status not in RETRYABLE_STATUSES
+            ok = status < 500 and not retryable
             recorded = True
             self._record(backend, model, stream, to_head if ok else None, ok,
                          "" if ok else f"answered {status}")
@@ -974,7 +976,7 @@ class Proxy:
 
     @staticmethod
     def _response_headers(upstream: Headers, backend: BackendActor, model: str) -> Headers:
-        headers = [(n, v) for n, v in upstream if n not in _DROPPED_RESPONSE_HEADERS]
+        headers = [field for field in upstream if field[0] not in _DROPPED_RESPONSE_HEADERS]
         headers.append(backend.name_header)
         headers.append((b"x-continuum-model", model.encode()))
         return headers

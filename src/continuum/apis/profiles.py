@@ -70,7 +70,7 @@ def backend_api(config: BackendConfig) -> BackendApi:
 class BackendProfile:
     """The facts of one backend's API and credentials (built by :func:`backend_profile`)."""
 
-    __slots__ = ("_overridden", "api", "auth", "chat_dialect", "default_max_tokens",
+    __slots__ = ("_not_forwarded", "api", "auth", "chat_dialect", "default_max_tokens",
                  "models_path", "path_prefix", "thinking_conflict")
 
     def __init__(self, api: BackendApi, auth: Headers, *, path_prefix: bytes = b"",
@@ -92,7 +92,8 @@ class BackendProfile:
         self.chat_dialect = ChatDialect() if chat_dialect is None else chat_dialect
         #: What to do with thinking Anthropic would refuse: send without it, or a 400.
         self.thinking_conflict: Literal["drop", "reject"] = thinking_conflict
-        self._overridden = frozenset(name for name, _ in auth)
+        #: Client header names never forwarded: the hop-by-hop ones and those in ``auth``.
+        self._not_forwarded = DROPPED_REQUEST_HEADERS | {name for name, _ in auth}
 
     def target(self, path: bytes) -> bytes:
         """The upstream path for a client path of the OpenAI API (``/v1/...``)."""
@@ -103,12 +104,8 @@ class BackendProfile:
     def request_headers(self, client_headers: Headers) -> Headers:
         """A pass-through request's headers: the client's, less those never forwarded and
         those the backend sets itself, then the backend's own."""
-        overridden = self._overridden
-        headers = [
-            (name, value)
-            for name, value in client_headers
-            if name not in DROPPED_REQUEST_HEADERS and name not in overridden
-        ]
+        skipped = self._not_forwarded
+        headers = [field for field in client_headers if field[0] not in skipped]
         headers.extend(self.auth)
         return headers
 

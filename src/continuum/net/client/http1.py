@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import final
+from typing import Final, final
 
 import httptools
 import trio
@@ -15,6 +15,8 @@ from ..fastio import FastStream, raw_socket
 from .exchange import DEFAULT_MAX_HEAD, UpstreamError
 
 _RECEIVE_SIZE = 65536
+#: The answer's fields that say how its body is framed.
+_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding"))
 
 
 def _failed(exc: BaseException) -> UpstreamError:
@@ -74,10 +76,11 @@ class HTTP1Connection:
         if self.headers_done:
             return  # a trailer field: never a header of the answer (_receive bounds them)
         name = name.lower()
-        if name == b"content-length":
-            self._content_length = True
-        elif name == b"transfer-encoding":
-            self._chunked = b"chunked" in value.lower()
+        if name in _FRAMING:  # one set lookup for the other fields
+            if name == b"content-length":
+                self._content_length = True
+            else:
+                self._chunked = b"chunked" in value.lower()
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

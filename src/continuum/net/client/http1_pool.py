@@ -110,8 +110,9 @@ class HTTP1Pool:
         """Head and body as one buffer, for one ``send_all`` (``framing``: the head's last
         line when it is not the body's content-length)."""
         parts = [method, b" ", self._target_prefix, target, self._host_line]
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
+        if headers:
+            # Every ``name: value`` line at C speed: one join, not four parts per field.
+            parts += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
         if framing is not None:
             parts.append(framing)
         elif body or method in (b"POST", b"PUT", b"PATCH"):
