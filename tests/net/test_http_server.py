@@ -6,6 +6,7 @@ so what is asserted is what a client of the router sees on the wire.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -609,3 +610,43 @@ async def test_an_exception_in_the_ingress_access_log_does_not_end_the_router(
         assert (await http_client.get("/health")).status_code == 200
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]
+
+
+async def test_a_finished_connection_is_freed_without_the_collector(
+    nursery: trio.Nursery,
+) -> None:
+    """A connection that ends (closed by the client, or parked while idle, which ends its
+    ServerConnection too) leaves no reference cycle: with the collector off, no
+    ServerConnection outlives its task. A cycle would be freed only by a collection, which
+    lets closed connections pile up between collections (RSS) and makes each collection
+    walk them."""
+
+    async def answer(request: Request, conn: ServerConnection) -> None:
+        await conn.send_response(200, [(b"content-type", b"text/plain")], b"ok")
+
+    listeners = await open_listeners(["127.0.0.1:0"])
+    limits = HTTPLimits(stream_paths=frozenset({b"/upload"}), park_after=0.05)
+    server = HTTPServer(listeners, answer, limits, render_error=render_error)
+    nursery.start_soon(server.run)
+    address = server.addresses[0]
+    gc.collect()
+    gc.disable()
+    try:
+        with trio.fail_after(HANG_GUARD):
+            for i in range(10):
+                client = await RawClient.tcp(address)
+                await client.send(HEALTH)
+                assert (await client.read_response()).status == 200
+                if i % 2:
+                    await trio.sleep(0.2)  # idle past idle_park_after: parked, then served
+                    await client.send(HEALTH)
+                    assert (await client.read_response()).status == 200
+                await client.aclose()
+            while server.served:  # every connection task has ended
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)
+        alive = [o for o in gc.get_objects() if isinstance(o, ServerConnection)]
+        assert alive == []
+    finally:
+        gc.enable()
+    server.drain()

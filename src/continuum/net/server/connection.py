@@ -233,6 +233,17 @@ class _Parser:
         #: Set by the connection: makes the :class:`BodyStream` of a streamed request.
         self.open_stream: Callable[[int | None, bool], BodyStream] | None = None
 
+    def release(self) -> None:
+        """The connection is over: drop what makes it a reference cycle (httptools holds
+        this parser's bound callbacks; ``open_stream`` and ``stream`` hold the connection),
+        so that it is freed as its task ends, not by a collection of the cyclic garbage
+        collector (which lets closed connections pile up and makes each collection walk
+        them). Nothing may be fed after it."""
+        del self.parser
+        self.open_stream = None
+        self.stream = None
+        self.ready.clear()
+
     @property
     def method(self) -> str:
         """The method of the request being parsed ("" before its request line)."""
@@ -1072,6 +1083,7 @@ class ServerConnection:
             if rest is not None:
                 raise rest from None
         finally:
+            self._parser.release()
             if not self.parked:
                 self.idle = False  # never parked from here on: the socket is closing
                 await trio.aclose_forcefully(self.stream)

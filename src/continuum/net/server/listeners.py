@@ -223,22 +223,24 @@ class HTTPServer:
 
     async def _sweep_timers(self) -> None:
         """Fire connection timers (idle keep-alive, slow client, request deadlines)."""
-        parking = self._parking
-        keepalive = self._limits.keepalive_timeout
-        park_after = self._limits.park_after
         while True:
             await trio.sleep(self.timer_resolution)
-            now = clock()
-            # An idle connection's deadline is when it fell idle + keepalive_timeout.
-            park_by = now + keepalive - park_after
-            for conn in list(self.served):
-                if conn.deadline <= now:
-                    conn.expire()
-                elif (parking is not None and conn.idle and conn.deadline <= park_by
-                      and (sock := raw_socket(conn.stream)) is not None):
-                    conn.park(sock)
-            if parking is not None:
-                parking.expire(now)
+            self._sweep(clock())
+
+    def _sweep(self, now: float) -> None:
+        """One sweep (a call of its own, so no connection stays referenced by the sweeper's
+        locals while it sleeps: a closed one is freed as its task ends)."""
+        parking = self._parking
+        # An idle connection's deadline is when it fell idle + keepalive_timeout.
+        park_by = now + self._limits.keepalive_timeout - self._limits.park_after
+        for conn in list(self.served):
+            if conn.deadline <= now:
+                conn.expire()
+            elif (parking is not None and conn.idle and conn.deadline <= park_by
+                  and (sock := raw_socket(conn.stream)) is not None):
+                conn.park(sock)
+        if parking is not None:
+            parking.expire(now)
 
     async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
         """Accept every pending connection at once, then wait for more.
