@@ -36,7 +36,7 @@ from harness import (
     router_config,
     served_during,
 )
-from upstream_cases import ATTACK, backend_state
+from upstream_cases import ATTACK, backend_state, settled_state
 
 Handler = Callable[[UpstreamRequest, UpstreamConn], Awaitable[None]]
 
@@ -282,7 +282,7 @@ async def test_hostile_translated_stream(router: RouterProcess, name: str) -> No
             else:
                 assert len(response.body) > LIVE_BYTES  # all of it went through
             attempts += 1
-    after = await backend_state(router, name)
+    after = await settled_state(router, name, state["failures"] + attempts)
     assert after["failures"] - state["failures"] == attempts, after
     assert after["in_flight"] == 0 and after["pool"]["in_use"] == 0, after
     await assert_bounded(router, before, rss_mib=64.0)

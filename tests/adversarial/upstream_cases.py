@@ -64,6 +64,21 @@ async def backend_state(router: RouterProcess, name: str) -> dict[str, Any]:
     return state
 
 
+async def settled_state(router: RouterProcess, name: str, failures: int,
+                        bound: float = 5.0) -> dict[str, Any]:
+    """Backend ``name``'s state once its failure count reaches ``failures`` and nothing is
+    in flight (or after ``bound`` seconds, whatever it is then). An attempt is recorded as
+    it ends, which may be just after the client has read the last byte of its answer."""
+    deadline = trio.current_time() + bound
+    while True:
+        state = await backend_state(router, name)
+        settled = (state["failures"] >= failures and state["in_flight"] == 0
+                   and state["pool"]["in_use"] == 0)
+        if settled or trio.current_time() >= deadline:
+            return state
+        await trio.sleep(0.02)
+
+
 def check_answer(response: Response | None, expect: Expect) -> None:
     assert response is not None, "the router closed without an answer"
     if expect.sse_code is None:
@@ -102,7 +117,7 @@ async def attack(router: RouterProcess, name: str, stream: bool, expect: Expect,
                                          timeout=REQUEST_TIMEOUT + 10)
             check_answer(response, expect)
             attempts += 1
-    after = await backend_state(router, name)
+    after = await settled_state(router, name, state["failures"] + attempts * expect.failures)
     assert after["failures"] - state["failures"] == attempts * expect.failures, after
     assert after["in_flight"] == 0 and after["pool"]["in_use"] == 0, after
     if expect.failures:
