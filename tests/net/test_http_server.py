@@ -235,6 +235,12 @@ async def test_chunked_body_over_limit_is_413(nursery: trio.Nursery) -> None:
     await client.aclose()
 
 
+async def refused_431_and_closed(client: RawClient) -> None:
+    assert_openai_error(await client.read_response(), 431)
+    assert await client.at_eof()
+    await client.aclose()
+
+
 async def test_headers_over_limit_are_431(nursery: trio.Nursery) -> None:
     handle, _ = await router_with_mock(nursery, max_header_size=1024)
     client = await connect(handle)
@@ -242,10 +248,7 @@ async def test_headers_over_limit_are_431(nursery: trio.Nursery) -> None:
         await client.send(
             b"GET /health HTTP/1.1\r\nhost: test\r\nx-big: " + b"h" * 2048 + b"\r\n\r\n"
         )
-        response = await client.read_response()
-        assert_openai_error(response, 431)
-        assert await client.at_eof()
-    await client.aclose()
+        await refused_431_and_closed(client)
     # Headers within the limit still work.
     client = await connect(handle)
     with trio.fail_after(HANG_GUARD):
@@ -265,10 +268,7 @@ async def test_head_over_limit_across_pieces_is_431(nursery: trio.Nursery) -> No
             b"GET /health HTTP/1.1\r\nhost: test\r\nx-one: " + b"a" * 700 + b"\r\nx-tw")
         await trio.sleep(0.05)  # usually a read of its own (either way: too large)
         await client.send(b"o: " + b"b" * 400 + b"\r\n\r\n")
-        response = await client.read_response()
-        assert_openai_error(response, 431)
-        assert await client.at_eof()
-    await client.aclose()
+        await refused_431_and_closed(client)
     # A pipelined pair in one piece: the second head counted from its own first byte.
     client = await connect(handle)
     with trio.fail_after(HANG_GUARD):

@@ -1,5 +1,6 @@
 """TOML config documents: read with the standard library's ``tomllib``, written with
-``tomli-w``.
+``tomli-w``, both imported on first use (with ``decimal`` they take ~4 ms of every start-up
+otherwise, and most configs are YAML).
 
 A config may be written in TOML as well as YAML (the file's ``.toml`` suffix says which);
 both read into the same plain data, so everything after parsing (``${VAR}`` substitution,
@@ -12,11 +13,8 @@ so).
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from typing import Any, Final, Literal
-
-import tomli_w
 
 from ._schema import ConfigError
 
@@ -59,6 +57,8 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     if _most_key_dots(text) >= MAX_KEY_PARTS:
         raise ConfigError(f"invalid TOML: a dotted key of more than {MAX_KEY_PARTS} parts",
                           source=source)
+    import tomllib
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -78,4 +78,6 @@ def _without_nulls(value: Any) -> Any:
 def dump_toml(document: Mapping[str, Any]) -> str:
     """``document`` (plain data, e.g. a config's masked builtins) as TOML text, null
     values left out."""
+    import tomli_w
+
     return tomli_w.dumps(_without_nulls(document))
