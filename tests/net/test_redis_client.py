@@ -637,12 +637,19 @@ def _replies(draw: st.DrawFn) -> bytes:
     return b"".join(parts)
 
 
-@settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(payload=_replies(), close=st.booleans())
+def _hostile_replies(test: Callable[[bytes, bool], None]) -> Callable[[], None]:
+    """A hostile-replies property test: ``test(payload, close)`` over 120 generated replies."""
+    generated = given(payload=_replies(), close=st.booleans())(test)
+    return settings(max_examples=120, deadline=None, suppress_health_check=[
+        HealthCheck.too_slow, HealthCheck.function_scoped_fixture])(generated)
+
+
+#: The client of a hostile-replies case: a short timeout, a small reply bound.
+_HOSTILE_OPTIONS: dict[str, Any] = {"timeout": 0.05, "max_reply_bytes": 4096,
+                                    "client_name": None}
+
+
+@_hostile_replies
 def test_hostile_replies_never_hang_nor_escape_the_error_family(
     payload: bytes, close: bool
 ) -> None:
@@ -657,8 +664,7 @@ def test_hostile_replies_never_hang_nor_escape_the_error_family(
 
         async with trio.open_nursery() as nursery:
             url = await _hostile(nursery, handler)
-            options = {"timeout": 0.05, "max_reply_bytes": 4096, "client_name": None}
-            async with RedisClient.from_url(url, **options) as client:
+            async with RedisClient.from_url(url, **_HOSTILE_OPTIONS) as client:
                 with trio.fail_after(5), contextlib.suppress(RedisError):
                     await client.execute("GET", "k")
             nursery.cancel_scope.cancel()
@@ -692,12 +698,7 @@ def _threaded_redis(payload: bytes, close: bool) -> tuple[str, threading.Thread]
     return f"redis://127.0.0.1:{listener.getsockname()[1]}/0", thread
 
 
-@settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(payload=_replies(), close=st.booleans())
+@_hostile_replies
 def test_hostile_replies_to_a_lone_call_never_hang_nor_escape_the_error_family(
     payload: bytes, close: bool
 ) -> None:
@@ -707,8 +708,7 @@ def test_hostile_replies_to_a_lone_call_never_hang_nor_escape_the_error_family(
     url, thread = _threaded_redis(payload, close)
 
     async def main() -> None:
-        options = {"timeout": 0.05, "max_reply_bytes": 4096, "client_name": None}
-        async with RedisClient.from_url(url, **options) as client:
+        async with RedisClient.from_url(url, **_HOSTILE_OPTIONS) as client:
             with trio.fail_after(5):
                 assert await client.execute("PING") == b"PONG"  # a connection to be alone on
                 with contextlib.suppress(RedisError):
