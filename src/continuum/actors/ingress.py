@@ -414,7 +414,7 @@ class Ingress:
         observations = self._observations
         if observations is None:
             return  # metrics off: the registry is not fed
-        if len(observations) < self._observations_limit:  # MetricsSink.post, inlined
+        if len(observations) < self._observations_limit:  # the sink's bound: count the rest
             observations.append(obs)
         else:
             self.metrics.metrics.observations_dropped.inc()

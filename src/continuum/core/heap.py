@@ -17,15 +17,17 @@ every ~300 ms, shorter than the wait: every waiting request's objects were promo
 oldest generation, which a full collection then walked every ~3 s. The middle threshold
 is 20 (with the young one below, every few seconds at c=1000): the middle generation finds
 most of those requests finished and freed, a tenth as many objects are promoted and full
-collections nearly stop. Not more: the cycles a closed client connection leaves wait in the
-middle generation for it, and at 100 the soak scenario's RSS grew 25 MB/min (1-2 at 20).
+collections nearly stop. Not more: at 100 the soak scenario's RSS grew 25 MB/min (1-2 at
+20), measured while each closed client connection still left a cycle for the middle
+generation to free; connections are now freed without the collector, and a larger middle
+threshold has not been measured since.
 The young threshold is 2,000: what requests allocate and free mostly cancels out within
 that window, so young collections run 3-5x less often, each a longer pause (1.6-3.5 ms of
 CPU measured at c=1000 on a busy machine, against ~0.8 ms at 700); at c=1 none runs at all.
 At c=1000 with a 500 ms upstream the collector's CPU fell from 33-39 to 11-14 ms per 1,000
 requests (docs/benchmarks.md, "the collector at c=1000"). Memory stays bounded: a full
-collection still follows every 10 middle ones, and the cycles that reach the oldest
-generation (closed client connections') wait for it at most that long.
+collection still follows every 10 middle ones, so a cycle that reaches the oldest
+generation waits for it at most that long.
 """
 
 from __future__ import annotations
