@@ -587,6 +587,17 @@ async def _probe(address: str, kind: str, bound: float) -> Probe:
     return Probe(kind, started, None, status)
 
 
+def attack_rounds(seconds: float = 1.5, least: int = 2) -> Iterator[int]:
+    """Round numbers of an attack repeated for ``seconds`` (at least ``least`` rounds): a
+    body of :func:`served_during` that lasts however fast the machine is, so the second
+    client's probes run while it does."""
+    deadline = trio.current_time() + seconds
+    n = 0
+    while n < least or trio.current_time() < deadline:
+        yield n
+        n += 1
+
+
 @contextlib.asynccontextmanager
 async def served_during(
     address: str, *, bound: float = PROMPT, interval: float = 0.05, min_rounds: int = 2,
