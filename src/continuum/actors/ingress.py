@@ -220,7 +220,7 @@ class Ingress:
 
     def _request_id(self, request: Request) -> bytes:
         rid = request.header(b"x-request-id")
-        if rid is None or not rid or len(rid) > 200:
+        if not rid or len(rid) > 200:
             if rid is not None:  # empty or oversized: replaced by ours
                 request.headers = [(n, v) for n, v in request.headers if n != b"x-request-id"]
             rid = self._new_id()
@@ -247,7 +247,9 @@ class Ingress:
     async def handle(self, request: Request, conn: ServerConnection) -> None:
         started = clock()
         path = request.path
-        method, handler, endpoint = self._route(path)
+        route = self._routes.get(path)  # the common case, without a call
+        method, handler, endpoint = ((route[0], route[1], path) if route is not None
+                                     else self._route(path))
         status = 500
         served: Served | None = None
         state = RequestState(self._request_id(request), started)

@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, final
 
@@ -308,8 +308,7 @@ def client_key(request: Request) -> bytes | None:
 _NOTHING_SERVED: Final = Served(0, "", "", 0.0, 0)
 
 
-@final
-class AttemptResult:
+class AttemptResult(msgspec.Struct):
     """What one attempt on one backend came to: the one result type of the attempt loop.
 
     * an answer to send, or to share through dedup: ``status``, ``headers``, ``body`` and
@@ -319,21 +318,17 @@ class AttemptResult:
       too slow rather than broken (a 504 rather than a 502 when no attempt is left). When
       the backend answered a retryable status, its answer is kept too (``status`` is not 0),
       to send if nothing better comes.
+
+    A Struct: made once per attempt, its constructor runs in C.
     """
 
-    __slots__ = ("body", "error", "headers", "served", "status", "streamed", "timed_out")
-
-    def __init__(
-        self, served: Served = _NOTHING_SERVED, status: int = 0, headers: Headers | None = None,
-        body: bytes = b"", *, error: str = "", timed_out: bool = False, streamed: bool = False,
-    ) -> None:
-        self.served = served
-        self.status = status
-        self.headers: Headers = [] if headers is None else headers
-        self.body = body
-        self.error = error
-        self.timed_out = timed_out
-        self.streamed = streamed
+    served: Served = _NOTHING_SERVED
+    status: int = 0
+    headers: Headers = msgspec.field(default_factory=list)
+    body: bytes = b""
+    error: str = ""
+    timed_out: bool = False
+    streamed: bool = False
 
 
 @final
@@ -452,8 +447,24 @@ class Proxy:
             self._timeout_error_anthropic if is_messages_api(path) else self._timeout_error,
         )
 
-    async def handle(self, request: Request, conn: ServerConnection,
-                     state: RequestState) -> Served:
+    def handle(self, request: Request, conn: ServerConnection,
+               state: RequestState) -> Awaitable[Served]:
+        """Proxy a JSON request; returns what to await for its outcome. The common case (a
+        shallow body without file references, no limits to admit) needs nothing awaited
+        before the backend is chosen: it returns :meth:`_serve`'s coroutine itself, one
+        coroutine level fewer for every suspension of the request; the rest takes
+        :meth:`_handle`."""
+        body = request.body
+        files = self.files
+        if (not shallow(body) or (self.access is not None and state.access is not None)
+                or (files is not None and REFERENCE_MARK in body)):
+            return self._handle(request, conn, state)
+        peek = _peek(body, self._decode_peek)
+        model = state.model = peek.model or ""
+        return self._serve(request, conn, state, peek, model, self._chain(model, request.path))
+
+    async def _handle(self, request: Request, conn: ServerConnection,
+                      state: RequestState) -> Served:
         body = request.body
         # Before any decoder sees the body: deep nesting is refused by one fixed rule (see
         # _jsondepth), so no decode of it anywhere can hit Python's recursion limit.
@@ -644,8 +655,6 @@ class Proxy:
         # Indexed, not enumerate(): the loop waits on the backend, and an enumerate and its
         # tuple iterator would be two more objects per request in flight for the collector.
         for index in range(len(chain)):
-            if final:
-                break
             model = chain[index]
             if index:
                 if state.failed_over is None:
@@ -677,7 +686,7 @@ class Proxy:
                     previous = None
                 tried.append(backend)
                 retries += 1
-                last = model == chain[-1] and attempt == self._max_retries
+                last = attempt == self._max_retries and model == chain[-1]
                 result = await self._attempt(request, conn, backend, model, body,
                                              stream, retries, last, state, span, plan)
                 if not result.error:
@@ -693,6 +702,8 @@ class Proxy:
                 if plan is not None and not plan.can_retry():
                     final = True
                     break
+            if final:  # (checked here, not on every model: a first try skips it)
+                break
         if held is not None:
             return held  # every backend failed; the last retryable answer says why
         if refused is not None and not last_error:
@@ -800,9 +811,8 @@ class Proxy:
                     return AttemptResult(error=message)
                 answer.error = message
                 return answer
-            if status == 200 and (
-                    relay == "binary"
-                    or ((stream or relay) and _is_event_stream(exchange.headers))):
+            if status == 200 and (stream or relay) and (
+                    relay == "binary" or _is_event_stream(exchange.headers)):
                 if waiting is not None:  # the stream watches its client itself
                     waiting.discard(conn)
                     waiting = None

@@ -45,29 +45,18 @@ _TRANSLATED_FORWARD: Final = frozenset({b"x-request-id", b"traceparent", b"trace
 
 
 @final
-class Call:
-    """One attempt's request, plus how to read its answer in the client's API (a plain
-    slotted class: one is made per attempt)."""
+class Call(msgspec.Struct):
+    """One attempt's request, plus how to read its answer in the client's API (a Struct:
+    one is made per attempt, and its constructor runs in C)."""
 
-    __slots__ = ("body", "headers", "method", "stream", "target", "translate")
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: Headers,
-        body: bytes,
-        translate: Callable[[int, bytes], Translated] | None = None,
-        stream: Callable[[], StreamTranslator] | None = None,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.body = body
-        #: Complete answer → client's API; None for pass-through.
-        self.translate = translate
-        #: A fresh SSE translator for a streamed answer; None for pass-through.
-        self.stream = stream
+    method: bytes
+    target: bytes
+    headers: Headers
+    body: bytes
+    #: Complete answer → client's API; None for pass-through.
+    translate: Callable[[int, bytes], Translated] | None = None
+    #: A fresh SSE translator for a streamed answer; None for pass-through.
+    stream: Callable[[], StreamTranslator] | None = None
 
 
 class _Pipeline:

@@ -25,6 +25,7 @@ HALF_OPEN
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,9 +107,11 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "_bucket",
         "_clock",
         "_consecutive",
         "_opened_at",
+        "_slot_end",
         "_slot_width",
         "_state",
         "_trial_successes",
@@ -116,7 +119,6 @@ class CircuitBreaker:
         "_trials_in_flight",
         "_window",
         "_window_failures",
-        "_window_total",
         "closed",
         "last_change",
         "opened_total",
@@ -139,7 +141,12 @@ class CircuitBreaker:
         #: and showed up as RSS growth and cache misses on the request path).
         self._window: deque[list[int]] = deque()
         self._slot_width = settings.window / _WINDOW_SLOTS
-        self._window_total = 0
+        #: The newest slot (``_window[-1]`` while it is in the window) and the clock reading
+        #: where it ends: a success inside it is one comparison and one increment.
+        self._bucket = [0, 0, 0]
+        self._slot_end = -math.inf
+        #: Failures in the window (requests are summed over its slots when asked: only a
+        #: failure or a reader needs the total, not every success).
         self._window_failures = 0
         self._opened_at = 0.0
         self._trials = 0  # trials admitted in this half-open period (in flight or done)
@@ -181,7 +188,7 @@ class CircuitBreaker:
     @property
     def requests_in_window(self) -> int:
         self._prune(self._clock())
-        return self._window_total
+        return self._total()
 
     @property
     def failures_in_window(self) -> int:
@@ -192,7 +199,7 @@ class CircuitBreaker:
     def failure_rate(self) -> float:
         """Failed share of the outcomes in the window (0.0 when it is empty)."""
         self._prune(self._clock())
-        total = self._window_total
+        total = self._total()
         return self._window_failures / total if total else 0.0
 
     @property
@@ -222,7 +229,8 @@ class CircuitBreaker:
         if settings.window != previous.window:
             self._slot_width = settings.window / _WINDOW_SLOTS
             self._window.clear()
-            self._window_total = self._window_failures = 0
+            self._window_failures = 0
+            self._slot_end = -math.inf
         if not settings.enabled and self._state is not BreakerState.CLOSED:
             self._close(self._clock())
 
@@ -245,7 +253,7 @@ class CircuitBreaker:
 
     def record(self, ok: bool) -> BreakerState | None:
         """The outcome of an admitted request; returns the new state if it changed."""
-        if self._state is BreakerState.CLOSED:  # the common case, without the property
+        if self.closed:  # the common case, without the property
             return self._record_closed(ok) if self.settings.enabled else None
         if not self.settings.enabled:
             return None
@@ -274,16 +282,10 @@ class CircuitBreaker:
 
     def _record_closed(self, ok: bool) -> BreakerState | None:
         now = self._clock()
-        slot = int(now / self._slot_width)
-        window = self._window
-        if window and window[-1][0] == slot:
-            bucket = window[-1]
-        else:  # a new slot: the oldest may have left the window
-            self._prune(now)
-            bucket = [slot, 0, 0]
-            window.append(bucket)
+        if now >= self._slot_end:  # a new slot: the oldest may have left the window
+            self._new_slot(now)
+        bucket = self._bucket
         bucket[1] += 1
-        self._window_total += 1
         if ok:
             self._consecutive = 0
             return None
@@ -294,7 +296,7 @@ class CircuitBreaker:
         if 0 < settings.failure_threshold <= self._consecutive:
             self._open(now)
             return BreakerState.OPEN
-        total = self._window_total
+        total = self._total()
         if (
             settings.failure_rate_threshold > 0.0
             and total >= settings.minimum_requests
@@ -304,6 +306,16 @@ class CircuitBreaker:
             return BreakerState.OPEN
         return None
 
+    def _new_slot(self, now: float) -> None:
+        self._prune(now)
+        slot = int(now / self._slot_width)
+        self._bucket = bucket = [slot, 0, 0]
+        self._window.append(bucket)
+        self._slot_end = (slot + 1) * self._slot_width
+
+    def _total(self) -> int:
+        return sum(bucket[1] for bucket in self._window)
+
     def _prune(self, now: float) -> None:
         # A slot leaves once all of it is older than the window: the window reaches back
         # between ``window`` and ``window`` plus one slot (1/30 of it).
@@ -311,13 +323,11 @@ class CircuitBreaker:
         horizon = now - self.settings.window
         window = self._window
         while window and (window[0][0] + 1) * width <= horizon:
-            _, total, failures = window.popleft()
-            self._window_total -= total
-            self._window_failures -= failures
+            self._window_failures -= window.popleft()[2]
 
     def _reset_counts(self) -> None:
         self._window.clear()
-        self._window_total = 0
+        self._slot_end = -math.inf
         self._window_failures = 0
         self._consecutive = 0
         self._trials = self._trials_in_flight = self._trial_successes = 0
