@@ -866,10 +866,11 @@ class Proxy:
                 return answer
             # A 429/529 ("overloaded") counts against the backend whether or not it was
             # retried; other 4xx are the request's doing.
-            ok = status < 500 and not retryable
             recorded = True
-            self._record(backend, model, stream, to_head if ok else None, ok,
-                         "" if ok else f"answered {status}")
+            if status < 500 and not retryable:  # the common case: straight to the Router
+                self.router.record(backend, model, to_head, True, "", stream)
+            else:
+                self._record(backend, model, stream, None, False, f"answered {status}")
             return answer
         finally:
             if waiting is not None:
