@@ -261,13 +261,22 @@ def _tokens(usage: _Usage) -> tuple[int, int]:
 
 
 def usage_from_body(body: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens of a complete JSON answer; None without ``usage``."""
-    if _USAGE_MARK not in body:
+    """(prompt, completion) tokens of a complete JSON answer; None without ``usage``.
+
+    Answers put ``usage`` last, after the content: the object from its last ``"usage"``
+    key to the end is decoded first (``{`` + that tail is valid JSON only when the key is
+    one of the top-level object's; a nested key leaves closing brackets over, a string
+    ``"usage"`` is followed by no colon). Anything else decodes the whole body."""
+    pos = body.rfind(_USAGE_MARK)
+    if pos < 0:
         return None
     try:
-        usage = _decode_usage(body).usage
+        usage = _decode_usage(b"{" + body[pos:]).usage
     except msgspec.MsgspecError:
-        return None
+        try:
+            usage = _decode_usage(body).usage
+        except msgspec.MsgspecError:
+            return None
     return None if usage is None else _tokens(usage)
 
 
