@@ -314,7 +314,6 @@ class Ingress:
                                          _error_body(500, "Internal router error", path))
         finally:
             duration = clock() - started
-            state.bytes_out = conn.bytes_out
             if conn.expired is not None and conn.expired.status:
                 status = conn.expired.status  # the server answers it once we unwind
             if served is not None:
@@ -322,20 +321,18 @@ class Ingress:
                     request.method, endpoint, status, duration, served.backend, served.model,
                     served.backend_duration, served.attempts, state.upstream, state.stream,
                     state.ttft, state.max_gap, state.prompt_tokens, state.completion_tokens,
-                    () if state.retried is None else tuple(state.retried),
-                    () if state.failed_over is None else tuple(state.failed_over),
+                    state.retried, state.failed_over,
                 )
             else:
                 obs = RequestObserved(
                     request.method, endpoint, status, duration, upstream=state.upstream,
                     stream=state.stream,
-                    retried=() if state.retried is None else tuple(state.retried),
-                    failed_over=() if state.failed_over is None else tuple(state.failed_over),
+                    retried=state.retried, failed_over=state.failed_over,
                 )
             self._observe(obs)
             if self._access_log and access_log.isEnabledFor(logging.INFO):
                 self._log_access(state.id, request.method, path, obs, state.model,
-                                 state.bytes_out,
+                                 conn.bytes_out,
                                  state.access.label if state.access is not None else "-",
                                  served.session if isinstance(served, RealtimeServed) else None)
             if state.span is not None:

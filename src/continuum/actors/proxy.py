@@ -148,11 +148,12 @@ class RequestState:
     max_gap = -1.0
     prompt_tokens = 0
     completion_tokens = 0
-    bytes_out = 0
     #: The model the client asked for (for the access log: no body is parsed twice).
     model = ""
-    retried: list[str] | None = None
-    failed_over: list[str] | None = None
+    #: Backends retried after and models failed over from, in order (tuples, grown only
+    #: on a retry: the observation takes them as they are).
+    retried: tuple[str, ...] = ()
+    failed_over: tuple[str, ...] = ()
     span: Any = None  # the ingress span when tracing exports spans
     #: Who the client is and what its admission took (None: access control is off).
     access: Admission | None = None
@@ -657,9 +658,7 @@ class Proxy:
         for index in range(len(chain)):
             model = chain[index]
             if index:
-                if state.failed_over is None:
-                    state.failed_over = []
-                state.failed_over.append(chain[index - 1])
+                state.failed_over += (chain[index - 1],)
             body = (request.body if model == client_model or plan is not None
                     else with_model(request.body, model))
             tried: list[BackendActor] = []
@@ -680,9 +679,7 @@ class Proxy:
                 if backend is None:
                     break
                 if previous is not None:  # this attempt retries ``previous``'s failure
-                    if state.retried is None:
-                        state.retried = []
-                    state.retried.append(previous.name)
+                    state.retried += (previous.name,)
                     previous = None
                 tried.append(backend)
                 retries += 1
@@ -988,8 +985,7 @@ class Proxy:
     @staticmethod
     def _response_headers(upstream: Headers, backend: BackendActor, model: str) -> Headers:
         headers = [field for field in upstream if field[0] not in _DROPPED_RESPONSE_HEADERS]
-        headers.append(backend.name_header)
-        headers.append((b"x-continuum-model", model.encode()))
+        headers += backend.name_header, (b"x-continuum-model", model.encode())
         return headers
 
     # -- streaming -----------------------------------------------------------------------

@@ -415,9 +415,7 @@ class RealtimeGateway:
         refused: RouterError | None = None  # per_backend: the last backend limit that refused
         for index, model in enumerate(chain):
             if index:
-                if state.failed_over is None:
-                    state.failed_over = []
-                state.failed_over.append(chain[index - 1])
+                state.failed_over += (chain[index - 1],)
             tried: list[BackendActor] = []
             for _ in range(self.max_retries + 1):
                 if attempts:
@@ -432,9 +430,7 @@ class RealtimeGateway:
                 if backend is None:
                     break
                 if previous is not None:
-                    if state.retried is None:
-                        state.retried = []
-                    state.retried.append(previous.name)
+                    state.retried += (previous.name,)
                     previous = None
                 tried.append(backend)
                 attempts += 1
