@@ -248,8 +248,12 @@ class Ingress:
         started = clock()
         path = request.path
         route = self._routes.get(path)  # the common case, without a call
-        method, handler, endpoint = ((route[0], route[1], path) if route is not None
-                                     else self._route(path))
+        handler: Route | None
+        if route is not None:
+            method, handler = route
+            endpoint = path
+        else:
+            method, handler, endpoint = self._route(path)
         status = 500
         served: Served | None = None
         state = RequestState(self._request_id(request), started)
