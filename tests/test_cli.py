@@ -172,11 +172,15 @@ def test_subcommand_help(command: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_no_subcommand_is_a_usage_error() -> None:
-    result = cli()
-    assert result.returncode != 0
-    assert "usage:" in result.stderr
+def test_no_subcommand_and_no_config_is_a_clear_error(tmp_path: Path) -> None:
+    """Without a command the router runs (the reference router's way); with no config to
+    find, that is exit 2 naming where it looked, as ``run`` says it."""
+    result = cli(env=isolated_env(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "none found" in result.stderr and "generate-config" in result.stderr
     assert "Traceback" not in result.stderr
+    result = cli("--no-such-option")
+    assert result.returncode == 2 and "usage:" in result.stderr
 
 
 def test_version() -> None:
@@ -306,6 +310,29 @@ def test_generate_config_output_loads() -> None:
     config = continuum.parse_config(result.stdout, source="<generated>")
     assert isinstance(config, continuum.Config)
     assert "#" in result.stdout  # it is commented
+
+
+def test_the_reference_routers_spelling_without_a_subcommand(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    """``--generate-config`` and ``--config FILE`` as the reference router spells them; no
+    command at all runs the router on the config discovery finds."""
+    flag, sub = cli("--generate-config"), cli("generate-config")
+    assert flag.returncode == 0 and flag.stdout == sub.stdout, flag.stderr
+    named = Running(["--config", str(demo_copy(tmp_path, "127.0.0.1:0"))])
+    running.append(named)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    demo_copy(workdir, "127.0.0.1:0").rename(workdir / "config.yaml")
+    found = Running([], env=isolated_env(tmp_path), cwd=workdir)
+    running.append(found)
+    for proc in (named, found):
+        port = listening_port(proc.stderr)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HANG_GUARD) as client:
+            assert client.get("/health").status_code == 200
+    # Options of run still need their values; --version stays the program's own.
+    assert cli("--config").returncode == 2
+    assert cli("--version").stdout.startswith("trio-continuum ")
 
 
 # -- run ------------------------------------------------------------------------------------------

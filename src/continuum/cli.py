@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trio-continuum",
         description="A high-performance LLM API router: one OpenAI-compatible endpoint in "
         "front of many backends.",
+        epilog="Without a command, the router runs: 'trio-continuum --config FILE' is "
+        "'trio-continuum run FILE', and 'trio-continuum --generate-config' is "
+        "'trio-continuum generate-config'.",
     )
     parser.add_argument("--version", action="version", version=f"trio-continuum {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -446,8 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The reference router's spellings, which have no subcommand: ``--generate-config`` prints
+#: the sample config; anything else that starts with an option (``--config FILE``, ``--bind``)
+#: or nothing at all runs the router.
+_TOP_LEVEL_ONLY = frozenset({"-h", "--help", "--version"})
+
+
+def _with_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the subcommand the reference router's command lines imply."""
+    args = list(argv)
+    if args[:1] == ["--generate-config"]:
+        return ["generate-config", *args[1:]]
+    if not args or (args[0].startswith("-") and args[0] not in _TOP_LEVEL_ONLY):
+        return ["run", *args]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
     result: int = args.func(args)
     return result
 
