@@ -147,12 +147,16 @@ def test_memory_is_bounded_and_idle_keys_go() -> None:
     for i in range(1000):
         assert limiter.admit([RateCheck("client", f"10.0.{i // 256}.{i % 256}", rate)], 0.0)
     assert len(limiter) == 100
-    # A minute later every bucket is full again: admissions sweep the idle ones away.
-    for i in range(60):
-        limiter.admit([RateCheck("client", "newcomer", rate)], now=60.0 + i)
-    assert len(limiter) <= 100 - 2 * 60 + 1 + 60  # at most two swept per admission
-    limiter.admit([RateCheck("client", "newcomer", rate)], now=500.0)
-    assert len(limiter) < 100
+    # Every bucket is full again 1 s later, the newcomer's 1 s after it was charged: the
+    # sweep drops the idle keys from the least recently charged on, and stops at the
+    # first still in use. Admitting does not sweep.
+    limiter.admit([RateCheck("client", "newcomer", rate)], now=3.0)
+    assert len(limiter) == 100  # one old key made room
+    assert limiter.sweep(now=0.5) == 0
+    assert limiter.sweep(now=2.0) == 99
+    assert len(limiter) == 1
+    assert limiter.sweep(now=3.5) == 0
+    assert limiter.sweep(now=4.0) == 1 and len(limiter) == 0
 
 
 def test_long_or_odd_idents_are_hashed() -> None:

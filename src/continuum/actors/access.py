@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Final, final
@@ -96,6 +95,8 @@ UNAUTHORIZED: Final = (
 #: Settlements waiting for the background task; past that one is dropped and counted (its
 #: lease then expires by itself, its reservation stays charged).
 _SETTLE_QUEUE: Final = 4096
+#: How often idle rate-limit keys in memory are dropped (``MemoryLimiter.sweep``).
+SWEEP_PERIOD: Final = 1.0
 _SETTLE_BATCH: Final = 256
 _SETTLE_RETRIES: Final = 5
 _SETTLE_RETRY_DELAY: Final = 0.5
@@ -174,29 +175,26 @@ def needed(config: Config) -> bool:
 
 
 @final
-class Admission:
+class Admission(msgspec.Struct):
     """One request's access facts: who it is, and what its admissions took (for the
-    access log, for settling, and for the per-backend admission)."""
+    access log, for settling, and for the per-backend admission). A Struct: every
+    request with access control makes one, and its defaults are set in C."""
 
-    __slots__ = ("backend_decisions", "client", "counted", "decisions", "key", "label",
-                 "limited", "presented", "reservation")
-
-    def __init__(self, key: ApiKey | None, presented: bytes | None) -> None:
-        self.key = key
-        #: What the access log shows: the key's label, ``-`` without one.
-        self.label = key.label if key is not None else "-"
-        self.presented = presented
-        #: False once the request is exempt (whitelist, bypass key) or no limit applies.
-        self.limited = True
-        self.client = ""
-        self.reservation = 0.0
-        #: Tuples, grown by one per admission (one or two per request): no list made for
-        #: every request.
-        self.decisions: tuple[Decision, ...] = ()
-        #: (backend name, decision) of each per_backend admission.
-        self.backend_decisions: tuple[tuple[str, Decision], ...] = ()
-        #: Admitted by Redis and counted in ``AccessControl.admitted`` until settled.
-        self.counted = False
+    key: ApiKey | None
+    presented: bytes | None
+    #: What the access log shows: the key's label, ``-`` without one.
+    label: str = "-"
+    #: False once the request is exempt (whitelist, bypass key) or no limit applies.
+    limited: bool = True
+    client: str = ""
+    reservation: float = 0.0
+    #: Tuples, grown by one per admission (one or two per request): no list made for
+    #: every request.
+    decisions: tuple[Decision, ...] = ()
+    #: (backend name, decision) of each per_backend admission.
+    backend_decisions: tuple[tuple[str, Decision], ...] = ()
+    #: Admitted by Redis and counted in ``AccessControl.admitted`` until settled.
+    counted: bool = False
 
 
 @final
@@ -266,11 +264,16 @@ class AccessControl:
         self.keys = keys
         self.plan = plan
 
+    @property
+    def memory(self) -> MemoryLimiter | None:
+        """The limits held in this process (None with Redis storage)."""
+        return self._memory
+
     def admin_key(self, presented: bytes) -> str | None:
         """:data:`~continuum.core.credentials.AdminKeyCheck`: the label of a usable client
         key with the ``admin`` scope, else None (the key table's lookup: a digest and a
         dict probe, or one probe of its cache for a key already seen)."""
-        key, _ = self.keys.lookup(presented, time.time())
+        key, _ = self.keys.lookup(presented)
         return key.label if key is not None and "admin" in key.scopes else None
 
     # -- who: keys, scopes, models ---------------------------------------------------------
@@ -281,7 +284,7 @@ class AccessControl:
         permissive mode a request without a usable key goes on as anonymous."""
         if self._anonymous:
             return Admission(None, presented)
-        key, reason = self.keys.lookup(presented, time.time())
+        key, reason = self.keys.lookup(presented)
         if key is None:
             if self.blocking:
                 self._metrics.auth_failures.labels(reason).inc()
@@ -294,14 +297,14 @@ class AccessControl:
             raise RouterError(403, f"This API key ({key.label}) lacks the {scope!r} scope "
                               f"needed for {request.method} {quoted(request.path, 60)}",
                               code="insufficient_scope")
-        return Admission(key, presented)
+        return Admission(key, presented, key.label)
 
     def allowed_chain(self, admission: Admission, model: str, resolved: str,
                       chain: tuple[str, ...]) -> tuple[str, ...]:
         """The models of ``chain`` (the resolved model and its fallbacks) the key may
         use; 403 when it may not use the model it asked for (after alias resolution)."""
         key = admission.key
-        if key is None or not key.models:
+        if key is None or not key.models.patterns:
             return chain
         patterns = key.models
         if not patterns.match(resolved):
@@ -520,11 +523,17 @@ class AccessControl:
             self.settlements_dropped += 1
 
     async def run(self) -> None:
-        """Settle Redis admissions in batches: one pipelined write per batch (the
-        ``EVALSHA`` calls go out together), retried for a few seconds while Redis is down."""
+        """In memory: drop idle rate-limit keys every :data:`SWEEP_PERIOD` (work no
+        request does). With Redis: settle admissions in batches, one pipelined write per
+        batch (the ``EVALSHA`` calls go out together), retried for a few seconds while
+        Redis is down."""
         redis = self.redis
         if redis is None:
-            return
+            memory = self._memory
+            assert memory is not None
+            while True:
+                await trio.sleep(SWEEP_PERIOD)
+                memory.sweep(clock())
         receive = self._settle_receive
         while True:
             batch = [await receive.receive()]

@@ -10,6 +10,8 @@ import base64
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import groupby, repeat
+from operator import attrgetter, sub
 from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
@@ -39,6 +41,15 @@ _BREAKER_LEVEL: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, Brea
 
 #: How often observations are applied; /metrics always drains first, so it is never stale.
 DRAIN_PERIOD: Final = 0.1
+#: What an observation's series depend on: observations equal in all of it are applied as
+#: one group (``MetricsSink.observe``).
+_GROUP: Final = attrgetter("method", "endpoint", "status", "backend", "model", "stream",
+                           "attempts", "retried", "failed_over")
+_DURATION: Final = attrgetter("duration")
+_BACKEND_DURATION: Final = attrgetter("backend_duration")
+_UPSTREAM: Final = attrgetter("upstream")
+_PROMPT_TOKENS: Final = attrgetter("prompt_tokens")
+_COMPLETION_TOKENS: Final = attrgetter("completion_tokens")
 #: Observations waiting at most (a sink that fell this far behind drops the newest and
 #: counts them in ``continuum_observations_dropped_total``).
 PENDING_LIMIT: Final = 16384
@@ -104,51 +115,65 @@ class MetricsSink:
         self._dedup = dedup
         self._dedup_reported = (0, 0, 0)
 
-    def observe(self, obs: RequestObserved) -> None:
-        key = (obs.method, obs.endpoint, obs.status)  # the status made a str once, below
+    def observe(self, group: list[RequestObserved]) -> None:
+        """Apply observations that share every label and flag (``_GROUP``): one child
+        lookup, one counter step and one batch per histogram for the whole group."""
+        (method, endpoint, status, backend, model, stream, attempts, retried,
+         failed_over) = _GROUP(group[0])
+        n = len(group)
+        key = (method, endpoint, status)
         children = self._request_children.get(key)
         if children is None:
             m = self.metrics
             children = (
-                m.requests.labels(obs.method, obs.endpoint, str(obs.status)),
-                m.request_duration.labels(obs.method, obs.endpoint),
+                m.requests.labels(method, endpoint, str(status)),
+                m.request_duration.labels(method, endpoint),
             )
             self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(obs.duration)
-        if obs.backend:
-            model = obs.model if self._known_model(obs.model) else OTHER
-            bkey = (obs.backend, model)
+        children[0].inc(n)
+        durations = list(map(_DURATION, group))
+        children[1].observe_all(durations)
+        if backend:
+            bkey = (backend, model if self._known_model(model) else OTHER)
             child = self._backend_children.get(bkey)
             if child is None:
                 child = self._backend_children[bkey] = _BackendChildren(self.metrics, bkey)
-            child.duration.observe(obs.backend_duration)
-            if obs.stream and obs.ttft >= 0.0:
-                stream = child.stream
-                if stream is None:  # created with the pair's first stream
-                    stream = child.stream = (self.metrics.ttft.labels(*bkey),
-                                             self.metrics.chunk_gap.labels(*bkey))
-                stream[0].observe(obs.ttft)
-                if obs.max_gap >= 0.0:
-                    stream[1].observe(obs.max_gap)
-            if obs.prompt_tokens:
-                child.prompt.inc(obs.prompt_tokens)
-            if obs.completion_tokens:
-                child.completion.inc(obs.completion_tokens)
-        if obs.attempts:
-            overhead = obs.duration - obs.upstream
-            self._overhead.observe(overhead if overhead > 0.0 else 0.0)
-        for backend in obs.retried:
-            counter = self._retry_children.get(backend)
+            child.duration.observe_all(list(map(_BACKEND_DURATION, group)))
+            if stream:
+                self._observe_streams(child, bkey, group)
+            if prompt := sum(map(_PROMPT_TOKENS, group)):
+                child.prompt.inc(prompt)
+            if completion := sum(map(_COMPLETION_TOKENS, group)):
+                child.completion.inc(completion)
+        if attempts:  # the router's own time: never below zero
+            self._overhead.observe_all(
+                list(map(max, repeat(0.0), map(sub, durations, map(_UPSTREAM, group)))))
+        for name in retried:
+            counter = self._retry_children.get(name)
             if counter is None:
-                counter = self._retry_children[backend] = self.metrics.retries.labels(backend)
-            counter.inc()
-        for model in obs.failed_over:
-            label = model if self._known_model(model) else OTHER
+                counter = self._retry_children[name] = self.metrics.retries.labels(name)
+            counter.inc(n)
+        for name in failed_over:
+            label = name if self._known_model(name) else OTHER
             counter = self._failover_children.get(label)
             if counter is None:
                 counter = self._failover_children[label] = self.metrics.failovers.labels(label)
-            counter.inc()
+            counter.inc(n)
+
+    def _observe_streams(self, child: _BackendChildren, bkey: tuple[str, str],
+                         group: list[RequestObserved]) -> None:
+        """Time to first token of the streams that forwarded a chunk, and the longest gap
+        of those that forwarded two."""
+        ttfts = [obs.ttft for obs in group if obs.ttft >= 0.0]
+        if not ttfts:
+            return
+        stream = child.stream
+        if stream is None:  # created with the pair's first stream
+            stream = child.stream = (self.metrics.ttft.labels(*bkey),
+                                     self.metrics.chunk_gap.labels(*bkey))
+        stream[0].observe_all(ttfts)
+        if gaps := [obs.max_gap for obs in group if obs.ttft >= 0.0 and obs.max_gap >= 0.0]:
+            stream[1].observe_all(gaps)
 
     def realtime_started(self) -> None:
         """A Realtime session began (called by the relay's gateway; no await)."""
@@ -221,17 +246,30 @@ class MetricsSink:
 
     def drain(self) -> None:
         """Apply every observation waiting in :attr:`pending` (``observe`` never awaits, so
-        nothing is appended meanwhile)."""
+        nothing is appended meanwhile), one group per distinct ``_GROUP`` key.
+
+        Per request nothing runs in Python here: the keys, the grouping (a stable sort by
+        each key's first arrival, so series are created in arrival order and every
+        histogram sums in arrival order within a group) and each group's buckets and sums
+        are C-level passes. Most batches are one group (one route, one backend, all 200s).
+        """
         pending = self.pending
         if not pending:
             return
+        keys = list(map(_GROUP, pending))
+        first = dict.fromkeys(keys)
+        if len(first) > 1:
+            rank = {key: i for i, key in enumerate(first)}
+            order = sorted(range(len(keys)), key=list(map(rank.__getitem__, keys)).__getitem__)
+            pending[:] = map(pending.__getitem__, order)
         observe = self.observe
         taken = 0
         try:
-            for obs in pending:
-                taken += 1
-                observe(obs)
-        finally:  # one that raised is gone, as a channel's would be; the rest wait
+            for _, members in groupby(pending, _GROUP):
+                group = list(members)
+                taken += len(group)
+                observe(group)
+        finally:  # a group that raised is gone, as a channel's items would be; the rest wait
             del pending[:taken]
 
     async def render_local(self) -> bytes:

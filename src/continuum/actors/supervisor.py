@@ -500,8 +500,7 @@ async def _serve(
         root.start_soon(supervise, "client-watch", ingress.proxy.clients.run)
         root.start_soon(supervise, "stream-pump", ingress.proxy.pump.run)
         fleet.start()
-        if keeper.redis is not None:
-            root.start_soon(supervise, "rate-limit-settler", keeper.run)
+        root.start_soon(supervise, "rate-limiter", keeper.run)  # settles (Redis) or sweeps
         for name, task in fronts.tasks:
             root.start_soon(supervise, name, task)
         reconfigurer = Reconfigurer(

@@ -26,6 +26,7 @@ import fnmatch
 import hashlib
 import ipaddress
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
@@ -173,10 +174,12 @@ class KeyTable:
         """Presented keys remembered now (at most ``max_cached``)."""
         return len(self._known)
 
-    def lookup(self, presented: bytes | None, now: float) -> tuple[ApiKey | None, str]:
+    def lookup(self, presented: bytes | None, now: float | None = None
+               ) -> tuple[ApiKey | None, str]:
         """``(key, "")`` for a usable key, else ``(None, reason)`` with the reason
         (:data:`MISSING`, :data:`UNKNOWN`, :data:`DISABLED`, :data:`EXPIRED`). ``now`` is
-        seconds since the epoch."""
+        seconds since the epoch, read here when not given and only for a key that
+        expires (most do not)."""
         if not presented:
             return None, MISSING
         key = self._known.get(presented)
@@ -186,14 +189,19 @@ class KeyTable:
             key = self._keys.get(key_digest(presented))
             if key is None:
                 return None, UNKNOWN
-            if key.enabled and (key.expires_at is None or now < key.expires_at):
+            if not key.enabled:
+                return None, DISABLED
+            if key.expires_at is None or (time.time() if now is None else now) < key.expires_at:
                 known = self._known
                 if len(known) >= self.max_cached:
                     known.clear()
                 known[bytes(presented)] = key
-        if not key.enabled:
-            return None, DISABLED
-        if key.expires_at is not None and now >= key.expires_at:
+                return key, ""
+            return None, EXPIRED
+        # Remembered: enabled when it was (an ApiKey does not change; a reload makes a new
+        # table), so only its expiry can have come.
+        if key.expires_at is not None and (time.time() if now is None else now
+                                           ) >= key.expires_at:
             self._known.pop(presented, None)
             return None, EXPIRED
         return key, ""

@@ -172,8 +172,8 @@ class LimitState(msgspec.Struct, frozen=True):
     #: When refused: seconds until this request would fit (``None`` for concurrency,
     #: which frees up when some request ends, not at a known time).
     retry_after: float | None
-    #: In memory, a rate limit's theoretical arrival time once admitted (what admitting
-    #: stores; 0.0 otherwise).
+    #: In memory, a rate limit's theoretical arrival time before this admission (what a
+    #: refusal puts back; 0.0 otherwise).
     tat: float = 0.0
 
 
@@ -221,8 +221,8 @@ class MemoryLimiter:
     """Limits held in this process (``storage: memory``).
 
     Memory is bounded: rate keys are kept in the order they were last charged, and each
-    admission drops up to two of the oldest if they have gone idle (a TAT in the past
-    reads the same as no entry); past ``max_keys`` the oldest is dropped even if not idle
+    :meth:`sweep` drops the oldest while they are idle (a TAT in the past reads the same as
+    no entry); past ``max_keys`` an admission drops the oldest even if not idle
     (that client gets a fresh bucket: bounded memory wins over exactness for the
     longest-idle of ``max_keys`` clients). Concurrency keys live while they hold leases.
     """
@@ -242,18 +242,9 @@ class MemoryLimiter:
         """Check every limit; take from all of them only if all admit the request.
         ``lease`` (unique per request) is required when a concurrency check is given.
 
-        Every limited request runs this, so the sweep and the GCRA step are written out
-        here, without a call or a tuple per check."""
+        Every limited request runs this, so the GCRA step is written out here, without a
+        call or a tuple per check; idle keys go in :meth:`sweep`, not here."""
         tats = self._tats
-        # The sweep: the two least recently charged keys go if they are idle.
-        if tats:
-            oldest = next(iter(tats))
-            if tats[oldest] <= now:
-                del tats[oldest]
-                if tats:
-                    oldest = next(iter(tats))
-                    if tats[oldest] <= now:
-                        del tats[oldest]
         states: list[LimitState] = []
         allowed = True
         concurrency = tokens = False
@@ -261,8 +252,11 @@ class MemoryLimiter:
             if type(check) is RateCheck:
                 if check.tokens:
                     tokens = True
-                # GCRA: admitted when the request's units fit before the tolerance.
-                tat = tats.get(check.key, now)
+                # GCRA: admitted when the request's units fit before the tolerance. Charged
+                # at once (taken out and put back at the end: the order is "last charged");
+                # a refusal puts every TAT back below.
+                key = check.key
+                tat = tats.pop(key, now)
                 start = tat if tat > now else now
                 interval = check.interval
                 end = start + check.need * interval
@@ -270,22 +264,23 @@ class MemoryLimiter:
                     new_tat = start + check.cost * interval
                     retry: float | None = None
                     ok = True
-                else:
+                else:  # refused: tat > now, so what is put back is the TAT as it was
                     new_tat = start
                     retry = end - check.tolerance - now
                     if retry < 0.0:
                         retry = 0.0
                     ok = allowed = False
+                tats[key] = new_tat
                 burst = check.rate.burst
                 reset = new_tat - now
-                remaining = math.floor((check.tolerance - reset) / interval + _EPSILON)
+                # int() truncates towards zero: the same as floor() once clipped at 0.
+                remaining = int((check.tolerance - reset) / interval + _EPSILON)
                 if remaining < 0:
                     remaining = 0
                 elif remaining > burst:
                     remaining = int(burst)
-                # The state keeps the TAT to store (now + reset is not always new_tat).
                 states.append(LimitState(check, ok, burst, remaining,
-                                         reset if reset > 0.0 else 0.0, retry, new_tat))
+                                         reset if reset > 0.0 else 0.0, retry, tat))
             else:
                 assert isinstance(check, ConcurrencyCheck)
                 if lease is None:
@@ -296,19 +291,39 @@ class MemoryLimiter:
                 concurrency = True
                 states.append(state)
         if not allowed:
+            for state in states:  # nothing is taken: every rate limit as it was
+                check = state.check
+                if type(check) is RateCheck:
+                    if state.tat > now:
+                        tats[check.key] = state.tat
+                    else:  # idle, the same as no entry
+                        del tats[check.key]
             return Decision(False, tuple(states))
-        for state in states:
-            check = state.check
-            if type(check) is RateCheck:
-                tats.pop(check.key, None)  # re-insert at the end: the order is "last charged"
-                tats[check.key] = state.tat
-            else:
-                assert lease is not None and isinstance(check, ConcurrencyCheck)
-                self._leases.setdefault(check.key, {})[lease] = now + check.ttl
+        if concurrency:
+            assert lease is not None
+            for state in states:
+                check = state.check
+                if type(check) is ConcurrencyCheck:
+                    self._leases.setdefault(check.key, {})[lease] = now + check.ttl
         while len(tats) > self.max_keys:
             del tats[next(iter(tats))]
         return Decision(True, tuple(states), lease if concurrency else None,
                         concurrency or tokens)
+
+    def sweep(self, now: float) -> int:
+        """Drop the least recently charged keys while they are idle (a TAT in the past
+        reads the same as no entry); returns how many went. Called on a timer (the
+        AccessControl's task, every second), not per request: ``max_keys`` bounds the
+        memory meanwhile."""
+        tats = self._tats
+        dropped = 0
+        while tats:
+            oldest = next(iter(tats))
+            if tats[oldest] > now:
+                break
+            del tats[oldest]
+            dropped += 1
+        return dropped
 
     def settle(self, decision: Decision, tokens_used: int | None, now: float) -> None:
         """After the request: release its leases, and correct its token reservations by
