@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, NoReturn, final
 
 import httptools
 import trio
@@ -434,9 +434,15 @@ class _Parser:
             # fields need no counting until that head ends.
             self._head_completed = False
             self._careful = self.in_message or size > limit
-            try:
-                self._feed(data)
-            except _Upgraded:
+            try:  # ``_feed`` inlined: once per request
+                self.parser.feed_data(data)
+            except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
+                try:
+                    self._stopped(exc, data)
+                except _Upgraded:
+                    return
+            if self._head_completed and not self.in_message:
+                self._head_raw = 0  # what ``_count_head`` does for the usual read
                 return
             if not self._careful and self.in_message:
                 # That head goes on in the next piece: count it from here, over-counted
@@ -496,7 +502,13 @@ class _Parser:
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
+            self._stopped(exc, data)
+
+    def _stopped(self, exc: Exception, data: bytes | bytearray | memoryview) -> NoReturn:
+        """Why httptools stopped in ``data``: raises :class:`_Upgraded` for an upgrade the
+        handler takes, else the :class:`ProtocolError` to answer."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             # llhttp stops at an upgrade, after the request. A WebSocket upgrade on a path
             # that takes one is queued for the handler with the bytes after it; any other
             # is refused (the complete requests before it are still answered).
@@ -508,10 +520,9 @@ class _Parser:
             if self.ready and not self.in_message:
                 self.ready.pop()
             raise ProtocolError(400, "Protocol upgrades are not supported") from None
-        except httptools.HttpParserError as exc:
-            if self.error is not None:
-                raise self.error from None
-            raise ProtocolError(400, f"Malformed HTTP request: {exc}") from None
+        if self.error is not None:
+            raise self.error from None
+        raise ProtocolError(400, f"Malformed HTTP request: {exc}") from None
 
 
 class _Upgraded(Exception):
@@ -661,25 +672,22 @@ class ServerConnection:
 
     def _head(self, status: int, headers: Headers | bytes, extra: bytes,
               body: bytes = b"") -> bytes:
-        """The response head (and ``body`` behind it): parts joined once, with no
-        intermediate buffers."""
-        parts = [_STATUS_LINES.get(status) or _status_line(status), self._dates.header()]
-        if self.request_id is not None:  # every answer says which request it answers
-            parts += (b"x-request-id: ", self.request_id, b"\r\n")
-        if self.extra_head:
-            parts.append(self.extra_head)
-        if isinstance(headers, bytes):
-            parts.append(headers)
-        elif headers:
+        """The response head (and ``body`` behind it): one join of a tuple, with no
+        intermediate buffers (a part a response does not have is empty)."""
+        rid = self.request_id
+        return b"".join((
+            _STATUS_LINES.get(status) or _status_line(status),
+            self._dates.header(),
+            # every answer says which request it answers
+            b"" if rid is None else b"x-request-id: %b\r\n" % rid,
+            self.extra_head,
+            headers if isinstance(headers, bytes)
             # Every ``name: value`` line at C speed: one join, not four parts per field.
-            parts += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")
-        parts.append(extra)
-        if not self._keep_alive or self.closing:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        if body:
-            parts.append(body)
-        return b"".join(parts)
+            else b"\r\n".join(map(b": ".join, headers)) + b"\r\n" if headers else b"",
+            extra,
+            b"\r\n" if self._keep_alive and not self.closing else b"connection: close\r\n\r\n",
+            body,
+        ))
 
     async def send_response(self, status: int, headers: Headers | bytes, body: bytes) -> None:
         """Head and body: one ``send`` for small bodies, one ``sendmsg`` (no copy of the
@@ -926,9 +934,12 @@ class ServerConnection:
                     if self.closing:
                         return None
                     self.idle = True
-                    if self._idle_deadline is None:
-                        self._idle_deadline = clock() + self.limits.keepalive_timeout
-                    self.arm_timer(self._idle_deadline)
+                    deadline = self._idle_deadline
+                    if deadline is None:
+                        deadline = self._idle_deadline = clock() + self.limits.keepalive_timeout
+                    # arm_timer(deadline), inlined: once per request.
+                    self._timer_error = self._timer_scope = None
+                    self.deadline = deadline
                 try:
                     data = await self.io.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
