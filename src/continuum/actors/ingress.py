@@ -145,7 +145,7 @@ class Ingress:
         self.access = access
         self._cors = cors_policy(config)
         metrics.auth = metrics_auth_header(config.metrics)
-        self._access_log = config.logging.access_log
+        self.configure(config)
         self._tracing = proxy.tracing
         self._trace = self._tracing.enabled
         self._spans = self._tracing.spans
@@ -177,10 +177,16 @@ class Ingress:
         self._mounts.append((prefix, handler, label))
 
     def configure(self, config: Config) -> None:
-        """A config reload: the settings the Ingress reads per request (``logging.access_log``;
-        ``metrics.auth`` lives on the MetricsSink)."""
+        """A config reload: the settings the Ingress reads per request (``logging.access_log``,
+        ``metrics.optional_metrics``; ``metrics.auth`` lives on the MetricsSink)."""
         self.config = config
         self._access_log = config.logging.access_log
+        optional = config.metrics.optional_metrics
+        wanted = (optional.enable_request_body_size, optional.enable_response_body_size)
+        #: Which body sizes each observation carries; None (the default): neither, at the
+        #: cost of one test per request.
+        self._sizes = wanted if any(wanted) else None
+        self.metrics.body_sizes = any(wanted)
 
     def use_cors(self, config: Config) -> None:
         """A config reload changed ``cors``: the next request is answered by it."""
@@ -333,6 +339,8 @@ class Ingress:
                     stream=state.stream,
                     retried=state.retried, failed_over=state.failed_over,
                 )
+            if self._sizes is not None:
+                obs = self._sized(obs, request, conn.bytes_out)
             self._observe(obs)
             if self._access_log and access_log.isEnabledFor(logging.INFO):
                 self._log_access(state.id, request.method, path, obs, state.model,
@@ -412,6 +420,17 @@ class Ingress:
             obs.backend or "-", fields["duration_ms"], fields["upstream_ms"], obs.attempts,
             "yes" if obs.stream else "no", bytes_out, key, extra={"access": fields},
         )
+
+    def _sized(self, obs: RequestObserved, request: Request, sent: int) -> RequestObserved:
+        """``obs`` with the body sizes ``metrics.optional_metrics`` asks for: the request's
+        as received (an upload's streamed part included), the answer's as sent."""
+        assert self._sizes is not None
+        want_request, want_response = self._sizes
+        received = len(request.body)
+        if request.body_stream is not None:
+            received += request.body_stream.received
+        return msgspec.structs.replace(obs, request_bytes=received if want_request else -1,
+                                       response_bytes=sent if want_response else -1)
 
     def _observe(self, obs: RequestObserved) -> None:
         observations = self._observations

@@ -50,6 +50,8 @@ _BACKEND_DURATION: Final = attrgetter("backend_duration")
 _UPSTREAM: Final = attrgetter("upstream")
 _PROMPT_TOKENS: Final = attrgetter("prompt_tokens")
 _COMPLETION_TOKENS: Final = attrgetter("completion_tokens")
+_REQUEST_BYTES: Final = attrgetter("request_bytes")
+_RESPONSE_BYTES: Final = attrgetter("response_bytes")
 #: Observations waiting at most (a sink that fell this far behind drops the newest and
 #: counts them in ``continuum_observations_dropped_total``).
 PENDING_LIMIT: Final = 16384
@@ -98,6 +100,9 @@ class MetricsSink:
         self.gather: Callable[[bytes], Awaitable[bytes]] | None = None
         #: The ``Authorization`` value a scrape must send (``metrics.auth``), or None.
         self.auth: bytes | None = None
+        #: ``metrics.optional_metrics`` asks for body sizes (set by the Ingress, which puts
+        #: them in the observations).
+        self.body_sizes = False
 
     def set_backends(self, backends: Sequence[BackendActor]) -> None:
         """A config reload: the backends whose gauges are reported from now on; the gauges
@@ -133,6 +138,8 @@ class MetricsSink:
         children[0].inc(n)
         durations = list(map(_DURATION, group))
         children[1].observe_all(durations)
+        if self.body_sizes:
+            self._observe_sizes(method, endpoint, group)
         if backend:
             bkey = (backend, model if self._known_model(model) else OTHER)
             child = self._backend_children.get(bkey)
@@ -159,6 +166,13 @@ class MetricsSink:
             if counter is None:
                 counter = self._failover_children[label] = self.metrics.failovers.labels(label)
             counter.inc(n)
+
+    def _observe_sizes(self, method: str, endpoint: str, group: list[RequestObserved]) -> None:
+        """The body sizes the observations carry (-1: not asked for when it was made)."""
+        for family, size in ((self.metrics.request_size, _REQUEST_BYTES),
+                             (self.metrics.response_size, _RESPONSE_BYTES)):
+            if values := [float(v) for v in map(size, group) if v >= 0]:
+                family.labels(method, endpoint).observe_all(values)
 
     def _observe_streams(self, child: _BackendChildren, bkey: tuple[str, str],
                          group: list[RequestObserved]) -> None:

@@ -460,6 +460,7 @@ def register_sections(
     reconfigurer.register(["cache.model_cache_ttl"], model_list)
     reconfigurer.register(["logging"], logging_)
     reconfigurer.register(["metrics.auth"], metrics)
+    reconfigurer.register(["metrics.optional_metrics"], logging_)  # Ingress.configure
     def keys_and_limits(old: Config, new: Config) -> None:
         access.configure(new)
         # Once in use it stays (a request it admitted settles with it); with nothing left

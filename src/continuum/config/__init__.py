@@ -53,6 +53,7 @@ from ._schema import MetricsAuthConfig as MetricsAuthConfig
 from ._schema import MetricsConfig as MetricsConfig
 from ._schema import MockConfig as MockConfig
 from ._schema import MockFailure as MockFailure
+from ._schema import OptionalMetricsConfig as OptionalMetricsConfig
 from ._schema import RateLimitingConfig as RateLimitingConfig
 from ._schema import RateLimitsConfig as RateLimitsConfig
 from ._schema import RealtimeConfig as RealtimeConfig
@@ -100,6 +101,7 @@ __all__ = [
     "MetricsConfig",
     "MockConfig",
     "MockFailure",
+    "OptionalMetricsConfig",
     "RateLimitingConfig",
     "RateLimitsConfig",
     "RealtimeConfig",

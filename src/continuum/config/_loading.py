@@ -26,6 +26,7 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from ._env import apply_env_overrides
 from ._schema import ApiKeyEntry, Config, ConfigError
 from ._text import join_path, type_name
 from ._toml import Syntax, parse_toml, syntax_of
@@ -192,7 +193,7 @@ def config_from_dict(
             f"expected a mapping of sections at the top level, got {type_name(data)}",
             source=source,
         )
-    substituted = _substitute(dict(data), "", ctx)
+    substituted = apply_env_overrides(_substitute(dict(data), "", ctx), ctx)
     if ctx.missing:
         raise _missing_env_error(ctx)
     checked = check_struct(substituted, _struct_type(Config), "", ctx)

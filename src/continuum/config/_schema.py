@@ -190,10 +190,20 @@ class MetricsAuthConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=
     password: str = ""
 
 
+class OptionalMetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Series off by default (each costs a little per request when on)."""
+
+    #: ``http_request_size_bytes``: the request body's size per method and endpoint.
+    enable_request_body_size: bool = False
+    #: ``http_response_size_bytes``: the answer body's size per method and endpoint.
+    enable_response_body_size: bool = False
+
+
 class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     endpoint: str = "/metrics"
     auth: MetricsAuthConfig = MetricsAuthConfig()
+    optional_metrics: OptionalMetricsConfig = OptionalMetricsConfig()
     #: A separate ``host:port`` that serves only the metrics endpoint; None: the main port.
     bind_address: str | None = None
 

@@ -107,6 +107,9 @@ metrics:
     enabled: false                  # require HTTP basic auth on the metrics endpoint
     username: ""                    # basic auth user name
     password: ""                    # basic auth password (use ${VAR}; shown as *** by `check`)
+  optional_metrics:
+    enable_request_body_size: false   # http_request_size_bytes: request body sizes per endpoint
+    enable_response_body_size: false  # http_response_size_bytes: answer body sizes per endpoint
   # bind_address: "127.0.0.1:9090"   # serve only the metrics endpoint on this host:port (then not on the main port)
 
 tracing:

@@ -64,6 +64,9 @@ class RequestObserved(msgspec.Struct, frozen=True):
     retried: tuple[str, ...] = ()
     #: Models left for the next model of a fallback chain, one entry per failover.
     failed_over: tuple[str, ...] = ()
+    #: Body sizes, set only when ``metrics.optional_metrics`` asks for them (-1: not).
+    request_bytes: int = -1
+    response_bytes: int = -1
 
 
 ControlMessage = HealthReport | ModelsDiscovered | DiscoveryFailed

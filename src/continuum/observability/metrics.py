@@ -35,6 +35,10 @@ OVERHEAD_BUCKETS: Final = (
     0.5, 1.0, 2.5, 5.0,
 )
 
+#: Request and answer bodies: a short chat to a long context or a large upload.
+SIZE_BUCKETS: Final = (
+    100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0,
+)
 #: Realtime sessions: seconds to an hour.
 SESSION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 #: Redis round trips: a loopback call is ~0.1 ms, a slow one is cut at its timeout.
@@ -169,6 +173,15 @@ class Metrics:
         self.request_duration = LabeledHistogram(
             "http_request_duration_seconds", "Time from request parsed to response sent.",
             ["method", "endpoint"], r,
+        )
+        # metrics.optional_metrics: no series until switched on.
+        self.request_size = LabeledHistogram(
+            "http_request_size_bytes", "Request body sizes (optional_metrics).",
+            ["method", "endpoint"], r, buckets=SIZE_BUCKETS,
+        )
+        self.response_size = LabeledHistogram(
+            "http_response_size_bytes", "Answer body sizes as sent (optional_metrics).",
+            ["method", "endpoint"], r, buckets=SIZE_BUCKETS,
         )
         self.backend_duration = LabeledHistogram(
             "backend_request_duration_seconds", "Upstream time of the attempt that answered.",
