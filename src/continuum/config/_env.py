@@ -6,32 +6,33 @@ the admin API), so a container's environment decides; ``check`` shows the result
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ._schema import ConfigError
-from ._validation import Context
-
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
-
-#: Variable → the keys under ``metrics`` it sets (every one to the same value).
-METRICS_FLAGS: Final = {
-    "METRICS_ENABLED": ("enabled",),
-    "METRICS_ENABLE_BODY_SIZE": ("optional_metrics.enable_request_body_size",
-                                 "optional_metrics.enable_response_body_size"),
-}
-METRICS_PATH: Final = "METRICS_ENDPOINT"
+from ._validation import Context, env_bool
 
 
 def _flag(name: str, text: str, ctx: Context) -> bool:
-    word = text.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ConfigError(f"environment variable {name}: expected true or false (1/0, yes/no, "
-                      "on/off)", source=ctx.source)
+    flag = env_bool(text)
+    if flag is None:
+        raise ConfigError(f"environment variable {name}: expected true or false (1/0, "
+                          "yes/no, on/off)", source=ctx.source)
+    return flag
+
+
+def _text(name: str, text: str, ctx: Context) -> str:
+    return text  # validated where it lands, like a ``${VAR}`` value
+
+
+#: Variable → how its value is read, and the keys under ``metrics`` it sets (each to it).
+METRICS_VARIABLES: Final[dict[str, tuple[Callable[[str, str, Context], object],
+                                         tuple[str, ...]]]] = {
+    "METRICS_ENABLED": (_flag, ("enabled",)),
+    "METRICS_ENDPOINT": (_text, ("endpoint",)),
+    "METRICS_ENABLE_BODY_SIZE": (_flag, ("optional_metrics.enable_request_body_size",
+                                         "optional_metrics.enable_response_body_size")),
+}
 
 
 def apply_env_overrides(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def apply_env_overrides(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     section (a copy; ``data`` is not changed). Values set this way are hidden in error
     messages like ``${VAR}`` ones."""
     env = ctx.env
-    present = [n for n in (*METRICS_FLAGS, METRICS_PATH) if n in env]
+    present = [name for name in METRICS_VARIABLES if name in env]
     if not present:
         return data
     section = data.get("metrics")
@@ -47,9 +48,8 @@ def apply_env_overrides(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return data  # validation says what is wrong with the section itself
     metrics: dict[str, Any] = dict(section or {})
     for name in present:
-        value: object = (env[name] if name == METRICS_PATH
-                         else _flag(name, env[name], ctx))
-        keys = ("endpoint",) if name == METRICS_PATH else METRICS_FLAGS[name]
+        read, keys = METRICS_VARIABLES[name]
+        value = read(name, env[name], ctx)
         for key in keys:
             _set(metrics, key.split("."), value)
             ctx.substituted.setdefault(f"metrics.{key}", []).append(name)

@@ -147,14 +147,20 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
+def env_bool(text: str) -> bool | None:
+    """A boolean as the environment writes one (``true``/``yes``/``on``/``1``,
+    ``false``/``no``/``off``/``0``, any case, spaces around); None for anything else."""
+    word = text.strip().lower()
+    return True if word in _TRUE else False if word in _FALSE else None
+
+
 def _coerce_env(value: str, t: Any) -> Any:
     """A substituted string aimed at a bool/int/float field is parsed as one."""
     text = value.strip()
     if isinstance(t, mi.BoolType):
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
+        flag = env_bool(text)
+        if flag is not None:
+            return flag
     elif isinstance(t, mi.IntType):
         if re.fullmatch(r"[+-]?\d+", text):
             return int(text)
