@@ -87,14 +87,7 @@ class FastStream:
     async def send_all(self, data: Buffer) -> None:
         raw = self._raw
         if raw is not None:
-            # ``_try_send`` inlined: this is every answer's and every upstream request's
-            # write.
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise _broken(exc) from exc
+            sent = _try_send(raw, data)
             if sent == len(data):
                 # Yield once, as trio's send_all would: by the time this task runs again
                 # the peer has usually answered, so the next receive finds data instead of

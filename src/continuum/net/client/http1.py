@@ -213,10 +213,7 @@ class HTTP1Connection:
         if end != -1:
             if self._head_fed + end + 4 > limit:
                 raise self._too_large()
-            try:  # the whole head, and the body bytes behind it (``_feed`` inlined)
-                self._parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise _malformed(exc) from exc
+            self._feed(data)  # the whole head, and the body bytes behind it
             if not self.headers_done:  # that was an interim (1xx) head
                 self._head_fed += len(data)
             return
@@ -238,12 +235,7 @@ class HTTP1Connection:
 
     async def receive_head(self) -> tuple[int, Headers]:
         while not self.headers_done:
-            # ``_receive`` inlined: one coroutine fewer per request.
-            try:
-                data = await self.io.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise _failed(exc) from exc
-            self._received(data)
+            await self._receive()
         return self._status, self._headers
 
     def unread(self, data: bytes) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final, NoReturn, final
+from typing import TYPE_CHECKING, Final, final
 
 import httptools
 import trio
@@ -434,15 +434,9 @@ class _Parser:
             # fields need no counting until that head ends.
             self._head_completed = False
             self._careful = self.in_message or size > limit
-            try:  # ``_feed`` inlined: once per request
-                self.parser.feed_data(data)
-            except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
-                try:
-                    self._stopped(exc, data)
-                except _Upgraded:
-                    return
-            if self._head_completed and not self.in_message:
-                self._head_raw = 0  # what ``_count_head`` does for the usual read
+            try:
+                self._feed(data)
+            except _Upgraded:
                 return
             if not self._careful and self.in_message:
                 # That head goes on in the next piece: count it from here, over-counted
@@ -502,13 +496,7 @@ class _Parser:
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.parser.feed_data(data)
-        except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
-            self._stopped(exc, data)
-
-    def _stopped(self, exc: Exception, data: bytes | bytearray | memoryview) -> NoReturn:
-        """Why httptools stopped in ``data``: raises :class:`_Upgraded` for an upgrade the
-        handler takes, else the :class:`ProtocolError` to answer."""
-        if isinstance(exc, httptools.HttpParserUpgrade):
+        except httptools.HttpParserUpgrade as exc:
             # llhttp stops at an upgrade, after the request. A WebSocket upgrade on a path
             # that takes one is queued for the handler with the bytes after it; any other
             # is refused (the complete requests before it are still answered).
@@ -520,9 +508,10 @@ class _Parser:
             if self.ready and not self.in_message:
                 self.ready.pop()
             raise ProtocolError(400, "Protocol upgrades are not supported") from None
-        if self.error is not None:
-            raise self.error from None
-        raise ProtocolError(400, f"Malformed HTTP request: {exc}") from None
+        except httptools.HttpParserError as exc:
+            if self.error is not None:
+                raise self.error from None
+            raise ProtocolError(400, f"Malformed HTTP request: {exc}") from None
 
 
 class _Upgraded(Exception):
@@ -934,12 +923,9 @@ class ServerConnection:
                     if self.closing:
                         return None
                     self.idle = True
-                    deadline = self._idle_deadline
-                    if deadline is None:
-                        deadline = self._idle_deadline = clock() + self.limits.keepalive_timeout
-                    # arm_timer(deadline), inlined: once per request.
-                    self._timer_error = self._timer_scope = None
-                    self.deadline = deadline
+                    if self._idle_deadline is None:
+                        self._idle_deadline = clock() + self.limits.keepalive_timeout
+                    self.arm_timer(self._idle_deadline)
                 try:
                     data = await self.io.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
