@@ -443,7 +443,8 @@ def register_sections(
     def model_list(old: Config, new: Config) -> None:
         catalog.update(fleet.actors(), new.cache.model_cache_ttl, new.health_checks.timeout)
 
-    def logging_(old: Config, new: Config) -> None:
+    def ingress_settings(old: Config, new: Config) -> None:
+        """Logging (the process's handlers) and what the Ingress reads per request."""
         if reconfigurer.hooks.logging is not None and (
             new.logging.level != old.logging.level or new.logging.format != old.logging.format
         ):
@@ -458,9 +459,8 @@ def register_sections(
     reconfigurer.register(["routing", "model_aliases", "fallbacks"], routing)
     reconfigurer.register(["request", "retry", "routing", "cache.deduplication"], requests)
     reconfigurer.register(["cache.model_cache_ttl"], model_list)
-    reconfigurer.register(["logging"], logging_)
+    reconfigurer.register(["logging", "metrics.optional_metrics"], ingress_settings)
     reconfigurer.register(["metrics.auth"], metrics)
-    reconfigurer.register(["metrics.optional_metrics"], logging_)  # Ingress.configure
     def keys_and_limits(old: Config, new: Config) -> None:
         access.configure(new)
         # Once in use it stays (a request it admitted settles with it); with nothing left
