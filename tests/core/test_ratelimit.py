@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -303,7 +304,12 @@ def test_redis_decides_like_memory(
     redis_server: RedisServer, plan: _Plan, concurrency: list[bool]
 ) -> None:
     """The same requests, the same simulated clock: the script and the in-memory limiter
-    give the same answers (allowed, remaining, reset, retry-after), settling included."""
+    give the same answers (allowed, remaining, reset, retry-after), settling included.
+
+    Redis expires a key in real time (its TAT's distance, plus a millisecond), so the
+    simulated clock never runs slower than the real one: each step adds the real time gone
+    (in whole milliseconds, rounded up) to the plan's gap. Otherwise a slow moment of the
+    machine let Redis forget a key the memory limiter still held."""
 
     async def main() -> None:
         prefix = f"t{id(plan)}:{trio.current_time()}:"
@@ -312,9 +318,10 @@ def test_redis_decides_like_memory(
         slots = ConcurrencyCheck("api_key", "k", limit=2, ttl=3.0)
         async with RedisClient.from_url(redis_server.url) as client:
             ms = 0
+            started = trio.current_time()
             for i, (gap, cost) in enumerate(plan.steps):
                 ms += gap
-                now = ms / 1000
+                now = (ms + math.ceil((trio.current_time() - started) * 1000)) / 1000
                 checks: list[Check] = [
                     RateCheck("api_key", "k", rate),
                     RateCheck("api_key", "k", rate, cost=cost, tokens=True),
