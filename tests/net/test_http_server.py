@@ -650,3 +650,40 @@ async def test_a_finished_connection_is_freed_without_the_collector(
     finally:
         gc.enable()
     server.drain()
+
+
+async def test_header_lookups_and_edits_agree_with_the_fields_on_the_wire(
+    nursery: trio.Nursery,
+) -> None:
+    """``Request.header`` answers from an index when each name occurs once and by a scan
+    when one repeats (the first value counts either way); ``set_header`` and
+    ``drop_headers`` keep the index and the forwarded field list in step."""
+    seen: list[tuple[object, ...]] = []
+
+    async def answer(request: Request, conn: ServerConnection) -> None:
+        before = (request.header(b"x-a"), request.header(b"x-b"), request.header(b"x-none"))
+        request.set_header(b"x-a", b"set")
+        request.set_header(b"x-new", b"added")
+        request.drop_headers((b"x-b",))
+        after = (request.header(b"x-a"), request.header(b"x-b"), request.header(b"x-new"))
+        seen.append((before, after, [f for f in request.headers if f[0].startswith(b"x-")]))
+        await conn.send_response(200, [(b"content-type", b"text/plain")], b"ok")
+
+    listeners = await open_listeners(["127.0.0.1:0"])
+    server = HTTPServer(listeners, answer, HTTPLimits(), render_error=render_error)
+    nursery.start_soon(server.run)
+    client = await RawClient.tcp(server.addresses[0])
+    unique = b"GET /h HTTP/1.1\r\nhost: t\r\nX-A: one\r\nx-b: two\r\n\r\n"
+    repeated = b"GET /h HTTP/1.1\r\nhost: t\r\nx-a: first\r\nx-b: two\r\nX-A: second\r\n\r\n"
+    with trio.fail_after(HANG_GUARD):
+        for head in (unique, repeated):
+            await client.send(head)
+            assert (await client.read_response()).status == 200
+    await client.aclose()
+    assert seen == [
+        ((b"one", b"two", None), (b"set", None, b"added"),
+         [(b"x-a", b"set"), (b"x-new", b"added")]),
+        ((b"first", b"two", None), (b"set", None, b"added"),
+         [(b"x-a", b"set"), (b"x-new", b"added")]),
+    ]
+    server.drain()

@@ -226,11 +226,9 @@ class Ingress:
 
     def _request_id(self, request: Request) -> bytes:
         rid = request.header(b"x-request-id")
-        if not rid or len(rid) > 200:
-            if rid is not None:  # empty or oversized: replaced by ours
-                request.headers = [(n, v) for n, v in request.headers if n != b"x-request-id"]
+        if not rid or len(rid) > 200:  # none, empty or oversized: ours, forwarded upstream
             rid = self._new_id()
-            request.headers.append((b"x-request-id", rid))  # forwarded upstream
+            request.set_header(b"x-request-id", rid)
         return rid
 
     def _route(self, path: str) -> tuple[str, Route | None, str]:
@@ -370,15 +368,14 @@ class Ingress:
         the client sent none), and open the ingress span when spans are exported."""
         traceparent = request.header(b"traceparent")
         if traceparent is not None and not valid_traceparent(traceparent):
-            request.headers = [(n, v) for n, v in request.headers
-                               if n not in (b"traceparent", b"tracestate")]
+            request.drop_headers((b"traceparent", b"tracestate"))
             traceparent = None
         if self._spans:
             state.span = self._tracing.start_ingress(
                 request.method, request.path, traceparent, request.header(b"tracestate"))
             state.span.set_attribute("continuum.request_id", state.id.decode("latin-1"))
         elif traceparent is None:
-            request.headers.append((b"traceparent", new_traceparent(self._tracing.rng)))
+            request.set_header(b"traceparent", new_traceparent(self._tracing.rng))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
                     client_model: str, bytes_out: int, key: str,

@@ -92,10 +92,13 @@ class HTTPLimits:
 class Request:
     """One parsed request. Header names are lower-cased; the body is complete, unless the
     request came with a :attr:`body_stream` (an upload, see ``HTTPLimits.stream_paths``):
-    then ``body`` is empty and the handler reads the stream."""
+    then ``body`` is empty and the handler reads the stream.
 
-    __slots__ = ("body", "body_stream", "headers", "http_version", "keep_alive", "method",
-                 "path", "query")
+    ``headers`` is what goes upstream on a pass-through: change it with
+    :meth:`set_header` and :meth:`drop_headers`, which keep :meth:`header`'s index right."""
+
+    __slots__ = ("_named", "body", "body_stream", "headers", "http_version", "keep_alive",
+                 "method", "path", "query")
 
     def __init__(
         self,
@@ -107,6 +110,7 @@ class Request:
         keep_alive: bool,
         http_version: str,
         body_stream: BodyStream | None = None,
+        named: dict[bytes, bytes] | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -116,13 +120,37 @@ class Request:
         self.keep_alive = keep_alive
         self.http_version = http_version
         self.body_stream = body_stream
+        #: ``headers`` as a dict when each name occurs once (the parser has built it for
+        #: its own checks): a lookup instead of a scan. None: scan (a repeated name,
+        #: whose first value counts).
+        self._named = named
 
     def header(self, name: bytes) -> bytes | None:
         """First value of header ``name`` (lower-case bytes), or None."""
+        named = self._named
+        if named is not None:
+            return named.get(name)
         for key, value in self.headers:
             if key == name:
                 return value
         return None
+
+    def set_header(self, name: bytes, value: bytes) -> None:
+        """Make ``value`` the one field ``name`` (lower-case), behind the others."""
+        named = self._named
+        if named is None or name in named:
+            self.headers = [field for field in self.headers if field[0] != name]
+        self.headers.append((name, value))
+        if named is not None:
+            named[name] = value
+
+    def drop_headers(self, names: tuple[bytes, ...]) -> None:
+        """Remove every field named in ``names`` (lower-case)."""
+        self.headers = [field for field in self.headers if field[0] not in names]
+        named = self._named
+        if named is not None:
+            for name in names:
+                named.pop(name, None)
 
 
 class ProtocolError(Exception):
@@ -215,6 +243,8 @@ class _Parser:
         self.chunked = False
         self._url = b""
         self._headers: Headers = []
+        #: ``_headers`` as a dict, once the head is complete and each name occurs once.
+        self._named: dict[bytes, bytes] | None = None
         self._header_bytes = 0
         #: Count the head's bytes field by field (and tell trailer fields apart): off only
         #: while a piece no larger than ``max_header_size`` that began between requests is
@@ -304,6 +334,7 @@ class _Parser:
         headers = self._headers
         named = dict(headers)
         if len(named) == len(headers):
+            self._named = named
             # Each name once (the usual head): the few that matter here, looked up.
             hosts = 1 if b"host" in named else 0
             length = named.get(b"content-length")
@@ -318,6 +349,7 @@ class _Parser:
                 self.expect_continue = True
             content_type = named.get(b"content-type")
         else:
+            self._named = None
             hosts, encoding, content_type = self._repeated(headers)
         if encoding is not None:
             if encoding.strip().lower() != b"chunked":
@@ -388,6 +420,7 @@ class _Parser:
             parser.should_keep_alive(),
             parser.get_http_version(),
             stream,
+            self._named,
         )
 
     def on_body(self, body: bytes) -> None:
