@@ -124,6 +124,15 @@ class Router:
         if not candidates:
             return None
         now = clock()
+        if len(candidates) == 1:
+            # A model of one backend (the usual deployment): no list, no strategy.
+            backend = candidates[0]
+            if (backend.available(now) and backend not in exclude
+                    and (apis is None or backend.api in apis)
+                    and (endpoint is None or endpoint in backend.endpoints)
+                    and backend.breaker.allow()):
+                return backend
+            return None
         eligible = [
             b for b in candidates
             if b.available(now) and b not in exclude and (apis is None or b.api in apis)
