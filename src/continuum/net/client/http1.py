@@ -107,9 +107,11 @@ class HTTP1Connection:
 
     # lifecycle
     def reset_for_request(self) -> None:
+        """Before each request. Not reset: ``_status`` (read only once a new head set it)
+        and ``_held`` (empty once a head is complete, and only a connection whose last
+        answer completed is used again)."""
         self._headers = []
         self._body.clear()
-        self._status = 0
         self._content_length = False
         self._chunked = False
         self.headers_done = False
@@ -117,11 +119,6 @@ class HTTP1Connection:
         self.can_reuse = False
         self.received_any = False
         self._head_fed = 0
-        self._held.clear()
-
-    @property
-    def keep_alive(self) -> bool:
-        return self.complete and self.can_reuse
 
     def close(self) -> None:
         """Close at once, without TLS close_notify: used for dirty or abandoned exchanges."""

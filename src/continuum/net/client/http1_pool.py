@@ -244,7 +244,7 @@ class HTTP1Pool:
         """Return a connection: kept if its response was read whole and keep-alive holds,
         whatever the number already idle (``reap_idle`` trims the ones past ``max_idle``)."""
         self._free_slot()
-        if conn.keep_alive and not self._closed:
+        if conn.can_reuse and not self._closed:  # (set only with ``complete``)
             conn.reused = True
             conn.last_used = clock()
             self._idle.append(conn)
