@@ -442,7 +442,6 @@ class AsgiFront:
         return Request(
             method, request_path(scope), query.decode("latin-1") if query else "",
             [(bytes(n).lower(), bytes(v)) for n, v in scope.get("headers", ())], body, True,
-            str(scope.get("http_version", "1.1")),
         )
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

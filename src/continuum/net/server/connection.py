@@ -36,6 +36,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, final
 
 import httptools
+import msgspec
 import trio
 
 from ...core.clock import now as clock
@@ -89,41 +90,31 @@ class HTTPLimits:
 
 
 @final
-class Request:
+class Request(msgspec.Struct):
     """One parsed request. Header names are lower-cased; the body is complete, unless the
     request came with a :attr:`body_stream` (an upload, see ``HTTPLimits.stream_paths``):
     then ``body`` is empty and the handler reads the stream.
 
     ``headers`` is what goes upstream on a pass-through: change it with
-    :meth:`set_header` and :meth:`drop_headers`, which keep :meth:`header`'s index right."""
+    :meth:`set_header` and :meth:`drop_headers`, which keep :meth:`header`'s index right.
 
-    __slots__ = ("_named", "body", "body_stream", "headers", "http_version", "keep_alive",
-                 "method", "path", "query")
+    A Struct: one is made per request, and its constructor runs in C."""
 
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: Headers,
-        body: bytes,
-        keep_alive: bool,
-        http_version: str,
-        body_stream: BodyStream | None = None,
-        named: dict[bytes, bytes] | None = None,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.keep_alive = keep_alive
-        self.http_version = http_version
-        self.body_stream = body_stream
-        #: ``headers`` as a dict when each name occurs once (the parser has built it for
-        #: its own checks): a lookup instead of a scan. None: scan (a repeated name,
-        #: whose first value counts).
-        self._named = named
+    method: str
+    path: str
+    query: str
+    headers: Headers
+    body: bytes
+    keep_alive: bool
+    body_stream: BodyStream | None = None
+    #: ``headers`` as a dict when each name occurs once (the parser has built it for its
+    #: own checks): a lookup instead of a scan. None: scan (a repeated name, whose first
+    #: value counts).
+    _named: dict[bytes, bytes] | None = None
+
+    def __repr__(self) -> str:
+        # Never the fields: a header may be a credential.
+        return f"<Request {self.method} {self.path}>"
 
     def header(self, name: bytes) -> bytes | None:
         """First value of header ``name`` (lower-case bytes), or None."""
@@ -418,7 +409,6 @@ class _Parser:
             self._headers,
             body,
             parser.should_keep_alive(),
-            parser.get_http_version(),
             stream,
             self._named,
         )
