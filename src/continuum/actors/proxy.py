@@ -134,22 +134,23 @@ async def json_too_deep_yielding(body: bytes, limit: int = MAX_JSON_DEPTH) -> bo
     return answer
 
 @final
-class RequestState:
+class RequestState(msgspec.Struct):
     """What one request's handling learns on the way, for headers, metrics, logs and
     spans: filled by the Proxy, read by the Ingress when the request ends.
 
-    Only the id and start are set per request: every other field starts as the class's
-    default and is written only by the request that learns it (a plain pass-through
-    request writes a few of them), not twelve stores per request."""
+    Made with its id and start only: a Struct, whose other fields take their defaults in
+    C; a plain pass-through request writes a few of them."""
 
-    upstream = 0.0  # seconds spent in upstream calls, every attempt
-    stream = False
-    ttft = -1.0
-    max_gap = -1.0
-    prompt_tokens = 0
-    completion_tokens = 0
+    id: bytes
+    started: float  # clock() when the request was parsed
+    upstream: float = 0.0  # seconds spent in upstream calls, every attempt
+    stream: bool = False
+    ttft: float = -1.0
+    max_gap: float = -1.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     #: The model the client asked for (for the access log: no body is parsed twice).
-    model = ""
+    model: str = ""
     #: Backends retried after and models failed over from, in order (tuples, grown only
     #: on a retry: the observation takes them as they are).
     retried: tuple[str, ...] = ()
@@ -157,10 +158,6 @@ class RequestState:
     span: Any = None  # the ingress span when tracing exports spans
     #: Who the client is and what its admission took (None: access control is off).
     access: Admission | None = None
-
-    def __init__(self, request_id: bytes, started: float) -> None:
-        self.id = request_id
-        self.started = started  # clock() when the request was parsed
 
 
 def overhead_ms(seconds: float) -> bytes:
