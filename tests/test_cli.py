@@ -630,3 +630,18 @@ def test_just_list_describes_every_recipe_for_a_user() -> None:
         assert sep and len(description) >= 20, f"no description: {recipe!r}"
         # Written for users: no issue numbers or internal names.
         assert not re.search(r"\bissue\b|\bfloor\b|httptools", description, re.I), recipe
+
+
+def test_commands_that_do_not_serve_leave_the_router_unimported() -> None:
+    """``--help``, ``check``, ``generate-config`` and ``admin`` import the CLI, the config and
+    the admin client; trio and the router's graph load only for ``run`` (continuum.runner)."""
+    probe = (
+        "import sys, continuum, continuum.cli\n"
+        "assert continuum.__version__\n"
+        "heavy = sorted(m for m in sys.modules if m == 'trio' or m.startswith("
+        "('continuum.actors', 'continuum.net', 'continuum.runner', 'prometheus_client')))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

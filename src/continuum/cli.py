@@ -5,8 +5,7 @@ and its options; the admin client is :mod:`continuum.admin_cli`, the mock upstre
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
+import gc
 import os
 import signal
 import sys
@@ -14,12 +13,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, get_args
 
 import msgspec
-import trio
 
 from . import __version__
-from .actors.reload import ReloadHooks
-from .actors.supervisor import RouterHandle, serve, serve_worker
-from .actors.workers import WorkerEnvironment, run_workers
 from .admin_cli import add_admin_arguments, cmd_admin
 from .config import (
     DURATION_HELP,
@@ -36,13 +31,9 @@ from .config import (
     parse_bind_address,
     parse_duration,
 )
-from .core.heap import resettle, settle
-from .observability.logs import configure_logging
 
 if TYPE_CHECKING:
     from .testing import MockUpstream
-
-log = logging.getLogger("continuum")
 
 
 def _config_file(args: argparse.Namespace) -> str | None:
@@ -122,97 +113,32 @@ def _print_warnings(config: Config) -> None:
         print(f"trio-continuum: warning: {config.source}: {warning}", file=sys.stderr)
 
 
-async def _reload_on_signal(handle: RouterHandle) -> None:
-    with contextlib.suppress(ConfigError):  # logged: the old config keeps serving
-        await handle.reconfigurer.reload(source="SIGHUP", who="signal")
-
-
-async def _run(config: Config, worker: WorkerEnvironment | None = None,
-               config_file: str | None = None, hooks: ReloadHooks | None = None) -> None:
-    """Serve; the first SIGINT/SIGTERM drains gracefully, a second one stops at once;
-    SIGHUP reloads the config file."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def serve_then_stop(
-                task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                if worker is None:
-                    await serve(config, config_file=config_file, hooks=hooks,
-                                task_status=task_status)
-                else:
-                    await serve_worker(config, worker, config_file=config_file, hooks=hooks,
-                                       task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            handle: RouterHandle = await nursery.start(serve_then_stop)
-            # This process is the router's: what start-up built is frozen out of the
-            # collector's walks (core.heap); a reload refreezes through hooks.applied.
-            log.debug("heap settled: %d objects frozen", settle())
-            drained = False
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if not drained:
-                        log.info("received SIGHUP: reloading %s", config_file)
-                        nursery.start_soon(_reload_on_signal, handle)
-                    continue
-                if drained:
-                    log.warning("second signal: stopping now")
-                    handle.abort()
-                    nursery.cancel_scope.cancel()
-                    return
-                log.info("received %s: draining (send again to stop at once)",
-                         signal.Signals(signum).name)
-                handle.shutdown()
-                drained = True
-
-
-def _resettle() -> None:
-    log.debug("heap resettled after a config change: %d objects frozen", resettle())
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     # Until the router's loop takes SIGHUP (a reload), one must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = _load(args)
-    if config is None:
-        return 2
+    # Start-up allocates ~40,000 objects that live as long as the router: the collector
+    # would only walk them, again and again, while modules load. It is paused until the
+    # router serves (core.heap.settle freezes them and starts it again).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        config = _with_overrides(config, args)
-    except ValueError as exc:
-        print(f"trio-continuum: --bind: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.logging)
-    worker = WorkerEnvironment.from_environ()
-    count = config.server.workers or os.cpu_count() or 1
-    try:
-        if worker is None and count > 1:
-            # Workers get the addresses from us; the log level on their command line.
-            options = ("--log-level", args.log_level) if args.log_level else ()
-            return run_workers(args.config, count, config.server.socket_mode,
-                               config.server.bind_address, options)
-        hooks = ReloadHooks(adjust=lambda fresh: _with_overrides(fresh, args),
-                            logging=configure_logging, applied=_resettle)
-        trio.run(_run, config, worker, args.config, hooks)
-    except BaseException as exc:
-        leaf = _sole_leaf(exc)
-        if isinstance(leaf, ConfigError):  # e.g. a server.tls file that does not load
-            print(f"trio-continuum: invalid config: {leaf}", file=sys.stderr)
+        config = _load(args)
+        if config is None:
             return 2
-        if isinstance(leaf, OSError):  # e.g. the port is taken: say so, no traceback
-            print(f"trio-continuum: {leaf.strerror or leaf}", file=sys.stderr)
-            return 1
-        if isinstance(leaf, KeyboardInterrupt):
-            return 130
-        raise
-    return 0
+        try:
+            config = _with_overrides(config, args)
+        except ValueError as exc:
+            print(f"trio-continuum: --bind: {exc}", file=sys.stderr)
+            return 2
+        from .runner import run_router  # the router's graph: only this command needs it
 
-
-def _sole_leaf(exc: BaseException) -> BaseException:
-    """Unwrap nursery exception groups that hold exactly one exception."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+        # Workers get the addresses from us; the log level on their command line.
+        options = ("--log-level", args.log_level) if args.log_level else ()
+        return run_router(config, args.config, config.server.workers or os.cpu_count() or 1,
+                          lambda fresh: _with_overrides(fresh, args), options)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -350,6 +276,8 @@ def mock_config_from_args(args: argparse.Namespace) -> MockConfig:
 
 def run_mock_from_args(args: argparse.Namespace) -> int:
     """Run ``trio-continuum mock`` until Ctrl-C; print the address once listening."""
+    import trio  # like the mock itself, only for this command (see cmd_run)
+
     from .testing import MockUpstream
 
     upstream = MockUpstream(
