@@ -9,8 +9,8 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, get_args
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, get_args
 
 import msgspec
 
@@ -34,6 +34,8 @@ from .config import (
 
 if TYPE_CHECKING:
     from .testing import MockUpstream
+
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _config_file(args: argparse.Namespace) -> str | None:
@@ -333,17 +335,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the same as the argument")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trio-continuum",
-        description="A high-performance LLM API router: one OpenAI-compatible endpoint in "
-        "front of many backends.",
-        epilog="Without a command, the router runs: 'trio-continuum --config FILE' is "
-        "'trio-continuum run FILE', and 'trio-continuum --generate-config' is "
-        "'trio-continuum generate-config'.",
-    )
-    parser.add_argument("--version", action="version", version=f"trio-continuum {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _run_command(sub: Subcommands) -> None:
     run = sub.add_parser("run", help="serve with a config file",
                          description="Run the router until SIGINT/SIGTERM (graceful drain).")
     _config_arguments(run)
@@ -354,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=levels, metavar="LEVEL",
                      help="instead of logging.level: " + ", ".join(levels))
     run.set_defaults(func=cmd_run)
+
+
+def _check_command(sub: Subcommands) -> None:
     check = sub.add_parser("check", help="validate a config and print it (secrets masked)",
                            description="Validate CONFIG; print the effective config with "
                            "secrets masked; exit non-zero if it is invalid.")
@@ -361,19 +356,58 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=("yaml", "toml"), default="yaml",
                        help="print the effective config as YAML (default) or TOML")
     check.set_defaults(func=cmd_check)
+
+
+def _generate_config_command(sub: Subcommands) -> None:
     gen = sub.add_parser("generate-config", help="print a complete, commented config",
                          description="Print a complete config with every key, its default "
                          "and what it means.")
     gen.set_defaults(func=cmd_generate_config)
+
+
+def _admin_command(sub: Subcommands) -> None:
     admin = sub.add_parser("admin", help="talk to a running router's admin API",
                            description="Read and change a running router through its admin "
                            "API (see docs/admin-api.md).")
     add_admin_arguments(admin)
     admin.set_defaults(func=cmd_admin)
+
+
+def _mock_command(sub: Subcommands) -> None:
     mock = sub.add_parser("mock", help="run the mock upstream (OpenAI, Anthropic or Gemini API)",
                           description="Run the mock upstream (for demos, tests, benchmarks).")
     add_mock_arguments(mock)
     mock.set_defaults(func=cmd_mock)
+
+
+#: Each subcommand's parser, in the order ``--help`` lists them.
+_COMMANDS: Final[dict[str, Callable[[Subcommands], None]]] = {
+    "run": _run_command,
+    "check": _check_command,
+    "generate-config": _generate_config_command,
+    "admin": _admin_command,
+    "mock": _mock_command,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``command`` (one of :data:`_COMMANDS`), only that
+    subcommand's: argparse's parsers cost ~0.3 ms each to make (the admin client's and
+    the mock's many options most), which the router's start-up need not pay for the
+    commands it does not run."""
+    parser = argparse.ArgumentParser(
+        prog="trio-continuum",
+        description="A high-performance LLM API router: one OpenAI-compatible endpoint in "
+        "front of many backends.",
+        epilog="Without a command, the router runs: 'trio-continuum --config FILE' is "
+        "'trio-continuum run FILE', and 'trio-continuum --generate-config' is "
+        "'trio-continuum generate-config'.",
+    )
+    parser.add_argument("--version", action="version", version=f"trio-continuum {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add in _COMMANDS.items():
+        if command is None or name == command:
+            add(sub)
     return parser
 
 
@@ -394,7 +428,8 @@ def _with_command(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    words = _with_command(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words[0] if words[0] in _COMMANDS else None).parse_args(words)
     result: int = args.func(args)
     return result
 
