@@ -79,9 +79,10 @@ __all__ = [
 ]
 
 # The public names are imported when first read (PEP 562), not with the package: every
-# ``continuum.*`` module, the CLI's included, imports this file first, and the router's
-# whole graph costs ~0.15 s that ``trio-continuum --help``, ``check`` or a config without
-# the admin, files or Realtime parts need not pay (docs/operations.md, "Start-up").
+# ``continuum.*`` module, the CLI's included, imports this file first, and trio with the
+# router's whole graph costs ~0.2 s that ``trio-continuum --help``, ``check``,
+# ``generate-config`` and ``admin`` need not pay; only ``run`` imports it, through
+# ``continuum.runner`` (docs/operations.md, "Start-up").
 _HOMES: Final[dict[str, str]] = {
     "RouterHandle": ".actors.supervisor",
     "serve": ".actors.supervisor",
@@ -102,7 +103,7 @@ def __getattr__(name: str) -> object:
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value  # once: later reads are plain attribute reads
+    globals()[name] = value  # bound like an import: later reads are plain attribute reads
     return value
 
 
