@@ -195,6 +195,10 @@ class Admission(msgspec.Struct):
     backend_decisions: tuple[tuple[str, Decision], ...] = ()
     #: Admitted by Redis and counted in ``AccessControl.admitted`` until settled.
     counted: bool = False
+    #: Whether :meth:`AccessControl.settle` has anything to do for the admission before
+    #: routing (a lease, a token reservation, a Redis count); ``per_backend`` admissions,
+    #: made later, are not told here.
+    settles: bool = False
 
 
 @final
@@ -348,32 +352,61 @@ class AccessControl:
         """Admit the request under every limit that applies before routing, or refuse it
         (429 with ``Retry-After``; 503 when Redis fails and ``on_error`` is ``deny``).
         Admitted, its answers carry the ``x-ratelimit-*`` headers."""
+        checks = self.admit_now(admission, request, conn, model, reservation)
+        if checks is not None:
+            await self.admit_redis(admission, conn, checks, model)
+
+    def admit_now(self, admission: Admission, request: Request, conn: ServerConnection,
+                  model: str, reservation: float) -> Sequence[Check] | None:
+        """:meth:`admit` as far as it goes without waiting: everything, unless the checks
+        go to Redis; then it returns them, for :meth:`admit_redis`. (In memory nothing
+        waits, so the Proxy admits the common request without a coroutine of its own.)"""
         plan = self.plan
         if plan is None or not (self._always or plan.applies(admission.key)):
             admission.limited = False
-            return
+            return None
         if self._exemptions and self._exempt(admission, request, conn):
             admission.limited = False
-            return
+            return None
         admission.reservation = reservation
-        checks = plan.checks(admission.key, admission.client, model, reservation)
-        if not checks:
-            return
         memory = self._memory
-        if memory is not None:  # no await: a memory admission never waits
-            decision: Decision | None = memory.admit(
-                checks, clock(), self._lease(checks) if self._concurrency else None)
-        else:
-            # Alone (no other admitted request in flight), the call may wait for its reply
-            # without trio's wait path (see RedisClient.evalsha).
-            decision = await self._admit(checks, lone=not self.admitted)
-            if decision is None:  # Redis failed, on_error: allow
-                return
-            if decision.allowed:
-                self.admitted += 1
-                admission.counted = True
-        assert decision is not None
+        key = admission.key
+        if memory is not None and key is not None:
+            # Most keyed requests: fixed checks on full buckets, whose outcome and head
+            # lines are known in advance; the limiter only moves their TATs.
+            fixed = plan.fixed.get(key.digest)
+            if fixed is not None and fixed.full is not None and memory.admit_full(fixed,
+                                                                                  clock()):
+                admission.decisions += (fixed.full,)
+                conn.extra_head += fixed.head
+                return None
+        checks = plan.checks(key, admission.client, model, reservation)
+        if not checks:
+            return None
+        if memory is None:
+            return checks
+        decision = memory.admit(checks, clock(),
+                                self._lease(checks) if self._concurrency else None)
         if decision.allowed:
+            admission.decisions += (decision,)
+            if decision.settles:
+                admission.settles = True
+            conn.extra_head += ratelimit_head(decision)
+            return None
+        raise self._refusal(decision, admission, model)
+
+    async def admit_redis(self, admission: Admission, conn: ServerConnection,
+                          checks: Sequence[Check], model: str) -> None:
+        """The rest of :meth:`admit` with Redis storage: one ``EVALSHA`` for ``checks``."""
+        # Alone (no other admitted request in flight), the call may wait for its reply
+        # without trio's wait path (see RedisClient.evalsha).
+        decision = await self._admit(checks, lone=not self.admitted)
+        if decision is None:  # Redis failed, on_error: allow
+            return
+        if decision.allowed:
+            self.admitted += 1
+            admission.counted = True
+            admission.settles = True
             admission.decisions += (decision,)
             conn.extra_head += ratelimit_head(decision)
             return
