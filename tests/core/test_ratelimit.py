@@ -485,7 +485,7 @@ def test_a_full_bucket_admission_is_the_general_one(
     checks = tuple(RateCheck("api_key" if i == 0 else "global", f"k{i}", Rate(rate, float(burst)))
                    for i, (rate, burst) in enumerate(rates))
     fixed = FixedChecks(checks)
-    assert fixed.full is not None and fixed.rates == checks
+    assert fixed.full is not None and fixed.steps == tuple((c.key, c.step) for c in checks)
     assert fixed.head == ratelimit_head(fixed.full)
     fast, general = MemoryLimiter(), MemoryLimiter()
     now = 1000.0
@@ -518,7 +518,7 @@ def test_fixed_checks_know_their_outcome_only_for_request_limits() -> None:
                          b"\r\nx-ratelimit-reset-requests: 100ms\r\n")
     for checks in ((requests, tokens), (requests, slots), (requests, requests), ()):
         fixed = FixedChecks(checks)
-        assert (fixed.full, fixed.head, fixed.rates) == (None, b"", ())
+        assert (fixed.full, fixed.head, fixed.steps) == (None, b"", ())
 
 
 def test_a_full_admission_puts_back_what_it_took_when_a_bucket_is_not_full() -> None:

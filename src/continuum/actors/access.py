@@ -266,7 +266,12 @@ class AccessControl:
                                        plan.global_, *(s for _, s in plan.per_model)))
             or any(k.max_concurrent for k in keys))
         self.keys = keys
+        self._known = keys.known
         self.plan = plan
+        #: The limiter when an admission may try :meth:`MemoryLimiter.admit_full` before
+        #: anything else (memory storage, and no exemption to look at first), else None.
+        self._quick = self._memory if not self._exemptions else None
+        self._fixed = plan.fixed if plan is not None else {}
 
     @property
     def memory(self) -> MemoryLimiter | None:
@@ -288,13 +293,17 @@ class AccessControl:
         permissive mode a request without a usable key goes on as anonymous."""
         if self._anonymous:
             return Admission(None, presented)
-        key, reason = self.keys.lookup(presented)
-        if key is None:
-            if self.blocking:
-                self._metrics.auth_failures.labels(reason).inc()
-                raise RouterError(401, UNAUTHORIZED,
-                                  headers=[(b"www-authenticate", b'Bearer realm="continuum"')])
-            return Admission(None, presented)
+        # A key seen before and without an expiry: one probe, no call (most requests).
+        key = self._known.get(presented) if presented is not None else None
+        if key is None or key.expires_at is not None:
+            key, reason = self.keys.lookup(presented)
+            if key is None:
+                if self.blocking:
+                    self._metrics.auth_failures.labels(reason).inc()
+                    raise RouterError(
+                        401, UNAUTHORIZED,
+                        headers=[(b"www-authenticate", b'Bearer realm="continuum"')])
+                return Admission(None, presented)
         # A key without scopes may do everything: no need to ask what the request needs.
         if key.scopes and not key.may(scope := required_scope(request.method, request.path)):
             self._metrics.auth_failures.labels("scope").inc()
@@ -361,28 +370,31 @@ class AccessControl:
         """:meth:`admit` as far as it goes without waiting: everything, unless the checks
         go to Redis; then it returns them, for :meth:`admit_redis`. (In memory nothing
         waits, so the Proxy admits the common request without a coroutine of its own.)"""
+        key = admission.key
+        quick = self._quick
+        if quick is not None and key is not None:
+            # Most keyed requests: the key's fixed checks (built by an earlier admission,
+            # so the limits apply to it) on full buckets, whose outcome and head lines are
+            # known in advance; the limiter only moves their TATs.
+            fixed = self._fixed.get(key.digest)
+            if fixed is not None and fixed.full is not None and quick.admit_full(fixed,
+                                                                                 clock()):
+                admission.reservation = reservation
+                admission.decisions += (fixed.full,)
+                conn.extra_head += fixed.head
+                return None
         plan = self.plan
-        if plan is None or not (self._always or plan.applies(admission.key)):
+        if plan is None or not (self._always or plan.applies(key)):
             admission.limited = False
             return None
         if self._exemptions and self._exempt(admission, request, conn):
             admission.limited = False
             return None
         admission.reservation = reservation
-        memory = self._memory
-        key = admission.key
-        if memory is not None and key is not None:
-            # Most keyed requests: fixed checks on full buckets, whose outcome and head
-            # lines are known in advance; the limiter only moves their TATs.
-            fixed = plan.fixed.get(key.digest)
-            if fixed is not None and fixed.full is not None and memory.admit_full(fixed,
-                                                                                  clock()):
-                admission.decisions += (fixed.full,)
-                conn.extra_head += fixed.head
-                return None
         checks = plan.checks(key, admission.client, model, reservation)
         if not checks:
             return None
+        memory = self._memory
         if memory is None:
             return checks
         decision = memory.admit(checks, clock(),

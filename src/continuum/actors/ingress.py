@@ -149,6 +149,7 @@ class Ingress:
         self._tracing = proxy.tracing
         self._trace = self._tracing.enabled
         self._spans = self._tracing.spans
+        self._trace_rng = self._tracing.rng
         self._id_prefix = os.urandom(6).hex().encode() + b"-"
         self._id_counter = 0
         self._routes: dict[str, tuple[str, Route]] = {
@@ -373,12 +374,13 @@ class Ingress:
             request.headers = [(n, v) for n, v in request.headers
                                if n not in (b"traceparent", b"tracestate")]
             traceparent = None
-        if self._spans:
-            state.span = self._tracing.start_ingress(
-                request.method, request.path, traceparent, request.header(b"tracestate"))
-            state.span.set_attribute("continuum.request_id", state.id.decode("latin-1"))
-        elif traceparent is None:
-            request.headers.append((b"traceparent", new_traceparent(self._tracing.rng)))
+        if not self._spans:
+            if traceparent is None:
+                request.headers.append((b"traceparent", new_traceparent(self._trace_rng)))
+            return
+        state.span = self._tracing.start_ingress(
+            request.method, request.path, traceparent, request.header(b"tracestate"))
+        state.span.set_attribute("continuum.request_id", state.id.decode("latin-1"))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
                     client_model: str, bytes_out: int, key: str,

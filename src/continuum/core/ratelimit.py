@@ -228,7 +228,7 @@ class FixedChecks:
     then known in advance, and so are its ``x-ratelimit-*`` lines
     (:meth:`MemoryLimiter.admit_full` only moves the TATs)."""
 
-    __slots__ = ("checks", "full", "head", "rates")
+    __slots__ = ("checks", "full", "head", "steps")
 
     def __init__(self, checks: tuple[Check, ...]) -> None:
         self.checks = checks
@@ -237,11 +237,11 @@ class FixedChecks:
         self.full: Decision | None = None
         #: Its ``x-ratelimit-*`` lines (:func:`ratelimit_head`).
         self.head = b""
-        #: ``checks`` when ``full`` is known (all of them request rate limits), else empty.
-        self.rates: tuple[RateCheck, ...] = ()
+        #: Each check's (key, step) when ``full`` is known, else empty.
+        self.steps: tuple[tuple[str, float], ...] = ()
         rates = tuple(c for c in checks if type(c) is RateCheck and not c.tokens)
         if checks and len(rates) == len(checks) and len({c.key for c in rates}) == len(rates):
-            self.rates = rates
+            self.steps = tuple((c.key, c.step) for c in rates)
             self.full = Decision(True, tuple(full_state(c) for c in rates), settles=False)
             self.head = ratelimit_head(self.full)
 
@@ -357,18 +357,16 @@ class MemoryLimiter:
         Otherwise nothing is taken and the answer is False: :meth:`admit` decides. Only for
         a ``fixed`` whose ``full`` is known (request rate limits of distinct keys)."""
         tats = self._tats
-        checks = fixed.rates
-        for check in checks:
-            key = check.key
+        for key, step in fixed.steps:
             tat = tats.pop(key, now)
             if tat > now:  # not full: put back what this admission took (idle buckets)
                 tats[key] = tat
-                for taken in checks:
-                    if taken is check:
+                for taken, _ in fixed.steps:
+                    if taken == key:
                         break
-                    del tats[taken.key]
+                    del tats[taken]
                 return False
-            tats[key] = now + check.step
+            tats[key] = now + step
         while len(tats) > self.max_keys:
             del tats[next(iter(tats))]
         return True
