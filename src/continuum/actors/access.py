@@ -14,7 +14,9 @@ What a request pays, by configuration:
 * one dict probe when keys are configured (and a SHA-256 when the presented key was not
   seen before);
 * ``storage: memory``: the checks (built once per client), one in-process GCRA step per
-  limit, the ``x-ratelimit-*`` header lines (one %-format), no await;
+  limit, the ``x-ratelimit-*`` header lines (one %-format), no await; for a key's fixed
+  request limits on full buckets (most keyed requests) one TAT update per limit, the
+  decision and the header lines having been made once for the key (``FixedChecks``);
 * ``storage: redis``: one ``EVALSHA`` round trip (all limits at once, atomic across
   instances), and no round trip at all when no limit applies. Settling (leases, tokens)
   goes to a background task with a bounded queue: the answer never waits for it.

@@ -461,7 +461,11 @@ class Proxy:
             return self._handle(request, conn, state)
         peek = _peek(body, self._decode_peek)
         model = state.model = peek.model or ""
-        return self._admit(request, conn, state, peek, model, self._chain(model, request.path))
+        if self.access is None or state.access is None:  # access control off: no cost
+            return self._serve(request, conn, state, peek, model,
+                               self._chain(model, request.path))
+        return self._admit(self.access, state.access, request, conn, state, peek, model,
+                           self._chain(model, request.path))
 
     async def _handle(self, request: Request, conn: ServerConnection,
                       state: RequestState) -> Served:
@@ -476,19 +480,20 @@ class Proxy:
         if files is not None and REFERENCE_MARK in body and (
                 request.path == CHAT or request.path == MESSAGES):
             await files.resolve(request)
-        return await self._admit(request, conn, state, peek, model,
-                                 self._chain(model, request.path))
+        chain = self._chain(model, request.path)
+        access = self.access
+        if access is not None and state.access is not None:
+            return await self._admit(access, state.access, request, conn, state, peek, model,
+                                     chain)
+        return await self._serve(request, conn, state, peek, model, chain)
 
-    def _admit(self, request: Request, conn: ServerConnection, state: RequestState,
-               peek: Peek, model: str, chain: tuple[str, ...]) -> Awaitable[Served]:
+    def _admit(self, access: AccessControl, admission: Admission, request: Request,
+               conn: ServerConnection, state: RequestState, peek: Peek, model: str,
+               chain: tuple[str, ...]) -> Awaitable[Served]:
         """The key's models and the limits (access control on), then :meth:`_serve`.
         An admission in memory needs no await, and one that leaves nothing to settle (no
         lease, no token reservation: most) needs no ``finally``: then ``_serve``'s own
         coroutine is returned."""
-        access = self.access
-        admission = state.access
-        if access is None or admission is None:
-            return self._serve(request, conn, state, peek, model, chain)
         resolved = self.router.resolve(model)
         chain = access.allowed_chain(admission, model, resolved, chain)
         reservation = (peek.reservation(access.default_reservation)
