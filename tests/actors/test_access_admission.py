@@ -31,9 +31,52 @@ def _access(keys: list[dict[str, Any]], **rate_limiting: Any) -> AccessControl:
     return AccessControl(config, Metrics())
 
 
-def _request() -> Request:
-    return Request("POST", CHAT, "", [(b"authorization", b"Bearer " + GOOD.encode())], b"",
-                   True, "1.1")
+def _request(*headers: tuple[bytes, bytes], path: str = CHAT) -> Request:
+    return Request("POST", path, "", list(headers or [(b"authorization",
+                                                      b"Bearer " + GOOD.encode())]),
+                   b"", True, "1.1")
+
+
+def _config(keys: list[dict[str, Any]]) -> Any:
+    return config_from_dict(router_config(
+        [{"name": "a", "url": "http://127.0.0.1:9", "models": ["m"]}],
+        api_keys={"mode": "blocking", "api_keys": keys}), source="<test>")
+
+
+def _status(access: AccessControl, request: Request) -> int | str:
+    """The key's label, or the status that refused the request."""
+    try:
+        return access.authenticate_request(request).label
+    except RouterError as exc:
+        return exc.status
+
+
+def test_a_repeated_authorization_is_one_probe_and_nothing_else_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    access = AccessControl(_config([
+        {"key": GOOD, "id": "good"},
+        {"key": "sk-reader-key-0000000001", "id": "reader", "scopes": ["read"]},
+        {"key": "sk-expiring-key-00000001", "id": "soon", "expires_at": "2030-01-01"},
+    ]), Metrics())
+    bearer = (b"authorization", b"Bearer " + GOOD.encode())
+    assert [_status(access, _request(bearer)) for _ in range(2)] == ["good", "good"]
+    assert access._bearers[bearer[1]][0].id == "good"  # remembered by the raw value
+    # A key with scopes is checked against each request's path; one with an expiry
+    # against the clock; neither is remembered by its raw value.
+    reader = (b"authorization", b"Bearer sk-reader-key-0000000001")
+    soon = (b"authorization", b"bearer   sk-expiring-key-00000001 ")
+    assert [_status(access, _request(reader)) for _ in range(2)] == [403, 403]
+    assert _status(access, _request(soon)) == "soon"
+    monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)
+    assert _status(access, _request(soon)) == 401
+    # Not a bearer value: the key comes from x-api-key, and the value names nothing.
+    basic = (b"authorization", b"Basic Zm9vOmJhcg==")
+    assert _status(access, _request(basic, (b"x-api-key", GOOD.encode()))) == "good"
+    assert _status(access, _request(basic)) == 401
+    assert list(access._bearers) == [bearer[1]]
+    # A reload that removes the key forgets what it remembered.
+    access.configure(_config([{"key": "sk-another-key-000000001", "id": "other"}]))
+    assert _status(access, _request(bearer)) == 401
 
 
 def _admit(access: AccessControl) -> tuple[Any, bytes]:

@@ -42,6 +42,7 @@ import trio
 
 from ..config import ApiKeyEntry, Config, LimitConfig
 from ..core.access import (
+    MAX_CACHED_KEYS,
     ApiKey,
     ClientAddresses,
     CorsPolicy,
@@ -109,6 +110,19 @@ _LOG_EVERY: Final = 30.0
 _LEASE_MARGIN: Final = 30.0
 
 _KINDS: Final = {False: "requests", True: "tokens"}
+
+
+def bearer_token(authorization: bytes | None) -> bytes | None:
+    """The key of an ``Authorization: Bearer <key>`` value, else None."""
+    if authorization is not None and authorization[:7].lower() == b"bearer ":
+        return authorization[7:].strip()
+    return None
+
+
+def client_key(request: Request) -> bytes | None:
+    """The key a request presents: ``Authorization: Bearer``, else ``x-api-key``."""
+    key = bearer_token(request.header(b"authorization"))
+    return key if key is not None else request.header(b"x-api-key")
 
 
 def _spec(limit: LimitConfig) -> LimitSpec:
@@ -269,6 +283,9 @@ class AccessControl:
             or any(k.max_concurrent for k in keys))
         self.keys = keys
         self._known = keys.known
+        #: (key, presented key, label) by the raw ``Authorization`` value that presented a
+        #: key without expiry or scopes (:meth:`authenticate_request`); new per config.
+        self._bearers: dict[bytes | None, tuple[ApiKey, bytes, str]] = {}
         self.plan = plan
         #: The limiter when an admission may try :meth:`MemoryLimiter.admit_full` before
         #: anything else (memory storage, and no exemption to look at first), else None.
@@ -288,6 +305,27 @@ class AccessControl:
         return key.label if key is not None and "admin" in key.scopes else None
 
     # -- who: keys, scopes, models ---------------------------------------------------------
+
+    def authenticate_request(self, request: Request) -> Admission:
+        """:meth:`authenticate` with the key the request presents (:func:`client_key`).
+        An ``Authorization`` value that named a key without an expiry or scopes before
+        (most requests) is one probe: the answer cannot have changed until a reload."""
+        auth = request.header(b"authorization")
+        seen = self._bearers.get(auth)
+        if seen is not None:
+            return Admission(*seen)
+        presented = bearer_token(auth)
+        if presented is None:
+            return self.authenticate(request, request.header(b"x-api-key"))
+        admission = self.authenticate(request, presented)
+        key = admission.key
+        if key is not None and key.expires_at is None and not key.scopes:
+            assert auth is not None
+            bearers = self._bearers
+            if len(bearers) >= MAX_CACHED_KEYS:  # only found keys enter; still bounded
+                bearers.clear()
+            bearers[auth] = (key, presented, admission.label)
+        return admission
 
     def authenticate(self, request: Request, presented: bytes | None) -> Admission:
         """The request's key and scope: 401 (blocking mode: no usable key, one message

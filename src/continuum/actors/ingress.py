@@ -46,7 +46,7 @@ from .access import AccessControl, cors_policy
 from .backend import BackendActor
 from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
-from .proxy import Proxy, RequestState, Served, client_key
+from .proxy import Proxy, RequestState, Served
 from .realtime import NO_LIMITS, LimitedSession, RealtimeServed, RealtimeTicket, realtime_key
 from .router import Router
 
@@ -285,9 +285,9 @@ class Ingress:
                     headers=[(b"allow", allow)],
                 )
             if self.access is not None and path.startswith("/v1/"):
-                state.access = self.access.authenticate(
-                    request, client_key(request) if path != REALTIME_PATH
-                    else realtime_key(request))
+                state.access = (
+                    self.access.authenticate_request(request) if path != REALTIME_PATH
+                    else self.access.authenticate(request, realtime_key(request)))
             served = await handler(request, conn, state)
             status = 200 if served is None else served.status
         except RouterError as exc:

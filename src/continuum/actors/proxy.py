@@ -55,7 +55,7 @@ from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
 from ..net.stream_pump import CLIENT_GONE, STOPPED, UPSTREAM_FAILED, StreamPump
 from ..observability.tracing import Tracing
-from .access import AccessControl, Admission
+from .access import AccessControl, Admission, client_key
 from .dedup import Deduplicator, StoredResponse, dedup_key
 
 if TYPE_CHECKING:
@@ -296,13 +296,6 @@ def _tokens_used(state: RequestState, served: Served | None) -> int | None:
     if served is None or served.status != 200:
         return 0
     return None
-
-
-def client_key(request: Request) -> bytes | None:
-    auth = request.header(b"authorization")
-    if auth is not None and auth[:7].lower() == b"bearer ":
-        return auth[7:].strip()
-    return request.header(b"x-api-key")
 
 
 #: What a failed attempt served: nothing.
