@@ -529,6 +529,11 @@ def test_a_full_admission_puts_back_what_it_took_when_a_bucket_is_not_full() -> 
     fixed = FixedChecks((first, second))
     assert not limiter.admit_full(fixed, now=0.5)
     assert limiter._tats == {"rq:global:": 1.0}  # "a" charged, then given back
+    # A bucket found in use is not tried again before its TAT (where a busy client's
+    # requests would fail the pass every time): admit decides, even if it is full now.
+    assert fixed.busy_until == 1.0
+    limiter._tats.clear()
+    assert not limiter.admit_full(fixed, now=0.9) and not limiter._tats
     assert limiter.admit_full(fixed, now=1.0)
     assert limiter._tats == {"rq:api_key:a": 2.0, "rq:global:": 2.0}
     third = FixedChecks((RateCheck("client", "c", Rate(1.0, 5.0)),))

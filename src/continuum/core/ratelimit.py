@@ -228,7 +228,7 @@ class FixedChecks:
     then known in advance, and so are its ``x-ratelimit-*`` lines
     (:meth:`MemoryLimiter.admit_full` only moves the TATs)."""
 
-    __slots__ = ("checks", "full", "head", "steps")
+    __slots__ = ("busy_until", "checks", "full", "head", "steps")
 
     def __init__(self, checks: tuple[Check, ...]) -> None:
         self.checks = checks
@@ -239,6 +239,10 @@ class FixedChecks:
         self.head = b""
         #: Each check's (key, step) when ``full`` is known, else empty.
         self.steps: tuple[tuple[str, float], ...] = ()
+        #: Some bucket is not full before this (the TAT :meth:`MemoryLimiter.admit_full`
+        #: last found ahead of now): a client that keeps a bucket in use does not try the
+        #: full-bucket pass on every request.
+        self.busy_until = 0.0
         rates = tuple(c for c in checks if type(c) is RateCheck and not c.tokens)
         if checks and len(rates) == len(checks) and len({c.key for c in rates}) == len(rates):
             self.steps = tuple((c.key, c.step) for c in rates)
@@ -356,11 +360,14 @@ class MemoryLimiter:
         decision is ``fixed.full``): each TAT moves one ``step`` past now, in one pass.
         Otherwise nothing is taken and the answer is False: :meth:`admit` decides. Only for
         a ``fixed`` whose ``full`` is known (request rate limits of distinct keys)."""
+        if now < fixed.busy_until:
+            return False
         tats = self._tats
         for key, step in fixed.steps:
             tat = tats.pop(key, now)
             if tat > now:  # not full: put back what this admission took (idle buckets)
                 tats[key] = tat
+                fixed.busy_until = tat
                 for taken, _ in fixed.steps:
                     if taken == key:
                         break
