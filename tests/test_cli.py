@@ -630,3 +630,53 @@ def test_just_list_describes_every_recipe_for_a_user() -> None:
         assert sep and len(description) >= 20, f"no description: {recipe!r}"
         # Written for users: no issue numbers or internal names.
         assert not re.search(r"\bissue\b|\bfloor\b|httptools", description, re.I), recipe
+
+
+def test_commands_that_do_not_serve_leave_the_router_unimported() -> None:
+    """``--help``, ``check``, ``generate-config`` and ``admin`` import the CLI, the config and
+    the admin client; trio and the router's graph load only for ``run`` (continuum.runner)."""
+    probe = (
+        "import sys, continuum, continuum.cli\n"
+        "assert continuum.__version__\n"
+        "heavy = sorted(m for m in sys.modules if m == 'trio' or m.startswith("
+        "('continuum.actors', 'continuum.net', 'continuum.runner', 'prometheus_client')))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+#: Modules a router loads only when its config asks for what they do: HTTP/2 upstreams,
+#: the hypercorn front, tracing export, WebSocket relaying, the in-process mock.
+LOADED_ON_DEMAND = ("h2", "hypercorn", "opentelemetry", "trio_websocket", "wsproto",
+                    "continuum.testing", "continuum.net.client.h2",
+                    "continuum.net.server.hypercorn_front", "continuum.net.server.asgi",
+                    "continuum.net.websocket_relay")
+
+
+def test_a_plain_router_starts_without_the_modules_of_features_it_does_not_use(
+    tmp_path: Path,
+) -> None:
+    """Start-up imports what the config uses: a router with one OpenAI-compatible HTTP/1.1
+    backend and the defaults serves without any of :data:`LOADED_ON_DEMAND`."""
+    config = write(tmp_path, "plain.yaml", (
+        "server:\n  bind_address: 127.0.0.1:0\n"
+        "health_checks:\n  enabled: false\n"
+        "backends:\n  - name: a\n    url: http://127.0.0.1:9\n    models: [m]\n"))
+    probe = (
+        "import sys, trio, continuum, continuum.runner\n"
+        "async def main():\n"
+        "    async with trio.open_nursery() as nursery:\n"
+        f"        config = continuum.load_config({str(config)!r})\n"
+        "        router = await nursery.start(continuum.serve, config)\n"
+        f"        names = {LOADED_ON_DEMAND!r}\n"
+        "        print(sorted(m for m in sys.modules\n"
+        "                     if any(m == n or m.startswith(n + '.') for n in names)))\n"
+        "        router.abort()\n"
+        "trio.run(main)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=HANG_GUARD, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

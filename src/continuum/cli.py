@@ -5,21 +5,16 @@ and its options; the admin client is :mod:`continuum.admin_cli`, the mock upstre
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
+import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, get_args
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, get_args
 
 import msgspec
-import trio
 
 from . import __version__
-from .actors.reload import ReloadHooks
-from .actors.supervisor import RouterHandle, serve, serve_worker
-from .actors.workers import WorkerEnvironment, run_workers
 from .admin_cli import add_admin_arguments, cmd_admin
 from .config import (
     DURATION_HELP,
@@ -36,13 +31,11 @@ from .config import (
     parse_bind_address,
     parse_duration,
 )
-from .core.heap import resettle, settle
-from .observability.logs import configure_logging
 
 if TYPE_CHECKING:
     from .testing import MockUpstream
 
-log = logging.getLogger("continuum")
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _config_file(args: argparse.Namespace) -> str | None:
@@ -122,97 +115,32 @@ def _print_warnings(config: Config) -> None:
         print(f"trio-continuum: warning: {config.source}: {warning}", file=sys.stderr)
 
 
-async def _reload_on_signal(handle: RouterHandle) -> None:
-    with contextlib.suppress(ConfigError):  # logged: the old config keeps serving
-        await handle.reconfigurer.reload(source="SIGHUP", who="signal")
-
-
-async def _run(config: Config, worker: WorkerEnvironment | None = None,
-               config_file: str | None = None, hooks: ReloadHooks | None = None) -> None:
-    """Serve; the first SIGINT/SIGTERM drains gracefully, a second one stops at once;
-    SIGHUP reloads the config file."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def serve_then_stop(
-                task_status: trio.TaskStatus[RouterHandle] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                if worker is None:
-                    await serve(config, config_file=config_file, hooks=hooks,
-                                task_status=task_status)
-                else:
-                    await serve_worker(config, worker, config_file=config_file, hooks=hooks,
-                                       task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            handle: RouterHandle = await nursery.start(serve_then_stop)
-            # This process is the router's: what start-up built is frozen out of the
-            # collector's walks (core.heap); a reload refreezes through hooks.applied.
-            log.debug("heap settled: %d objects frozen", settle())
-            drained = False
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if not drained:
-                        log.info("received SIGHUP: reloading %s", config_file)
-                        nursery.start_soon(_reload_on_signal, handle)
-                    continue
-                if drained:
-                    log.warning("second signal: stopping now")
-                    handle.abort()
-                    nursery.cancel_scope.cancel()
-                    return
-                log.info("received %s: draining (send again to stop at once)",
-                         signal.Signals(signum).name)
-                handle.shutdown()
-                drained = True
-
-
-def _resettle() -> None:
-    log.debug("heap resettled after a config change: %d objects frozen", resettle())
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     # Until the router's loop takes SIGHUP (a reload), one must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = _load(args)
-    if config is None:
-        return 2
+    # Start-up allocates ~40,000 objects that live as long as the router: the collector
+    # would only walk them, again and again, while modules load. It is paused until the
+    # router serves (core.heap.settle freezes them and starts it again).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        config = _with_overrides(config, args)
-    except ValueError as exc:
-        print(f"trio-continuum: --bind: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.logging)
-    worker = WorkerEnvironment.from_environ()
-    count = config.server.workers or os.cpu_count() or 1
-    try:
-        if worker is None and count > 1:
-            # Workers get the addresses from us; the log level on their command line.
-            options = ("--log-level", args.log_level) if args.log_level else ()
-            return run_workers(args.config, count, config.server.socket_mode,
-                               config.server.bind_address, options)
-        hooks = ReloadHooks(adjust=lambda fresh: _with_overrides(fresh, args),
-                            logging=configure_logging, applied=_resettle)
-        trio.run(_run, config, worker, args.config, hooks)
-    except BaseException as exc:
-        leaf = _sole_leaf(exc)
-        if isinstance(leaf, ConfigError):  # e.g. a server.tls file that does not load
-            print(f"trio-continuum: invalid config: {leaf}", file=sys.stderr)
+        config = _load(args)
+        if config is None:
             return 2
-        if isinstance(leaf, OSError):  # e.g. the port is taken: say so, no traceback
-            print(f"trio-continuum: {leaf.strerror or leaf}", file=sys.stderr)
-            return 1
-        if isinstance(leaf, KeyboardInterrupt):
-            return 130
-        raise
-    return 0
+        try:
+            config = _with_overrides(config, args)
+        except ValueError as exc:
+            print(f"trio-continuum: --bind: {exc}", file=sys.stderr)
+            return 2
+        from .runner import run_router  # the router's graph: only this command needs it
 
-
-def _sole_leaf(exc: BaseException) -> BaseException:
-    """Unwrap nursery exception groups that hold exactly one exception."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+        # Workers get the addresses from us; the log level on their command line.
+        options = ("--log-level", args.log_level) if args.log_level else ()
+        return run_router(config, args.config, config.server.workers or os.cpu_count() or 1,
+                          lambda fresh: _with_overrides(fresh, args), options)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -350,6 +278,8 @@ def mock_config_from_args(args: argparse.Namespace) -> MockConfig:
 
 def run_mock_from_args(args: argparse.Namespace) -> int:
     """Run ``trio-continuum mock`` until Ctrl-C; print the address once listening."""
+    import trio  # like the mock itself, only for this command (see cmd_run)
+
     from .testing import MockUpstream
 
     upstream = MockUpstream(
@@ -405,17 +335,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the same as the argument")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trio-continuum",
-        description="A high-performance LLM API router: one OpenAI-compatible endpoint in "
-        "front of many backends.",
-        epilog="Without a command, the router runs: 'trio-continuum --config FILE' is "
-        "'trio-continuum run FILE', and 'trio-continuum --generate-config' is "
-        "'trio-continuum generate-config'.",
-    )
-    parser.add_argument("--version", action="version", version=f"trio-continuum {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _run_command(sub: Subcommands) -> None:
     run = sub.add_parser("run", help="serve with a config file",
                          description="Run the router until SIGINT/SIGTERM (graceful drain).")
     _config_arguments(run)
@@ -426,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=levels, metavar="LEVEL",
                      help="instead of logging.level: " + ", ".join(levels))
     run.set_defaults(func=cmd_run)
+
+
+def _check_command(sub: Subcommands) -> None:
     check = sub.add_parser("check", help="validate a config and print it (secrets masked)",
                            description="Validate CONFIG; print the effective config with "
                            "secrets masked; exit non-zero if it is invalid.")
@@ -433,19 +356,58 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=("yaml", "toml"), default="yaml",
                        help="print the effective config as YAML (default) or TOML")
     check.set_defaults(func=cmd_check)
+
+
+def _generate_config_command(sub: Subcommands) -> None:
     gen = sub.add_parser("generate-config", help="print a complete, commented config",
                          description="Print a complete config with every key, its default "
                          "and what it means.")
     gen.set_defaults(func=cmd_generate_config)
+
+
+def _admin_command(sub: Subcommands) -> None:
     admin = sub.add_parser("admin", help="talk to a running router's admin API",
                            description="Read and change a running router through its admin "
                            "API (see docs/admin-api.md).")
     add_admin_arguments(admin)
     admin.set_defaults(func=cmd_admin)
+
+
+def _mock_command(sub: Subcommands) -> None:
     mock = sub.add_parser("mock", help="run the mock upstream (OpenAI, Anthropic or Gemini API)",
                           description="Run the mock upstream (for demos, tests, benchmarks).")
     add_mock_arguments(mock)
     mock.set_defaults(func=cmd_mock)
+
+
+#: Each subcommand's parser, in the order ``--help`` lists them.
+_COMMANDS: Final[dict[str, Callable[[Subcommands], None]]] = {
+    "run": _run_command,
+    "check": _check_command,
+    "generate-config": _generate_config_command,
+    "admin": _admin_command,
+    "mock": _mock_command,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``command`` (one of :data:`_COMMANDS`), only that
+    subcommand's: argparse's parsers cost ~0.3 ms each to make (the admin client's and
+    the mock's many options most), which the router's start-up need not pay for the
+    commands it does not run."""
+    parser = argparse.ArgumentParser(
+        prog="trio-continuum",
+        description="A high-performance LLM API router: one OpenAI-compatible endpoint in "
+        "front of many backends.",
+        epilog="Without a command, the router runs: 'trio-continuum --config FILE' is "
+        "'trio-continuum run FILE', and 'trio-continuum --generate-config' is "
+        "'trio-continuum generate-config'.",
+    )
+    parser.add_argument("--version", action="version", version=f"trio-continuum {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add in _COMMANDS.items():
+        if command is None or name == command:
+            add(sub)
     return parser
 
 
@@ -466,7 +428,8 @@ def _with_command(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    words = _with_command(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words[0] if words[0] in _COMMANDS else None).parse_args(words)
     result: int = args.func(args)
     return result
 

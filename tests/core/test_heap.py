@@ -38,6 +38,16 @@ def test_settle_freezes_what_is_alive() -> None:
     assert not any(o is alive for o in gc.get_objects())
 
 
+def test_settle_lets_the_paused_collector_run_again() -> None:
+    """The CLI pauses the collector for start-up; settling is what starts it again."""
+    gc.disable()
+    try:
+        settle()
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_resettle_frees_the_cycles_a_reload_dropped() -> None:
     kept = [Node()]
     kept[0].other = kept[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import final
 
 import msgspec
@@ -55,8 +54,7 @@ class ModelListObject(msgspec.Struct):
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogStats:
+class CatalogStats(msgspec.Struct, frozen=True):
     hits: int
     misses: int
     evictions: int

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, final
 
@@ -43,8 +42,7 @@ _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 _SEP: Final = b"\x00"
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
+class StoredResponse(msgspec.Struct, frozen=True):
     """A complete, non-streamed answer, as it will be written back to every client."""
 
     status: int

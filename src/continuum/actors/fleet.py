@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
+import msgspec
 import trio
 
 from ..config import BackendConfig, Config
@@ -51,25 +51,23 @@ _DRAIN_POLL: Final = 0.05
 Supervise = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
-@dataclass(eq=False)
-class Member:
+class Member(msgspec.Struct, eq=False):
     """A backend in service: its actor, its in-process mock (``type: mock``) and the scopes
     of the tasks that are its own."""
 
     actor: BackendActor
     mock: MockUpstream | None = None
     mock_scope: trio.CancelScope | None = None
-    upkeep: trio.CancelScope = field(default_factory=trio.CancelScope)
+    upkeep: trio.CancelScope = msgspec.field(default_factory=trio.CancelScope)
 
 
-@dataclass(eq=False)
-class Leaving:
+class Leaving(msgspec.Struct, eq=False):
     """A backend out of service whose requests are still finishing."""
 
     actor: BackendActor
     why: str  # "removed", "disabled" or "replaced"
     since: float  # time.time()
-    gone: trio.Event = field(default_factory=trio.Event)
+    gone: trio.Event = msgspec.field(default_factory=trio.Event)
 
 
 @final

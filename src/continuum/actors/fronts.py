@@ -6,9 +6,9 @@ tasks, and what to close at the end."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import final
 
+import msgspec
 import trio
 
 from ..config import Config
@@ -23,14 +23,13 @@ from .uploads import Uploads
 
 
 @final
-@dataclass
-class Fronts:
-    routes: dict[str, tuple[str, Route]] = field(default_factory=dict)
-    matches: list[RouteMatch] = field(default_factory=list)
+class Fronts(msgspec.Struct):
+    routes: dict[str, tuple[str, Route]] = msgspec.field(default_factory=dict)
+    matches: list[RouteMatch] = msgspec.field(default_factory=list)
     #: Request paths whose multipart bodies reach their handler as they arrive.
-    stream_paths: set[str] = field(default_factory=set)
+    stream_paths: set[str] = msgspec.field(default_factory=set)
     #: Upkeep to run (supervised) while the router runs: (name, task).
-    tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
+    tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = msgspec.field(default_factory=list)
     responses: ResponsesFront | None = None
 
     async def aclose(self) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import final
 
+import msgspec
 import trio
 
 from ..config import HealthChecksConfig
@@ -29,8 +29,7 @@ log = logging.getLogger("continuum.health")
 _PROBE_BODY_LIMIT = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class ProbeSettings:
+class ProbeSettings(msgspec.Struct, frozen=True):
     """The health-check settings in force for one backend (global ones plus its override)."""
 
     enabled: bool

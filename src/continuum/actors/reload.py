@@ -28,7 +28,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final, final
 
 import msgspec
@@ -70,8 +69,7 @@ Applier = Callable[[Config, Config], "Awaitable[None] | None"]
 ReloadHook = Callable[[], "Awaitable[None] | None"]
 
 
-@dataclass(frozen=True, slots=True)
-class ReloadHooks:
+class ReloadHooks(msgspec.Struct, frozen=True):
     """What the program running the router adds to reloading (the CLI sets both)."""
 
     #: Applied to the config read from the file on every reload: the command line's

@@ -23,8 +23,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Final
+
+import msgspec
 
 from ..net.server.listeners import format_address, split_bind_address
 from ..observability.logs import ENV_WORKER
@@ -41,8 +42,7 @@ _RESTART_MAX: Final = 30.0
 _STABLE_AFTER: Final = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerEnvironment:
+class WorkerEnvironment(msgspec.Struct, frozen=True):
     """What a worker learns from its parent."""
 
     index: int
@@ -71,8 +71,7 @@ class WorkerEnvironment:
         return os.path.join(self.metrics_dir, f"worker-{self.index}.sock")
 
 
-@dataclass
-class _Worker:
+class _Worker(msgspec.Struct):
     index: int
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
@@ -80,11 +79,10 @@ class _Worker:
     restart_at: float = 0.0
 
 
-@dataclass
-class _Listeners:
-    bind: list[str] = field(default_factory=list)
-    inherited: dict[str, int] = field(default_factory=dict)
-    held: list[socket.socket] = field(default_factory=list)
+class _Listeners(msgspec.Struct):
+    bind: list[str] = msgspec.field(default_factory=list)
+    inherited: dict[str, int] = msgspec.field(default_factory=dict)
+    held: list[socket.socket] = msgspec.field(default_factory=list)
 
 
 def _prepare_listeners(addresses: Sequence[str], socket_mode: int | None) -> _Listeners:

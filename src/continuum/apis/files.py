@@ -27,7 +27,6 @@ import base64
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -105,8 +104,7 @@ class FileMeta(msgspec.Struct, frozen=True, kw_only=True):
                 "status_details": None}
 
 
-@dataclass(frozen=True, slots=True)
-class Inlined:
+class Inlined(msgspec.Struct, frozen=True):
     """A stored file's content, ready to inline: a ``data:`` URL and what it is."""
 
     meta: FileMeta

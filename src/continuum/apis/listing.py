@@ -5,17 +5,17 @@ with ``limit``, ``order`` and ``after`` from the query string: the shape of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
+
+import msgspec
 
 from .types import TranslationError
 
 JSON = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class PageQuery:
+class PageQuery(msgspec.Struct, frozen=True):
     limit: int
     order: str  # "asc" | "desc"
     after: str | None

@@ -4,14 +4,14 @@ and what it is told about the backend beyond its API (:class:`ChatDialect`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+import msgspec
 
 from ..core.http import Headers
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamCall:
+class UpstreamCall(msgspec.Struct, frozen=True):
     """An HTTP request to make to a provider (path relative to the backend's base URL)."""
 
     method: bytes
@@ -20,14 +20,13 @@ class UpstreamCall:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Translated:
+class Translated(msgspec.Struct, frozen=True):
     """A complete (non-streamed) answer in the client's API: status, content type, body."""
 
     status: int
     body: bytes
     content_type: bytes = b"application/json"
-    headers: Headers = field(default_factory=list)
+    headers: Headers = msgspec.field(default_factory=list)
 
 
 class TranslationError(Exception):
@@ -67,8 +66,7 @@ class StreamTranslator(Protocol):
     def error(self, status: int, message: str) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ChatDialect:
+class ChatDialect(msgspec.Struct, frozen=True):
     """What the chat request made from an Anthropic Messages request (the ``/v1/messages``
     front door) must look like for one backend: the facts that differ between
     OpenAI-compatible servers. The backend's profile builds it from its config."""

@@ -4,9 +4,12 @@ and bounds, and :class:`ConfigError`.
 Durations, sizes, bind addresses and file modes carry their kind in ``msgspec.Meta.extra``,
 so the validation walk (:mod:`._validation`) knows to parse ``"30s"`` or ``"10MiB"`` before
 checking the bound.
-"""
 
-from __future__ import annotations
+Unlike the rest of the package, this module's annotations are evaluated as the classes are
+made (no ``from __future__ import annotations``): msgspec then reads them as they are,
+where postponed ones are strings it must evaluate one by one through ``typing`` when the
+schema is first used (~300 of them: half of loading a config at start-up, ~7 ms here).
+"""
 
 from typing import Annotated, Final, Literal
 

@@ -17,7 +17,6 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,17 +41,16 @@ from ._text import is_secret_name, join_path, last_key, mask_url, type_name
 from ._units import DURATION_HELP, SIZE_HELP, parse_bind_address, parse_duration, parse_size
 
 
-@dataclass
-class Context:
+class Context(msgspec.Struct):
     """One validation run: the source's name, the environment, and what substitution did
     (so :meth:`show` can hide substituted values, and every unset variable is reported)."""
 
     source: str
     env: Mapping[str, str]
     # path -> the environment variables substituted into the value at that path
-    substituted: dict[str, list[str]] = field(default_factory=dict)
+    substituted: dict[str, list[str]] = msgspec.field(default_factory=dict)
     # (path, name) of every ${NAME} without a value or default: reported all at once
-    missing: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = msgspec.field(default_factory=list)
     # The run that read ``api_keys.api_keys_file`` (its errors name that file).
     key_file: Context | None = None
     # Where relative file names are taken from when ``source`` is not a file.

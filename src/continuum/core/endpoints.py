@@ -10,8 +10,9 @@ what a list may name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 #: Every model-routed endpoint a backend may declare (``backends[].endpoints``).
 EndpointPath = Literal[
@@ -34,8 +35,7 @@ _ALL_APIS: Final = frozenset({"openai", "anthropic", "gemini"})
 _OPENAI: Final = frozenset({"openai"})
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(msgspec.Struct, frozen=True):
     """One model-routed endpoint."""
 
     path: str

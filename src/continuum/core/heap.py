@@ -42,8 +42,11 @@ THRESHOLDS: Final = (2000, 20, 10)
 
 
 def settle() -> int:
-    """Start-up is done: set the collector's thresholds for a server (:data:`THRESHOLDS`)
-    and freeze what is alive. Returns how many objects are frozen.
+    """Start-up is done: set the collector's thresholds for a server (:data:`THRESHOLDS`),
+    freeze what is alive, and let the collector run (the CLI pauses it while the router's
+    modules load and start-up builds what lives on: nothing there is garbage worth a walk,
+    and 80-100 young and middle collections cost ~4 % of start-up's CPU). Returns how many
+    objects are frozen.
 
     No collection first: the router is already serving, a full collection of start-up's
     heap takes tens of milliseconds (70-110 ms for ~38,000 objects on a loaded 2-core
@@ -51,6 +54,7 @@ def settle() -> int:
     bounded cost). The freeze itself takes microseconds."""
     gc.set_threshold(*THRESHOLDS)
     gc.freeze()
+    gc.enable()
     return gc.get_freeze_count()
 
 

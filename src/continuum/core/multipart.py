@@ -20,8 +20,9 @@ refused after that many bytes, not after the whole upload), and the number of pa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final, final
+
+import msgspec
 
 #: Parts a form may hold (OpenAI's forms have a handful; a flood of empty parts is work).
 DEFAULT_MAX_PARTS: Final = 1000
@@ -43,8 +44,7 @@ class MultipartError(ValueError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
-class PartStart:
+class PartStart(msgspec.Struct, frozen=True):
     """A part's headers are complete; its data begins at body offset ``data_start``."""
 
     name: str
@@ -53,15 +53,13 @@ class PartStart:
     data_start: int
 
 
-@dataclass(frozen=True, slots=True)
-class PartData:
+class PartData(msgspec.Struct, frozen=True):
     """A piece of the current part's data (a part may come in many)."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class PartEnd:
+class PartEnd(msgspec.Struct, frozen=True):
     """The current part ended; its data stopped at body offset ``data_end``."""
 
     data_end: int

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -138,8 +137,7 @@ def forwarded_headers(client_headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     return [(key, value) for key, value in client_headers if key in FORWARDED_HEADERS]
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamTarget:
+class UpstreamTarget(msgspec.Struct, frozen=True):
     """Where a backend's Realtime endpoint is: enough to open the TCP (and TLS) connection
     and to write the handshake's request line and ``Host`` header."""
 
@@ -231,8 +229,7 @@ _decode_done = msgspec.json.Decoder(_ResponseDone).decode
 _decode_created = msgspec.json.Decoder(_SessionCreated).decode
 
 
-@dataclass(frozen=True, slots=True)
-class RealtimeUsage:
+class RealtimeUsage(msgspec.Struct, frozen=True):
     """The token usage of one response (``response.done``'s ``response.usage``)."""
 
     input_tokens: int = 0
@@ -248,8 +245,7 @@ class RealtimeUsage:
     output_audio_tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RealtimeSession:
+class RealtimeSession(msgspec.Struct, frozen=True):
     """What ``session.created`` says about the session."""
 
     id: str | None

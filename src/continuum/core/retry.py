@@ -5,13 +5,13 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from dataclasses import dataclass
 from typing import final
+
+import msgspec
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class Backoff:
+class Backoff(msgspec.Struct, frozen=True):
     base_delay: float = 0.05
     max_delay: float = 5.0
     exponential: bool = True

@@ -19,8 +19,9 @@ import random
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Final, Literal, Protocol, TypeVar, final, get_args
+
+import msgspec
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -111,8 +112,7 @@ class Strategy(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class StrategyOptions:
+class StrategyOptions(msgspec.Struct, frozen=True):
     #: LeastLatency: weight of the newest sample in the EWMA, in (0, 1].
     ewma_alpha: float = 0.3
     #: LeastLatency: probability of sending a request to a backend other than the best.

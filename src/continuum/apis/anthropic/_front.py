@@ -14,7 +14,6 @@ tokens) as soon as it is known, and the upstream's error type kept.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from typing import Final
 
@@ -257,7 +256,7 @@ def anthropic_to_openai_request(
     if dialect is None:
         dialect = ChatDialect(map_thinking=map_thinking)
     elif map_thinking and not dialect.map_thinking:
-        dialect = dataclasses.replace(dialect, map_thinking=True)
+        dialect = msgspec.structs.replace(dialect, map_thinking=True)
     req = load_object(body, "request body")
     out: JSON = {}
     target = model if model is not None else req.get("model")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from typing import Final, Literal
 
 import msgspec
@@ -74,8 +73,7 @@ _OPENAI_HANDLED: Final[frozenset[str]] = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class AnthropicCall(UpstreamCall):
+class AnthropicCall(UpstreamCall, frozen=True):
     """An :class:`UpstreamCall` that also remembers what the client asked of the stream."""
 
     stream: bool = False

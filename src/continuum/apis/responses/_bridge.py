@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, final
+
+import msgspec
 
 from ..types import Translated
 from ._answer import chat_to_response
@@ -28,8 +29,7 @@ from ._stream import ChatToResponsesStream
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class ChatBridge:
+class ChatBridge(msgspec.Struct, frozen=True):
     """One Responses request translated to Chat Completions.
 
     ``body`` goes to the backend's ``/v1/chat/completions`` (or on through the Anthropic or

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -41,8 +40,7 @@ class BridgeError(TranslationError):
         return openai_error_body(self.status, self.message, code=self.code, param=self.param)
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseContext:
+class ResponseContext(msgspec.Struct, frozen=True):
     """What every Response object of one request repeats, fixed when the request is
     translated: its id, creation time, model, and the request fields it echoes."""
 

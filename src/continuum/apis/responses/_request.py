@@ -9,8 +9,9 @@ table in docs/architecture.md lists both).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 from ._common import JSON, BridgeError, encode, load_object
 
@@ -48,8 +49,7 @@ _LOGPROBS_INCLUDE: Final = "message.output_text.logprobs"
 _IMAGE_DETAILS: Final = frozenset({"auto", "low", "high"})
 
 
-@dataclass(frozen=True, slots=True)
-class ResponsesRequest:
+class ResponsesRequest(msgspec.Struct, frozen=True):
     """A decoded Responses ``create`` body: what the request path needs before translating
     (which stored conversation to fetch, whether it streams, whether to store)."""
 
@@ -72,8 +72,7 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
     return ResponsesRequest(req, prev, req.get("stream") is True, req.get("store") is not False)
 
 
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
+class ChatRequest(msgspec.Struct, frozen=True):
     """The translation of one request: the chat body, the Response echo, and this turn's
     input items normalised for storage."""
 

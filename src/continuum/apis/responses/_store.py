@@ -10,16 +10,16 @@ shared store (Redis) can keep the same bytes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, final
+
+import msgspec
 
 from ._common import JSON, decode
 
 __all__ = ["ConversationStore", "MemoryConversationStore", "StoredResponse"]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
+class StoredResponse(msgspec.Struct, frozen=True):
     """One stored response."""
 
     id: str

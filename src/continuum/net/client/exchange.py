@@ -9,10 +9,10 @@ pool the same way.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import msgspec
 import trio
 
 from ...core.http import Headers
@@ -132,8 +132,7 @@ async def read_body(receive: Callable[[], Awaitable[bytes]], limit: int) -> byte
             await trio.lowlevel.checkpoint()
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(msgspec.Struct, frozen=True):
     scheme: str
     host: str
     port: int
@@ -154,8 +153,7 @@ class Origin:
         return (host if self.port == default else f"{host}:{self.port}").encode("idna")
 
 
-@dataclass(frozen=True, slots=True)
-class PoolLimits:
+class PoolLimits(msgspec.Struct, frozen=True):
     max_connections: int = 100
     #: Idle connections kept for good; more stay while they keep being used, and are
     #: closed by the idle sweep once idle ``trim_after`` seconds (no churn under a wave).
@@ -170,8 +168,7 @@ class PoolLimits:
     max_response_header_size: int = DEFAULT_MAX_HEAD
 
 
-@dataclass(frozen=True, slots=True)
-class PoolStats:
+class PoolStats(msgspec.Struct, frozen=True):
     in_use: int
     idle: int
     waiting: int
