@@ -18,6 +18,7 @@ from continuum.core.ratelimit import (
     Check,
     ConcurrencyCheck,
     Decision,
+    FixedChecks,
     MemoryLimiter,
     Rate,
     RateCheck,
@@ -455,3 +456,86 @@ def test_only_a_decision_with_leases_or_token_reservations_settles() -> None:
     assert limiter.admit([requests, slots], now=0.0, lease="a").settles
     # Built elsewhere (Redis replies, a Realtime session's charge): settled as before.
     assert Decision(True, ()).settles
+
+
+def _held(limiter: MemoryLimiter, now: float) -> dict[str, float]:
+    """The TATs that say something at ``now`` (an idle one reads as no entry)."""
+    return {k: v for k, v in limiter._tats.items() if v > now}
+
+
+def _said(decision: Decision, now: float) -> tuple[object, ...]:
+    """A decision as it reads at ``now`` (a TAT before now reads as now)."""
+    return decision.allowed, decision.settles, [
+        (s.check, s.allowed, s.limit, s.remaining, s.reset_after, s.retry_after,
+         max(s.tat, now)) for s in decision.states]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    # Up to a million a second: past that, with a burst of 1, ``admit`` itself can refuse
+    # a full bucket at ``now`` ~1000 (the sum's rounding exceeds its millionth of slack).
+    st.lists(st.tuples(st.floats(0.01, 1e6), st.integers(1, 10**9)), min_size=1, max_size=3),
+    st.lists(st.floats(0.0, 3.0), min_size=1, max_size=30),
+)
+def test_a_full_bucket_admission_is_the_general_one(
+        rates: list[tuple[float, int]], gaps: list[float]) -> None:
+    """``admit_full`` (fixed request limits, every bucket full) moves the TATs exactly as
+    ``admit`` does, and its precomputed decision says what ``admit``'s says; when a bucket
+    is not full it takes nothing, and ``admit`` decides as if it had not been asked."""
+    checks = tuple(RateCheck("api_key" if i == 0 else "global", f"k{i}", Rate(rate, float(burst)))
+                   for i, (rate, burst) in enumerate(rates))
+    fixed = FixedChecks(checks)
+    assert fixed.full is not None and fixed.steps == tuple((c.key, c.step) for c in checks)
+    assert fixed.head == ratelimit_head(fixed.full)
+    fast, general = MemoryLimiter(), MemoryLimiter()
+    now = 1000.0
+    for gap in gaps:
+        now += gap
+        expected = general.admit(checks, now)
+        before = _held(fast, now)
+        if fast.admit_full(fixed, now):
+            assert expected.allowed
+            for mine, theirs in zip(fixed.full.states, expected.states, strict=True):
+                assert (mine.check, mine.allowed, mine.limit, mine.remaining, mine.retry_after
+                        ) == (theirs.check, True, theirs.limit, theirs.remaining, None)
+                assert mine.reset_after == pytest.approx(theirs.reset_after, rel=1e-6,
+                                                         abs=1e-9)
+        else:
+            assert before and _held(fast, now) == before  # some bucket was not full
+            assert _said(fast.admit(checks, now), now) == _said(expected, now)
+        assert fast._tats == general._tats
+
+
+def test_fixed_checks_know_their_outcome_only_for_request_limits() -> None:
+    requests = RateCheck("api_key", "k", Rate(10.0, 10.0))
+    glob = RateCheck("global", "", Rate(100.0, 50.0))
+    tokens = RateCheck("api_key", "k", Rate(100.0, 100.0), cost=50, tokens=True)
+    slots = ConcurrencyCheck("api_key", "k", limit=2, ttl=30.0)
+    both = FixedChecks((requests, glob))
+    assert both.full is not None and not both.full.settles
+    assert [s.remaining for s in both.full.states] == [9, 49]
+    assert both.head == (b"x-ratelimit-limit-requests: 10\r\nx-ratelimit-remaining-requests: 9"
+                         b"\r\nx-ratelimit-reset-requests: 100ms\r\n")
+    for checks in ((requests, tokens), (requests, slots), (requests, requests), ()):
+        fixed = FixedChecks(checks)
+        assert (fixed.full, fixed.head, fixed.steps) == (None, b"", ())
+
+
+def test_a_full_admission_puts_back_what_it_took_when_a_bucket_is_not_full() -> None:
+    first = RateCheck("api_key", "a", Rate(1.0, 5.0))
+    second = RateCheck("global", "", Rate(1.0, 5.0))
+    limiter = MemoryLimiter(max_keys=2)
+    assert limiter.admit([second], now=0.0).allowed  # second: TAT 1.0
+    fixed = FixedChecks((first, second))
+    assert not limiter.admit_full(fixed, now=0.5)
+    assert limiter._tats == {"rq:global:": 1.0}  # "a" charged, then given back
+    # A bucket found in use is not tried again before its TAT (where a busy client's
+    # requests would fail the pass every time): admit decides, even if it is full now.
+    assert fixed.busy_until == 1.0
+    limiter._tats.clear()
+    assert not limiter.admit_full(fixed, now=0.9) and not limiter._tats
+    assert limiter.admit_full(fixed, now=1.0)
+    assert limiter._tats == {"rq:api_key:a": 2.0, "rq:global:": 2.0}
+    third = FixedChecks((RateCheck("client", "c", Rate(1.0, 5.0)),))
+    assert limiter.admit_full(third, now=1.0)
+    assert len(limiter) == 2  # max_keys holds: the least recently charged went

@@ -14,7 +14,9 @@ What a request pays, by configuration:
 * one dict probe when keys are configured (and a SHA-256 when the presented key was not
   seen before);
 * ``storage: memory``: the checks (built once per client), one in-process GCRA step per
-  limit, the ``x-ratelimit-*`` header lines (one %-format), no await;
+  limit, the ``x-ratelimit-*`` header lines (one %-format), no await; for a key's fixed
+  request limits on full buckets (most keyed requests) one TAT update per limit, the
+  decision and the header lines having been made once for the key (``FixedChecks``);
 * ``storage: redis``: one ``EVALSHA`` round trip (all limits at once, atomic across
   instances), and no round trip at all when no limit applies. Settling (leases, tokens)
   goes to a background task with a bounded queue: the answer never waits for it.
@@ -40,6 +42,7 @@ import trio
 
 from ..config import ApiKeyEntry, Config, LimitConfig
 from ..core.access import (
+    MAX_CACHED_KEYS,
     ApiKey,
     ClientAddresses,
     CorsPolicy,
@@ -107,6 +110,19 @@ _LOG_EVERY: Final = 30.0
 _LEASE_MARGIN: Final = 30.0
 
 _KINDS: Final = {False: "requests", True: "tokens"}
+
+
+def bearer_token(authorization: bytes | None) -> bytes | None:
+    """The key of an ``Authorization: Bearer <key>`` value, else None."""
+    if authorization is not None and authorization[:7].lower() == b"bearer ":
+        return authorization[7:].strip()
+    return None
+
+
+def client_key(request: Request) -> bytes | None:
+    """The key a request presents: ``Authorization: Bearer``, else ``x-api-key``."""
+    key = bearer_token(request.header(b"authorization"))
+    return key if key is not None else request.header(b"x-api-key")
 
 
 def _spec(limit: LimitConfig) -> LimitSpec:
@@ -195,6 +211,10 @@ class Admission(msgspec.Struct):
     backend_decisions: tuple[tuple[str, Decision], ...] = ()
     #: Admitted by Redis and counted in ``AccessControl.admitted`` until settled.
     counted: bool = False
+    #: Whether :meth:`AccessControl.settle` has anything to do for the admission before
+    #: routing (a lease, a token reservation, a Redis count); ``per_backend`` admissions,
+    #: made later, are not told here.
+    settles: bool = False
 
 
 @final
@@ -262,7 +282,15 @@ class AccessControl:
                                        plan.global_, *(s for _, s in plan.per_model)))
             or any(k.max_concurrent for k in keys))
         self.keys = keys
+        self._known = keys.known
+        #: (key, presented key, label) by the raw ``Authorization`` value that presented a
+        #: key without expiry or scopes (:meth:`authenticate_request`); new per config.
+        self._bearers: dict[bytes | None, tuple[ApiKey, bytes, str]] = {}
         self.plan = plan
+        #: The limiter when an admission may try :meth:`MemoryLimiter.admit_full` before
+        #: anything else (memory storage, and no exemption to look at first), else None.
+        self._quick = self._memory if not self._exemptions else None
+        self._fixed = plan.fixed if plan is not None else {}
 
     @property
     def memory(self) -> MemoryLimiter | None:
@@ -278,19 +306,44 @@ class AccessControl:
 
     # -- who: keys, scopes, models ---------------------------------------------------------
 
+    def authenticate_request(self, request: Request) -> Admission:
+        """:meth:`authenticate` with the key the request presents (:func:`client_key`).
+        An ``Authorization`` value that named a key without an expiry or scopes before
+        (most requests) is one probe: the answer cannot have changed until a reload."""
+        auth = request.header(b"authorization")
+        seen = self._bearers.get(auth)
+        if seen is not None:
+            return Admission(*seen)
+        presented = bearer_token(auth)
+        if presented is None:
+            return self.authenticate(request, request.header(b"x-api-key"))
+        admission = self.authenticate(request, presented)
+        key = admission.key
+        if key is not None and key.expires_at is None and not key.scopes:
+            assert auth is not None
+            bearers = self._bearers
+            if len(bearers) >= MAX_CACHED_KEYS:  # only found keys enter; still bounded
+                bearers.clear()
+            bearers[auth] = (key, presented, admission.label)
+        return admission
+
     def authenticate(self, request: Request, presented: bytes | None) -> Admission:
         """The request's key and scope: 401 (blocking mode: no usable key, one message
         whatever the reason) or 403 (a key without the scope the request needs). In
         permissive mode a request without a usable key goes on as anonymous."""
         if self._anonymous:
             return Admission(None, presented)
-        key, reason = self.keys.lookup(presented)
-        if key is None:
-            if self.blocking:
-                self._metrics.auth_failures.labels(reason).inc()
-                raise RouterError(401, UNAUTHORIZED,
-                                  headers=[(b"www-authenticate", b'Bearer realm="continuum"')])
-            return Admission(None, presented)
+        # A key seen before and without an expiry: one probe, no call (most requests).
+        key = self._known.get(presented) if presented is not None else None
+        if key is None or key.expires_at is not None:
+            key, reason = self.keys.lookup(presented)
+            if key is None:
+                if self.blocking:
+                    self._metrics.auth_failures.labels(reason).inc()
+                    raise RouterError(
+                        401, UNAUTHORIZED,
+                        headers=[(b"www-authenticate", b'Bearer realm="continuum"')])
+                return Admission(None, presented)
         # A key without scopes may do everything: no need to ask what the request needs.
         if key.scopes and not key.may(scope := required_scope(request.method, request.path)):
             self._metrics.auth_failures.labels("scope").inc()
@@ -348,32 +401,64 @@ class AccessControl:
         """Admit the request under every limit that applies before routing, or refuse it
         (429 with ``Retry-After``; 503 when Redis fails and ``on_error`` is ``deny``).
         Admitted, its answers carry the ``x-ratelimit-*`` headers."""
+        checks = self.admit_now(admission, request, conn, model, reservation)
+        if checks is not None:
+            await self.admit_redis(admission, conn, checks, model)
+
+    def admit_now(self, admission: Admission, request: Request, conn: ServerConnection,
+                  model: str, reservation: float) -> Sequence[Check] | None:
+        """:meth:`admit` as far as it goes without waiting: everything, unless the checks
+        go to Redis; then it returns them, for :meth:`admit_redis`. (In memory nothing
+        waits, so the Proxy admits the common request without a coroutine of its own.)"""
+        key = admission.key
+        quick = self._quick
+        if quick is not None and key is not None:
+            # Most keyed requests: the key's fixed checks (built by an earlier admission,
+            # so the limits apply to it) on full buckets, whose outcome and head lines are
+            # known in advance; the limiter only moves their TATs.
+            fixed = self._fixed.get(key.digest)
+            if fixed is not None and fixed.full is not None and quick.admit_full(fixed,
+                                                                                 clock()):
+                admission.reservation = reservation
+                admission.decisions += (fixed.full,)
+                conn.extra_head += fixed.head
+                return None
         plan = self.plan
-        if plan is None or not (self._always or plan.applies(admission.key)):
+        if plan is None or not (self._always or plan.applies(key)):
             admission.limited = False
-            return
+            return None
         if self._exemptions and self._exempt(admission, request, conn):
             admission.limited = False
-            return
+            return None
         admission.reservation = reservation
-        checks = plan.checks(admission.key, admission.client, model, reservation)
+        checks = plan.checks(key, admission.client, model, reservation)
         if not checks:
-            return
+            return None
         memory = self._memory
-        if memory is not None:  # no await: a memory admission never waits
-            decision: Decision | None = memory.admit(
-                checks, clock(), self._lease(checks) if self._concurrency else None)
-        else:
-            # Alone (no other admitted request in flight), the call may wait for its reply
-            # without trio's wait path (see RedisClient.evalsha).
-            decision = await self._admit(checks, lone=not self.admitted)
-            if decision is None:  # Redis failed, on_error: allow
-                return
-            if decision.allowed:
-                self.admitted += 1
-                admission.counted = True
-        assert decision is not None
+        if memory is None:
+            return checks
+        decision = memory.admit(checks, clock(),
+                                self._lease(checks) if self._concurrency else None)
         if decision.allowed:
+            admission.decisions += (decision,)
+            if decision.settles:
+                admission.settles = True
+            conn.extra_head += ratelimit_head(decision)
+            return None
+        raise self._refusal(decision, admission, model)
+
+    async def admit_redis(self, admission: Admission, conn: ServerConnection,
+                          checks: Sequence[Check], model: str) -> None:
+        """The rest of :meth:`admit` with Redis storage: one ``EVALSHA`` for ``checks``."""
+        # Alone (no other admitted request in flight), the call may wait for its reply
+        # without trio's wait path (see RedisClient.evalsha).
+        decision = await self._admit(checks, lone=not self.admitted)
+        if decision is None:  # Redis failed, on_error: allow
+            return
+        if decision.allowed:
+            self.admitted += 1
+            admission.counted = True
+            admission.settles = True
             admission.decisions += (decision,)
             conn.extra_head += ratelimit_head(decision)
             return

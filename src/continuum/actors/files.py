@@ -55,7 +55,8 @@ from ..core.multipart import (
     form_boundary,
 )
 from ..net.server.connection import BodyStream, Request, ServerConnection
-from .proxy import RequestState, client_key
+from .access import client_key
+from .proxy import RequestState
 
 if TYPE_CHECKING:
     from .ingress import Route

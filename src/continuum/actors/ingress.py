@@ -46,7 +46,7 @@ from .access import AccessControl, cors_policy
 from .backend import BackendActor
 from .catalog import ModelCatalog
 from .metrics import MetricsSink, metrics_auth_header, serve_metrics_request
-from .proxy import Proxy, RequestState, Served, client_key
+from .proxy import Proxy, RequestState, Served
 from .realtime import NO_LIMITS, LimitedSession, RealtimeServed, RealtimeTicket, realtime_key
 from .router import Router
 
@@ -149,6 +149,7 @@ class Ingress:
         self._tracing = proxy.tracing
         self._trace = self._tracing.enabled
         self._spans = self._tracing.spans
+        self._trace_rng = self._tracing.rng
         self._id_prefix = os.urandom(6).hex().encode() + b"-"
         self._id_counter = 0
         self._routes: dict[str, tuple[str, Route]] = {
@@ -282,9 +283,9 @@ class Ingress:
                     headers=[(b"allow", allow)],
                 )
             if self.access is not None and path.startswith("/v1/"):
-                state.access = self.access.authenticate(
-                    request, client_key(request) if path != REALTIME_PATH
-                    else realtime_key(request))
+                state.access = (
+                    self.access.authenticate_request(request) if path != REALTIME_PATH
+                    else self.access.authenticate(request, realtime_key(request)))
             served = await handler(request, conn, state)
             status = 200 if served is None else served.status
         except RouterError as exc:
@@ -370,12 +371,13 @@ class Ingress:
         if traceparent is not None and not valid_traceparent(traceparent):
             request.drop_headers((b"traceparent", b"tracestate"))
             traceparent = None
-        if self._spans:
-            state.span = self._tracing.start_ingress(
-                request.method, request.path, traceparent, request.header(b"tracestate"))
-            state.span.set_attribute("continuum.request_id", state.id.decode("latin-1"))
-        elif traceparent is None:
-            request.set_header(b"traceparent", new_traceparent(self._tracing.rng))
+        if not self._spans:
+            if traceparent is None:
+                request.set_header(b"traceparent", new_traceparent(self._trace_rng))
+            return
+        state.span = self._tracing.start_ingress(
+            request.method, request.path, traceparent, request.header(b"tracestate"))
+        state.span.set_attribute("continuum.request_id", state.id.decode("latin-1"))
 
     def _log_access(self, rid: bytes, method: str, path: str, obs: RequestObserved,
                     client_model: str, bytes_out: int, key: str,

@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, final
 
@@ -40,7 +40,7 @@ from ..core.errors import (
 )
 from ..core.http import Headers
 from ..core.jsondepth import MAX_JSON_DEPTH, scan, scan_step, shallow
-from ..core.ratelimit import Decision
+from ..core.ratelimit import Check, Decision
 from ..core.retry import Backoff, parse_retry_after
 from ..core.sse import (
     PassThrough,
@@ -55,7 +55,7 @@ from ..net.server.connection import ProtocolError, Request, ServerConnection
 from ..net.server.watch import ClientWatch
 from ..net.stream_pump import CLIENT_GONE, STOPPED, UPSTREAM_FAILED, StreamPump
 from ..observability.tracing import Tracing
-from .access import AccessControl, Admission
+from .access import AccessControl, Admission, client_key
 from .dedup import Deduplicator, StoredResponse, dedup_key
 
 if TYPE_CHECKING:
@@ -295,13 +295,6 @@ def _tokens_used(state: RequestState, served: Served | None) -> int | None:
     return None
 
 
-def client_key(request: Request) -> bytes | None:
-    auth = request.header(b"authorization")
-    if auth is not None and auth[:7].lower() == b"bearer ":
-        return auth[7:].strip()
-    return request.header(b"x-api-key")
-
-
 #: What a failed attempt served: nothing.
 _NOTHING_SERVED: Final = Served(0, "", "", 0.0, 0)
 
@@ -448,18 +441,21 @@ class Proxy:
     def handle(self, request: Request, conn: ServerConnection,
                state: RequestState) -> Awaitable[Served]:
         """Proxy a JSON request; returns what to await for its outcome. The common case (a
-        shallow body without file references, no limits to admit) needs nothing awaited
-        before the backend is chosen: it returns :meth:`_serve`'s coroutine itself, one
-        coroutine level fewer for every suspension of the request; the rest takes
-        :meth:`_handle`."""
+        shallow body without file references) needs nothing awaited before the backend is
+        chosen: it returns :meth:`_serve`'s coroutine itself, one coroutine level fewer for
+        every suspension of the request (:meth:`_admitted` when limits need a Redis call
+        or settling); the rest takes :meth:`_handle`."""
         body = request.body
         files = self.files
-        if (not shallow(body) or (self.access is not None and state.access is not None)
-                or (files is not None and REFERENCE_MARK in body)):
+        if not shallow(body) or (files is not None and REFERENCE_MARK in body):
             return self._handle(request, conn, state)
         peek = _peek(body, self._decode_peek)
         model = state.model = peek.model or ""
-        return self._serve(request, conn, state, peek, model, self._chain(model, request.path))
+        if self.access is None or state.access is None:  # access control off: no cost
+            return self._serve(request, conn, state, peek, model,
+                               self._chain(model, request.path))
+        return self._admit(self.access, state.access, request, conn, state, peek, model,
+                           self._chain(model, request.path))
 
     async def _handle(self, request: Request, conn: ServerConnection,
                       state: RequestState) -> Served:
@@ -476,14 +472,36 @@ class Proxy:
             await files.resolve(request)
         chain = self._chain(model, request.path)
         access = self.access
-        admission = state.access
-        if access is None or admission is None:
-            return await self._serve(request, conn, state, peek, model, chain)
+        if access is not None and state.access is not None:
+            return await self._admit(access, state.access, request, conn, state, peek, model,
+                                     chain)
+        return await self._serve(request, conn, state, peek, model, chain)
+
+    def _admit(self, access: AccessControl, admission: Admission, request: Request,
+               conn: ServerConnection, state: RequestState, peek: Peek, model: str,
+               chain: tuple[str, ...]) -> Awaitable[Served]:
+        """The key's models and the limits (access control on), then :meth:`_serve`.
+        An admission in memory needs no await, and one that leaves nothing to settle (no
+        lease, no token reservation: most) needs no ``finally``: then ``_serve``'s own
+        coroutine is returned."""
         resolved = self.router.resolve(model)
         chain = access.allowed_chain(admission, model, resolved, chain)
         reservation = (peek.reservation(access.default_reservation)
                        if isinstance(peek, TokenPeek) else 0.0)
-        await access.admit(admission, request, conn, resolved, reservation)
+        checks = access.admit_now(admission, request, conn, resolved, reservation)
+        if checks is None and not (admission.settles or access.per_backend):
+            return self._serve(request, conn, state, peek, model, chain)
+        return self._admitted(access, admission, checks, request, conn, state, peek, model,
+                              resolved, chain)
+
+    async def _admitted(self, access: AccessControl, admission: Admission,
+                        checks: Sequence[Check] | None, request: Request,
+                        conn: ServerConnection, state: RequestState, peek: Peek, model: str,
+                        resolved: str, chain: tuple[str, ...]) -> Served:
+        """:meth:`_serve` for a limited request that settles when it ends (``checks``: the
+        Redis admission still to make)."""
+        if checks is not None:
+            await access.admit_redis(admission, conn, checks, resolved)
         served: Served | None = None
         try:
             served = await self._serve(request, conn, state, peek, model, chain)

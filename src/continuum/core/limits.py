@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from .access import ApiKey
-from .ratelimit import Check, ConcurrencyCheck, Rate, RateCheck
+from .ratelimit import Check, ConcurrencyCheck, FixedChecks, Rate, RateCheck
 
 #: Cached checks at most (a few MiB); past it the cache starts again (client addresses are
 #: unbounded, and a check costs about a microsecond to build anyway).
@@ -101,8 +101,9 @@ class LimitPlan:
         self._models: dict[str, _Group | None] = {}
         self._keys: dict[str, _Group] = {}
         #: A key's whole list of checks when it does not depend on the request (no token
-        #: limit, no per_model): most keyed requests then build nothing.
-        self._fixed: dict[str, tuple[Check, ...]] = {}
+        #: limit, no per_model), by key digest: most keyed requests then build nothing, and
+        #: an admission on full buckets knows its outcome (:class:`FixedChecks`).
+        self.fixed: dict[str, FixedChecks] = {}
         self._backends: dict[str, _Group] = {}
         self._global = _group("global", "", global_, lease_ttl) if global_ else None
 
@@ -145,9 +146,9 @@ class LimitPlan:
         """The checks of one request before routing: its client (``key``, else the address
         ``client``), its model, global. ``reservation``: the tokens it may use."""
         if key is not None:
-            fixed = self._fixed.get(key.digest)
+            fixed = self.fixed.get(key.digest)
             if fixed is not None:
-                return fixed
+                return fixed.checks
         out: list[Check] = []
         extend = self._extend
         if key is not None:
@@ -156,8 +157,9 @@ class LimitPlan:
                 group = self._key_group(key)
                 glob = self._global
                 if not self.per_model and group[1] is None and (glob is None or glob[1] is None):
-                    fixed = self._fixed[key.digest] = group[0] + (glob[0] if glob else ())
-                    return fixed
+                    fixed = self.fixed[key.digest] = FixedChecks(
+                        group[0] + (glob[0] if glob else ()))
+                    return fixed.checks
         else:
             group = self._cache.get(client)
             if group is None:

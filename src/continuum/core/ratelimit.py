@@ -115,6 +115,8 @@ class RateCheck:
     tolerance: float = field(init=False, repr=False, compare=False)
     need: float = field(init=False, repr=False, compare=False)
     slack: float = field(init=False, repr=False, compare=False)
+    #: How far an admission moves the TAT (the cost in intervals).
+    step: float = field(init=False, repr=False, compare=False)
     #: Its ARGV in :data:`ADMIT_SCRIPT`, made by the first admission that sends it.
     argv: tuple[str, ...] | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -130,6 +132,7 @@ class RateCheck:
         setattr_(self, "tolerance", rate.burst * interval)
         setattr_(self, "need", min(self.cost, rate.burst))
         setattr_(self, "slack", rate.burst * interval + interval * _EPSILON)
+        setattr_(self, "step", self.cost * interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,48 @@ class Decision(msgspec.Struct, frozen=True):
 ALLOW_ALL: Final = Decision(allowed=True, states=())
 
 
+def full_state(check: RateCheck) -> LimitState:
+    """What ``check`` says when its bucket is full (idle: its TAT not after now): admitted,
+    its TAT moved ``step`` past now. The same figures :meth:`MemoryLimiter.admit` gives
+    then, computed without a clock."""
+    burst = check.rate.burst
+    reset = check.step
+    remaining = int((check.tolerance - reset) / check.interval + _EPSILON)
+    return LimitState(check, True, burst, min(max(remaining, 0), int(burst)), reset, None)
+
+
+@final
+class FixedChecks:
+    """The checks every request of one client makes as they are (no token reservation in
+    them), and what an admission on full buckets says, computed once.
+
+    A limit nobody is near refills between its requests, so most admissions find every
+    bucket full: with request rate limits only (no lease, no reservation) the decision is
+    then known in advance, and so are its ``x-ratelimit-*`` lines
+    (:meth:`MemoryLimiter.admit_full` only moves the TATs)."""
+
+    __slots__ = ("busy_until", "checks", "full", "head", "steps")
+
+    def __init__(self, checks: tuple[Check, ...]) -> None:
+        self.checks = checks
+        #: The decision on full buckets, or ``None`` when it is not known in advance (a
+        #: token or concurrency check, or two checks of one key).
+        self.full: Decision | None = None
+        #: Its ``x-ratelimit-*`` lines (:func:`ratelimit_head`).
+        self.head = b""
+        #: Each check's (key, step) when ``full`` is known, else empty.
+        self.steps: tuple[tuple[str, float], ...] = ()
+        #: Some bucket is not full before this (the TAT :meth:`MemoryLimiter.admit_full`
+        #: last found ahead of now): a client that keeps a bucket in use does not try the
+        #: full-bucket pass on every request.
+        self.busy_until = 0.0
+        rates = tuple(c for c in checks if type(c) is RateCheck and not c.tokens)
+        if checks and len(rates) == len(checks) and len({c.key for c in rates}) == len(rates):
+            self.steps = tuple((c.key, c.step) for c in rates)
+            self.full = Decision(True, tuple(full_state(c) for c in rates), settles=False)
+            self.head = ratelimit_head(self.full)
+
+
 def _ident(ident: str) -> str:
     """``ident`` as a key part: kept when short and printable, else hashed (a client
     cannot make keys of any length or content)."""
@@ -261,7 +306,7 @@ class MemoryLimiter:
                 interval = check.interval
                 end = start + check.need * interval
                 if end - now <= check.slack:
-                    new_tat = start + check.cost * interval
+                    new_tat = start + check.step
                     retry: float | None = None
                     ok = True
                 else:  # refused: tat > now, so what is put back is the TAT as it was
@@ -309,6 +354,29 @@ class MemoryLimiter:
             del tats[next(iter(tats))]
         return Decision(True, tuple(states), lease if concurrency else None,
                         concurrency or tokens)
+
+    def admit_full(self, fixed: FixedChecks, now: float) -> bool:
+        """Admit a request under ``fixed`` when every one of its buckets is full (then the
+        decision is ``fixed.full``): each TAT moves one ``step`` past now, in one pass.
+        Otherwise nothing is taken and the answer is False: :meth:`admit` decides. Only for
+        a ``fixed`` whose ``full`` is known (request rate limits of distinct keys)."""
+        if now < fixed.busy_until:
+            return False
+        tats = self._tats
+        for key, step in fixed.steps:
+            tat = tats.pop(key, now)
+            if tat > now:  # not full: put back what this admission took (idle buckets)
+                tats[key] = tat
+                fixed.busy_until = tat
+                for taken, _ in fixed.steps:
+                    if taken == key:
+                        break
+                    del tats[taken]
+                return False
+            tats[key] = now + step
+        while len(tats) > self.max_keys:
+            del tats[next(iter(tats))]
+        return True
 
     def sweep(self, now: float) -> int:
         """Drop the least recently charged keys while they are idle (a TAT in the past
