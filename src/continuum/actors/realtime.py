@@ -53,6 +53,7 @@ from ..core.realtime import (
 from ..core.retry import Backoff
 from ..net.server.connection import Request, ServerConnection
 from ..observability.logs import loggable
+from .access import client_key
 from .proxy import RequestState, Served
 
 if TYPE_CHECKING:
@@ -163,10 +164,7 @@ class LimitedSession:
 def realtime_key(request: Request) -> bytes | None:
     """The client's key for a session: ``Authorization: Bearer``, ``x-api-key``, or the key
     a browser sends as the ``openai-insecure-api-key.<key>`` subprotocol."""
-    auth = request.header(b"authorization")
-    if auth is not None and auth[:7].lower() == b"bearer ":
-        return auth[7:].strip()
-    key = request.header(b"x-api-key")
+    key = client_key(request)
     if key is not None:
         return key
     sub, _ = split_subprotocols(parse_subprotocols(request.headers))
