@@ -37,6 +37,15 @@ def _strategy_model(model: str, stream: bool) -> str:
     return model + "\x00stream" if stream else model
 
 
+
+def _eligible(backend: BackendActor, now: float, exclude: Iterable[BackendActor],
+              apis: frozenset[str] | None, endpoint: str | None) -> bool:
+    """May ``backend`` take a request now: available, not excluded, speaking one of
+    ``apis`` and serving ``endpoint`` (each when given)? Its breaker is asked apart."""
+    return (backend.available(now) and backend not in exclude
+            and (apis is None or backend.api in apis)
+            and (endpoint is None or endpoint in backend.endpoints))
+
 @final
 class Router:
     def __init__(self, backends: Sequence[BackendActor], config: Config) -> None:
@@ -127,17 +136,10 @@ class Router:
         if len(candidates) == 1:
             # A model of one backend (the usual deployment): no list, no strategy.
             backend = candidates[0]
-            if (backend.available(now) and backend not in exclude
-                    and (apis is None or backend.api in apis)
-                    and (endpoint is None or endpoint in backend.endpoints)
-                    and backend.breaker.allow()):
+            if _eligible(backend, now, exclude, apis, endpoint) and backend.breaker.allow():
                 return backend
             return None
-        eligible = [
-            b for b in candidates
-            if b.available(now) and b not in exclude and (apis is None or b.api in apis)
-            and (endpoint is None or endpoint in b.endpoints)
-        ]
+        eligible = [b for b in candidates if _eligible(b, now, exclude, apis, endpoint)]
         key: RouteKey | None = None
         while eligible:
             if len(eligible) == 1:
@@ -186,11 +188,7 @@ class Router:
     ) -> bool:
         """Is another backend available for ``model``? (No side effects, unlike choose.)"""
         now = clock()
-        return any(
-            b.available(now) and b not in exclude and (apis is None or b.api in apis)
-            and (endpoint is None or endpoint in b.endpoints)
-            for b in self._table.get(model, ())
-        )
+        return any(_eligible(b, now, exclude, apis, endpoint) for b in self._table.get(model, ()))
 
     def record(
         self,
