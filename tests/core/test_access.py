@@ -78,9 +78,9 @@ def test_presented_keys_are_remembered_bounded_and_rechecked(
             assert table.cached <= 4
     # A remembered key that expires is refused, and forgotten.
     assert table.lookup(b"old", 99.0)[0] is not None
-    assert b"old" in table.known
+    assert b"old" in table._known
     assert table.lookup(b"old", 100.0) == (None, EXPIRED)
-    assert b"old" not in table.known
+    assert b"old" not in table._known
     assert table.lookup(b"old", 101.0) == (None, EXPIRED)
     assert table.lookup(b"old", 50.0)[0] is not None  # a clock that went back: found again
     with pytest.raises(ValueError):

@@ -282,7 +282,6 @@ class AccessControl:
                                        plan.global_, *(s for _, s in plan.per_model)))
             or any(k.max_concurrent for k in keys))
         self.keys = keys
-        self._known = keys.known
         #: (key, presented key, label) by the raw ``Authorization`` value that presented a
         #: key without expiry or scopes (:meth:`authenticate_request`); new per config.
         self._bearers: dict[bytes | None, tuple[ApiKey, bytes, str]] = {}
@@ -333,17 +332,13 @@ class AccessControl:
         permissive mode a request without a usable key goes on as anonymous."""
         if self._anonymous:
             return Admission(None, presented)
-        # A key seen before and without an expiry: one probe, no call (most requests).
-        key = self._known.get(presented) if presented is not None else None
-        if key is None or key.expires_at is not None:
-            key, reason = self.keys.lookup(presented)
-            if key is None:
-                if self.blocking:
-                    self._metrics.auth_failures.labels(reason).inc()
-                    raise RouterError(
-                        401, UNAUTHORIZED,
-                        headers=[(b"www-authenticate", b'Bearer realm="continuum"')])
-                return Admission(None, presented)
+        key, reason = self.keys.lookup(presented)
+        if key is None:
+            if self.blocking:
+                self._metrics.auth_failures.labels(reason).inc()
+                raise RouterError(401, UNAUTHORIZED,
+                                  headers=[(b"www-authenticate", b'Bearer realm="continuum"')])
+            return Admission(None, presented)
         # A key without scopes may do everything: no need to ask what the request needs.
         if key.scopes and not key.may(scope := required_scope(request.method, request.path)):
             self._metrics.auth_failures.labels("scope").inc()

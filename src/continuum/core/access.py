@@ -154,15 +154,13 @@ class KeyTable:
     compares the bytes only after their (keyed, per-process) hashes matched, so it tells
     an attacker nothing a digest lookup would not."""
 
-    __slots__ = ("_keys", "known", "max_cached")
+    __slots__ = ("_keys", "_known", "max_cached")
 
     def __init__(self, keys: Iterable[ApiKey], max_cached: int = MAX_CACHED_KEYS) -> None:
         if max_cached < 1:
             raise ValueError(f"max_cached must be >= 1, got {max_cached}")
         self._keys = {key.digest: key for key in keys}
-        #: Keys found, by the bytes presented (read-only outside: a hit whose key has no
-        #: expiry is usable as it is; anything else goes through :meth:`lookup`).
-        self.known: dict[bytes, ApiKey] = {}
+        self._known: dict[bytes, ApiKey] = {}
         self.max_cached = max_cached
 
     def __len__(self) -> int:
@@ -174,7 +172,7 @@ class KeyTable:
     @property
     def cached(self) -> int:
         """Presented keys remembered now (at most ``max_cached``)."""
-        return len(self.known)
+        return len(self._known)
 
     def lookup(self, presented: bytes | None, now: float | None = None
                ) -> tuple[ApiKey | None, str]:
@@ -184,7 +182,7 @@ class KeyTable:
         expires (most do not)."""
         if not presented:
             return None, MISSING
-        key = self.known.get(presented)
+        key = self._known.get(presented)
         if key is None:
             if len(presented) > MAX_KEY_LENGTH:
                 return None, UNKNOWN
@@ -194,7 +192,7 @@ class KeyTable:
             if not key.enabled:
                 return None, DISABLED
             if key.expires_at is None or (time.time() if now is None else now) < key.expires_at:
-                known = self.known
+                known = self._known
                 if len(known) >= self.max_cached:
                     known.clear()
                 known[bytes(presented)] = key
@@ -204,7 +202,7 @@ class KeyTable:
         # table), so only its expiry can have come.
         if key.expires_at is not None and (time.time() if now is None else now
                                            ) >= key.expires_at:
-            self.known.pop(presented, None)
+            self._known.pop(presented, None)
             return None, EXPIRED
         return key, ""
 
