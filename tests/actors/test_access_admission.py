@@ -34,7 +34,7 @@ def _access(keys: list[dict[str, Any]], **rate_limiting: Any) -> AccessControl:
 def _request(*headers: tuple[bytes, bytes], path: str = CHAT) -> Request:
     return Request("POST", path, "", list(headers or [(b"authorization",
                                                       b"Bearer " + GOOD.encode())]),
-                   b"", True, "1.1")
+                   b"", True)
 
 
 def _config(keys: list[dict[str, Any]]) -> Any:
