@@ -60,6 +60,7 @@ from procs import (
     ROOT,
     BenchError,
     Service,
+    cpu_seconds,
     free_port,
     http_request,
     router_argv,
@@ -99,6 +100,9 @@ IDLE_RSS_TARGET_MB: Final = 40.0
 HEADROOM_TARGET: Final = 3.0
 STRATEGY_RATIO_TARGET: Final = 0.9  # issue 3: LeastLatency(5) within 10% of RoundRobin(5)
 ISSUE15_RATIO_TARGET: Final = 0.8  # issue 15 item 3: router/floor at c=64
+#: The core targets whose CPU per request (``/proc``) is measured at the throughput
+#: concurrency: the router's (its whole process tree) and the floor's.
+CPU_TARGETS: Final = ("router", "floor")
 BUSY_WARN: Final = 0.25  # warn when the CPUs are this busy before the bench starts
 
 #: The core router: the scenarios' bench router config with no extra blocks.
@@ -327,7 +331,10 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 f"({shlex.join(svc.argv[:4])}{' ...' if len(svc.argv) > 4 else ''})"
             )
         if targets:
-            results = measure(args, targets, ports, routers)
+            # The processes whose CPU per request item 3 reports beside its throughput.
+            cpu_pids = {s.name: s.proc.pid for s in services
+                        if s.name in CPU_TARGETS and s.proc is not None}
+            results = measure(args, targets, ports, routers, cpu_pids)
         if "sweep" in scenarios:
             bench = Bench(args, {t: ports[t] for t in CORE_TARGETS})
             sweep_res, lines = scenarios_mod.sweep(
@@ -386,6 +393,7 @@ def measure(
     targets: tuple[str, ...],
     ports: dict[str, int],
     routers: dict[str, Service],
+    cpu_pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     quick: bool = args.quick
     duration: float = args.duration or (2.0 if quick else 5.0)
@@ -427,8 +435,13 @@ def measure(
         order = round_order(targets, r)
         for c in concs:
             for name in order:
+                pid = cpu_pids.get(name) if cpu_pids and c == conc else None
+                cpu = cpu_seconds(pid) if pid is not None else 0.0
                 res = bench.load(name, c, duration)
-                samples[name][c].append(res.summary())
+                summary = res.summary()
+                if pid is not None and res.ok:
+                    summary["cpu_us"] = (cpu_seconds(pid) - cpu) / res.ok * 1e6
+                samples[name][c].append(summary)
                 print(
                     f"round {r + 1}/{rounds} c={c:<4d} {name:10s} {res.rps:9.0f} req/s  "
                     f"p50 {res.percentile_ms(50):7.3f} ms  p99 {res.percentile_ms(99):7.3f} ms"
@@ -464,6 +477,7 @@ def measure(
         results |= {
             "ratio_router_floor": rps_ratio("router", "floor"),
             "ratio_floor_direct": rps_ratio("floor", "direct"),
+            "cpu_us_per_request": cpu_per_request(samples, conc),
             "loadgen_headroom": rps_ratio("direct", "router"),
             "added_latency_ms": {
                 t: {"p50": diff(t, "direct", "p50_ms"), "p99": diff(t, "direct", "p99_ms")}
@@ -519,6 +533,32 @@ def report(results: dict[str, Any], conc: int) -> str:
     return f"{text}\n\n{extra}".strip() if extra else text
 
 
+def cpu_per_request(
+    samples: dict[str, dict[int, list[dict[str, Any]]]], conc: int
+) -> dict[str, Any] | None:
+    """CPU microseconds per answer of the router and the floor at ``conc`` (medians over
+    the rounds) and the router's per-round ratio to the floor, median; None when either
+    was not measured (another ``--router-cmd`` owns its processes the same way)."""
+    rounds = {t: [s["cpu_us"] for s in samples.get(t, {}).get(conc, []) if "cpu_us" in s]
+              for t in CPU_TARGETS}
+    router, floor = rounds["router"], rounds["floor"]
+    if not router or len(router) != len(floor):
+        return None
+    return {"router": median(router), "floor": median(floor),
+            "ratio": paired_ratio(router, floor)}
+
+
+def cpu_lines(cpu: dict[str, Any] | None, conc: int) -> list[str]:
+    if cpu is None:
+        return []
+    return [
+        f"issue 15: CPU per request at c={conc}: router {cpu['router']:.0f} us, floor "
+        f"{cpu['floor']:.0f} us: {cpu['ratio']:.2f}x (reference; with both proxies on one full "
+        f"core, the throughput target {ISSUE15_RATIO_TARGET:.2f} is "
+        f"{1 / ISSUE15_RATIO_TARGET:.2f}x)"
+    ]
+
+
 def core_report(results: dict[str, Any], conc: int) -> str:
     t = results["table"]
     targets: list[str] = results["targets"]
@@ -560,6 +600,7 @@ def core_report(results: dict[str, Any], conc: int) -> str:
             f"floor/direct throughput: {results['ratio_floor_direct']:.2f}",
             f"issue 15: router/floor at c={conc}: {ratio:.2f} (target >= "
             f"{ISSUE15_RATIO_TARGET:.2f}) {verdict(ratio >= ISSUE15_RATIO_TARGET)}",
+            *cpu_lines(results.get("cpu_us_per_request"), conc),
             f"issue 15: added p99 at c=1, router {add_r['p99']:.3f} ms vs floor "
             f"{add_f['p99']:.3f} ms (target router <= floor) "
             f"{verdict(add_r['p99'] <= add_f['p99'])}",

@@ -116,6 +116,28 @@ def test_core_report_table_and_verdicts() -> None:
     assert verdict_of(between, "issue 15: router/floor") == "MISS"
 
 
+def test_cpu_per_request_is_per_round_then_median_and_reported() -> None:
+    def rounds(*cpu: float) -> list[dict[str, Any]]:
+        return [{"rps": 1.0, "cpu_us": c} for c in cpu]
+
+    samples = {"router": {64: rounds(60.0, 66.0, 62.0), 1: rounds(1.0)},
+               "floor": {64: rounds(50.0, 44.0, 50.0)}, "direct": {64: [{"rps": 1.0}]}}
+    cpu = run.cpu_per_request(samples, 64)
+    assert cpu is not None
+    assert (cpu["router"], cpu["floor"]) == (62.0, 50.0)
+    assert cpu["ratio"] == pytest.approx(1.24)  # the rounds' 1.2, 1.5, 1.24: their median
+    results = core_results(0.75, 0.3, 0.4) | {"cpu_us_per_request": cpu}
+    (line,) = [x for x in run.core_report(results, 64).splitlines()
+               if x.startswith("issue 15: CPU per request at c=64")]
+    assert line.startswith("issue 15: CPU per request at c=64: router 62 us, floor 50 us: 1.24x")
+    assert "the throughput target 0.80 is 1.25x" in line
+    # Not measured (a round without the figure, or no floor): no figure and no line.
+    samples["floor"][64] = [{"rps": 1.0}, *rounds(44.0, 50.0)]
+    assert run.cpu_per_request(samples, 64) is None
+    assert run.cpu_per_request({"router": {64: rounds(60.0)}}, 64) is None
+    assert "CPU per request" not in run.core_report(core_results(0.75, 0.3, 0.4), 64)
+
+
 def test_core_report_at_concurrency_one_has_one_block() -> None:
     results = core_results(0.9, 0.1, 0.2)
     results["table"] = {t: {"1": rows["1"]} for t, rows in results["table"].items()}
