@@ -115,6 +115,39 @@ def test_gcra_admits_exactly_what_a_token_bucket_admits(plan: _Plan) -> None:
             assert decision.states[0].remaining == max(0, int(bucket.tokens))
 
 
+#: Clock readings as a long-running process sees them: the router's ``perf_counter`` (its
+#: seconds since boot: ~12 days, a year) and Redis' ``TIME`` (seconds since the epoch).
+_LATE_CLOCKS = (1.0e6, 3.0e7)
+_EPOCH_NOW = 1.796e9
+#: Rates whose interval does not survive ``(now + interval) - now`` at those magnitudes.
+_FAST_RATES = (24.0, 60.0, 1e4, 1e7)
+
+
+@pytest.mark.parametrize("start", _LATE_CLOCKS)
+@pytest.mark.parametrize("per_second", _FAST_RATES)
+def test_an_idle_bucket_admits_whatever_the_clock_reads(start: float, per_second: float) -> None:
+    """The bucket is judged by distances from now: an idle one (its TAT behind now) admits
+    a request that needs all of it (burst 1, or a reservation of the whole burst), and its
+    remaining count is exact, however large the clock's reading. Comparing instants, the
+    rounding of ``now + interval`` at such a reading exceeded a fast limit's slack: every
+    idle request was refused."""
+    limiter = MemoryLimiter()
+    whole = RateCheck("api_key", "one", Rate(per_second, 1.0))
+    tokens = RateCheck("api_key", "five", Rate(per_second, 5.0), cost=5.0, tokens=True)
+    wide = RateCheck("global", "", Rate(per_second, 5.0))
+    gap = 7.0 / per_second  # more than a whole bucket refills between requests
+    for i in range(50):
+        now = start + i * gap
+        decision = limiter.admit([whole, tokens, wide], now)
+        assert decision.allowed, (i, now)
+        assert [s.remaining for s in decision.states] == [0, 0, 4]
+        assert decision.states[0].reset_after == pytest.approx(1.0 / per_second)
+    # ...and a bucket in use still refuses: right after, the next one must wait.
+    refused = limiter.admit([whole], now)
+    assert not refused.allowed
+    assert refused.retry_after is not None and 0.0 < refused.retry_after <= 2.0 / per_second
+
+
 def test_a_request_under_several_limits_takes_from_all_or_none() -> None:
     limiter = MemoryLimiter()
     wide = RateCheck("global", "", Rate(100.0, 100))
@@ -347,6 +380,28 @@ def test_redis_decides_like_memory(
                     await _settle(client, theirs, used, prefix, now)
 
     trio.run(main)
+
+
+async def test_redis_admits_an_idle_bucket_whatever_the_clock_reads(
+    redis_server: RedisServer,
+) -> None:
+    """The script judges a bucket by distances from now as the memory limiter does: with
+    Redis' own clock (microseconds since the epoch, where a double's step is 0.25 us) and
+    with a late clock sent along, an idle bucket of burst 1 admits, for rates whose interval
+    does not survive ``(now + interval) - now`` there."""
+    async with RedisClient.from_url(redis_server.url) as client:
+        for per_second in _FAST_RATES[:2]:
+            whole = RateCheck("api_key", f"late{per_second}", Rate(per_second, 1.0))
+            five = RateCheck("api_key", f"five{per_second}", Rate(per_second, 5.0))
+            gap = 3.0 / per_second
+            for i in range(5):
+                sent = await _admit(client, [whole, five], "late:", now=_EPOCH_NOW + i * gap)
+                assert sent.allowed, (per_second, i)
+                assert [s.remaining for s in sent.states] == [0, 4]
+                own = await _admit(client, [whole, five], "own:")  # the server's TIME
+                assert own.allowed, (per_second, i)
+                assert [s.remaining for s in own.states] == [0, 4]
+                await trio.sleep(gap)
 
 
 async def test_two_instances_share_one_limit(redis_server: RedisServer) -> None:

@@ -300,24 +300,33 @@ class MemoryLimiter:
                 # GCRA: admitted when the request's units fit before the tolerance. Charged
                 # at once (taken out and put back at the end: the order is "last charged");
                 # a refusal puts every TAT back below.
+                # Distances from now, not instants: ``ahead`` is exactly 0.0 for an idle
+                # bucket, where ``(now + x) - now`` is x rounded to the clock's magnitude
+                # (a year of uptime rounds to ~4 ns, more than a fast limit's slack).
                 key = check.key
                 tat = tats.pop(key, now)
-                start = tat if tat > now else now
+                if tat > now:
+                    start = tat
+                    ahead = tat - now
+                else:
+                    start = now
+                    ahead = 0.0
                 interval = check.interval
-                end = start + check.need * interval
-                if end - now <= check.slack:
+                reach = ahead + check.need * interval
+                if reach <= check.slack:
                     new_tat = start + check.step
+                    reset = ahead + check.step
                     retry: float | None = None
                     ok = True
                 else:  # refused: tat > now, so what is put back is the TAT as it was
                     new_tat = start
-                    retry = end - check.tolerance - now
+                    reset = ahead
+                    retry = reach - check.tolerance
                     if retry < 0.0:
                         retry = 0.0
                     ok = allowed = False
                 tats[key] = new_tat
                 burst = check.rate.burst
-                reset = new_tat - now
                 # int() truncates towards zero: the same as floor() once clipped at 0.
                 remaining = int((check.tolerance - reset) / interval + _EPSILON)
                 if remaining < 0:
@@ -465,21 +474,22 @@ for i = 1, #KEYS do
     local cost = tonumber(ARGV[at + 4])
     local burst = tolerance / interval
     local start = tonumber(redis.call('GET', key) or '0')
-    if start < now then start = now end
+    local ahead = 0
+    if start > now then ahead = start - now else start = now end
     local need = cost
     if need > burst then need = burst end
-    ok = start + need * interval - now <= tolerance + interval * 1e-6
-    local tat = start
+    local reach = ahead + need * interval
+    ok = reach <= tolerance + interval * 1e-6
+    reset = ahead
     if ok then
-      tat = start + cost * interval
-      writes[#writes + 1] = {'g', key, tat}
+      reset = ahead + cost * interval
+      writes[#writes + 1] = {'g', key, start + cost * interval}
       retry = -1
     else
-      retry = start + need * interval - tolerance - now
+      retry = reach - tolerance
     end
-    remaining = math.floor((tolerance - (tat - now)) / interval + 1e-6)
+    remaining = math.floor((tolerance - reset) / interval + 1e-6)
     if remaining < 0 then remaining = 0 end
-    reset = tat - now
   else
     local limit = tonumber(ARGV[at + 2])
     local ttl = tonumber(ARGV[at + 3])
