@@ -295,6 +295,15 @@ def _tokens_used(state: RequestState, served: Served | None) -> int | None:
     return None
 
 
+def _settle(access: AccessControl, admission: Admission, state: RequestState,
+            served: Served | None) -> None:
+    """A limited request has ended (``served``: None when it raised): its leases go back
+    and its token reservations are corrected by what it used."""
+    if admission.limited:
+        access.settle(admission, _tokens_used(state, served),
+                      served.backend if served is not None else "")
+
+
 #: What a failed attempt served: nothing.
 _NOTHING_SERVED: Final = Served(0, "", "", 0.0, 0)
 
@@ -507,9 +516,7 @@ class Proxy:
             served = await self._serve(request, conn, state, peek, model, chain)
             return served
         finally:
-            if admission.limited:
-                access.settle(admission, _tokens_used(state, served),
-                              served.backend if served is not None else "")
+            _settle(access, admission, state, served)
 
     async def _serve(self, request: Request, conn: ServerConnection, state: RequestState,
                      peek: Peek, model: str, chain: tuple[str, ...]) -> Served:
@@ -579,9 +586,7 @@ class Proxy:
                                                plan, hash_key)
             return served
         finally:
-            if admission.limited:
-                access.settle(admission, _tokens_used(state, served),
-                              served.backend if served is not None else "")
+            _settle(access, admission, state, served)
 
     async def _serve_planned(
         self, request: Request, conn: ServerConnection, state: RequestState, model: str,
