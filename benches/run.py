@@ -537,8 +537,8 @@ def cpu_per_request(
     samples: dict[str, dict[int, list[dict[str, Any]]]], conc: int
 ) -> dict[str, Any] | None:
     """CPU microseconds per answer of the router and the floor at ``conc`` (medians over
-    the rounds) and the router's per-round ratio to the floor, median; None when either
-    was not measured (another ``--router-cmd`` owns its processes the same way)."""
+    the rounds) and the router's per-round ratio to the floor, median; None unless both
+    have the figure in every round (a round with no answer has none)."""
     rounds = {t: [s["cpu_us"] for s in samples.get(t, {}).get(conc, []) if "cpu_us" in s]
               for t in CPU_TARGETS}
     router, floor = rounds["router"], rounds["floor"]

@@ -37,7 +37,6 @@ def _strategy_model(model: str, stream: bool) -> str:
     return model + "\x00stream" if stream else model
 
 
-
 def _eligible(backend: BackendActor, now: float, exclude: Iterable[BackendActor],
               apis: frozenset[str] | None, endpoint: str | None) -> bool:
     """May ``backend`` take a request now: available, not excluded, speaking one of
@@ -45,6 +44,7 @@ def _eligible(backend: BackendActor, now: float, exclude: Iterable[BackendActor]
     return (backend.available(now) and backend not in exclude
             and (apis is None or backend.api in apis)
             and (endpoint is None or endpoint in backend.endpoints))
+
 
 @final
 class Router:
